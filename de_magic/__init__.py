@@ -1,0 +1,38 @@
+"""de-magic: call each other's analysis methods from a notebook.
+
+Backends are plain, type-annotated Python functions and classes served to a
+ZeroMQ broker (:mod:`de_magic.backend`, :mod:`de_magic.broker`); clients
+discover and call them like local functions (:mod:`de_magic.client`).
+"""
+
+from .backend import Backend
+from .broker import Broker
+from .client import Client
+from .errors import (
+    BackendLost,
+    Busy,
+    CallTimeout,
+    DeMagicError,
+    PayloadTooLarge,
+    Refused,
+    RemoteError,
+    UnknownBackend,
+    UnknownMethod,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Backend", "Broker", "Client", "main",
+    "BackendLost", "Busy", "CallTimeout", "DeMagicError", "PayloadTooLarge", "Refused", "RemoteError",
+    "UnknownBackend", "UnknownMethod",
+]
+
+
+def main(name: str, members=None, **options) -> None:
+    """Command line of a backend module: ``python backend.py listen|schema|generate|test-connect``."""
+    import sys
+
+    from .cli import backend_main
+
+    backend_main(name, members, sys._getframe(1).f_globals, **options)

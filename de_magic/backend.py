@@ -1,0 +1,391 @@
+"""A backend: plain Python functions and classes, served to a broker.
+
+A :class:`Backend` connects out to the broker, registers its name and API, and
+then runs the calls it is sent in a pool of threads, answering "busy" when its
+bounded queue is full.  ZeroMQ sockets are not thread-safe, so one I/O thread
+owns the broker connection; pool threads hand their replies and events to it
+over an inproc PUSH/PULL pair.  The I/O thread keeps heartbeating while calls
+run, and re-registers by itself when the broker restarts.
+
+Work that must run in the process's main thread (code cells, so that an
+interrupt can stop even a ``time.sleep``) goes through a queue that
+:meth:`Backend.run` serves.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import ctypes
+import logging
+import os
+import queue
+import signal
+import socket
+import threading
+import time
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable
+
+import zmq
+
+from . import protocol as P
+from . import serialize
+from .broker import DEFAULT_HEARTBEAT, DEFAULT_LIVENESS, DEFAULT_MAX_MESSAGE, default_url
+from .errors import Busy, Cancelled, DeMagicError, PayloadTooLarge, RemoteError, UnknownMethod
+from .schema import check_arguments, describe
+
+log = logging.getLogger("de_magic.backend")
+
+#: The call being served by this thread (for progress reports and output relays).
+current_call: contextvars.ContextVar["Call | None"] = contextvars.ContextVar("de_magic_call", default=None)
+
+
+@dataclass
+class Call:
+    """One request being served; ``emit`` sends an EVENT to its caller."""
+
+    backend: "Backend"
+    client: bytes
+    rid: bytes
+    header: dict
+    payload: list
+    thread_id: int | None = None
+    done: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def emit(self, event: str, data: dict | None = None, payload: list | None = None) -> None:
+        """Send an intermediate event (progress, stream text, display data) to the caller."""
+        header = {"event": event, **(data or {})}
+        self.backend._send(P.EVENT, self.client, self.rid, P.dump_header(header), *(payload or ()))
+
+
+@dataclass(frozen=True)
+class Operation:
+    """How the backend serves one kind of request (``header["op"]``)."""
+
+    run: Callable[[Call], object]
+    main_thread: bool = False
+
+
+class Backend:
+    """Serve ``members`` (name -> function or class) under ``name`` at a broker."""
+
+    def __init__(
+        self,
+        name: str,
+        members: dict[str, object],
+        *,
+        broker: str | None = None,
+        max_workers: int | None = None,
+        max_queue: int = 1000,
+        heartbeat: float = DEFAULT_HEARTBEAT,
+        liveness: int = DEFAULT_LIVENESS,
+        max_message_size: int = DEFAULT_MAX_MESSAGE,
+        allow_code: bool = False,
+        doc: str = "",
+        context: zmq.Context | None = None,
+    ):
+        self.name = name
+        self.members = dict(members)
+        self.broker = broker or default_url()
+        self.max_workers = max_workers or min(32, (os.cpu_count() or 1) + 4)
+        self.max_queue = max_queue
+        self.heartbeat = heartbeat
+        self.liveness = liveness
+        self.max_message_size = max_message_size
+        self.allow_code = allow_code
+        self.api = describe(name, self.members, doc)
+        self.operations: dict[str, Operation] = {"call": Operation(self._call_member)}
+        self._ctx = context or zmq.Context.instance()
+        self._calls: dict[tuple[bytes, bytes], Call] = {}
+        self._pool = ThreadPoolExecutor(self.max_workers, thread_name_prefix=f"de-magic-{name}")
+        self._main_jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._local = threading.local()
+        self._out_url = f"inproc://de-magic-backend-{id(self)}"
+        self._stop_url = self._out_url + "-stop"
+        self._out_sockets: list[zmq.Socket] = []
+        self._out_lock = threading.Lock()
+        self._io_thread: threading.Thread | None = None
+        self._stopped = threading.Event()
+        self.registered = threading.Event()
+
+    # -- life cycle --------------------------------------------------------
+
+    def start(self) -> "Backend":
+        """Start the I/O thread; calls run in the pool, main-thread work needs :meth:`run`."""
+        pull = self._ctx.socket(zmq.PULL)
+        pull.bind(self._out_url)
+        control = self._ctx.socket(zmq.PAIR)
+        control.bind(self._stop_url)
+        self._io_thread = threading.Thread(
+            target=self._io_loop, args=(pull, control), name=f"de-magic-io-{self.name}", daemon=True
+        )
+        self._io_thread.start()
+        return self
+
+    def run(self) -> None:
+        """Serve until :meth:`stop`, SIGTERM or Ctrl-C; main-thread work runs here."""
+        if self._io_thread is None:
+            self.start()
+        in_main = threading.current_thread() is threading.main_thread()
+        if in_main:
+            signal.signal(signal.SIGTERM, lambda *_: self._main_jobs.put(None))
+            signal.signal(signal.SIGUSR1, self._on_interrupt_signal)
+        try:
+            while True:
+                job = self._main_jobs.get()
+                if job is None:
+                    break
+                self._execute(job)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            self.stop()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Say goodbye to the broker and stop the I/O thread (thread-safe, idempotent)."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        self._main_jobs.put(None)
+        if self._io_thread is not None:
+            poke = self._ctx.socket(zmq.PAIR)
+            poke.linger = 0
+            poke.connect(self._stop_url)
+            poke.send(b"stop")
+            poke.close()
+            if self._io_thread is not threading.current_thread():
+                self._io_thread.join(timeout)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        with self._out_lock:
+            for sock in self._out_sockets:
+                sock.close(linger=0)
+            self._out_sockets.clear()
+
+    # -- I/O thread ----------------------------------------------------------
+
+    def _connect(self) -> zmq.Socket:
+        sock = self._ctx.socket(zmq.DEALER)
+        sock.linger = 0
+        self.configure_socket(sock)
+        sock.connect(self.broker)
+        sock.send_multipart(self._ready_frames())
+        return sock
+
+    def _ready_frames(self) -> list:
+        info = {"api": self.api, "capacity": self.max_workers, "allow_code": self.allow_code,
+                "pid": os.getpid(), "host": socket.gethostname()}
+        return P.encode(P.READY, self.name.encode(), P.dump_header(info))
+
+    def configure_socket(self, sock: zmq.Socket) -> None:
+        """Hook for security settings (CURVE) before connecting."""
+
+    def _io_loop(self, pull: zmq.Socket, control: zmq.Socket) -> None:
+        dealer = self._connect()
+        poller = zmq.Poller()
+        poller.register(dealer, zmq.POLLIN)
+        poller.register(pull, zmq.POLLIN)
+        poller.register(control, zmq.POLLIN)
+        now = time.monotonic()
+        next_beat = now + self.heartbeat
+        broker_expires = now + self.heartbeat * self.liveness
+        try:
+            while True:
+                events = dict(poller.poll(max(0.0, next_beat - time.monotonic()) * 1000))
+                if control in events:
+                    break
+                if dealer in events:
+                    broker_expires = time.monotonic() + self.heartbeat * self.liveness
+                    for _ in range(1000):
+                        try:
+                            frames = dealer.recv_multipart(zmq.NOBLOCK, copy=False)
+                        except zmq.Again:
+                            break
+                        self._on_broker_message(dealer, frames)
+                if pull in events:
+                    for _ in range(1000):
+                        try:
+                            frames = pull.recv_multipart(zmq.NOBLOCK, copy=False)
+                        except zmq.Again:
+                            break
+                        if frames[1].bytes != P.EVENT:
+                            self._calls.pop((frames[2].bytes, frames[3].bytes), None)
+                        dealer.send_multipart(frames, copy=False)
+                now = time.monotonic()
+                if now >= next_beat:
+                    dealer.send_multipart(P.encode(P.HEARTBEAT))
+                    next_beat = now + self.heartbeat
+                if now >= broker_expires:
+                    log.warning("broker %s silent for %.1f s; reconnecting", self.broker, self.heartbeat * self.liveness)
+                    self.registered.clear()
+                    poller.unregister(dealer)
+                    dealer.close()
+                    dealer = self._connect()
+                    poller.register(dealer, zmq.POLLIN)
+                    broker_expires = now + self.heartbeat * self.liveness
+        finally:
+            try:
+                dealer.send_multipart(P.encode(P.BYE), zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass
+            dealer.close(linger=100)
+            pull.close()
+            control.close()
+
+    def _on_broker_message(self, dealer: zmq.Socket, frames: list) -> None:
+        try:
+            msg = P.decode(frames, P.TO_WORKER)
+        except P.ProtocolError as exc:
+            log.warning("bad message from broker: %s", exc)
+            return
+        self.registered.set()
+        if msg.type == P.CALL:
+            client, rid = msg.frames[0].bytes, msg.frames[1].bytes
+            self._accept(client, rid, msg.frames[2], list(msg.frames[3:]))
+        elif msg.type == P.CANCEL:
+            self._cancel((msg.frames[0].bytes, msg.frames[1].bytes))
+        elif msg.type == P.DISCONNECT:
+            log.info("broker asks to register again: %s", msg.frames[0].bytes.decode("utf-8", "replace"))
+            self.registered.clear()
+            dealer.send_multipart(self._ready_frames())
+
+    def _accept(self, client: bytes, rid: bytes, header_frame, payload: list) -> None:
+        if len(self._calls) >= self.max_workers + self.max_queue:
+            self._send(P.ERROR, client, rid, P.error_header(
+                Busy.kind, f"backend {self.name!r} is busy: {len(self._calls)} calls running or queued"))
+            return
+        try:
+            header = P.load_header(header_frame)
+        except P.ProtocolError as exc:
+            self._send(P.ERROR, client, rid, P.error_header("protocol", str(exc)))
+            return
+        call = Call(self, client, rid, header, payload)
+        op = self.operations.get(header.get("op", "call"))
+        if op is None:
+            self._send(P.ERROR, client, rid, P.error_header(
+                "protocol", f"backend {self.name!r} does not serve {header.get('op')!r} requests"))
+            return
+        self._calls[(client, rid)] = call
+        if op.main_thread:
+            self._main_jobs.put(call)
+        else:
+            self._pool.submit(self._execute, call)
+
+    def _cancel(self, key: tuple[bytes, bytes]) -> None:
+        call = self._calls.get(key)
+        if call is None:
+            return
+        with call.lock:
+            if call.done or call.thread_id is None:
+                # not started yet: _execute sees ``done`` and answers "cancelled"
+                call.done = True
+                return
+            if call.thread_id == threading.main_thread().ident:
+                signal.pthread_kill(call.thread_id, signal.SIGUSR1)
+            else:
+                # best effort: lands at the next Python bytecode of that thread
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                    ctypes.c_ulong(call.thread_id), ctypes.py_object(KeyboardInterrupt))
+
+    def _on_interrupt_signal(self, signum, frame) -> None:
+        for call in list(self._calls.values()):
+            if call.thread_id == threading.main_thread().ident and not call.done:
+                raise KeyboardInterrupt
+
+    # -- pool / main thread --------------------------------------------------
+
+    def _out(self) -> zmq.Socket:
+        sock = getattr(self._local, "out", None)
+        if sock is None:
+            sock = self._ctx.socket(zmq.PUSH)
+            sock.linger = 1000
+            sock.connect(self._out_url)
+            self._local.out = sock
+            with self._out_lock:
+                self._out_sockets.append(sock)
+        return sock
+
+    def _send(self, mtype: bytes, client: bytes, rid: bytes, header: bytes, *payload) -> None:
+        """Queue a message for the broker; callable from any thread."""
+        self._out().send_multipart([P.VERSION, mtype, client, rid, header, *payload], copy=False)
+
+    def _execute(self, call: Call) -> None:
+        with call.lock:
+            if call.done:
+                self._send(P.ERROR, call.client, call.rid, P.error_header(Cancelled.kind, "cancelled before it started"))
+                return
+            call.thread_id = threading.get_ident()
+        token = current_call.set(call)
+        op = self.operations[call.header.get("op", "call")]
+        try:
+            try:
+                result = op.run(call)
+            finally:
+                with call.lock:
+                    call.done = True
+            header, frames = self._encode_result(call, result)
+            self._send(P.REPLY, call.client, call.rid, header, *frames)
+        except KeyboardInterrupt:
+            self._send(P.ERROR, call.client, call.rid, P.error_header(Cancelled.kind, "interrupted on the backend"))
+        except BaseException as exc:
+            self._send(P.ERROR, call.client, call.rid, error_header(exc))
+        finally:
+            current_call.reset(token)
+
+    def _encode_result(self, call: Call, result) -> tuple[bytes, list]:
+        frames = serialize.dumps(result)
+        size = serialize.nbytes(frames)
+        if size > self.max_message_size:
+            raise PayloadTooLarge(
+                f"result of {size} bytes exceeds the backend's maximum message size of {self.max_message_size} bytes")
+        return b'{"codec":"pickle"}', frames
+
+    # -- the "call" operation ------------------------------------------------
+
+    def resolve(self, header: dict) -> Callable:
+        """The callable a call header names: a function, or a class's method."""
+        name = header.get("member", "")
+        member = self.members.get(name)
+        if member is None:
+            raise UnknownMethod(
+                f"backend {self.name!r} has no member {name!r}; it has: {', '.join(sorted(self.members)) or 'nothing'}")
+        method = header.get("method")
+        if method is None:
+            if isinstance(member, type):
+                raise UnknownMethod(f"{name} is a class; call one of its methods: "
+                                    + ", ".join(self.api["members"][name].get("methods", {})))
+            return member
+        if method not in self.api["members"][name].get("methods", {}):
+            raise UnknownMethod(f"class {name!r} of backend {self.name!r} has no public method {method!r}; "
+                                f"it has: {', '.join(self.api['members'][name].get('methods', {}))}")
+        return getattr(member, method)
+
+    def _call_member(self, call: Call):
+        target = self.resolve(call.header)
+        args, kwargs, *init = serialize.loads(call.payload)
+        if init:
+            cls = self.members[call.header["member"]]
+            check_arguments(cls, *init)
+            target = getattr(cls(*init[0], **init[1]), call.header["method"])
+        check_arguments(target, args, kwargs)
+        return target(*args, **kwargs)
+
+
+_MACHINERY = {__name__, "de_magic.schema", "de_magic.serialize"}
+
+
+def error_header(exc: BaseException) -> bytes:
+    """ERROR header for an exception raised while serving a call."""
+    if isinstance(exc, DeMagicError) and not isinstance(exc, RemoteError):
+        return P.error_header(exc.kind, str(exc))
+    cls = type(exc)
+    qualname = cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    # drop the backend's own frames: the caller wants to see the user code
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_globals.get("__name__") in _MACHINERY:
+        tb = tb.tb_next
+    text = "".join(traceback.format_exception(cls, exc, tb))
+    return P.error_header(RemoteError.kind, str(exc), type=qualname, traceback=text)
+

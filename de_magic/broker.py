@@ -1,0 +1,408 @@
+"""The broker: where backends register and clients find and call them.
+
+One ROUTER socket serves both sides: backends connect *out* to it (so they
+work from behind an institute's firewall), say READY with their name and API,
+and heartbeat; clients send CALLs naming a backend, and the broker forwards
+each to the least busy worker of that name.  The design follows ZeroMQ's
+Majordomo pattern (RFC 7/18) with an MMI-like listing (RFC 8).
+
+Speed matters here, so per message the broker reads only the small routing
+frames; headers and payloads are forwarded as the zmq frames they arrived in.
+The broker also remembers which worker holds which request, so that when a
+worker stops heartbeating its callers get a ``lost`` error at once instead of
+waiting for their timeout.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+
+import zmq
+
+from . import protocol as P
+from .errors import BackendLost, PayloadTooLarge, ProtocolMismatch, UnknownBackend
+from .serialize import nbytes
+
+log = logging.getLogger("de_magic.broker")
+
+DEFAULT_URL = "tcp://127.0.0.1:5555"
+DEFAULT_HEARTBEAT = 1.0
+DEFAULT_LIVENESS = 3
+DEFAULT_MAX_MESSAGE = 1 << 30
+
+
+def default_url() -> str:
+    return os.environ.get("DE_MAGIC_BROKER") or DEFAULT_URL
+
+
+class Worker:
+    """A registered backend process (one connection), as the broker sees it."""
+
+    __slots__ = ("address", "service", "capacity", "inflight", "expires", "since", "pid", "host", "calls")
+
+    def __init__(self, address: bytes, service: "Service", info: dict, expires: float):
+        self.address = address
+        self.service = service
+        self.capacity = max(1, int(info.get("capacity", 1)))
+        self.inflight: set[tuple[bytes, bytes]] = set()
+        self.expires = expires
+        self.since = time.time()
+        self.pid = info.get("pid")
+        self.host = info.get("host")
+        self.calls = 0
+
+    def describe(self) -> dict:
+        return {
+            "id": self.address.hex(),
+            "pid": self.pid,
+            "host": self.host,
+            "since": self.since,
+            "capacity": self.capacity,
+            "busy": len(self.inflight),
+            "calls": self.calls,
+        }
+
+
+class Service:
+    """All workers registered under one backend name, and their shared API."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.workers: list[Worker] = []
+        self.api_json = b"{}"
+        self.allow_code = False
+        self.since = time.time()
+        # CALLs that arrived for this name while the broker was just (re)started and
+        # backends had not re-registered yet: (client, rid, frames, deadline).
+        self.waiting: list[tuple[bytes, bytes, list, float]] = []
+
+    def pick(self) -> Worker:
+        """The least busy worker; ties go to the one that got work longest ago."""
+        best = min(self.workers, key=lambda w: len(w.inflight) / w.capacity)
+        # rotate so equally loaded workers share calls
+        self.workers.remove(best)
+        self.workers.append(best)
+        return best
+
+    def describe(self, with_api: bool) -> bytes:
+        head = {
+            "name": self.name,
+            "allow_code": self.allow_code,
+            "since": self.since,
+            "workers": [w.describe() for w in self.workers],
+        }
+        text = json.dumps(head, separators=(",", ":")).encode()
+        if not with_api:
+            return text
+        return text[:-1] + b',"api":' + self.api_json + b"}"
+
+
+class Broker:
+    """A de-magic broker bound to ``url``.
+
+    ``run()`` serves in the calling thread until ``stop()`` (from any thread) or
+    Ctrl-C; ``start()`` runs it in a thread of its own for embedding (tests, the
+    notebook's embedded default).
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        heartbeat: float = DEFAULT_HEARTBEAT,
+        liveness: int = DEFAULT_LIVENESS,
+        max_message_size: int = DEFAULT_MAX_MESSAGE,
+        context: zmq.Context | None = None,
+    ):
+        self.url = url or default_url()
+        self.heartbeat = heartbeat
+        self.liveness = liveness
+        self.max_message_size = max_message_size
+        self.id = uuid.uuid4().hex[:12]
+        self.since = time.time()
+        self.services: dict[str, Service] = {}
+        self.workers: dict[bytes, Worker] = {}
+        self.requests: dict[tuple[bytes, bytes], Worker] = {}
+        self._ctx = context or zmq.Context.instance()
+        self._socket: zmq.Socket | None = None
+        self._stop_url = f"inproc://de-magic-broker-stop-{id(self)}"
+        self._stopper = self._ctx.socket(zmq.PAIR)
+        self._stopper.bind(self._stop_url)
+        self._thread: threading.Thread | None = None
+        self._bound = threading.Event()
+        self._handlers = {
+            P.CALL: self._on_call,
+            P.CANCEL: self._on_cancel,
+            P.LIST: self._on_list,
+            P.QUERY: self._on_query,
+            P.READY: self._on_ready,
+            P.HEARTBEAT: self._on_heartbeat,
+            P.BYE: self._on_bye,
+            P.REPLY: lambda address, frames: self._on_final(address, frames, P.REPLY),
+            P.ERROR: lambda address, frames: self._on_final(address, frames, P.ERROR),
+            P.EVENT: self._on_event,
+        }
+        self._rules = {**P.FROM_CLIENT, **P.FROM_WORKER}
+
+    # -- life cycle --------------------------------------------------------
+
+    def bind(self) -> str:
+        """Bind the socket; returns the URL (with the real port if ``:0``/``*`` was asked)."""
+        sock = self._ctx.socket(zmq.ROUTER)
+        sock.linger = 0
+        sock.router_handover = True
+        # A frame larger than this is cut off by libzmq before it reaches Python; the
+        # configured limit itself is checked per message below, with an answer.
+        sock.maxmsgsize = self.max_message_size + (1 << 20)
+        self.configure_socket(sock)
+        sock.bind(self.url)
+        self.url = sock.last_endpoint.decode().replace("0.0.0.0", "127.0.0.1")
+        self._socket = sock
+        self._bound.set()
+        return self.url
+
+    def configure_socket(self, sock: zmq.Socket) -> None:
+        """Hook for security settings (CURVE) before binding."""
+
+    def start(self) -> "Broker":
+        """Serve in a daemon thread; returns once bound."""
+        if self._socket is None:
+            self.bind()
+        self._thread = threading.Thread(target=self.run, name=f"de-magic-broker-{self.id}", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop serving (thread-safe) and wait for the serving thread, if any."""
+        poke = self._ctx.socket(zmq.PAIR)
+        poke.linger = 0
+        poke.connect(self._stop_url)
+        poke.send(b"stop")
+        poke.close()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    def run(self) -> None:
+        if self._socket is None:
+            self.bind()
+        sock = self._socket
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(self._stopper, zmq.POLLIN)
+        log.info("broker %s listening on %s", self.id, self.url)
+        next_beat = time.monotonic() + self.heartbeat
+        try:
+            while True:
+                timeout = max(0.0, next_beat - time.monotonic())
+                events = dict(poller.poll(timeout * 1000))
+                if self._stopper in events:
+                    break
+                if sock in events:
+                    # drain what is there before looking at the clock again
+                    for _ in range(1000):
+                        try:
+                            frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                        except zmq.Again:
+                            break
+                        self._dispatch(frames)
+                now = time.monotonic()
+                if now >= next_beat:
+                    self._beat(now)
+                    next_beat = now + self.heartbeat
+        finally:
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        for worker in list(self.workers.values()):
+            self._send(worker.address, P.DISCONNECT, b"broker stopping")
+        self._socket.close()
+        self._stopper.close()
+        log.info("broker %s stopped", self.id)
+
+    # -- plumbing ----------------------------------------------------------
+
+    def _send(self, address: bytes, mtype: bytes, *frames) -> None:
+        self._socket.send_multipart([address, P.VERSION, mtype, *frames], copy=False)
+
+    def _error(self, client: bytes, rid: bytes, error_cls, message: str, **extra) -> None:
+        self._send(client, P.ERROR, rid, P.error_header(error_cls.kind, message, **extra))
+
+    def _dispatch(self, frames: list) -> None:
+        address = frames[0].bytes
+        try:
+            msg = P.decode(frames[1:], self._rules)
+            self._handlers[msg.type](address, msg.frames)
+        except P.ProtocolError as exc:
+            log.warning("bad message from %s: %s", address.hex(), exc)
+            # answer where the message has a request id to answer to
+            if len(frames) >= 4 and frames[2].bytes in P.FROM_CLIENT:
+                self._error(address, frames[3].bytes, ProtocolMismatch, str(exc))
+        except Exception:
+            log.exception("failed to handle a message from %s", address.hex())
+
+    def _beat(self, now: float) -> None:
+        for worker in list(self.workers.values()):
+            if worker.expires < now:
+                log.warning("worker %s of %r stopped heartbeating", worker.address.hex(), worker.service.name)
+                self._remove(worker, "stopped heartbeating")
+            else:
+                self._send(worker.address, P.HEARTBEAT)
+        for service in list(self.services.values()):
+            if service.waiting:
+                self._expire_waiting(service, now)
+
+    def _expires(self) -> float:
+        return time.monotonic() + self.heartbeat * self.liveness
+
+    def _remove(self, worker: Worker, why: str) -> None:
+        self.workers.pop(worker.address, None)
+        service = worker.service
+        if worker in service.workers:
+            service.workers.remove(worker)
+        for client, rid in worker.inflight:
+            self.requests.pop((client, rid), None)
+            self._error(
+                client, rid, BackendLost,
+                f"backend {service.name!r} worker {worker.address.hex()} (pid {worker.pid} on {worker.host}) {why} during the call",
+            )
+        worker.inflight.clear()
+        if not service.workers and not service.waiting:
+            del self.services[service.name]
+
+    # -- client side -------------------------------------------------------
+
+    def _on_call(self, client: bytes, frames) -> None:
+        rid = frames[0].bytes
+        name = frames[1].bytes.decode("utf-8", "replace")
+        pinned = frames[2].bytes
+        header = frames[3]
+        payload = frames[4:]
+        size = nbytes(payload) + len(header)
+        if size > self.max_message_size:
+            self._error(client, rid, PayloadTooLarge,
+                        f"call of {size} bytes exceeds the broker's maximum message size of {self.max_message_size} bytes")
+            return
+        service = self.services.get(name)
+        if service is None or not service.workers:
+            if time.time() - self.since < self.heartbeat * self.liveness:
+                # just (re)started: backends re-register within a heartbeat, so wait for them
+                service = self.services.setdefault(name, Service(name))
+                service.waiting.append((client, rid, frames[3:], time.monotonic() + self.heartbeat * self.liveness))
+                return
+            self._unknown(client, rid, name)
+            return
+        if pinned:
+            worker = self.workers.get(pinned)
+            if worker is None or worker.service is not service:
+                self._error(client, rid, BackendLost,
+                            f"worker {pinned.hex()} of backend {name!r} is gone (it held this session's state)")
+                return
+        else:
+            worker = service.pick()
+        self._forward(worker, client, rid, frames[3:])
+
+    def _forward(self, worker: Worker, client: bytes, rid: bytes, rest) -> None:
+        key = (client, rid)
+        self.requests[key] = worker
+        worker.inflight.add(key)
+        worker.calls += 1
+        self._socket.send_multipart([worker.address, P.VERSION, P.CALL, client, rid, *rest], copy=False)
+
+    def _unknown(self, client: bytes, rid: bytes, name: str) -> None:
+        live = sorted(n for n, s in self.services.items() if s.workers)
+        self._error(client, rid, UnknownBackend,
+                    f"no backend named {name!r} at {self.url}; live backends: {', '.join(live) or 'none'}")
+
+    def _expire_waiting(self, service: Service, now: float) -> None:
+        keep = []
+        for item in service.waiting:
+            if item[3] < now:
+                self._unknown(item[0], item[1], service.name)
+            else:
+                keep.append(item)
+        service.waiting = keep
+        if not service.workers and not service.waiting:
+            self.services.pop(service.name, None)
+
+    def _on_cancel(self, client: bytes, frames) -> None:
+        rid = frames[0].bytes
+        worker = self.requests.get((client, rid))
+        if worker is not None:
+            self._send(worker.address, P.CANCEL, client, rid)
+
+    def _on_query(self, client: bytes, frames) -> None:
+        rid = frames[0].bytes
+        known = (client, rid) in self.requests or any(
+            item[0] == client and item[1] == rid for s in self.services.values() for item in s.waiting
+        )
+        self._send(client, P.STATUS, rid, P.PENDING if known else P.UNKNOWN)
+
+    def _on_list(self, client: bytes, frames) -> None:
+        rid = frames[0].bytes
+        query = P.load_header(frames[1])
+        only = query.get("name")
+        with_api = query.get("api", True)
+        services = [s for s in self.services.values() if s.workers and (only is None or s.name == only)]
+        body = b",".join(json.dumps(s.name).encode() + b":" + s.describe(with_api) for s in services)
+        head = {"url": self.url, "id": self.id, "since": self.since, "protocol": P.VERSION.decode(),
+                "host": socket.gethostname()}
+        listing = b'{"broker":' + json.dumps(head).encode() + b',"backends":{' + body + b"}}"
+        self._send(client, P.REPLY, rid, b'{"codec":"json"}', listing)
+
+    # -- worker side -------------------------------------------------------
+
+    def _on_ready(self, address: bytes, frames) -> None:
+        name = frames[0].bytes.decode("utf-8", "replace")
+        info = P.load_header(frames[1])
+        old = self.workers.get(address)
+        if old is not None:
+            self._remove(old, "re-registered")
+        service = self.services.get(name) or self.services.setdefault(name, Service(name))
+        service.api_json = json.dumps(info.get("api", {}), separators=(",", ":")).encode()
+        service.allow_code = bool(info.get("allow_code", False))
+        worker = Worker(address, service, info, self._expires())
+        service.workers.append(worker)
+        self.workers[address] = worker
+        log.info("worker %s registered for %r (pid %s on %s, %d slots)",
+                 address.hex(), name, worker.pid, worker.host, worker.capacity)
+        waiting, service.waiting = service.waiting, []
+        for client, rid, rest, _ in waiting:
+            self._forward(service.pick(), client, rid, rest)
+
+    def _worker(self, address: bytes) -> Worker | None:
+        worker = self.workers.get(address)
+        if worker is None:
+            # e.g. this broker restarted: ask the backend to register again
+            self._send(address, P.DISCONNECT, b"unknown worker; register again")
+        else:
+            worker.expires = self._expires()
+        return worker
+
+    def _on_heartbeat(self, address: bytes, frames) -> None:
+        self._worker(address)
+
+    def _on_bye(self, address: bytes, frames) -> None:
+        worker = self.workers.get(address)
+        if worker is not None:
+            self._remove(worker, "shut down")
+
+    def _on_final(self, address: bytes, frames, mtype: bytes) -> None:
+        worker = self._worker(address)
+        if worker is None:
+            return
+        client, rid = frames[0].bytes, frames[1].bytes
+        key = (client, rid)
+        if self.requests.pop(key, None) is not None:
+            worker.inflight.discard(key)
+        self._socket.send_multipart([client, P.VERSION, mtype, rid, *frames[2:]], copy=False)
+
+    def _on_event(self, address: bytes, frames) -> None:
+        if self._worker(address) is None:
+            return
+        self._socket.send_multipart([frames[0], P.VERSION, P.EVENT, *frames[1:]], copy=False)

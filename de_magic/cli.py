@@ -1,0 +1,304 @@
+"""The ``de-magic`` command, and the command line of backend modules.
+
+``de-magic broker|serve|list|call|schema|generate|demo`` for operators and
+users; ``python backend.py listen|schema|generate|test-connect`` for the
+author of a backend module (via :func:`de_magic.main`).  Both are thin: each
+command is a few lines over :class:`Broker`, :class:`Backend` or :class:`Client`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import ModuleType
+
+from .backend import Backend
+from .broker import DEFAULT_HEARTBEAT, DEFAULT_MAX_MESSAGE, Broker
+from .client import Client
+from .errors import DeMagicError
+from .generate import client_module
+from .schema import describe, members_of
+
+DEMO_BACKENDS = {"hello_world": "de_magic.demo.hello", "ocean_model": "de_magic.demo.ocean"}
+
+
+# -- loading backend modules -------------------------------------------------
+
+
+def load_module(target: str) -> ModuleType:
+    """Import ``target``: a path to a ``.py`` file or a dotted module name."""
+    path = Path(target)
+    if target.endswith(".py") or path.is_file():
+        spec = importlib.util.spec_from_file_location(path.stem, path.resolve())
+        if spec is None or spec.loader is None:
+            raise SystemExit(f"de-magic: cannot load {target}")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[path.stem] = module
+        sys.path.insert(0, str(path.resolve().parent))
+        spec.loader.exec_module(module)
+        return module
+    return importlib.import_module(target)
+
+
+def pick_members(namespace: dict, names) -> dict[str, object]:
+    """Members by name from ``namespace`` (names may also be the objects themselves)."""
+    picked = {}
+    for item in names:
+        if isinstance(item, str):
+            if item not in namespace:
+                raise SystemExit(f"de-magic: no member {item!r} in the backend module")
+            picked[item] = namespace[item]
+        else:
+            picked[item.__name__] = item
+    return picked
+
+
+# -- argument groups shared by several commands --------------------------------
+
+
+def _broker_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--broker", default=None,
+                        help="broker URL (default: $DE_MAGIC_BROKER or tcp://127.0.0.1:5555)")
+
+
+def _serve_args(parser: argparse.ArgumentParser) -> None:
+    _broker_arg(parser)
+    parser.add_argument("--max-workers", type=int, default=None, help="threads that run calls (default: CPUs + 4)")
+    parser.add_argument("--max-queue", type=int, default=1000, help="calls that may wait before 'busy' is answered")
+    parser.add_argument("--allow-code", action="store_true", help="accept %%%%remote code cells (runs arbitrary code!)")
+    parser.add_argument("--heartbeat", type=float, default=DEFAULT_HEARTBEAT, help="heartbeat interval in seconds")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+
+
+def _serve(name: str, members: dict, args: argparse.Namespace, doc: str = "") -> None:
+    backend = Backend(name, members, broker=args.broker, max_workers=args.max_workers, max_queue=args.max_queue,
+                      allow_code=args.allow_code, heartbeat=args.heartbeat, doc=doc)
+    print(f"de-magic: serving {name!r} ({', '.join(members)}) at {backend.broker}", flush=True)
+    backend.run()
+
+
+def _logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+
+
+# -- python backend.py ... -------------------------------------------------------
+
+
+def backend_main(name: str, members, namespace: dict, argv: list[str] | None = None, **options) -> None:
+    """Command line of one backend module (see :func:`de_magic.main`)."""
+    parser = argparse.ArgumentParser(
+        prog=Path(sys.argv[0]).name, description=f"The de-magic backend {name!r}.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    listen = sub.add_parser("listen", help="connect to the broker and serve calls")
+    _serve_args(listen)
+    sub.add_parser("schema", help="print the API description as JSON")
+    gen = sub.add_parser("generate", help="print an importable client module")
+    _broker_arg(gen)
+    check = sub.add_parser("test-connect", help="check that the broker answers")
+    _broker_arg(check)
+    args = parser.parse_args(argv)
+    if members is None:
+        members = namespace.get("__all__") or [
+            n for n, obj in namespace.items()
+            if not n.startswith("_") and callable(obj) and getattr(obj, "__module__", None) == namespace.get("__name__")]
+    picked = pick_members(namespace, members)
+    doc = namespace.get("__doc__") or ""
+    if args.command == "listen":
+        _logging(args.verbose)
+        args.allow_code = args.allow_code or options.get("allow_code", False)
+        _serve(name, picked, args, doc)
+    elif args.command == "schema":
+        print(json.dumps(describe(name, picked, doc), indent=2))
+    elif args.command == "generate":
+        print(client_module(describe(name, picked, doc), args.broker), end="")
+    else:
+        sys.exit(_test_connect(args.broker))
+
+
+def _test_connect(url: str | None) -> int:
+    with Client(url, timeout=5) as client:
+        try:
+            listing = client.listing(api=False)
+        except DeMagicError as exc:
+            print(f"de-magic: broker at {client.url} did not answer: {exc}", file=sys.stderr)
+            return 1
+    print(f"de-magic: broker at {client.url} answers; {len(listing['backends'])} backend(s) live")
+    return 0
+
+
+# -- de-magic ... ------------------------------------------------------------------
+
+
+def cmd_broker(args) -> None:
+    _logging(args.verbose)
+    broker = Broker(args.bind, heartbeat=args.heartbeat, max_message_size=args.max_message_size)
+    url = broker.bind()
+    print(f"de-magic: broker listening on {url}", flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: broker.stop())
+    try:
+        broker.run()
+    except KeyboardInterrupt:
+        pass
+
+
+def _target_members(args) -> tuple[str, dict, str]:
+    module = load_module(args.target)
+    members = pick_members(vars(module), args.members.split(",")) if args.members else members_of(module)
+    name = args.name or module.__name__.rpartition(".")[2]
+    return name, members, module.__doc__ or ""
+
+
+def cmd_serve(args) -> None:
+    _logging(args.verbose)
+    name, members, doc = _target_members(args)
+    _serve(name, members, args, doc)
+
+
+def cmd_schema(args) -> None:
+    print(json.dumps(describe(*_target_members(args)), indent=2))
+
+
+def cmd_generate(args) -> None:
+    print(client_module(describe(*_target_members(args)), args.broker), end="")
+
+
+def cmd_list(args) -> None:
+    with Client(args.broker, timeout=args.timeout) as client:
+        listing = client.listing()
+    if args.json:
+        print(json.dumps(listing, indent=2))
+        return
+    from .client import BackendTable
+
+    print(repr(BackendTable(listing)))
+
+
+def cmd_call(args) -> None:
+    try:
+        parsed = json.loads(args.args) if args.args else {}
+    except ValueError as exc:
+        raise SystemExit(f"de-magic: --args is not JSON: {exc}")
+    call_args, call_kwargs = (parsed, {}) if isinstance(parsed, list) else ((), parsed)
+    member, _, method = args.method.partition(".")
+    init = ((), json.loads(args.init)) if args.init else None
+    with Client(args.broker, timeout=args.timeout) as client:
+        result = client.call(args.name, member, call_args, call_kwargs, method=method or None,
+                             init=init if method else None,
+                             on_progress=lambda p: print(_progress_line(p), file=sys.stderr, flush=True))
+    if args.json:
+        print(json.dumps(result, default=repr, indent=2))
+    else:
+        print(result)
+
+
+def _progress_line(p: dict) -> str:
+    total = f"/{p['total']}" if p.get("total") else ""
+    return f"{p.get('desc') or 'progress'}: {p['n']}{total} {p.get('unit', '')}".rstrip()
+
+
+def cmd_demo(args) -> None:
+    """A local broker and the demo backends in one command; Ctrl-C stops all."""
+    _logging(args.verbose)
+    broker = Broker(args.broker)
+    url = broker.bind()
+    broker.start()
+    env = {**os.environ, "DE_MAGIC_BROKER": url}
+    children = [
+        subprocess.Popen([sys.executable, "-m", "de_magic", "serve", module, "--name", name, "--broker", url,
+                          "--allow-code"], env=env)
+        for name, module in DEMO_BACKENDS.items()
+    ]
+    with Client(url, timeout=5) as client:
+        deadline = time.monotonic() + 30
+        while len(client.listing(api=False)["backends"]) < len(children) and time.monotonic() < deadline:
+            if any(child.poll() is not None for child in children):
+                break
+            time.sleep(0.1)
+        print(repr(client.backends()))
+    print(f"\nde-magic demo: broker on {url} with backends {', '.join(DEMO_BACKENDS)}.\n"
+          f"Connect with:  from de_magic import Client; be = Client({url!r})['hello_world']\n"
+          f"or in a notebook:  %load_ext de_magic  then  %remote_connect {url}\n"
+          "Press Ctrl-C to stop.", flush=True)
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    try:
+        while not stop and all(child.poll() is None for child in children):
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for child in children:
+            child.terminate()
+        for child in children:
+            try:
+                child.wait(10)
+            except subprocess.TimeoutExpired:
+                child.kill()
+        broker.stop()
+        print("de-magic demo: stopped", flush=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="de-magic", description="Serve, discover and call Python backends over ZeroMQ.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("broker", help="run a broker")
+    p.add_argument("--bind", default=None, help="address to bind (default: $DE_MAGIC_BROKER or tcp://127.0.0.1:5555)")
+    p.add_argument("--heartbeat", type=float, default=DEFAULT_HEARTBEAT, help="heartbeat interval in seconds")
+    p.add_argument("--max-message-size", type=int, default=DEFAULT_MAX_MESSAGE,
+                   help="largest call accepted, in bytes")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(func=cmd_broker)
+
+    for command, func, text in (("serve", cmd_serve, "serve a backend module"),
+                                ("schema", cmd_schema, "print a backend module's API as JSON"),
+                                ("generate", cmd_generate, "print a client module for a backend module")):
+        p = sub.add_parser(command, help=text)
+        p.add_argument("target", help="a .py file or an importable module name")
+        p.add_argument("--name", help="backend name (default: the module's name)")
+        p.add_argument("--members", help="comma-separated members (default: __all__, else public functions/classes)")
+        if command == "serve":
+            _serve_args(p)
+        elif command == "generate":
+            _broker_arg(p)
+        p.set_defaults(func=func)
+
+    p = sub.add_parser("list", help="list the live backends")
+    _broker_arg(p)
+    p.add_argument("--json", action="store_true", help="print the full listing as JSON")
+    p.add_argument("--timeout", type=float, default=10.0)
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("call", help="call a backend method")
+    p.add_argument("name", help="backend name")
+    p.add_argument("method", help="member name, or Class.method")
+    p.add_argument("--args", help='JSON: an object of keyword arguments, or a list of positional ones')
+    p.add_argument("--init", help="JSON object of constructor arguments for Class.method")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--timeout", type=float, default=60.0)
+    _broker_arg(p)
+    p.set_defaults(func=cmd_call)
+
+    p = sub.add_parser("demo", help="start a local broker and the demo backends")
+    p.add_argument("--broker", default=None, help="address to bind (default: $DE_MAGIC_BROKER or tcp://127.0.0.1:5555)")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except DeMagicError as exc:
+        raise SystemExit(f"de-magic: {exc}")

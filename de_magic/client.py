@@ -1,0 +1,470 @@
+"""The client: find backends at a broker and call them like local functions.
+
+Blocking calls use one DEALER socket per calling thread, so a call costs one
+send and one receive with no hand-off to a helper thread, and events a call
+produces (progress, streamed output, display data) are handled in the thread
+that made the call, which is what lets a notebook show them in the right
+cell.  ``submit()`` runs the same blocking call in a small thread pool and
+returns a future that is also awaitable.
+
+A call always ends: with the result, with the remote error, or with
+:class:`~de_magic.errors.CallTimeout`.  While waiting, the client asks the
+broker now and then whether the request is still known, so a broker restart
+or a lost worker surfaces as :class:`~de_magic.errors.BackendLost` instead of
+a silent wait.
+"""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import html
+import inspect
+import itertools
+import struct
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Callable
+
+import zmq
+
+from . import protocol as P
+from . import serialize
+from .broker import DEFAULT_HEARTBEAT, DEFAULT_LIVENESS, DEFAULT_MAX_MESSAGE, default_url
+from .errors import BackendLost, CallTimeout, PayloadTooLarge, ProtocolMismatch, UnknownBackend, UnknownMethod, from_header
+
+EventHandler = Callable[[dict, list], None]
+
+_request_ids = itertools.count(1)
+
+
+class CallFuture(Future):
+    """A :class:`concurrent.futures.Future` that asyncio code can ``await``."""
+
+    def __await__(self):
+        return asyncio.wrap_future(self).__await__()
+
+
+class Client:
+    """A connection to one broker.
+
+    ``timeout`` is the default for every call (seconds); a single call may
+    override it (``client.call(..., timeout=5)`` or ``proxy.f.options(timeout=5)``).
+    """
+
+    _shared: dict[str, "Client"] = {}
+    _shared_lock = threading.Lock()
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        timeout: float | None = 30.0,
+        heartbeat: float = DEFAULT_HEARTBEAT,
+        liveness: int = DEFAULT_LIVENESS,
+        max_message_size: int = DEFAULT_MAX_MESSAGE,
+        on_progress: Callable[[dict], None] | None = None,
+        context: zmq.Context | None = None,
+    ):
+        self.url = url or default_url()
+        self.timeout = timeout
+        self.heartbeat = heartbeat
+        self.liveness = liveness
+        self.max_message_size = max_message_size
+        self.on_progress = on_progress
+        self._ctx = context or zmq.Context.instance()
+        self._local = threading.local()
+        self._sockets: list[zmq.Socket] = []
+        self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+        self._closed = False
+
+    @staticmethod
+    def default_url() -> str:
+        """``DE_MAGIC_BROKER`` if set, else ``tcp://127.0.0.1:5555``."""
+        return default_url()
+
+    @classmethod
+    def shared(cls, url: str | None = None) -> "Client":
+        """A client per broker URL, shared by generated modules and magics."""
+        url = url or default_url()
+        with cls._shared_lock:
+            client = cls._shared.get(url)
+            if client is None or client._closed:
+                client = cls._shared[url] = cls(url)
+            return client
+
+    def __repr__(self) -> str:
+        return f"<de_magic.Client {self.url}{' (closed)' if self._closed else ''}>"
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close every socket of this client and stop its submit pool."""
+        self._closed = True
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+        with self._lock:
+            for sock in self._sockets:
+                sock.close(linger=0)
+            self._sockets.clear()
+
+    def configure_socket(self, sock: zmq.Socket) -> None:
+        """Hook for security settings (CURVE) before connecting."""
+
+    # -- low level -------------------------------------------------------------
+
+    def _socket(self) -> zmq.Socket:
+        sock = getattr(self._local, "socket", None)
+        if sock is None or sock.closed:
+            if self._closed:
+                raise RuntimeError(f"{self!r} is closed")
+            sock = self._ctx.socket(zmq.DEALER)
+            sock.linger = 0
+            self.configure_socket(sock)
+            sock.connect(self.url)
+            self._local.socket = sock
+            with self._lock:
+                self._sockets.append(sock)
+        return sock
+
+    def request(
+        self,
+        backend: str,
+        header: dict,
+        payload: list,
+        *,
+        timeout: float | None = None,
+        on_event: EventHandler | None = None,
+        worker: bytes = b"",
+    ) -> tuple[dict, list]:
+        """Send one request to ``backend`` and wait for its answer: ``(header, frames)``.
+
+        Events the backend sends meanwhile go to ``on_event(header, frames)``.
+        Raises the error the answer carries, :class:`CallTimeout` or :class:`BackendLost`.
+        """
+        size = serialize.nbytes(payload)
+        if size > self.max_message_size:
+            raise PayloadTooLarge(
+                f"call of {size} bytes exceeds the maximum message size of {self.max_message_size} bytes")
+        rid = struct.pack("!Q", next(_request_ids))
+        sock = self._socket()
+        sock.send_multipart(
+            [P.VERSION, P.CALL, rid, backend.encode(), worker, P.dump_header(header), *payload], copy=False)
+        return self._wait(sock, rid, self.timeout if timeout is None else timeout, on_event)
+
+    def _wait(self, sock: zmq.Socket, rid: bytes, timeout: float | None, on_event) -> tuple[dict, list]:
+        now = time.monotonic()
+        deadline = None if timeout is None else now + timeout
+        next_query = now + self.heartbeat
+        unanswered = 0
+        try:
+            while True:
+                wait = next_query - time.monotonic()
+                if deadline is not None:
+                    wait = min(wait, deadline - time.monotonic())
+                if sock.poll(max(0.0, wait) * 1000):
+                    frames = sock.recv_multipart(copy=False)
+                    try:
+                        msg = P.decode(frames, P.TO_CLIENT)
+                    except P.ProtocolError as exc:
+                        raise ProtocolMismatch(f"broker at {self.url}: {exc}") from None
+                    if msg.frames[0].bytes != rid:
+                        continue  # a late answer to an earlier, abandoned request
+                    unanswered = 0
+                    if msg.type == P.REPLY:
+                        return P.load_header(msg.frames[1]), list(msg.frames[2:])
+                    if msg.type == P.EVENT:
+                        if on_event is not None:
+                            on_event(P.load_header(msg.frames[1]), list(msg.frames[2:]))
+                    elif msg.type == P.ERROR:
+                        raise from_header(P.load_header(msg.frames[1]))
+                    elif msg.frames[1].bytes == P.UNKNOWN:
+                        raise BackendLost(
+                            f"the broker at {self.url} no longer knows this request "
+                            "(it restarted, or the backend was lost)")
+                    continue
+                now = time.monotonic()
+                if deadline is not None and now >= deadline:
+                    sock.send_multipart([P.VERSION, P.CANCEL, rid])
+                    raise CallTimeout(f"no answer from {self.url} within {timeout:g} s")
+                if now >= next_query:
+                    if unanswered >= self.liveness:
+                        raise BackendLost(f"the broker at {self.url} is not answering")
+                    sock.send_multipart([P.VERSION, P.QUERY, rid])
+                    unanswered += 1
+                    next_query = now + self.heartbeat
+        except KeyboardInterrupt:
+            # the kernel's stop button: stop the remote work too
+            sock.send_multipart([P.VERSION, P.CANCEL, rid])
+            raise
+
+    # -- calls -----------------------------------------------------------------
+
+    def call(
+        self,
+        backend: str,
+        member: str,
+        args: tuple = (),
+        kwargs: dict | None = None,
+        *,
+        method: str | None = None,
+        init: tuple[tuple, dict] | None = None,
+        timeout: float | None = None,
+        on_progress: Callable[[dict], None] | None = None,
+        on_event: EventHandler | None = None,
+    ):
+        """Call ``member`` (a function, or with ``method`` and ``init`` a class's method) of ``backend``."""
+        header = {"member": member}
+        body = (tuple(args), dict(kwargs or {}))
+        if method is not None:
+            header["method"] = method
+            body += tuple(init or ((), {}))
+        progress = on_progress or self.on_progress
+
+        def dispatch(event: dict, frames: list) -> None:
+            if event.get("event") == "progress":
+                if progress is not None:
+                    progress(event)
+            elif on_event is not None:
+                on_event(event, frames)
+
+        head, frames = self.request(backend, header, serialize.dumps(body), timeout=timeout, on_event=dispatch)
+        return decode_result(head, frames)
+
+    def submit(self, backend: str, member: str, args: tuple = (), kwargs: dict | None = None, **options) -> CallFuture:
+        """Like :meth:`call`, but return a :class:`CallFuture` at once."""
+        future = CallFuture()
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(32, thread_name_prefix="de-magic-submit")
+
+        def run():
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(self.call(backend, member, args, kwargs, **options))
+                except BaseException as exc:
+                    future.set_exception(exc)
+
+        self._pool.submit(run)
+        return future
+
+    # -- discovery -------------------------------------------------------------
+
+    def listing(self, name: str | None = None, *, api: bool = True, timeout: float | None = None) -> dict:
+        """What the broker knows: ``{"broker": {...}, "backends": {name: {...}}}``."""
+        rid = struct.pack("!Q", next(_request_ids))
+        sock = self._socket()
+        query = {"api": api} if name is None else {"api": api, "name": name}
+        sock.send_multipart([P.VERSION, P.LIST, rid, P.dump_header(query)])
+        wait = self.timeout if timeout is None else timeout
+        head, frames = self._wait(sock, rid, min(wait, 10.0) if wait else 10.0, None)
+        return decode_result(head, frames)
+
+    def backends(self) -> "BackendTable":
+        """The live backends, as a table (text in a terminal, HTML in a notebook)."""
+        return BackendTable(self.listing())
+
+    def __getitem__(self, name: str) -> "RemoteBackend":
+        entry = self.listing(name)["backends"].get(name)
+        if entry is None:
+            live = ", ".join(sorted(self.listing(api=False)["backends"])) or "none"
+            raise UnknownBackend(f"no backend named {name!r} at {self.url}; live backends: {live}")
+        return RemoteBackend(self, entry)
+
+    def _ipython_key_completions_(self) -> list[str]:
+        return sorted(self.listing(api=False)["backends"])
+
+
+def decode_result(header: dict, frames: list):
+    if header.get("codec") == serialize.JSON:
+        return serialize.loads_json(frames)
+    return serialize.loads(frames)
+
+
+# -- proxies -------------------------------------------------------------------
+
+
+class _Literal:
+    """A default value shown by its source text (for signatures of remote members)."""
+
+    def __init__(self, text: str):
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+def signature_of(entry: dict) -> inspect.Signature:
+    """An :class:`inspect.Signature` rebuilt from an API description entry."""
+    params = []
+    for p in entry.get("parameters", []):
+        default = inspect.Parameter.empty
+        if not p.get("required", True) and p.get("kind") not in ("VAR_POSITIONAL", "VAR_KEYWORD"):
+            text = p.get("default_repr") or "..."
+            try:
+                default = ast.literal_eval(text)
+            except (ValueError, SyntaxError):
+                default = _Literal(text)
+        params.append(inspect.Parameter(
+            p["name"], getattr(inspect.Parameter, p.get("kind", "POSITIONAL_OR_KEYWORD")),
+            default=default, annotation=p.get("annotation") or inspect.Parameter.empty))
+    returns = (entry.get("returns") or {}).get("annotation") or inspect.Signature.empty
+    return inspect.Signature(params, return_annotation=returns)
+
+
+def _remote_function(client: Client, backend: str, entry: dict, qualname: str, **call_kw) -> Callable:
+    """A real function (so ``help()`` and Tab show its signature) that calls the remote member."""
+    member = call_kw.pop("member", entry["name"])
+
+    def remote(*args, **kwargs):
+        return client.call(backend, member, args, kwargs, **call_kw)
+
+    def options(**more) -> Callable:
+        """The same call with other ``timeout=``, ``on_progress=``, ``on_event=``."""
+        return _remote_function(client, backend, entry, qualname, member=member, **{**call_kw, **more})
+
+    def submit(*args, **kwargs) -> CallFuture:
+        """Start the call and return a future (also awaitable)."""
+        return client.submit(backend, member, args, kwargs, **call_kw)
+
+    remote.__name__ = entry["name"]
+    remote.__qualname__ = qualname
+    remote.__doc__ = entry.get("doc") or None
+    remote.__signature__ = signature_of(entry)
+    remote.__module__ = f"de_magic.remote.{backend}"
+    remote.options = options
+    remote.submit = submit
+    remote.api = entry
+    return remote
+
+
+class RemoteInstance:
+    """A remote class with its constructor arguments; each method call builds the instance remotely."""
+
+    def __init__(self, cls: "RemoteClass", args: tuple, kwargs: dict):
+        self._cls, self._init = cls, (args, kwargs)
+
+    def __getattr__(self, name: str) -> Callable:
+        entry = self._cls.api.get("methods", {}).get(name)
+        if entry is None:
+            raise UnknownMethod(f"remote class {self._cls.api['name']} has no method {name!r}; "
+                                f"it has: {', '.join(self._cls.api.get('methods', {}))}")
+        return _remote_function(self._cls.client, self._cls.backend, entry, f"{self._cls.api['name']}.{name}",
+                                member=self._cls.api["name"], method=name, init=self._init)
+
+    def __dir__(self):
+        return list(self._cls.api.get("methods", {}))
+
+    def __repr__(self) -> str:
+        args = [repr(a) for a in self._init[0]] + [f"{k}={v!r}" for k, v in self._init[1].items()]
+        return f"<remote {self._cls.backend}.{self._cls.api['name']}({', '.join(args)})>"
+
+
+class RemoteClass:
+    """Proxy of a backend class: call it with constructor arguments to get a :class:`RemoteInstance`."""
+
+    def __init__(self, client: Client, backend: str, entry: dict):
+        self.client, self.backend, self.api = client, backend, entry
+        self.__doc__ = entry.get("doc") or None
+        self.__signature__ = signature_of(entry)
+        self.__name__ = entry["name"]
+
+    def __call__(self, *args, **kwargs) -> RemoteInstance:
+        self.__signature__.bind(*args, **kwargs)
+        return RemoteInstance(self, args, kwargs)
+
+    def __repr__(self) -> str:
+        return f"<remote class {self.backend}.{self.api['name']}{self.api.get('signature', '')}>"
+
+
+class RemoteBackend:
+    """Proxy of one backend: its members are attributes (``dir()`` and Tab list them)."""
+
+    def __init__(self, client: Client, entry: dict):
+        self.client = client
+        self.name = entry["name"]
+        self.entry = entry
+        self.api = entry.get("api", {})
+        self._members: dict[str, object] = {}
+
+    @property
+    def workers(self) -> list[dict]:
+        return self.entry.get("workers", [])
+
+    @property
+    def allow_code(self) -> bool:
+        return bool(self.entry.get("allow_code"))
+
+    def __getattr__(self, name: str):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        members = self.__dict__["api"].get("members", {})
+        if name not in self._members:
+            entry = members.get(name)
+            if entry is None:
+                raise UnknownMethod(f"backend {self.name!r} has no member {name!r}; it has: {', '.join(members)}")
+            if entry.get("kind") == "class":
+                self._members[name] = RemoteClass(self.client, self.name, entry)
+            else:
+                self._members[name] = _remote_function(self.client, self.name, entry, name)
+        return self._members[name]
+
+    def __dir__(self):
+        return sorted(set(super().__dir__()) | set(self.api.get("members", {})))
+
+    def __repr__(self) -> str:
+        lines = [f"<backend {self.name!r} at {self.client.url}: {len(self.workers)} worker(s)>"]
+        for name, entry in self.api.get("members", {}).items():
+            lines.append(f"  {name}{entry.get('signature', '')}  {entry.get('summary', '')}".rstrip())
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        rows = "".join(
+            f"<tr><td><code>{html.escape(name)}{html.escape(e.get('signature', ''))}</code></td>"
+            f"<td>{html.escape(e.get('kind', ''))}</td><td>{html.escape(e.get('summary', ''))}</td></tr>"
+            for name, e in self.api.get("members", {}).items()
+        )
+        return (f"<b>{html.escape(self.name)}</b> at <code>{html.escape(self.client.url)}</code>, "
+                f"{len(self.workers)} worker(s)<table><tr><th>member</th><th>kind</th><th>summary</th></tr>"
+                f"{rows}</table>")
+
+
+class BackendTable(dict):
+    """The live backends at a broker: a dict by name that prints as a table."""
+
+    def __init__(self, listing: dict):
+        super().__init__(listing.get("backends", {}))
+        self.broker = listing.get("broker", {})
+
+    def rows(self) -> list[tuple[str, str, str, str, str]]:
+        out = []
+        for name, entry in sorted(self.items()):
+            workers = entry.get("workers", [])
+            busy = sum(w.get("busy", 0) for w in workers)
+            slots = sum(w.get("capacity", 0) for w in workers)
+            members = ", ".join(entry.get("api", {}).get("members", {}))
+            out.append((name, str(len(workers)), f"{busy}/{slots}", "yes" if entry.get("allow_code") else "no", members))
+        return out
+
+    _HEAD = ("backend", "workers", "busy", "code", "members")
+
+    def __repr__(self) -> str:
+        rows = [self._HEAD, *self.rows()]
+        widths = [max(len(r[i]) for r in rows) for i in range(len(self._HEAD))]
+        text = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
+        text.insert(1, "  ".join("-" * w for w in widths))
+        if not self:
+            text.append(f"(no live backends at {self.broker.get('url', '?')})")
+        return "\n".join(text)
+
+    def _repr_html_(self) -> str:
+        head = "".join(f"<th>{h}</th>" for h in self._HEAD)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in self.rows())
+        url = html.escape(self.broker.get("url", "?"))
+        return f"<table><caption>de-magic backends at <code>{url}</code></caption><tr>{head}</tr>{body}</table>"

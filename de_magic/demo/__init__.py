@@ -1,0 +1,1 @@
+"""Demo backends started by ``de-magic demo``: small, typed, and runnable locally."""
