@@ -96,7 +96,10 @@ class Backend:
         self.liveness = liveness
         self.max_message_size = max_message_size
         self.allow_code = allow_code
+        #: Our routing id at the broker, fixed so that reconnects keep it and sessions can pin to us.
+        self.id = os.urandom(8)
         self.api = describe(name, self.members, doc)
+        self._reply_header = P.dump_header({"codec": serialize.PICKLE, "worker": self.id.hex()})
         self.operations: dict[str, Operation] = {"call": Operation(self._call_member)}
         self._ctx = context or zmq.Context.instance()
         self._calls: dict[tuple[bytes, bytes], Call] = {}
@@ -169,6 +172,7 @@ class Backend:
     def _connect(self) -> zmq.Socket:
         sock = self._ctx.socket(zmq.DEALER)
         sock.linger = 0
+        sock.routing_id = self.id
         self.configure_socket(sock)
         sock.connect(self.broker)
         sock.send_multipart(self._ready_frames())
@@ -340,7 +344,7 @@ class Backend:
         if size > self.max_message_size:
             raise PayloadTooLarge(
                 f"result of {size} bytes exceeds the backend's maximum message size of {self.max_message_size} bytes")
-        return b'{"codec":"pickle"}', frames
+        return self._reply_header, frames
 
     # -- the "call" operation ------------------------------------------------
 

@@ -74,7 +74,7 @@ def combine(first: int, /, *rest: int, sep: str = ",", strict: bool, **extra: fl
 
 def summarize(frame: pandas.DataFrame, how=MISSING, limit: int | None = 3) -> dict[str, float]:
     """Summary statistics of a table; ``frame`` is annotated with a name known only to type checkers."""
-    return {}
+    return {"rows": float(len(frame)), "default_how": float(how is MISSING), "limit": float(limit or 0)}
 
 
 def untyped(x, y=2):
