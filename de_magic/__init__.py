@@ -36,3 +36,13 @@ def main(name: str, members=None, **options) -> None:
     from .cli import backend_main
 
     backend_main(name, members, sys._getframe(1).f_globals, **options)
+
+
+def _jupyter_labextension_paths() -> list[dict[str, str]]:
+    """Where the prebuilt JupyterLab extension (the Remote backends sidebar) lives."""
+    return [{"src": "labextension", "dest": "de-magic"}]
+
+
+def _jupyter_server_extension_points() -> list[dict[str, str]]:
+    """The jupyter_server extension serving the sidebar's REST endpoints (:mod:`de_magic.labserver`)."""
+    return [{"module": "de_magic.labserver"}]

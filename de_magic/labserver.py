@@ -1,0 +1,174 @@
+"""jupyter_server extension behind the JupyterLab "Remote backends" sidebar.
+
+REST endpoints (all authenticated, all JSON, under ``{base_url}de-magic/``):
+
+``GET brokers``
+    The configured brokers: ``{"default": url, "brokers": [url, ...]}``. The default is
+    ``DE_MAGIC_BROKER`` (else ``tcp://127.0.0.1:5555``); more can be configured with
+    ``c.DeMagicLab.brokers = [...]``. The panel adds the ones the user keeps in its settings.
+``GET listing?broker=URL``
+    Everything the broker offers: the core client's listing (broker, backends, workers,
+    full API) plus liveness (``reachable``, ``latency_ms``, ``checked``). An unreachable
+    broker still answers 200, with ``{"broker": {"url": url}, "reachable": false, "error": "..."}``
+    (so do the two below): being down is a state the panel shows, not a failed request.
+``GET backends?broker=URL``
+    The backends without their API (name, allow_code, since, workers): cheap to poll.
+``GET backends/NAME?broker=URL``
+    One backend with its full API; 404 when the broker does not have it.
+
+The core client is blocking (ZeroMQ request/reply), so every call runs in a worker thread
+with a short timeout: a slow or dead broker never stalls the server's event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from typing import Any
+
+import tornado.web
+from jupyter_server.base.handlers import APIHandler
+from jupyter_server.utils import url_path_join
+from traitlets import Float, List, Unicode
+from traitlets.config import Configurable
+
+# ZeroMQ transports a broker can listen on; anything else is a typo, not a broker.
+_URL_RE = re.compile(r"^(tcp|ipc|inproc)://\S+$")
+
+
+def default_broker() -> str:
+    from .client import Client
+
+    return Client.default_url()
+
+
+class DeMagicLab(Configurable):
+    """Server-side settings of the sidebar endpoints (``c.DeMagicLab.*``)."""
+
+    brokers = List(
+        Unicode(),
+        default_value=[],
+        help="Brokers listed for every user, besides the default one (DE_MAGIC_BROKER).",
+    ).tag(config=True)
+
+    timeout = Float(
+        3.0,
+        help="Seconds to wait for a broker's answer before reporting it unreachable.",
+    ).tag(config=True)
+
+
+def fetch_listing(url: str, timeout: float) -> dict[str, Any]:
+    """Ask one broker for its listing (blocking: call it from a thread)."""
+    from .client import Client
+
+    client = Client(url, timeout=timeout)
+    try:
+        return client.listing()
+    finally:
+        client.close()
+
+
+class _BaseHandler(APIHandler):
+    def initialize(self, demagic: DeMagicLab) -> None:
+        self.demagic = demagic
+
+    def _broker_arg(self) -> str:
+        url = self.get_query_argument("broker", None) or default_broker()
+        url = url.strip()
+        if not _URL_RE.match(url):
+            raise tornado.web.HTTPError(400, f"not a ZeroMQ broker address: {url!r}")
+        return url
+
+    async def _listing(self, url: str) -> dict[str, Any]:
+        """The broker's listing plus liveness; ``reachable: False`` and an ``error`` when it is down.
+
+        An unreachable broker is a state to show, not a failed request: the answer is 200, so
+        the panel's polling shows the message without the browser logging a failed request.
+        """
+        start = time.monotonic()
+        try:
+            listing = await asyncio.to_thread(fetch_listing, url, self.demagic.timeout)
+        except Exception as exc:  # DeMagicError subclasses, but also zmq errors on bad URLs
+            self.log.debug("de-magic: broker %s unreachable: %r", url, exc)
+            return {
+                "broker": {"url": url},
+                "reachable": False,
+                "error": _describe(exc, url, self.demagic.timeout),
+                "checked": time.time(),
+            }
+        listing = dict(listing)
+        listing["reachable"] = True
+        listing["latency_ms"] = round((time.monotonic() - start) * 1000, 1)
+        listing["checked"] = time.time()
+        return listing
+
+
+def _describe(exc: Exception, url: str, timeout: float) -> str:
+    name = type(exc).__name__
+    if name in ("CallTimeout", "BackendLost", "TimeoutError"):
+        return f"No answer from the broker at {url} within {timeout:g} s: is it running?"
+    return f"Could not query the broker at {url}: {name}: {exc}"
+
+
+class BrokersHandler(_BaseHandler):
+    @tornado.web.authenticated
+    def get(self) -> None:
+        default = default_broker()
+        brokers = [default] + [b for b in self.demagic.brokers if b != default]
+        self.finish(json.dumps({"default": default, "brokers": brokers}))
+
+
+class ListingHandler(_BaseHandler):
+    @tornado.web.authenticated
+    async def get(self) -> None:
+        self.finish(json.dumps(await self._listing(self._broker_arg())))
+
+
+class BackendsHandler(_BaseHandler):
+    @tornado.web.authenticated
+    async def get(self, name: str | None = None) -> None:
+        url = self._broker_arg()
+        listing = await self._listing(url)
+        if not listing["reachable"]:
+            self.finish(json.dumps({k: listing[k] for k in ("broker", "reachable", "error", "checked")}))
+            return
+        backends = listing.get("backends", {})
+        if name:
+            if name not in backends:
+                raise tornado.web.HTTPError(404, f"no backend {name!r} on {url}")
+            self.finish(json.dumps(dict(backends[name], broker=listing["broker"], reachable=True)))
+            return
+        summary = {
+            key: {k: v for k, v in backend.items() if k != "api"} for key, backend in backends.items()
+        }
+        self.finish(
+            json.dumps(
+                {
+                    "broker": listing["broker"],
+                    "reachable": True,
+                    "backends": summary,
+                    "checked": listing["checked"],
+                }
+            )
+        )
+
+
+def setup_handlers(serverapp: Any) -> None:
+    base = url_path_join(serverapp.web_app.settings["base_url"], "de-magic")
+    kwargs = {"demagic": DeMagicLab(parent=serverapp)}
+    serverapp.web_app.add_handlers(
+        ".*$",
+        [
+            (url_path_join(base, "brokers"), BrokersHandler, kwargs),
+            (url_path_join(base, "listing"), ListingHandler, kwargs),
+            (url_path_join(base, "backends"), BackendsHandler, kwargs),
+            (url_path_join(base, r"backends/([^/]+)"), BackendsHandler, kwargs),
+        ],
+    )
+
+
+def _load_jupyter_server_extension(serverapp: Any) -> None:
+    setup_handlers(serverapp)
+    serverapp.log.info("de-magic: sidebar endpoints at %sde-magic/", serverapp.base_url)

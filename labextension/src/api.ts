@@ -1,0 +1,102 @@
+/**
+ * Talking to the server extension (de_magic/labserver.py) and the shapes it answers with.
+ */
+import { URLExt } from '@jupyterlab/coreutils';
+import { ServerConnection } from '@jupyterlab/services';
+
+/** One parameter of a function, method or class constructor. */
+export interface IParameter {
+  name: string;
+  kind:
+    | 'POSITIONAL_ONLY'
+    | 'POSITIONAL_OR_KEYWORD'
+    | 'VAR_POSITIONAL'
+    | 'KEYWORD_ONLY'
+    | 'VAR_KEYWORD';
+  annotation: string | null;
+  required: boolean;
+  default_repr: string | null;
+  doc: string | null;
+}
+
+/** A function, a class, or a method of a class, as the backend describes it. */
+export interface IMember {
+  name: string;
+  kind: 'function' | 'class' | 'method' | string;
+  signature: string;
+  summary?: string | null;
+  doc?: string | null;
+  parameters?: IParameter[];
+  returns?: { annotation?: string | null; doc?: string | null } | null;
+  methods?: { [name: string]: IMember };
+}
+
+export interface IWorker {
+  id: string;
+  pid?: number;
+  host?: string;
+  since?: number;
+  capacity?: number;
+  busy?: number;
+  calls?: number;
+}
+
+export interface IBackend {
+  name: string;
+  allow_code: boolean;
+  since?: number;
+  workers: IWorker[];
+  api?: { name: string; doc?: string | null; members: { [name: string]: IMember } };
+}
+
+/** The answer of `GET de-magic/listing?broker=URL`. */
+export interface IListing {
+  reachable: boolean;
+  /** Why the broker could not be queried, when `reachable` is false. */
+  error?: string;
+  broker?: { url: string; id?: string; since?: number; protocol?: string };
+  backends?: { [name: string]: IBackend };
+  latency_ms?: number;
+  checked?: number;
+}
+
+export interface IBrokers {
+  default: string;
+  brokers: string[];
+}
+
+/** Call a de-magic REST endpoint; the token and XSRF header are handled by ServerConnection. */
+export async function requestAPI<T>(
+  endPoint: string,
+  query: { [key: string]: string } = {}
+): Promise<T> {
+  const settings = ServerConnection.makeSettings();
+  const url =
+    URLExt.join(settings.baseUrl, 'de-magic', endPoint) +
+    URLExt.objectToQueryString(query);
+  let response: Response;
+  try {
+    response = await ServerConnection.makeRequest(url, {}, settings);
+  } catch (error) {
+    throw new ServerConnection.NetworkError(error as TypeError);
+  }
+  const text = await response.text();
+  let data: any = text;
+  try {
+    data = JSON.parse(text);
+  } catch {
+    // Not JSON (e.g. a proxy's HTML error page): keep the text for the message.
+  }
+  if (!response.ok) {
+    throw new ServerConnection.ResponseError(response, data?.message ?? text);
+  }
+  return data as T;
+}
+
+export function fetchBrokers(): Promise<IBrokers> {
+  return requestAPI<IBrokers>('brokers');
+}
+
+export function fetchListing(broker: string): Promise<IListing> {
+  return requestAPI<IListing>('listing', { broker });
+}

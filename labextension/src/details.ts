@@ -1,0 +1,184 @@
+/**
+ * The lower section: the selected method's signature, docstring, parameters and actions.
+ */
+import { Widget } from '@lumino/widgets';
+
+import { IBackend, IMember, IParameter } from './api';
+import { age, dateOf, h, plural } from './dom';
+import { BrokersModel, ISelection } from './model';
+import { ITarget } from './snippets';
+
+export interface IDetailsActions {
+  insertCall(target: ITarget): void;
+  insertRemoteCell(broker: string, backend: string): void;
+  openForm(target: ITarget): void;
+}
+
+function parametersTable(params: IParameter[]): HTMLElement {
+  const rows = params.map(p => {
+    const prefix = p.kind === 'VAR_POSITIONAL' ? '*' : p.kind === 'VAR_KEYWORD' ? '**' : '';
+    const value = p.required ? h('span', { class: 'jp-DeMagic-required' }, 'required') : (p.default_repr ?? '');
+    return h(
+      'tr',
+      { 'data-param': p.name },
+      h('td', {}, h('code', {}, prefix + p.name)),
+      h('td', {}, p.annotation ? h('code', {}, p.annotation) : ''),
+      h('td', {}, typeof value === 'string' ? h('code', {}, value) : value),
+      h('td', {}, p.doc ?? '')
+    );
+  });
+  return h(
+    'table',
+    { class: 'jp-DeMagic-params' },
+    h('thead', {}, h('tr', {}, h('th', {}, 'Name'), h('th', {}, 'Type'), h('th', {}, 'Default'), h('th', {}, 'Description'))),
+    h('tbody', {}, ...rows)
+  );
+}
+
+function section(title: string, ...content: (Node | string | null)[]): HTMLElement {
+  return h('section', { class: 'jp-DeMagic-section' }, h('h3', {}, title), ...content);
+}
+
+function docBlock(text: string | null | undefined): HTMLElement | null {
+  return text ? h('div', { class: 'jp-DeMagic-doc' }, text) : null;
+}
+
+function button(label: string, action: string, primary = false): HTMLButtonElement {
+  return h(
+    'button',
+    { class: `jp-Button jp-mod-styled ${primary ? 'jp-mod-accept' : 'jp-mod-reject'}`, 'data-action': action },
+    label
+  );
+}
+
+export class MemberDetails extends Widget {
+  constructor(model: BrokersModel, actions: IDetailsActions) {
+    super();
+    this.addClass('jp-DeMagic-details');
+    this._model = model;
+    this._actions = actions;
+    this.node.addEventListener('click', this);
+    model.changed.connect(() => this.render());
+    this.render();
+  }
+
+  get selection(): ISelection | null {
+    return this._selection;
+  }
+
+  set selection(selection: ISelection | null) {
+    this._selection = selection;
+    this.render();
+  }
+
+  handleEvent(event: Event): void {
+    const action = (event.target as HTMLElement).closest<HTMLElement>('[data-action]')?.dataset.action;
+    const resolved = this._model.resolve(this._selection);
+    if (!action || !resolved || !this._selection) {
+      return;
+    }
+    const { entry, backend, owner, member } = resolved;
+    if (action === 'remote-cell') {
+      this._actions.insertRemoteCell(entry.url, backend.name);
+    } else if (member) {
+      const target: ITarget = { broker: entry.url, backend: backend.name, member, owner };
+      if (action === 'insert-call') {
+        this._actions.insertCall(target);
+      } else if (action === 'open-form') {
+        this._actions.openForm(target);
+      }
+    }
+  }
+
+  render(): void {
+    const resolved = this._model.resolve(this._selection);
+    let content: Node[];
+    if (!this._selection) {
+      content = [h('p', { class: 'jp-DeMagic-placeholder' }, 'Select a method to see its documentation and insert a call.')];
+    } else if (!resolved) {
+      content = [h('p', { class: 'jp-DeMagic-placeholder' }, 'The selected item is not offered any more.')];
+    } else if (!resolved.member) {
+      content = this._backend(resolved.backend, resolved.entry.url);
+    } else {
+      content = this._member(resolved.backend, resolved.member, resolved.owner);
+    }
+    this.node.replaceChildren(...content);
+  }
+
+  private _backend(backend: IBackend, broker: string): Node[] {
+    const workers = backend.workers ?? [];
+    const table = h(
+      'table',
+      { class: 'jp-DeMagic-params' },
+      h('thead', {}, h('tr', {}, h('th', {}, 'Host'), h('th', {}, 'PID'), h('th', {}, 'Busy'), h('th', {}, 'Calls'), h('th', {}, 'Up'))),
+      h(
+        'tbody',
+        {},
+        ...workers.map(w =>
+          h(
+            'tr',
+            {},
+            h('td', {}, w.host ?? ''),
+            h('td', {}, String(w.pid ?? '')),
+            h('td', {}, `${w.busy ?? 0}/${w.capacity ?? 1}`),
+            h('td', {}, String(w.calls ?? 0)),
+            h('td', { title: dateOf(w.since) }, age(w.since))
+          )
+        )
+      )
+    );
+    return [
+      h('div', { class: 'jp-DeMagic-title' }, h('span', { class: 'jp-DeMagic-titleName' }, backend.name)),
+      h(
+        'p',
+        { class: 'jp-DeMagic-facts' },
+        `Backend on ${broker}, alive since ${dateOf(backend.since)}. ` +
+          (backend.allow_code ? 'Accepts %%remote code cells.' : 'Runs only its published functions.')
+      ),
+      backend.allow_code ? h('div', { class: 'jp-DeMagic-actions' }, button('New %%remote cell', 'remote-cell', true)) : null,
+      docBlock(backend.api?.doc),
+      section(plural(workers.length, 'worker'), workers.length ? table : 'No worker is connected: calls wait until one is.')
+    ].filter((node): node is HTMLElement => node !== null);
+  }
+
+  private _member(backend: IBackend, member: IMember, owner?: IMember): Node[] {
+    const isClass = member.kind === 'class';
+    const name = owner ? `${owner.name}.${member.name}` : member.name;
+    const actions = isClass
+      ? null
+      : h(
+          'div',
+          { class: 'jp-DeMagic-actions' },
+          button('Insert call', 'insert-call', true),
+          backend.allow_code ? button('New %%remote cell', 'remote-cell') : null,
+          button('Open form', 'open-form')
+        );
+    const params = member.parameters ?? [];
+    const returns = member.returns;
+    const methods = Object.keys(member.methods ?? {}).sort();
+    return [
+      h(
+        'div',
+        { class: 'jp-DeMagic-title' },
+        h('span', { class: 'jp-DeMagic-badge', 'data-kind': member.kind }, isClass ? 'c' : owner ? 'm' : 'f'),
+        h('span', { class: 'jp-DeMagic-titleName' }, name),
+        h('span', { class: 'jp-DeMagic-meta' }, `in ${backend.name}`)
+      ),
+      h('pre', { class: 'jp-DeMagic-signatureBlock' }, `${member.name}${member.signature}`),
+      actions,
+      docBlock(member.doc || member.summary),
+      params.length ? section(isClass ? 'Constructor parameters' : 'Parameters', parametersTable(params)) : null,
+      returns && (returns.annotation || returns.doc)
+        ? section(
+            'Returns',
+            h('p', {}, returns.annotation ? h('code', {}, returns.annotation) : '', returns.doc ? ` — ${returns.doc}` : '')
+          )
+        : null,
+      methods.length ? section('Methods', h('p', {}, methods.join(', '))) : null
+    ].filter((node): node is HTMLElement => node !== null);
+  }
+
+  private _actions: IDetailsActions;
+  private _model: BrokersModel;
+  private _selection: ISelection | null = null;
+}

@@ -1,0 +1,69 @@
+/**
+ * Small DOM helpers: the panel is plain DOM (no React) since it is a handful of lists.
+ * Text always goes through textContent, never innerHTML: docstrings come from remote code.
+ */
+
+type Child = Node | string | null | undefined | false;
+
+export function h<K extends keyof HTMLElementTagNameMap>(
+  tag: K,
+  attrs: { [name: string]: string | undefined } = {},
+  ...children: Child[]
+): HTMLElementTagNameMap[K] {
+  const element = document.createElement(tag);
+  for (const [name, value] of Object.entries(attrs)) {
+    if (value !== undefined) {
+      element.setAttribute(name, value);
+    }
+  }
+  for (const child of children) {
+    if (child === null || child === undefined || child === false) {
+      continue;
+    }
+    element.append(child);
+  }
+  return element;
+}
+
+/** `text` with the first case-insensitive occurrence of `query` wrapped in <mark>. */
+export function highlighted(text: string, query: string): Node {
+  const index = query ? text.toLowerCase().indexOf(query) : -1;
+  if (index < 0) {
+    return document.createTextNode(text);
+  }
+  const span = document.createElement('span');
+  span.append(
+    text.slice(0, index),
+    h('mark', {}, text.slice(index, index + query.length)),
+    text.slice(index + query.length)
+  );
+  return span;
+}
+
+/** "3 min", "2 h", "5 days": how long ago a unix time (seconds) was. */
+export function age(since: number | undefined | null, now = Date.now()): string {
+  if (!since) {
+    return '';
+  }
+  const seconds = Math.max(0, Math.round(now / 1000 - since));
+  if (seconds < 60) {
+    return `${seconds} s`;
+  }
+  const minutes = Math.round(seconds / 60);
+  if (minutes < 60) {
+    return `${minutes} min`;
+  }
+  const hours = Math.round(minutes / 60);
+  if (hours < 48) {
+    return `${hours} h`;
+  }
+  return `${Math.round(hours / 24)} days`;
+}
+
+export function dateOf(since: number | undefined | null): string {
+  return since ? new Date(since * 1000).toLocaleString() : 'unknown';
+}
+
+export function plural(count: number, word: string): string {
+  return `${count} ${word}${count === 1 ? '' : 's'}`;
+}
