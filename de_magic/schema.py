@@ -239,9 +239,10 @@ def _to_json(value):
 def _describe_member(name: str, obj) -> dict:
     if not inspect.isclass(obj):
         return _describe_callable(name, "function", inspect.signature(obj), _hints(obj), _doc(obj))
-    init_doc = _doc(obj.__init__) if inspect.isfunction(obj.__init__) else ""
-    entry = _describe_callable(name, "class", inspect.signature(obj), _init_hints(obj), _doc(obj),
-                               documented=f"{_doc(obj)}\n\n{init_doc}")
+    doc = _doc(obj)
+    init_doc = _doc(obj.__init__) if inspect.isfunction(obj.__init__) else ""  # numpydoc allows either place
+    entry = _describe_callable(name, "class", inspect.signature(obj), _init_hints(obj), doc,
+                               documented=f"{doc}\n\n{init_doc}")
     entry["methods"] = {key: _describe_callable(key, "method", sig, _hints(func), _doc(func))
                         for key, (func, sig) in _methods(obj).items()}
     return entry
@@ -382,7 +383,7 @@ _SCALARS: dict[type, Callable[[object], bool]] = {
     int: lambda v: isinstance(v, (int, Integral)),  # Integral: numpy integers too
     float: lambda v: isinstance(v, (float, Real)),  # int is fine where float is expected
     str: lambda v: isinstance(v, str),
-    # numpy's bool scalar (bool_ in numpy 1, bool in numpy 2) is no bool subclass; known by name to avoid importing numpy
+    # numpy's bool scalar (bool_ in numpy 1, bool in 2) is no bool subclass: known by name, not importing numpy
     bool: lambda v: type(v).__name__ in ("bool", "bool_"),
     type(None): lambda v: v is None,
 }
@@ -392,6 +393,8 @@ _CONTAINERS = {list: (list, tuple), tuple: (tuple, list), set: (set, frozenset),
 
 def _accepts(hint) -> Callable[[object], bool] | None:
     """A cheap test of values against ``hint``, or None when there is none (then every value passes)."""
+    if hint is None:
+        return _SCALARS[type(None)]
     origin, args = get_origin(hint) or hint, get_args(hint)
     if origin is Annotated:
         return _accepts(args[0])
@@ -403,8 +406,6 @@ def _accepts(hint) -> Callable[[object], bool] | None:
         return None if None in members else lambda v: any(accepts(v) for accepts in members)
     if isinstance(origin, type) and origin in _CONTAINERS:
         return _container_accepts(origin, args)
-    if hint is None:
-        return _SCALARS[type(None)]
     return _SCALARS.get(hint) if isinstance(hint, type) else None
 
 
