@@ -1,11 +1,13 @@
 """A backend: plain Python functions and classes, served to a broker.
 
-A :class:`Backend` connects out to the broker, registers its name and API, and
-then runs the calls it is sent in a pool of threads, answering "busy" when its
-bounded queue is full.  ZeroMQ sockets are not thread-safe, so one I/O thread
-owns the broker connection; pool threads hand their replies and events to it
-over an inproc PUSH/PULL pair.  The I/O thread keeps heartbeating while calls
-run, and re-registers by itself when the broker restarts.
+A :class:`Backend` connects out to the broker, registers its name and API,
+and heartbeats from an I/O thread of its own, so heartbeats flow however long
+calls run; it re-registers by itself when the broker restarts.  Calls run in
+``max_workers`` slot threads, each with its own connection to the broker: a
+slot receives a call, runs it and answers on the same socket, with no hand-off
+between threads on the way (ZeroMQ sockets are not thread-safe, and a hand-off
+costs more than a small call).  The broker queues calls while all slots are
+busy, and answers "busy" when that queue is full.
 
 Work that must run in the process's main thread (code cells, so that an
 interrupt can stop even a ``time.sleep``) goes through a queue that
@@ -21,10 +23,10 @@ import os
 import queue
 import signal
 import socket
+import struct
 import threading
 import time
 import traceback
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -33,10 +35,13 @@ import zmq
 from . import protocol as P
 from . import serialize
 from .broker import DEFAULT_HEARTBEAT, DEFAULT_LIVENESS, DEFAULT_MAX_MESSAGE, default_url
-from .errors import Busy, Cancelled, DeMagicError, PayloadTooLarge, RemoteError, UnknownMethod
+from .errors import Cancelled, DeMagicError, PayloadTooLarge, ProtocolMismatch, RemoteError, UnknownMethod
 from .schema import check_arguments, describe
 
 log = logging.getLogger("de_magic.backend")
+
+# what the I/O thread tells the slot threads
+_HELLO, _STOP = b"hello", b"stop"
 
 #: The call being served by this thread (for progress reports and output relays).
 current_call: contextvars.ContextVar["Call | None"] = contextvars.ContextVar("de_magic_call", default=None)
@@ -103,37 +108,41 @@ class Backend:
         self.operations: dict[str, Operation] = {"call": Operation(self._call_member)}
         self._ctx = context or zmq.Context.instance()
         self._calls: dict[tuple[bytes, bytes], Call] = {}
-        self._pool = ThreadPoolExecutor(self.max_workers, thread_name_prefix=f"de-magic-{name}")
         self._main_jobs: queue.SimpleQueue = queue.SimpleQueue()
         self._local = threading.local()
-        self._out_url = f"inproc://de-magic-backend-{id(self)}"
-        self._stop_url = self._out_url + "-stop"
+        base = f"inproc://de-magic-backend-{id(self)}"
+        self._out_url, self._stop_url, self._slots_url = base + "-out", base + "-stop", base + "-slots"
         self._out_sockets: list[zmq.Socket] = []
         self._out_lock = threading.Lock()
-        self._io_thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self._stopped = threading.Event()
         self.registered = threading.Event()
 
     # -- life cycle --------------------------------------------------------
 
     def start(self) -> "Backend":
-        """Start the I/O thread; calls run in the pool, main-thread work needs :meth:`run`."""
+        """Connect and serve calls in background threads; main-thread work needs :meth:`run`."""
         pull = self._ctx.socket(zmq.PULL)
         pull.bind(self._out_url)
-        control = self._ctx.socket(zmq.PAIR)
-        control.bind(self._stop_url)
-        self._io_thread = threading.Thread(
-            target=self._io_loop, args=(pull, control), name=f"de-magic-io-{self.name}", daemon=True
-        )
-        self._io_thread.start()
+        stop = self._ctx.socket(zmq.PAIR)
+        stop.bind(self._stop_url)
+        slots = self._ctx.socket(zmq.PUB)
+        slots.bind(self._slots_url)
+        self._threads.append(threading.Thread(
+            target=self._io_loop, args=(pull, stop, slots), name=f"de-magic-io-{self.name}", daemon=True))
+        for index in range(self.max_workers):
+            self._threads.append(threading.Thread(
+                target=self._slot_loop, args=(self.id + struct.pack("!H", index),),
+                name=f"de-magic-{self.name}-{index}", daemon=True))
+        for thread in self._threads:
+            thread.start()
         return self
 
     def run(self) -> None:
         """Serve until :meth:`stop`, SIGTERM or Ctrl-C; main-thread work runs here."""
-        if self._io_thread is None:
+        if not self._threads:
             self.start()
-        in_main = threading.current_thread() is threading.main_thread()
-        if in_main:
+        if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, lambda *_: self._main_jobs.put(None))
             signal.signal(signal.SIGUSR1, self._on_interrupt_signal)
         try:
@@ -148,75 +157,66 @@ class Backend:
             self.stop()
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Say goodbye to the broker and stop the I/O thread (thread-safe, idempotent)."""
+        """Say goodbye to the broker and stop all threads (thread-safe, idempotent)."""
         if self._stopped.is_set():
             return
         self._stopped.set()
         self._main_jobs.put(None)
-        if self._io_thread is not None:
+        if self._threads:
             poke = self._ctx.socket(zmq.PAIR)
             poke.linger = 0
             poke.connect(self._stop_url)
             poke.send(b"stop")
             poke.close()
-            if self._io_thread is not threading.current_thread():
-                self._io_thread.join(timeout)
-        self._pool.shutdown(wait=False, cancel_futures=True)
+            deadline = time.monotonic() + timeout
+            for thread in self._threads:
+                if thread is not threading.current_thread():
+                    thread.join(max(0.0, deadline - time.monotonic()))
         with self._out_lock:
             for sock in self._out_sockets:
                 sock.close(linger=0)
             self._out_sockets.clear()
 
-    # -- I/O thread ----------------------------------------------------------
-
-    def _connect(self) -> zmq.Socket:
-        sock = self._ctx.socket(zmq.DEALER)
-        sock.linger = 0
-        sock.routing_id = self.id
-        self.configure_socket(sock)
-        sock.connect(self.broker)
-        sock.send_multipart(self._ready_frames())
-        return sock
-
-    def _ready_frames(self) -> list:
-        info = {"api": self.api, "capacity": self.max_workers, "allow_code": self.allow_code,
-                "pid": os.getpid(), "host": socket.gethostname()}
-        return P.encode(P.READY, self.name.encode(), P.dump_header(info))
-
     def configure_socket(self, sock: zmq.Socket) -> None:
         """Hook for security settings (CURVE) before connecting."""
 
-    def _io_loop(self, pull: zmq.Socket, control: zmq.Socket) -> None:
-        dealer = self._connect()
+    # -- the control connection (I/O thread) -------------------------------------
+
+    def _connect(self, routing_id: bytes) -> zmq.Socket:
+        sock = self._ctx.socket(zmq.DEALER)
+        sock.linger = 0
+        sock.routing_id = routing_id
+        self.configure_socket(sock)
+        sock.connect(self.broker)
+        return sock
+
+    def _ready_frames(self) -> list:
+        info = {"api": self.api, "capacity": self.max_workers, "queue": self.max_queue,
+                "allow_code": self.allow_code, "pid": os.getpid(), "host": socket.gethostname()}
+        return P.encode(P.READY, self.name.encode(), P.dump_header(info))
+
+    def _io_loop(self, pull: zmq.Socket, stop: zmq.Socket, slots: zmq.Socket) -> None:
+        """Registration, heartbeats, cancels, and messages from threads that own no connection."""
+        dealer = self._connect(self.id)
+        dealer.send_multipart(self._ready_frames())
         poller = zmq.Poller()
-        poller.register(dealer, zmq.POLLIN)
-        poller.register(pull, zmq.POLLIN)
-        poller.register(control, zmq.POLLIN)
+        for sock in (dealer, pull, stop):
+            poller.register(sock, zmq.POLLIN)
         now = time.monotonic()
         next_beat = now + self.heartbeat
         broker_expires = now + self.heartbeat * self.liveness
         try:
             while True:
                 events = dict(poller.poll(max(0.0, next_beat - time.monotonic()) * 1000))
-                if control in events:
+                if stop in events:
                     break
                 if dealer in events:
                     broker_expires = time.monotonic() + self.heartbeat * self.liveness
-                    for _ in range(1000):
-                        try:
-                            frames = dealer.recv_multipart(zmq.NOBLOCK, copy=False)
-                        except zmq.Again:
-                            break
-                        self._on_broker_message(dealer, frames)
+                    while dealer.poll(0):
+                        self._on_control(dealer, slots, dealer.recv_multipart(copy=False))
                 if pull in events:
-                    for _ in range(1000):
-                        try:
-                            frames = pull.recv_multipart(zmq.NOBLOCK, copy=False)
-                        except zmq.Again:
-                            break
-                        if frames[1].bytes != P.EVENT:
-                            self._calls.pop((frames[2].bytes, frames[3].bytes), None)
-                        dealer.send_multipart(frames, copy=False)
+                    while pull.poll(0):
+                        dealer.send_multipart(pull.recv_multipart(copy=False), copy=False)
                 now = time.monotonic()
                 if now >= next_beat:
                     dealer.send_multipart(P.encode(P.HEARTBEAT))
@@ -226,56 +226,88 @@ class Backend:
                     self.registered.clear()
                     poller.unregister(dealer)
                     dealer.close()
-                    dealer = self._connect()
+                    dealer = self._connect(self.id)
+                    dealer.send_multipart(self._ready_frames())
+                    slots.send(_HELLO)
                     poller.register(dealer, zmq.POLLIN)
                     broker_expires = now + self.heartbeat * self.liveness
         finally:
+            slots.send(_STOP)
             try:
                 dealer.send_multipart(P.encode(P.BYE), zmq.NOBLOCK)
             except zmq.ZMQError:
                 pass
             dealer.close(linger=100)
-            pull.close()
-            control.close()
+            for sock in (pull, stop, slots):
+                sock.close()
 
-    def _on_broker_message(self, dealer: zmq.Socket, frames: list) -> None:
+    def _on_control(self, dealer: zmq.Socket, slots: zmq.Socket, frames: list) -> None:
         try:
             msg = P.decode(frames, P.TO_WORKER)
         except P.ProtocolError as exc:
             log.warning("bad message from broker: %s", exc)
             return
-        self.registered.set()
-        if msg.type == P.CALL:
-            client, rid = msg.frames[0].bytes, msg.frames[1].bytes
-            self._accept(client, rid, msg.frames[2], list(msg.frames[3:]))
-        elif msg.type == P.CANCEL:
+        if msg.type == P.CANCEL:
             self._cancel((msg.frames[0].bytes, msg.frames[1].bytes))
         elif msg.type == P.DISCONNECT:
             log.info("broker asks to register again: %s", msg.frames[0].bytes.decode("utf-8", "replace"))
             self.registered.clear()
             dealer.send_multipart(self._ready_frames())
+            slots.send(_HELLO)
+        elif not self.registered.is_set():
+            self.registered.set()
+            slots.send(_HELLO)
 
-    def _accept(self, client: bytes, rid: bytes, header_frame, payload: list) -> None:
-        if len(self._calls) >= self.max_workers + self.max_queue:
-            self._send(P.ERROR, client, rid, P.error_header(
-                Busy.kind, f"backend {self.name!r} is busy: {len(self._calls)} calls running or queued"))
-            return
+    # -- slots: one thread and one connection per concurrent call ----------------
+
+    def _slot_loop(self, slot_id: bytes) -> None:
+        """Receive calls on a connection of our own and answer on it, with no hand-off."""
+        sock = self._connect(slot_id)
+        control = self._ctx.socket(zmq.SUB)
+        control.subscribe(b"")
+        control.connect(self._slots_url)
+        self._local.slot = sock
+        hello = P.encode(P.SLOT, self.id)
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(control, zmq.POLLIN)
+        sock.send_multipart(hello)
         try:
-            header = P.load_header(header_frame)
+            while True:
+                events = dict(poller.poll(self.heartbeat * 1000))
+                if control in events and control.recv() == _STOP:
+                    break
+                if sock in events:
+                    self._on_slot_message(sock.recv_multipart(copy=False))
+                else:
+                    sock.send_multipart(hello)  # idle: make sure the broker knows this slot
+        finally:
+            sock.close(linger=100)
+            control.close()
+
+    def _on_slot_message(self, frames: list) -> None:
+        try:
+            msg = P.decode(frames, P.TO_WORKER)
         except P.ProtocolError as exc:
-            self._send(P.ERROR, client, rid, P.error_header("protocol", str(exc)))
+            log.warning("bad message from broker: %s", exc)
             return
-        call = Call(self, client, rid, header, payload)
-        op = self.operations.get(header.get("op", "call"))
-        if op is None:
-            self._send(P.ERROR, client, rid, P.error_header(
-                "protocol", f"backend {self.name!r} does not serve {header.get('op')!r} requests"))
+        if msg.type != P.CALL:
             return
+        client, rid = msg.frames[0].bytes, msg.frames[1].bytes
+        try:
+            header = P.load_header(msg.frames[2])
+            op = self.operations.get(header.get("op", "call"))
+            if op is None:
+                raise P.ProtocolError(f"backend {self.name!r} does not serve {header.get('op')!r} requests")
+        except P.ProtocolError as exc:
+            self._send(P.ERROR, client, rid, P.error_header(ProtocolMismatch.kind, str(exc)))
+            return
+        call = Call(self, client, rid, header, list(msg.frames[3:]))
         self._calls[(client, rid)] = call
         if op.main_thread:
             self._main_jobs.put(call)
         else:
-            self._pool.submit(self._execute, call)
+            self._execute(call)
 
     def _cancel(self, key: tuple[bytes, bytes]) -> None:
         call = self._calls.get(key)
@@ -298,26 +330,25 @@ class Backend:
             if call.thread_id == threading.main_thread().ident and not call.done:
                 raise KeyboardInterrupt
 
-    # -- pool / main thread --------------------------------------------------
-
-    def _out(self) -> zmq.Socket:
-        sock = getattr(self._local, "out", None)
-        if sock is None:
-            sock = self._ctx.socket(zmq.PUSH)
-            sock.linger = 1000
-            sock.connect(self._out_url)
-            self._local.out = sock
-            with self._out_lock:
-                self._out_sockets.append(sock)
-        return sock
+    # -- running calls ---------------------------------------------------------------
 
     def _send(self, mtype: bytes, client: bytes, rid: bytes, header: bytes, *payload) -> None:
-        """Queue a message for the broker; callable from any thread."""
-        self._out().send_multipart([P.VERSION, mtype, client, rid, header, *payload], copy=False)
+        """Send a message for a call: on this thread's slot connection, else via the I/O thread."""
+        sock = getattr(self._local, "slot", None)
+        if sock is None:
+            sock = getattr(self._local, "out", None)
+            if sock is None:
+                sock = self._local.out = self._ctx.socket(zmq.PUSH)
+                sock.linger = 1000
+                sock.connect(self._out_url)
+                with self._out_lock:
+                    self._out_sockets.append(sock)
+        sock.send_multipart([P.VERSION, mtype, client, rid, header, *payload], copy=False)
 
     def _execute(self, call: Call) -> None:
         with call.lock:
             if call.done:
+                self._calls.pop((call.client, call.rid), None)
                 self._send(P.ERROR, call.client, call.rid, P.error_header(Cancelled.kind, "cancelled before it started"))
                 return
             call.thread_id = threading.get_ident()
@@ -329,6 +360,7 @@ class Backend:
             finally:
                 with call.lock:
                     call.done = True
+                self._calls.pop((call.client, call.rid), None)
             header, frames = self._encode_result(call, result)
             self._send(P.REPLY, call.client, call.rid, header, *frames)
         except KeyboardInterrupt:

@@ -3,8 +3,9 @@
 One ROUTER socket serves both sides: backends connect *out* to it (so they
 work from behind an institute's firewall), say READY with their name and API,
 and heartbeat; clients send CALLs naming a backend, and the broker forwards
-each to the least busy worker of that name.  The design follows ZeroMQ's
-Majordomo pattern (RFC 7/18) with an MMI-like listing (RFC 8).
+each to a free slot (one connection per concurrent call) of the least busy
+worker of that name, queueing calls while every slot is busy.  The design
+follows ZeroMQ's Majordomo pattern (RFC 7/18) with an MMI-like listing (RFC 8).
 
 Speed matters here, so per message the broker reads only the small routing
 frames; headers and payloads are forwarded as the zmq frames they arrived in.
@@ -22,11 +23,12 @@ import socket
 import threading
 import time
 import uuid
+from collections import deque
 
 import zmq
 
 from . import protocol as P
-from .errors import BackendLost, PayloadTooLarge, ProtocolMismatch, UnknownBackend
+from .errors import BackendLost, Busy, PayloadTooLarge, ProtocolMismatch, UnknownBackend
 from .serialize import nbytes
 
 log = logging.getLogger("de_magic.broker")
@@ -36,21 +38,27 @@ DEFAULT_HEARTBEAT = 1.0
 DEFAULT_LIVENESS = 3
 DEFAULT_MAX_MESSAGE = 1 << 30
 
+_MORE = int(zmq.SNDMORE)  # plain ints: IntFlag arithmetic per frame is measurable here
+
 
 def default_url() -> str:
     return os.environ.get("DE_MAGIC_BROKER") or DEFAULT_URL
 
 
 class Worker:
-    """A registered backend process (one connection), as the broker sees it."""
+    """A registered backend process, as the broker sees it: a control connection plus slots."""
 
-    __slots__ = ("address", "service", "capacity", "inflight", "expires", "since", "pid", "host", "calls")
+    __slots__ = ("address", "service", "capacity", "max_queue", "idle", "slots", "inflight", "expires",
+                 "since", "pid", "host", "calls")
 
     def __init__(self, address: bytes, service: "Service", info: dict, expires: float):
         self.address = address
         self.service = service
         self.capacity = max(1, int(info.get("capacity", 1)))
-        self.inflight: set[tuple[bytes, bytes]] = set()
+        self.max_queue = max(0, int(info.get("queue", 1000)))
+        self.idle: list[bytes] = []  # slot addresses ready for a call
+        self.slots: set[bytes] = set()
+        self.inflight: dict[tuple[bytes, bytes], bytes] = {}  # request -> slot
         self.expires = expires
         self.since = time.time()
         self.pid = info.get("pid")
@@ -58,45 +66,43 @@ class Worker:
         self.calls = 0
 
     def describe(self) -> dict:
-        return {
-            "id": self.address.hex(),
-            "pid": self.pid,
-            "host": self.host,
-            "since": self.since,
-            "capacity": self.capacity,
-            "busy": len(self.inflight),
-            "calls": self.calls,
-        }
+        return {"id": self.address.hex(), "pid": self.pid, "host": self.host, "since": self.since,
+                "capacity": self.capacity, "busy": len(self.inflight), "calls": self.calls}
+
+
+class Queued:
+    """A call waiting for a free slot (or, just after a restart, for its backend to register)."""
+
+    __slots__ = ("client", "rid", "pinned", "frames", "deadline")
+
+    def __init__(self, client: bytes, rid: bytes, pinned: bytes, frames: list, deadline: float | None):
+        self.client, self.rid, self.pinned, self.frames, self.deadline = client, rid, pinned, frames, deadline
 
 
 class Service:
-    """All workers registered under one backend name, and their shared API."""
+    """All workers registered under one backend name, their shared API, and their queue."""
 
     def __init__(self, name: str):
         self.name = name
         self.workers: list[Worker] = []
+        self.queue: deque[Queued] = deque()
         self.api_json = b"{}"
         self.allow_code = False
         self.since = time.time()
-        # CALLs that arrived for this name while the broker was just (re)started and
-        # backends had not re-registered yet: (client, rid, frames, deadline).
-        self.waiting: list[tuple[bytes, bytes, list, float]] = []
 
-    def pick(self) -> Worker:
-        """The least busy worker; ties go to the one that got work longest ago."""
-        best = min(self.workers, key=lambda w: len(w.inflight) / w.capacity)
-        # rotate so equally loaded workers share calls
-        self.workers.remove(best)
-        self.workers.append(best)
+    def pick(self, pinned: bytes = b"") -> Worker | None:
+        """The least busy worker with a free slot (the pinned one, if given)."""
+        best, load = None, 2.0
+        for worker in self.workers:
+            if worker.idle and (not pinned or worker.address == pinned):
+                busy = len(worker.inflight) / worker.capacity
+                if busy < load:
+                    best, load = worker, busy
         return best
 
     def describe(self, with_api: bool) -> bytes:
-        head = {
-            "name": self.name,
-            "allow_code": self.allow_code,
-            "since": self.since,
-            "workers": [w.describe() for w in self.workers],
-        }
+        head = {"name": self.name, "allow_code": self.allow_code, "since": self.since,
+                "queued": len(self.queue), "workers": [w.describe() for w in self.workers]}
         text = json.dumps(head, separators=(",", ":")).encode()
         if not with_api:
             return text
@@ -127,7 +133,9 @@ class Broker:
         self.id = uuid.uuid4().hex[:12]
         self.since = time.time()
         self.services: dict[str, Service] = {}
-        self.workers: dict[bytes, Worker] = {}
+        self.workers: dict[bytes, Worker] = {}  # by control address
+        self.peers: dict[bytes, Worker] = {}  # by control or slot address
+        self.orphans: dict[bytes, tuple[bytes, float]] = {}  # slot -> (worker, expires): slots seen before READY
         self.requests: dict[tuple[bytes, bytes], Worker] = {}
         self._ctx = context or zmq.Context.instance()
         self._socket: zmq.Socket | None = None
@@ -135,13 +143,13 @@ class Broker:
         self._stopper = self._ctx.socket(zmq.PAIR)
         self._stopper.bind(self._stop_url)
         self._thread: threading.Thread | None = None
-        self._bound = threading.Event()
         self._handlers = {
             P.CALL: self._on_call,
             P.CANCEL: self._on_cancel,
             P.LIST: self._on_list,
             P.QUERY: self._on_query,
             P.READY: self._on_ready,
+            P.SLOT: self._on_slot,
             P.HEARTBEAT: self._on_heartbeat,
             P.BYE: self._on_bye,
             P.REPLY: lambda address, frames: self._on_final(address, frames, P.REPLY),
@@ -164,7 +172,6 @@ class Broker:
         sock.bind(self.url)
         self.url = sock.last_endpoint.decode().replace("0.0.0.0", "127.0.0.1")
         self._socket = sock
-        self._bound.set()
         return self.url
 
     def configure_socket(self, sock: zmq.Socket) -> None:
@@ -199,18 +206,14 @@ class Broker:
         next_beat = time.monotonic() + self.heartbeat
         try:
             while True:
-                timeout = max(0.0, next_beat - time.monotonic())
-                events = dict(poller.poll(timeout * 1000))
+                events = dict(poller.poll(max(0.0, next_beat - time.monotonic()) * 1000))
                 if self._stopper in events:
                     break
-                if sock in events:
-                    # drain what is there before looking at the clock again
-                    for _ in range(1000):
-                        try:
-                            frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
-                        except zmq.Again:
-                            break
-                        self._dispatch(frames)
+                # drain what is there (bounded, so heartbeats are not starved)
+                for _ in range(1000):
+                    if not sock.poll(0):
+                        break
+                    self._dispatch(sock.recv_multipart(copy=False))
                 now = time.monotonic()
                 if now >= next_beat:
                     self._beat(now)
@@ -227,8 +230,14 @@ class Broker:
 
     # -- plumbing ----------------------------------------------------------
 
+    def _send_frames(self, frames: list) -> None:
+        send = self._socket.send
+        for frame in frames[:-1]:
+            send(frame, _MORE, copy=False)
+        send(frames[-1], 0, copy=False)
+
     def _send(self, address: bytes, mtype: bytes, *frames) -> None:
-        self._socket.send_multipart([address, P.VERSION, mtype, *frames], copy=False)
+        self._send_frames([address, P.VERSION, mtype, *frames])
 
     def _error(self, client: bytes, rid: bytes, error_cls, message: str, **extra) -> None:
         self._send(client, P.ERROR, rid, P.error_header(error_cls.kind, message, **extra))
@@ -253,8 +262,11 @@ class Broker:
                 self._remove(worker, "stopped heartbeating")
             else:
                 self._send(worker.address, P.HEARTBEAT)
+        for slot, (_, expires) in list(self.orphans.items()):
+            if expires < now:
+                del self.orphans[slot]
         for service in list(self.services.values()):
-            if service.waiting:
+            if service.queue and not service.workers:
                 self._expire_waiting(service, now)
 
     def _expires(self) -> float:
@@ -262,6 +274,9 @@ class Broker:
 
     def _remove(self, worker: Worker, why: str) -> None:
         self.workers.pop(worker.address, None)
+        self.peers.pop(worker.address, None)
+        for slot in worker.slots:
+            self.peers.pop(slot, None)
         service = worker.service
         if worker in service.workers:
             service.workers.remove(worker)
@@ -269,10 +284,15 @@ class Broker:
             self.requests.pop((client, rid), None)
             self._error(
                 client, rid, BackendLost,
-                f"backend {service.name!r} worker {worker.address.hex()} (pid {worker.pid} on {worker.host}) {why} during the call",
-            )
+                f"backend {service.name!r} worker {worker.address.hex()} (pid {worker.pid} on {worker.host}) "
+                f"{why} during the call")
         worker.inflight.clear()
-        if not service.workers and not service.waiting:
+        lost = [q for q in service.queue if q.pinned == worker.address or not service.workers]
+        for item in lost:
+            service.queue.remove(item)
+            self._error(item.client, item.rid, BackendLost,
+                        f"backend {service.name!r} worker {worker.address.hex()} {why} before the call started")
+        if not service.workers and not service.queue:
             del self.services[service.name]
 
     # -- client side -------------------------------------------------------
@@ -281,9 +301,8 @@ class Broker:
         rid = frames[0].bytes
         name = frames[1].bytes.decode("utf-8", "replace")
         pinned = frames[2].bytes
-        header = frames[3]
-        payload = frames[4:]
-        size = nbytes(payload) + len(header)
+        rest = frames[3:]  # header and payload, forwarded untouched
+        size = nbytes(rest)
         if size > self.max_message_size:
             self._error(client, rid, PayloadTooLarge,
                         f"call of {size} bytes exceeds the broker's maximum message size of {self.max_message_size} bytes")
@@ -293,26 +312,44 @@ class Broker:
             if time.time() - self.since < self.heartbeat * self.liveness:
                 # just (re)started: backends re-register within a heartbeat, so wait for them
                 service = self.services.setdefault(name, Service(name))
-                service.waiting.append((client, rid, frames[3:], time.monotonic() + self.heartbeat * self.liveness))
+                service.queue.append(Queued(client, rid, pinned, rest, time.monotonic() + self.heartbeat * self.liveness))
                 return
             self._unknown(client, rid, name)
             return
-        if pinned:
-            worker = self.workers.get(pinned)
-            if worker is None or worker.service is not service:
-                self._error(client, rid, BackendLost,
-                            f"worker {pinned.hex()} of backend {name!r} is gone (it held this session's state)")
-                return
+        if pinned and self.workers.get(pinned) not in service.workers:
+            self._error(client, rid, BackendLost,
+                        f"worker {pinned.hex()} of backend {name!r} is gone (it held this session's state)")
+            return
+        worker = service.pick(pinned)
+        if worker is not None and not service.queue:
+            self._forward(worker, client, rid, rest)
+        elif len(service.queue) >= sum(w.max_queue for w in service.workers):
+            self._error(client, rid, Busy,
+                        f"backend {name!r} is busy: all {sum(w.capacity for w in service.workers)} slots working "
+                        f"and {len(service.queue)} calls queued")
         else:
-            worker = service.pick()
-        self._forward(worker, client, rid, frames[3:])
+            service.queue.append(Queued(client, rid, pinned, rest, None))
+            if worker is not None:
+                self._drain(service)
 
     def _forward(self, worker: Worker, client: bytes, rid: bytes, rest) -> None:
         key = (client, rid)
+        slot = worker.idle.pop()
         self.requests[key] = worker
-        worker.inflight.add(key)
+        worker.inflight[key] = slot
         worker.calls += 1
-        self._socket.send_multipart([worker.address, P.VERSION, P.CALL, client, rid, *rest], copy=False)
+        self._send_frames([slot, P.VERSION, P.CALL, client, rid, *rest])
+
+    def _drain(self, service: Service) -> None:
+        """Start queued calls while there are free slots that may take them."""
+        for item in list(service.queue):
+            worker = service.pick(item.pinned)
+            if worker is None:
+                if not item.pinned:
+                    return
+                continue
+            service.queue.remove(item)
+            self._forward(worker, item.client, item.rid, item.frames)
 
     def _unknown(self, client: bytes, rid: bytes, name: str) -> None:
         live = sorted(n for n, s in self.services.items() if s.workers)
@@ -320,27 +357,33 @@ class Broker:
                     f"no backend named {name!r} at {self.url}; live backends: {', '.join(live) or 'none'}")
 
     def _expire_waiting(self, service: Service, now: float) -> None:
-        keep = []
-        for item in service.waiting:
-            if item[3] < now:
-                self._unknown(item[0], item[1], service.name)
-            else:
-                keep.append(item)
-        service.waiting = keep
-        if not service.workers and not service.waiting:
+        for item in list(service.queue):
+            if item.deadline is not None and item.deadline < now:
+                service.queue.remove(item)
+                self._unknown(item.client, item.rid, service.name)
+        if not service.workers and not service.queue:
             self.services.pop(service.name, None)
+
+    def _queued(self, client: bytes, rid: bytes) -> tuple[Service, Queued] | tuple[None, None]:
+        for service in self.services.values():
+            for item in service.queue:
+                if item.rid == rid and item.client == client:
+                    return service, item
+        return None, None
 
     def _on_cancel(self, client: bytes, frames) -> None:
         rid = frames[0].bytes
         worker = self.requests.get((client, rid))
         if worker is not None:
             self._send(worker.address, P.CANCEL, client, rid)
+            return
+        service, item = self._queued(client, rid)
+        if item is not None:  # never started: the caller stopped waiting, so just forget it
+            service.queue.remove(item)
 
     def _on_query(self, client: bytes, frames) -> None:
         rid = frames[0].bytes
-        known = (client, rid) in self.requests or any(
-            item[0] == client and item[1] == rid for s in self.services.values() for item in s.waiting
-        )
+        known = (client, rid) in self.requests or self._queued(client, rid)[1] is not None
         self._send(client, P.STATUS, rid, P.PENDING if known else P.UNKNOWN)
 
     def _on_list(self, client: bytes, frames) -> None:
@@ -351,7 +394,7 @@ class Broker:
         services = [s for s in self.services.values() if s.workers and (only is None or s.name == only)]
         body = b",".join(json.dumps(s.name).encode() + b":" + s.describe(with_api) for s in services)
         head = {"url": self.url, "id": self.id, "since": self.since, "protocol": P.VERSION.decode(),
-                "host": socket.gethostname()}
+                "host": socket.gethostname(), "requests": len(self.requests)}
         listing = b'{"broker":' + json.dumps(head).encode() + b',"backends":{' + body + b"}}"
         self._send(client, P.REPLY, rid, b'{"codec":"json"}', listing)
 
@@ -369,14 +412,34 @@ class Broker:
         worker = Worker(address, service, info, self._expires())
         service.workers.append(worker)
         self.workers[address] = worker
+        self.peers[address] = worker
         log.info("worker %s registered for %r (pid %s on %s, %d slots)",
                  address.hex(), name, worker.pid, worker.host, worker.capacity)
-        waiting, service.waiting = service.waiting, []
-        for client, rid, rest, _ in waiting:
-            self._forward(service.pick(), client, rid, rest)
+        for slot, (owner, _) in list(self.orphans.items()):
+            if owner == address:
+                del self.orphans[slot]
+                self._add_slot(worker, slot)
 
-    def _worker(self, address: bytes) -> Worker | None:
-        worker = self.workers.get(address)
+    def _on_slot(self, address: bytes, frames) -> None:
+        owner = frames[0].bytes
+        worker = self.workers.get(owner)
+        if worker is None:
+            if len(self.orphans) < 100_000:
+                self.orphans[address] = (owner, self._expires())
+        elif address not in worker.slots:
+            self._add_slot(worker, address)
+        else:
+            worker.expires = self._expires()
+
+    def _add_slot(self, worker: Worker, slot: bytes) -> None:
+        worker.slots.add(slot)
+        worker.idle.append(slot)
+        self.peers[slot] = worker
+        if worker.service.queue:
+            self._drain(worker.service)
+
+    def _peer(self, address: bytes) -> Worker | None:
+        worker = self.peers.get(address)
         if worker is None:
             # e.g. this broker restarted: ask the backend to register again
             self._send(address, P.DISCONNECT, b"unknown worker; register again")
@@ -385,7 +448,7 @@ class Broker:
         return worker
 
     def _on_heartbeat(self, address: bytes, frames) -> None:
-        self._worker(address)
+        self._peer(address)
 
     def _on_bye(self, address: bytes, frames) -> None:
         worker = self.workers.get(address)
@@ -393,16 +456,18 @@ class Broker:
             self._remove(worker, "shut down")
 
     def _on_final(self, address: bytes, frames, mtype: bytes) -> None:
-        worker = self._worker(address)
+        worker = self._peer(address)
         if worker is None:
             return
         client, rid = frames[0].bytes, frames[1].bytes
         key = (client, rid)
-        if self.requests.pop(key, None) is not None:
-            worker.inflight.discard(key)
-        self._socket.send_multipart([client, P.VERSION, mtype, rid, *frames[2:]], copy=False)
+        owner = self.requests.pop(key, None)
+        if owner is not None:
+            owner.idle.append(owner.inflight.pop(key))
+        self._send_frames([client, P.VERSION, mtype, rid, *frames[2:]])
+        if worker.service.queue:
+            self._drain(worker.service)
 
     def _on_event(self, address: bytes, frames) -> None:
-        if self._worker(address) is None:
-            return
-        self._socket.send_multipart([frames[0], P.VERSION, P.EVENT, *frames[1:]], copy=False)
+        if self._peer(address) is not None:
+            self._send_frames([frames[0], P.VERSION, P.EVENT, *frames[1:]])

@@ -32,12 +32,13 @@ STATUS = b"STATUS"
 READY = b"READY"
 HEARTBEAT = b"HEARTBEAT"
 BYE = b"BYE"
+SLOT = b"SLOT"
 DISCONNECT = b"DISCONNECT"
 
 #: Minimum number of frames after the version frame, per message type and direction.
 #: Clients and workers share one broker socket; the type alone tells them apart.
 FROM_CLIENT = {CALL: 5, CANCEL: 2, LIST: 3, QUERY: 2}
-FROM_WORKER = {READY: 3, HEARTBEAT: 1, BYE: 1, REPLY: 4, EVENT: 4, ERROR: 4}
+FROM_WORKER = {READY: 3, SLOT: 2, HEARTBEAT: 1, BYE: 1, REPLY: 4, EVENT: 4, ERROR: 4}
 TO_CLIENT = {REPLY: 3, EVENT: 3, ERROR: 3, STATUS: 3}
 TO_WORKER = {CALL: 4, CANCEL: 3, HEARTBEAT: 1, DISCONNECT: 2}
 

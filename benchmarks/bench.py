@@ -1,0 +1,328 @@
+"""de-magic against its baselines, in one run, on loopback.
+
+    python benchmarks/bench.py [--reps 3] [--calls 3000]
+
+Measures (1) tiny-call latency p50/p99 and calls/s, (2) echo of 8 MB and
+80 MB float64 arrays in GB/s (2 x bytes / round-trip time), (3) listing 100
+backends with 20 methods each.  Systems are measured interleaved (A B C D,
+A B C D, ...) and the medians over repetitions are reported, with ratios to
+the baselines, because on a 2-core machine the scheduler moves numbers by
+tens of percent between runs.
+
+Baselines: raw pyzmq REQ/REP with pickle-5 out-of-band frames; the same
+through a minimal one-hop ROUTER/DEALER relay (``zmq.proxy``, C); and
+ipyparallel ``apply_sync`` on one engine (skipped if ipyparallel is absent).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import zmq
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from de_magic import Client  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def spawn(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+# -- the raw pyzmq baselines (server side runs in a child process) ---------------------
+
+
+def dumps(obj) -> list:
+    buffers: list = []
+    head = pickle.dumps(obj, protocol=5, buffer_callback=lambda b: buffers.append(b.raw()) is None and False)
+    return [head, *buffers]
+
+
+def loads(frames):
+    return pickle.loads(frames[0], buffers=[f.buffer for f in frames[1:]])
+
+
+def rep_server(url: str, connect: bool) -> None:
+    sock = zmq.Context.instance().socket(zmq.REP)
+    sock.connect(url) if connect else sock.bind(url)
+    while True:
+        frames = sock.recv_multipart(copy=False)
+        sock.send_multipart(dumps(loads(frames)), copy=False)
+
+
+def relay(front: str, back: str) -> None:
+    ctx = zmq.Context.instance()
+    router, dealer = ctx.socket(zmq.ROUTER), ctx.socket(zmq.DEALER)
+    router.bind(front)
+    dealer.bind(back)
+    zmq.proxy(router, dealer)
+
+
+class RawClient:
+    def __init__(self, url: str):
+        self.sock = zmq.Context.instance().socket(zmq.REQ)
+        self.sock.connect(url)
+
+    def echo(self, obj):
+        self.sock.send_multipart(dumps(obj), copy=False)
+        return loads(self.sock.recv_multipart(copy=False))
+
+    def close(self):
+        self.sock.close(linger=0)
+
+
+# -- the systems ---------------------------------------------------------------------
+
+
+class System:
+    name = ""
+
+    def start(self) -> None: ...
+
+    def echo(self, obj): ...
+
+    def stop(self) -> None: ...
+
+
+class RawReqRep(System):
+    name = "pyzmq REQ/REP + pickle-5 OOB"
+
+    def start(self):
+        url = f"tcp://127.0.0.1:{free_port()}"
+        self.proc = spawn(__file__, "--serve-rep", url)
+        self.client = RawClient(url)
+        self.client.echo(0)
+
+    def echo(self, obj):
+        return self.client.echo(obj)
+
+    def stop(self):
+        self.client.close()
+        self.proc.kill()
+
+
+class RawRelay(RawReqRep):
+    name = "pyzmq one hop via zmq.proxy"
+
+    def start(self):
+        front, back = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+        self.relay = spawn(__file__, "--relay", front, back)
+        self.proc = spawn(__file__, "--serve-rep", back, "--connect")
+        self.client = RawClient(front)
+        self.client.echo(0)
+
+    def stop(self):
+        super().stop()
+        self.relay.kill()
+
+
+class DeMagic(System):
+    name = "de-magic (broker + backend)"
+
+    def start(self):
+        self.url = f"tcp://127.0.0.1:{free_port()}"
+        self.broker = spawn("-m", "de_magic", "broker", "--bind", self.url)
+        self.backend = spawn("-m", "de_magic", "serve", "de_magic.demo.hello", "--name", "bench", "--broker", self.url)
+        self.client = Client(self.url, timeout=60)
+        deadline = time.monotonic() + 30
+        while "bench" not in self.client.listing(api=False)["backends"]:
+            if time.monotonic() > deadline:
+                raise RuntimeError("de-magic backend did not register")
+            time.sleep(0.05)
+        self.echo_fn = self.client["bench"].echo
+
+    def echo(self, obj):
+        return self.echo_fn(obj)
+
+    def stop(self):
+        self.client.close()
+        self.backend.kill()
+        self.broker.kill()
+
+
+class IPyParallel(System):
+    name = "ipyparallel apply_sync (1 engine)"
+
+    def start(self):
+        import ipyparallel as ipp
+
+        self.cluster = ipp.Cluster(n=1, log_level=40)
+        self.rc = self.cluster.start_and_connect_sync()
+        self.view = self.rc[0]
+        self.view.apply_sync(int, 0)
+
+    def echo(self, obj):
+        return self.view.apply_sync(_identity, obj)
+
+    def stop(self):
+        self.rc.close()
+        self.cluster.stop_cluster_sync()
+
+
+def _identity(x):
+    return x
+
+
+# -- measurements ----------------------------------------------------------------------
+
+
+def tiny(system: System, calls: int) -> tuple[float, float, float]:
+    for _ in range(min(200, calls)):
+        system.echo(1)
+    times = []
+    start = time.perf_counter()
+    for _ in range(calls):
+        t = time.perf_counter()
+        system.echo(1)
+        times.append(time.perf_counter() - t)
+    total = time.perf_counter() - start
+    times.sort()
+    return times[len(times) // 2] * 1e6, times[int(len(times) * 0.99)] * 1e6, calls / total
+
+
+def throughput(system: System, arr: np.ndarray, repeat: int) -> float:
+    system.echo(arr)
+    best = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        back = system.echo(arr)
+        best.append(time.perf_counter() - t)
+    assert back.shape == arr.shape
+    return 2 * arr.nbytes / statistics.median(best) / 1e9
+
+
+def listing_benchmark(reps: int) -> float:
+    """Milliseconds to list 100 backends of 20 methods each (median over reps)."""
+    url = f"tcp://127.0.0.1:{free_port()}"
+    broker = spawn("-m", "de_magic", "broker", "--bind", url)
+    host = spawn(__file__, "--many-backends", url)
+    try:
+        with Client(url, timeout=30) as client:
+            deadline = time.monotonic() + 60
+            while len(client.listing(api=False)["backends"]) < 100:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the 100 backends did not register")
+                time.sleep(0.1)
+            client.listing()
+            times = []
+            for _ in range(max(5, reps * 5)):
+                t = time.perf_counter()
+                listing = client.listing()
+                times.append(time.perf_counter() - t)
+            assert sum(len(b["api"]["members"]) for b in listing["backends"].values()) == 2000
+            return statistics.median(times) * 1e3
+    finally:
+        host.kill()
+        broker.kill()
+
+
+def many_backends(url: str) -> None:
+    """100 backends of 20 typed, documented functions each, in one process."""
+    from de_magic import Backend
+
+    def make(i: int):
+        def method(x: float, n: int = 3, label: str = "a") -> list[float]:
+            """A benchmark method.
+
+            Parameters
+            ----------
+            x : float
+                the value
+            n : int
+                how many
+            label : str
+                a label
+            """
+            return [x] * n
+
+        method.__name__ = method.__qualname__ = f"method_{i:02d}"
+        return method
+
+    members = {f"method_{i:02d}": make(i) for i in range(20)}
+    backends = [Backend(f"backend_{b:03d}", members, broker=url, max_workers=1).start() for b in range(100)]
+    try:
+        while True:
+            time.sleep(3600)
+    finally:
+        for b in backends:
+            b.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--calls", type=int, default=3000)
+    parser.add_argument("--no-ipyparallel", action="store_true")
+    parser.add_argument("--serve-rep", help=argparse.SUPPRESS)
+    parser.add_argument("--connect", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--relay", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--many-backends", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve_rep:
+        return rep_server(args.serve_rep, args.connect)
+    if args.relay:
+        return relay(*args.relay)
+    if args.many_backends:
+        return many_backends(args.many_backends)
+
+    systems: list[System] = [RawReqRep(), RawRelay(), DeMagic()]
+    if not args.no_ipyparallel:
+        try:
+            import ipyparallel  # noqa: F401
+
+            systems.append(IPyParallel())
+        except ImportError:
+            print("(ipyparallel not installed: skipped)")
+    small, large = np.ones(1_000_000), np.ones(10_000_000)
+    results: dict[str, dict[str, list[float]]] = {s.name: {} for s in systems}
+    for rep in range(args.reps):
+        for system in systems:
+            system.start()
+            try:
+                calls = args.calls if not isinstance(system, IPyParallel) else max(300, args.calls // 10)
+                p50, p99, rate = tiny(system, calls)
+                row = {"p50": p50, "p99": p99, "calls/s": rate,
+                       "8MB": throughput(system, small, 5), "80MB": throughput(system, large, 3)}
+            finally:
+                system.stop()
+            for key, value in row.items():
+                results[system.name].setdefault(key, []).append(value)
+            print(f"rep {rep + 1}: {system.name}: " + ", ".join(f"{k} {v:,.2f}" for k, v in row.items()),
+                  file=sys.stderr, flush=True)
+    med = {name: {k: statistics.median(v) for k, v in row.items()} for name, row in results.items()}
+    listing_ms = listing_benchmark(args.reps)
+
+    print(f"\nMedians of {args.reps} interleaved reps on {os.cpu_count()} CPUs, loopback; GB/s = 2 x bytes / echo time.\n")
+    print(f"| system | tiny p50 µs | p99 µs | calls/s | 8 MB GB/s | 80 MB GB/s |")
+    print("|---|---|---|---|---|---|")
+    for name, row in med.items():
+        print(f"| {name} | {row['p50']:,.0f} | {row['p99']:,.0f} | {row['calls/s']:,.0f} | "
+              f"{row['8MB']:.2f} | {row['80MB']:.2f} |")
+    dm, relay_row, raw = med[DeMagic.name], med[RawRelay.name], med[RawReqRep.name]
+    print("\nRatios (targets in brackets):")
+    print(f"- tiny p50, de-magic / one-hop relay: {dm['p50'] / relay_row['p50']:.2f}x  [<= 1.5x]")
+    if IPyParallel.name in med:
+        print(f"- tiny p50, ipyparallel / de-magic: {med[IPyParallel.name]['p50'] / dm['p50']:.1f}x faster  [>= 5x]")
+    print(f"- 80 MB echo, de-magic / raw REQ/REP: {dm['80MB'] / raw['80MB']:.0%}  [>= 70%]")
+    print(f"- 8 MB echo, de-magic / raw REQ/REP: {dm['8MB'] / raw['8MB']:.0%}")
+    print(f"- listing 100 backends x 20 methods: {listing_ms:.1f} ms  [< 20 ms]")
+
+
+if __name__ == "__main__":
+    main()
