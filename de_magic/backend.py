@@ -37,6 +37,7 @@ from . import serialize
 from .broker import DEFAULT_HEARTBEAT, DEFAULT_LIVENESS, DEFAULT_MAX_MESSAGE, default_url
 from .errors import Cancelled, DeMagicError, PayloadTooLarge, ProtocolMismatch, RemoteError, UnknownMethod
 from .schema import check_arguments, describe
+from .wire import send_frames
 
 log = logging.getLogger("de_magic.backend")
 
@@ -216,7 +217,7 @@ class Backend:
                         self._on_control(dealer, slots, dealer.recv_multipart(copy=False))
                 if pull in events:
                     while pull.poll(0):
-                        dealer.send_multipart(pull.recv_multipart(copy=False), copy=False)
+                        send_frames(dealer, pull.recv_multipart(copy=False))
                 now = time.monotonic()
                 if now >= next_beat:
                     dealer.send_multipart(P.encode(P.HEARTBEAT))
@@ -343,7 +344,7 @@ class Backend:
                 sock.connect(self._out_url)
                 with self._out_lock:
                     self._out_sockets.append(sock)
-        sock.send_multipart([P.VERSION, mtype, client, rid, header, *payload], copy=False)
+        send_frames(sock, [P.VERSION, mtype, client, rid, header, *payload])
 
     def _execute(self, call: Call) -> None:
         with call.lock:

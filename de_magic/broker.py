@@ -30,6 +30,7 @@ import zmq
 from . import protocol as P
 from .errors import BackendLost, Busy, PayloadTooLarge, ProtocolMismatch, UnknownBackend
 from .serialize import nbytes
+from .wire import send_frames
 
 log = logging.getLogger("de_magic.broker")
 
@@ -37,8 +38,6 @@ DEFAULT_URL = "tcp://127.0.0.1:5555"
 DEFAULT_HEARTBEAT = 1.0
 DEFAULT_LIVENESS = 3
 DEFAULT_MAX_MESSAGE = 1 << 30
-
-_MORE = int(zmq.SNDMORE)  # plain ints: IntFlag arithmetic per frame is measurable here
 
 
 def default_url() -> str:
@@ -211,7 +210,7 @@ class Broker:
                     break
                 # drain what is there (bounded, so heartbeats are not starved)
                 for _ in range(1000):
-                    if not sock.poll(0):
+                    if not sock.get(zmq.EVENTS) & zmq.POLLIN:
                         break
                     self._dispatch(sock.recv_multipart(copy=False))
                 now = time.monotonic()
@@ -230,14 +229,8 @@ class Broker:
 
     # -- plumbing ----------------------------------------------------------
 
-    def _send_frames(self, frames: list) -> None:
-        send = self._socket.send
-        for frame in frames[:-1]:
-            send(frame, _MORE, copy=False)
-        send(frames[-1], 0, copy=False)
-
     def _send(self, address: bytes, mtype: bytes, *frames) -> None:
-        self._send_frames([address, P.VERSION, mtype, *frames])
+        send_frames(self._socket, [address, P.VERSION, mtype, *frames])
 
     def _error(self, client: bytes, rid: bytes, error_cls, message: str, **extra) -> None:
         self._send(client, P.ERROR, rid, P.error_header(error_cls.kind, message, **extra))
@@ -338,7 +331,7 @@ class Broker:
         self.requests[key] = worker
         worker.inflight[key] = slot
         worker.calls += 1
-        self._send_frames([slot, P.VERSION, P.CALL, client, rid, *rest])
+        send_frames(self._socket, [slot, P.VERSION, P.CALL, client, rid, *rest])
 
     def _drain(self, service: Service) -> None:
         """Start queued calls while there are free slots that may take them."""
@@ -464,10 +457,10 @@ class Broker:
         owner = self.requests.pop(key, None)
         if owner is not None:
             owner.idle.append(owner.inflight.pop(key))
-        self._send_frames([client, P.VERSION, mtype, rid, *frames[2:]])
+        send_frames(self._socket, [client, P.VERSION, mtype, rid, *frames[2:]])
         if worker.service.queue:
             self._drain(worker.service)
 
     def _on_event(self, address: bytes, frames) -> None:
         if self._peer(address) is not None:
-            self._send_frames([frames[0], P.VERSION, P.EVENT, *frames[1:]])
+            send_frames(self._socket, [frames[0], P.VERSION, P.EVENT, *frames[1:]])

@@ -33,6 +33,7 @@ from . import protocol as P
 from . import serialize
 from .broker import DEFAULT_HEARTBEAT, DEFAULT_LIVENESS, DEFAULT_MAX_MESSAGE, default_url
 from .errors import BackendLost, CallTimeout, PayloadTooLarge, ProtocolMismatch, UnknownBackend, UnknownMethod, from_header
+from .wire import send_frames
 
 EventHandler = Callable[[dict, list], None]
 
@@ -154,8 +155,7 @@ class Client:
                 f"call of {size} bytes exceeds the maximum message size of {self.max_message_size} bytes")
         rid = struct.pack("!Q", next(_request_ids))
         sock = self._socket()
-        sock.send_multipart(
-            [P.VERSION, P.CALL, rid, backend.encode(), worker, P.dump_header(header), *payload], copy=False)
+        send_frames(sock, [P.VERSION, P.CALL, rid, backend.encode(), worker, P.dump_header(header), *payload])
         return self._wait(sock, rid, self.timeout if timeout is None else timeout, on_event)
 
     def _wait(self, sock: zmq.Socket, rid: bytes, timeout: float | None, on_event) -> tuple[dict, list]:
