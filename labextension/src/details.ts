@@ -4,6 +4,7 @@
 import { Widget } from '@lumino/widgets';
 
 import { IBackend, IMember, IParameter } from './api';
+import { PARAMETER_SECTIONS, RETURN_SECTIONS, renderDocstring } from './docstring';
 import { age, dateOf, h, plural } from './dom';
 import { BrokersModel, ISelection } from './model';
 import { ITarget } from './snippets';
@@ -39,8 +40,8 @@ function section(title: string, ...content: (Node | string | null)[]): HTMLEleme
   return h('section', { class: 'jp-DeMagic-section' }, h('h3', {}, title), ...content);
 }
 
-function docBlock(text: string | null | undefined): HTMLElement | null {
-  return text ? h('div', { class: 'jp-DeMagic-doc' }, text) : null;
+function docBlock(text: string | null | undefined, skip?: Set<string>): HTMLElement | null {
+  return text ? renderDocstring(text, skip) : null;
 }
 
 function button(label: string, action: string, primary = false): HTMLButtonElement {
@@ -156,6 +157,14 @@ export class MemberDetails extends Widget {
     const params = member.parameters ?? [];
     const returns = member.returns;
     const methods = Object.keys(member.methods ?? {}).sort();
+    // What the tables below show is left out of the docstring; what they lack stays in it.
+    const tabled = new Set<string>();
+    if (params.some(p => p.doc)) {
+      PARAMETER_SECTIONS.forEach(name => tabled.add(name));
+    }
+    if (returns?.doc) {
+      RETURN_SECTIONS.forEach(name => tabled.add(name));
+    }
     return [
       h(
         'div',
@@ -166,7 +175,7 @@ export class MemberDetails extends Widget {
       ),
       h('pre', { class: 'jp-DeMagic-signatureBlock' }, `${member.name}${member.signature}`),
       actions,
-      docBlock(member.doc || member.summary),
+      docBlock(member.doc || member.summary, tabled),
       params.length ? section(isClass ? 'Constructor parameters' : 'Parameters', parametersTable(params)) : null,
       returns && (returns.annotation || returns.doc)
         ? section(

@@ -26,12 +26,6 @@ export class BrokerEntry implements IDisposable {
       name: `de-magic:${url}`,
       standby: () => _owner.standby()
     });
-    this.poll.ticked.connect((_, state) => {
-      if (state.phase === 'rejected') {
-        this.retryIn = state.interval;
-        this._owner.notify();
-      }
-    });
   }
 
   readonly poll: Poll;
@@ -39,8 +33,6 @@ export class BrokerEntry implements IDisposable {
   listing: IListing | null = null;
   /** Why the broker cannot be shown, e.g. it does not answer. */
   error: string | null = null;
-  /** Milliseconds until the next try, after a failure. */
-  retryIn = 0;
   /** True until the first answer (or failure). */
   loading = true;
 

@@ -80,8 +80,8 @@ export class BackendsPanel extends SidePanel {
   protected onAfterAttach(msg: Message): void {
     super.onAfterAttach(msg);
     if (!this._sized) {
-      // The tree deserves more room than the details.
-      (this.content as AccordionPanel).setRelativeSizes([3, 2]);
+      // Half for the tree, half for the details of the selection.
+      (this.content as AccordionPanel).setRelativeSizes([1, 1]);
       this._sized = true;
     }
   }

@@ -247,7 +247,6 @@ export class BackendsTree extends Widget {
     element.dataset.broker = entry.url;
     const children: Node[] = [];
     if (entry.error) {
-      const seconds = Math.round(entry.retryIn / 1000);
       children.push(
         h(
           'li',
@@ -256,7 +255,7 @@ export class BackendsTree extends Widget {
           h(
             'span',
             { class: 'jp-DeMagic-retry' },
-            seconds > 0 ? `Retrying in ${seconds} s. ` : 'Retrying. ',
+            'Retrying automatically. ',
             h('button', { class: 'jp-DeMagic-link', 'data-action': 'refresh', 'data-broker': entry.url }, 'Retry now')
           )
         )
@@ -415,11 +414,11 @@ export class BackendsTree extends Widget {
     if (!row) {
       return;
     }
-    const onCaret = !!target.closest('.jp-DeMagic-caret');
-    if (row.expandable && (onCaret || row.kind === 'broker' || sameSelection(row.selection, this._selection))) {
+    // Like Lab's file browser tree: a click on a parent row opens or closes it.
+    if (row.expandable) {
       this._toggle(row.key);
     }
-    if (row.selection && !onCaret) {
+    if (row.selection) {
       this.select(row.selection);
     }
     this._list.focus();

@@ -1,0 +1,202 @@
+"""The Remote backends sidebar in a real JupyterLab, driven by headless Chromium.
+
+One JupyterLab (with a real broker and the demo backends) serves every step; the steps run in
+order in one test because each builds on what the previous one left on screen.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, free_port, wait_for
+from labtools import Jupyter
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+SCREENSHOT = ROOT / "docs" / "sidebar.png"
+
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium "
+                                "(apt-get install -y chromium)")
+
+
+@pytest.fixture
+def lab(hello, tmp_path):
+    """JupyterLab whose default broker is ``hello``'s, plus a user-added broker that is down."""
+    hello.start_backend("de_magic.demo.ocean", "ocean_model")
+    down = f"tcp://127.0.0.1:{free_port()}"
+    jupyter = Jupyter(
+        tmp_path,
+        lab=True,
+        env={"DE_MAGIC_BROKER": hello.url},
+        config={"DeMagicLab": {"timeout": 1.0}},
+        settings={"de-magic:plugin": {"brokers": [down], "refreshInterval": 1, "maxRefreshInterval": 5}},
+    )
+    with jupyter:
+        jupyter.down = down
+        yield jupyter
+
+
+@pytest.fixture
+def page(lab, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        try:
+            context = browser.new_context(viewport={"width": 1440, "height": 900})
+            page = context.new_page()
+            page.set_default_timeout(20_000)
+            page.console_errors = []
+            page.on("console", lambda m: m.type == "error" and page.console_errors.append(m.text))
+            page.on("pageerror", lambda e: page.console_errors.append(str(e)))
+            yield page
+        finally:
+            browser.close()
+
+
+def rows(page, kind: str):
+    return page.locator(f"#de-magic-backends .jp-DeMagic-row[data-kind={kind}]")
+
+
+def active_cell_text(page) -> str:
+    return page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Cell.jp-mod-active .cm-content").inner_text()
+
+
+def test_sidebar_browse_filter_insert_and_run(page, lab, hello, processes):
+    from playwright.sync_api import expect
+
+    page.goto(lab.lab_url())
+    tab = page.locator('.jp-SideBar [data-id="de-magic-backends"]')
+    tab.click()
+    panel = page.locator("#de-magic-backends")
+    expect(panel).to_be_visible()
+    expect(panel.locator(".jp-SidePanel-header")).to_have_text("Remote backends")
+    _widen_sidebar(page, 430)
+
+    # The default broker with both backends, their worker counts and whether they accept code.
+    broker_row = rows(page, "broker").filter(has_text=hello.url)
+    expect(broker_row).to_contain_text("2 backends")
+    hello_row = rows(page, "backend").filter(has_text="hello_world")
+    expect(hello_row).to_contain_text("1 worker")
+    expect(hello_row.locator(".jp-DeMagic-tag")).to_have_text("code")
+    expect(rows(page, "backend").filter(has_text="ocean_model").locator(".jp-DeMagic-tag")).to_have_count(0)
+
+    # The user's broker that is down: a clear message, not an empty panel.
+    error = panel.locator(".jp-DeMagic-message.jp-mod-error")
+    expect(error).to_contain_text(f"No answer from the broker at {lab.down}")
+    expect(error).to_contain_text("Retrying automatically")
+
+    # Backends open to their functions and classes, with signatures.
+    hello_row.click()
+    expect(rows(page, "function").filter(has_text="slow_sum")).to_contain_text("(n: int = 20, delay: float = 0.05) -> int")
+    for name in ("compute_sum", "describe_table", "echo", "scale"):
+        expect(rows(page, "function").filter(has_text=name)).to_have_count(1)
+    expect(rows(page, "class").filter(has_text="Stats")).to_contain_text("(ddof: int = 0)")
+
+    # The filter narrows the tree as one types, down into classes.
+    search = panel.locator("input.jp-DeMagic-filter")
+    search.fill("slow")
+    expect(rows(page, "function")).to_have_count(1)
+    expect(rows(page, "function").locator("mark")).to_have_text("slow")
+    expect(rows(page, "backend")).to_have_count(1)
+    search.fill("std")
+    expect(rows(page, "function")).to_have_count(0)
+    expect(rows(page, "method")).to_have_text(re.compile(r"std\s*\(values: list\[float\]\) -> float"))
+    search.fill("model")
+    expect(rows(page, "backend")).to_have_text(re.compile("ocean_model"))
+    expect(rows(page, "function").filter(has_text="model_info")).to_have_count(1)
+    search.fill("")
+    expect(rows(page, "backend")).to_have_count(2)
+
+    # Selecting a function shows its rendered docstring and parameters.
+    rows(page, "function").filter(has_text="slow_sum").click()
+    details = panel.locator(".jp-DeMagic-details")
+    expect(details.locator(".jp-DeMagic-signatureBlock")).to_have_text("slow_sum(n: int = 20, delay: float = 0.05) -> int")
+    expect(details.locator(".jp-DeMagic-doc")).to_contain_text("Add up 0..n-1 slowly, reporting progress.")
+    expect(details.locator("tr[data-param=delay]")).to_contain_text("seconds to wait per number")
+    expect(details.locator("tr[data-param=n]")).to_contain_text("20")
+    # Parameters are in the table, so the docstring's own Parameters section is not repeated.
+    expect(details.locator(".jp-DeMagic-doc")).not_to_contain_text("how many numbers")
+
+    # Open a notebook, then "Insert call" puts a runnable call in a new cell.
+    page.locator('.jp-LauncherCard[data-category="Notebook"]').first.click()
+    expect(page.locator(".jp-NotebookPanel .jp-Notebook")).to_be_visible()
+    expect(page.locator(".jp-NotebookPanel .jp-Notebook-ExecutionIndicator[data-status=idle]")).to_have_count(1, timeout=30_000)
+    details.get_by_role("button", name="Insert call").click()
+    expected = f'result = Client("{hello.url}")["hello_world"].slow_sum(n=20, delay=0.05)'
+    expect(page.locator(".jp-NotebookPanel .jp-Cell.jp-mod-active .cm-content")).to_contain_text(expected)
+    code = active_cell_text(page)
+    assert code.splitlines()[0] == "from de_magic import Client"
+    assert code.rstrip().splitlines()[-1] == "result"
+    # It is the notebook, not the sidebar, that has the focus now: Shift+Enter runs the cell.
+    page.keyboard.press("Shift+Enter")
+    result = page.locator(".jp-NotebookPanel .jp-OutputArea-executeResult .jp-OutputArea-output")
+    expect(result).to_have_text(re.compile(r"^\s*190\s*$"), timeout=30_000)
+    expect(page.locator(".jp-NotebookPanel .jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")).to_have_count(0)
+
+    # A screenshot for the docs: a backend open, a function selected with its doc, its call run.
+    rows(page, "function").filter(has_text="slow_sum").hover()
+    SCREENSHOT.parent.mkdir(exist_ok=True)
+    page.screenshot(path=str(SCREENSHOT))
+
+    # A method of a class: the class is built with its defaults, the required argument is a TODO.
+    rows(page, "class").filter(has_text="Stats").click()
+    rows(page, "method").filter(has_text="std").click()
+    expect(details.locator(".jp-DeMagic-titleName")).to_have_text("Stats.std")
+    details.get_by_role("button", name="Insert call").click()
+    expect(page.locator(".jp-NotebookPanel .jp-Cell.jp-mod-active .cm-content")).to_contain_text(".Stats(ddof=0)")
+    code = active_cell_text(page)
+    assert f'Client("{hello.url}")["hello_world"].Stats(ddof=0)' in code
+    assert re.search(r"\.std\(\s*values=None,\s*# TODO: values: list\[float\] \(required\)", code), code
+
+    # The backend accepts code: "New %%remote cell" (with the magics loaded once, above it).
+    rows(page, "function").filter(has_text="scale").click()
+    details.get_by_role("button", name="New %%remote cell").click()
+    expect(page.locator(".jp-NotebookPanel .jp-Cell.jp-mod-active .cm-content")).to_contain_text("%%remote hello_world")
+    sources = page.locator(".jp-NotebookPanel .jp-Cell .cm-content").all_inner_texts()
+    assert sources[-2:] == ["%load_ext de_magic", sources[-1]], sources
+    details.get_by_role("button", name="Open form").click()
+    expect(page.locator(".jp-NotebookPanel .jp-Cell.jp-mod-active .cm-content")).to_have_text(
+        re.compile(r"%load_ext de_magic\s*%remote_ui hello_world\.scale"))
+    # ocean_model does not accept code: no such button there.
+    rows(page, "backend").filter(has_text="ocean_model").click()
+    rows(page, "function").filter(has_text="model_info").click()
+    expect(details.get_by_role("button", name="Insert call")).to_be_visible()
+    expect(details.get_by_role("button", name="New %%remote cell")).to_have_count(0)
+
+    # Polling stands by while the panel is hidden, and catches up as soon as it is shown.
+    listings: list[float] = []
+    page.on("request", lambda r: "/de-magic/listing" in r.url and listings.append(time.monotonic()))
+    page.locator('.jp-SideBar [data-id="filebrowser"]').click()
+    expect(panel).to_be_hidden()
+    # A request already sent may still be counted; none may start once the panel is hidden.
+    time.sleep(0.5)
+    hidden_since = time.monotonic()
+    time.sleep(2.5)
+    assert [t for t in listings if t > hidden_since] == [], "polled while the panel was hidden"
+    tab.click()
+    wait_for(lambda: any(t > hidden_since + 2.5 for t in listings), timeout=5, what="a poll after showing the panel")
+
+    # The broker that was down comes up: the panel recovers by itself (retries back off to 5 s).
+    processes.start("broker", "--bind", lab.down)
+    expect(error).to_have_count(0, timeout=15_000)
+    expect(rows(page, "broker").filter(has_text=lab.down)).to_contain_text("0 backends")
+    expect(panel.get_by_text("No backend is connected to this broker.")).to_be_visible()
+
+    ours = [e for e in page.console_errors if "de-magic" in e.lower() or "demagic" in e.lower()]
+    assert ours == [], ours
+
+
+def _widen_sidebar(page, width: int) -> None:
+    """Drag the handle between the left sidebar and the main area."""
+    handle = page.locator("#jp-main-split-panel > .lm-SplitPanel-handle").first
+    box = handle.bounding_box()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.mouse.down()
+    page.mouse.move(width + 33, box["y"] + box["height"] / 2, steps=5)
+    page.mouse.up()
