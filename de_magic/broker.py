@@ -16,6 +16,7 @@ waiting for their timeout.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -85,7 +86,7 @@ class Service:
         self.name = name
         self.workers: list[Worker] = []
         self.queue: deque[Queued] = deque()
-        self.api_json = b"{}"
+        self.api_json, self.api_tag = b"{}", ""
         self.allow_code = False
         self.since = time.time()
 
@@ -99,11 +100,16 @@ class Service:
                     best, load = worker, busy
         return best
 
-    def describe(self, with_api: bool) -> bytes:
-        head = {"name": self.name, "allow_code": self.allow_code, "since": self.since,
+    def set_api(self, api: dict) -> None:
+        self.api_json = json.dumps(api, separators=(",", ":")).encode()
+        self.api_tag = hashlib.blake2b(self.api_json, digest_size=8).hexdigest()
+
+    def describe(self, with_api: bool, known_tag: str | None = None) -> bytes:
+        """This service as listing JSON; the API is left out when the caller has it already."""
+        head = {"name": self.name, "allow_code": self.allow_code, "since": self.since, "api_tag": self.api_tag,
                 "queued": len(self.queue), "workers": [w.describe() for w in self.workers]}
         text = json.dumps(head, separators=(",", ":")).encode()
-        if not with_api:
+        if not with_api or known_tag == self.api_tag:
             return text
         return text[:-1] + b',"api":' + self.api_json + b"}"
 
@@ -384,8 +390,10 @@ class Broker:
         query = P.load_header(frames[1])
         only = query.get("name")
         with_api = query.get("api", True)
+        known = query.get("known") or {}
         services = [s for s in self.services.values() if s.workers and (only is None or s.name == only)]
-        body = b",".join(json.dumps(s.name).encode() + b":" + s.describe(with_api) for s in services)
+        body = b",".join(json.dumps(s.name).encode() + b":" + s.describe(with_api, known.get(s.name))
+                         for s in services)
         head = {"url": self.url, "id": self.id, "since": self.since, "protocol": P.VERSION.decode(),
                 "host": socket.gethostname(), "requests": len(self.requests)}
         listing = b'{"broker":' + json.dumps(head).encode() + b',"backends":{' + body + b"}}"
@@ -400,7 +408,7 @@ class Broker:
         if old is not None:
             self._remove(old, "re-registered")
         service = self.services.get(name) or self.services.setdefault(name, Service(name))
-        service.api_json = json.dumps(info.get("api", {}), separators=(",", ":")).encode()
+        service.set_api(info.get("api", {}))
         service.allow_code = bool(info.get("allow_code", False))
         worker = Worker(address, service, info, self._expires())
         service.workers.append(worker)

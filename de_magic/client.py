@@ -79,6 +79,7 @@ class Client:
         self._sockets: list[zmq.Socket] = []
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
+        self._apis: dict[str, tuple[str, dict]] = {}  # backend -> (api tag, api) seen in listings
         self._closed = False
 
     @staticmethod
@@ -257,14 +258,29 @@ class Client:
     # -- discovery -------------------------------------------------------------
 
     def listing(self, name: str | None = None, *, api: bool = True, timeout: float | None = None) -> dict:
-        """What the broker knows: ``{"broker": {...}, "backends": {name: {...}}}``."""
+        """What the broker knows: ``{"broker": {...}, "backends": {name: {...}}}``.
+
+        APIs rarely change, so the client keeps those it has seen and the broker
+        sends only the ones whose tag differs: a repeated listing stays small.
+        """
         rid = struct.pack("!Q", next(_request_ids))
         sock = self._socket()
-        query = {"api": api} if name is None else {"api": api, "name": name}
-        sock.send_multipart([P.VERSION, P.LIST, rid, P.dump_header(query)])
+        query: dict = {"api": api}
+        if name is not None:
+            query["name"] = name
+        if api:
+            query["known"] = {n: tag for n, (tag, _) in self._apis.items() if name is None or n == name}
+        send_frames(sock, [P.VERSION, P.LIST, rid, P.dump_header(query)])
         wait = self.timeout if timeout is None else timeout
         head, frames = self._wait(sock, rid, min(wait, 10.0) if wait else 10.0, None)
-        return decode_result(head, frames)
+        listing = decode_result(head, frames)
+        if api:
+            for entry_name, entry in listing["backends"].items():
+                if "api" in entry:
+                    self._apis[entry_name] = (entry["api_tag"], entry["api"])
+                else:
+                    entry["api"] = self._apis[entry_name][1]
+        return listing
 
     def backends(self) -> "BackendTable":
         """The live backends, as a table (text in a terminal, HTML in a notebook)."""

@@ -341,3 +341,26 @@ def test_demo_command_starts_and_stops_cleanly(tmp_path):
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_repeated_listing_sends_only_changed_apis(hello):
+    import zmq
+
+    from de_magic import protocol as P
+
+    first = hello.client.listing()["backends"]["hello_world"]
+    tag = first["api_tag"]
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.linger = 0
+    sock.connect(hello.url)
+    try:
+        for known, has_api in (({"hello_world": tag}, False), ({"hello_world": "stale"}, True)):
+            sock.send_multipart([P.VERSION, P.LIST, b"r", P.dump_header({"api": True, "known": known})])
+            assert sock.poll(5000)
+            entry = json.loads(sock.recv_multipart()[4])["backends"]["hello_world"]
+            assert ("api" in entry) is has_api and entry["api_tag"] == tag
+    finally:
+        sock.close()
+    # the client fills in what it already knows
+    again = hello.client.listing()["backends"]["hello_world"]
+    assert again["api"] == first["api"]
