@@ -38,6 +38,10 @@ def lab(hello, tmp_path):
     )
     with jupyter:
         jupyter.down = down
+        # The settings schema ships with the extension (Lab's settings editor shows it).
+        schema = jupyter.get("/lab/api/settings/de-magic:plugin").json()
+        assert schema["schema"]["title"] == "Remote backends"
+        assert schema["settings"]["brokers"] == [down]
         yield jupyter
 
 
@@ -187,6 +191,22 @@ def test_sidebar_browse_filter_insert_and_run(page, lab, hello, processes):
     expect(error).to_have_count(0, timeout=15_000)
     expect(rows(page, "broker").filter(has_text=lab.down)).to_contain_text("0 backends")
     expect(panel.get_by_text("No backend is connected to this broker.")).to_be_visible()
+
+    # Brokers added in the panel are kept in the extension's settings, and can be removed again.
+    extra = f"tcp://127.0.0.1:{free_port()}"
+    panel.locator(".jp-SidePanel-toolbar").get_by_title("Add a broker").click()
+    page.locator(".jp-Dialog input").fill(extra)
+    page.locator(".jp-Dialog .jp-mod-accept").click()
+    extra_row = rows(page, "broker").filter(has_text=extra)
+    expect(extra_row).to_have_count(1)
+    wait_for(lambda: extra in lab.get("/lab/api/settings/de-magic:plugin").json()["raw"], timeout=5,
+             what="the new broker in the saved settings")
+    extra_row.hover()
+    extra_row.get_by_title("Remove this broker from the list").click()
+    expect(extra_row).to_have_count(0)
+    # Brokers from the server (the default one) cannot be removed from the panel.
+    rows(page, "broker").filter(has_text=hello.url).hover()
+    expect(rows(page, "broker").filter(has_text=hello.url).get_by_title("Remove this broker from the list")).to_have_count(0)
 
     ours = [e for e in page.console_errors if "de-magic" in e.lower() or "demagic" in e.lower()]
     assert ours == [], ours
