@@ -50,8 +50,10 @@ class CallFuture(Future):
 class Client:
     """A connection to one broker.
 
-    ``timeout`` is the default for every call (seconds); a single call may
+    ``timeout`` is the default for every call in seconds; a single call may
     override it (``client.call(..., timeout=5)`` or ``proxy.f.options(timeout=5)``).
+    ``None`` (the default) waits as long as the broker reports the call alive:
+    analyses may take hours, and a lost worker or broker still ends the wait.
     """
 
     _shared: dict[str, "Client"] = {}
@@ -61,7 +63,7 @@ class Client:
         self,
         url: str | None = None,
         *,
-        timeout: float | None = 30.0,
+        timeout: float | None = None,
         heartbeat: float = DEFAULT_HEARTBEAT,
         liveness: int = DEFAULT_LIVENESS,
         max_message_size: int = DEFAULT_MAX_MESSAGE,
