@@ -166,6 +166,14 @@ def test_worker_killed_mid_call_raises_backend_lost(hello):
     with pytest.raises(BackendLost, match="stopped heartbeating"):
         future.result(10)
     assert time.monotonic() - start < 3 * HEARTBEAT * 3 + 1
+    # and it is gone from the listing
+    assert "hello_world" not in hello.client.listing(api=False)["backends"]
+
+
+def test_heartbeats_flow_while_long_calls_run(hello):
+    # 1.6 s of work is several times the 0.6 s after which a silent worker counts as lost
+    assert hello.client["hello_world"].slow_sum(n=8, delay=0.2) == sum(range(8))
+    assert hello.workers("hello_world")[0]["calls"] >= 1
 
 
 def test_broker_restart_backends_reregister_and_calls_succeed(hello):
