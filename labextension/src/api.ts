@@ -46,7 +46,11 @@ export interface IBackend {
   allow_code: boolean;
   since?: number;
   workers: IWorker[];
-  api?: { name: string; doc?: string | null; members: { [name: string]: IMember } };
+  api?: {
+    name: string;
+    doc?: string | null;
+    members: { [name: string]: IMember };
+  };
 }
 
 /** The answer of `GET de-magic/listing?broker=URL`. */

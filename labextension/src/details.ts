@@ -4,7 +4,11 @@
 import { Widget } from '@lumino/widgets';
 
 import { IBackend, IMember, IParameter } from './api';
-import { PARAMETER_SECTIONS, RETURN_SECTIONS, renderDocstring } from './docstring';
+import {
+  PARAMETER_SECTIONS,
+  RETURN_SECTIONS,
+  renderDocstring
+} from './docstring';
 import { age, dateOf, h, plural } from './dom';
 import { BrokersModel, ISelection } from './model';
 import { ITarget } from './snippets';
@@ -17,8 +21,11 @@ export interface IDetailsActions {
 
 function parametersTable(params: IParameter[]): HTMLElement {
   const rows = params.map(p => {
-    const prefix = p.kind === 'VAR_POSITIONAL' ? '*' : p.kind === 'VAR_KEYWORD' ? '**' : '';
-    const value = p.required ? h('span', { class: 'jp-DeMagic-required' }, 'required') : (p.default_repr ?? '');
+    const prefix =
+      p.kind === 'VAR_POSITIONAL' ? '*' : p.kind === 'VAR_KEYWORD' ? '**' : '';
+    const value = p.required
+      ? h('span', { class: 'jp-DeMagic-required' }, 'required')
+      : (p.default_repr ?? '');
     return h(
       'tr',
       { 'data-param': p.name },
@@ -31,23 +38,52 @@ function parametersTable(params: IParameter[]): HTMLElement {
   return h(
     'table',
     { class: 'jp-DeMagic-params' },
-    h('thead', {}, h('tr', {}, h('th', {}, 'Name'), h('th', {}, 'Type'), h('th', {}, 'Default'), h('th', {}, 'Description'))),
+    h(
+      'thead',
+      {},
+      h(
+        'tr',
+        {},
+        h('th', {}, 'Name'),
+        h('th', {}, 'Type'),
+        h('th', {}, 'Default'),
+        h('th', {}, 'Description')
+      )
+    ),
     h('tbody', {}, ...rows)
   );
 }
 
-function section(title: string, ...content: (Node | string | null)[]): HTMLElement {
-  return h('section', { class: 'jp-DeMagic-section' }, h('h3', {}, title), ...content);
+function section(
+  title: string,
+  ...content: (Node | string | null)[]
+): HTMLElement {
+  return h(
+    'section',
+    { class: 'jp-DeMagic-section' },
+    h('h3', {}, title),
+    ...content
+  );
 }
 
-function docBlock(text: string | null | undefined, skip?: Set<string>): HTMLElement | null {
+function docBlock(
+  text: string | null | undefined,
+  skip?: Set<string>
+): HTMLElement | null {
   return text ? renderDocstring(text, skip) : null;
 }
 
-function button(label: string, action: string, primary = false): HTMLButtonElement {
+function button(
+  label: string,
+  action: string,
+  primary = false
+): HTMLButtonElement {
   return h(
     'button',
-    { class: `jp-Button jp-mod-styled ${primary ? 'jp-mod-accept' : 'jp-mod-reject'}`, 'data-action': action },
+    {
+      class: `jp-Button jp-mod-styled ${primary ? 'jp-mod-accept' : 'jp-mod-reject'}`,
+      'data-action': action
+    },
     label
   );
 }
@@ -73,7 +109,9 @@ export class MemberDetails extends Widget {
   }
 
   handleEvent(event: Event): void {
-    const action = (event.target as HTMLElement).closest<HTMLElement>('[data-action]')?.dataset.action;
+    const action = (event.target as HTMLElement).closest<HTMLElement>(
+      '[data-action]'
+    )?.dataset.action;
     const resolved = this._model.resolve(this._selection);
     if (!action || !resolved || !this._selection) {
       return;
@@ -82,7 +120,12 @@ export class MemberDetails extends Widget {
     if (action === 'remote-cell') {
       this._actions.insertRemoteCell(entry.url, backend.name);
     } else if (member) {
-      const target: ITarget = { broker: entry.url, backend: backend.name, member, owner };
+      const target: ITarget = {
+        broker: entry.url,
+        backend: backend.name,
+        member,
+        owner
+      };
       if (action === 'insert-call') {
         this._actions.insertCall(target);
       } else if (action === 'open-form') {
@@ -95,9 +138,21 @@ export class MemberDetails extends Widget {
     const resolved = this._model.resolve(this._selection);
     let content: Node[];
     if (!this._selection) {
-      content = [h('p', { class: 'jp-DeMagic-placeholder' }, 'Select a method to see its documentation and insert a call.')];
+      content = [
+        h(
+          'p',
+          { class: 'jp-DeMagic-placeholder' },
+          'Select a method to see its documentation and insert a call.'
+        )
+      ];
     } else if (!resolved) {
-      content = [h('p', { class: 'jp-DeMagic-placeholder' }, 'The selected item is not offered any more.')];
+      content = [
+        h(
+          'p',
+          { class: 'jp-DeMagic-placeholder' },
+          'The selected item is not offered any more.'
+        )
+      ];
     } else if (!resolved.member) {
       content = this._backend(resolved.backend, resolved.entry.url);
     } else {
@@ -111,7 +166,19 @@ export class MemberDetails extends Widget {
     const table = h(
       'table',
       { class: 'jp-DeMagic-params' },
-      h('thead', {}, h('tr', {}, h('th', {}, 'Host'), h('th', {}, 'PID'), h('th', {}, 'Busy'), h('th', {}, 'Calls'), h('th', {}, 'Up'))),
+      h(
+        'thead',
+        {},
+        h(
+          'tr',
+          {},
+          h('th', {}, 'Host'),
+          h('th', {}, 'PID'),
+          h('th', {}, 'Busy'),
+          h('th', {}, 'Calls'),
+          h('th', {}, 'Up')
+        )
+      ),
       h(
         'tbody',
         {},
@@ -129,16 +196,33 @@ export class MemberDetails extends Widget {
       )
     );
     return [
-      h('div', { class: 'jp-DeMagic-title' }, h('span', { class: 'jp-DeMagic-titleName' }, backend.name)),
+      h(
+        'div',
+        { class: 'jp-DeMagic-title' },
+        h('span', { class: 'jp-DeMagic-titleName' }, backend.name)
+      ),
       h(
         'p',
         { class: 'jp-DeMagic-facts' },
         `Backend on ${broker}, alive since ${dateOf(backend.since)}. ` +
-          (backend.allow_code ? 'Accepts %%remote code cells.' : 'Runs only its published functions.')
+          (backend.allow_code
+            ? 'Accepts %%remote code cells.'
+            : 'Runs only its published functions.')
       ),
-      backend.allow_code ? h('div', { class: 'jp-DeMagic-actions' }, button('New %%remote cell', 'remote-cell', true)) : null,
+      backend.allow_code
+        ? h(
+            'div',
+            { class: 'jp-DeMagic-actions' },
+            button('New %%remote cell', 'remote-cell', true)
+          )
+        : null,
       docBlock(backend.api?.doc),
-      section(plural(workers.length, 'worker'), workers.length ? table : 'No worker is connected: calls wait until one is.')
+      section(
+        plural(workers.length, 'worker'),
+        workers.length
+          ? table
+          : 'No worker is connected: calls wait until one is.'
+      )
     ].filter((node): node is HTMLElement => node !== null);
   }
 
@@ -151,7 +235,9 @@ export class MemberDetails extends Widget {
           'div',
           { class: 'jp-DeMagic-actions' },
           button('Insert call', 'insert-call', true),
-          backend.allow_code ? button('New %%remote cell', 'remote-cell') : null,
+          backend.allow_code
+            ? button('New %%remote cell', 'remote-cell')
+            : null,
           button('Open form', 'open-form')
         );
     const params = member.parameters ?? [];
@@ -169,18 +255,36 @@ export class MemberDetails extends Widget {
       h(
         'div',
         { class: 'jp-DeMagic-title' },
-        h('span', { class: 'jp-DeMagic-badge', 'data-kind': member.kind }, isClass ? 'c' : owner ? 'm' : 'f'),
+        h(
+          'span',
+          { class: 'jp-DeMagic-badge', 'data-kind': member.kind },
+          isClass ? 'c' : owner ? 'm' : 'f'
+        ),
         h('span', { class: 'jp-DeMagic-titleName' }, name),
         h('span', { class: 'jp-DeMagic-meta' }, `in ${backend.name}`)
       ),
-      h('pre', { class: 'jp-DeMagic-signatureBlock' }, `${member.name}${member.signature}`),
+      h(
+        'pre',
+        { class: 'jp-DeMagic-signatureBlock' },
+        `${member.name}${member.signature}`
+      ),
       actions,
       docBlock(member.doc || member.summary, tabled),
-      params.length ? section(isClass ? 'Constructor parameters' : 'Parameters', parametersTable(params)) : null,
+      params.length
+        ? section(
+            isClass ? 'Constructor parameters' : 'Parameters',
+            parametersTable(params)
+          )
+        : null,
       returns && (returns.annotation || returns.doc)
         ? section(
             'Returns',
-            h('p', {}, returns.annotation ? h('code', {}, returns.annotation) : '', returns.doc ? ` — ${returns.doc}` : '')
+            h(
+              'p',
+              {},
+              returns.annotation ? h('code', {}, returns.annotation) : '',
+              returns.doc ? ` — ${returns.doc}` : ''
+            )
           )
         : null,
       methods.length ? section('Methods', h('p', {}, methods.join(', '))) : null

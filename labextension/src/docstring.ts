@@ -32,7 +32,12 @@ function sections(doc: string): ISection[] {
   for (let i = 0; i < lines.length; i++) {
     const line = lines[i];
     const next = lines[i + 1];
-    if (line.trim() && next !== undefined && UNDERLINE.test(next) && !/^\s/.test(line)) {
+    if (
+      line.trim() &&
+      next !== undefined &&
+      UNDERLINE.test(next) &&
+      !/^\s/.test(line)
+    ) {
       result.push({ title: line.trim(), lines: [] });
       i++;
     } else if (GOOGLE_HEADING.test(line)) {
@@ -59,7 +64,9 @@ function inline(text: string): Node[] {
 }
 
 function dedent(lines: string[]): string[] {
-  const indents = lines.filter(l => l.trim()).map(l => l.length - l.trimStart().length);
+  const indents = lines
+    .filter(l => l.trim())
+    .map(l => l.length - l.trimStart().length);
   const cut = indents.length ? Math.min(...indents) : 0;
   return lines.map(l => l.slice(cut));
 }
@@ -72,7 +79,11 @@ function blocks(lines: string[]): Node[] {
       const text = dedent(block);
       // Plain prose becomes a paragraph; anything with structure (indents, >>>) stays as it is.
       const prose = text.every(l => !/^\s/.test(l) && !l.startsWith('>>>'));
-      nodes.push(prose ? h('p', {}, ...inline(text.join(' '))) : h('pre', {}, text.join('\n')));
+      nodes.push(
+        prose
+          ? h('p', {}, ...inline(text.join(' ')))
+          : h('pre', {}, text.join('\n'))
+      );
     }
     block = [];
   };
@@ -87,7 +98,10 @@ function blocks(lines: string[]): Node[] {
   return nodes;
 }
 
-export function renderDocstring(doc: string, skip: Set<string> = new Set()): HTMLElement {
+export function renderDocstring(
+  doc: string,
+  skip: Set<string> = new Set()
+): HTMLElement {
   const element = h('div', { class: 'jp-DeMagic-doc' });
   for (const section of sections(doc.trim())) {
     if (section.title && skip.has(section.title.toLowerCase())) {

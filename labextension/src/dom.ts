@@ -41,7 +41,10 @@ export function highlighted(text: string, query: string): Node {
 }
 
 /** "3 min", "2 h", "5 days": how long ago a unix time (seconds) was. */
-export function age(since: number | undefined | null, now = Date.now()): string {
+export function age(
+  since: number | undefined | null,
+  now = Date.now()
+): string {
   if (!since) {
     return '';
   }

@@ -6,8 +6,16 @@ import {
   JupyterFrontEnd,
   JupyterFrontEndPlugin
 } from '@jupyterlab/application';
-import { ICommandPalette, InputDialog, Notification } from '@jupyterlab/apputils';
-import { INotebookTracker, NotebookActions, NotebookPanel } from '@jupyterlab/notebook';
+import {
+  ICommandPalette,
+  InputDialog,
+  Notification
+} from '@jupyterlab/apputils';
+import {
+  INotebookTracker,
+  NotebookActions,
+  NotebookPanel
+} from '@jupyterlab/notebook';
 import { ISettingRegistry } from '@jupyterlab/settingregistry';
 import { ITranslator } from '@jupyterlab/translation';
 import { addIcon, refreshIcon } from '@jupyterlab/ui-components';
@@ -35,7 +43,8 @@ const BROKER_URL = /^(tcp|ipc|inproc):\/\/\S+$/;
 
 const plugin: JupyterFrontEndPlugin<void> = {
   id: PLUGIN_ID,
-  description: 'Browse de-magic brokers, backends and methods, and insert calls into notebooks.',
+  description:
+    'Browse de-magic brokers, backends and methods, and insert calls into notebooks.',
   autoStart: true,
   requires: [INotebookTracker],
   optional: [ILayoutRestorer, ISettingRegistry, ICommandPalette, ITranslator],
@@ -73,7 +82,10 @@ const plugin: JupyterFrontEndPlugin<void> = {
      * Put `code` in a new code cell below the active one; an empty active code cell (as in a
      * new notebook) is used as it is rather than left behind.
      */
-    const insertCell = async (code: string, needsMagics = false): Promise<void> => {
+    const insertCell = async (
+      code: string,
+      needsMagics = false
+    ): Promise<void> => {
       const current = await notebook();
       const content = current.content;
       const empty = (): boolean =>
@@ -92,7 +104,9 @@ const plugin: JupyterFrontEndPlugin<void> = {
         const sources = Array.from(content.model?.cells ?? []).map(cell =>
           cell.sharedModel.getSource()
         );
-        if (!sources.some(source => /%(re)?load_ext\s+de_magic\b/.test(source))) {
+        if (
+          !sources.some(source => /%(re)?load_ext\s+de_magic\b/.test(source))
+        ) {
           put(LOAD_EXT);
         }
       }
@@ -105,7 +119,9 @@ const plugin: JupyterFrontEndPlugin<void> = {
 
     const saveUserBrokers = async (brokers: string[]): Promise<void> => {
       if (!settings) {
-        Notification.error('The settings of the Remote backends panel are not available.');
+        Notification.error(
+          'The settings of the Remote backends panel are not available.'
+        );
         return;
       }
       await settings.set('brokers', brokers);
@@ -118,7 +134,10 @@ const plugin: JupyterFrontEndPlugin<void> = {
       actions: {
         insertCall: (target: ITarget) => void insertCell(callSnippet(target)),
         insertRemoteCell: (broker: string, backend: string) =>
-          void insertCell(remoteCellSnippet(broker, backend, isDefault(broker)), true),
+          void insertCell(
+            remoteCellSnippet(broker, backend, isDefault(broker)),
+            true
+          ),
         openForm: (target: ITarget) =>
           void insertCell(formSnippet(target, isDefault(target.broker))),
         removeBroker: (url: string) =>
@@ -127,7 +146,11 @@ const plugin: JupyterFrontEndPlugin<void> = {
     });
 
     const showBrokers = () =>
-      panel.model.setBrokers(serverBrokers.default, serverBrokers.brokers, userBrokers());
+      panel.model.setBrokers(
+        serverBrokers.default,
+        serverBrokers.brokers,
+        userBrokers()
+      );
 
     const loadServerBrokers = async (): Promise<void> => {
       try {
@@ -143,9 +166,15 @@ const plugin: JupyterFrontEndPlugin<void> = {
     };
 
     const applySettings = () => {
-      const interval = ((settings?.composite.refreshInterval as number) ?? 5) * 1000;
-      const max = ((settings?.composite.maxRefreshInterval as number) ?? 60) * 1000;
-      panel.model.setFrequency({ interval, backoff: true, max: Math.max(max, interval) });
+      const interval =
+        ((settings?.composite.refreshInterval as number) ?? 5) * 1000;
+      const max =
+        ((settings?.composite.maxRefreshInterval as number) ?? 60) * 1000;
+      panel.model.setFrequency({
+        interval,
+        backoff: true,
+        max: Math.max(max, interval)
+      });
       showBrokers();
     };
 
@@ -180,7 +209,9 @@ const plugin: JupyterFrontEndPlugin<void> = {
           return;
         }
         if (!BROKER_URL.test(url)) {
-          Notification.error(`Not a broker address: ${url} (expected tcp://host:port)`);
+          Notification.error(
+            `Not a broker address: ${url} (expected tcp://host:port)`
+          );
           return;
         }
         if (!userBrokers().includes(url)) {
@@ -189,8 +220,14 @@ const plugin: JupyterFrontEndPlugin<void> = {
       }
     });
     palette?.addItem({ command: CommandIDs.show, category: 'Remote Backends' });
-    palette?.addItem({ command: CommandIDs.refresh, category: 'Remote Backends' });
-    palette?.addItem({ command: CommandIDs.addBroker, category: 'Remote Backends' });
+    palette?.addItem({
+      command: CommandIDs.refresh,
+      category: 'Remote Backends'
+    });
+    palette?.addItem({
+      command: CommandIDs.addBroker,
+      category: 'Remote Backends'
+    });
 
     app.shell.add(panel, 'left', { rank: 850 });
     restorer?.add(panel, PANEL_ID);

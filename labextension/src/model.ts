@@ -56,11 +56,14 @@ export class BrokerEntry implements IDisposable {
     try {
       listing = await fetchListing(this.url);
     } catch (reason) {
-      this._fail(`The Jupyter server did not answer: ${(reason as Error).message}`);
+      this._fail(
+        `The Jupyter server did not answer: ${(reason as Error).message}`
+      );
       throw reason;
     }
     if (!listing.reachable) {
-      const message = listing.error || `The broker at ${this.url} does not answer.`;
+      const message =
+        listing.error || `The broker at ${this.url} does not answer.`;
       this._fail(message);
       // Rejecting makes the poll back off until the broker comes back.
       throw new Error(message);
@@ -81,7 +84,8 @@ export class BrokerEntry implements IDisposable {
   }
 
   private _fail(message: string): void {
-    const changed = this.loading || this.error !== message || this.listing !== null;
+    const changed =
+      this.loading || this.error !== message || this.listing !== null;
     this.loading = false;
     this.error = message;
     this.listing = null;
@@ -139,7 +143,11 @@ export class BrokersModel implements IDisposable {
   }
 
   /** Show exactly these brokers (the default one first), keeping the state of those already shown. */
-  setBrokers(defaultBroker: string | null, server: string[], user: string[]): void {
+  setBrokers(
+    defaultBroker: string | null,
+    server: string[],
+    user: string[]
+  ): void {
     this.defaultBroker = defaultBroker;
     const wanted = new Map<string, BrokerOrigin>();
     if (defaultBroker) {

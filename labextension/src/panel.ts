@@ -41,11 +41,17 @@ export class BackendsPanel extends SidePanel {
       standby: () => !this.isVisible || document.visibilityState === 'hidden'
     });
 
-    this.header.addWidget(new Widget({ node: h('h2', {}, trans.__('Remote backends')) }));
+    this.header.addWidget(
+      new Widget({ node: h('h2', {}, trans.__('Remote backends')) })
+    );
     for (const id of options.toolbarCommands) {
       this.toolbar.addItem(
         id,
-        new CommandToolbarButton({ commands: options.commands, id, args: { toolbar: true } })
+        new CommandToolbarButton({
+          commands: options.commands,
+          id,
+          args: { toolbar: true }
+        })
       );
     }
 
@@ -59,7 +65,11 @@ export class BackendsPanel extends SidePanel {
     this.tree.selectionChanged.connect((_, selection) => {
       this.details.selection = selection;
       const accordion = this.content as AccordionPanel;
-      if (selection && accordion.widgets.includes(this.details) && this.details.isHidden) {
+      if (
+        selection &&
+        accordion.widgets.includes(this.details) &&
+        this.details.isHidden
+      ) {
         accordion.expand(accordion.widgets.indexOf(this.details));
       }
     });

@@ -95,7 +95,11 @@ export function callSnippet(target: ITarget): string {
   const { member, owner } = target;
   let body: string;
   if (!owner) {
-    body = formatCall('result = ', `${handle}.${member.name}`, member.parameters);
+    body = formatCall(
+      'result = ',
+      `${handle}.${member.name}`,
+      member.parameters
+    );
   } else {
     const ctor = formatCall('', `${handle}.${owner.name}`, owner.parameters);
     const chained = formatCall(
@@ -110,7 +114,11 @@ export function callSnippet(target: ITarget): string {
       const instance = snakeCase(owner.name);
       body =
         `${instance} = ${ctor}\n` +
-        formatCall('result = ', `${instance}.${member.name}`, member.parameters);
+        formatCall(
+          'result = ',
+          `${instance}.${member.name}`,
+          member.parameters
+        );
     }
   }
   return `from de_magic import Client\n\n${body}\nresult`;

@@ -51,14 +51,22 @@ function sameSelection(a: ISelection | null, b: ISelection | null): boolean {
   );
 }
 
-function sortedMembers(members: { [name: string]: IMember } | undefined): IMember[] {
-  return Object.values(members ?? {}).sort((a, b) => a.name.localeCompare(b.name));
+function sortedMembers(
+  members: { [name: string]: IMember } | undefined
+): IMember[] {
+  return Object.values(members ?? {}).sort((a, b) =>
+    a.name.localeCompare(b.name)
+  );
 }
 
 /** The one-letter type badge, as in Lab's completer. */
 function badge(kind: string): HTMLElement {
   const letter = kind === 'class' ? 'c' : kind === 'method' ? 'm' : 'f';
-  return h('span', { class: 'jp-DeMagic-badge', 'data-kind': kind, 'aria-hidden': 'true' }, letter);
+  return h(
+    'span',
+    { class: 'jp-DeMagic-badge', 'data-kind': kind, 'aria-hidden': 'true' },
+    letter
+  );
 }
 
 export class BackendsTree extends Widget {
@@ -74,8 +82,15 @@ export class BackendsTree extends Widget {
       'aria-label': 'Filter backends and methods',
       spellcheck: 'false'
     });
-    this._list = h('ul', { class: 'jp-DeMagic-tree', role: 'tree', tabindex: '0' });
-    this.node.append(h('div', { class: 'jp-DeMagic-filterBox' }, this._filter), this._list);
+    this._list = h('ul', {
+      class: 'jp-DeMagic-tree',
+      role: 'tree',
+      tabindex: '0'
+    });
+    this.node.append(
+      h('div', { class: 'jp-DeMagic-filterBox' }, this._filter),
+      this._list
+    );
     this._filter.addEventListener('input', () => this.render());
     this._list.addEventListener('click', this);
     this._list.addEventListener('keydown', this);
@@ -102,7 +117,10 @@ export class BackendsTree extends Widget {
   }
 
   select(selection: ISelection | null): void {
-    if (sameSelection(selection, this._selection) || selection === this._selection) {
+    if (
+      sameSelection(selection, this._selection) ||
+      selection === this._selection
+    ) {
       return;
     }
     this._selection = selection;
@@ -131,13 +149,21 @@ export class BackendsTree extends Widget {
     const query = this.query;
     const items: Node[] = [];
     if (this.model.serverError) {
-      items.push(h('li', { class: 'jp-DeMagic-message jp-mod-error', role: 'alert' }, this.model.serverError));
+      items.push(
+        h(
+          'li',
+          { class: 'jp-DeMagic-message jp-mod-error', role: 'alert' },
+          this.model.serverError
+        )
+      );
     }
     for (const entry of this.model.brokers) {
       items.push(this._renderBroker(entry, query));
     }
     if (this.model.brokers.length === 0 && !this.model.serverError) {
-      items.push(h('li', { class: 'jp-DeMagic-message' }, 'Looking for brokers…'));
+      items.push(
+        h('li', { class: 'jp-DeMagic-message' }, 'Looking for brokers…')
+      );
     }
     this._list.replaceChildren(...items);
   }
@@ -178,13 +204,19 @@ export class BackendsTree extends Widget {
       },
       caret,
       ...content,
-      actions.length ? h('span', { class: 'jp-DeMagic-rowActions' }, ...actions) : null
+      actions.length
+        ? h('span', { class: 'jp-DeMagic-rowActions' }, ...actions)
+        : null
     );
     this._rows.set(element, row);
     return element;
   }
 
-  private _item(row: HTMLElement, expanded: boolean | null, children: Node[]): HTMLElement {
+  private _item(
+    row: HTMLElement,
+    expanded: boolean | null,
+    children: Node[]
+  ): HTMLElement {
     const info = this._rows.get(row)!;
     const li = h(
       'li',
@@ -206,7 +238,12 @@ export class BackendsTree extends Widget {
   private _button(icon: LabIcon, title: string, action: string): HTMLElement {
     return h(
       'button',
-      { class: 'jp-DeMagic-rowButton', title, 'aria-label': title, 'data-action': action },
+      {
+        class: 'jp-DeMagic-rowButton',
+        title,
+        'aria-label': title,
+        'data-action': action
+      },
       icon.element({ tag: 'span' })
     );
   }
@@ -214,24 +251,45 @@ export class BackendsTree extends Widget {
   private _renderBroker(entry: BrokerEntry, query: string): HTMLElement {
     const key = keyOf(entry.url);
     const expanded = query !== '' || this._isExpanded(key, true);
-    const row: IRow = { key, kind: 'broker', selection: null, expandable: true };
+    const row: IRow = {
+      key,
+      kind: 'broker',
+      selection: null,
+      expandable: true
+    };
     const status: Node[] = [];
     if (entry.error) {
       status.push(
-        errorIcon.element({ tag: 'span', className: 'jp-DeMagic-status', title: entry.error })
+        errorIcon.element({
+          tag: 'span',
+          className: 'jp-DeMagic-status',
+          title: entry.error
+        })
       );
     } else if (entry.listing) {
-      status.push(h('span', { class: 'jp-DeMagic-meta' }, plural(entry.backends.length, 'backend')));
+      status.push(
+        h(
+          'span',
+          { class: 'jp-DeMagic-meta' },
+          plural(entry.backends.length, 'backend')
+        )
+      );
     }
     const info = entry.listing?.broker;
     const title =
       `Broker ${entry.url}` +
-      (entry.origin === 'default' ? ' (default)' : entry.origin === 'user' ? ' (added in settings)' : '') +
+      (entry.origin === 'default'
+        ? ' (default)'
+        : entry.origin === 'user'
+          ? ' (added in settings)'
+          : '') +
       (info?.since ? `\nUp since ${dateOf(info.since)}` : '') +
       (info?.protocol ? `\nProtocol ${info.protocol}` : '');
     const actions = [this._button(refreshIcon, 'Refresh now', 'refresh')];
     if (entry.origin === 'user') {
-      actions.push(this._button(closeIcon, 'Remove this broker from the list', 'remove'));
+      actions.push(
+        this._button(closeIcon, 'Remove this broker from the list', 'remove')
+      );
     }
     const element = this._row(
       row,
@@ -256,7 +314,15 @@ export class BackendsTree extends Widget {
             'span',
             { class: 'jp-DeMagic-retry' },
             'Retrying automatically. ',
-            h('button', { class: 'jp-DeMagic-link', 'data-action': 'refresh', 'data-broker': entry.url }, 'Retry now')
+            h(
+              'button',
+              {
+                class: 'jp-DeMagic-link',
+                'data-action': 'refresh',
+                'data-broker': entry.url
+              },
+              'Retry now'
+            )
           )
         )
       );
@@ -273,22 +339,45 @@ export class BackendsTree extends Widget {
         }
       }
       if (backends.length === 0) {
-        children.push(h('li', { class: 'jp-DeMagic-message' }, 'No backend is connected to this broker.'));
+        children.push(
+          h(
+            'li',
+            { class: 'jp-DeMagic-message' },
+            'No backend is connected to this broker.'
+          )
+        );
       } else if (shown === 0) {
-        children.push(h('li', { class: 'jp-DeMagic-message' }, `Nothing matches “${query}”.`));
+        children.push(
+          h(
+            'li',
+            { class: 'jp-DeMagic-message' },
+            `Nothing matches “${query}”.`
+          )
+        );
       }
     }
     return this._item(element, expanded, children);
   }
 
-  private _renderBackend(entry: BrokerEntry, backend: IBackend, query: string): HTMLElement | null {
+  private _renderBackend(
+    entry: BrokerEntry,
+    backend: IBackend,
+    query: string
+  ): HTMLElement | null {
     const selection: ISelection = { broker: entry.url, backend: backend.name };
     const key = keyOf(entry.url, backend.name);
     // A backend whose name matches shows all its members; otherwise only the matching ones.
-    const selfMatch = query === '' || backend.name.toLowerCase().includes(query);
+    const selfMatch =
+      query === '' || backend.name.toLowerCase().includes(query);
     const children: Node[] = [];
     for (const member of sortedMembers(backend.api?.members)) {
-      const item = this._renderMember(entry, backend, member, selfMatch ? '' : query, query);
+      const item = this._renderMember(
+        entry,
+        backend,
+        member,
+        selfMatch ? '' : query,
+        query
+      );
       if (item) {
         children.push(item);
       }
@@ -301,24 +390,54 @@ export class BackendsTree extends Widget {
     const meta: Node[] = [
       h(
         'span',
-        { class: `jp-DeMagic-meta${workers ? '' : ' jp-mod-warn'}`, title: backend.workers.map(w => `${w.host ?? '?'} pid ${w.pid ?? '?'}`).join('\n') },
+        {
+          class: `jp-DeMagic-meta${workers ? '' : ' jp-mod-warn'}`,
+          title: backend.workers
+            .map(w => `${w.host ?? '?'} pid ${w.pid ?? '?'}`)
+            .join('\n')
+        },
         workers ? plural(workers, 'worker') : 'no workers'
       )
     ];
     if (backend.allow_code) {
-      meta.push(h('span', { class: 'jp-DeMagic-tag', title: 'Accepts %%remote code cells' }, 'code'));
+      meta.push(
+        h(
+          'span',
+          { class: 'jp-DeMagic-tag', title: 'Accepts %%remote code cells' },
+          'code'
+        )
+      );
     }
     if (backend.since) {
-      meta.push(h('span', { class: 'jp-DeMagic-meta', title: `Alive since ${dateOf(backend.since)}` }, `up ${age(backend.since)}`));
+      meta.push(
+        h(
+          'span',
+          {
+            class: 'jp-DeMagic-meta',
+            title: `Alive since ${dateOf(backend.since)}`
+          },
+          `up ${age(backend.since)}`
+        )
+      );
     }
     const row: IRow = { key, kind: 'backend', selection, expandable: true };
     const element = this._row(row, 1, expanded, [
-      h('span', { class: 'jp-DeMagic-label jp-DeMagic-name' }, highlighted(backend.name, query)),
+      h(
+        'span',
+        { class: 'jp-DeMagic-label jp-DeMagic-name' },
+        highlighted(backend.name, query)
+      ),
       ...meta
     ]);
     element.dataset.backend = backend.name;
     if (children.length === 0) {
-      children.push(h('li', { class: 'jp-DeMagic-message' }, 'This backend offers no functions.'));
+      children.push(
+        h(
+          'li',
+          { class: 'jp-DeMagic-message' },
+          'This backend offers no functions.'
+        )
+      );
     }
     return this._item(element, expanded, children);
   }
@@ -336,7 +455,9 @@ export class BackendsTree extends Widget {
     if (isClass) {
       for (const method of sortedMembers(member.methods)) {
         if (selfMatch || method.name.toLowerCase().includes(query)) {
-          children.push(this._renderLeaf(entry, backend, method, member, highlight));
+          children.push(
+            this._renderLeaf(entry, backend, method, member, highlight)
+          );
         }
       }
       if (!selfMatch && children.length === 0) {
@@ -348,12 +469,21 @@ export class BackendsTree extends Widget {
       return this._renderLeaf(entry, backend, member, undefined, highlight);
     }
     const key = keyOf(entry.url, backend.name, member.name);
-    const expanded = query !== '' || highlight !== '' || this._isExpanded(key, false);
-    const selection: ISelection = { broker: entry.url, backend: backend.name, owner: member.name };
+    const expanded =
+      query !== '' || highlight !== '' || this._isExpanded(key, false);
+    const selection: ISelection = {
+      broker: entry.url,
+      backend: backend.name,
+      owner: member.name
+    };
     const row: IRow = { key, kind: 'class', selection, expandable: true };
     const element = this._row(row, 2, expanded, [
       badge('class'),
-      h('span', { class: 'jp-DeMagic-label jp-DeMagic-name' }, highlighted(member.name, highlight)),
+      h(
+        'span',
+        { class: 'jp-DeMagic-label jp-DeMagic-name' },
+        highlighted(member.name, highlight)
+      ),
       h('span', { class: 'jp-DeMagic-signature' }, member.signature)
     ]);
     element.dataset.member = member.name;
@@ -374,7 +504,12 @@ export class BackendsTree extends Widget {
       member: member.name
     };
     const key = keyOf(entry.url, backend.name, owner?.name ?? '', member.name);
-    const target: ITarget = { broker: entry.url, backend: backend.name, member, owner };
+    const target: ITarget = {
+      broker: entry.url,
+      backend: backend.name,
+      member,
+      owner
+    };
     const kind = owner ? 'method' : 'function';
     const row: IRow = { key, kind, selection, expandable: false, target };
     const element = this._row(
@@ -383,10 +518,30 @@ export class BackendsTree extends Widget {
       false,
       [
         badge(kind),
-        h('span', { class: 'jp-DeMagic-label jp-DeMagic-name', title: member.summary ?? '' }, highlighted(member.name, highlight)),
-        h('span', { class: 'jp-DeMagic-signature', title: `${member.name}${member.signature}` }, member.signature)
+        h(
+          'span',
+          {
+            class: 'jp-DeMagic-label jp-DeMagic-name',
+            title: member.summary ?? ''
+          },
+          highlighted(member.name, highlight)
+        ),
+        h(
+          'span',
+          {
+            class: 'jp-DeMagic-signature',
+            title: `${member.name}${member.signature}`
+          },
+          member.signature
+        )
       ],
-      [this._button(addBelowIcon, 'Insert call into the notebook', 'insert-call')]
+      [
+        this._button(
+          addBelowIcon,
+          'Insert call into the notebook',
+          'insert-call'
+        )
+      ]
     );
     element.dataset.member = member.name;
     return this._item(element, null, []);
@@ -425,7 +580,9 @@ export class BackendsTree extends Widget {
   }
 
   private _onKeyDown(event: KeyboardEvent): void {
-    const rows = Array.from(this._list.querySelectorAll<HTMLElement>('.jp-DeMagic-row'));
+    const rows = Array.from(
+      this._list.querySelectorAll<HTMLElement>('.jp-DeMagic-row')
+    );
     const index = rows.findIndex(r => r.classList.contains('jp-mod-selected'));
     const current = index >= 0 ? this._rows.get(rows[index]) : undefined;
     const move = (delta: number) => {
@@ -433,7 +590,9 @@ export class BackendsTree extends Widget {
         const row = this._rows.get(rows[i]);
         if (row?.selection) {
           this.select(row.selection);
-          this._list.querySelector('.jp-mod-selected')?.scrollIntoView({ block: 'nearest' });
+          this._list
+            .querySelector('.jp-mod-selected')
+            ?.scrollIntoView({ block: 'nearest' });
           return;
         }
       }
@@ -448,7 +607,8 @@ export class BackendsTree extends Widget {
       case 'ArrowRight':
       case 'ArrowLeft': {
         if (current?.expandable) {
-          const open = rows[index].parentElement?.getAttribute('aria-expanded') === 'true';
+          const open =
+            rows[index].parentElement?.getAttribute('aria-expanded') === 'true';
           if (open === (event.key === 'ArrowLeft')) {
             this._toggle(current.key);
           }
