@@ -39,6 +39,7 @@ DEFAULT_URL = "tcp://127.0.0.1:5555"
 DEFAULT_HEARTBEAT = 1.0
 DEFAULT_LIVENESS = 3
 DEFAULT_MAX_MESSAGE = 1 << 30
+STARTUP_GRACE = 2.0  # seconds after binding during which calls to unknown backends wait
 
 
 def default_url() -> str:
@@ -177,6 +178,8 @@ class Broker:
         sock.bind(self.url)
         self.url = sock.last_endpoint.decode().replace("0.0.0.0", "127.0.0.1")
         self._socket = sock
+        # backends that were connected before a restart come back within a heartbeat or two
+        self._grace_until = time.monotonic() + max(STARTUP_GRACE, self.heartbeat * self.liveness)
         return self.url
 
     def configure_socket(self, sock: zmq.Socket) -> None:
@@ -308,10 +311,10 @@ class Broker:
             return
         service = self.services.get(name)
         if service is None or not service.workers:
-            if time.time() - self.since < self.heartbeat * self.liveness:
+            if time.monotonic() < self._grace_until:
                 # just (re)started: backends re-register within a heartbeat, so wait for them
                 service = self.services.setdefault(name, Service(name))
-                service.queue.append(Queued(client, rid, pinned, rest, time.monotonic() + self.heartbeat * self.liveness))
+                service.queue.append(Queued(client, rid, pinned, rest, self._grace_until))
                 return
             self._unknown(client, rid, name)
             return
