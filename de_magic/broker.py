@@ -407,12 +407,16 @@ class Broker:
     def _on_ready(self, address: bytes, frames) -> None:
         name = frames[0].bytes.decode("utf-8", "replace")
         info = P.load_header(frames[1])
-        old = self.workers.get(address)
-        if old is not None:
-            self._remove(old, "re-registered")
         service = self.services.get(name) or self.services.setdefault(name, Service(name))
         service.set_api(info.get("api", {}))
         service.allow_code = bool(info.get("allow_code", False))
+        worker = self.workers.get(address)
+        if worker is not None and worker.service is service:
+            # registering again (it lost us for a moment): its calls and slots stand
+            worker.expires = self._expires()
+            return
+        if worker is not None:
+            self._remove(worker, "re-registered under another name")
         worker = Worker(address, service, info, self._expires())
         service.workers.append(worker)
         self.workers[address] = worker
