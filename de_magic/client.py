@@ -33,6 +33,7 @@ from . import protocol as P
 from . import serialize
 from .broker import DEFAULT_HEARTBEAT, DEFAULT_LIVENESS, DEFAULT_MAX_MESSAGE, default_url
 from .errors import BackendLost, CallTimeout, PayloadTooLarge, ProtocolMismatch, UnknownBackend, UnknownMethod, from_header
+from .progress_display import default_progress
 
 EventHandler = Callable[[dict, list], None]
 
@@ -225,7 +226,7 @@ class Client:
         if method is not None:
             header["method"] = method
             body += tuple(init or ((), {}))
-        progress = on_progress or self.on_progress
+        progress = on_progress or self.on_progress or default_progress()
 
         def dispatch(event: dict, frames: list) -> None:
             if event.get("event") == "progress":
@@ -333,6 +334,12 @@ def _remote_function(client: Client, backend: str, entry: dict, qualname: str, *
         """Start the call and return a future (also awaitable)."""
         return client.submit(backend, member, args, kwargs, **call_kw)
 
+    def ui():
+        """An ipywidgets form that makes this call (see :mod:`de_magic.widgets`)."""
+        from .widgets import CallForm
+
+        return CallForm(client, backend, entry, member=member, **call_kw)
+
     remote.__name__ = entry["name"]
     remote.__qualname__ = qualname
     remote.__doc__ = entry.get("doc") or None
@@ -340,6 +347,7 @@ def _remote_function(client: Client, backend: str, entry: dict, qualname: str, *
     remote.__module__ = f"de_magic.remote.{backend}"
     remote.options = options
     remote.submit = submit
+    remote.ui = ui
     remote.api = entry
     return remote
 
