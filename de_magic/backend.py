@@ -101,6 +101,8 @@ class Backend:
         self.api = describe(name, self.members, doc)
         self._reply_header = P.dump_header({"codec": serialize.PICKLE, "worker": self.id.hex()})
         self.operations: dict[str, Operation] = {"call": Operation(self._call_member)}
+        from .execute import code_operations  # IPython is imported only when a cell runs
+        self.operations.update(code_operations(self))
         self._ctx = context or zmq.Context.instance()
         self._calls: dict[tuple[bytes, bytes], Call] = {}
         self._pool = ThreadPoolExecutor(self.max_workers, thread_name_prefix=f"de-magic-{name}")
@@ -209,13 +211,20 @@ class Backend:
                             break
                         self._on_broker_message(dealer, frames)
                 if pull in events:
+                    # Threads send through sockets of their own, which the PULL reads round-robin:
+                    # answers go after the events read with them, so no event trails its answer.
+                    answers = []
                     for _ in range(1000):
                         try:
                             frames = pull.recv_multipart(zmq.NOBLOCK, copy=False)
                         except zmq.Again:
                             break
                         if frames[1].bytes != P.EVENT:
-                            self._calls.pop((frames[2].bytes, frames[3].bytes), None)
+                            answers.append(frames)
+                        else:
+                            dealer.send_multipart(frames, copy=False)
+                    for frames in answers:
+                        self._calls.pop((frames[2].bytes, frames[3].bytes), None)
                         dealer.send_multipart(frames, copy=False)
                 now = time.monotonic()
                 if now >= next_beat:

@@ -118,9 +118,11 @@ class Execution:
 
     def display(self) -> None:
         """Replay the outputs in the current cell; a remote error is shown as its traceback."""
-        for output in self.outputs:
+        for output in list(self.outputs):
             render(output)
-        if self.done() and self._future.exception() is None and self.reply["status"] == "error":
+        if not self.done():
+            print(f"(still running on {self.session.backend!r}: wait with .wait() or %remote_result)")
+        elif self._future.exception() is None and self.reply["status"] == "error":
             sys.stderr.write("\n".join(CellError(self.reply["error"], self.session.backend)._render_traceback_()) + "\n")
 
     _ipython_display_ = display
