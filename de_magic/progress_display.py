@@ -138,3 +138,24 @@ def _cell_parent() -> dict | None:
 
     get_parent = getattr(get_ipython(), "get_parent", None)
     return get_parent() if get_parent else None
+
+
+_session_renderers: dict[int, tuple[str | None, Callable[[dict], None] | None]] = {}
+
+
+def _session_progress(header: dict, frames: list, session) -> None:
+    """Progress of a session's request (a remote cell): a renderer per session and cell.
+
+    The session outlives cells, but bars belong in the cell that runs; progress
+    ids are unique within the session's one worker process.
+    """
+    cell = ((_cell_parent() or {}).get("header") or {}).get("msg_id")
+    cached = _session_renderers.get(id(session))
+    if cached is None or cached[0] != cell:
+        cached = _session_renderers[id(session)] = (cell, default_progress())
+    if cached[1] is not None:
+        cached[1](header)
+
+
+#: Handlers for :data:`de_magic.session.EVENT_HANDLERS`.
+EVENT_HANDLERS = {"progress": _session_progress}
