@@ -234,3 +234,61 @@ def test_call_form_runs_in_the_background_and_shows_result_progress_and_errors(k
     kernel.wait_for(outputs_update(table_id, lambda outputs: any("<table" in o.get("data", {}).get("text/html", "")
                                                                   for o in outputs)),
                     what="the DataFrame as an HTML table")
+
+
+REMOTE_CELL = '''
+import ipywidgets as w
+slider = w.IntSlider(description="x")
+out = w.Output()
+def changed(change):
+    print("printed", change["new"])
+    with out:
+        print("value is", change["new"])
+slider.observe(changed, "value")
+button = w.Button(description="boom")
+def boom(_):
+    with out:
+        raise ValueError("button says no")
+button.on_click(boom)
+display(slider, out, button)
+shown = w.interact(lambda x: print("twice", 2 * x), x=(0, 10))
+'''
+
+
+def test_remote_widgets_are_live_in_the_notebook(kernel, hello):
+    msgs = kernel.execute(f"from de_magic import Client\n"
+                          f"from de_magic.session import RemoteSession\n"
+                          f"session = RemoteSession(Client({hello.url!r}), 'hello_world')\n"
+                          f"session.execute({REMOTE_CELL!r}).result()")
+    slider = next(m for m in opened(msgs, "IntSliderModel") if m["content"]["data"]["state"]["description"] == "x")
+    slider_id = slider["content"]["comm_id"]
+    out_id, interact_out_id = (m["content"]["comm_id"] for m in opened(msgs, "OutputModel"))
+    (button,) = opened(msgs, "ButtonModel")
+    shown = [m["content"]["data"].get(WIDGET_VIEW, {}).get("model_id") for m in msgs if m["msg_type"] == "display_data"]
+    assert slider_id in shown and out_id in shown
+
+    # the frontend moves the slider: the backend's observer runs, its output comes back
+    moved = kernel.send_comm_msg(slider_id, {"method": "update", "state": {"value": 7}, "buffer_paths": []})
+    kernel.wait_for(outputs_update(out_id, lambda outputs: text_of(outputs) == "value is 7\n"),
+                    what="the Output widget update from the remote callback")
+    printed = kernel.wait_for(lambda m: m["msg_type"] == "stream" and "printed 7" in m["content"]["text"],
+                              what="the callback's print")
+    assert _parent(printed) == moved  # where a kernel puts output of a widget callback
+    value = kernel.execute("print(session.eval('slider.value'))")
+    assert [m["content"]["text"] for m in value if m["msg_type"] == "stream"] == ["7\n"]
+
+    # interact: the function's output replaces the previous one in interact's Output widget
+    (x_slider,) = (m for m in opened(msgs, "IntSliderModel") if m["content"]["comm_id"] != slider_id)
+    kernel.send_comm_msg(x_slider["content"]["comm_id"], {"method": "update", "state": {"value": 3}})
+    kernel.wait_for(outputs_update(interact_out_id, lambda outputs: text_of(outputs) == "twice 6\n"),
+                    what="interact's output for x=3")
+
+    # a click (a custom message) whose callback raises: the error shows in the Output widget
+    kernel.send_comm_msg(button["content"]["comm_id"], {"method": "custom", "content": {"event": "click"}})
+    kernel.wait_for(outputs_update(out_id, lambda outputs: any(o.get("ename") == "ValueError" for o in outputs)),
+                    what="the callback's error in the Output widget")
+
+    # closing on the backend closes the notebook's comm
+    kernel.execute("session.execute('slider.close()').result()")
+    kernel.wait_for(lambda m: m["msg_type"] == "comm_close" and m["content"]["comm_id"] == slider_id,
+                    what="the slider's comm_close")
