@@ -338,6 +338,8 @@ def code_operations(backend: Backend) -> dict[str, Operation]:
                           "(or main(..., allow_code=True)) to accept %%remote cells")
 
         return {"exec": Operation(refuse)}
+    from . import comms  # widgets created by remote code talk to the caller's notebook
+
     # Agg-based and shows plt.show() figures as display data; must be chosen before pyplot loads
     os.environ.setdefault("MPLBACKEND", INLINE_BACKEND)
-    return {"exec": Operation(run_exec, main_thread=True)}
+    return {"exec": Operation(run_exec, main_thread=True), **comms.OPERATIONS}

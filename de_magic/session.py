@@ -145,6 +145,7 @@ class RemoteSession:
         self.client = client
         self.backend = backend
         self.key = key or uuid.uuid4().hex
+        _install_widget_handlers()
         #: Routing id of the worker holding the namespace, learnt from the first reply.
         self.worker = b""
         self._pin_lock = threading.Lock()
@@ -234,6 +235,15 @@ class RemoteSession:
         if reply["status"] == "error":
             raise CellError(reply["error"], self.backend)
         return reply["value"]
+
+
+def _install_widget_handlers() -> None:
+    """Progress bars and mirrored remote widgets handle their events (their modules own them)."""
+    from . import comms, progress_display
+
+    for handlers in (progress_display.EVENT_HANDLERS, comms.EVENT_HANDLERS):
+        for kind, handler in handlers.items():
+            EVENT_HANDLERS.setdefault(kind, handler)
 
 
 def _colors() -> str:
