@@ -241,6 +241,8 @@ class Client:
     def submit(self, backend: str, member: str, args: tuple = (), kwargs: dict | None = None, **options) -> CallFuture:
         """Like :meth:`call`, but return a :class:`CallFuture` at once."""
         future = CallFuture()
+        # made here, not in the pool thread, so that the bars belong to the cell that submitted
+        options.setdefault("on_progress", self.on_progress or default_progress())
         with self._lock:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(32, thread_name_prefix="de-magic-submit")

@@ -192,6 +192,13 @@ def test_progress_of_a_plain_call_is_a_live_widget_bar(kernel, hello):
     shown = [m["content"]["data"].get(WIDGET_VIEW, {}).get("model_id") for m in msgs if m["msg_type"] == "display_data"]
     assert box["content"]["comm_id"] in shown
 
+    # submitted in one cell, awaited in the next: the bars still belong to the first
+    submitted = kernel.execute("future = c['hello_world'].slow_sum.submit(n=3, delay=0.1)")
+    cell = _parent(submitted[0])
+    kernel.execute("assert future.result() == 3")
+    kernel.wait_for(lambda m: m["msg_type"] == "display_data" and _parent(m) == cell and WIDGET_VIEW in m["content"]["data"],
+                    what="the bars of the submitted call in the submitting cell")
+
 
 def test_call_form_runs_in_the_background_and_shows_result_progress_and_errors(kernel, hello):
     kernel.execute(f"from de_magic import Client\n"
