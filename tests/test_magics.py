@@ -5,13 +5,13 @@ from __future__ import annotations
 import os
 import queue
 import re
+import signal
 import time
 
 import pytest
 from jupyter_client import KernelManager
 
-from de_magic import Client
-from de_magic.errors import Refused
+from de_magic.errors import BackendLost, Refused
 from de_magic.session import RemoteSession
 
 from conftest import ROOT, Cluster, Processes
@@ -86,7 +86,7 @@ def bundles(outputs: list[dict]) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def cluster():
+def code_cluster():
     """A broker with ``hello_world`` (runs code) and ``ocean_model`` (does not), shared by this module."""
     procs = Processes()
     c = Cluster(procs)
@@ -101,8 +101,8 @@ def cluster():
 
 
 @pytest.fixture(scope="module")
-def kernel(cluster, tmp_path_factory):
-    k = Kernel(cluster.url, tmp_path_factory.mktemp("kernel"))
+def kernel(code_cluster, tmp_path_factory):
+    k = Kernel(code_cluster.url, tmp_path_factory.mktemp("kernel"))
     try:
         yield k
     finally:
@@ -177,12 +177,12 @@ def test_remote_list_shows_backends_members_and_code_flag(kernel):
     assert "runs code" in page
 
 
-def test_backend_without_code_refuses(kernel, cluster):
+def test_backend_without_code_refuses(kernel, code_cluster):
     reply, outputs = kernel.run("%%remote ocean_model\n1 + 1")
     assert reply["content"]["status"] == "error"
     assert "does not run code" in "\n".join(reply["content"]["traceback"])
     with pytest.raises(Refused, match="--allow-code"):
-        RemoteSession(cluster.client, "ocean_model").execute("1 + 1")
+        RemoteSession(code_cluster.client, "ocean_model").execute("1 + 1")
 
 
 def test_interrupt_stops_the_remote_execution(kernel):
@@ -202,9 +202,9 @@ def test_interrupt_stops_the_remote_execution(kernel):
     assert text(outputs) == "alive\n"
 
 
-def test_namespaces_are_isolated_between_kernels(kernel, cluster, tmp_path):
+def test_namespaces_are_isolated_between_kernels(kernel, code_cluster, tmp_path):
     kernel.run("%%remote hello_world\nsecret = 'kernel one'")
-    other = Kernel(cluster.url, tmp_path)
+    other = Kernel(code_cluster.url, tmp_path)
     try:
         reply, outputs = other.run("%%remote hello_world\nprint('secret' in globals())")
         assert text(outputs) == "False\n"
@@ -215,4 +215,27 @@ def test_namespaces_are_isolated_between_kernels(kernel, cluster, tmp_path):
     reply, outputs = kernel.run("%%remote hello_world\nprint(secret)")
     assert text(outputs) == "kernel one\n"
     # an explicit session key is a namespace others can join
-    assert RemoteSession(Client.shared(cluster.url), "hello_world", "shared").pull("shared_value") == 1
+    assert RemoteSession(code_cluster.client, "hello_world", "shared").pull("shared_value") == 1
+
+
+def test_session_is_pinned_to_the_worker_holding_its_namespace(hello):
+    second = hello.start_backend("de_magic.demo.hello", "hello_world", "--allow-code")
+    session = RemoteSession(hello.client, "hello_world")
+    session.push(x=1)
+    # the broker rotates between the two workers; unpinned, every other request would miss x
+    assert [session.eval("x") for _ in range(4)] == [1] * 4
+    (pinned,) = [w for w in hello.workers("hello_world") if w["id"] == session.worker.hex()]
+    os.kill(pinned["pid"], signal.SIGKILL)
+    with pytest.raises(BackendLost, match="namespace of session"):
+        session.eval("x")
+    # the next request starts a fresh namespace on the surviving worker
+    session.push(x=2)
+    assert session.pull("x") == 2
+    assert session.worker.hex() == next(w["id"] for w in hello.workers("hello_world") if w["pid"] == second.pid)
+
+
+def test_timeout_cancels_the_remote_execution(kernel):
+    reply, outputs = kernel.run("%%remote hello_world --timeout 0.5\nimport time\ntime.sleep(30)", timeout=10)
+    assert reply["content"]["status"] == "error" and reply["content"]["ename"] == "CallTimeout"
+    reply, outputs = kernel.run("%%remote hello_world\nprint('free again')", timeout=10)
+    assert text(outputs) == "free again\n"
