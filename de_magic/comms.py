@@ -127,7 +127,12 @@ class _OutputSink:
         self.out.outputs = (*outputs, output)
 
     def write(self, name: str, text: str) -> None:
-        self._append({"output_type": "stream", "name": name, "text": text})
+        last = self.out.outputs[-1] if self.out.outputs and not self._clear_pending else None
+        if last is not None and last.get("output_type") == "stream" and last["name"] == name:
+            # print() writes piecewise; one output per piece would make a ragged output area
+            self.out.outputs = (*self.out.outputs[:-1], {**last, "text": last["text"] + text})
+        else:
+            self._append({"output_type": "stream", "name": name, "text": text})
 
     def display(self, data: dict, metadata: dict | None = None, transient=None, update: bool = False) -> None:
         self._append({"output_type": "display_data", "data": data, "metadata": metadata or {}})

@@ -68,6 +68,12 @@ class Kernel:
         return msg["header"]["msg_id"]
 
 
+def output_id(kernel: Kernel, form: str) -> str:
+    """The model id of the Output widget of the call form named ``form`` in the kernel."""
+    msgs = kernel.execute(f"print({form}.output.model_id)")
+    return next(m["content"]["text"].strip() for m in msgs if m["msg_type"] == "stream")
+
+
 def _parent(msg: dict) -> str | None:
     return msg["parent_header"].get("msg_id")
 
@@ -85,8 +91,7 @@ def updates(msgs: list[dict], comm_id: str) -> list[dict]:
 def outputs_update(comm_id: str, predicate):
     """A predicate on iopub messages: an update of Output widget ``comm_id`` whose outputs satisfy ``predicate``."""
     def check(msg: dict) -> bool:
-        return bool(updates([msg], comm_id)) and "outputs" in updates([msg], comm_id)[0] \
-            and predicate(updates([msg], comm_id)[0]["outputs"])
+        return any("outputs" in state and predicate(state["outputs"]) for state in updates([msg], comm_id))
     return check
 
 
@@ -208,11 +213,17 @@ def test_call_form_runs_in_the_background_and_shows_result_progress_and_errors(k
                    f"form.fields['values'].value = '1, 2'\n"
                    f"form.fields['factor'].value = 3.0\n"
                    f"form")
-    out = kernel.execute("print(form.output.model_id)")
-    out_id = next(m["content"]["text"].strip() for m in out if m["msg_type"] == "stream")
+    out_id = output_id(kernel, "form")
     kernel.execute("form.run_button.click()")
     kernel.wait_for(outputs_update(out_id, lambda outputs: "[3.0, 6.0]" in plain(outputs)),
                     what="the result in the form's output")
+
+    # a method of a remote instance: the constructor arguments go along
+    kernel.execute("std = c['hello_world'].Stats(ddof=1).std.ui()\n"
+                   "std.fields['values'].value = '1, 2, 3'\n"
+                   "std.run()")
+    std_id = output_id(kernel, "std")
+    kernel.wait_for(outputs_update(std_id, lambda outputs: "1.0" in plain(outputs)), what="std with ddof=1")
 
     # a slow call keeps the kernel free: another cell runs while the form's call is going
     kernel.execute("slow = call_form(c, 'hello_world', 'slow_sum')\n"
@@ -221,8 +232,7 @@ def test_call_form_runs_in_the_background_and_shows_result_progress_and_errors(k
                    "started = slow.run()")
     state = kernel.execute("print(started.done(), slow.run_button.disabled)")
     assert next(m["content"]["text"] for m in state if m["msg_type"] == "stream").split() == ["False", "True"]
-    out = kernel.execute("print(slow.output.model_id)")
-    slow_id = next(m["content"]["text"].strip() for m in out if m["msg_type"] == "stream")
+    slow_id = output_id(kernel, "slow")
     kernel.wait_for(outputs_update(slow_id, lambda outputs: "6" in plain(outputs)), what="slow_sum's result")
     progress = [o for state in updates(kernel.log, slow_id) for o in state.get("outputs", ())
                 if WIDGET_VIEW in o.get("data", {})]
@@ -232,8 +242,7 @@ def test_call_form_runs_in_the_background_and_shows_result_progress_and_errors(k
     kernel.execute("table = call_form(c, 'hello_world', 'describe_table')\n"
                    "table.fields['n_rows'].value = -1\n"
                    "table.run_button.click()")
-    out = kernel.execute("print(table.output.model_id)")
-    table_id = next(m["content"]["text"].strip() for m in out if m["msg_type"] == "stream")
+    table_id = output_id(kernel, "table")
     kernel.wait_for(outputs_update(table_id, lambda outputs: "ValueError" in text_of(outputs)),
                     what="the remote error in the form's output")
     kernel.execute("table.fields['n_rows'].value = 3\n"
@@ -245,7 +254,7 @@ def test_call_form_runs_in_the_background_and_shows_result_progress_and_errors(k
 
 REMOTE_CELL = '''
 import ipywidgets as w
-slider = w.IntSlider(description="x")
+slider = w.IntSlider(description="level")
 out = w.Output()
 def changed(change):
     print("printed", change["new"])
@@ -267,7 +276,7 @@ def test_remote_widgets_are_live_in_the_notebook(kernel, hello):
                           f"from de_magic.session import RemoteSession\n"
                           f"session = RemoteSession(Client({hello.url!r}), 'hello_world')\n"
                           f"session.execute({REMOTE_CELL!r}).result()")
-    slider = next(m for m in opened(msgs, "IntSliderModel") if m["content"]["data"]["state"]["description"] == "x")
+    (slider,) = (m for m in opened(msgs, "IntSliderModel") if m["content"]["data"]["state"]["description"] == "level")
     slider_id = slider["content"]["comm_id"]
     out_id, interact_out_id = (m["content"]["comm_id"] for m in opened(msgs, "OutputModel"))
     (button,) = opened(msgs, "ButtonModel")
@@ -276,7 +285,8 @@ def test_remote_widgets_are_live_in_the_notebook(kernel, hello):
 
     # the frontend moves the slider: the backend's observer runs, its output comes back
     moved = kernel.send_comm_msg(slider_id, {"method": "update", "state": {"value": 7}, "buffer_paths": []})
-    kernel.wait_for(outputs_update(out_id, lambda outputs: text_of(outputs) == "value is 7\n"),
+    value_is_7 = [{"output_type": "stream", "name": "stdout", "text": "value is 7\n"}]  # print()'s pieces merged
+    kernel.wait_for(outputs_update(out_id, lambda outputs: outputs == value_is_7),
                     what="the Output widget update from the remote callback")
     printed = kernel.wait_for(lambda m: m["msg_type"] == "stream" and "printed 7" in m["content"]["text"],
                               what="the callback's print")
