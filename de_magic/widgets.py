@@ -19,6 +19,7 @@ from typing import Callable
 
 import ipywidgets as w
 
+from .errors import RemoteError
 from .progress_display import WidgetProgress
 
 #: A field left empty: the parameter is not sent, so the backend's default applies.
@@ -71,7 +72,7 @@ class CallForm(w.VBox):
         self.run_button.on_click(lambda _: self.run())
         self.status = w.Label()
         self.output = w.Output()
-        title = f"{self.member}.{entry['name']}" if init_entry else entry["name"]
+        title = f"{self.member}.{entry['name']}" if call_kw.get("method") else entry["name"]
         head = w.HTML(f"<b>{html.escape(backend)}.{html.escape(title)}</b> "
                       f"<span>{html.escape(entry.get('summary', ''))}</span>")
         parts = [head]
@@ -117,7 +118,9 @@ class CallForm(w.VBox):
                     self.output.append_display_data(self.result)
                 self.status.value = f"done in {time.monotonic() - started:.2f} s"
             else:
-                self.output.append_stderr(f"{type(exc).__name__}: {exc}\n")
+                # a remote error's text starts with the remote type and ends with its traceback
+                text = str(exc) if isinstance(exc, RemoteError) else f"{type(exc).__name__}: {exc}"
+                self.output.append_stderr(text + "\n")
                 self.status.value = "failed"
         finally:
             self.run_button.disabled = False

@@ -243,7 +243,7 @@ def test_call_form_runs_in_the_background_and_shows_result_progress_and_errors(k
                    "table.fields['n_rows'].value = -1\n"
                    "table.run_button.click()")
     table_id = output_id(kernel, "table")
-    kernel.wait_for(outputs_update(table_id, lambda outputs: "ValueError" in text_of(outputs)),
+    kernel.wait_for(outputs_update(table_id, lambda outputs: text_of(outputs).startswith("ValueError: negative dimensions")),
                     what="the remote error in the form's output")
     kernel.execute("table.fields['n_rows'].value = 3\n"
                    "table.run_button.click()")
