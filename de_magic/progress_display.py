@@ -108,9 +108,13 @@ class WidgetProgress:
     def _drop(self, bar_id: int) -> None:
         row = next(r for r in self.box.children if r.children[0] is self._bars[bar_id][0])
         self.box.children = tuple(r for r in self.box.children if r is not row)
-        for widget in (*row.children, row):
-            widget.close()
+        _close(row)
         del self._bars[bar_id]
+
+    def close(self) -> None:
+        """Close the widgets (and so their comms), e.g. when the output showing them is cleared."""
+        if self.box is not None:
+            _close(self.box)
 
     def _show(self) -> None:
         if self.output is not None:
@@ -128,6 +132,12 @@ class WidgetProgress:
         finally:
             if token is not None:
                 shell.reset_thread_parent(token)
+
+
+def _close(widget) -> None:
+    for child in getattr(widget, "children", ()):
+        _close(child)
+    widget.close()
 
 
 def _cell_parent() -> dict | None:

@@ -64,6 +64,7 @@ class CallForm(w.VBox):
         self.call_kw = call_kw
         self.future = None
         self.result = None
+        self._progress: WidgetProgress | None = None
         self._fields = _fields(entry)
         self._init_fields = _fields(init_entry) if init_entry else []
         self.fields = {p["name"]: widget for p, widget, _ in self._fields}
@@ -100,7 +101,10 @@ class CallForm(w.VBox):
             return None
         self.run_button.disabled = True
         self.status.value = "running…"
-        options = {**self.call_kw, "on_progress": WidgetProgress(self.output)}
+        if self._progress is not None:  # its bars were just cleared from the output
+            self._progress.close()
+        self._progress = WidgetProgress(self.output)
+        options = {**self.call_kw, "on_progress": self._progress}
         if init is not None:
             options["init"] = init
         started = time.monotonic()

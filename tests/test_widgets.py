@@ -176,6 +176,8 @@ def test_widget_progress_nests_and_drops_finished_inner_bars():
     (row,) = show.box.children
     bar = row.children[0]
     assert (bar.value, bar.max, bar.bar_style) == (2, 2, "success")
+    show.close()
+    assert bar.comm is None and show.box.comm is None
 
 
 # -- in a kernel ---------------------------------------------------------------------
