@@ -17,6 +17,7 @@ caller's interrupt stops even a ``time.sleep``.
 from __future__ import annotations
 
 import contextvars
+import functools
 import os
 import sys
 import threading
@@ -48,17 +49,17 @@ class Capture:
 
     def __init__(self, call: Call):
         self.call = call
-        self._queue: list[list] = []  # [event, data, payload]; adjacent text of one stream merges
+        # [event, data, payload]; for "stream": ["stream", name, [text, ...]], adjacent writes merged
+        self._queue: list[list] = []
         self._lock = threading.Lock()
         self._drained = threading.Condition(self._lock)
 
     def write(self, name: str, text: str) -> None:
         with self._lock:
-            last = self._queue[-1] if self._queue else None
-            if last is not None and last[0] == "stream" and last[1]["name"] == name:
-                last[1]["text"] += text
+            if self._queue and self._queue[-1][0] == "stream" and self._queue[-1][1] == name:
+                self._queue[-1][2].append(text)
             else:
-                self._queue.append(["stream", {"name": name, "text": text}, None])
+                self._queue.append(["stream", name, [text]])
 
     def emit(self, event: str, data: dict | None = None, payload: list | None = None) -> None:
         """Queue any event (``comm_*`` messages too) in order with the output."""
@@ -76,7 +77,10 @@ class Capture:
         with self._lock:
             queued, self._queue = self._queue, []
             for event, data, payload in queued:
-                self.call.emit(event, data, payload)
+                if event == "stream":
+                    self.call.emit(event, {"name": data, "text": "".join(payload)})
+                else:
+                    self.call.emit(event, data, payload)
             self._drained.notify_all()
 
     def close(self) -> None:
@@ -195,6 +199,7 @@ def capture(call: Call, session: "Session"):
 # -- the shell ----------------------------------------------------------------------
 
 
+@functools.cache
 def _shell_class():
     """:class:`RemoteShell`, built on first use so that backends without code never import IPython."""
     from IPython.core.displayhook import DisplayHook
@@ -243,18 +248,14 @@ def _shell_class():
 class Session:
     """A caller's namespace on this backend, with the IPython shell that runs its code."""
 
-    _shell_class = None
-
     def __init__(self, key: str, colors: str = "NoColor"):
         from traitlets.config import Config
 
-        if Session._shell_class is None:
-            Session._shell_class = _shell_class()
         config = Config()
         config.HistoryManager.enabled = False  # no SQLite file per session
         config.InteractiveShell.colors = colors
         self.key = key
-        self.shell = Session._shell_class(config=config, user_module=ModuleType("__main__"))
+        self.shell = _shell_class()(config=config, user_module=ModuleType("__main__"))
         self.shell.display_formatter.formatters["image/png"].for_type_by_name(
             "matplotlib.figure", "Figure", _figure_png)
         self.lock = threading.Lock()
@@ -267,10 +268,10 @@ class Session:
         """Run a cell (or evaluate an expression): ``{"status", "execution_count", "value"?, "error"?}``."""
         shell = self.shell
         shell.last_error = None
-        reply: dict = {"status": "ok"}
+        outcome = {}
         if evaluate:
             try:
-                reply["value"] = shell.ev(code)
+                outcome["value"] = shell.ev(code)
             except Exception:
                 shell.showtraceback(tb_offset=2)  # from the expression on, not this frame and ev()
         elif code.strip():
@@ -279,10 +280,10 @@ class Session:
             failure = result.error_before_exec or result.error_in_exec
             if failure is not None and shell.last_error is None:  # e.g. UsageError: printed, not raised
                 shell.last_error = {"ename": type(failure).__name__, "evalue": str(failure), "traceback": []}
-        reply["execution_count"] = shell.execution_count - 1
+        count = shell.execution_count - 1
         if shell.last_error is not None:
-            reply = {"status": "error", "error": shell.last_error, "execution_count": reply["execution_count"]}
-        return reply
+            return {"status": "error", "error": shell.last_error, "execution_count": count}
+        return {"status": "ok", "execution_count": count, **outcome}
 
 
 def _figure_png(figure) -> str:
