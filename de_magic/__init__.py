@@ -38,6 +38,13 @@ def main(name: str, members=None, **options) -> None:
     backend_main(name, members, sys._getframe(1).f_globals, **options)
 
 
+def load_ipython_extension(ipython) -> None:
+    """``%load_ext de_magic``: register the ``%remote_*`` magics (see :mod:`de_magic.magics`)."""
+    from .magics import RemoteMagics
+
+    ipython.register_magics(RemoteMagics)
+
+
 def _jupyter_labextension_paths() -> list[dict[str, str]]:
     """Where the prebuilt JupyterLab extension (the Remote backends sidebar) lives."""
     return [{"src": "labextension", "dest": "de-magic"}]

@@ -107,6 +107,8 @@ class Backend:
         self.api = describe(name, self.members, doc)
         self._reply_header = P.dump_header({"codec": serialize.PICKLE, "worker": self.id.hex()})
         self.operations: dict[str, Operation] = {"call": Operation(self._call_member)}
+        from .execute import code_operations  # IPython is imported only when a cell runs
+        self.operations.update(code_operations(self))
         self._ctx = context or zmq.Context.instance()
         self._calls: dict[tuple[bytes, bytes], Call] = {}
         self._main_jobs: queue.SimpleQueue = queue.SimpleQueue()
@@ -216,8 +218,19 @@ class Backend:
                     while dealer.poll(0):
                         self._on_control(dealer, slots, dealer.recv_multipart(copy=False))
                 if pull in events:
-                    while pull.poll(0):
-                        send_frames(dealer, pull.recv_multipart(copy=False))
+                    # Threads send through sockets of their own, which the PULL reads round-robin:
+                    # answers go after the events read with them, so no event trails its answer.
+                    answers = []
+                    for _ in range(1000):
+                        if not pull.poll(0):
+                            break
+                        frames = pull.recv_multipart(copy=False)
+                        if frames[1].bytes == P.EVENT:
+                            send_frames(dealer, frames)
+                        else:
+                            answers.append(frames)
+                    for frames in answers:
+                        send_frames(dealer, frames)
                 now = time.monotonic()
                 if now >= next_beat:
                     dealer.send_multipart(P.encode(P.HEARTBEAT))

@@ -26,6 +26,7 @@ from .broker import DEFAULT_HEARTBEAT, DEFAULT_MAX_MESSAGE, Broker
 from .client import Client
 from .errors import DeMagicError
 from .generate import client_module
+from .progress_display import TextProgress
 from .schema import describe, members_of
 
 DEMO_BACKENDS = {"hello_world": "de_magic.demo.hello", "ocean_model": "de_magic.demo.ocean"}
@@ -194,16 +195,11 @@ def cmd_call(args) -> None:
     with Client(args.broker, timeout=args.timeout) as client:
         result = client.call(args.name, member, call_args, call_kwargs, method=method or None,
                              init=init if method else None,
-                             on_progress=lambda p: print(_progress_line(p), file=sys.stderr, flush=True))
+                             on_progress=TextProgress(sys.stderr))
     if args.json:
         print(json.dumps(result, default=repr, indent=2))
     else:
         print(result)
-
-
-def _progress_line(p: dict) -> str:
-    total = f"/{p['total']}" if p.get("total") else ""
-    return f"{p.get('desc') or 'progress'}: {p['n']}{total} {p.get('unit', '')}".rstrip()
 
 
 def cmd_demo(args) -> None:

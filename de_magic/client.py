@@ -33,6 +33,7 @@ from . import protocol as P
 from . import serialize
 from .broker import DEFAULT_HEARTBEAT, DEFAULT_LIVENESS, DEFAULT_MAX_MESSAGE, default_url
 from .errors import BackendLost, CallTimeout, PayloadTooLarge, ProtocolMismatch, UnknownBackend, UnknownMethod, from_header
+from .progress_display import default_progress
 from .wire import send_frames
 
 EventHandler = Callable[[dict, list], None]
@@ -228,7 +229,7 @@ class Client:
         if method is not None:
             header["method"] = method
             body += tuple(init or ((), {}))
-        progress = on_progress or self.on_progress
+        progress = on_progress or self.on_progress or default_progress()
 
         def dispatch(event: dict, frames: list) -> None:
             if event.get("event") == "progress":
@@ -243,6 +244,8 @@ class Client:
     def submit(self, backend: str, member: str, args: tuple = (), kwargs: dict | None = None, **options) -> CallFuture:
         """Like :meth:`call`, but return a :class:`CallFuture` at once."""
         future = CallFuture()
+        # made here, not in the pool thread, so that the bars belong to the cell that submitted
+        options.setdefault("on_progress", self.on_progress or default_progress())
         with self._lock:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(32, thread_name_prefix="de-magic-submit")
@@ -351,6 +354,12 @@ def _remote_function(client: Client, backend: str, entry: dict, qualname: str, *
         """Start the call and return a future (also awaitable)."""
         return client.submit(backend, member, args, kwargs, **call_kw)
 
+    def ui():
+        """An ipywidgets form that makes this call (see :mod:`de_magic.widgets`)."""
+        from .widgets import CallForm
+
+        return CallForm(client, backend, entry, member=member, **call_kw)
+
     remote.__name__ = entry["name"]
     remote.__qualname__ = qualname
     remote.__doc__ = entry.get("doc") or None
@@ -358,6 +367,7 @@ def _remote_function(client: Client, backend: str, entry: dict, qualname: str, *
     remote.__module__ = f"de_magic.remote.{backend}"
     remote.options = options
     remote.submit = submit
+    remote.ui = ui
     remote.api = entry
     return remote
 

@@ -1,0 +1,98 @@
+"""A broker and the demo backends started from a notebook, for a first run with zero set-up.
+
+``%remote_connect`` uses :func:`start_local` when nothing answers at the default
+local address: the broker serves from a thread of the kernel, the demo
+backends are child processes.  Everything stops when the kernel exits.
+"""
+
+from __future__ import annotations
+
+import atexit
+import subprocess
+import sys
+import time
+from urllib.parse import urlparse
+
+from .broker import Broker
+from .client import Client
+from .errors import DeMagicError
+
+#: Demo backends: name -> (module, extra ``de-magic serve`` arguments).
+DEMO_BACKENDS = {
+    "hello_world": ("de_magic.demo.hello", ("--allow-code",)),
+    "ocean_model": ("de_magic.demo.ocean", ()),
+}
+
+
+def is_local(url: str) -> bool:
+    """Whether ``url`` is a TCP address on this machine, where we may start a broker."""
+    parsed = urlparse(url)
+    return parsed.scheme == "tcp" and parsed.hostname in ("127.0.0.1", "localhost")
+
+
+def answers(client: Client, timeout: float = 1.0) -> bool:
+    """Whether a broker answers at the client's URL."""
+    try:
+        client.listing(api=False, timeout=timeout)
+        return True
+    except DeMagicError:
+        return False
+
+
+class LocalCluster:
+    """A broker in this process plus backend processes; :meth:`stop` ends all (also at exit)."""
+
+    def __init__(self, url: str):
+        self.broker: Broker | None = Broker(url)
+        self.url = self.broker.bind()
+        self.broker.start()
+        self.processes: dict[str, subprocess.Popen] = {}
+        atexit.register(self.stop)
+
+    def serve(self, name: str, module: str, *extra: str) -> subprocess.Popen:
+        """Start ``de-magic serve module --name name`` against this broker."""
+        # a session of its own: the kernel's interrupt (SIGINT to its group) must not reach it
+        proc = subprocess.Popen([sys.executable, "-m", "de_magic", "serve", module, "--name", name,
+                                 "--broker", self.url, *extra],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        self.processes[name] = proc
+        return proc
+
+    def wait_registered(self, client: Client, timeout: float = 60.0) -> None:
+        """Block until every started backend is registered; raise if one exits or time runs out."""
+        deadline = time.monotonic() + timeout
+        while True:
+            live = client.listing(api=False)["backends"]
+            if all(name in live for name in self.processes):
+                return
+            dead = [name for name, proc in self.processes.items() if proc.poll() is not None]
+            if dead:
+                raise RuntimeError(f"de-magic: backend(s) {', '.join(dead)} exited while starting")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"de-magic: backends did not register within {timeout:g} s")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.broker is None:
+            return
+        atexit.unregister(self.stop)
+        for proc in self.processes.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.processes.values():
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        self.processes.clear()
+        self.broker.stop()
+        self.broker = None
+
+
+def start_local(client: Client) -> LocalCluster:
+    """Start a broker at ``client.url`` with the demo backends, and wait until they are ready."""
+    cluster = LocalCluster(client.url)
+    for name, (module, extra) in DEMO_BACKENDS.items():
+        cluster.serve(name, module, *extra)
+    cluster.wait_registered(client)
+    return cluster

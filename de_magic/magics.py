@@ -1,0 +1,169 @@
+"""IPython magics: ``%remote_connect``, ``%remote_list``, ``%%remote``, ``%remote``, ``%remote_result``, ``%remote_ui``.
+
+Thin wrappers: each magic is a few lines over :class:`~de_magic.client.Client`,
+:class:`~de_magic.session.RemoteSession` and :mod:`de_magic.local`, so
+everything a magic does can be done from plain Python.  Load them with
+``%load_ext de_magic``.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import sys
+import uuid
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.display import display
+
+from .broker import default_url
+from .client import BackendTable, Client
+from .local import LocalCluster, answers, is_local, start_local
+from .session import Execution, RemoteSession, render
+
+
+def _names(text: str | None) -> list[str]:
+    return [name.strip() for name in (text or "").split(",") if name.strip()]
+
+
+class BackendListing(BackendTable):
+    """The live backends with every member's signature and summary: HTML in a notebook, text elsewhere."""
+
+    def _repr_html_(self) -> str:
+        url = html.escape(self.broker.get("url", "?"))
+        rows = []
+        for name, entry in sorted(self.items()):
+            members = entry.get("api", {}).get("members", {}) or {"": {}}
+            workers = entry.get("workers", [])
+            lead = (f"<td rowspan='{len(members)}'><b>{html.escape(name)}</b></td>"
+                    f"<td rowspan='{len(members)}'>{len(workers)}</td>"
+                    f"<td rowspan='{len(members)}'>{'yes' if entry.get('allow_code') else 'no'}</td>")
+            for member, info in members.items():
+                signature = html.escape(member + info.get("signature", ""))
+                rows.append(f"<tr>{lead}<td style='text-align:left'><code>{signature}</code></td>"
+                            f"<td style='text-align:left'>{html.escape(info.get('summary', ''))}</td></tr>")
+                lead = ""
+        if not rows:
+            rows.append("<tr><td colspan='5'>no live backends</td></tr>")
+        return (f"<table><caption>de-magic backends at <code>{url}</code></caption>"
+                "<tr><th>backend</th><th>workers</th><th>runs code</th><th>member</th><th>summary</th></tr>"
+                f"{''.join(rows)}</table>")
+
+
+@magics_class
+class RemoteMagics(Magics):
+    """Run code and call methods on de-magic backends from a notebook."""
+
+    def __init__(self, shell):
+        super().__init__(shell)
+        #: Names this kernel's namespaces on every backend (unless ``--session`` says otherwise).
+        self.key = uuid.uuid4().hex
+        self._client: Client | None = None
+        self.local: LocalCluster | None = None
+        self.sessions: dict[tuple[str, str, str], RemoteSession] = {}
+        self.last: Execution | None = None
+
+    @property
+    def client(self) -> Client:
+        if self._client is None:
+            self.connect()
+        return self._client
+
+    def connect(self, url: str | None = None) -> Client:
+        """Use the broker at ``url``; with no URL, the default one, started here if nothing answers."""
+        client = Client.shared(url or default_url())
+        if not answers(client):
+            if url or not is_local(client.url):
+                raise UsageError(f"no de-magic broker answers at {client.url}")
+            print(f"de-magic: no broker at {client.url}; starting one in this kernel with the demo "
+                  "backends hello_world (runs code) and ocean_model. They stop when the kernel does.")
+            self.local = start_local(client)
+        self._client = client
+        return client
+
+    def session(self, backend: str, key: str | None = None) -> RemoteSession:
+        """This kernel's session on ``backend`` (or the one named ``key``)."""
+        key = key or self.key
+        index = (self.client.url, backend, key)
+        if index not in self.sessions:
+            self.sessions[index] = RemoteSession(self.client, backend, key)
+        return self.sessions[index]
+
+    @line_magic
+    def remote_connect(self, line: str) -> Client:
+        """Connect to a broker: ``%remote_connect [URL]``.
+
+        Without URL: ``$DE_MAGIC_BROKER``, else tcp://127.0.0.1:5555; when nothing answers at
+        that local address, a broker and the demo backends are started in this kernel.
+        """
+        client = self.connect(line.strip() or None)
+        print(f"de-magic: connected to {client.url}")
+        return client
+
+    @line_magic
+    def remote_list(self, line: str) -> None:
+        """Show the live backends and their members: ``%remote_list``."""
+        display(BackendListing(self.client.listing()))
+
+    @magic_arguments()
+    @argument("name", help="backend name (it must be started with --allow-code)")
+    @argument("--push", help="comma-separated local variables to send first")
+    @argument("--pull", help="comma-separated remote variables to bring back after")
+    @argument("--timeout", type=float, help="seconds before the execution is cancelled (default: none)")
+    @argument("--noblock", action="store_true", help="return a handle at once; see %%remote_result")
+    @argument("--session", help="namespace key on the backend (default: one per kernel)")
+    @cell_magic
+    def remote(self, line: str, cell: str):
+        """Run the cell on a backend, in this kernel's namespace there.
+
+        Output streams in while the cell runs; a remote exception fails the cell with
+        the remote traceback; the stop button interrupts the remote execution.
+        """
+        args = parse_argstring(self.remote, line)
+        session = self.session(args.name, args.session)
+        missing = [name for name in _names(args.push) if name not in self.shell.user_ns]
+        if missing:
+            raise UsageError(f"--push: no local variable {', '.join(missing)}")
+        push = {name: self.shell.user_ns[name] for name in _names(args.push)}
+        timeout = math.inf if args.timeout is None else args.timeout
+        try:
+            execution = session.execute(cell, push, _names(args.pull), timeout=timeout, block=not args.noblock)
+        except KeyboardInterrupt:
+            print(f"de-magic: interrupted; the execution on {args.name!r} was stopped", file=sys.stderr)
+            raise
+        self.last = execution
+        if args.noblock:
+            return execution
+        self.shell.user_ns.update(execution.result())
+        return None
+
+    @line_magic("remote")
+    def remote_eval(self, line: str):
+        """Evaluate an expression in this kernel's namespace on a backend: ``x = %remote NAME expression``."""
+        name, _, expression = line.strip().partition(" ")
+        if not expression.strip():
+            raise UsageError("usage: %remote NAME expression   (or %%remote NAME for a cell)")
+        return self.session(name).eval(expression, timeout=math.inf)
+
+    @line_magic
+    def remote_result(self, line: str) -> None:
+        """Wait for a ``--noblock`` execution (the last one, or the handle named), show its output, pull."""
+        execution = self.shell.ev(line) if line.strip() else self.last
+        if not isinstance(execution, Execution):
+            raise UsageError("no %%remote --noblock execution to wait for")
+        execution.wait()
+        for output in execution.outputs:
+            render(output)
+        self.shell.user_ns.update(execution.result())
+
+    @line_magic
+    def remote_ui(self, line: str):
+        """A form to call a backend member: ``%remote_ui NAME.member`` (or ``NAME.Class.method``)."""
+        from .widgets import call_form
+
+        backend, _, member = line.strip().partition(".")
+        if not member:
+            raise UsageError("usage: %remote_ui NAME.member")
+        return call_form(self.client, backend, member)

@@ -1,0 +1,171 @@
+"""Showing the ``progress`` events of a call: live widget bars in a notebook, text in a terminal.
+
+A renderer is a callable taking one progress event (see :mod:`de_magic.progress`
+for its fields).  Progress ids are only unique within one backend process, so
+every call gets a renderer of its own: :func:`default_progress` makes one per
+call for clients that were not given ``on_progress=``.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable, TextIO
+
+
+def default_progress() -> Callable[[dict], None] | None:
+    """A fresh renderer for one call: widgets inside a Jupyter kernel, text on a terminal, else none."""
+    if in_kernel():
+        return WidgetProgress()
+    if sys.stderr.isatty():
+        return TextProgress(sys.stderr)
+    return None
+
+
+def in_kernel() -> bool:
+    """True inside an IPython kernel (a notebook, not a terminal IPython)."""
+    if "IPython" not in sys.modules:  # scripts never pay for importing IPython
+        return False
+    from IPython import get_ipython
+
+    return getattr(get_ipython(), "kernel", None) is not None
+
+
+def text_line(event: dict) -> str:
+    """One event as ``desc: n/total unit``."""
+    total = f"/{event['total']}" if event.get("total") else ""
+    return f"{event.get('desc') or 'progress'}: {event['n']}{total} {event.get('unit', '')}".rstrip()
+
+
+class TextProgress:
+    """Progress as text on ``stream``: one line redrawn in place on a terminal, a line per event elsewhere.
+
+    Nested bars share the line (outer first), so a loop inside a loop stays one line.
+    """
+
+    def __init__(self, stream: TextIO, live: bool | None = None):
+        self.stream = stream
+        self.live = stream.isatty() if live is None else live
+        self._active: dict[int, dict] = {}
+
+    def __call__(self, event: dict) -> None:
+        if not self.live:
+            print(text_line(event), file=self.stream, flush=True)
+            return
+        self._active[event["id"]] = event
+        line = " | ".join(text_line(e) for e in self._active.values())
+        if event.get("done"):
+            del self._active[event["id"]]
+        # a finished outermost bar keeps its line; anything else is redrawn over
+        end = "\n" if event.get("done") and event.get("parent") is None else ""
+        self.stream.write(f"\r\033[K{line}{end}")
+        self.stream.flush()
+
+
+class WidgetProgress:
+    """Live ipywidgets bars for one call, nested bars indented under their parents.
+
+    The bars appear at the first event: appended to ``output`` (an
+    :class:`ipywidgets.Output`) when given, else displayed in the cell that
+    made the renderer, even when events arrive on another thread (``submit()``).
+    Finished nested bars are removed so that a loop in a loop does not pile up bars.
+    """
+
+    def __init__(self, output=None):
+        self.output = output
+        self.box = None
+        self._bars: dict[int, tuple] = {}
+        self._depth: dict[int, int] = {}
+        self._parent = _cell_parent()
+
+    def __call__(self, event: dict) -> None:
+        import ipywidgets as w
+
+        if self.box is None:
+            self.box = w.VBox()
+            self._show()
+        bar = self._bars.get(event["id"])
+        if bar is None:
+            depth = self._depth[event["id"]] = self._depth.get(event.get("parent"), -1) + 1
+            bar = self._bars[event["id"]] = (
+                w.IntProgress(min=0, max=1, description=event.get("desc") or "",
+                              style={"description_width": "initial"}),
+                w.Label())
+            row = w.HBox(bar, layout=w.Layout(margin=f"0 0 0 {2 * depth}em"))
+            self.box.children += (row,)
+        progress_bar, label = bar
+        total = event.get("total")
+        # an unknown total shows a full "info" bar with the count in the label
+        progress_bar.max = max(total or event["n"], 1)
+        progress_bar.value = min(event["n"], progress_bar.max)
+        label.value = f"{event['n']}{f'/{total}' if total else ''} {event.get('unit', '')} [{event.get('elapsed', 0):.1f} s]"
+        if event.get("done"):
+            progress_bar.bar_style = "success"
+            if self._depth[event["id"]] > 0:
+                self._drop(event["id"])
+        elif not total:
+            progress_bar.bar_style = "info"
+
+    def _drop(self, bar_id: int) -> None:
+        row = next(r for r in self.box.children if r.children[0] is self._bars[bar_id][0])
+        self.box.children = tuple(r for r in self.box.children if r is not row)
+        _close(row)
+        del self._bars[bar_id]
+
+    def close(self) -> None:
+        """Close the widgets (and so their comms), e.g. when the output showing them is cleared."""
+        if self.box is not None:
+            _close(self.box)
+
+    def _show(self) -> None:
+        if self.output is not None:
+            self.output.append_display_data(self.box)
+            return
+        from IPython import get_ipython
+        from IPython.display import display
+
+        shell = get_ipython()
+        token = None
+        if self._parent is not None and hasattr(shell, "set_thread_parent"):
+            token = shell.set_thread_parent(self._parent)
+        try:
+            display(self.box)
+        finally:
+            if token is not None:
+                shell.reset_thread_parent(token)
+
+
+def _close(widget) -> None:
+    for child in getattr(widget, "children", ()):
+        _close(child)
+    widget.close()
+
+
+def _cell_parent() -> dict | None:
+    """The request (cell) the kernel is running now, so that output from other threads lands in it."""
+    if not in_kernel():
+        return None
+    from IPython import get_ipython
+
+    get_parent = getattr(get_ipython(), "get_parent", None)
+    return get_parent() if get_parent else None
+
+
+_session_renderers: dict[int, tuple[str | None, Callable[[dict], None] | None]] = {}
+
+
+def _session_progress(header: dict, frames: list, session) -> None:
+    """Progress of a session's request (a remote cell): a renderer per session and cell.
+
+    The session outlives cells, but bars belong in the cell that runs; progress
+    ids are unique within the session's one worker process.
+    """
+    cell = ((_cell_parent() or {}).get("header") or {}).get("msg_id")
+    cached = _session_renderers.get(id(session))
+    if cached is None or cached[0] != cell:
+        cached = _session_renderers[id(session)] = (cell, default_progress())
+    if cached[1] is not None:
+        cached[1](header)
+
+
+#: Handlers for :data:`de_magic.session.EVENT_HANDLERS`.
+EVENT_HANDLERS = {"progress": _session_progress}

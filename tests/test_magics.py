@@ -1,0 +1,241 @@
+"""The %remote magics in real IPython kernels (jupyter_client), against real broker and backend processes."""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import signal
+import time
+
+import pytest
+from jupyter_client import KernelManager
+
+from de_magic.errors import BackendLost, Refused
+from de_magic.session import RemoteSession
+
+from conftest import ROOT, Cluster, Processes
+
+
+class Kernel:
+    """An IPython kernel with de-magic loaded and connected to ``url``; ``run`` collects a cell's messages."""
+
+    def __init__(self, url: str, cwd):
+        self.km = KernelManager(kernel_name="python3")
+        env = {**os.environ, "DE_MAGIC_BROKER": url, "PYTHONPATH": str(ROOT)}
+        self.km.start_kernel(env=env, cwd=str(cwd))
+        self.kc = self.km.blocking_client()
+        self.kc.start_channels()
+        self.kc.wait_for_ready(timeout=60)
+        reply, _ = self.run("%load_ext de_magic\n%remote_connect")
+        assert reply["content"]["status"] == "ok"
+
+    def send(self, code: str) -> str:
+        return self.kc.execute(code)
+
+    def collect(self, msg_id: str, timeout: float = 30.0) -> tuple[dict, list[tuple[float, dict]]]:
+        """The execute_reply and the (arrival time, message) of every output until the kernel is idle."""
+        outputs, reply, idle = [], None, False
+        deadline = time.monotonic() + timeout
+        while reply is None or not idle:
+            left = deadline - time.monotonic()
+            assert left > 0, f"cell did not finish within {timeout} s: {outputs}"
+            if reply is None:
+                try:
+                    msg = self.kc.get_shell_msg(timeout=min(left, 0.05))
+                    if msg["parent_header"].get("msg_id") == msg_id:
+                        reply = msg
+                        reply["time"] = time.monotonic()
+                except queue.Empty:
+                    pass
+            try:
+                msg = self.kc.get_iopub_msg(timeout=min(left, 0.05))
+            except queue.Empty:
+                continue
+            if msg["parent_header"].get("msg_id") != msg_id:
+                continue
+            if msg["msg_type"] == "status":
+                idle = msg["content"]["execution_state"] == "idle"
+            elif msg["msg_type"] in ("stream", "display_data", "execute_result", "error"):
+                outputs.append((time.monotonic(), msg))
+        return reply, outputs
+
+    def run(self, code: str, timeout: float = 30.0) -> tuple[dict, list[dict]]:
+        reply, outputs = self.collect(self.send(code), timeout)
+        return reply, [msg for _, msg in outputs]
+
+    def close(self) -> None:
+        self.kc.stop_channels()
+        self.km.shutdown_kernel(now=True)
+
+
+def text(outputs: list[dict], stream: str | None = None) -> str:
+    """All stream text (of one stream, if given) and text/plain data of ``outputs``."""
+    parts = []
+    for msg in outputs:
+        content = msg["content"]
+        if msg["msg_type"] == "stream" and stream in (None, content["name"]):
+            parts.append(content["text"])
+        elif stream is None and "data" in content:
+            parts.append(content["data"].get("text/plain", ""))
+    return "".join(parts)
+
+
+def bundles(outputs: list[dict]) -> list[dict]:
+    return [msg["content"]["data"] for msg in outputs if msg["msg_type"] in ("display_data", "execute_result")]
+
+
+@pytest.fixture(scope="module")
+def code_cluster():
+    """A broker with ``hello_world`` (runs code) and ``ocean_model`` (does not), shared by this module."""
+    procs = Processes()
+    c = Cluster(procs)
+    try:
+        c.start_broker()
+        c.start_backend("de_magic.demo.hello", "hello_world", "--allow-code")
+        c.start_backend("de_magic.demo.ocean", "ocean_model")
+        yield c
+    finally:
+        c.client.close()
+        procs.stop_all()
+
+
+@pytest.fixture(scope="module")
+def kernel(code_cluster, tmp_path_factory):
+    k = Kernel(code_cluster.url, tmp_path_factory.mktemp("kernel"))
+    try:
+        yield k
+    finally:
+        k.close()
+
+
+def test_output_streams_while_the_cell_runs(kernel):
+    code = "%%remote hello_world\nimport time\nprint('first', flush=True)\ntime.sleep(1)\nprint('second')"
+    reply, outputs = kernel.collect(kernel.send(code))
+    assert reply["content"]["status"] == "ok"
+    streams = [(t, msg["content"]["text"]) for t, msg in outputs if msg["msg_type"] == "stream"]
+    assert "".join(s for _, s in streams) == "first\nsecond\n"
+    first_at = next(t for t, s in streams if "first" in s)
+    assert reply["time"] - first_at > 0.7, "the first line arrived only with the end of the cell"
+
+
+def test_namespace_push_pull_and_eval(kernel):
+    reply, _ = kernel.run("a = 20")
+    reply, outputs = kernel.run("%%remote hello_world --push a --pull b\nb = a * 2 + 2\nc = 'kept'")
+    assert reply["content"]["status"] == "ok", outputs
+    reply, outputs = kernel.run("b")
+    assert text(outputs) == "42"
+    reply, outputs = kernel.run("%%remote hello_world\nprint(c, b)")
+    assert text(outputs) == "kept 42\n"
+    reply, outputs = kernel.run("x = %remote hello_world b + 1\nx")
+    assert text(outputs) == "43"
+
+
+def test_rich_outputs_come_back_as_mimebundles(kernel):
+    code = ("%%remote hello_world\n"
+            "import pandas as pd, matplotlib.pyplot as plt\n"
+            "frame = pd.DataFrame({'t': [1.0, 2.0, 3.0]})\n"
+            "display('shown first')\n"
+            "plt.plot(frame.t)\n"
+            "frame")
+    reply, outputs = kernel.run(code)
+    assert reply["content"]["status"] == "ok", outputs
+    found = bundles(outputs)
+    assert found[0]["text/plain"] == "'shown first'"
+    assert any("text/html" in b and "<table" in b["text/html"] for b in found), found
+    assert any("image/png" in b for b in found), "no image/png for the figure"
+    # the figure is closed after being shown: the next cell shows no image
+    reply, outputs = kernel.run("%%remote hello_world\nplt.get_fignums()")
+    assert text(outputs) == "[]"
+
+
+def test_remote_exception_fails_the_cell_with_the_remote_traceback(kernel):
+    reply, outputs = kernel.run("%%remote hello_world\nprint('before')\ndef ratio(a, b):\n    return a / b\nratio(1, 0)")
+    assert reply["content"]["status"] == "error"
+    assert text(outputs, "stdout") == "before\n"
+    (error,) = [msg["content"] for msg in outputs if msg["msg_type"] == "error"]
+    coloured = "\n".join(error["traceback"])
+    assert "\x1b[" in coloured, "the traceback is not coloured like a local one"
+    tb = re.sub(r"\x1b\[[0-9;]*m", "", coloured)
+    assert "ZeroDivisionError" in tb and "return a / b" in tb and "ratio(1, 0)" in tb
+    assert "Cell In[" in tb and "hello_world" in tb
+
+
+def test_noblock_returns_a_handle_and_remote_result_shows_the_outputs(kernel):
+    reply, outputs = kernel.run("%%remote hello_world --noblock --pull z\nimport time\ntime.sleep(0.5)\nz = 5\nprint('done')")
+    assert reply["content"]["status"] == "ok"
+    assert "still running" in text(outputs)
+    reply, outputs = kernel.run("%remote_result\nz")
+    assert reply["content"]["status"] == "ok", outputs
+    assert text(outputs) == "done\n5"
+
+
+def test_remote_list_shows_backends_members_and_code_flag(kernel):
+    reply, outputs = kernel.run("%remote_list")
+    (page,) = [b["text/html"] for b in bundles(outputs)]
+    assert "hello_world" in page and "ocean_model" in page and "compute_sum(da: xarray.DataArray)" in page
+    assert "runs code" in page
+
+
+def test_backend_without_code_refuses(kernel, code_cluster):
+    reply, outputs = kernel.run("%%remote ocean_model\n1 + 1")
+    assert reply["content"]["status"] == "error"
+    assert "does not run code" in "\n".join(reply["content"]["traceback"])
+    with pytest.raises(Refused, match="--allow-code"):
+        RemoteSession(code_cluster.client, "ocean_model").execute("1 + 1")
+
+
+def test_interrupt_stops_the_remote_execution(kernel):
+    msg_id = kernel.send("%%remote hello_world\nimport time\nprint('sleeping', flush=True)\ntime.sleep(60)")
+    while True:  # interrupt only once the remote sleep runs
+        msg = kernel.kc.get_iopub_msg(timeout=20)
+        if msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "stream":
+            break
+    start = time.monotonic()
+    kernel.km.interrupt_kernel()
+    reply, outputs = kernel.collect(msg_id, timeout=10)
+    assert reply["time"] - start < 3
+    assert reply["content"]["status"] == "error" and reply["content"]["ename"] == "KeyboardInterrupt"
+    assert "interrupted" in text([msg for _, msg in outputs], "stderr")
+    # the backend's main thread is free again
+    reply, outputs = kernel.run("%%remote hello_world\nprint('alive')", timeout=10)
+    assert text(outputs) == "alive\n"
+
+
+def test_namespaces_are_isolated_between_kernels(kernel, code_cluster, tmp_path):
+    kernel.run("%%remote hello_world\nsecret = 'kernel one'")
+    other = Kernel(code_cluster.url, tmp_path)
+    try:
+        reply, outputs = other.run("%%remote hello_world\nprint('secret' in globals())")
+        assert text(outputs) == "False\n"
+        reply, outputs = other.run("%%remote hello_world --session shared\nshared_value = 1")
+        assert reply["content"]["status"] == "ok"
+    finally:
+        other.close()
+    reply, outputs = kernel.run("%%remote hello_world\nprint(secret)")
+    assert text(outputs) == "kernel one\n"
+    # an explicit session key is a namespace others can join
+    assert RemoteSession(code_cluster.client, "hello_world", "shared").pull("shared_value") == 1
+
+
+def test_session_is_pinned_to_the_worker_holding_its_namespace(hello):
+    second = hello.start_backend("de_magic.demo.hello", "hello_world", "--allow-code")
+    session = RemoteSession(hello.client, "hello_world")
+    session.push(x=1)
+    # the broker rotates between the two workers; unpinned, every other request would miss x
+    assert [session.eval("x") for _ in range(4)] == [1] * 4
+    (pinned,) = [w for w in hello.workers("hello_world") if w["id"] == session.worker.hex()]
+    os.kill(pinned["pid"], signal.SIGKILL)
+    with pytest.raises(BackendLost, match="namespace of session"):
+        session.eval("x")
+    # the next request starts a fresh namespace on the surviving worker
+    session.push(x=2)
+    assert session.pull("x") == 2
+    assert session.worker.hex() == next(w["id"] for w in hello.workers("hello_world") if w["pid"] == second.pid)
+
+
+def test_timeout_cancels_the_remote_execution(kernel):
+    reply, outputs = kernel.run("%%remote hello_world --timeout 0.5\nimport time\ntime.sleep(30)", timeout=10)
+    assert reply["content"]["status"] == "error" and reply["content"]["ename"] == "CallTimeout"
+    reply, outputs = kernel.run("%%remote hello_world\nprint('free again')", timeout=10)
+    assert text(outputs) == "free again\n"
