@@ -313,7 +313,7 @@ def main() -> None:
     cold_ms, warm_ms = listing_benchmark(args.reps)
 
     print(f"\nMedians of {args.reps} interleaved reps on {os.cpu_count()} CPUs, loopback; GB/s = 2 x bytes / echo time.\n")
-    print(f"| system | tiny p50 µs | p99 µs | calls/s | 8 MB GB/s | 80 MB GB/s |")
+    print("| system | tiny p50 µs | p99 µs | calls/s | 8 MB GB/s | 80 MB GB/s |")
     print("|---|---|---|---|---|---|")
     for name, row in med.items():
         print(f"| {name} | {row['p50']:,.0f} | {row['p99']:,.0f} | {row['calls/s']:,.0f} | "

@@ -13,9 +13,7 @@ import importlib
 import importlib.util
 import json
 import logging
-import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -26,11 +24,9 @@ from .broker import DEFAULT_HEARTBEAT, DEFAULT_MAX_MESSAGE, Broker
 from .client import Client
 from .errors import DeMagicError
 from .generate import client_module
+from .local import DEMO_BACKENDS, start_local
 from .progress_display import TextProgress
 from .schema import describe, members_of
-
-DEMO_BACKENDS = {"hello_world": "de_magic.demo.hello", "ocean_model": "de_magic.demo.ocean"}
-
 
 # -- loading backend modules -------------------------------------------------
 
@@ -205,43 +201,23 @@ def cmd_call(args) -> None:
 def cmd_demo(args) -> None:
     """A local broker and the demo backends in one command; Ctrl-C stops all."""
     _logging(args.verbose)
-    broker = Broker(args.broker)
-    url = broker.bind()
-    broker.start()
-    env = {**os.environ, "DE_MAGIC_BROKER": url}
-    children = [
-        subprocess.Popen([sys.executable, "-m", "de_magic", "serve", module, "--name", name, "--broker", url,
-                          "--allow-code"], env=env)
-        for name, module in DEMO_BACKENDS.items()
-    ]
-    with Client(url, timeout=5) as client:
-        deadline = time.monotonic() + 30
-        while len(client.listing(api=False)["backends"]) < len(children) and time.monotonic() < deadline:
-            if any(child.poll() is not None for child in children):
-                break
-            time.sleep(0.1)
-        print(repr(client.backends()))
-    print(f"\nde-magic demo: broker on {url} with backends {', '.join(DEMO_BACKENDS)}.\n"
-          f"Connect with:  from de_magic import Client; be = Client({url!r})['hello_world']\n"
-          f"or in a notebook:  %load_ext de_magic  then  %remote_connect {url}\n"
-          "Press Ctrl-C to stop.", flush=True)
-    stop = []
-    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
-    try:
-        while not stop and all(child.poll() is None for child in children):
-            time.sleep(0.2)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        for child in children:
-            child.terminate()
-        for child in children:
-            try:
-                child.wait(10)
-            except subprocess.TimeoutExpired:
-                child.kill()
-        broker.stop()
-        print("de-magic demo: stopped", flush=True)
+    with Client(args.broker, timeout=5) as client:
+        cluster = start_local(client)
+        try:
+            print(repr(client.backends()))
+            print(f"\nde-magic demo: broker on {cluster.url} with backends {', '.join(DEMO_BACKENDS)}.\n"
+                  f"Connect with:  from de_magic import Client; be = Client({cluster.url!r})['hello_world']\n"
+                  f"or in a notebook:  %load_ext de_magic  then  %remote_connect {cluster.url}\n"
+                  "Press Ctrl-C to stop.", flush=True)
+            stop = []
+            signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+            while not stop and all(proc.poll() is None for proc in cluster.processes.values()):
+                time.sleep(0.2)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            cluster.stop()
+            print("de-magic demo: stopped", flush=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
