@@ -182,15 +182,28 @@ def test_sidebar_browse_filter_insert_and_run(page, lab, hello, processes, tmp_p
     assert f'Client("{hello.url}")["hello_world"].Stats(ddof=0)' in code
     assert re.search(r"\.std\(\s*values=None,\s*# TODO: values: list\[float\] \(required\)", code), code
 
-    # The backend accepts code: "New %%remote cell" (with the magics loaded once, above it).
+    # "Open form": the magics are loaded in the same cell, then the form magic; it runs.
     rows(page, "function").filter(has_text="scale").click()
-    details.get_by_role("button", name="New %%remote cell").click()
-    expect(page.locator(".jp-NotebookPanel .jp-Cell.jp-mod-active .cm-content")).to_contain_text("%%remote hello_world")
-    sources = page.locator(".jp-NotebookPanel .jp-Cell .cm-content").all_inner_texts()
-    assert sources[-2:] == ["%load_ext de_magic", sources[-1]], sources
     details.get_by_role("button", name="Open form").click()
-    expect(page.locator(".jp-NotebookPanel .jp-Cell.jp-mod-active .cm-content")).to_have_text(
-        re.compile(r"%load_ext de_magic\s*%remote_ui hello_world\.scale"))
+    active = page.locator(".jp-NotebookPanel .jp-Cell.jp-mod-active")
+    expect(active.locator(".cm-content")).to_have_text(re.compile(r"^%load_ext de_magic\s*%remote_ui hello_world\.scale$"))
+    page.keyboard.press("Shift+Enter")
+    form_cell = page.locator(".jp-NotebookPanel .jp-CodeCell").filter(has_text="%remote_ui hello_world.scale")
+    expect(form_cell.locator(".jp-InputArea-prompt")).to_have_text(re.compile(r"\[\d+\]"), timeout=20_000)
+    expect(form_cell.locator(".jp-OutputArea-output")).not_to_have_count(0)
+    expect(form_cell.locator("[data-mime-type='application/vnd.jupyter.stderr']")).to_have_count(0)
+
+    # "New %%remote cell" (the backend accepts code): the magics are loaded already, so the
+    # cell comes alone, and running it runs its body on the backend.
+    details.get_by_role("button", name="New %%remote cell").click()
+    expect(active.locator(".cm-content")).to_contain_text("%%remote hello_world")
+    assert active_cell_text(page).splitlines()[0] == "%%remote hello_world"
+    assert page.locator(".jp-NotebookPanel .jp-Cell .cm-content").all_inner_texts().count("%load_ext de_magic") == 0
+    page.keyboard.press("Shift+Enter")
+    remote_cell = page.locator(".jp-NotebookPanel .jp-CodeCell").filter(has_text="%%remote hello_world")
+    hello_pid = hello.workers("hello_world")[0]["pid"]
+    expect(remote_cell.locator(".jp-OutputArea-output")).to_contain_text(f"pid {hello_pid}", timeout=20_000)
+
     # ocean_model does not accept code: no such button there.
     rows(page, "backend").filter(has_text="ocean_model").click()
     rows(page, "function").filter(has_text="model_info").click()

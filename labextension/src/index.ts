@@ -25,9 +25,10 @@ import { brokerIcon } from './icons';
 import { BackendsPanel, PANEL_ID } from './panel';
 import {
   ITarget,
-  LOAD_EXT,
   callSnippet,
   formSnippet,
+  magicsSetup,
+  missingSetup,
   remoteCellSnippet
 } from './snippets';
 
@@ -80,11 +81,13 @@ const plugin: JupyterFrontEndPlugin<void> = {
 
     /**
      * Put `code` in a new code cell below the active one; an empty active code cell (as in a
-     * new notebook) is used as it is rather than left behind.
+     * new notebook) is used as it is rather than left behind. `setup` lines that the notebook
+     * lacks (loading the magics, connecting them to the broker) go first: in a cell of their
+     * own when `code` is a cell magic, which must be the first line of its cell.
      */
     const insertCell = async (
       code: string,
-      needsMagics = false
+      setup: string[] = []
     ): Promise<void> => {
       const current = await notebook();
       const content = current.content;
@@ -100,17 +103,16 @@ const plugin: JupyterFrontEndPlugin<void> = {
         }
         content.activeCell!.model.sharedModel.setSource(source);
       };
-      if (needsMagics) {
-        const sources = Array.from(content.model?.cells ?? []).map(cell =>
-          cell.sharedModel.getSource()
-        );
-        if (
-          !sources.some(source => /%(re)?load_ext\s+de_magic\b/.test(source))
-        ) {
-          put(LOAD_EXT);
-        }
+      const sources = Array.from(content.model?.cells ?? []).map(cell =>
+        cell.sharedModel.getSource()
+      );
+      const missing = missingSetup(setup, sources);
+      if (missing.length && code.startsWith('%%')) {
+        put(missing.join('\n'));
+        put(code);
+      } else {
+        put([...missing, code].join('\n'));
       }
-      put(code);
       app.shell.activateById(current.id);
       content.activate();
     };
@@ -135,11 +137,14 @@ const plugin: JupyterFrontEndPlugin<void> = {
         insertCall: (target: ITarget) => void insertCell(callSnippet(target)),
         insertRemoteCell: (broker: string, backend: string) =>
           void insertCell(
-            remoteCellSnippet(broker, backend, isDefault(broker)),
-            true
+            remoteCellSnippet(backend),
+            magicsSetup(broker, isDefault(broker))
           ),
         openForm: (target: ITarget) =>
-          void insertCell(formSnippet(target, isDefault(target.broker))),
+          void insertCell(
+            formSnippet(target),
+            magicsSetup(target.broker, isDefault(target.broker))
+          ),
         removeBroker: (url: string) =>
           void saveUserBrokers(userBrokers().filter(b => b !== url))
       }

@@ -134,24 +134,45 @@ export function dottedName(target: ITarget): string {
   return parts.join('.');
 }
 
-/** The line that loads the magics; inserted once per notebook. */
+/** The line that loads the magics. */
 export const LOAD_EXT = '%load_ext de_magic';
 
-/** A `%%remote` cell: its body runs on the backend (only on backends that accept code). */
-export function remoteCellSnippet(
+/**
+ * What a notebook needs before it uses the magics on `broker`: loading them and, unless it is
+ * the default broker (the kernel's DE_MAGIC_BROKER, inherited from the server), connecting.
+ */
+export function magicsSetup(
   broker: string,
-  backend: string,
   isDefaultBroker: boolean
-): string {
-  const options = isDefaultBroker ? '' : ` --broker ${broker}`;
-  return (
-    `%%remote ${backend}${options}\n` +
-    `# This cell runs on the backend ${pyString(backend)}, not in this kernel.\n`
+): string[] {
+  return isDefaultBroker ? [LOAD_EXT] : [LOAD_EXT, `%remote_connect ${broker}`];
+}
+
+/** The setup lines that no cell of the notebook has yet. */
+export function missingSetup(setup: string[], sources: string[]): string[] {
+  const lines = new Set(
+    sources.flatMap(source => source.split('\n').map(line => line.trim()))
   );
+  if (lines.has('%reload_ext de_magic')) {
+    lines.add(LOAD_EXT);
+  }
+  return setup.filter(line => !lines.has(line));
+}
+
+/**
+ * A `%%remote` cell (only for backends that accept code): its body runs on the backend, and
+ * starts with a line that shows where.
+ */
+export function remoteCellSnippet(backend: string): string {
+  return [
+    `%%remote ${backend}`,
+    `# This cell runs on the backend ${pyString(backend)}, not in this kernel.`,
+    'import os, socket',
+    'print(f"running on {socket.gethostname()}, pid {os.getpid()}")'
+  ].join('\n');
 }
 
 /** A form to call the target, built from its signature by the `%remote_ui` magic. */
-export function formSnippet(target: ITarget, isDefaultBroker: boolean): string {
-  const options = isDefaultBroker ? '' : ` --broker ${target.broker}`;
-  return `${LOAD_EXT}\n%remote_ui ${dottedName(target)}${options}`;
+export function formSnippet(target: ITarget): string {
+  return `%remote_ui ${dottedName(target)}`;
 }
