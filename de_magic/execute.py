@@ -331,6 +331,17 @@ def run_exec(call: Call) -> dict:
     return reply
 
 
+def run_end(call: Call) -> bool:
+    """The ``end`` operation: forget a session's namespace; False if there was none."""
+    with _sessions_lock:
+        session = _sessions.pop(str(call.header["session"]), None)
+    if session is None:
+        return False
+    with session.lock:  # not while one of its cells still runs
+        session.shell.reset(new_session=False)
+    return True
+
+
 def code_operations(backend: Backend) -> dict[str, Operation]:
     """The operations that run code: served if ``backend.allow_code``, refused otherwise."""
     if not backend.allow_code:
@@ -343,4 +354,4 @@ def code_operations(backend: Backend) -> dict[str, Operation]:
 
     # Agg-based and shows plt.show() figures as display data; must be chosen before pyplot loads
     os.environ.setdefault("MPLBACKEND", INLINE_BACKEND)
-    return {"exec": Operation(run_exec, main_thread=True), **comms.OPERATIONS}
+    return {"exec": Operation(run_exec, main_thread=True), "end": Operation(run_end), **comms.OPERATIONS}

@@ -8,6 +8,7 @@ everything a magic does can be done from plain Python.  Load them with
 
 from __future__ import annotations
 
+import atexit
 import html
 import math
 import sys
@@ -20,6 +21,7 @@ from IPython.display import display
 
 from .broker import default_url
 from .client import BackendTable, Client
+from .errors import DeMagicError
 from .local import LocalCluster, answers, is_local, start_local
 from .session import Execution, RemoteSession, render
 
@@ -88,8 +90,19 @@ class RemoteMagics(Magics):
         key = key or self.key
         index = (self.client.url, backend, key)
         if index not in self.sessions:
+            if not self.sessions:
+                atexit.register(self.close_sessions)
             self.sessions[index] = RemoteSession(self.client, backend, key)
         return self.sessions[index]
+
+    def close_sessions(self) -> None:
+        """Free this kernel's namespaces on the backends (at kernel exit); unreachable ones are skipped."""
+        for session in self.sessions.values():
+            try:
+                session.close(timeout=2.0)
+            except DeMagicError:
+                pass
+        self.sessions.clear()
 
     @line_magic
     def remote_connect(self, line: str) -> Client:

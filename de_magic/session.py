@@ -227,6 +227,16 @@ class RemoteSession:
         values = tuple(pulled[name] for name in names)
         return values[0] if len(values) == 1 else values
 
+    def close(self, timeout: float = 5.0) -> bool:
+        """Free the namespace on the backend; True if there was one to free."""
+        if not self.worker:
+            return False
+        try:
+            head, frames = self.request({"op": "end"}, timeout=timeout)
+        finally:
+            self.worker = b""
+        return bool(serialize.loads(frames))
+
     def eval(self, expression: str, *, timeout: float | None = None):
         """The value of ``expression`` evaluated in the remote namespace."""
         head, frames = self.request({"op": "exec", "code": expression, "eval": True, "colors": _colors()},

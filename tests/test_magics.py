@@ -239,3 +239,13 @@ def test_timeout_cancels_the_remote_execution(kernel):
     assert reply["content"]["status"] == "error" and reply["content"]["ename"] == "CallTimeout"
     reply, outputs = kernel.run("%%remote hello_world\nprint('free again')", timeout=10)
     assert text(outputs) == "free again\n"
+
+
+def test_closing_a_session_frees_its_namespace(hello):
+    session = RemoteSession(hello.client, "hello_world")
+    session.push(big=list(range(10)))
+    assert session.close() is True
+    assert session.close() is False  # nothing left to free
+    other = RemoteSession(hello.client, "hello_world", session.key)  # same key: a fresh namespace now
+    with pytest.raises(NameError):
+        other.pull("big")
