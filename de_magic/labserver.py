@@ -63,11 +63,8 @@ def fetch_listing(url: str, timeout: float) -> dict[str, Any]:
     """Ask one broker for its listing (blocking: call it from a thread)."""
     from .client import Client
 
-    client = Client(url, timeout=timeout)
-    try:
-        return client.listing()
-    finally:
-        client.close()
+    # one client per broker: it keeps the APIs it has seen, so polls fetch only what changed
+    return Client.shared(url).listing(timeout=timeout)
 
 
 class _BaseHandler(APIHandler):
