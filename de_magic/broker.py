@@ -28,7 +28,9 @@ from collections import deque
 import zmq
 
 from . import protocol as P
-from .errors import BackendLost, Busy, PayloadTooLarge, ProtocolMismatch, UnknownBackend
+from .badinput import BadInput
+from .errors import BackendLost, Busy, PayloadTooLarge, ProtocolMismatch, Refused, UnknownBackend
+from .security import Security, may_use
 from .serialize import nbytes
 
 log = logging.getLogger("de_magic.broker")
@@ -37,6 +39,8 @@ DEFAULT_URL = "tcp://127.0.0.1:5555"
 DEFAULT_HEARTBEAT = 1.0
 DEFAULT_LIVENESS = 3
 DEFAULT_MAX_MESSAGE = 1 << 30
+#: Calls held per backend name while a just (re)started broker waits for backends: bounds memory.
+MAX_WAITING = 10_000
 
 _MORE = int(zmq.SNDMORE)  # plain ints: IntFlag arithmetic per frame is measurable here
 
@@ -88,6 +92,9 @@ class Service:
         self.queue: deque[Queued] = deque()
         self.api_json = b"{}"
         self.allow_code = False
+        self.codec = "pickle"
+        #: Callers the backend accepts (Z85 keys or key names), None for everyone: see security.may_use.
+        self.allowed: frozenset[str] | None = None
         self.since = time.time()
 
     def pick(self, pinned: bytes = b"") -> Worker | None:
@@ -101,7 +108,7 @@ class Service:
         return best
 
     def describe(self, with_api: bool) -> bytes:
-        head = {"name": self.name, "allow_code": self.allow_code, "since": self.since,
+        head = {"name": self.name, "allow_code": self.allow_code, "codec": self.codec, "since": self.since,
                 "queued": len(self.queue), "workers": [w.describe() for w in self.workers]}
         text = json.dumps(head, separators=(",", ":")).encode()
         if not with_api:
@@ -125,8 +132,12 @@ class Broker:
         liveness: int = DEFAULT_LIVENESS,
         max_message_size: int = DEFAULT_MAX_MESSAGE,
         context: zmq.Context | None = None,
+        security: Security | None = None,
     ):
         self.url = url or default_url()
+        self.security = security or Security.resolve()
+        self._auth = None  # the ZAP authenticator thread, with CURVE
+        self.bad = BadInput(log)
         self.heartbeat = heartbeat
         self.liveness = liveness
         self.max_message_size = max_message_size
@@ -176,6 +187,7 @@ class Broker:
 
     def configure_socket(self, sock: zmq.Socket) -> None:
         """Hook for security settings (CURVE) before binding."""
+        self._auth = self.security.serve(sock, self.url)
 
     def start(self) -> "Broker":
         """Serve in a daemon thread; returns once bound."""
@@ -226,6 +238,9 @@ class Broker:
             self._send(worker.address, P.DISCONNECT, b"broker stopping")
         self._socket.close()
         self._stopper.close()
+        if self._auth is not None:
+            self._auth.stop()
+        self.bad.flush()
         log.info("broker %s stopped", self.id)
 
     # -- plumbing ----------------------------------------------------------
@@ -248,14 +263,15 @@ class Broker:
             msg = P.decode(frames[1:], self._rules)
             self._handlers[msg.type](address, msg.frames)
         except P.ProtocolError as exc:
-            log.warning("bad message from %s: %s", address.hex(), exc)
+            self.bad.report("bad message from %s: %s", address.hex(), exc)
             # answer where the message has a request id to answer to
             if len(frames) >= 4 and frames[2].bytes in P.FROM_CLIENT:
                 self._error(address, frames[3].bytes, ProtocolMismatch, str(exc))
         except Exception:
-            log.exception("failed to handle a message from %s", address.hex())
+            self.bad.report("failed to handle a message from %s", address.hex(), exc_info=True)
 
     def _beat(self, now: float) -> None:
+        self.bad.flush()
         for worker in list(self.workers.values()):
             if worker.expires < now:
                 log.warning("worker %s of %r stopped heartbeating", worker.address.hex(), worker.service.name)
@@ -312,9 +328,15 @@ class Broker:
             if time.time() - self.since < self.heartbeat * self.liveness:
                 # just (re)started: backends re-register within a heartbeat, so wait for them
                 service = self.services.setdefault(name, Service(name))
+                if len(service.queue) >= MAX_WAITING:
+                    self._error(client, rid, Busy, f"too many calls wait for backend {name!r} to register")
+                    return
                 service.queue.append(Queued(client, rid, pinned, rest, time.monotonic() + self.heartbeat * self.liveness))
                 return
             self._unknown(client, rid, name)
+            return
+        if service.allowed is not None and not self._may_use(service, frames[0]):
+            self._refuse(client, rid, name)
             return
         if pinned and self.workers.get(pinned) not in service.workers:
             self._error(client, rid, BackendLost,
@@ -350,6 +372,14 @@ class Broker:
                 continue
             service.queue.remove(item)
             self._forward(worker, item.client, item.rid, item.frames)
+
+    def _may_use(self, service: Service, frame) -> bool:
+        return may_use(service.allowed, frame, self._auth.names if self._auth is not None else {})
+
+    def _refuse(self, client: bytes, rid: bytes, name: str) -> None:
+        log.warning("refused a call of %r from %s: its key is not among the backend's allowed callers",
+                    name, client.hex())
+        self._error(client, rid, Refused, f"backend {name!r} does not accept calls from this caller's key")
 
     def _unknown(self, client: bytes, rid: bytes, name: str) -> None:
         live = sorted(n for n, s in self.services.items() if s.workers)
@@ -391,10 +421,14 @@ class Broker:
         query = P.load_header(frames[1])
         only = query.get("name")
         with_api = query.get("api", True)
-        services = [s for s in self.services.values() if s.workers and (only is None or s.name == only)]
+        services = [s for s in self.services.values()
+                    if s.workers and (only is None or s.name == only) and self._may_use(s, frames[0])]
         body = b",".join(json.dumps(s.name).encode() + b":" + s.describe(with_api) for s in services)
         head = {"url": self.url, "id": self.id, "since": self.since, "protocol": P.VERSION.decode(),
-                "host": socket.gethostname(), "requests": len(self.requests)}
+                "host": socket.gethostname(), "curve": self.security.curve,
+                # counts that return to zero when all calls ended (for operators and leak tests)
+                "requests": len(self.requests), "queued": sum(len(s.queue) for s in self.services.values()),
+                "bad_messages": self.bad.count}
         listing = b'{"broker":' + json.dumps(head).encode() + b',"backends":{' + body + b"}}"
         self._send(client, P.REPLY, rid, b'{"codec":"json"}', listing)
 
@@ -409,6 +443,12 @@ class Broker:
         service = self.services.get(name) or self.services.setdefault(name, Service(name))
         service.api_json = json.dumps(info.get("api", {}), separators=(",", ":")).encode()
         service.allow_code = bool(info.get("allow_code", False))
+        service.codec = "json" if info.get("codec") == "json" else "pickle"
+        allowed = info.get("allow_clients")
+        service.allowed = None if allowed is None else frozenset(map(str, allowed))
+        for item in [q for q in service.queue if not self._may_use(service, q.frames[0])]:
+            service.queue.remove(item)  # queued while the broker (re)started, before the rules were known
+            self._refuse(item.client, item.rid, name)
         worker = Worker(address, service, info, self._expires())
         service.workers.append(worker)
         self.workers[address] = worker
@@ -461,13 +501,17 @@ class Broker:
             return
         client, rid = frames[0].bytes, frames[1].bytes
         key = (client, rid)
-        owner = self.requests.pop(key, None)
-        if owner is not None:
-            owner.idle.append(owner.inflight.pop(key))
+        if self.requests.get(key) is not worker:
+            # answered already (e.g. as lost), or not this worker's: exactly one answer per request
+            self.bad.report("worker %s answered request %s it does not hold", address.hex(), rid.hex())
+            return
+        del self.requests[key]
+        worker.idle.append(worker.inflight.pop(key))
         self._send_frames([client, P.VERSION, mtype, rid, *frames[2:]])
         if worker.service.queue:
             self._drain(worker.service)
 
     def _on_event(self, address: bytes, frames) -> None:
-        if self._peer(address) is not None:
+        worker = self._peer(address)
+        if worker is not None and self.requests.get((frames[0].bytes, frames[1].bytes)) is worker:
             self._send_frames([frames[0], P.VERSION, P.EVENT, *frames[1:]])

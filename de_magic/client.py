@@ -32,7 +32,9 @@ import zmq
 from . import protocol as P
 from . import serialize
 from .broker import DEFAULT_HEARTBEAT, DEFAULT_LIVENESS, DEFAULT_MAX_MESSAGE, default_url
-from .errors import BackendLost, CallTimeout, PayloadTooLarge, ProtocolMismatch, UnknownBackend, UnknownMethod, from_header
+from .errors import (BackendLost, CallTimeout, PayloadTooLarge, ProtocolMismatch, Refused, UnknownBackend,
+                     UnknownMethod, from_header)
+from .security import Security
 
 EventHandler = Callable[[dict, list], None]
 
@@ -66,8 +68,14 @@ class Client:
         max_message_size: int = DEFAULT_MAX_MESSAGE,
         on_progress: Callable[[dict], None] | None = None,
         context: zmq.Context | None = None,
+        security: Security | None = None,
+        codec: str | None = None,
     ):
         self.url = url or default_url()
+        self.security = security or Security.resolve()
+        #: None: pickle, or JSON for backends that take no pickles; "json": never send or unpickle pickles.
+        self.codec = codec
+        self._codecs: dict[str, str] = {}  # backend name -> codec it takes, learnt from listings
         self.timeout = timeout
         self.heartbeat = heartbeat
         self.liveness = liveness
@@ -116,6 +124,7 @@ class Client:
 
     def configure_socket(self, sock: zmq.Socket) -> None:
         """Hook for security settings (CURVE) before connecting."""
+        self.security.connect(sock)
 
     # -- low level -------------------------------------------------------------
 
@@ -226,6 +235,7 @@ class Client:
             header["method"] = method
             body += tuple(init or ((), {}))
         progress = on_progress or self.on_progress
+        codec = self.codec or self._codecs.get(backend, serialize.PICKLE)
 
         def dispatch(event: dict, frames: list) -> None:
             if event.get("event") == "progress":
@@ -234,8 +244,27 @@ class Client:
             elif on_event is not None:
                 on_event(event, frames)
 
-        head, frames = self.request(backend, header, serialize.dumps(body), timeout=timeout, on_event=dispatch)
+        if codec == serialize.JSON:
+            header["codec"] = serialize.JSON
+            payload = serialize.dumps_json([list(part) if i % 2 == 0 else part for i, part in enumerate(body)])
+        else:
+            payload = serialize.dumps(body)
+        try:
+            head, frames = self.request(backend, header, payload, timeout=timeout, on_event=dispatch)
+        except Refused:
+            # a no-pickle backend refuses pickles before reading them: learn its codec and go again
+            if codec == serialize.JSON or self._learn_codec(backend) != serialize.JSON:
+                raise
+            return self.call(backend, member, args, kwargs, method=method, init=init, timeout=timeout,
+                             on_progress=on_progress, on_event=on_event)
+        if self.codec == serialize.JSON and head.get("codec") != serialize.JSON:
+            raise Refused(f"backend {backend!r} answered with a pickle; this client unpickles nothing (codec='json')")
         return decode_result(head, frames)
+
+    def _learn_codec(self, backend: str) -> str:
+        entry = self.listing(backend, api=False)["backends"].get(backend) or {}
+        self._codecs[backend] = entry.get("codec", serialize.PICKLE)
+        return self._codecs[backend]
 
     def submit(self, backend: str, member: str, args: tuple = (), kwargs: dict | None = None, **options) -> CallFuture:
         """Like :meth:`call`, but return a :class:`CallFuture` at once."""
@@ -275,6 +304,7 @@ class Client:
         if entry is None:
             live = ", ".join(sorted(self.listing(api=False)["backends"])) or "none"
             raise UnknownBackend(f"no backend named {name!r} at {self.url}; live backends: {live}")
+        self._codecs[name] = entry.get("codec", serialize.PICKLE)
         return RemoteBackend(self, entry)
 
     def _ipython_key_completions_(self) -> list[str]:

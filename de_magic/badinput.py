@@ -1,0 +1,46 @@
+"""Counting and logging bad input without letting a flood of it slow us down.
+
+Every malformed message deserves a log line naming its sender, but a peer that
+sends a million of them (by a bug, or on purpose) must not make the broker
+spend its time writing logs.  :class:`BadInput` logs the first few per
+interval and sums up the rest in one line when the next interval starts.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+
+class BadInput:
+    """A counter of bad messages with a rate-limited log."""
+
+    def __init__(self, logger: logging.Logger, per_interval: int = 20, interval: float = 1.0):
+        self.logger = logger
+        self.per_interval = per_interval
+        self.interval = interval
+        self.count = 0  #: bad messages seen since start
+        self._window_start = time.monotonic()
+        self._logged = 0
+        self._suppressed = 0
+
+    def report(self, message: str, *args, exc_info: bool = False) -> None:
+        """Count one bad message; log it unless this interval's quota is used up."""
+        self.count += 1
+        now = time.monotonic()
+        if now - self._window_start >= self.interval:
+            self.flush(now)
+        if self._logged < self.per_interval:
+            self._logged += 1
+            self.logger.warning(message, *args, exc_info=exc_info)
+        else:
+            self._suppressed += 1
+
+    def flush(self, now: float | None = None) -> None:
+        """Log how many bad messages were not logged one by one, and start a new interval."""
+        now = time.monotonic() if now is None else now
+        if self._suppressed:
+            self.logger.warning("%d more bad message(s) in the last %.1f s not logged one by one",
+                                self._suppressed, now - self._window_start)
+        self._window_start = now
+        self._logged = self._suppressed = 0
