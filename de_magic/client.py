@@ -125,6 +125,8 @@ class Client:
     def configure_socket(self, sock: zmq.Socket) -> None:
         """Hook for security settings (CURVE) before connecting."""
         self.security.connect(sock)
+        # A refused handshake leaves the socket without a peer, where a send would block for ever.
+        sock.sndtimeo = int(self.heartbeat * self.liveness * 1000)
 
     # -- low level -------------------------------------------------------------
 
@@ -163,9 +165,17 @@ class Client:
                 f"call of {size} bytes exceeds the maximum message size of {self.max_message_size} bytes")
         rid = struct.pack("!Q", next(_request_ids))
         sock = self._socket()
-        sock.send_multipart(
-            [P.VERSION, P.CALL, rid, backend.encode(), worker, P.dump_header(header), *payload], copy=False)
+        self._send(sock, [P.VERSION, P.CALL, rid, backend.encode(), worker, P.dump_header(header), *payload])
         return self._wait(sock, rid, self.timeout if timeout is None else timeout, on_event)
+
+    def _send(self, sock: zmq.Socket, frames: list, flags: int = 0) -> None:
+        try:
+            sock.send_multipart(frames, flags, copy=False)
+        except zmq.Again:
+            if flags & zmq.NOBLOCK:
+                return  # a query or cancel: the unanswered count takes care of a dead broker
+            hint = " (CURVE: is this client's key allowed there, and the broker key right?)" if self.security.curve else ""
+            raise BackendLost(f"cannot reach the broker at {self.url}{hint}") from None
 
     def _wait(self, sock: zmq.Socket, rid: bytes, timeout: float | None, on_event) -> tuple[dict, list]:
         now = time.monotonic()
@@ -200,17 +210,17 @@ class Client:
                     continue
                 now = time.monotonic()
                 if deadline is not None and now >= deadline:
-                    sock.send_multipart([P.VERSION, P.CANCEL, rid])
+                    self._send(sock, [P.VERSION, P.CANCEL, rid], zmq.NOBLOCK)
                     raise CallTimeout(f"no answer from {self.url} within {timeout:g} s")
                 if now >= next_query:
                     if unanswered >= self.liveness:
                         raise BackendLost(f"the broker at {self.url} is not answering")
-                    sock.send_multipart([P.VERSION, P.QUERY, rid])
+                    self._send(sock, [P.VERSION, P.QUERY, rid], zmq.NOBLOCK)
                     unanswered += 1
                     next_query = now + self.heartbeat
         except KeyboardInterrupt:
             # the kernel's stop button: stop the remote work too
-            sock.send_multipart([P.VERSION, P.CANCEL, rid])
+            self._send(sock, [P.VERSION, P.CANCEL, rid], zmq.NOBLOCK)
             raise
 
     # -- calls -----------------------------------------------------------------
@@ -290,7 +300,7 @@ class Client:
         rid = struct.pack("!Q", next(_request_ids))
         sock = self._socket()
         query = {"api": api} if name is None else {"api": api, "name": name}
-        sock.send_multipart([P.VERSION, P.LIST, rid, P.dump_header(query)])
+        self._send(sock, [P.VERSION, P.LIST, rid, P.dump_header(query)])
         wait = self.timeout if timeout is None else timeout
         head, frames = self._wait(sock, rid, min(wait, 10.0) if wait else 10.0, None)
         return decode_result(head, frames)

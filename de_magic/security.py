@@ -164,7 +164,7 @@ class Authenticator(ThreadAuthenticator):
         self.names: dict[str, str] = {}  # Z85 public key -> name of its key file
         self._stamp = None
         self._peer = "?"
-        self.configure_curve_callback("*", self)
+        self.configure_curve_callback(ZAP_DOMAIN, self)
 
     def _reload(self) -> None:
         stamp = self.directory.stat().st_mtime_ns
