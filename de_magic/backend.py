@@ -196,6 +196,8 @@ class Backend:
     def configure_socket(self, sock: zmq.Socket) -> None:
         """Hook for security settings (CURVE) before connecting."""
         self.security.connect(sock)
+        # like the broker's: a frame beyond the limit drops the connection instead of filling memory
+        sock.maxmsgsize = self.max_message_size + (1 << 20)
 
     # -- the control connection (I/O thread) -------------------------------------
 
@@ -240,6 +242,7 @@ class Backend:
                 if now >= next_beat:
                     dealer.send_multipart(P.encode(P.HEARTBEAT))
                     next_beat = now + self.heartbeat
+                    self._bad.flush()
                 if now >= broker_expires:
                     log.warning("broker %s silent for %.1f s; reconnecting", self.broker, self.heartbeat * self.liveness)
                     self.registered.clear()

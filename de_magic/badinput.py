@@ -4,6 +4,7 @@ Every malformed message deserves a log line naming its sender, but a peer that
 sends a million of them (by a bug, or on purpose) must not make the broker
 spend its time writing logs.  :class:`BadInput` logs the first few per
 interval and sums up the rest in one line when the next interval starts.
+Every line starts with "bad input: ", so operators (and tests) can count them.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ class BadInput:
             self.flush(now)
         if self._logged < self.per_interval:
             self._logged += 1
-            self.logger.warning(message, *args, exc_info=exc_info)
+            self.logger.warning("bad input: " + message, *args, exc_info=exc_info)
         else:
             self._suppressed += 1
 
@@ -40,7 +41,7 @@ class BadInput:
         """Log how many bad messages were not logged one by one, and start a new interval."""
         now = time.monotonic() if now is None else now
         if self._suppressed:
-            self.logger.warning("%d more bad message(s) in the last %.1f s not logged one by one",
+            self.logger.warning("bad input: %d more in the last %.1f s not logged one by one",
                                 self._suppressed, now - self._window_start)
         self._window_start = now
         self._logged = self._suppressed = 0
