@@ -137,6 +137,7 @@ class Broker:
         self.url = url or default_url()
         self.security = security or Security.resolve()
         self._auth = None  # the ZAP authenticator thread, with CURVE
+        self._next_reap = float("inf")  # when the next worker may expire (see _reap)
         self.bad = BadInput(log)
         self.heartbeat = heartbeat
         self.liveness = liveness
@@ -218,7 +219,8 @@ class Broker:
         next_beat = time.monotonic() + self.heartbeat
         try:
             while True:
-                events = dict(poller.poll(max(0.0, next_beat - time.monotonic()) * 1000))
+                wake = min(next_beat, self._next_reap)  # security branch: reap between beats
+                events = dict(poller.poll(max(0.0, wake - time.monotonic()) * 1000))
                 if self._stopper in events:
                     break
                 # drain what is there (bounded, so heartbeats are not starved)
@@ -230,6 +232,8 @@ class Broker:
                 if now >= next_beat:
                     self._beat(now)
                     next_beat = now + self.heartbeat
+                elif now >= self._next_reap:
+                    self._reap(now)
         finally:
             self._shutdown()
 
@@ -272,18 +276,25 @@ class Broker:
 
     def _beat(self, now: float) -> None:
         self.bad.flush()
-        for worker in list(self.workers.values()):
-            if worker.expires < now:
-                log.warning("worker %s of %r stopped heartbeating", worker.address.hex(), worker.service.name)
-                self._remove(worker, "stopped heartbeating")
-            else:
-                self._send(worker.address, P.HEARTBEAT)
+        self._reap(now)
+        for worker in self.workers.values():
+            self._send(worker.address, P.HEARTBEAT)
         for slot, (_, expires) in list(self.orphans.items()):
             if expires < now:
                 del self.orphans[slot]
         for service in list(self.services.values()):
             if service.queue and not service.workers:
                 self._expire_waiting(service, now)
+
+    def _reap(self, now: float) -> None:
+        """Remove workers silent for ``liveness`` intervals, as soon as that is so rather than at the next
+        beat: callers of a killed worker learn it within ``liveness`` heartbeat intervals."""
+        for worker in list(self.workers.values()):
+            if worker.expires < now:
+                log.warning("worker %s of %r stopped heartbeating", worker.address.hex(), worker.service.name)
+                self._remove(worker, "stopped heartbeating")
+        # a lower bound: heartbeats move expiries later, and then this wakes early and looks again
+        self._next_reap = min((w.expires for w in self.workers.values()), default=now + self.heartbeat)
 
     def _expires(self) -> float:
         return time.monotonic() + self.heartbeat * self.liveness
