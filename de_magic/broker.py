@@ -436,7 +436,7 @@ class Broker:
                     if s.workers and (only is None or s.name == only) and self._may_use(s, frames[0])]
         body = b",".join(json.dumps(s.name).encode() + b":" + s.describe(with_api) for s in services)
         head = {"url": self.url, "id": self.id, "since": self.since, "protocol": P.VERSION.decode(),
-                "host": socket.gethostname(), "curve": self.security.curve,
+                "host": socket.gethostname(), "curve": self._auth is not None,
                 # counts that return to zero when all calls ended (for operators and leak tests)
                 "requests": len(self.requests), "queued": sum(len(s.queue) for s in self.services.values()),
                 "bad_messages": self.bad.count}

@@ -27,7 +27,8 @@ from .client import Client
 from .errors import DeMagicError
 from .generate import client_module
 from .schema import describe, members_of
-from .security import Security, create_keys
+from .security import CONFIG_ENV, Security, create_keys
+from .security import ENV as SECURITY_ENV
 from .serialize import JSON, PICKLE
 
 DEMO_BACKENDS = {"hello_world": "de_magic.demo.hello", "ocean_model": "de_magic.demo.ocean"}
@@ -247,16 +248,18 @@ def _progress_line(p: dict) -> str:
 def cmd_demo(args) -> None:
     """A local broker and the demo backends in one command; Ctrl-C stops all."""
     _logging(args.verbose)
-    broker = Broker(args.broker)
+    # local by construction: plain TCP on loopback, whatever keys the environment or config file name
+    broker = Broker(args.broker, security=Security())
     url = broker.bind()
     broker.start()
-    env = {**os.environ, "DE_MAGIC_BROKER": url}
+    env = {k: v for k, v in os.environ.items() if k not in SECURITY_ENV.values()}
+    env.update(DE_MAGIC_BROKER=url, **{CONFIG_ENV: os.devnull})
     children = [
         subprocess.Popen([sys.executable, "-m", "de_magic", "serve", module, "--name", name, "--broker", url,
                           "--allow-code"], env=env)
         for name, module in DEMO_BACKENDS.items()
     ]
-    with Client(url, timeout=5) as client:
+    with Client(url, timeout=5, security=Security()) as client:
         deadline = time.monotonic() + 30
         while len(client.listing(api=False)["backends"]) < len(children) and time.monotonic() < deadline:
             if any(child.poll() is not None for child in children):

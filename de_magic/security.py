@@ -135,18 +135,19 @@ class Security:
         Returns the running authenticator, which the broker stops when it stops.
         Refuses, before anything is bound, to serve in the clear beyond loopback.
         """
-        if self.key is None:
-            if self.allowed_keys is not None:
-                raise Refused("--allowed-keys needs the broker's own key pair (--key / DE_MAGIC_KEY)")
+        # CURVE is switched on by the allowed keys, not by a key alone: a user's own key in the config
+        # file (as a caller) must not turn a local broker (the demo, a notebook's own) into a CURVE server
+        if self.allowed_keys is None:
             if not is_loopback(url) and not self.insecure:
                 raise Refused(
                     f"refusing to serve {url} without encryption: anyone who can reach it could register "
                     "backends, call them and read the traffic. Give the broker a key pair (--key) and a "
                     "directory of allowed public keys (--allowed-keys), or pass --insecure to do it anyway")
             return None
-        if self.allowed_keys is None or not self.allowed_keys.is_dir():
-            raise Refused(f"a CURVE broker needs a directory of allowed public keys (--allowed-keys); "
-                          f"got {self.allowed_keys}")
+        if self.key is None:
+            raise Refused("--allowed-keys needs the broker's own key pair (--key / DE_MAGIC_KEY)")
+        if not self.allowed_keys.is_dir():
+            raise Refused(f"the allowed keys directory {self.allowed_keys} does not exist")
         auth = Authenticator(sock.context, self.allowed_keys)
         auth.start()
         sock.curve_publickey, sock.curve_secretkey = self.key_pair
