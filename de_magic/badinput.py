@@ -10,6 +10,7 @@ Every line starts with "bad input: ", so operators (and tests) can count them.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
 
@@ -24,22 +25,29 @@ class BadInput:
         self._window_start = time.monotonic()
         self._logged = 0
         self._suppressed = 0
+        self._lock = threading.Lock()  # a backend's slot threads report concurrently
 
     def report(self, message: str, *args, exc_info: bool = False) -> None:
         """Count one bad message; log it unless this interval's quota is used up."""
-        self.count += 1
-        now = time.monotonic()
-        if now - self._window_start >= self.interval:
-            self.flush(now)
-        if self._logged < self.per_interval:
-            self._logged += 1
+        with self._lock:
+            self.count += 1
+            now = time.monotonic()
+            if now - self._window_start >= self.interval:
+                self._flush(now)
+            log = self._logged < self.per_interval
+            if log:
+                self._logged += 1
+            else:
+                self._suppressed += 1
+        if log:
             self.logger.warning("bad input: " + message, *args, exc_info=exc_info)
-        else:
-            self._suppressed += 1
 
-    def flush(self, now: float | None = None) -> None:
+    def flush(self) -> None:
         """Log how many bad messages were not logged one by one, and start a new interval."""
-        now = time.monotonic() if now is None else now
+        with self._lock:
+            self._flush(time.monotonic())
+
+    def _flush(self, now: float) -> None:
         if self._suppressed:
             self.logger.warning("bad input: %d more in the last %.1f s not logged one by one",
                                 self._suppressed, now - self._window_start)

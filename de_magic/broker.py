@@ -95,6 +95,7 @@ class Service:
         self.codec = "pickle"
         #: Callers the backend accepts (Z85 keys or key names), None for everyone: see security.may_use.
         self.allowed: frozenset[str] | None = None
+        self._rules: dict[bytes, frozenset[str] | None] = {}  # each worker's own allowed callers
         self.since = time.time()
 
     def pick(self, pinned: bytes = b"") -> Worker | None:
@@ -106,6 +107,16 @@ class Service:
                 if busy < load:
                     best, load = worker, busy
         return best
+
+    def restrict(self, address: bytes, allowed: frozenset[str] | None, gone: bool = False) -> None:
+        """Record a worker's allowed callers (or that it is ``gone``); every worker's restriction holds,
+        so a peer registering under this name cannot widen who may call the other workers."""
+        if gone:
+            self._rules.pop(address, None)
+        else:
+            self._rules[address] = allowed
+        sets = [rule for rule in self._rules.values() if rule is not None]
+        self.allowed = frozenset.intersection(*sets) if sets else None
 
     def describe(self, with_api: bool) -> bytes:
         head = {"name": self.name, "allow_code": self.allow_code, "codec": self.codec, "since": self.since,
@@ -305,6 +316,7 @@ class Broker:
         for slot in worker.slots:
             self.peers.pop(slot, None)
         service = worker.service
+        service.restrict(worker.address, None, gone=True)
         if worker in service.workers:
             service.workers.remove(worker)
         for client, rid in worker.inflight:
@@ -456,7 +468,7 @@ class Broker:
         service.allow_code = bool(info.get("allow_code", False))
         service.codec = "json" if info.get("codec") == "json" else "pickle"
         allowed = info.get("allow_clients")
-        service.allowed = None if allowed is None else frozenset(map(str, allowed))
+        service.restrict(address, None if allowed is None else frozenset(map(str, allowed)))
         for item in [q for q in service.queue if not self._may_use(service, q.frames[0])]:
             service.queue.remove(item)  # queued while the broker (re)started, before the rules were known
             self._refuse(item.client, item.rid, name)

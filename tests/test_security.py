@@ -12,8 +12,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
+import zmq
 
 from de_magic import Backend, Client, serialize
+from de_magic import protocol as P
 from de_magic.errors import DeMagicError, Refused
 from de_magic.jsoncodec import TAG
 from de_magic.security import Security, is_loopback
@@ -138,6 +140,40 @@ def test_backend_restricts_callers_in_listing_and_calls(curve):
             bob.call("private", "scale", ([1.0],))
         assert bob.call("open", "scale", ([1.0],)) == [2.0]
     assert "refused a call of 'private'" in curve.log.read_text()
+
+
+def test_registering_under_a_restricted_name_cannot_widen_access(curve):
+    """bob's key is allowed at the broker, so he can register a worker as 'private', without restriction."""
+    impostor = zmq.Context.instance().socket(zmq.DEALER)
+    impostor.linger = 0
+    Security(key=curve.keys["bob"], broker_key=curve.keys["broker.public"]).connect(impostor)
+    impostor.connect(curve.url)
+    try:
+        impostor.send_multipart(P.encode(P.READY, b"private", P.dump_header({"api": {}, "capacity": 1})))
+        wait_for(lambda: len(curve.workers("private")) == 2, what="the impostor to register")
+        with client_for(curve, "bob") as bob:
+            assert "private" not in bob.listing(api=False)["backends"]
+            with pytest.raises(Refused):
+                bob.call("private", "scale", ([1.0],))
+    finally:
+        impostor.send_multipart(P.encode(P.BYE))
+        impostor.close()
+    wait_for(lambda: len(curve.workers("private")) == 1, what="the impostor to leave")
+
+
+def test_a_key_alone_does_not_make_a_local_broker_curve(tmp_path):
+    """A caller's own key (say from the config file) must not turn a local broker into a CURVE server."""
+    keys = curve_keys(tmp_path)
+    sock = zmq.Context.instance().socket(zmq.ROUTER)
+    try:
+        assert Security(key=keys["alice"]).serve(sock, "tcp://127.0.0.1:5555") is None
+        assert not sock.curve_server
+        with pytest.raises(Refused, match="refusing to serve"):
+            Security(key=keys["alice"]).serve(sock, "tcp://0.0.0.0:5555")
+        with pytest.raises(Refused, match="needs the broker's own key"):
+            Security(allowed_keys=keys["allowed"]).serve(sock, "tcp://127.0.0.1:5555")
+    finally:
+        sock.close()
 
 
 # -- no-pickle mode ----------------------------------------------------------------------------
