@@ -30,7 +30,7 @@ import zmq
 from . import protocol as P
 from .badinput import BadInput
 from .errors import BackendLost, Busy, PayloadTooLarge, ProtocolMismatch, Refused, UnknownBackend
-from .security import Security, may_use
+from .security import Security, caller, may_use
 from .serialize import nbytes
 
 log = logging.getLogger("de_magic.broker")
@@ -359,7 +359,7 @@ class Broker:
             self._unknown(client, rid, name)
             return
         if service.allowed is not None and not self._may_use(service, frames[0]):
-            self._refuse(client, rid, name)
+            self._refuse(client, rid, name, frames[0])
             return
         if pinned and self.workers.get(pinned) not in service.workers:
             self._error(client, rid, BackendLost,
@@ -397,11 +397,14 @@ class Broker:
             self._forward(worker, item.client, item.rid, item.frames)
 
     def _may_use(self, service: Service, frame) -> bool:
-        return may_use(service.allowed, frame, self._auth.names if self._auth is not None else {})
+        return may_use(service.allowed, frame, self._key_names())
 
-    def _refuse(self, client: bytes, rid: bytes, name: str) -> None:
-        log.warning("refused a call of %r from %s: its key is not among the backend's allowed callers",
-                    name, client.hex())
+    def _key_names(self) -> dict[str, str]:
+        return self._auth.names if self._auth is not None else {}
+
+    def _refuse(self, client: bytes, rid: bytes, name: str, frame) -> None:
+        log.warning("refused a call of %r from %s (%s): not among the backend's allowed callers",
+                    name, caller(frame, self._key_names()), client.hex())
         self._error(client, rid, Refused, f"backend {name!r} does not accept calls from this caller's key")
 
     def _unknown(self, client: bytes, rid: bytes, name: str) -> None:
@@ -471,7 +474,7 @@ class Broker:
         service.restrict(address, None if allowed is None else frozenset(map(str, allowed)))
         for item in [q for q in service.queue if not self._may_use(service, q.frames[0])]:
             service.queue.remove(item)  # queued while the broker (re)started, before the rules were known
-            self._refuse(item.client, item.rid, name)
+            self._refuse(item.client, item.rid, name, item.frames[0])
         worker = Worker(address, service, info, self._expires())
         service.workers.append(worker)
         self.workers[address] = worker

@@ -213,6 +213,15 @@ def may_use(allowed: frozenset[str] | None, frame, names: dict[str, str]) -> boo
     return user in allowed or names.get(user) in allowed
 
 
+def caller(frame, names: dict[str, str]) -> str:
+    """Who sent ``frame``, for logs: the name of its key file, its Z85 key, or that it has none."""
+    try:
+        user = frame.get("User-Id")
+    except (zmq.ZMQError, AttributeError):
+        return "an unauthenticated peer"
+    return repr(names[user]) if user in names else f"key {user}"
+
+
 def allowed_callers(entries) -> list[str] | None:
     """A backend's ``allow_clients`` setting for READY: public key files become Z85 keys, the rest stay."""
     if entries is None:

@@ -118,6 +118,11 @@ def test_curve_round_trip_encrypted_and_authenticated(curve, tmp_path, monkeypat
     monkeypatch.setenv("DE_MAGIC_CONFIG", str(config))
     with Client(curve.url, timeout=10, heartbeat=HEARTBEAT) as bob:
         assert bob.call("open", "scale", ([1.0],)) == [2.0]
+    # and the command line, by flags
+    listed = _cli("list", "--json", "--broker", curve.url, "--key", str(curve.keys["alice"]),
+                  "--broker-key", str(curve.keys["broker.public"]))
+    assert listed.returncode == 0, listed.stderr
+    assert set(json.loads(listed.stdout)["backends"]) == {"open", "private"}
 
 
 def test_unknown_key_and_plain_clients_are_refused_and_logged(curve):
@@ -139,7 +144,7 @@ def test_backend_restricts_callers_in_listing_and_calls(curve):
         with pytest.raises(Refused, match="backend 'private' does not accept calls from this caller's key"):
             bob.call("private", "scale", ([1.0],))
         assert bob.call("open", "scale", ([1.0],)) == [2.0]
-    assert "refused a call of 'private'" in curve.log.read_text()
+    assert "refused a call of 'private' from 'bob'" in curve.log.read_text()
 
 
 def test_registering_under_a_restricted_name_cannot_widen_access(curve):
