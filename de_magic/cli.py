@@ -109,10 +109,13 @@ def _serve_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _serve(name: str, members: dict, args: argparse.Namespace, doc: str = "") -> None:
-    backend = Backend(name, members, broker=args.broker, max_workers=args.max_workers, max_queue=args.max_queue,
-                      allow_code=args.allow_code, heartbeat=args.heartbeat, doc=doc, security=_security(args),
-                      codec=JSON if args.no_pickle else PICKLE,
-                      allow_clients=args.allow_clients.split(",") if args.allow_clients else None)
+    try:
+        backend = Backend(name, members, broker=args.broker, max_workers=args.max_workers, max_queue=args.max_queue,
+                          allow_code=args.allow_code, heartbeat=args.heartbeat, doc=doc, security=_security(args),
+                          codec=JSON if args.no_pickle else PICKLE,
+                          allow_clients=args.allow_clients.split(",") if args.allow_clients else None)
+    except ValueError as exc:  # contradictory options
+        raise SystemExit(f"de-magic: {exc}") from None
     print(f"de-magic: serving {name!r} ({', '.join(members)}) at {backend.broker}", flush=True)
     backend.run()
 

@@ -72,7 +72,7 @@ class Client:
         codec: str | None = None,
     ):
         self.url = url or default_url()
-        self.security = security or Security.resolve()
+        self.security = (security or Security.resolve()).check_peer()
         #: None: pickle, or JSON for backends that take no pickles; "json": never send or unpickle pickles.
         self.codec = codec
         self._codecs: dict[str, str] = {}  # backend name -> codec it takes, learnt from listings

@@ -119,13 +119,20 @@ class Security:
 
     # -- sockets ---------------------------------------------------------------
 
-    def connect(self, sock: zmq.Socket) -> None:
-        """Make a client or backend socket a CURVE client of the broker (before connecting)."""
+    def check_peer(self) -> "Security":
+        """Load the key files of a client or backend now, so a mistake shows where it was made."""
         if self.key is None and self.broker_key is None:
-            return
+            return self
         if self.key is None or self.broker_key is None:
             raise Refused("CURVE needs both this side's key pair (--key / DE_MAGIC_KEY) and the broker's "
                           "public key (--broker-key / DE_MAGIC_BROKER_KEY); only one was given")
+        self.key_pair, self.broker_public  # noqa: B018 - loaded and cached
+        return self
+
+    def connect(self, sock: zmq.Socket) -> None:
+        """Make a client or backend socket a CURVE client of the broker (before connecting)."""
+        if self.check_peer().key is None:
+            return
         sock.curve_publickey, sock.curve_secretkey = self.key_pair
         sock.curve_serverkey = self.broker_public
 

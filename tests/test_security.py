@@ -57,6 +57,11 @@ def test_settings_resolve_flags_over_environment_over_config_file(tmp_path, monk
     config.write_text('kye = "typo"\n')
     with pytest.raises(Refused, match="unknown setting"):
         Security.resolve()
+    # a wrong key file shows where it was given, not later in a connection thread
+    with pytest.raises(Refused, match="cannot read key file"):
+        Client("tcp://127.0.0.1:1", security=Security(key=tmp_path / "nope", broker_key=tmp_path / "nope.key"))
+    with pytest.raises(Refused, match="only one was given"):
+        Backend("x", {}, security=Security(broker_key=tmp_path / "broker.key"))
 
 
 @pytest.mark.parametrize("url, local", [
