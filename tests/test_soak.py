@@ -26,7 +26,8 @@ from conftest import HEARTBEAT, wait_for
 
 FAULT_BACKEND = str(Path(__file__).with_name("fault_backend.py"))
 CLIENTS = 4
-CALLS = 5000  # per raw client
+CALLS = 5000  # per raw client, at least
+MIN_KILLS = 10  # clients go on calling until this many workers were killed
 WINDOW = 8  # calls in flight per raw client
 SOAK_SECONDS = 20  # bound: the clients stop sending after this, whatever their count
 CLEAR_ERRORS = {BackendLost.kind, UnknownBackend.kind, Busy.kind}
@@ -35,9 +36,9 @@ CLEAR_ERRORS = {BackendLost.kind, UnknownBackend.kind, Busy.kind}
 class RawClient(threading.Thread):
     """Calls ``echo(token)`` with unique tokens and records every answer it receives."""
 
-    def __init__(self, url: str, index: int, stop_at: float):
+    def __init__(self, url: str, index: int, stop_at: float, more):
         super().__init__(daemon=True)
-        self.url, self.index, self.stop_at = url, index, stop_at
+        self.url, self.index, self.stop_at, self.more = url, index, stop_at, more
         self.tokens: dict[bytes, str] = {}  # rid -> token sent
         self.answers: dict[bytes, list] = {}  # rid -> [(type, value)]
         self.strays: list = []
@@ -52,7 +53,7 @@ class RawClient(threading.Thread):
             quiet_until = None
             while True:
                 now = time.monotonic()
-                if sent < CALLS and pending < WINDOW and now < self.stop_at:
+                if (sent < CALLS or self.more()) and pending < WINDOW and now < self.stop_at:
                     rid = f"{self.index}:{sent}".encode()
                     token = f"client {self.index} call {sent} {random.random()}"
                     self.tokens[rid] = token
@@ -92,9 +93,9 @@ class RawClient(threading.Thread):
 def test_soak_exactly_one_answer_per_call_while_workers_die(cluster):
     workers = [cluster.start_backend(FAULT_BACKEND, "soak", "--max-workers", "3") for _ in range(3)]
     stop_at = time.monotonic() + SOAK_SECONDS
-    clients = [RawClient(cluster.url, i, stop_at) for i in range(CLIENTS)]
-    done = threading.Event()
     kills = []
+    clients = [RawClient(cluster.url, i, stop_at, lambda: len(kills) < MIN_KILLS) for i in range(CLIENTS)]
+    done = threading.Event()
     user_calls = {"ok": 0, "lost": 0}
 
     def killer() -> None:
@@ -149,8 +150,10 @@ def test_soak_exactly_one_answer_per_call_while_workers_die(cluster):
     print(f"\nsoak: {sent} raw calls + {sum(user_calls.values())} Client calls in {elapsed:.1f} s, "
           f"{len(kills)} workers killed; every call answered exactly once: {results} results, {errors} clear errors "
           f"(Client: {user_calls['ok']} results, {user_calls['lost']} lost)")
-    assert sent >= CLIENTS * 1000 and len(kills) >= 10
+    assert sent >= CLIENTS * CALLS and len(kills) >= MIN_KILLS
     assert results > sent / 2 and user_calls["ok"] > 0
-    # and afterwards the pool serves again
-    wait_for(lambda: cluster.workers("soak"), what="a live worker")
+    # and afterwards the pool serves again, once the killed workers are gone from it
+    live = {p.pid for p in workers if p.poll() is None}
+    wait_for(lambda: (listed := cluster.workers("soak")) and all(w["pid"] in live for w in listed),
+             what="only live workers listed")
     assert cluster.client.call("soak", "echo", ("still here",)) == "still here"
