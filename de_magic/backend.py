@@ -35,8 +35,10 @@ import zmq
 from . import protocol as P
 from . import serialize
 from .broker import DEFAULT_HEARTBEAT, DEFAULT_LIVENESS, DEFAULT_MAX_MESSAGE, default_url
-from .errors import Cancelled, DeMagicError, PayloadTooLarge, ProtocolMismatch, RemoteError, UnknownMethod
-from .schema import check_arguments, describe
+from .badinput import BadInput
+from .errors import Cancelled, DeMagicError, PayloadTooLarge, ProtocolMismatch, Refused, RemoteError, UnknownMethod
+from .schema import check_arguments, describe, validate_arguments
+from .security import Security, allowed_callers
 from .wire import send_frames
 
 log = logging.getLogger("de_magic.backend")
@@ -92,7 +94,15 @@ class Backend:
         allow_code: bool = False,
         doc: str = "",
         context: zmq.Context | None = None,
+        security: Security | None = None,
+        codec: str = serialize.PICKLE,
+        allow_clients: list[str] | None = None,
     ):
+        if codec not in (serialize.PICKLE, serialize.JSON):
+            raise ValueError(f"codec must be {serialize.PICKLE!r} or {serialize.JSON!r}, not {codec!r}")
+        if codec == serialize.JSON and allow_code:
+            raise ValueError("a no-pickle (codec='json') backend cannot allow code execution: "
+                             "the point of that mode is that callers cannot run code on it")
         self.name = name
         self.members = dict(members)
         self.broker = broker or default_url()
@@ -102,10 +112,16 @@ class Backend:
         self.liveness = liveness
         self.max_message_size = max_message_size
         self.allow_code = allow_code
+        self.security = (security or Security.resolve()).check_peer()
+        #: JSON: nothing from the wire is unpickled, arguments are validated against the schema.
+        self.codec = codec
+        #: Callers the broker lets use us (Z85 public keys, key names or .key files), None for all.
+        self.allow_clients = allowed_callers(allow_clients)
+        self._bad = BadInput(log)
         #: Our routing id at the broker, fixed so that reconnects keep it and sessions can pin to us.
         self.id = os.urandom(8)
         self.api = describe(name, self.members, doc)
-        self._reply_header = P.dump_header({"codec": serialize.PICKLE, "worker": self.id.hex()})
+        self._reply_header = P.dump_header({"codec": codec, "worker": self.id.hex()})
         self.operations: dict[str, Operation] = {"call": Operation(self._call_member)}
         from .execute import code_operations  # IPython is imported only when a cell runs
         self.operations.update(code_operations(self))
@@ -182,6 +198,9 @@ class Backend:
 
     def configure_socket(self, sock: zmq.Socket) -> None:
         """Hook for security settings (CURVE) before connecting."""
+        self.security.connect(sock)
+        # like the broker's: a frame beyond the limit drops the connection instead of filling memory
+        sock.maxmsgsize = self.max_message_size + (1 << 20)
 
     # -- the control connection (I/O thread) -------------------------------------
 
@@ -195,7 +214,9 @@ class Backend:
 
     def _ready_frames(self) -> list:
         info = {"api": self.api, "capacity": self.max_workers, "queue": self.max_queue,
-                "allow_code": self.allow_code, "pid": os.getpid(), "host": socket.gethostname()}
+                "allow_code": self.allow_code, "pid": os.getpid(), "host": socket.gethostname(), "codec": self.codec}
+        if self.allow_clients is not None:
+            info["allow_clients"] = self.allow_clients
         return P.encode(P.READY, self.name.encode(), P.dump_header(info))
 
     def _io_loop(self, pull: zmq.Socket, stop: zmq.Socket, slots: zmq.Socket) -> None:
@@ -235,6 +256,7 @@ class Backend:
                 if now >= next_beat:
                     dealer.send_multipart(P.encode(P.HEARTBEAT))
                     next_beat = now + self.heartbeat
+                    self._bad.flush()
                 if now >= broker_expires:
                     log.warning("broker %s silent for %.1f s; reconnecting", self.broker, self.heartbeat * self.liveness)
                     self.registered.clear()
@@ -257,9 +279,15 @@ class Backend:
 
     def _on_control(self, dealer: zmq.Socket, slots: zmq.Socket, frames: list) -> None:
         try:
+            self._handle_control(dealer, slots, frames)
+        except Exception:  # noqa: BLE001 - whatever arrives, the I/O thread must live on
+            self._bad.report("failed to handle a message from the broker", exc_info=True)
+
+    def _handle_control(self, dealer: zmq.Socket, slots: zmq.Socket, frames: list) -> None:
+        try:
             msg = P.decode(frames, P.TO_WORKER)
         except P.ProtocolError as exc:
-            log.warning("bad message from broker: %s", exc)
+            self._bad.report("bad message from broker: %s", exc)
             return
         if msg.type == P.CANCEL:
             self._cancel((msg.frames[0].bytes, msg.frames[1].bytes))
@@ -301,20 +329,33 @@ class Backend:
 
     def _on_slot_message(self, frames: list) -> None:
         try:
+            self._handle_slot_message(frames)
+        except Exception:  # noqa: BLE001 - whatever arrives, the slot thread must live on
+            self._bad.report("failed to handle a message from the broker", exc_info=True)
+
+    def _handle_slot_message(self, frames: list) -> None:
+        try:
             msg = P.decode(frames, P.TO_WORKER)
         except P.ProtocolError as exc:
-            log.warning("bad message from broker: %s", exc)
+            self._bad.report("bad message from broker: %s", exc)
             return
         if msg.type != P.CALL:
             return
         client, rid = msg.frames[0].bytes, msg.frames[1].bytes
         try:
             header = P.load_header(msg.frames[2])
-            op = self.operations.get(header.get("op", "call"))
+            op_name = header.get("op", "call")
+            if self.codec == serialize.JSON and op_name != "call":
+                raise Refused(f"backend {self.name!r} serves only JSON calls of its members (no-pickle mode)")
+            op = self.operations.get(op_name) if isinstance(op_name, str) else None
             if op is None:
                 raise P.ProtocolError(f"backend {self.name!r} does not serve {header.get('op')!r} requests")
         except P.ProtocolError as exc:
+            self._bad.report("bad call from %s: %s", client.hex(), exc)
             self._send(P.ERROR, client, rid, P.error_header(ProtocolMismatch.kind, str(exc)))
+            return
+        except Refused as exc:
+            self._send(P.ERROR, client, rid, P.error_header(Refused.kind, str(exc)))
             return
         call = Call(self, client, rid, header, list(msg.frames[3:]))
         self._calls[(client, rid)] = call
@@ -385,7 +426,7 @@ class Backend:
             current_call.reset(token)
 
     def _encode_result(self, call: Call, result) -> tuple[bytes, list]:
-        frames = serialize.dumps(result)
+        frames = serialize.dumps_json(result) if self.codec == serialize.JSON else serialize.dumps(result)
         size = serialize.nbytes(frames)
         if size > self.max_message_size:
             raise PayloadTooLarge(
@@ -414,6 +455,11 @@ class Backend:
 
     def _call_member(self, call: Call):
         target = self.resolve(call.header)
+        if call.header.get("codec") == serialize.JSON:
+            return self._call_json(target, call)
+        if self.codec == serialize.JSON:
+            # refused before anything is unpickled: unpickling alone can run code
+            raise Refused(f"backend {self.name!r} takes no pickles (no-pickle mode): send JSON arguments")
         args, kwargs, *init = serialize.loads(call.payload)
         if init:
             cls = self.members[call.header["member"]]
@@ -422,8 +468,22 @@ class Backend:
         check_arguments(target, args, kwargs)
         return target(*args, **kwargs)
 
+    def _call_json(self, target: Callable, call: Call):
+        """A call whose arguments came as JSON: ``[args, kwargs]`` or ``[args, kwargs, init_args, init_kwargs]``."""
+        body = serialize.loads_json(call.payload)
+        if not (isinstance(body, list) and len(body) in (2, 4) and all(
+                isinstance(part, list if i % 2 == 0 else dict) for i, part in enumerate(body))):
+            raise TypeError("JSON arguments must be [args, kwargs] or [args, kwargs, init_args, init_kwargs]")
+        args, kwargs, *init = body
+        if init:
+            cls = self.members[call.header["member"]]
+            init_args, init_kwargs = validate_arguments(cls, tuple(init[0]), init[1])
+            target = getattr(cls(*init_args, **init_kwargs), call.header["method"])
+        args, kwargs = validate_arguments(target, tuple(args), kwargs)
+        return target(*args, **kwargs)
 
-_MACHINERY = {__name__, "de_magic.schema", "de_magic.serialize"}
+
+_MACHINERY = {__name__, "de_magic.schema", "de_magic.serialize", "de_magic.jsoncodec"}
 
 
 def error_header(exc: BaseException) -> bytes:

@@ -29,7 +29,9 @@ from collections import deque
 import zmq
 
 from . import protocol as P
-from .errors import BackendLost, Busy, PayloadTooLarge, ProtocolMismatch, UnknownBackend
+from .badinput import BadInput
+from .errors import BackendLost, Busy, PayloadTooLarge, ProtocolMismatch, Refused, UnknownBackend
+from .security import Security, caller, may_use
 from .serialize import nbytes
 from .wire import send_frames
 
@@ -40,6 +42,8 @@ DEFAULT_HEARTBEAT = 1.0
 DEFAULT_LIVENESS = 3
 DEFAULT_MAX_MESSAGE = 1 << 30
 STARTUP_GRACE = 2.0  # seconds after binding during which calls to unknown backends wait
+#: Calls held per backend name while a just (re)started broker waits for backends: bounds memory.
+MAX_WAITING = 10_000
 
 
 def default_url() -> str:
@@ -89,6 +93,10 @@ class Service:
         self.queue: deque[Queued] = deque()
         self.api_json, self.api_tag = b"{}", ""
         self.allow_code = False
+        self.codec = "pickle"
+        #: Callers the backend accepts (Z85 keys or key names), None for everyone: see security.may_use.
+        self.allowed: frozenset[str] | None = None
+        self._rules: dict[bytes, frozenset[str] | None] = {}  # each worker's own allowed callers
         self.since = time.time()
 
     def pick(self, pinned: bytes = b"") -> Worker | None:
@@ -105,9 +113,20 @@ class Service:
         self.api_json = json.dumps(api, separators=(",", ":")).encode()
         self.api_tag = hashlib.blake2b(self.api_json, digest_size=8).hexdigest()
 
+    def restrict(self, address: bytes, allowed: frozenset[str] | None, gone: bool = False) -> None:
+        """Record a worker's allowed callers (or that it is ``gone``); every worker's restriction holds,
+        so a peer registering under this name cannot widen who may call the other workers."""
+        if gone:
+            self._rules.pop(address, None)
+        else:
+            self._rules[address] = allowed
+        sets = [rule for rule in self._rules.values() if rule is not None]
+        self.allowed = frozenset.intersection(*sets) if sets else None
+
     def describe(self, with_api: bool, known_tag: str | None = None) -> bytes:
         """This service as listing JSON; the API is left out when the caller has it already."""
-        head = {"name": self.name, "allow_code": self.allow_code, "since": self.since, "api_tag": self.api_tag,
+        head = {"name": self.name, "allow_code": self.allow_code, "codec": self.codec, "since": self.since,
+                "api_tag": self.api_tag,
                 "queued": len(self.queue), "workers": [w.describe() for w in self.workers]}
         text = json.dumps(head, separators=(",", ":")).encode()
         if not with_api or known_tag == self.api_tag:
@@ -131,8 +150,13 @@ class Broker:
         liveness: int = DEFAULT_LIVENESS,
         max_message_size: int = DEFAULT_MAX_MESSAGE,
         context: zmq.Context | None = None,
+        security: Security | None = None,
     ):
         self.url = url or default_url()
+        self.security = security or Security.resolve()
+        self._auth = None  # the ZAP authenticator thread, with CURVE
+        self._next_reap = float("inf")  # when the next worker may expire (see _reap)
+        self.bad = BadInput(log)
         self.heartbeat = heartbeat
         self.liveness = liveness
         self.max_message_size = max_message_size
@@ -184,6 +208,7 @@ class Broker:
 
     def configure_socket(self, sock: zmq.Socket) -> None:
         """Hook for security settings (CURVE) before binding."""
+        self._auth = self.security.serve(sock, self.url)
 
     def start(self) -> "Broker":
         """Serve in a daemon thread; returns once bound."""
@@ -214,7 +239,8 @@ class Broker:
         next_beat = time.monotonic() + self.heartbeat
         try:
             while True:
-                events = dict(poller.poll(max(0.0, next_beat - time.monotonic()) * 1000))
+                wake = min(next_beat, self._next_reap)  # security branch: reap between beats
+                events = dict(poller.poll(max(0.0, wake - time.monotonic()) * 1000))
                 if self._stopper in events:
                     break
                 # drain what is there (bounded, so heartbeats are not starved)
@@ -226,6 +252,8 @@ class Broker:
                 if now >= next_beat:
                     self._beat(now)
                     next_beat = now + self.heartbeat
+                elif now >= self._next_reap:
+                    self._reap(now)
         finally:
             self._shutdown()
 
@@ -234,6 +262,9 @@ class Broker:
             self._send(worker.address, P.DISCONNECT, b"broker stopping")
         self._socket.close()
         self._stopper.close()
+        if self._auth is not None:
+            self._auth.stop()
+        self.bad.flush()
         log.info("broker %s stopped", self.id)
 
     # -- plumbing ----------------------------------------------------------
@@ -250,26 +281,34 @@ class Broker:
             msg = P.decode(frames[1:], self._rules)
             self._handlers[msg.type](address, msg.frames)
         except P.ProtocolError as exc:
-            log.warning("bad message from %s: %s", address.hex(), exc)
+            self.bad.report("bad message from %s: %s", address.hex(), exc)
             # answer where the message has a request id to answer to
             if len(frames) >= 4 and frames[2].bytes in P.FROM_CLIENT:
                 self._error(address, frames[3].bytes, ProtocolMismatch, str(exc))
         except Exception:
-            log.exception("failed to handle a message from %s", address.hex())
+            self.bad.report("failed to handle a message from %s", address.hex(), exc_info=True)
 
     def _beat(self, now: float) -> None:
-        for worker in list(self.workers.values()):
-            if worker.expires < now:
-                log.warning("worker %s of %r stopped heartbeating", worker.address.hex(), worker.service.name)
-                self._remove(worker, "stopped heartbeating")
-            else:
-                self._send(worker.address, P.HEARTBEAT)
+        self.bad.flush()
+        self._reap(now)
+        for worker in self.workers.values():
+            self._send(worker.address, P.HEARTBEAT)
         for slot, (_, expires) in list(self.orphans.items()):
             if expires < now:
                 del self.orphans[slot]
         for service in list(self.services.values()):
             if service.queue and not service.workers:
                 self._expire_waiting(service, now)
+
+    def _reap(self, now: float) -> None:
+        """Remove workers silent for ``liveness`` intervals, as soon as that is so rather than at the next
+        beat: callers of a killed worker learn it within ``liveness`` heartbeat intervals."""
+        for worker in list(self.workers.values()):
+            if worker.expires < now:
+                log.warning("worker %s of %r stopped heartbeating", worker.address.hex(), worker.service.name)
+                self._remove(worker, "stopped heartbeating")
+        # a lower bound: heartbeats move expiries later, and then this wakes early and looks again
+        self._next_reap = min((w.expires for w in self.workers.values()), default=now + self.heartbeat)
 
     def _expires(self) -> float:
         return time.monotonic() + self.heartbeat * self.liveness
@@ -280,6 +319,7 @@ class Broker:
         for slot in worker.slots:
             self.peers.pop(slot, None)
         service = worker.service
+        service.restrict(worker.address, None, gone=True)
         if worker in service.workers:
             service.workers.remove(worker)
         for client, rid in worker.inflight:
@@ -314,9 +354,15 @@ class Broker:
             if time.monotonic() < self._grace_until:
                 # just (re)started: backends re-register within a heartbeat, so wait for them
                 service = self.services.setdefault(name, Service(name))
+                if len(service.queue) >= MAX_WAITING:
+                    self._error(client, rid, Busy, f"too many calls wait for backend {name!r} to register")
+                    return
                 service.queue.append(Queued(client, rid, pinned, rest, self._grace_until))
                 return
             self._unknown(client, rid, name)
+            return
+        if service.allowed is not None and not self._may_use(service, frames[0]):
+            self._refuse(client, rid, name, frames[0])
             return
         if pinned and self.workers.get(pinned) not in service.workers:
             self._error(client, rid, BackendLost,
@@ -352,6 +398,17 @@ class Broker:
                 continue
             service.queue.remove(item)
             self._forward(worker, item.client, item.rid, item.frames)
+
+    def _may_use(self, service: Service, frame) -> bool:
+        return may_use(service.allowed, frame, self._key_names())
+
+    def _key_names(self) -> dict[str, str]:
+        return self._auth.names if self._auth is not None else {}
+
+    def _refuse(self, client: bytes, rid: bytes, name: str, frame) -> None:
+        log.warning("refused a call of %r from %s (%s): not among the backend's allowed callers",
+                    name, caller(frame, self._key_names()), client.hex())
+        self._error(client, rid, Refused, f"backend {name!r} does not accept calls from this caller's key")
 
     def _unknown(self, client: bytes, rid: bytes, name: str) -> None:
         live = sorted(n for n, s in self.services.items() if s.workers)
@@ -394,11 +451,15 @@ class Broker:
         only = query.get("name")
         with_api = query.get("api", True)
         known = query.get("known") or {}
-        services = [s for s in self.services.values() if s.workers and (only is None or s.name == only)]
+        services = [s for s in self.services.values()
+                    if s.workers and (only is None or s.name == only) and self._may_use(s, frames[0])]
         body = b",".join(json.dumps(s.name).encode() + b":" + s.describe(with_api, known.get(s.name))
                          for s in services)
         head = {"url": self.url, "id": self.id, "since": self.since, "protocol": P.VERSION.decode(),
-                "host": socket.gethostname(), "requests": len(self.requests)}
+                "host": socket.gethostname(), "curve": self._auth is not None,
+                # counts that return to zero when all calls ended (for operators and leak tests)
+                "requests": len(self.requests), "queued": sum(len(s.queue) for s in self.services.values()),
+                "bad_messages": self.bad.count}
         listing = b'{"broker":' + json.dumps(head).encode() + b',"backends":{' + body + b"}}"
         self._send(client, P.REPLY, rid, b'{"codec":"json"}', listing)
 
@@ -410,6 +471,12 @@ class Broker:
         service = self.services.get(name) or self.services.setdefault(name, Service(name))
         service.set_api(info.get("api", {}))
         service.allow_code = bool(info.get("allow_code", False))
+        service.codec = "json" if info.get("codec") == "json" else "pickle"
+        allowed = info.get("allow_clients")
+        service.restrict(address, None if allowed is None else frozenset(map(str, allowed)))
+        for item in [q for q in service.queue if not self._may_use(service, q.frames[0])]:
+            service.queue.remove(item)  # queued while the broker (re)started, before the rules were known
+            self._refuse(item.client, item.rid, name, item.frames[0])
         worker = self.workers.get(address)
         if worker is not None and worker.service is service:
             # registering again (it lost us for a moment): its calls and slots stand
@@ -469,13 +536,17 @@ class Broker:
             return
         client, rid = frames[0].bytes, frames[1].bytes
         key = (client, rid)
-        owner = self.requests.pop(key, None)
-        if owner is not None:
-            owner.idle.append(owner.inflight.pop(key))
+        if self.requests.get(key) is not worker:
+            # answered already (e.g. as lost), or not this worker's: exactly one answer per request
+            self.bad.report("worker %s answered request %s it does not hold", address.hex(), rid.hex())
+            return
+        del self.requests[key]
+        worker.idle.append(worker.inflight.pop(key))
         send_frames(self._socket, [client, P.VERSION, mtype, rid, *frames[2:]])
         if worker.service.queue:
             self._drain(worker.service)
 
     def _on_event(self, address: bytes, frames) -> None:
-        if self._peer(address) is not None:
+        worker = self._peer(address)
+        if worker is not None and self.requests.get((frames[0].bytes, frames[1].bytes)) is worker:
             send_frames(self._socket, [frames[0], P.VERSION, P.EVENT, *frames[1:]])

@@ -27,6 +27,8 @@ from .generate import client_module
 from .local import DEMO_BACKENDS, start_local
 from .progress_display import TextProgress
 from .schema import describe, members_of
+from .security import Security, create_keys
+from .serialize import JSON, PICKLE
 
 # -- loading backend modules -------------------------------------------------
 
@@ -67,8 +69,34 @@ def _broker_arg(parser: argparse.ArgumentParser) -> None:
                         help="broker URL (default: $DE_MAGIC_BROKER or tcp://127.0.0.1:5555)")
 
 
+def _security_args(parser: argparse.ArgumentParser, broker: bool = False) -> None:
+    """CURVE flags; each falls back to its environment variable, then the config file (see security.py)."""
+    parser.add_argument("--key", default=None,
+                        help="own secret key file NAME.key_secret (default: $DE_MAGIC_KEY, then the config file)")
+    if broker:
+        parser.add_argument("--allowed-keys", default=None, metavar="DIR",
+                            help="directory of public keys allowed to connect "
+                                 "(default: $DE_MAGIC_ALLOWED_KEYS, then the config file)")
+        parser.add_argument("--insecure", action="store_true",
+                            help="serve without CURVE on a non-loopback address (anyone reaching it can use it)")
+    else:
+        parser.add_argument("--broker-key", default=None, metavar="FILE",
+                            help="the broker's public key file (default: $DE_MAGIC_BROKER_KEY, then the config file)")
+
+
+def _security(args: argparse.Namespace) -> Security:
+    return Security.resolve(key=args.key, broker_key=getattr(args, "broker_key", None),
+                            allowed_keys=getattr(args, "allowed_keys", None), insecure=getattr(args, "insecure", False))
+
+
 def _serve_args(parser: argparse.ArgumentParser) -> None:
     _broker_arg(parser)
+    _security_args(parser)
+    parser.add_argument("--no-pickle", action="store_true",
+                        help="take arguments and give results as JSON only, never unpickle (for less trusted callers)")
+    parser.add_argument("--allow-clients", default=None, metavar="KEYS",
+                        help="comma-separated public keys (Z85, key names at the broker, or .key files) "
+                             "that may call this backend; default: every caller the broker lets in")
     parser.add_argument("--max-workers", type=int, default=None, help="threads that run calls (default: CPUs + 4)")
     parser.add_argument("--max-queue", type=int, default=1000, help="calls that may wait before 'busy' is answered")
     parser.add_argument("--allow-code", action="store_true", help="accept %%%%remote code cells (runs arbitrary code!)")
@@ -77,8 +105,13 @@ def _serve_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _serve(name: str, members: dict, args: argparse.Namespace, doc: str = "") -> None:
-    backend = Backend(name, members, broker=args.broker, max_workers=args.max_workers, max_queue=args.max_queue,
-                      allow_code=args.allow_code, heartbeat=args.heartbeat, doc=doc)
+    try:
+        backend = Backend(name, members, broker=args.broker, max_workers=args.max_workers, max_queue=args.max_queue,
+                          allow_code=args.allow_code, heartbeat=args.heartbeat, doc=doc, security=_security(args),
+                          codec=JSON if args.no_pickle else PICKLE,
+                          allow_clients=args.allow_clients.split(",") if args.allow_clients else None)
+    except ValueError as exc:  # contradictory options
+        raise SystemExit(f"de-magic: {exc}") from None
     print(f"de-magic: serving {name!r} ({', '.join(members)}) at {backend.broker}", flush=True)
     backend.run()
 
@@ -103,6 +136,7 @@ def backend_main(name: str, members, namespace: dict, argv: list[str] | None = N
     _broker_arg(gen)
     check = sub.add_parser("test-connect", help="check that the broker answers")
     _broker_arg(check)
+    _security_args(check)
     args = parser.parse_args(argv)
     if members is None:
         members = namespace.get("__all__") or [
@@ -119,11 +153,11 @@ def backend_main(name: str, members, namespace: dict, argv: list[str] | None = N
     elif args.command == "generate":
         print(client_module(describe(name, picked, doc), args.broker), end="")
     else:
-        sys.exit(_test_connect(args.broker))
+        sys.exit(_test_connect(args.broker, _security(args)))
 
 
-def _test_connect(url: str | None) -> int:
-    with Client(url, timeout=5) as client:
+def _test_connect(url: str | None, security: Security) -> int:
+    with Client(url, timeout=5, security=security) as client:
         try:
             listing = client.listing(api=False)
         except DeMagicError as exc:
@@ -138,7 +172,8 @@ def _test_connect(url: str | None) -> int:
 
 def cmd_broker(args) -> None:
     _logging(args.verbose)
-    broker = Broker(args.bind, heartbeat=args.heartbeat, max_message_size=args.max_message_size)
+    broker = Broker(args.bind, heartbeat=args.heartbeat, max_message_size=args.max_message_size,
+                    security=_security(args))
     url = broker.bind()
     print(f"de-magic: broker listening on {url}", flush=True)
     signal.signal(signal.SIGTERM, lambda *_: broker.stop())
@@ -170,7 +205,7 @@ def cmd_generate(args) -> None:
 
 
 def cmd_list(args) -> None:
-    with Client(args.broker, timeout=args.timeout) as client:
+    with Client(args.broker, timeout=args.timeout, security=_security(args)) as client:
         listing = client.listing()
     if args.json:
         print(json.dumps(listing, indent=2))
@@ -188,7 +223,7 @@ def cmd_call(args) -> None:
     call_args, call_kwargs = (parsed, {}) if isinstance(parsed, list) else ((), parsed)
     member, _, method = args.method.partition(".")
     init = ((), json.loads(args.init)) if args.init else None
-    with Client(args.broker, timeout=args.timeout) as client:
+    with Client(args.broker, timeout=args.timeout, security=_security(args)) as client:
         result = client.call(args.name, member, call_args, call_kwargs, method=method or None,
                              init=init if method else None,
                              on_progress=TextProgress(sys.stderr))
@@ -198,10 +233,17 @@ def cmd_call(args) -> None:
         print(result)
 
 
+def cmd_keys(args) -> None:
+    public, secret = create_keys(args.name, args.dir)
+    print(f"de-magic: wrote {public} (public: give it to the broker's operator, or to clients if this is "
+          f"the broker's)\nde-magic: wrote {secret} (secret: keep it here, readable only by you)")
+
+
 def cmd_demo(args) -> None:
     """A local broker and the demo backends in one command; Ctrl-C stops all."""
     _logging(args.verbose)
-    with Client(args.broker, timeout=5) as client:
+    # local by construction: plain TCP on loopback, whatever keys the environment or config file name
+    with Client(args.broker, timeout=5, security=Security()) as client:
         cluster = start_local(client)
         try:
             print(repr(client.backends()))
@@ -230,7 +272,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-message-size", type=int, default=DEFAULT_MAX_MESSAGE,
                    help="largest call accepted, in bytes")
     p.add_argument("-v", "--verbose", action="store_true")
+    _security_args(p, broker=True)
     p.set_defaults(func=cmd_broker)
+
+    p = sub.add_parser("keys", help="write a CURVE key pair NAME.key / NAME.key_secret")
+    p.add_argument("name", help="whose keys: a person, a backend, the broker")
+    p.add_argument("--dir", default=None, help="where to write them (default: ~/.config/de-magic/keys)")
+    p.set_defaults(func=cmd_keys)
 
     for command, func, text in (("serve", cmd_serve, "serve a backend module"),
                                 ("schema", cmd_schema, "print a backend module's API as JSON"),
@@ -249,6 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     _broker_arg(p)
     p.add_argument("--json", action="store_true", help="print the full listing as JSON")
     p.add_argument("--timeout", type=float, default=10.0)
+    _security_args(p)
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("call", help="call a backend method")
@@ -259,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--timeout", type=float, default=60.0)
     _broker_arg(p)
+    _security_args(p)
     p.set_defaults(func=cmd_call)
 
     p = sub.add_parser("demo", help="start a local broker and the demo backends")

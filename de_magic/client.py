@@ -32,8 +32,10 @@ import zmq
 from . import protocol as P
 from . import serialize
 from .broker import DEFAULT_HEARTBEAT, DEFAULT_LIVENESS, DEFAULT_MAX_MESSAGE, default_url
-from .errors import BackendLost, CallTimeout, PayloadTooLarge, ProtocolMismatch, UnknownBackend, UnknownMethod, from_header
+from .errors import (BackendLost, CallTimeout, PayloadTooLarge, ProtocolMismatch, Refused, UnknownBackend,
+                     UnknownMethod, from_header)
 from .progress_display import default_progress
+from .security import Security
 from .wire import send_frames
 
 EventHandler = Callable[[dict, list], None]
@@ -70,8 +72,14 @@ class Client:
         max_message_size: int = DEFAULT_MAX_MESSAGE,
         on_progress: Callable[[dict], None] | None = None,
         context: zmq.Context | None = None,
+        security: Security | None = None,
+        codec: str | None = None,
     ):
         self.url = url or default_url()
+        self.security = (security or Security.resolve()).check_peer()
+        #: None: pickle, or JSON for backends that take no pickles; "json": never send or unpickle pickles.
+        self.codec = codec
+        self._codecs: dict[str, str] = {}  # backend name -> codec it takes, learnt from listings
         self.timeout = timeout
         self.heartbeat = heartbeat
         self.liveness = liveness
@@ -121,6 +129,9 @@ class Client:
 
     def configure_socket(self, sock: zmq.Socket) -> None:
         """Hook for security settings (CURVE) before connecting."""
+        self.security.connect(sock)
+        # A refused handshake leaves the socket without a peer, where a send would block for ever.
+        sock.sndtimeo = int(self.heartbeat * self.liveness * 1000)
 
     # -- low level -------------------------------------------------------------
 
@@ -159,8 +170,17 @@ class Client:
                 f"call of {size} bytes exceeds the maximum message size of {self.max_message_size} bytes")
         rid = struct.pack("!Q", next(_request_ids))
         sock = self._socket()
-        send_frames(sock, [P.VERSION, P.CALL, rid, backend.encode(), worker, P.dump_header(header), *payload])
+        self._send(sock, [P.VERSION, P.CALL, rid, backend.encode(), worker, P.dump_header(header), *payload])
         return self._wait(sock, rid, self.timeout if timeout is None else timeout, on_event)
+
+    def _send(self, sock: zmq.Socket, frames: list, flags: int = 0) -> None:
+        try:
+            send_frames(sock, frames, flags)
+        except zmq.Again:
+            if flags & zmq.NOBLOCK:
+                return  # a query or cancel: the unanswered count takes care of a dead broker
+            hint = " (CURVE: is this client's key allowed there, and the broker key right?)" if self.security.curve else ""
+            raise BackendLost(f"cannot reach the broker at {self.url}{hint}") from None
 
     def _wait(self, sock: zmq.Socket, rid: bytes, timeout: float | None, on_event) -> tuple[dict, list]:
         now = time.monotonic()
@@ -195,17 +215,17 @@ class Client:
                     continue
                 now = time.monotonic()
                 if deadline is not None and now >= deadline:
-                    sock.send_multipart([P.VERSION, P.CANCEL, rid])
+                    self._send(sock, [P.VERSION, P.CANCEL, rid], zmq.NOBLOCK)
                     raise CallTimeout(f"no answer from {self.url} within {timeout:g} s")
                 if now >= next_query:
                     if unanswered >= self.liveness:
                         raise BackendLost(f"the broker at {self.url} is not answering")
-                    sock.send_multipart([P.VERSION, P.QUERY, rid])
+                    self._send(sock, [P.VERSION, P.QUERY, rid], zmq.NOBLOCK)
                     unanswered += 1
                     next_query = now + self.heartbeat
         except KeyboardInterrupt:
             # the kernel's stop button: stop the remote work too
-            sock.send_multipart([P.VERSION, P.CANCEL, rid])
+            self._send(sock, [P.VERSION, P.CANCEL, rid], zmq.NOBLOCK)
             raise
 
     # -- calls -----------------------------------------------------------------
@@ -230,6 +250,7 @@ class Client:
             header["method"] = method
             body += tuple(init or ((), {}))
         progress = on_progress or self.on_progress or default_progress()
+        codec = self.codec or self._codecs.get(backend, serialize.PICKLE)
 
         def dispatch(event: dict, frames: list) -> None:
             if event.get("event") == "progress":
@@ -238,8 +259,27 @@ class Client:
             elif on_event is not None:
                 on_event(event, frames)
 
-        head, frames = self.request(backend, header, serialize.dumps(body), timeout=timeout, on_event=dispatch)
+        if codec == serialize.JSON:
+            header["codec"] = serialize.JSON
+            payload = serialize.dumps_json([list(part) if i % 2 == 0 else part for i, part in enumerate(body)])
+        else:
+            payload = serialize.dumps(body)
+        try:
+            head, frames = self.request(backend, header, payload, timeout=timeout, on_event=dispatch)
+        except Refused:
+            # a no-pickle backend refuses pickles before reading them: learn its codec and go again
+            if codec == serialize.JSON or self._learn_codec(backend) != serialize.JSON:
+                raise
+            return self.call(backend, member, args, kwargs, method=method, init=init, timeout=timeout,
+                             on_progress=on_progress, on_event=on_event)
+        if self.codec == serialize.JSON and head.get("codec") != serialize.JSON:
+            raise Refused(f"backend {backend!r} answered with a pickle; this client unpickles nothing (codec='json')")
         return decode_result(head, frames)
+
+    def _learn_codec(self, backend: str) -> str:
+        entry = self.listing(backend, api=False)["backends"].get(backend) or {}
+        self._codecs[backend] = entry.get("codec", serialize.PICKLE)
+        return self._codecs[backend]
 
     def submit(self, backend: str, member: str, args: tuple = (), kwargs: dict | None = None, **options) -> CallFuture:
         """Like :meth:`call`, but return a :class:`CallFuture` at once."""
@@ -275,7 +315,7 @@ class Client:
             query["name"] = name
         if api:
             query["known"] = {n: tag for n, (tag, _) in self._apis.items() if name is None or n == name}
-        send_frames(sock, [P.VERSION, P.LIST, rid, P.dump_header(query)])
+        self._send(sock, [P.VERSION, P.LIST, rid, P.dump_header(query)])
         wait = self.timeout if timeout is None else timeout
         head, frames = self._wait(sock, rid, min(wait, 10.0) if wait else 10.0, None)
         listing = decode_result(head, frames)
@@ -296,6 +336,7 @@ class Client:
         if entry is None:
             live = ", ".join(sorted(self.listing(api=False)["backends"])) or "none"
             raise UnknownBackend(f"no backend named {name!r} at {self.url}; live backends: {live}")
+        self._codecs[name] = entry.get("codec", serialize.PICKLE)
         return RemoteBackend(self, entry)
 
     def _ipython_key_completions_(self) -> list[str]:

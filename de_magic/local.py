@@ -8,6 +8,7 @@ backends are child processes.  Everything stops when the kernel exits.
 from __future__ import annotations
 
 import atexit
+import os
 import subprocess
 import sys
 import time
@@ -16,6 +17,7 @@ from urllib.parse import urlparse
 from .broker import Broker
 from .client import Client
 from .errors import DeMagicError
+from .security import CONFIG_ENV, ENV as SECURITY_ENV, Security
 
 #: Demo backends: name -> (module, extra ``de-magic serve`` arguments).
 DEMO_BACKENDS = {
@@ -43,7 +45,8 @@ class LocalCluster:
     """A broker in this process plus backend processes; :meth:`stop` ends all (also at exit)."""
 
     def __init__(self, url: str):
-        self.broker: Broker | None = Broker(url)
+        # local by construction: plain TCP on loopback, whatever keys the environment or config file name
+        self.broker: Broker | None = Broker(url, security=Security())
         self.url = self.broker.bind()
         self.broker.start()
         self.processes: dict[str, subprocess.Popen] = {}
@@ -52,8 +55,10 @@ class LocalCluster:
     def serve(self, name: str, module: str, *extra: str) -> subprocess.Popen:
         """Start ``de-magic serve module --name name`` against this broker."""
         # a session of its own: the kernel's interrupt (SIGINT to its group) must not reach it
+        env = {k: v for k, v in os.environ.items() if k not in SECURITY_ENV.values()}
+        env[CONFIG_ENV] = os.devnull
         proc = subprocess.Popen([sys.executable, "-m", "de_magic", "serve", module, "--name", name,
-                                 "--broker", self.url, *extra],
+                                 "--broker", self.url, *extra], env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         self.processes[name] = proc
         return proc

@@ -422,3 +422,57 @@ def _container_accepts(origin: type, args: tuple) -> Callable[[object], bool]:
             or ((keys is None or all(map(keys, v))) and (values is None or all(map(values, v.values())))))
     items = _accepts(args[0]) if args else None
     return lambda v: isinstance(v, accepted) and (items is None or len(v) > MAX_CHECKED_ITEMS or all(map(items, v)))
+
+
+# -- full validation (no-pickle mode) -------------------------------------------
+
+_validators: dict[object, tuple[inspect.Signature, dict[str, tuple[TypeAdapter, inspect._ParameterKind]]]] = {}
+
+
+def validate_arguments(func, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """``(args, kwargs)`` validated against ``func``'s schema by pydantic, constraints included.
+
+    For callers that are trusted less (no-pickle backends): beyond
+    :func:`check_arguments`, bounds, patterns and nested models are enforced,
+    and values come back as pydantic made them (``[1, 2]`` for ``list[float]``
+    becomes ``[1.0, 2.0]``).  Annotations pydantic cannot use are left to
+    :func:`check_arguments`, which runs first.
+    """
+    check_arguments(func, args, kwargs)
+    target = getattr(func, "__func__", func)
+    try:
+        sig, adapters = _validators[target]
+    except KeyError:
+        sig, adapters = _validators[target] = _compile_validators(target)
+    if target is not func:
+        args = (func.__self__, *args)
+    bound = sig.bind(*args, **kwargs)
+    for key, value in bound.arguments.items():
+        if key not in adapters:
+            continue
+        adapter, kind = adapters[key]
+        try:
+            if kind is _VAR_POSITIONAL:
+                bound.arguments[key] = tuple(adapter.validate_python(v) for v in value)
+            elif kind is _VAR_KEYWORD:
+                bound.arguments[key] = {k: adapter.validate_python(v) for k, v in value.items()}
+            else:
+                bound.arguments[key] = adapter.validate_python(value)
+        except ValueError as exc:  # pydantic's ValidationError is a ValueError
+            raise TypeError(f"{getattr(target, '__qualname__', target)}() argument {key!r}: {exc}") from None
+    args = bound.args[1:] if target is not func else bound.args
+    return tuple(args), dict(bound.kwargs)
+
+
+def _compile_validators(func):
+    hints = _init_hints(func) if inspect.isclass(func) else _hints(func)
+    adapters = {}
+    for p in inspect.signature(func).parameters.values():
+        hint = hints.get(p.name)
+        if hint is None or isinstance(hint, str):
+            continue
+        try:
+            adapters[p.name] = TypeAdapter(hint, config={"arbitrary_types_allowed": True}), p.kind
+        except Exception:  # noqa: BLE001 - a type pydantic cannot validate: check_arguments covers it
+            continue
+    return inspect.signature(func), adapters

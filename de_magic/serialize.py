@@ -18,6 +18,8 @@ import pickle
 
 import cloudpickle
 
+from . import jsoncodec
+
 PICKLE = "pickle"
 JSON = "json"
 
@@ -60,10 +62,12 @@ def nbytes(frames) -> int:
 
 
 def dumps_json(obj) -> list:
-    return [json.dumps(obj, separators=(",", ":")).encode()]
+    """One JSON frame; numpy, pandas and xarray values in the tagged form of :mod:`.jsoncodec`."""
+    return [json.dumps(obj, separators=(",", ":"), default=jsoncodec.encode).encode()]
 
 
 def loads_json(frames):
+    """Inverse of :func:`dumps_json`; never unpickles, never imports what the data names."""
     if len(frames) != 1:
         raise ValueError(f"JSON payload must be one frame, got {len(frames)}")
-    return json.loads(bytes(_view(frames[0])))
+    return json.loads(bytes(_view(frames[0])), object_hook=jsoncodec.decode)

@@ -14,9 +14,11 @@ _MORE = int(zmq.SNDMORE)
 _COPY_BELOW = 64 * 1024
 
 
-def send_frames(sock: zmq.Socket, frames: list) -> None:
+def send_frames(sock: zmq.Socket, frames: list, flags: int = 0) -> None:
+    """Send ``frames`` as one message; ``flags`` (e.g. NOBLOCK) apply to every frame."""
     send = sock.send
+    more = _MORE | int(flags)
     last = len(frames) - 1
     for i, frame in enumerate(frames):
         copy = type(frame) is bytes and len(frame) < _COPY_BELOW
-        send(frame, _MORE if i < last else 0, copy=copy)
+        send(frame, more if i < last else int(flags), copy=copy)

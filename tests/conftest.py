@@ -120,3 +120,41 @@ def hello(cluster):
     """A broker with the demo ``hello_world`` backend (code allowed) registered."""
     cluster.start_backend("de_magic.demo.hello", "hello_world", "--allow-code")
     return cluster
+
+
+# -- helpers for the security, fault and soak tests --------------------------------
+
+
+def start_logged(procs: Processes, *args: str, log: Path, env: dict | None = None) -> subprocess.Popen:
+    """Like ``procs.start`` but with stdout and stderr in ``log``, so a test can read what was logged."""
+    out = open(log, "ab")
+    proc = subprocess.Popen([sys.executable, "-m", "de_magic", *args], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                            env={**os.environ, **(env or {})}, start_new_session=True)
+    out.close()
+    procs.procs.append(proc)
+    return proc
+
+
+def curve_keys(directory: Path) -> dict[str, Path]:
+    """Key pairs for a CURVE cluster: the broker's, and alice's, bob's and a backend's public keys allowed
+    in ``directory/allowed``; mallory has a pair too, but the broker does not know it."""
+    from de_magic.security import create_keys
+
+    keys = {}
+    for name in ("broker", "alice", "bob", "backend", "mallory"):
+        public, secret = create_keys(name, directory / "pairs")
+        keys[name], keys[name + ".public"] = secret, public
+    allowed = directory / "allowed"
+    allowed.mkdir()
+    for name in ("alice", "bob", "backend"):
+        (allowed / f"{name}.key").write_bytes(keys[name + ".public"].read_bytes())
+    keys["allowed"] = allowed
+    return keys
+
+
+def rss_kib(pid: int) -> int:
+    """Resident memory of a process in KiB, from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for pid {pid}")

@@ -1,0 +1,283 @@
+"""Thousands of random and mutated messages at a broker and at a backend.
+
+Afterwards both must still serve correct calls, their memory must not have
+grown with the garbage, every message that carried a return address must have
+had exactly one answer, and every bad message must be accounted for in the log
+(one line each, or counted in a "N more" line when a flood is rate-limited).
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import time
+
+import zmq
+
+from de_magic import protocol as P
+from de_magic import serialize
+
+from conftest import HEARTBEAT, Cluster, Processes, free_port, rss_kib, start_logged, wait_for
+
+MESSAGES = 4000
+MAX_MESSAGE = 100_000
+ANSWERED_TYPES = {P.CALL, P.LIST, P.QUERY, P.CANCEL}
+#: Large blocks straight from mmap, so RSS follows what is held rather than how glibc's heap fragments.
+STEADY_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "65536"}
+
+
+class Fuzzer:
+    """Random and mutated messages; each that has a request id gets a fresh one, so answers can be matched."""
+
+    FAMILIES = range(12)
+
+    def __init__(self, seed: int, backend: str, families=FAMILIES):
+        self.rng = random.Random(seed)
+        self.families = list(families)
+        self.backend = backend.encode()
+        self.serial = 0
+
+    def rid(self) -> bytes:
+        self.serial += 1
+        return b"fuzz" + self.serial.to_bytes(4, "big")
+
+    def junk(self, low: int = 0, high: int = 64) -> bytes:
+        return self.rng.randbytes(self.rng.randint(low, high))
+
+    def valid_call(self, rid: bytes) -> list[bytes]:
+        payload = serialize.dumps(((self.rng.random(),), {}))
+        return P.encode(P.CALL, rid, self.backend, b"", P.dump_header({"member": "echo"}), *payload)
+
+    def message(self) -> list[bytes]:
+        """One bad (or barely valid) client message, from a family picked at random."""
+        r, rid = self.rng, self.rid()
+        family = r.choice(self.families)
+        if family == 0:  # pure noise
+            return [self.junk(1) for _ in range(r.randint(1, 6))]
+        if family == 1:  # wrong protocol version
+            return [r.choice([b"de-magic/0", b"de-magic/2", b"", self.junk(1, 12)]), r.choice(list(ANSWERED_TYPES)), rid]
+        if family == 2:  # unknown type
+            return [P.VERSION, r.choice([b"", b"call", b"NOPE", self.junk(1, 8)]), rid, self.junk()]
+        if family == 3:  # missing frames
+            return [P.VERSION, r.choice([P.CALL, P.LIST]), rid][: r.randint(1, 3)]
+        if family == 4:  # a listing query that is not JSON
+            return P.encode(P.LIST, rid, r.choice([self.junk(), b"[1,2]", b"{bad json"]))
+        if family == 5:  # garbage pickles for the real backend
+            return P.encode(P.CALL, rid, self.backend, b"", P.dump_header({"member": "echo"}), *[
+                self.junk(0, 200) for _ in range(r.randint(0, 3))])
+        if family == 6:  # headers of the wrong shape
+            header = r.choice([b"[]", b"null", b'{"member": ["x"]}', b'{"op": {"a": 1}}', b'{"member": "nope"}',
+                               b'{"member": "echo", "method": 7}', self.junk()])
+            return P.encode(P.CALL, rid, self.backend, b"", header, *serialize.dumps(((1,), {})))
+        if family == 7:  # unknown backends and pinned workers that never existed
+            return P.encode(P.CALL, rid, r.choice([self.junk(1, 20), b"", self.backend]), self.junk(0, 10),
+                            b"{}", b"")
+        if family == 8:  # over the broker's size limit (but under the socket's hard limit)
+            return P.encode(P.CALL, rid, self.backend, b"", b"{}", bytes(MAX_MESSAGE + r.randint(1, 50_000)))
+        if family == 9:  # a worker's messages from a stranger
+            return [P.VERSION, r.choice([P.READY, P.SLOT, P.REPLY, P.EVENT, P.ERROR, P.HEARTBEAT, P.BYE]),
+                    *[self.junk() for _ in range(r.randint(0, 4))]]
+        if family == 10:  # queries and cancels of requests that do not exist
+            return P.encode(r.choice([P.QUERY, P.CANCEL]), rid)
+        frames = self.valid_call(rid)  # a valid call, mutated
+        for _ in range(r.randint(1, 3)):
+            i = r.randrange(len(frames))
+            kind = r.randrange(3)
+            if kind == 0 and i > 2:
+                frame = bytearray(frames[i])
+                if frame:
+                    frame[r.randrange(len(frame))] ^= 1 << r.randrange(8)
+                frames[i] = bytes(frame)
+            elif kind == 1 and i > 2:
+                del frames[i]
+            else:
+                frames.insert(i, self.rid() + self.junk())  # unique: it may end up as the request id
+        return frames
+
+
+def expects_answer(frames: list[bytes]) -> bytes | None:
+    """The request id the broker must answer, by the protocol's rule: client types with a request id,
+    except a well-formed CANCEL (which has no answer)."""
+    if len(frames) < 3 or frames[1] not in ANSWERED_TYPES:
+        return None
+    if frames[1] == P.CANCEL and frames[0] == P.VERSION:
+        return None
+    return frames[2]
+
+
+def bad_input_logged(log_text: str, who: str) -> int:
+    """Bad messages the log accounts for: one line each, plus the counts of rate-limited summaries."""
+    total = 0
+    for line in log_text.splitlines():
+        if f"de_magic.{who} WARNING: bad input: " not in line:
+            continue
+        more = re.search(r"bad input: (\d+) more in the last", line)
+        total += int(more.group(1)) if more else 1
+    return total
+
+
+def collect(socks: list[zmq.Socket], answers: dict[bytes, list], until: float, want: set[bytes]) -> None:
+    """Read answers until all of ``want`` came (then until quiet, so nothing waits in the broker's queues)."""
+    poller = zmq.Poller()
+    for sock in socks:
+        poller.register(sock, zmq.POLLIN)
+    while time.monotonic() < until:
+        ready = poller.poll(100 if want <= answers.keys() else 20)
+        if not ready and want <= answers.keys():
+            return
+        for sock, _ in ready:
+            while sock.poll(0):
+                frames = sock.recv_multipart()
+                if len(frames) >= 3 and frames[1] in (P.REPLY, P.ERROR, P.STATUS):  # not DISCONNECTs
+                    answers.setdefault(frames[2], []).append((sock, frames[1]))
+
+
+def test_broker_survives_a_fuzz_storm(processes, tmp_path):
+    cluster = Cluster(processes)
+    log = tmp_path / "broker.log"
+    cluster.broker = start_logged(processes, "broker", "--bind", cluster.url, "--heartbeat", str(HEARTBEAT),
+                                  "--max-message-size", str(MAX_MESSAGE), log=log, env=STEADY_MALLOC)
+    wait_for(cluster._answers, what="broker")
+    cluster.start_backend("de_magic.demo.hello", "hello_world")
+    ctx = zmq.Context.instance()
+    socks = [ctx.socket(zmq.DEALER) for _ in range(4)]
+    for sock in socks:
+        sock.linger = 0
+        sock.connect(cluster.url)
+    fuzzer = Fuzzer(seed=5, backend="hello_world")
+    senders: dict[bytes, zmq.Socket] = {}
+    answers: dict[bytes, list] = {}
+
+    def storm(count: int) -> float:
+        start = time.monotonic()
+        for batch in range(0, count, 100):  # drain between batches: the broker drops answers past its HWM
+            for _ in range(100):
+                frames = fuzzer.message()
+                sock = fuzzer.rng.choice(socks)
+                sock.send_multipart(frames)
+                rid = expects_answer(frames)
+                if rid is not None:
+                    senders[rid] = sock
+            collect(socks, answers, time.monotonic() + 0.01, {b"not yet"})
+        elapsed = time.monotonic() - start
+        collect(socks, answers, time.monotonic() + 15, set(senders))
+        return elapsed
+
+    try:
+        storm(MESSAGES)  # warm up: first-use allocations and the allocator's pools are not leaks
+        rss_before = rss_kib(cluster.broker.pid)
+        elapsed = storm(MESSAGES)
+        rss_after = rss_kib(cluster.broker.pid)
+        missing = set(senders) - answers.keys()
+        assert not missing, f"{len(missing)} messages with a return address got no answer"
+        twice = {rid: a for rid, a in answers.items() if len(a) > 1}
+        assert not twice, f"{len(twice)} answered more than once, e.g. {next(iter(twice))!r}"
+        assert all(a[0][0] is senders[rid] for rid, a in answers.items() if rid in senders), "answer to a wrong peer"
+        kinds = [a[0][1] for a in answers.values()]
+        # a socket-level limit: a frame past it drops that connection, but not the broker
+        huge = ctx.socket(zmq.DEALER)
+        huge.linger = 0
+        huge.connect(cluster.url)
+        huge.send_multipart(P.encode(P.CALL, b"huge", b"hello_world", b"", b"{}", bytes(MAX_MESSAGE + (2 << 20))))
+        huge.close()
+        # still serving, and every bad message is in the log
+        assert cluster.client.call("hello_world", "echo", ("after the storm",)) == "after the storm"
+        counted = cluster.client.listing(api=False)["broker"]
+        assert counted["requests"] == 0 and counted["queued"] == 0
+        wait_for(lambda: bad_input_logged(log.read_text(), "broker") >= counted["bad_messages"], timeout=5,
+                 what="the log to account for every bad message")
+        print(f"\nbroker fuzz: 2 x {MESSAGES} messages, the second round in {elapsed:.2f} s "
+              f"({MESSAGES / elapsed:.0f}/s); {len(senders)} with a return address, all answered once "
+              f"({kinds.count(P.ERROR)} errors, {kinds.count(P.REPLY)} replies, {kinds.count(P.STATUS)} statuses); "
+              f"{counted['bad_messages']} bad messages logged; RSS {rss_before} -> {rss_after} KiB")
+        assert counted["bad_messages"] >= MESSAGES // 4
+        assert rss_after - rss_before < 8_000, (rss_before, rss_after)
+        assert cluster.broker.poll() is None
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def test_backend_survives_a_fuzz_storm(tmp_path):
+    """The backend behind a fake broker: we bind the ROUTER, it connects and registers its slots."""
+    procs = Processes()
+    ctx = zmq.Context.instance()
+    router = ctx.socket(zmq.ROUTER)
+    router.linger = 0
+    url = f"tcp://127.0.0.1:{free_port()}"
+    router.bind(url)
+    log = tmp_path / "backend.log"
+    try:
+        backend = start_logged(procs, "serve", "de_magic.demo.hello", "--name", "hello_world", "--broker", url,
+                               "--max-workers", "2", log=log, env=STEADY_MALLOC)
+        control, slots = None, set()
+        deadline = time.monotonic() + 30
+        while (control is None or len(slots) < 2) and time.monotonic() < deadline:
+            if router.poll(200):
+                frames = router.recv_multipart()
+                if frames[2] == P.READY:
+                    control = frames[0]
+                elif frames[2] == P.SLOT:
+                    slots.add(frames[0])
+        assert control is not None and len(slots) == 2, "backend did not register"
+        peers = [control, *sorted(slots)]
+        fuzzer = Fuzzer(seed=7, backend="hello_world")
+        expected, answers = set(), {}
+
+        def drain(until: float, want: set) -> None:
+            while time.monotonic() < until and not want <= answers.keys():
+                if router.poll(50):
+                    frames = router.recv_multipart()
+                    if len(frames) >= 5 and frames[2] in (P.REPLY, P.ERROR):
+                        answers.setdefault(frames[4], []).append(frames[2])
+
+        def to_worker(frames: list[bytes]) -> list[bytes]:
+            """A fuzz message in the broker -> worker shape: CALL gains the client's address."""
+            if len(frames) > 2 and frames[0] == P.VERSION and frames[1] == P.CALL:
+                return [P.VERSION, P.CALL, b"client", frames[2], *frames[5:]]
+            return frames
+
+        certainly_bad = 0
+
+        def storm(count: int) -> float:
+            nonlocal certainly_bad
+            start = time.monotonic()
+            for i in range(count):
+                frames = to_worker(fuzzer.message())
+                peer = fuzzer.rng.choice(peers)
+                router.send_multipart([peer, *frames])
+                certainly_bad += len(frames) < 2 or frames[0] != P.VERSION or frames[1] not in P.TO_WORKER
+                if peer != control and len(frames) >= 5 and frames[:2] == [P.VERSION, P.CALL]:
+                    expected.add(frames[3])
+                if i % 50 == 0:
+                    router.send_multipart([control, *P.encode(P.HEARTBEAT)])
+                    drain(time.monotonic() + 0.005, set())
+            elapsed = time.monotonic() - start
+            drain(time.monotonic() + 20, expected)
+            return elapsed
+
+        storm(MESSAGES // 2)  # warm up
+        rss_before = rss_kib(backend.pid)
+        elapsed = storm(MESSAGES // 2)
+        missing = expected - answers.keys()
+        assert not missing, f"{len(missing)} calls with a return address got no answer"
+        assert all(len(a) == 1 for a in answers.values())
+        # still serving a correct call on every slot
+        for slot in slots:
+            rid = fuzzer.rid()
+            router.send_multipart([slot, P.VERSION, P.CALL, b"client", rid, P.dump_header({"member": "echo"}),
+                                   *serialize.dumps((("fine",), {}))])
+            drain(time.monotonic() + 10, {rid})
+            assert answers[rid] == [P.REPLY]
+        rss_after = rss_kib(backend.pid)
+        assert backend.poll() is None
+        logged = wait_for(lambda: (n := bad_input_logged(log.read_text(), "backend")) >= certainly_bad and n,
+                          timeout=5, what=f"the log to account for at least {certainly_bad} bad messages")
+        print(f"\nbackend fuzz: 2 x {MESSAGES // 2} messages, the second round in {elapsed:.2f} s "
+              f"({MESSAGES / 2 / elapsed:.0f}/s); "
+              f"{len(expected)} calls answered once each, {logged} bad messages logged; "
+              f"RSS {rss_before} -> {rss_after} KiB")
+        assert rss_after - rss_before < 8_000, (rss_before, rss_after)
+    finally:
+        router.close()
+        procs.stop_all()
