@@ -17,6 +17,7 @@ ipyparallel ``apply_sync`` on one engine (skipped if ipyparallel is absent).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import pickle
 import socket
@@ -286,13 +287,12 @@ def main() -> None:
         return many_backends(args.many_backends)
 
     systems: list[System] = [RawReqRep(), RawRelay(), DeMagic()]
-    if not args.no_ipyparallel:
-        try:
-            import ipyparallel  # noqa: F401
-
-            systems.append(IPyParallel())
-        except ImportError:
-            print("(ipyparallel not installed: skipped)")
+    if args.no_ipyparallel:
+        pass
+    elif importlib.util.find_spec("ipyparallel"):
+        systems.append(IPyParallel())
+    else:
+        print("(ipyparallel not installed: skipped; pip install -e '.[bench]')")
     small, large = np.ones(1_000_000), np.ones(10_000_000)
     results: dict[str, dict[str, list[float]]] = {s.name: {} for s in systems}
     for rep in range(args.reps):
