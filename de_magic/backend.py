@@ -39,7 +39,7 @@ from .badinput import BadInput
 from .errors import Cancelled, DeMagicError, PayloadTooLarge, ProtocolMismatch, Refused, RemoteError, UnknownMethod
 from .schema import check_arguments, describe, validate_arguments
 from .security import Security, allowed_callers
-from .wire import send_frames
+from .wire import PerThread, send_frames
 
 log = logging.getLogger("de_magic.backend")
 
@@ -131,8 +131,7 @@ class Backend:
         self._local = threading.local()
         base = f"inproc://de-magic-backend-{id(self)}"
         self._out_url, self._stop_url, self._slots_url = base + "-out", base + "-stop", base + "-slots"
-        self._out_sockets: list[zmq.Socket] = []
-        self._out_lock = threading.Lock()
+        self._out = PerThread(self._new_out_socket)
         self._threads: list[threading.Thread] = []
         self._stopped = threading.Event()
         self.registered = threading.Event()
@@ -191,10 +190,7 @@ class Backend:
             for thread in self._threads:
                 if thread is not threading.current_thread():
                     thread.join(max(0.0, deadline - time.monotonic()))
-        with self._out_lock:
-            for sock in self._out_sockets:
-                sock.close(linger=0)
-            self._out_sockets.clear()
+        self._out.close()
 
     def configure_socket(self, sock: zmq.Socket) -> None:
         """Hook for security settings (CURVE) before connecting."""
@@ -389,16 +385,14 @@ class Backend:
 
     def _send(self, mtype: bytes, client: bytes, rid: bytes, header: bytes, *payload) -> None:
         """Send a message for a call: on this thread's slot connection, else via the I/O thread."""
-        sock = getattr(self._local, "slot", None)
-        if sock is None:
-            sock = getattr(self._local, "out", None)
-            if sock is None:
-                sock = self._local.out = self._ctx.socket(zmq.PUSH)
-                sock.linger = 1000
-                sock.connect(self._out_url)
-                with self._out_lock:
-                    self._out_sockets.append(sock)
+        sock = getattr(self._local, "slot", None) or self._out.get()
         send_frames(sock, [P.VERSION, mtype, client, rid, header, *payload])
+
+    def _new_out_socket(self) -> zmq.Socket:
+        sock = self._ctx.socket(zmq.PUSH)
+        sock.linger = 1000
+        sock.connect(self._out_url)
+        return sock
 
     def _execute(self, call: Call) -> None:
         with call.lock:

@@ -36,7 +36,7 @@ from .errors import (BackendLost, CallTimeout, PayloadTooLarge, ProtocolMismatch
                      UnknownMethod, from_header)
 from .progress_display import default_progress
 from .security import Security
-from .wire import send_frames
+from .wire import PerThread, send_frames
 
 EventHandler = Callable[[dict, list], None]
 
@@ -86,8 +86,7 @@ class Client:
         self.max_message_size = max_message_size
         self.on_progress = on_progress
         self._ctx = context or zmq.Context.instance()
-        self._local = threading.local()
-        self._sockets: list[zmq.Socket] = []
+        self._sockets = PerThread(self._new_socket)
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
         self._apis: dict[str, tuple[str, dict]] = {}  # backend -> (api tag, api) seen in listings
@@ -122,10 +121,7 @@ class Client:
         self._closed = True
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
-        with self._lock:
-            for sock in self._sockets:
-                sock.close(linger=0)
-            self._sockets.clear()
+        self._sockets.close()
 
     def configure_socket(self, sock: zmq.Socket) -> None:
         """Hook for security settings (CURVE) before connecting."""
@@ -135,19 +131,17 @@ class Client:
 
     # -- low level -------------------------------------------------------------
 
-    def _socket(self) -> zmq.Socket:
-        sock = getattr(self._local, "socket", None)
-        if sock is None or sock.closed:
-            if self._closed:
-                raise RuntimeError(f"{self!r} is closed")
-            sock = self._ctx.socket(zmq.DEALER)
-            sock.linger = 0
-            self.configure_socket(sock)
-            sock.connect(self.url)
-            self._local.socket = sock
-            with self._lock:
-                self._sockets.append(sock)
+    def _new_socket(self) -> zmq.Socket:
+        sock = self._ctx.socket(zmq.DEALER)
+        sock.linger = 0
+        self.configure_socket(sock)
+        sock.connect(self.url)
         return sock
+
+    def _socket(self) -> zmq.Socket:
+        if self._closed:
+            raise RuntimeError(f"{self!r} is closed")
+        return self._sockets.get()
 
     def request(
         self,
