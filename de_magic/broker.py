@@ -239,7 +239,7 @@ class Broker:
         next_beat = time.monotonic() + self.heartbeat
         try:
             while True:
-                wake = min(next_beat, self._next_reap)  # security branch: reap between beats
+                wake = min(next_beat, self._next_reap)  # a silent worker is reaped between beats too
                 events = dict(poller.poll(max(0.0, wake - time.monotonic()) * 1000))
                 if self._stopper in events:
                     break
