@@ -291,7 +291,10 @@ class Client:
                 except BaseException as exc:
                     future.set_exception(exc)
 
-        self._pool.submit(run)
+        started = self._pool.submit(run)
+        # close() drops calls still waiting for a pool thread: their futures must end too
+        started.add_done_callback(
+            lambda job: job.cancelled() and future.cancel() and future.set_running_or_notify_cancel())
         return future
 
     # -- discovery -------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import inspect
 import json
 import os
@@ -130,6 +131,17 @@ def test_submit_returns_futures_that_asyncio_can_await(hello):
         return await asyncio.gather(*(hw.Stats().mean.submit([1.0, float(i)]) for i in range(5)))
 
     assert asyncio.run(gather()) == [(1.0 + i) / 2 for i in range(5)]
+
+
+def test_closing_a_client_ends_every_submitted_call(hello):
+    # more calls than the submit pool has threads: some wait in the pool when the client closes
+    client = Client(hello.url, heartbeat=HEARTBEAT)
+    futures = [client.submit("hello_world", "slow_sum", (), {"n": 10, "delay": 0.1}) for _ in range(40)]
+    time.sleep(0.3)
+    client.close()
+    done, not_done = concurrent.futures.wait(futures, timeout=10)
+    assert not not_done, f"{len(not_done)} calls never ended"
+    assert any(f.cancelled() for f in futures)  # those that had not started
 
 
 def test_progress_events_reach_the_caller(hello):
