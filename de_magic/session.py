@@ -24,7 +24,7 @@ from typing import Callable
 
 from . import serialize
 from .client import Client
-from .errors import BackendLost, RemoteError
+from .errors import BackendLost, Refused, RemoteError
 
 #: Event kind (``header["event"]``) -> ``handler(header, frames, session)`` for the events of a
 #: session's requests that are not output: progress bars and widget messages register here.
@@ -161,6 +161,9 @@ class RemoteSession:
         Output events go to ``on_output`` (default: :func:`render`), other events
         to :data:`EVENT_HANDLERS`; unknown events are ignored.
         """
+        if self.client.codec == serialize.JSON:
+            # code, pushed and pulled values travel as pickles, which such a client promises never to load
+            raise Refused(f"sessions exchange pickles, and {self.client!r} unpickles nothing (codec='json')")
         show = on_output or render
 
         def on_event(event: dict, frames: list) -> None:

@@ -19,6 +19,7 @@ from de_magic import protocol as P
 from de_magic.errors import DeMagicError, Refused
 from de_magic.jsoncodec import TAG
 from de_magic.security import Security, is_loopback
+from de_magic.session import RemoteSession
 
 from conftest import HEARTBEAT, ROOT, Cluster, Processes, curve_keys, free_port, start_logged, wait_for
 
@@ -250,6 +251,18 @@ def test_no_pickle_excludes_code_execution_and_other_operations(nopickle):
         Backend("x", {}, codec="json", allow_code=True)
     with pytest.raises(Refused, match="only JSON calls"):
         nopickle.client.request("plain_json", {"op": "exec", "codec": "json"}, serialize.dumps_json("print(1)"))
+
+
+def test_a_json_client_runs_no_session_because_sessions_exchange_pickles(hello, tmp_path):
+    trap = tmp_path / "unpickled"
+    cell = ("class Trap:\n"
+            "    def __reduce__(self):\n"
+            f"        return open, ({str(trap)!r}, 'w')\n"
+            "trap = Trap()\n")
+    with Client(hello.url, timeout=10, heartbeat=HEARTBEAT, codec="json") as careful:
+        with pytest.raises(Refused, match="unpickles nothing"):
+            RemoteSession(careful, "hello_world").execute(cell, pull=["trap"])
+    assert not trap.exists()
 
 
 # -- the JSON encoding itself --------------------------------------------------------------------
