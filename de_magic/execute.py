@@ -349,7 +349,7 @@ def code_operations(backend: Backend) -> dict[str, Operation]:
             raise Refused(f"backend {backend.name!r} does not run code; start it with --allow-code "
                           "(or main(..., allow_code=True)) to accept %%remote cells")
 
-        return {"exec": Operation(refuse)}
+        return {op: Operation(refuse) for op in ("exec", "end", "comm")}
     from . import comms  # widgets created by remote code talk to the caller's notebook
 
     # Agg-based and shows plt.show() figures as display data; must be chosen before pyplot loads

@@ -183,6 +183,10 @@ def test_backend_without_code_refuses(kernel, code_cluster):
     assert "does not run code" in "\n".join(reply["content"]["traceback"])
     with pytest.raises(Refused, match="--allow-code"):
         RemoteSession(code_cluster.client, "ocean_model").execute("1 + 1")
+    # every operation of code execution is refused alike, not only running a cell
+    for op in ({"op": "end"}, {"op": "comm", "comm_id": "x", "msg_type": "comm_msg"}):
+        with pytest.raises(Refused, match="--allow-code"):
+            RemoteSession(code_cluster.client, "ocean_model").request(op)
 
 
 def test_interrupt_stops_the_remote_execution(kernel):
