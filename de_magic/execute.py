@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import logging
 import os
 import sys
 import threading
@@ -27,6 +28,8 @@ from types import ModuleType
 from . import serialize
 from .backend import Backend, Call, Operation, current_call
 from .errors import Refused
+
+log = logging.getLogger("de_magic.execute")
 
 INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
 FLUSH_INTERVAL = 0.05
@@ -77,10 +80,14 @@ class Capture:
         with self._lock:
             queued, self._queue = self._queue, []
             for event, data, payload in queued:
-                if event == "stream":
-                    self.call.emit(event, {"name": data, "text": "".join(payload)})
-                else:
-                    self.call.emit(event, data, payload)
+                try:
+                    if event == "stream":
+                        self.call.emit(event, {"name": data, "text": "".join(payload)})
+                    else:
+                        self.call.emit(event, data, payload)
+                except Exception:  # noqa: BLE001 - e.g. a widget's buffer that is no bytes: the one
+                    # flusher thread must live on, or every later cell waits for it for ever
+                    log.exception("could not send a %r event of a running cell; dropped", event)
             self._drained.notify_all()
 
     def close(self) -> None:

@@ -253,3 +253,14 @@ def test_closing_a_session_frees_its_namespace(hello):
     other = RemoteSession(hello.client, "hello_world", session.key)  # same key: a fresh namespace now
     with pytest.raises(NameError):
         other.pull("big")
+
+
+def test_an_event_that_cannot_be_sent_does_not_stop_later_output(hello):
+    session = RemoteSession(hello.client, "hello_world")
+    # widget data with a cycle has no JSON form: that message is dropped (and logged) as it is sent
+    session.execute("import comm\nd = {}\nd['d'] = d\nc = comm.create_comm(target_name='t', data=d)",
+                    on_output=lambda output: None, timeout=10)
+    seen = []
+    session.execute("print('still streaming')", on_output=seen.append, timeout=10)
+    assert "".join(o.get("text", "") for o in seen) == "still streaming\n"
+
