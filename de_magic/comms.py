@@ -48,9 +48,11 @@ class RelayComm(BaseComm):
 
         header = {"comm_id": self.comm_id, "data": data or {}, "metadata": metadata or {},
                   "worker": call.backend.id.hex(), **keys}
+        # a buffer that is no bytes raises here, in the widget's code, not later half-way through a message
+        frames = [memoryview(buffer) for buffer in buffers or ()]
         # through the output capture when there is one, so a widget opens before the display that shows it
         send = execute.emit if execute.active() is not None else call.emit
-        send(msg_type, header, list(buffers or ()))
+        send(msg_type, header, frames)
 
 
 _local_create_comm: Callable | None = None

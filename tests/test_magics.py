@@ -12,7 +12,7 @@ import pytest
 from jupyter_client import KernelManager
 
 from de_magic.errors import BackendLost, Refused
-from de_magic.session import RemoteSession
+from de_magic.session import CellError, RemoteSession
 
 from conftest import ROOT, Cluster, Processes
 
@@ -264,3 +264,13 @@ def test_an_event_that_cannot_be_sent_does_not_stop_later_output(hello):
     session.execute("print('still streaming')", on_output=seen.append, timeout=10)
     assert "".join(o.get("text", "") for o in seen) == "still streaming\n"
 
+
+
+def test_a_widget_buffer_that_is_no_bytes_fails_in_the_cell(hello):
+    session = RemoteSession(hello.client, "hello_world")
+    # as in a kernel, it fails where it is given, not half-way through sending a message
+    with pytest.raises(CellError, match="memoryview"):
+        session.execute("import comm\ncomm.create_comm(target_name='t', buffers=['not bytes'])", timeout=10).result()
+    seen = []
+    session.execute("print('still streaming')", on_output=seen.append, timeout=10)
+    assert "".join(o.get("text", "") for o in seen) == "still streaming\n"
