@@ -451,6 +451,8 @@ class Broker:
         only = query.get("name")
         with_api = query.get("api", True)
         known = query.get("known") or {}
+        if not (only is None or isinstance(only, str)) or not isinstance(known, dict):
+            raise P.ProtocolError("LIST query: 'name' must be a string and 'known' an object")
         services = [s for s in self.services.values()
                     if s.workers and (only is None or s.name == only) and self._may_use(s, frames[0])]
         body = b",".join(json.dumps(s.name).encode() + b":" + s.describe(with_api, known.get(s.name))

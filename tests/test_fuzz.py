@@ -281,3 +281,24 @@ def test_backend_survives_a_fuzz_storm(tmp_path):
     finally:
         router.close()
         procs.stop_all()
+
+
+def _raw_peer(url: str) -> zmq.Socket:
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.linger = 0
+    sock.connect(url)
+    return sock
+
+
+def test_listing_queries_of_the_wrong_shape_are_answered(hello):
+    sock = _raw_peer(hello.url)
+    try:
+        for n, query in enumerate([b'{"known": [1]}', b'{"known": "x"}', b'{"name": ["x"]}']):
+            rid = b"query%d" % n
+            sock.send_multipart(P.encode(P.LIST, rid, query))
+            assert sock.poll(5000), f"no answer to the LIST query {query!r}"
+            frames = sock.recv_multipart()
+            assert frames[1:3] == [P.ERROR, rid] and P.load_header(frames[3])["kind"] == "protocol", frames
+    finally:
+        sock.close()
+
