@@ -469,13 +469,13 @@ class Broker:
 
     def _on_ready(self, address: bytes, frames) -> None:
         name = frames[0].bytes.decode("utf-8", "replace")
-        info = P.load_header(frames[1])
+        info = P.load_ready_info(frames[1])
         service = self.services.get(name) or self.services.setdefault(name, Service(name))
         service.set_api(info.get("api", {}))
         service.allow_code = bool(info.get("allow_code", False))
         service.codec = "json" if info.get("codec") == "json" else "pickle"
         allowed = info.get("allow_clients")
-        service.restrict(address, None if allowed is None else frozenset(map(str, allowed)))
+        service.restrict(address, None if allowed is None else frozenset(allowed))
         for item in [q for q in service.queue if not self._may_use(service, q.frames[0])]:
             service.queue.remove(item)  # queued while the broker (re)started, before the rules were known
             self._refuse(item.client, item.rid, name, item.frames[0])

@@ -110,3 +110,21 @@ def load_header(frame) -> dict:
 def error_header(kind: str, message: str, **extra) -> bytes:
     """Header of an ERROR message; ``kind`` is one of the names in :mod:`de_magic.errors`."""
     return dump_header({"kind": kind, "message": message, **extra})
+
+
+def load_ready_info(frame) -> dict:
+    """Decode the info frame of READY, checking the fields the broker relies on.
+
+    The broker checks before it changes anything, so a malformed registration
+    cannot leave half-applied state (an API or a caller restriction) on a live backend name.
+    """
+    info = load_header(frame)
+    for key in ("capacity", "queue"):
+        if key in info and type(info[key]) is not int:
+            raise ProtocolError(f"READY info: {key!r} must be an integer")
+    if not isinstance(info.get("api", {}), dict):
+        raise ProtocolError("READY info: 'api' must be an object")
+    allowed = info.get("allow_clients")
+    if allowed is not None and not (isinstance(allowed, list) and all(isinstance(k, str) for k in allowed)):
+        raise ProtocolError("READY info: 'allow_clients' must be a list of strings")
+    return info

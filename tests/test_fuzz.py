@@ -302,3 +302,16 @@ def test_listing_queries_of_the_wrong_shape_are_answered(hello):
     finally:
         sock.close()
 
+
+
+def test_a_malformed_registration_changes_nothing(hello):
+    sock = _raw_peer(hello.url)
+    try:
+        # a READY whose capacity is no number, under a live name, asking to admit nobody
+        info = {"api": {}, "capacity": "many", "allow_clients": []}
+        sock.send_multipart(P.encode(P.READY, b"hello_world", P.dump_header(info)))
+        wait_for(lambda: hello.client.listing(api=False)["broker"]["bad_messages"] >= 1, what="the bad READY")
+        assert hello.client.call("hello_world", "echo", ("still open",)) == "still open"
+        assert "compute_sum" in hello.client.listing()["backends"]["hello_world"]["api"]["members"]
+    finally:
+        sock.close()

@@ -58,3 +58,15 @@ def test_error_headers_map_to_exception_types():
     assert err.remote_type == "ValueError" and "Traceback" in str(err)
     custom = from_header({"kind": "remote", "type": "nowhere.Custom", "message": "x"})
     assert type(custom) is RemoteError and custom.remote_type == "nowhere.Custom"
+
+
+@pytest.mark.parametrize("info, needle", [
+    (b'{"capacity": "many"}', "'capacity' must be an integer"),
+    (b'{"queue": 1.5}', "'queue' must be an integer"),
+    (b'{"api": []}', "'api' must be an object"),
+    (b'{"allow_clients": "alice"}', "'allow_clients' must be a list"),
+])
+def test_ready_info_is_checked_before_use(info, needle):
+    with pytest.raises(P.ProtocolError, match=needle):
+        P.load_ready_info(info)
+    assert P.load_ready_info(b'{"capacity": 4, "queue": 10, "allow_clients": ["alice"]}')["capacity"] == 4
