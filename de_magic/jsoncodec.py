@@ -7,7 +7,7 @@ with the key :data:`TAG` (the format is documented in ``docs/json-encoding.md``)
 
 * ``ndarray``: ``dtype`` (numpy's dtype string), ``shape`` and ``data``, the
   raw little/big-endian bytes as base64, so values and dtypes come back exactly;
-  arrays of Python objects are refused;
+  arrays of Python objects travel as ``items``, a list of JSON values, never as raw bytes;
 * ``pandas.Index``, ``pandas.Series``, ``pandas.DataFrame``: their values as
   ``ndarray`` objects plus the pandas dtype names;
 * ``xarray.DataArray`` / ``xarray.Dataset``: xarray's own ``to_dict`` layout
