@@ -12,8 +12,10 @@ from .errors import (
     BackendLost,
     Busy,
     CallTimeout,
+    Cancelled,
     DeMagicError,
     PayloadTooLarge,
+    ProtocolMismatch,
     Refused,
     RemoteError,
     UnknownBackend,
@@ -24,8 +26,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Backend", "Broker", "Client", "main",
-    "BackendLost", "Busy", "CallTimeout", "DeMagicError", "PayloadTooLarge", "Refused", "RemoteError",
-    "UnknownBackend", "UnknownMethod",
+    "BackendLost", "Busy", "CallTimeout", "Cancelled", "DeMagicError", "PayloadTooLarge", "ProtocolMismatch",
+    "Refused", "RemoteError", "UnknownBackend", "UnknownMethod",
 ]
 
 

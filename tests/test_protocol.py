@@ -70,3 +70,11 @@ def test_ready_info_is_checked_before_use(info, needle):
     with pytest.raises(P.ProtocolError, match=needle):
         P.load_ready_info(info)
     assert P.load_ready_info(b'{"capacity": 4, "queue": 10, "allow_clients": ["alice"]}')["capacity"] == 4
+
+
+def test_every_error_a_caller_can_meet_is_exported():
+    import de_magic
+    from de_magic.errors import DeMagicError
+
+    for cls in DeMagicError.__subclasses__():
+        assert getattr(de_magic, cls.__name__, None) is cls and cls.__name__ in de_magic.__all__, cls
