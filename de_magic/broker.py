@@ -198,8 +198,15 @@ class Broker:
         # A frame larger than this is cut off by libzmq before it reaches Python; the
         # configured limit itself is checked per message below, with an answer.
         sock.maxmsgsize = self.max_message_size + (1 << 20)
-        self.configure_socket(sock)
-        sock.bind(self.url)
+        try:
+            self.configure_socket(sock)
+            sock.bind(self.url)
+        except BaseException:  # e.g. the address is taken: leave no socket or ZAP thread behind
+            sock.close()
+            if self._auth is not None:
+                self._auth.stop()
+                self._auth = None
+            raise
         self.url = sock.last_endpoint.decode().replace("0.0.0.0", "127.0.0.1")
         self._socket = sock
         # backends that were connected before a restart come back within a heartbeat or two

@@ -7,6 +7,7 @@ import pickle
 import stat
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pandas as pd
@@ -14,7 +15,7 @@ import pytest
 import xarray as xr
 import zmq
 
-from de_magic import Backend, Client, serialize
+from de_magic import Backend, Broker, Client, serialize
 from de_magic import protocol as P
 from de_magic.errors import DeMagicError, Refused
 from de_magic.jsoncodec import TAG
@@ -186,6 +187,20 @@ def test_a_key_alone_does_not_make_a_local_broker_curve(tmp_path):
     finally:
         sock.close()
 
+
+def test_a_broker_that_cannot_bind_leaves_no_authenticator_running(tmp_path):
+    keys = curve_keys(tmp_path)
+    taken = zmq.Context.instance().socket(zmq.ROUTER)
+    url = f"tcp://127.0.0.1:{free_port()}"
+    taken.bind(url)
+    try:
+        before = threading.active_count()
+        broker = Broker(url, security=Security(key=keys["broker"], allowed_keys=keys["allowed"]))
+        with pytest.raises(zmq.ZMQError):
+            broker.bind()
+        assert threading.active_count() == before
+    finally:
+        taken.close()
 
 # -- no-pickle mode ----------------------------------------------------------------------------
 
