@@ -97,7 +97,12 @@ class LocalCluster:
 def start_local(client: Client) -> LocalCluster:
     """Start a broker at ``client.url`` with the demo backends, and wait until they are ready."""
     cluster = LocalCluster(client.url)
-    for name, (module, extra) in DEMO_BACKENDS.items():
-        cluster.serve(name, module, *extra)
-    cluster.wait_registered(client)
+    try:
+        for name, (module, extra) in DEMO_BACKENDS.items():
+            cluster.serve(name, module, *extra)
+        cluster.wait_registered(client)
+    except BaseException:
+        # else the broker would keep the address, and the next attempt would find a broker without backends
+        cluster.stop()
+        raise
     return cluster

@@ -363,6 +363,17 @@ def test_demo_command_starts_and_stops_cleanly(tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
 
 
+def test_a_local_start_that_fails_stops_what_it_started(monkeypatch):
+    from conftest import free_port
+    from de_magic import local
+
+    monkeypatch.setitem(local.DEMO_BACKENDS, "broken", ("de_magic.no_such_module", ()))
+    with Client(f"tcp://127.0.0.1:{free_port()}", timeout=5, heartbeat=HEARTBEAT) as client:
+        with pytest.raises(RuntimeError, match="broken"):
+            local.start_local(client)
+        # nothing of it is left: the address is free again for the next attempt
+        local.LocalCluster(client.url).stop()
+
 def test_repeated_listing_sends_only_changed_apis(hello):
     import zmq
 
