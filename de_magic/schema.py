@@ -337,7 +337,7 @@ def _object_schema(title: str, params: list[dict]) -> dict:
 MAX_CHECKED_ITEMS = 10_000
 
 _Check = tuple[Callable[[object], bool], str, inspect._ParameterKind]
-_checkers: dict[object, tuple[inspect.Signature, dict[str, _Check], str]] = {}
+_checkers: dict[object, tuple[inspect.Signature, dict[str, _Check], dict[str, TypeAdapter], str]] = {}
 
 
 def check_arguments(func, args: tuple, kwargs: dict) -> None:
@@ -346,12 +346,14 @@ def check_arguments(func, args: tuple, kwargs: dict) -> None:
     Missing and unexpected arguments are caught, and values whose type does not
     match a simple annotation (int, float, str, bool, None, Literal, unions and
     builtin containers of those).  Anything else (numpy, classes, ...) passes.
+    Values outside the bounds an ``Annotated`` hint declares (``Field(le=10)``)
+    raise ValueError: the schema promises them to callers, so the call honours them.
     """
     target = getattr(func, "__func__", func)  # bound methods are new objects at each access
     try:
-        sig, checks, name = _checkers[target]
+        sig, checks, limits, name = _checkers[target]
     except KeyError:
-        sig, checks, name = _checkers[target] = _compile_checks(target)
+        sig, checks, limits, name = _checkers[target] = _compile_checks(target)
     if target is not func:
         args = (func.__self__, *args)
     try:
@@ -367,16 +369,29 @@ def check_arguments(func, args: tuple, kwargs: dict) -> None:
             if not accepts(item):
                 raise TypeError(f"{name}() argument {key!r}: expected {expected}, "
                                 f"got {type(item).__name__} ({reprlib.repr(item)})")
+    for key, adapter in limits.items():
+        if key in bound.arguments:
+            try:
+                adapter.validate_python(bound.arguments[key])
+            except ValueError as exc:  # pydantic's ValidationError
+                reason = exc.errors()[0]["msg"] if hasattr(exc, "errors") else str(exc)
+                raise ValueError(f"{name}() argument {key!r}: {reason}, got {reprlib.repr(bound.arguments[key])}") from None
 
 
-def _compile_checks(func) -> tuple[inspect.Signature, dict[str, _Check], str]:
+def _compile_checks(func) -> tuple[inspect.Signature, dict[str, _Check], dict[str, TypeAdapter], str]:
     hints = _init_hints(func) if inspect.isclass(func) else _hints(func)
     sig = inspect.signature(func)
-    checks = {}
+    checks, limits = {}, {}
     for p in sig.parameters.values():
-        if p.name in hints and (accepts := _accepts(hints[p.name])) is not None:
-            checks[p.name] = accepts, annotation_text(hints[p.name]), p.kind
-    return sig, checks, getattr(func, "__qualname__", repr(func))
+        hint = hints.get(p.name)
+        if p.name in hints and (accepts := _accepts(hint)) is not None:
+            checks[p.name] = accepts, annotation_text(hint), p.kind
+        if get_origin(hint) is Annotated and p.kind not in (_VAR_POSITIONAL, _VAR_KEYWORD):
+            try:
+                limits[p.name] = TypeAdapter(hint)
+            except Exception:  # noqa: BLE001 - a hint pydantic cannot build a validator for sets no limits
+                pass
+    return sig, checks, limits, getattr(func, "__qualname__", repr(func))
 
 
 _SCALARS: dict[type, Callable[[object], bool]] = {

@@ -107,6 +107,9 @@ def test_argument_errors_name_the_parameter(hello):
         hw.describe_table(n_rows="five")
     with pytest.raises(TypeError, match="bogus"):
         hello.client.call("hello_world", "scale", ([1.0],), {"bogus": 1})
+    # bounds in the type hints are part of the schema, so they hold too
+    with pytest.raises(ValueError, match="argument 'factor': Input should be less than or equal to 10"):
+        hw.scale([1.0], factor=11)
 
 
 def test_timeouts_client_wide_and_per_call(hello):
