@@ -258,6 +258,7 @@ def cmd_demo(args) -> None:
         except KeyboardInterrupt:
             pass
         finally:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
             cluster.stop()
             print("de-magic demo: stopped", flush=True)
 
