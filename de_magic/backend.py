@@ -135,6 +135,8 @@ class Backend:
         self._threads: list[threading.Thread] = []
         self._stopped = threading.Event()
         self.registered = threading.Event()
+        #: Set while run() serves main-thread work; without it such work would wait for ever.
+        self._main_served = threading.Event()
 
     # -- life cycle --------------------------------------------------------
 
@@ -158,6 +160,7 @@ class Backend:
 
     def run(self) -> None:
         """Serve until :meth:`stop`, SIGTERM or Ctrl-C; main-thread work runs here."""
+        self._main_served.set()  # before start(): work arriving meanwhile waits in the queue
         if not self._threads:
             self.start()
         if threading.current_thread() is threading.main_thread():
@@ -346,6 +349,9 @@ class Backend:
             op = self.operations.get(op_name) if isinstance(op_name, str) else None
             if op is None:
                 raise P.ProtocolError(f"backend {self.name!r} does not serve {header.get('op')!r} requests")
+            if op.main_thread and not self._main_served.is_set():
+                raise Refused(f"backend {self.name!r} runs {op_name!r} requests in its main thread, which "
+                              "serves them only within Backend.run() (it was started with start() alone)")
         except P.ProtocolError as exc:
             self._bad.report("bad call from %s: %s", client.hex(), exc)
             self._send(P.ERROR, client, rid, P.error_header(ProtocolMismatch.kind, str(exc)))

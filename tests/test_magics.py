@@ -6,6 +6,8 @@ import os
 import queue
 import re
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -14,7 +16,7 @@ from jupyter_client import KernelManager
 from de_magic.errors import BackendLost, Refused
 from de_magic.session import CellError, RemoteSession
 
-from conftest import ROOT, Cluster, Processes
+from conftest import ROOT, Cluster, Processes, wait_for
 
 
 class Kernel:
@@ -274,3 +276,19 @@ def test_a_widget_buffer_that_is_no_bytes_fails_in_the_cell(hello):
     seen = []
     session.execute("print('still streaming')", on_output=seen.append, timeout=10)
     assert "".join(o.get("text", "") for o in seen) == "still streaming\n"
+
+
+EMBEDDED = """
+import sys, time
+from de_magic import Backend
+Backend("embedded", {}, broker=sys.argv[1], heartbeat=0.2, allow_code=True).start()  # no run(): no main thread
+time.sleep(60)
+"""
+
+
+def test_code_is_refused_not_left_waiting_where_no_main_thread_serves(cluster):
+    proc = subprocess.Popen([sys.executable, "-c", EMBEDDED, cluster.url], cwd=ROOT, start_new_session=True)
+    cluster.procs.procs.append(proc)
+    wait_for(lambda: cluster.workers("embedded"), what="the embedded backend")
+    with pytest.raises(Refused, match=r"run\(\)"):
+        RemoteSession(cluster.client, "embedded").execute("1 + 1", timeout=10)
