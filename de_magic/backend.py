@@ -401,17 +401,17 @@ class Backend:
         return sock
 
     def _execute(self, call: Call) -> None:
-        with call.lock:
-            if call.done:
-                self._calls.pop((call.client, call.rid), None)
-                self._send(P.ERROR, call.client, call.rid, P.error_header(Cancelled.kind, "cancelled before it started"))
-                return
-            call.thread_id = threading.get_ident()
         token = current_call.set(call)
-        op = self.operations[call.header.get("op", "call")]
         try:
             try:
-                result = op.run(call)
+                with call.lock:
+                    started = not call.done  # done already: cancelled while it waited
+                    if started:
+                        # from here on a cancel interrupts this thread: every way out below answers
+                        call.thread_id = threading.get_ident()
+                if not started:
+                    raise Cancelled("cancelled before it started")
+                result = self.operations[call.header.get("op", "call")].run(call)
             finally:
                 with call.lock:
                     call.done = True
