@@ -1,6 +1,6 @@
 """The ``de-magic`` command, and the command line of backend modules.
 
-``de-magic broker|serve|list|call|schema|generate|demo`` for operators and
+``de-magic broker|keys|serve|list|call|schema|generate|demo`` for operators and
 users; ``python backend.py listen|schema|generate|test-connect`` for the
 author of a backend module (via :func:`de_magic.main`).  Both are thin: each
 command is a few lines over :class:`Broker`, :class:`Backend` or :class:`Client`.
