@@ -215,14 +215,25 @@ def cmd_list(args) -> None:
     print(repr(BackendTable(listing)))
 
 
-def cmd_call(args) -> None:
+def _json_arg(flag: str, text: str | None, kinds: tuple[type, ...]):
+    """The value of a JSON flag; a usage error (not a traceback) when it is no JSON of the right kind."""
+    if not text:
+        return {}
     try:
-        parsed = json.loads(args.args) if args.args else {}
+        value = json.loads(text)
     except ValueError as exc:
-        raise SystemExit(f"de-magic: --args is not JSON: {exc}")
+        raise SystemExit(f"de-magic: {flag} is not JSON: {exc}") from None
+    if not isinstance(value, kinds):
+        names = " or ".join({dict: "object", list: "array"}[kind] for kind in kinds)
+        raise SystemExit(f"de-magic: {flag} must be a JSON {names}, not {text!r}")
+    return value
+
+
+def cmd_call(args) -> None:
+    parsed = _json_arg("--args", args.args, (dict, list))
     call_args, call_kwargs = (parsed, {}) if isinstance(parsed, list) else ((), parsed)
     member, _, method = args.method.partition(".")
-    init = ((), json.loads(args.init)) if args.init else None
+    init = ((), _json_arg("--init", args.init, (dict,))) if args.init else None
     with Client(args.broker, timeout=args.timeout, security=_security(args)) as client:
         result = client.call(args.name, member, call_args, call_kwargs, method=method or None,
                              init=init if method else None,

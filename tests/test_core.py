@@ -342,6 +342,13 @@ def test_cli_serve_list_and_call(cluster, backend_file):
     assert bad.returncode != 0 and "no backend named 'nope'" in bad.stderr
 
 
+def test_cli_call_arguments_of_the_wrong_kind_are_usage_errors():
+    for flags, needle in ((["--args", "5"], "--args must be a JSON object or array"),
+                          (["--args", "{bad"], "--args is not JSON"),
+                          (["--init", "[1]"], "--init must be a JSON object")):
+        done = _run("-m", "de_magic", "call", "hello_world", "Stats.std", *flags)
+        assert done.returncode != 0 and needle in done.stderr and "Traceback" not in done.stderr, done.stderr
+
 def test_demo_command_starts_and_stops_cleanly(tmp_path):
     from conftest import free_port
 
