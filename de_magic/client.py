@@ -199,7 +199,11 @@ class Client:
                         return P.load_header(msg.frames[1]), list(msg.frames[2:])
                     if msg.type == P.EVENT:
                         if on_event is not None:
-                            on_event(P.load_header(msg.frames[1]), list(msg.frames[2:]))
+                            try:
+                                on_event(P.load_header(msg.frames[1]), list(msg.frames[2:]))
+                            except Exception:  # the caller gives up on the call: stop the remote work too
+                                self._send(sock, [P.VERSION, P.CANCEL, rid], zmq.NOBLOCK)
+                                raise
                     elif msg.type == P.ERROR:
                         raise from_header(P.load_header(msg.frames[1]))
                     elif msg.frames[1].bytes == P.UNKNOWN:

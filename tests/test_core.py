@@ -155,6 +155,16 @@ def test_progress_events_reach_the_caller(hello):
     assert seen[-1]["n"] == 10 and seen[-1]["done"] is True
 
 
+def test_a_failing_event_handler_stops_the_remote_call(hello):
+    def broken(event):
+        raise ValueError("a bug in the progress display")
+
+    with pytest.raises(ValueError, match="a bug"):
+        hello.client.call("hello_world", "slow_sum", (), {"n": 200, "delay": 0.05}, on_progress=broken)
+    # the caller has given up on it: the backend does not go on for 10 s
+    wait_for(lambda: all(w["busy"] == 0 for w in hello.workers("hello_world")), timeout=3,
+             what="the abandoned call to be cancelled")
+
 def test_pool_of_two_workers_shares_load(hello):
     second = hello.start_backend("de_magic.demo.hello", "hello_world")
     pids = {w["pid"] for w in hello.workers("hello_world")}
