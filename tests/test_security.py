@@ -227,10 +227,11 @@ def test_no_pickle_backend_round_trips_numpy_pandas_xarray(nopickle):
 
 
 def test_no_pickle_backend_validates_against_the_schema(nopickle):
-    with pytest.raises(TypeError, match="less than or equal to 10"):
+    with pytest.raises(ValueError, match="less than or equal to 10"):
         nopickle.client["plain_json"].scale([1.0], factor=11)
-    # the pickle backend does not check bounds: the difference is the no-pickle validation
-    assert nopickle.client["hello_world"].scale([1.0], factor=11) == [11.0]
+    with pytest.raises(TypeError, match="argument 'values'"):
+        nopickle.client["plain_json"].scale(["not a number"])
+    assert nopickle.client["plain_json"].scale([1, 2], factor=10) == [10.0, 20.0]
 
 
 def test_client_learns_the_codec_from_a_refusal(nopickle):
