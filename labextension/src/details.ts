@@ -7,6 +7,7 @@ import { IBackend, IMember, IParameter } from './api';
 import {
   PARAMETER_SECTIONS,
   RETURN_SECTIONS,
+  inline,
   renderDocstring
 } from './docstring';
 import { age, dateOf, h, plural } from './dom';
@@ -32,7 +33,7 @@ function parametersTable(params: IParameter[]): HTMLElement {
       h('td', {}, h('code', {}, prefix + p.name)),
       h('td', {}, p.annotation ? h('code', {}, p.annotation) : ''),
       h('td', {}, typeof value === 'string' ? h('code', {}, value) : value),
-      h('td', {}, p.doc ?? '')
+      h('td', {}, ...inline(p.doc ?? ''))
     );
   });
   return h(
@@ -283,7 +284,7 @@ export class MemberDetails extends Widget {
               'p',
               {},
               returns.annotation ? h('code', {}, returns.annotation) : '',
-              returns.doc ? ` — ${returns.doc}` : ''
+              ...(returns.doc ? [' — ', ...inline(returns.doc)] : [])
             )
           )
         : null,

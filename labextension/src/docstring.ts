@@ -50,7 +50,7 @@ function sections(doc: string): ISection[] {
 }
 
 /** Text with ``code`` and `code` spans as <code>. */
-function inline(text: string): Node[] {
+export function inline(text: string): Node[] {
   const nodes: Node[] = [];
   const pattern = /``([^`]+)``|`([^`]+)`/g;
   let last = 0;
