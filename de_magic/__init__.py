@@ -32,7 +32,11 @@ __all__ = [
 
 
 def main(name: str, members=None, **options) -> None:
-    """Command line of a backend module: ``python backend.py listen|schema|generate|test-connect``."""
+    """Command line of a backend module: ``python backend.py listen|schema|generate|test-connect``.
+
+    ``options`` are defaults for ``listen`` by their flag names (``allow_code=True``,
+    ``max_workers=8``, ``broker="tcp://..."``); flags given on the command line win.
+    """
     import sys
 
     from .cli import backend_main

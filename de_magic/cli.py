@@ -131,6 +131,12 @@ def backend_main(name: str, members, namespace: dict, argv: list[str] | None = N
     sub = parser.add_subparsers(dest="command", required=True)
     listen = sub.add_parser("listen", help="connect to the broker and serve calls")
     _serve_args(listen)
+    # main(..., allow_code=True, max_workers=8) sets defaults that the command line may still override
+    unknown = set(options) - {action.dest for action in listen._actions}
+    if unknown:
+        raise TypeError(f"main() got unknown option(s) {', '.join(sorted(unknown))}; "
+                        f"see `python {Path(sys.argv[0]).name} listen --help`")
+    listen.set_defaults(**options)
     sub.add_parser("schema", help="print the API description as JSON")
     gen = sub.add_parser("generate", help="print an importable client module")
     _broker_arg(gen)
@@ -146,7 +152,6 @@ def backend_main(name: str, members, namespace: dict, argv: list[str] | None = N
     doc = namespace.get("__doc__") or ""
     if args.command == "listen":
         _logging(args.verbose)
-        args.allow_code = args.allow_code or options.get("allow_code", False)
         _serve(name, picked, args, doc)
     elif args.command == "schema":
         print(json.dumps(describe(name, picked, doc), indent=2))

@@ -415,3 +415,20 @@ def test_repeated_listing_sends_only_changed_apis(hello):
     # the client fills in what it already knows
     again = hello.client.listing()["backends"]["hello_world"]
     assert again["api"] == first["api"]
+
+
+def test_main_options_are_defaults_of_listen(cluster, backend_file):
+    configured = backend_file.read_text().replace(
+        'main(name="hello_file", members=["compute_sum", "Stats"])',
+        'main(name="hello_file", members=["compute_sum", "Stats"], allow_code=True, max_workers=2)')
+    backend_file.write_text(configured)
+    proc = subprocess.Popen([sys.executable, str(backend_file), "listen", "--broker", cluster.url,
+                             "--heartbeat", str(HEARTBEAT)], start_new_session=True)
+    cluster.procs.procs.append(proc)
+    (worker,) = wait_for(lambda: cluster.workers("hello_file"), what="file backend")
+    assert worker["capacity"] == 2
+    assert cluster.client.listing(api=False)["backends"]["hello_file"]["allow_code"] is True
+
+    backend_file.write_text(configured.replace("max_workers=2", "max_wrokers=2"))
+    typo = _run(str(backend_file), "schema")
+    assert typo.returncode != 0 and "unknown option(s) max_wrokers" in typo.stderr
