@@ -20,7 +20,8 @@ from .backend import current_call
 T = TypeVar("T")
 
 _ids = itertools.count(1)
-_parent: contextvars.ContextVar[int | None] = contextvars.ContextVar("de_magic_progress_parent", default=None)
+#: Ids of the bars open in this context, innermost last: a new bar nests under the last one.
+_open: contextvars.ContextVar[tuple[int, ...]] = contextvars.ContextVar("de_magic_progress_open", default=())
 
 
 class progress(Iterator[T]):
@@ -37,13 +38,14 @@ class progress(Iterator[T]):
         self.desc, self.total, self.unit, self.interval = desc, total, unit, interval
         self.n = 0
         self.id = next(_ids)
-        self.parent = _parent.get()
+        stack = _open.get()
+        self.parent = stack[-1] if stack else None
         self._call = current_call.get()
         self._start = time.monotonic()
         self._last = 0.0
         self._closed = False
         self._yielded = False
-        self._token = _parent.set(self.id)
+        _open.set(stack + (self.id,))
         self._report(force=True)
 
     def __iter__(self) -> "progress[T]":
@@ -73,11 +75,13 @@ class progress(Iterator[T]):
         if self._closed:
             return
         self._closed = True
-        try:
-            _parent.reset(self._token)
-        except ValueError:  # closed from another context: nothing to restore
-            pass
+        _open.set(tuple(i for i in _open.get() if i != self.id))
         self._report(force=True)
+
+    def __del__(self) -> None:
+        # a loop left with ``break`` drops its bar here: it must not stay the parent of later bars
+        if not getattr(self, "_closed", True):
+            self.close()
 
     def __enter__(self) -> "progress[T]":
         return self
