@@ -40,6 +40,8 @@ from .wire import PerThread, send_frames
 
 EventHandler = Callable[[dict, list], None]
 
+LISTING_TIMEOUT = 10.0  # seconds, unless a listing is given a timeout of its own
+
 _request_ids = itertools.count(1)
 
 
@@ -317,8 +319,9 @@ class Client:
         if api:
             query["known"] = {n: tag for n, (tag, _) in self._apis.items() if name is None or n == name}
         self._send(sock, [P.VERSION, P.LIST, rid, P.dump_header(query)])
-        wait = self.timeout if timeout is None else timeout
-        head, frames = self._wait(sock, rid, min(wait, 10.0) if wait else 10.0, None)
+        if timeout is None:  # a listing is quick: don't inherit a call timeout of hours
+            timeout = min(self.timeout or LISTING_TIMEOUT, LISTING_TIMEOUT)
+        head, frames = self._wait(sock, rid, timeout, None)
         listing = decode_result(head, frames)
         if api:
             for entry_name, entry in listing["backends"].items():
