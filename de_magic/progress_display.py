@@ -9,6 +9,7 @@ call for clients that were not given ``on_progress=``.
 from __future__ import annotations
 
 import sys
+import weakref
 from typing import Callable, TextIO
 
 
@@ -150,7 +151,8 @@ def _cell_parent() -> dict | None:
     return get_parent() if get_parent else None
 
 
-_session_renderers: dict[int, tuple[str | None, Callable[[dict], None] | None]] = {}
+#: session -> (cell, renderer); weak, so a session that is gone takes its renderer along
+_session_renderers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _session_progress(header: dict, frames: list, session) -> None:
@@ -160,9 +162,9 @@ def _session_progress(header: dict, frames: list, session) -> None:
     ids are unique within the session's one worker process.
     """
     cell = ((_cell_parent() or {}).get("header") or {}).get("msg_id")
-    cached = _session_renderers.get(id(session))
+    cached = _session_renderers.get(session)
     if cached is None or cached[0] != cell:
-        cached = _session_renderers[id(session)] = (cell, default_progress())
+        cached = _session_renderers[session] = (cell, default_progress())
     if cached[1] is not None:
         cached[1](header)
 
