@@ -267,7 +267,7 @@ class Broker:
     def _shutdown(self) -> None:
         for worker in list(self.workers.values()):
             self._send(worker.address, P.DISCONNECT, b"broker stopping")
-        self._socket.close()
+        self._socket.close(linger=200)  # let the DISCONNECTs go out: backends then re-register at once
         self._stopper.close()
         if self._auth is not None:
             self._auth.stop()
