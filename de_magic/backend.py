@@ -39,7 +39,7 @@ from .badinput import BadInput
 from .errors import Cancelled, DeMagicError, PayloadTooLarge, ProtocolMismatch, Refused, RemoteError, UnknownMethod
 from .schema import check_arguments, describe, validate_arguments
 from .security import Security, allowed_callers
-from .wire import PerThread, send_frames
+from .wire import PerThread, recv_frames, send_frames
 
 log = logging.getLogger("de_magic.backend")
 
@@ -236,7 +236,7 @@ class Backend:
                 if dealer in events:
                     broker_expires = time.monotonic() + self.heartbeat * self.liveness
                     while dealer.poll(0):
-                        self._on_control(dealer, slots, dealer.recv_multipart(copy=False))
+                        self._on_control(dealer, slots, recv_frames(dealer))
                 if pull in events:
                     # Threads send through sockets of their own, which the PULL reads round-robin:
                     # answers go after the events read with them, so no event trails its answer.
@@ -244,7 +244,7 @@ class Backend:
                     for _ in range(1000):
                         if not pull.poll(0):
                             break
-                        frames = pull.recv_multipart(copy=False)
+                        frames = recv_frames(pull)
                         if frames[1].bytes == P.EVENT:
                             send_frames(dealer, frames)
                         else:
@@ -319,7 +319,7 @@ class Backend:
                 if control in events and control.recv() == _STOP:
                     break
                 if sock in events:
-                    self._on_slot_message(sock.recv_multipart(copy=False))
+                    self._on_slot_message(recv_frames(sock))
                 else:
                     sock.send_multipart(hello)  # idle: make sure the broker knows this slot
         finally:

@@ -33,7 +33,7 @@ from .badinput import BadInput
 from .errors import BackendLost, Busy, PayloadTooLarge, ProtocolMismatch, Refused, UnknownBackend
 from .security import Security, caller, may_use
 from .serialize import nbytes
-from .wire import send_frames
+from .wire import recv_frames, send_frames
 
 log = logging.getLogger("de_magic.broker")
 
@@ -254,7 +254,7 @@ class Broker:
                 for _ in range(1000):
                     if not sock.get(zmq.EVENTS) & zmq.POLLIN:
                         break
-                    self._dispatch(sock.recv_multipart(copy=False))
+                    self._dispatch(recv_frames(sock))
                 now = time.monotonic()
                 if now >= next_beat:
                     self._beat(now)

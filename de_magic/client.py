@@ -36,7 +36,7 @@ from .errors import (BackendLost, CallTimeout, PayloadTooLarge, ProtocolMismatch
                      UnknownMethod, from_header)
 from .progress_display import default_progress
 from .security import Security
-from .wire import PerThread, send_frames
+from .wire import PerThread, recv_frames, send_frames
 
 EventHandler = Callable[[dict, list], None]
 
@@ -189,7 +189,7 @@ class Client:
                 if deadline is not None:
                     wait = min(wait, deadline - time.monotonic())
                 if sock.poll(max(0.0, wait) * 1000):
-                    frames = sock.recv_multipart(copy=False)
+                    frames = recv_frames(sock)
                     try:
                         msg = P.decode(frames, P.TO_CLIENT)
                     except P.ProtocolError as exc:
