@@ -8,7 +8,7 @@ bug in the remote function.  ``kind`` is the name used on the wire.
 from __future__ import annotations
 
 import builtins
-import importlib
+import sys
 
 
 class DeMagicError(Exception):
@@ -107,11 +107,13 @@ _MIXINS: dict[type, type] = {}
 
 
 def _local_type(qualname: str) -> type | None:
+    """The exception class ``qualname`` names, if this process has loaded it already.
+
+    Only loaded modules are looked in: the name comes from the peer, and importing
+    a module the peer names would run that module's code here.
+    """
     module, _, name = qualname.rpartition(".")
-    try:
-        found = getattr(importlib.import_module(module), name) if module else getattr(builtins, name)
-    except Exception:
-        return None
+    found = getattr(sys.modules.get(module) if module else builtins, name, None)
     if isinstance(found, type) and issubclass(found, Exception) and not issubclass(found, DeMagicError):
         return found
     return None

@@ -78,3 +78,12 @@ def test_every_error_a_caller_can_meet_is_exported():
 
     for cls in DeMagicError.__subclasses__():
         assert getattr(de_magic, cls.__name__, None) is cls and cls.__name__ in de_magic.__all__, cls
+
+
+def test_error_types_are_looked_up_not_imported():
+    import sys
+
+    assert "wsgiref.simple_server" not in sys.modules
+    err = from_header({"kind": "remote", "type": "wsgiref.simple_server.ServerError", "message": "x"})
+    # the peer names the module; importing it would run its code here
+    assert "wsgiref.simple_server" not in sys.modules and type(err) is RemoteError
