@@ -173,18 +173,24 @@ class RemoteSession:
             elif kind in EVENT_HANDLERS:
                 EVENT_HANDLERS[kind](event, frames, self)
 
+        header = {**header, "session": self.key}
+        if self.worker:
+            return self._request_pinned(header, list(payload), timeout, on_event)
+        with self._pin_lock:  # the first request picks the worker: requests racing it wait, then follow it
+            return self._request_pinned(header, list(payload), timeout, on_event)
+
+    def _request_pinned(self, header: dict, payload: list, timeout: float | None, on_event) -> tuple[dict, list]:
         try:
-            head, frames = self.client.request(self.backend, {**header, "session": self.key}, list(payload),
-                                               timeout=timeout, on_event=on_event, worker=self.worker)
+            head, frames = self.client.request(self.backend, header, payload, timeout=timeout, on_event=on_event,
+                                               worker=self.worker)
         except BackendLost as exc:
             if self.worker:
                 self.worker = b""
                 raise BackendLost(f"{exc}; the namespace of session {self.key[:8]} on {self.backend!r} "
                                   "is lost, the next request starts a fresh one") from None
             raise
-        with self._pin_lock:
-            if not self.worker and head.get("worker"):
-                self.worker = bytes.fromhex(head["worker"])
+        if not self.worker and head.get("worker"):
+            self.worker = bytes.fromhex(head["worker"])
         return head, frames
 
     def execute(self, code: str, push: dict | None = None, pull=(), *, timeout: float | None = None,

@@ -292,3 +292,14 @@ def test_code_is_refused_not_left_waiting_where_no_main_thread_serves(cluster):
     wait_for(lambda: cluster.workers("embedded"), what="the embedded backend")
     with pytest.raises(Refused, match=r"run\(\)"):
         RemoteSession(cluster.client, "embedded").execute("1 + 1", timeout=10)
+
+
+def test_racing_first_requests_of_a_session_share_one_worker(hello):
+    from concurrent.futures import ThreadPoolExecutor
+
+    hello.start_backend("de_magic.demo.hello", "hello_world", "--allow-code")
+    session = RemoteSession(hello.client, "hello_world")
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda i: session.execute(f"v{i} = {i}").result(), range(4)))
+    # all four landed in the one namespace the session is pinned to
+    assert session.pull("v0", "v1", "v2", "v3") == (0, 1, 2, 3)
