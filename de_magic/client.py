@@ -32,8 +32,8 @@ import zmq
 from . import protocol as P
 from . import serialize
 from .broker import DEFAULT_HEARTBEAT, DEFAULT_LIVENESS, DEFAULT_MAX_MESSAGE, default_url
-from .errors import (BackendLost, CallTimeout, PayloadTooLarge, ProtocolMismatch, Refused, UnknownBackend,
-                     UnknownMethod, from_header)
+from .errors import (BackendLost, CallTimeout, DeMagicError, PayloadTooLarge, ProtocolMismatch, Refused,
+                     UnknownBackend, UnknownMethod, from_header)
 from .progress_display import default_progress
 from .security import Security
 from .wire import PerThread, recv_frames, send_frames
@@ -89,6 +89,7 @@ class Client:
         self.on_progress = on_progress
         self._ctx = context or zmq.Context.instance()
         self._sockets = PerThread(self._new_socket)
+        self._busy: set[zmq.Socket] = set()  # sockets of calls in flight (see close)
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
         self._apis: dict[str, tuple[str, dict]] = {}  # backend -> (api tag, api) seen in listings
@@ -119,11 +120,15 @@ class Client:
         self.close()
 
     def close(self) -> None:
-        """Close every socket of this client and stop its submit pool."""
+        """Close this client: its sockets, its submit pool; calls in flight end with an error.
+
+        A socket in use by a call is closed by the thread making the call, within a
+        heartbeat interval: closing it under that thread's feet is undefined in libzmq.
+        """
         self._closed = True
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
-        self._sockets.close()
+        self._sockets.close(keep=set(self._busy))
 
     def configure_socket(self, sock: zmq.Socket) -> None:
         """Hook for security settings (CURVE) before connecting."""
@@ -165,9 +170,24 @@ class Client:
             raise PayloadTooLarge(
                 f"call of {size} bytes exceeds the maximum message size of {self.max_message_size} bytes")
         rid = struct.pack("!Q", next(_request_ids))
+        return self._exchange([P.VERSION, P.CALL, rid, backend.encode(), worker, P.dump_header(header), *payload],
+                              self.timeout if timeout is None else timeout, on_event)
+
+    def _exchange(self, frames: list, timeout: float | None, on_event) -> tuple[dict, list]:
+        """Send a request (``frames[2]`` is its id) on this thread's socket and wait for the answer."""
         sock = self._socket()
-        self._send(sock, [P.VERSION, P.CALL, rid, backend.encode(), worker, P.dump_header(header), *payload])
-        return self._wait(sock, rid, self.timeout if timeout is None else timeout, on_event)
+        self._busy.add(sock)
+        try:
+            self._send(sock, frames)
+            return self._wait(sock, frames[2], timeout, on_event)
+        except zmq.ZMQError:
+            if self._closed:
+                raise DeMagicError(f"{self!r} was closed during the call") from None
+            raise
+        finally:
+            self._busy.discard(sock)
+            if self._closed:  # close() left this socket to the thread using it
+                sock.close(linger=0)
 
     def _send(self, sock: zmq.Socket, frames: list, flags: int = 0) -> None:
         try:
@@ -214,6 +234,8 @@ class Client:
                             "(it restarted, or the backend was lost)")
                     continue
                 now = time.monotonic()
+                if self._closed:
+                    raise DeMagicError(f"{self!r} was closed during the call")
                 if deadline is not None and now >= deadline:
                     self._send(sock, [P.VERSION, P.CANCEL, rid], zmq.NOBLOCK)
                     raise CallTimeout(f"no answer from {self.url} within {timeout:g} s")
@@ -312,16 +334,14 @@ class Client:
         sends only the ones whose tag differs: a repeated listing stays small.
         """
         rid = struct.pack("!Q", next(_request_ids))
-        sock = self._socket()
         query: dict = {"api": api}
         if name is not None:
             query["name"] = name
         if api:
             query["known"] = {n: tag for n, (tag, _) in self._apis.items() if name is None or n == name}
-        self._send(sock, [P.VERSION, P.LIST, rid, P.dump_header(query)])
         if timeout is None:  # a listing is quick: don't inherit a call timeout of hours
             timeout = min(self.timeout or LISTING_TIMEOUT, LISTING_TIMEOUT)
-        head, frames = self._wait(sock, rid, timeout, None)
+        head, frames = self._exchange([P.VERSION, P.LIST, rid, P.dump_header(query)], timeout, None)
         listing = decode_result(head, frames)
         if api:
             for entry_name, entry in listing["backends"].items():

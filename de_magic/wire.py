@@ -66,9 +66,11 @@ class PerThread:
                 self._sockets.append(sock)
         return sock
 
-    def close(self) -> None:
+    def close(self, keep: set = frozenset()) -> None:
+        """Close every socket but those in ``keep`` (their threads close them), and make no more."""
         with self._lock:
             self.closed = True
             for sock in self._sockets:
-                sock.close(linger=0)
+                if sock not in keep:
+                    sock.close(linger=0)
             self._sockets.clear()

@@ -432,3 +432,16 @@ def test_main_options_are_defaults_of_listen(cluster, backend_file):
     backend_file.write_text(configured.replace("max_workers=2", "max_wrokers=2"))
     typo = _run(str(backend_file), "schema")
     assert typo.returncode != 0 and "unknown option(s) max_wrokers" in typo.stderr
+
+
+def test_closing_a_client_ends_its_calls_in_flight(hello):
+    from de_magic.errors import DeMagicError
+
+    client = Client(hello.url, heartbeat=HEARTBEAT)
+    future = client["hello_world"].slow_sum.submit(n=1000, delay=0.01)
+    wait_for(lambda: hello.workers("hello_world")[0]["busy"] == 1, what="call running")
+    start = time.monotonic()
+    client.close()
+    with pytest.raises(DeMagicError, match="closed during the call"):
+        future.result(5)
+    assert time.monotonic() - start < 2 * HEARTBEAT + 1
