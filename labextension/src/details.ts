@@ -36,21 +36,15 @@ function parametersTable(params: IParameter[]): HTMLElement {
       h('td', {}, ...inline(p.doc ?? ''))
     );
   });
+  return table(['Name', 'Type', 'Default', 'Description'], rows);
+}
+
+/** A table in the panel's style: a header row of `headings`, then `rows`. */
+function table(headings: string[], rows: HTMLElement[]): HTMLElement {
   return h(
     'table',
     { class: 'jp-DeMagic-params' },
-    h(
-      'thead',
-      {},
-      h(
-        'tr',
-        {},
-        h('th', {}, 'Name'),
-        h('th', {}, 'Type'),
-        h('th', {}, 'Default'),
-        h('th', {}, 'Description')
-      )
-    ),
+    h('thead', {}, h('tr', {}, ...headings.map(text => h('th', {}, text)))),
     h('tbody', {}, ...rows)
   );
 }
@@ -164,35 +158,17 @@ export class MemberDetails extends Widget {
 
   private _backend(backend: IBackend, broker: string): Node[] {
     const workers = backend.workers ?? [];
-    const table = h(
-      'table',
-      { class: 'jp-DeMagic-params' },
-      h(
-        'thead',
-        {},
+    const workerTable = table(
+      ['Host', 'PID', 'Busy', 'Calls', 'Up'],
+      workers.map(w =>
         h(
           'tr',
           {},
-          h('th', {}, 'Host'),
-          h('th', {}, 'PID'),
-          h('th', {}, 'Busy'),
-          h('th', {}, 'Calls'),
-          h('th', {}, 'Up')
-        )
-      ),
-      h(
-        'tbody',
-        {},
-        ...workers.map(w =>
-          h(
-            'tr',
-            {},
-            h('td', {}, w.host ?? ''),
-            h('td', {}, String(w.pid ?? '')),
-            h('td', {}, `${w.busy ?? 0}/${w.capacity ?? 1}`),
-            h('td', {}, String(w.calls ?? 0)),
-            h('td', { title: dateOf(w.since) }, age(w.since))
-          )
+          h('td', {}, w.host ?? ''),
+          h('td', {}, String(w.pid ?? '')),
+          h('td', {}, `${w.busy ?? 0}/${w.capacity ?? 1}`),
+          h('td', {}, String(w.calls ?? 0)),
+          h('td', { title: dateOf(w.since) }, age(w.since))
         )
       )
     );
@@ -221,7 +197,7 @@ export class MemberDetails extends Widget {
       section(
         plural(workers.length, 'worker'),
         workers.length
-          ? table
+          ? workerTable
           : 'No worker is connected: calls wait until one is.'
       )
     ].filter((node): node is HTMLElement => node !== null);
