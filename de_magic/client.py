@@ -299,9 +299,8 @@ class Client:
         return decode_result(head, frames)
 
     def _learn_codec(self, backend: str) -> str:
-        entry = self.listing(backend, api=False)["backends"].get(backend) or {}
-        self._codecs[backend] = entry.get("codec", serialize.PICKLE)
-        return self._codecs[backend]
+        self.listing(backend, api=False)  # every listing records the codecs it shows
+        return self._codecs.get(backend, serialize.PICKLE)
 
     def submit(self, backend: str, member: str, args: tuple = (), kwargs: dict | None = None, **options) -> CallFuture:
         """Like :meth:`call`, but return a :class:`CallFuture` at once."""
@@ -343,12 +342,12 @@ class Client:
             timeout = min(self.timeout or LISTING_TIMEOUT, LISTING_TIMEOUT)
         head, frames = self._exchange([P.VERSION, P.LIST, rid, P.dump_header(query)], timeout, None)
         listing = decode_result(head, frames)
-        if api:
-            for entry_name, entry in listing["backends"].items():
-                if "api" in entry:
-                    self._apis[entry_name] = (entry["api_tag"], entry["api"])
-                else:
-                    entry["api"] = self._apis[entry_name][1]
+        for entry_name, entry in listing["backends"].items():
+            self._codecs[entry_name] = entry.get("codec", serialize.PICKLE)
+            if api and "api" in entry:
+                self._apis[entry_name] = (entry["api_tag"], entry["api"])
+            elif api:
+                entry["api"] = self._apis[entry_name][1]
         return listing
 
     def backends(self) -> "BackendTable":
@@ -360,7 +359,6 @@ class Client:
         if entry is None:
             live = ", ".join(sorted(self.listing(api=False)["backends"])) or "none"
             raise UnknownBackend(f"no backend named {name!r} at {self.url}; live backends: {live}")
-        self._codecs[name] = entry.get("codec", serialize.PICKLE)
         return RemoteBackend(self, entry)
 
     def _ipython_key_completions_(self) -> list[str]:
