@@ -140,7 +140,7 @@ def test_closing_a_client_ends_every_submitted_call(hello):
     # more calls than the submit pool has threads: some wait in the pool when the client closes
     client = Client(hello.url, heartbeat=HEARTBEAT)
     futures = [client.submit("hello_world", "slow_sum", (), {"n": 10, "delay": 0.1}) for _ in range(40)]
-    time.sleep(0.3)
+    wait_for(lambda: hello.workers("hello_world")[0]["busy"] > 0, what="calls running")
     client.close()
     done, not_done = concurrent.futures.wait(futures, timeout=10)
     assert not not_done, f"{len(not_done)} calls never ended"
