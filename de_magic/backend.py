@@ -23,7 +23,6 @@ import os
 import queue
 import signal
 import socket
-import struct
 import threading
 import time
 import traceback
@@ -34,7 +33,7 @@ import zmq
 
 from . import protocol as P
 from . import serialize
-from .broker import DEFAULT_HEARTBEAT, DEFAULT_LIVENESS, DEFAULT_MAX_MESSAGE, default_url
+from .defaults import DEFAULT_HEARTBEAT, DEFAULT_LIVENESS, DEFAULT_MAX_MESSAGE, default_url
 from .badinput import BadInput
 from .errors import Cancelled, DeMagicError, PayloadTooLarge, ProtocolMismatch, Refused, RemoteError, UnknownMethod
 from .schema import check_arguments, describe, validate_arguments
@@ -118,8 +117,16 @@ class Backend:
         #: Callers the broker lets use us (Z85 public keys, key names or .key files), None for all.
         self.allow_clients = allowed_callers(allow_clients)
         self._bad = BadInput(log)
-        #: Our routing id at the broker, fixed so that reconnects keep it and sessions can pin to us.
+        #: Our public id: listings show it, sessions pin to it.
         self.id = os.urandom(8)
+        #: Proves to the broker that a slot connection is ours; nobody else ever sees it (docs/protocol.md).
+        self._secret = os.urandom(32)
+        #: Routing ids of our connections: private and random, so nobody can connect in their place.
+        self._control_id = os.urandom(16)
+        #: The broker's limit, learnt at registration: a larger answer would be cut off in transit.
+        self._limit = max_message_size
+        #: Why the broker refused to register us, if it did (we stop then).
+        self.rejected: str | None = None
         self.api = describe(name, self.members, doc)
         self._reply_header = P.dump_header({"codec": codec, "worker": self.id.hex()})
         self.operations: dict[str, Operation] = {"call": Operation(self._call_member)}
@@ -152,7 +159,7 @@ class Backend:
             target=self._io_loop, args=(pull, stop, slots), name=f"de-magic-io-{self.name}", daemon=True))
         for index in range(self.max_workers):
             self._threads.append(threading.Thread(
-                target=self._slot_loop, args=(self.id + struct.pack("!H", index),),
+                target=self._slot_loop, args=(os.urandom(16),),
                 name=f"de-magic-{self.name}-{index}", daemon=True))
         for thread in self._threads:
             thread.start()
@@ -216,103 +223,117 @@ class Backend:
                 "allow_code": self.allow_code, "pid": os.getpid(), "host": socket.gethostname(), "codec": self.codec}
         if self.allow_clients is not None:
             info["allow_clients"] = self.allow_clients
-        return P.encode(P.READY, self.name.encode(), P.dump_header(info))
+        return P.ready(self.name, self.id, self._secret, info)
 
     def _io_loop(self, pull: zmq.Socket, stop: zmq.Socket, slots: zmq.Socket) -> None:
         """Registration, heartbeats, cancels, and messages from threads that own no connection."""
-        dealer = self._connect(self.id)
-        dealer.send_multipart(self._ready_frames())
+        dealer = self._register(None)
         poller = zmq.Poller()
-        for sock in (dealer, pull, stop):
+        for sock in (pull, stop):
             poller.register(sock, zmq.POLLIN)
+        poller.register(dealer, zmq.POLLIN)
         now = time.monotonic()
         next_beat = now + self.heartbeat
         broker_expires = now + self.heartbeat * self.liveness
         try:
-            while True:
+            while self.rejected is None:
                 events = dict(poller.poll(max(0.0, next_beat - time.monotonic()) * 1000))
                 if stop in events:
                     break
                 if dealer in events:
                     broker_expires = time.monotonic() + self.heartbeat * self.liveness
-                    while dealer.poll(0):
+                    while dealer.poll(0) and self.rejected is None:
                         self._on_control(dealer, slots, recv_frames(dealer))
                 if pull in events:
-                    # Threads send through sockets of their own, which the PULL reads round-robin:
-                    # answers go after the events read with them, so no event trails its answer.
-                    answers = []
-                    for _ in range(1000):
-                        if not pull.poll(0):
-                            break
-                        frames = recv_frames(pull)
-                        if frames[1].bytes == P.EVENT:
-                            send_frames(dealer, frames)
-                        else:
-                            answers.append(frames)
-                    for frames in answers:
-                        send_frames(dealer, frames)
+                    self._relay(pull, dealer)
                 now = time.monotonic()
                 if now >= next_beat:
-                    dealer.send_multipart(P.encode(P.HEARTBEAT))
+                    _send_or_drop(dealer, P.heartbeat())
                     next_beat = now + self.heartbeat
                     self._bad.flush()
                 if now >= broker_expires:
-                    log.warning("broker %s silent for %.1f s; reconnecting", self.broker, self.heartbeat * self.liveness)
-                    self.registered.clear()
+                    if self.registered.is_set():
+                        log.warning("broker %s silent for %.1f s; reconnecting", self.broker,
+                                    self.heartbeat * self.liveness)
                     poller.unregister(dealer)
-                    dealer.close()
-                    dealer = self._connect(self.id)
-                    dealer.send_multipart(self._ready_frames())
-                    slots.send(_HELLO)
+                    dealer = self._register(dealer)
                     poller.register(dealer, zmq.POLLIN)
                     broker_expires = now + self.heartbeat * self.liveness
         finally:
+            self.registered.clear()
             slots.send(_STOP)
-            try:
-                dealer.send_multipart(P.encode(P.BYE), zmq.NOBLOCK)
-            except zmq.ZMQError:
-                pass
+            _send_or_drop(dealer, P.bye())
             dealer.close(linger=100)
             for sock in (pull, stop, slots):
                 sock.close()
+            if self.rejected is not None:
+                self._main_jobs.put(None)  # run() returns; whoever started us reads ``rejected``
+
+    def _register(self, old: zmq.Socket | None) -> zmq.Socket:
+        """A fresh control connection (closing ``old``) that says READY."""
+        self.registered.clear()
+        if old is not None:
+            old.close(linger=0)
+        dealer = self._connect(self._control_id)
+        _send_or_drop(dealer, self._ready_frames())
+        return dealer
+
+    @staticmethod
+    def _relay(pull: zmq.Socket, dealer: zmq.Socket) -> None:
+        """Send what threads without a connection of their own queued, events before answers.
+
+        Threads send through sockets of their own, which the PULL reads round-robin:
+        answers go after the events read with them, so no event trails its answer.
+        """
+        answers = []
+        for _ in range(1000):
+            if not pull.poll(0):
+                break
+            frames = recv_frames(pull)
+            if frames[1].bytes == P.EVENT:
+                send_frames(dealer, frames)
+            else:
+                answers.append(frames)
+        for frames in answers:
+            send_frames(dealer, frames)
 
     def _on_control(self, dealer: zmq.Socket, slots: zmq.Socket, frames: list) -> None:
         try:
-            self._handle_control(dealer, slots, frames)
-        except Exception:  # noqa: BLE001 - whatever arrives, the I/O thread must live on
-            self._bad.report("failed to handle a message from the broker", exc_info=True)
-
-    def _handle_control(self, dealer: zmq.Socket, slots: zmq.Socket, frames: list) -> None:
-        try:
-            msg = P.decode(frames, P.TO_WORKER)
+            msg = P.parse(frames, P.AT_WORKER)
         except P.ProtocolError as exc:
             self._bad.report("bad message from broker: %s", exc)
             return
-        if msg.type == P.CANCEL:
-            self._cancel((msg.frames[0].bytes, msg.frames[1].bytes))
-        elif msg.type == P.DISCONNECT:
-            log.info("broker asks to register again: %s", msg.frames[0].bytes.decode("utf-8", "replace"))
-            self.registered.clear()
-            dealer.send_multipart(self._ready_frames())
-            slots.send(_HELLO)
-        elif not self.registered.is_set():
+        if isinstance(msg, P.Interrupt):
+            self._cancel((msg.client, msg.rid))
+        elif isinstance(msg, P.Welcome):
+            limit = msg.info.get("max_message_size")
+            if type(limit) is int and limit > 0:
+                self._limit = min(self.max_message_size, limit)
+            if not self.registered.is_set():
+                log.info("registered %r at %s", self.name, self.broker)
             self.registered.set()
             slots.send(_HELLO)
+        elif isinstance(msg, P.Reject):
+            self.rejected = f"the broker at {self.broker} refused to register {self.name!r}: {msg.reason}"
+            log.error("%s", self.rejected)
+        elif isinstance(msg, P.Disconnect):
+            log.info("broker asks to register again: %s", msg.reason)
+            self.registered.clear()
+            _send_or_drop(dealer, self._ready_frames())
 
     # -- slots: one thread and one connection per concurrent call ----------------
 
-    def _slot_loop(self, slot_id: bytes) -> None:
+    def _slot_loop(self, routing_id: bytes) -> None:
         """Receive calls on a connection of our own and answer on it, with no hand-off."""
-        sock = self._connect(slot_id)
+        sock = self._connect(routing_id)
         control = self._ctx.socket(zmq.SUB)
         control.subscribe(b"")
         control.connect(self._slots_url)
         self._local.slot = sock
-        hello = P.encode(P.SLOT, self.id)
+        hello = P.slot(self.id, self._secret)
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         poller.register(control, zmq.POLLIN)
-        sock.send_multipart(hello)
         try:
             while True:
                 events = dict(poller.poll(self.heartbeat * 1000))
@@ -320,8 +341,9 @@ class Backend:
                     break
                 if sock in events:
                     self._on_slot_message(recv_frames(sock))
-                else:
-                    sock.send_multipart(hello)  # idle: make sure the broker knows this slot
+                elif self.registered.is_set():
+                    # registered (HELLO), or idle for a heartbeat: make sure the broker knows this slot
+                    send_frames(sock, hello)
         finally:
             sock.close(linger=100)
             control.close()
@@ -334,37 +356,39 @@ class Backend:
 
     def _handle_slot_message(self, frames: list) -> None:
         try:
-            msg = P.decode(frames, P.TO_WORKER)
+            msg = P.parse(frames, P.AT_WORKER)
         except P.ProtocolError as exc:
-            self._bad.report("bad message from broker: %s", exc)
+            self._bad.report("bad call: %s", exc)
+            if exc.rid is not None and exc.client is not None:
+                self._send(P.ERROR, exc.client, exc.rid, P.error_header(ProtocolMismatch.kind, str(exc)))
             return
-        if msg.type != P.CALL:
-            return
-        client, rid = msg.frames[0].bytes, msg.frames[1].bytes
+        if not isinstance(msg, P.Work):
+            return  # e.g. DISCONNECT after a broker restart: the control connection registers again
         try:
-            header = P.load_header(msg.frames[2])
-            op_name = header.get("op", "call")
-            if self.codec == serialize.JSON and op_name != "call":
-                raise Refused(f"backend {self.name!r} serves only JSON calls of its members (no-pickle mode)")
-            op = self.operations.get(op_name) if isinstance(op_name, str) else None
-            if op is None:
-                raise P.ProtocolError(f"backend {self.name!r} does not serve {header.get('op')!r} requests")
-            if op.main_thread and not self._main_served.is_set():
-                raise Refused(f"backend {self.name!r} runs {op_name!r} requests in its main thread, which "
-                              "serves them only within Backend.run() (it was started with start() alone)")
-        except P.ProtocolError as exc:
-            self._bad.report("bad call from %s: %s", client.hex(), exc)
-            self._send(P.ERROR, client, rid, P.error_header(ProtocolMismatch.kind, str(exc)))
+            op = self._operation(msg.header)
+        except (P.ProtocolError, Refused) as exc:
+            kind = Refused.kind if isinstance(exc, Refused) else ProtocolMismatch.kind
+            self._send(P.ERROR, msg.client, msg.rid, P.error_header(kind, str(exc)))
             return
-        except Refused as exc:
-            self._send(P.ERROR, client, rid, P.error_header(Refused.kind, str(exc)))
-            return
-        call = Call(self, client, rid, header, list(msg.frames[3:]))
-        self._calls[(client, rid)] = call
+        call = Call(self, msg.client, msg.rid, msg.header, msg.payload)
+        self._calls[(msg.client, msg.rid)] = call
         if op.main_thread:
             self._main_jobs.put(call)
         else:
             self._execute(call)
+
+    def _operation(self, header: dict) -> Operation:
+        """The operation a call header asks for, if this backend serves it to this caller."""
+        op_name = header.get("op", "call")
+        if self.codec == serialize.JSON and op_name != "call":
+            raise Refused(f"backend {self.name!r} serves only JSON calls of its members (no-pickle mode)")
+        op = self.operations.get(op_name) if isinstance(op_name, str) else None
+        if op is None:
+            raise P.ProtocolError(f"backend {self.name!r} does not serve {str(op_name)[:40]!r} requests")
+        if op.main_thread and not self._main_served.is_set():
+            raise Refused(f"backend {self.name!r} runs {op_name!r} requests in its main thread, which "
+                          "serves them only within Backend.run() (it was started with start() alone)")
+        return op
 
     def _cancel(self, key: tuple[bytes, bytes]) -> None:
         call = self._calls.get(key)
@@ -391,8 +415,19 @@ class Backend:
 
     def _send(self, mtype: bytes, client: bytes, rid: bytes, header: bytes, *payload) -> None:
         """Send a message for a call: on this thread's slot connection, else via the I/O thread."""
+        size = len(header) + serialize.nbytes(payload)
+        if size > self._limit:  # it would be cut off in transit, and the caller would wait for ever
+            mtype, header, payload = self._too_large(mtype, size)
         sock = getattr(self._local, "slot", None) or self._out.get()
-        send_frames(sock, [P.VERSION, mtype, client, rid, header, *payload])
+        send_frames(sock, P.answer(mtype, client, rid, header, payload))
+
+    def _too_large(self, mtype: bytes, size: int) -> tuple[bytes, bytes, tuple]:
+        """What to send instead of a message over the size limit: an error, or for an event a note."""
+        what = f"{size} bytes, over the maximum message size of {self._limit} bytes"
+        if mtype == P.EVENT:
+            note = f"[de-magic: an output of {what} was left out]\n"
+            return P.EVENT, P.dump_header({"event": "stream", "name": "stderr", "text": note}), ()
+        return P.ERROR, P.error_header(PayloadTooLarge.kind, f"the result is {what}"), ()
 
     def _new_out_socket(self) -> zmq.Socket:
         sock = self._ctx.socket(zmq.PUSH)
@@ -428,9 +463,9 @@ class Backend:
     def _encode_result(self, call: Call, result) -> tuple[bytes, list]:
         frames = serialize.dumps_json(result) if self.codec == serialize.JSON else serialize.dumps(result)
         size = serialize.nbytes(frames)
-        if size > self.max_message_size:
-            raise PayloadTooLarge(
-                f"result of {size} bytes exceeds the backend's maximum message size of {self.max_message_size} bytes")
+        if size > self._limit:
+            raise PayloadTooLarge(f"the result is {size} bytes, over the maximum message size of {self._limit} bytes "
+                                  "(the broker's or this backend's)")
         return self._reply_header, frames
 
     # -- the "call" operation ------------------------------------------------
@@ -484,6 +519,15 @@ class Backend:
 
 
 _MACHINERY = {__name__, "de_magic.schema", "de_magic.serialize", "de_magic.jsoncodec"}
+
+
+def _send_or_drop(sock: zmq.Socket, frames: list) -> None:
+    """Send on the control connection without ever blocking: without a broker (or with one that refused
+    our handshake) a blocking send would hang the I/O thread; heartbeats and READY are sent again anyway."""
+    try:
+        send_frames(sock, frames, zmq.NOBLOCK)
+    except zmq.Again:
+        pass
 
 
 def error_header(exc: BaseException) -> bytes:

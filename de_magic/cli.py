@@ -20,7 +20,8 @@ from pathlib import Path
 from types import ModuleType
 
 from .backend import Backend
-from .broker import DEFAULT_HEARTBEAT, DEFAULT_MAX_MESSAGE, Broker
+from .broker import Broker
+from .defaults import DEFAULT_HEARTBEAT, DEFAULT_MAX_MESSAGE
 from .client import Client
 from .errors import DeMagicError
 from .generate import client_module

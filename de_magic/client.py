@@ -31,7 +31,7 @@ import zmq
 
 from . import protocol as P
 from . import serialize
-from .broker import DEFAULT_HEARTBEAT, DEFAULT_LIVENESS, DEFAULT_MAX_MESSAGE, default_url
+from .defaults import DEFAULT_HEARTBEAT, DEFAULT_LIVENESS, DEFAULT_MAX_MESSAGE, default_url
 from .errors import (BackendLost, CallTimeout, DeMagicError, PayloadTooLarge, ProtocolMismatch, Refused,
                      UnknownBackend, UnknownMethod, from_header)
 from .progress_display import default_progress
@@ -41,6 +41,7 @@ from .wire import PerThread, recv_frames, send_frames
 EventHandler = Callable[[dict, list], None]
 
 LISTING_TIMEOUT = 10.0  # seconds, unless a listing is given a timeout of its own
+SMALL_CALL = 1 << 20  # bytes: below this no broker's size limit is in question
 
 _request_ids = itertools.count(1)
 
@@ -94,6 +95,7 @@ class Client:
         self._pool: ThreadPoolExecutor | None = None
         self._apis: dict[str, tuple[str, dict]] = {}  # backend -> (api tag, api) seen in listings
         self._closed = False
+        self._broker_limit: int | None = None  # the broker's maximum message size, once a listing said it
 
     @staticmethod
     def default_url() -> str:
@@ -166,20 +168,28 @@ class Client:
         Raises the error the answer carries, :class:`CallTimeout` or :class:`BackendLost`.
         """
         size = serialize.nbytes(payload)
-        if size > self.max_message_size:
-            raise PayloadTooLarge(
-                f"call of {size} bytes exceeds the maximum message size of {self.max_message_size} bytes")
+        limit = self._limit(size)
+        if size > limit:
+            raise PayloadTooLarge(f"call of {size} bytes exceeds the maximum message size of {limit} bytes "
+                                  f"(the broker's at {self.url}, or this client's)")
         rid = struct.pack("!Q", next(_request_ids))
-        return self._exchange([P.VERSION, P.CALL, rid, backend.encode(), worker, P.dump_header(header), *payload],
+        return self._exchange(rid, P.call(rid, backend, worker, P.dump_header(header), payload),
                               self.timeout if timeout is None else timeout, on_event)
 
-    def _exchange(self, frames: list, timeout: float | None, on_event) -> tuple[dict, list]:
-        """Send a request (``frames[2]`` is its id) on this thread's socket and wait for the answer."""
+    def _limit(self, size: int) -> int:
+        """The largest call that may be sent. The broker's own limit is learnt from a listing, asked
+        for only when a call is large enough to matter: libzmq would cut a larger call off in transit."""
+        if self._broker_limit is None and size > SMALL_CALL:
+            self.listing(api=False)
+        return min(self.max_message_size, self._broker_limit or self.max_message_size)
+
+    def _exchange(self, rid: bytes, frames: list, timeout: float | None, on_event) -> tuple[dict, list]:
+        """Send the request ``rid`` (its ``frames``) on this thread's socket and wait for the answer."""
         sock = self._socket()
         self._busy.add(sock)
         try:
             self._send(sock, frames)
-            return self._wait(sock, frames[2], timeout, on_event)
+            return self._wait(sock, rid, timeout, on_event)
         except zmq.ZMQError:
             if self._closed:
                 raise DeMagicError(f"{self!r} was closed during the call") from None
@@ -211,24 +221,26 @@ class Client:
                 if sock.poll(max(0.0, wait) * 1000):
                     frames = recv_frames(sock)
                     try:
-                        msg = P.decode(frames, P.TO_CLIENT)
+                        msg = P.parse(frames, P.AT_CLIENT)
                     except P.ProtocolError as exc:
+                        if exc.rid is not None and exc.rid != rid:
+                            continue  # a late answer to an earlier, abandoned request
                         raise ProtocolMismatch(f"broker at {self.url}: {exc}") from None
-                    if msg.frames[0].bytes != rid:
+                    if msg.rid != rid:
                         continue  # a late answer to an earlier, abandoned request
                     unanswered = 0
-                    if msg.type == P.REPLY:
-                        return P.load_header(msg.frames[1]), list(msg.frames[2:])
-                    if msg.type == P.EVENT:
+                    if type(msg) is P.Reply:
+                        return msg.header, msg.payload
+                    if type(msg) is P.Event:
                         if on_event is not None:
                             try:
-                                on_event(P.load_header(msg.frames[1]), list(msg.frames[2:]))
+                                on_event(msg.header, msg.payload)
                             except Exception:  # the caller gives up on the call: stop the remote work too
-                                self._send(sock, [P.VERSION, P.CANCEL, rid], zmq.NOBLOCK)
+                                self._send(sock, P.cancel(rid), zmq.NOBLOCK)
                                 raise
-                    elif msg.type == P.ERROR:
-                        raise from_header(P.load_header(msg.frames[1]))
-                    elif msg.frames[1].bytes == P.UNKNOWN:
+                    elif type(msg) is P.Error:
+                        raise from_header(msg.header)
+                    elif msg.state == P.UNKNOWN:
                         raise BackendLost(
                             f"the broker at {self.url} no longer knows this request "
                             "(it restarted, or the backend was lost)")
@@ -237,17 +249,17 @@ class Client:
                 if self._closed:
                     raise DeMagicError(f"{self!r} was closed during the call")
                 if deadline is not None and now >= deadline:
-                    self._send(sock, [P.VERSION, P.CANCEL, rid], zmq.NOBLOCK)
+                    self._send(sock, P.cancel(rid), zmq.NOBLOCK)
                     raise CallTimeout(f"no answer from {self.url} within {timeout:g} s")
                 if now >= next_query:
                     if unanswered >= self.liveness:
                         raise BackendLost(f"the broker at {self.url} is not answering")
-                    self._send(sock, [P.VERSION, P.QUERY, rid], zmq.NOBLOCK)
+                    self._send(sock, P.query(rid), zmq.NOBLOCK)
                     unanswered += 1
                     next_query = now + self.heartbeat
         except KeyboardInterrupt:
             # the kernel's stop button: stop the remote work too
-            self._send(sock, [P.VERSION, P.CANCEL, rid], zmq.NOBLOCK)
+            self._send(sock, P.cancel(rid), zmq.NOBLOCK)
             raise
 
     # -- calls -----------------------------------------------------------------
@@ -340,8 +352,9 @@ class Client:
             query["known"] = {n: tag for n, (tag, _) in self._apis.items() if name is None or n == name}
         if timeout is None:  # a listing is quick: don't inherit a call timeout of hours
             timeout = min(self.timeout or LISTING_TIMEOUT, LISTING_TIMEOUT)
-        head, frames = self._exchange([P.VERSION, P.LIST, rid, P.dump_header(query)], timeout, None)
+        head, frames = self._exchange(rid, P.list_query(rid, query), timeout, None)
         listing = decode_result(head, frames)
+        self._broker_limit = listing["broker"].get("max_message_size")
         for entry_name, entry in listing["backends"].items():
             self._codecs[entry_name] = entry.get("codec", serialize.PICKLE)
             if api and "api" in entry:

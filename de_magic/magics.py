@@ -19,7 +19,7 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from IPython.display import display
 
-from .broker import default_url
+from .defaults import default_url
 from .client import BackendTable, Client
 from .errors import DeMagicError
 from .local import LocalCluster, answers, is_local, start_local

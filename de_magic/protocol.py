@@ -1,22 +1,27 @@
-"""The de-magic wire protocol: frames and message types, without any I/O.
+"""The de-magic wire protocol: every message, built and parsed here, without any I/O.
 
-Everything that crosses a ZeroMQ socket is built and taken apart here, so the
-rules live in one place and can be tested without sockets (see
-``docs/protocol.md`` for the prose version).  Every message starts with the
-:data:`VERSION` frame so that peers of different protocol generations fail with
-a clear error instead of misreading each other.
+Each message type has one constructor (a function that returns its frames)
+and one parser (a table entry that turns frames into a named tuple), so
+broker, backend and client never assemble or read frames by position, and the
+rules can be tested without sockets (``docs/protocol.md`` is the prose
+version).  Every message starts with the :data:`VERSION` frame, so peers of
+different protocol generations fail with a clear error instead of misreading
+each other.  Any decoding failure, of whatever kind, is a
+:class:`ProtocolError`, which carries the request it belongs to where one is
+known so that it can be answered.
 
-The broker reads only the small routing frames (type, ids, service name); the
-``header`` (small JSON) and the ``payload`` frames (pickle or JSON, plus
-out-of-band buffers) are opaque to it and are forwarded as they arrived.
+The broker reads only the small routing frames (type, ids, backend name); a
+request's ``body`` (a small JSON header, then pickle or JSON payload frames
+with their out-of-band buffers) is opaque to it and forwarded as it arrived.
+Constructors of messages the broker sends take the routing address first.
 """
 
 from __future__ import annotations
 
 import json
-from typing import NamedTuple, Sequence
+from typing import Callable, NamedTuple, Sequence
 
-VERSION = b"de-magic/1"
+VERSION = b"de-magic/2"
 
 # client -> broker
 CALL = b"CALL"
@@ -33,78 +38,63 @@ READY = b"READY"
 HEARTBEAT = b"HEARTBEAT"
 BYE = b"BYE"
 SLOT = b"SLOT"
+WELCOME = b"WELCOME"
+REJECT = b"REJECT"
 DISCONNECT = b"DISCONNECT"
-
-#: Minimum number of frames after the version frame, per message type and direction.
-#: Clients and workers share one broker socket; the type alone tells them apart.
-FROM_CLIENT = {CALL: 5, CANCEL: 2, LIST: 3, QUERY: 2}
-FROM_WORKER = {READY: 3, SLOT: 2, HEARTBEAT: 1, BYE: 1, REPLY: 4, EVENT: 4, ERROR: 4}
-TO_CLIENT = {REPLY: 3, EVENT: 3, ERROR: 3, STATUS: 3}
-TO_WORKER = {CALL: 4, CANCEL: 3, HEARTBEAT: 1, DISCONNECT: 2}
 
 # Request status answers to QUERY.
 PENDING = b"pending"
 UNKNOWN = b"unknown"
 
+#: Longest backend name, in bytes; names appear in logs, listings and the sidebar.
+MAX_NAME = 200
+
 
 class ProtocolError(ValueError):
-    """A message that does not follow this protocol (wrong version, frames, type)."""
+    """A message that does not follow this protocol (version, frames, type, encoding).
+
+    ``client`` and ``rid`` name the request the message belongs to, where the
+    message got far enough to tell: the receiver answers that request with an ERROR.
+    """
+
+    def __init__(self, message: str, rid: bytes | None = None, client: bytes | None = None):
+        super().__init__(message)
+        self.rid, self.client = rid, client
 
 
-class Message(NamedTuple):
-    """A decoded message: its type and the frames after the type frame."""
-
-    type: bytes
-    frames: Sequence
-
-
-def _as_bytes(frame) -> bytes:
+def _bytes(frame) -> bytes:
     return frame if isinstance(frame, bytes) else frame.bytes
 
 
-def decode(frames: Sequence, rules: dict[bytes, int]) -> Message:
-    """Check version and shape of ``frames`` (without routing envelope).
-
-    ``rules`` is one of the ``FROM_*``/``TO_*`` tables.  Frames may be ``bytes``
-    or :class:`zmq.Frame`; the returned frames keep their original objects so
-    payloads can be forwarded without copies.
-    """
-    if len(frames) < 2:
-        raise ProtocolError(f"message has {len(frames)} frame(s); at least 2 (version, type) are needed")
-    version = _as_bytes(frames[0])
-    if version != VERSION:
-        shown = version[:40].decode("ascii", "replace")
-        raise ProtocolError(
-            f"protocol version mismatch: peer speaks {shown!r}, this side speaks {VERSION.decode()!r}"
-        )
-    mtype = _as_bytes(frames[1])
-    need = rules.get(mtype)
-    if need is None:
-        shown = mtype[:40].decode("ascii", "replace")
-        raise ProtocolError(f"unknown message type {shown!r}; expected one of {sorted(t.decode() for t in rules)}")
-    if len(frames) - 1 < need:
-        raise ProtocolError(f"{mtype.decode()} message needs {need} frames after the version, got {len(frames) - 1}")
-    return Message(mtype, frames[2:])
+def _text(frame) -> str:
+    raw = _bytes(frame)
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        raise ProtocolError("a text frame is not UTF-8") from None
 
 
-def encode(mtype: bytes, *frames) -> list:
-    """Frames for a message of type ``mtype``; the last argument may be a payload list."""
-    return [VERSION, mtype, *frames]
+def _name(frame) -> str:
+    name = _text(frame)
+    if not name or len(name) > MAX_NAME or not name.isprintable():
+        raise ProtocolError(f"a backend name must be 1 to {MAX_NAME} printable characters")
+    return name
+
+
+def load_header(frame) -> dict:
+    """Decode a JSON object frame, raising :class:`ProtocolError` on anything else."""
+    try:
+        value = json.loads(_bytes(frame))
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        # RecursionError: a header of 100,000 "[" must cost one error, not the thread that reads it
+        raise ProtocolError(f"header frame is not JSON: {type(exc).__name__}") from None
+    if not isinstance(value, dict):
+        raise ProtocolError("header frame must be a JSON object")
+    return value
 
 
 def dump_header(header: dict) -> bytes:
     return json.dumps(header, separators=(",", ":"), default=str).encode()
-
-
-def load_header(frame) -> dict:
-    """Decode a JSON header frame, raising :class:`ProtocolError` on garbage."""
-    try:
-        value = json.loads(_as_bytes(frame))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ProtocolError(f"header frame is not JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise ProtocolError("header frame must be a JSON object")
-    return value
 
 
 def error_header(kind: str, message: str, **extra) -> bytes:
@@ -112,16 +102,281 @@ def error_header(kind: str, message: str, **extra) -> bytes:
     return dump_header({"kind": kind, "message": message, **extra})
 
 
-def load_ready_info(frame) -> dict:
-    """Decode the info frame of READY, checking the fields the broker relies on.
+# -- messages, as parsed ----------------------------------------------------------------------
+# A field is read by its converter; ``body``/``payload`` take every remaining frame (at least
+# ``min_rest`` of them) as they arrived, so payloads are forwarded without copies.
 
-    The broker checks before it changes anything, so a malformed registration
-    cannot leave half-applied state (an API or a caller restriction) on a live backend name.
+class Call(NamedTuple):  # client -> broker
+    rid: bytes
+    backend: str
+    worker: bytes  #: public id of the worker to pin to, or empty for any
+    body: list  #: header frame, then payload frames
+
+
+class Cancel(NamedTuple):  # client -> broker
+    rid: bytes
+
+
+class List(NamedTuple):  # client -> broker
+    rid: bytes
+    query: dict
+
+
+class Query(NamedTuple):  # client -> broker
+    rid: bytes
+
+
+class Ready(NamedTuple):  # worker control -> broker
+    name: str
+    worker: bytes  #: public worker id (listings show it; sessions pin to it)
+    secret: bytes  #: shared with the worker's slots, known to nobody else
+    info: dict
+
+
+class Slot(NamedTuple):  # worker slot -> broker
+    worker: bytes
+    secret: bytes
+
+
+class Heartbeat(NamedTuple):  # both ways
+    pass
+
+
+class Bye(NamedTuple):  # worker -> broker
+    pass
+
+
+class Answer(NamedTuple):  # worker -> broker: REPLY, EVENT or ERROR for a request
+    type: bytes
+    client: bytes
+    rid: bytes
+    body: list
+
+
+class Reply(NamedTuple):  # broker -> client
+    rid: bytes
+    header: dict
+    payload: list
+
+
+class Event(NamedTuple):  # broker -> client
+    rid: bytes
+    header: dict
+    payload: list
+
+
+class Error(NamedTuple):  # broker -> client
+    rid: bytes
+    header: dict
+
+
+class Status(NamedTuple):  # broker -> client
+    rid: bytes
+    state: bytes
+
+
+class Welcome(NamedTuple):  # broker -> worker control
+    info: dict
+
+
+class Reject(NamedTuple):  # broker -> worker control: registration refused, do not retry
+    reason: str
+
+
+class Disconnect(NamedTuple):  # broker -> worker control: unknown here, register again
+    reason: str
+
+
+class Work(NamedTuple):  # broker -> worker slot: a CALL
+    client: bytes
+    rid: bytes
+    header: dict
+    payload: list
+
+
+class Interrupt(NamedTuple):  # broker -> worker control: a CANCEL
+    client: bytes
+    rid: bytes
+
+
+_REST = object()  # converter marker: all remaining frames
+
+
+class Rule(NamedTuple):
+    make: Callable
+    fields: tuple  # converters, _REST last if the message has a variable tail
+    min_rest: int = 0
+    rid_at: int | None = None  # where the request id is, to answer a malformed message
+    client_at: int | None = None  # where the client's address is, in messages to workers
+
+
+def _rules(**spec) -> dict[bytes, Rule]:
+    return {name.encode(): rule for name, rule in spec.items()}
+
+
+#: What the broker accepts, from clients and workers alike on one socket: the type tells them apart.
+AT_BROKER = _rules(
+    CALL=Rule(Call, (_bytes, _name, _bytes, _REST), 1, rid_at=0),
+    CANCEL=Rule(Cancel, (_bytes,), rid_at=0),
+    LIST=Rule(List, (_bytes, load_header), rid_at=0),
+    QUERY=Rule(Query, (_bytes,), rid_at=0),
+    READY=Rule(Ready, (_name, _bytes, _bytes, load_header)),
+    SLOT=Rule(Slot, (_bytes, _bytes)),
+    HEARTBEAT=Rule(Heartbeat, ()),
+    BYE=Rule(Bye, ()),
+    REPLY=Rule(lambda *f: Answer(REPLY, *f), (_bytes, _bytes, _REST), 1),
+    EVENT=Rule(lambda *f: Answer(EVENT, *f), (_bytes, _bytes, _REST), 1),
+    ERROR=Rule(lambda *f: Answer(ERROR, *f), (_bytes, _bytes, _REST), 1),
+)
+#: What a client accepts from the broker.
+AT_CLIENT = _rules(
+    REPLY=Rule(Reply, (_bytes, load_header, _REST), rid_at=0),
+    EVENT=Rule(Event, (_bytes, load_header, _REST), rid_at=0),
+    ERROR=Rule(Error, (_bytes, load_header), rid_at=0),
+    STATUS=Rule(Status, (_bytes, _bytes), rid_at=0),
+)
+#: What a worker accepts from the broker, on its control connection and its slots.
+AT_WORKER = _rules(
+    WELCOME=Rule(Welcome, (load_header,)),
+    REJECT=Rule(Reject, (_text,)),
+    DISCONNECT=Rule(Disconnect, (_text,)),
+    HEARTBEAT=Rule(Heartbeat, ()),
+    CALL=Rule(Work, (_bytes, _bytes, load_header, _REST), rid_at=1, client_at=0),
+    CANCEL=Rule(Interrupt, (_bytes, _bytes)),
+)
+
+
+def parse(frames: Sequence, rules: dict[bytes, Rule]):
+    """The message ``frames`` (routing envelope removed) hold, as a named tuple of ``rules``.
+
+    Frames may be ``bytes`` or :class:`zmq.Frame`; payload frames keep their
+    original objects, so they can be forwarded without copies.
     """
-    info = load_header(frame)
+    if len(frames) < 2:
+        raise ProtocolError(f"message has {len(frames)} frame(s); at least 2 (version, type) are needed")
+    version = _bytes(frames[0])
+    if version != VERSION:
+        shown = version[:40].decode("ascii", "replace")
+        raise ProtocolError(
+            f"protocol version mismatch: peer speaks {shown!r}, this side speaks {VERSION.decode()!r}")
+    mtype = _bytes(frames[1])
+    rule = rules.get(mtype)
+    if rule is None:
+        shown = mtype[:40].decode("ascii", "replace")
+        raise ProtocolError(f"unknown message type {shown!r}; expected one of {sorted(t.decode() for t in rules)}")
+    fields = rule.fields
+    rest = bool(fields) and fields[-1] is _REST
+    fixed = len(fields) - rest
+    if len(frames) - 2 < fixed + rule.min_rest or (not rest and len(frames) - 2 > fixed):
+        need = f"at least {fixed + rule.min_rest}" if rest else str(fixed)
+        raise ProtocolError(f"{mtype.decode()} message needs {need} frames after the type, got {len(frames) - 2}",
+                            _frame_at(frames, rule.rid_at), _frame_at(frames, rule.client_at))
+    try:
+        values = [convert(frame) for convert, frame in zip(fields[:fixed], frames[2:2 + fixed])]
+    except ProtocolError as exc:
+        raise ProtocolError(f"{mtype.decode()}: {exc}", _frame_at(frames, rule.rid_at),
+                            _frame_at(frames, rule.client_at)) from None
+    if rest:
+        values.append(list(frames[2 + fixed:]))
+    return rule.make(*values)
+
+
+def _frame_at(frames: Sequence, index: int | None) -> bytes | None:
+    """Field ``index`` of a malformed message, where it has one (the request it belongs to, to answer it)."""
+    return _bytes(frames[2 + index]) if index is not None and len(frames) > 2 + index else None
+
+
+# -- constructors: client -> broker -------------------------------------------------------
+
+def call(rid: bytes, backend: str, worker: bytes, header: bytes, payload: Sequence) -> list:
+    return [VERSION, CALL, rid, backend.encode(), worker, header, *payload]
+
+
+def cancel(rid: bytes) -> list:
+    return [VERSION, CANCEL, rid]
+
+
+def list_query(rid: bytes, query: dict) -> list:
+    return [VERSION, LIST, rid, dump_header(query)]
+
+
+def query(rid: bytes) -> list:
+    return [VERSION, QUERY, rid]
+
+
+# -- constructors: worker -> broker -------------------------------------------------------
+
+def ready(name: str, worker: bytes, secret: bytes, info: dict) -> list:
+    return [VERSION, READY, name.encode(), worker, secret, dump_header(info)]
+
+
+def slot(worker: bytes, secret: bytes) -> list:
+    return [VERSION, SLOT, worker, secret]
+
+
+def heartbeat() -> list:
+    return [VERSION, HEARTBEAT]
+
+
+def bye() -> list:
+    return [VERSION, BYE]
+
+
+def answer(mtype: bytes, client: bytes, rid: bytes, header: bytes, payload: Sequence = ()) -> list:
+    """A worker's REPLY, EVENT or ERROR for the request ``rid`` of ``client``."""
+    return [VERSION, mtype, client, rid, header, *payload]
+
+
+# -- constructors: broker -> peers (routing address first) --------------------------------
+
+def to_client(address: bytes, mtype: bytes, rid: bytes, body: Sequence) -> list:
+    """REPLY, EVENT or ERROR for a client: ``body`` is the header frame and any payload frames."""
+    return [address, VERSION, mtype, rid, *body]
+
+
+def error_to(address: bytes, rid: bytes, kind: str, message: str, **extra) -> list:
+    return [address, VERSION, ERROR, rid, error_header(kind, message, **extra)]
+
+
+def status(address: bytes, rid: bytes, state: bytes) -> list:
+    return [address, VERSION, STATUS, rid, state]
+
+
+def welcome(address: bytes, info: dict) -> list:
+    return [address, VERSION, WELCOME, dump_header(info)]
+
+
+def reject(address: bytes, reason: str) -> list:
+    return [address, VERSION, REJECT, reason.encode()]
+
+
+def disconnect(address: bytes, reason: str) -> list:
+    return [address, VERSION, DISCONNECT, reason.encode()]
+
+
+def heartbeat_to(address: bytes) -> list:
+    return [address, VERSION, HEARTBEAT]
+
+
+def work(slot_address: bytes, client: bytes, rid: bytes, body: Sequence) -> list:
+    return [slot_address, VERSION, CALL, client, rid, *body]
+
+
+def interrupt(address: bytes, client: bytes, rid: bytes) -> list:
+    return [address, VERSION, CANCEL, client, rid]
+
+
+# -- the READY info frame -------------------------------------------------------------------
+
+def check_ready_info(info: dict) -> dict:
+    """Check the fields of READY's info the broker relies on, before it changes anything.
+
+    A malformed registration must not leave half-applied state (an API or a
+    caller restriction) on a live backend name.
+    """
     for key in ("capacity", "queue"):
-        if key in info and type(info[key]) is not int:
-            raise ProtocolError(f"READY info: {key!r} must be an integer")
+        if key in info and (type(info[key]) is not int or info[key] < 0):
+            raise ProtocolError(f"READY info: {key!r} must be a non-negative integer")
     if not isinstance(info.get("api", {}), dict):
         raise ProtocolError("READY info: 'api' must be an object")
     allowed = info.get("allow_clients")

@@ -204,29 +204,12 @@ class Authenticator(ThreadAuthenticator):
         return True
 
 
-def may_use(allowed: frozenset[str] | None, frame, names: dict[str, str]) -> bool:
-    """Whether the peer that sent ``frame`` may use a backend that allows only ``allowed`` callers.
-
-    ``allowed`` holds Z85 public keys or names of key files in the broker's
-    allowed-keys directory; None means everyone.  Without CURVE there is no
-    authenticated key, so a restricted backend is closed to everyone.
-    """
-    if allowed is None:
-        return True
+def peer_key(frame) -> str | None:
+    """The Z85 public key ZAP authenticated for the peer that sent ``frame``; None without CURVE."""
     try:
-        user = frame.get("User-Id")
+        return frame.get("User-Id") or None
     except (zmq.ZMQError, AttributeError):
-        return False
-    return user in allowed or names.get(user) in allowed
-
-
-def caller(frame, names: dict[str, str]) -> str:
-    """Who sent ``frame``, for logs: the name of its key file, its Z85 key, or that it has none."""
-    try:
-        user = frame.get("User-Id")
-    except (zmq.ZMQError, AttributeError):
-        return "an unauthenticated peer"
-    return repr(names[user]) if user in names else f"key {user}"
+        return None
 
 
 def allowed_callers(entries) -> list[str] | None:

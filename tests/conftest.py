@@ -89,8 +89,9 @@ class Cluster:
                       env: dict | None = None) -> subprocess.Popen:
         proc = self.procs.start("serve", target, "--name", name, "--broker", self.url,
                                 "--heartbeat", str(HEARTBEAT), *extra, env=env)
-        wait_for(lambda: any(w["pid"] == proc.pid for w in self.workers(name)) or proc.poll() is not None,
-                 what=f"backend {name} to register")
+        # ready when every slot of the worker has checked in, not merely the worker
+        wait_for(lambda: any(w["pid"] == proc.pid and w["slots"] == w["capacity"] for w in self.workers(name))
+                 or proc.poll() is not None, what=f"backend {name} to register")
         assert proc.poll() is None, f"backend {name} exited with {proc.returncode}"
         return proc
 

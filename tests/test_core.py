@@ -166,7 +166,7 @@ def test_a_failing_event_handler_stops_the_remote_call(hello):
              what="the abandoned call to be cancelled")
 
 def test_pool_of_two_workers_shares_load(hello):
-    second = hello.start_backend("de_magic.demo.hello", "hello_world")
+    second = hello.start_backend("de_magic.demo.hello", "hello_world", "--allow-code")
     pids = {w["pid"] for w in hello.workers("hello_world")}
     assert len(pids) == 2 and second.pid in pids
     hw = hello.client["hello_world"]
@@ -177,7 +177,7 @@ def test_pool_of_two_workers_shares_load(hello):
 
 
 def test_worker_killed_mid_call_raises_backend_lost(hello):
-    victim = hello.start_backend("de_magic.demo.hello", "hello_world")
+    victim = hello.start_backend("de_magic.demo.hello", "hello_world", "--allow-code")
     # leave only the victim serving by stopping the fixture's worker
     first = [p for p in hello.procs.procs if p.pid != victim.pid and p is not hello.broker and p.poll() is None]
     for proc in first:
@@ -242,8 +242,17 @@ def test_broker_refuses_oversize_call_with_an_answer(processes):
     cluster = Cluster(processes)
     cluster.start_broker("--max-message-size", "100000")
     cluster.start_backend()
-    with pytest.raises(PayloadTooLarge, match="broker's maximum"):
+    # a client that has seen a listing knows the broker's limit and says so before sending
+    with pytest.raises(PayloadTooLarge, match="maximum message size of 100000 bytes .the broker's"):
         cluster.client.call("hello_world", "echo", (np.zeros(50_000),))
+    # one that has not (a small-looking call) sends it, and the broker answers instead of dropping it
+    with Client(cluster.url, timeout=10) as fresh:
+        with pytest.raises(PayloadTooLarge, match="broker's maximum"):
+            fresh.call("hello_world", "echo", (np.zeros(50_000),))
+    # far over the limit, where libzmq would cut the message off: the client asks the broker's limit first
+    with Client(cluster.url, timeout=10) as fresh:
+        with pytest.raises(PayloadTooLarge, match="100000 bytes"):
+            fresh.call("hello_world", "echo", (np.zeros(300_000),))
     assert cluster.client.call("hello_world", "echo", ("still fine",)) == "still fine"
     cluster.client.close()
 

@@ -1,0 +1,606 @@
+"""The broker's routing core: every decision the broker makes, and no sockets.
+
+:class:`Router` takes what arrived (sender, frames, the time) and returns the
+messages to send, as pyzmq's ``Authenticator`` sits inside
+``ThreadAuthenticator`` or h11's ``Connection`` behind any socket: the broker
+process (:mod:`de_magic.broker`) is a thin loop around it, and the tests drive
+it directly, in microseconds, through any interleaving they like.
+
+What it guarantees, against careless and hostile peers alike:
+
+- every request with a return address gets exactly one final answer (REPLY or ERROR);
+- a call reaches only a slot that proved it belongs to a live worker (the
+  secret the worker chose at registration, and under CURVE the same public
+  key), registered under that name by the name's owner, with the same API;
+- every table is bounded (queued calls by count and by bytes, slots by the
+  worker's capacity, calls waiting for a restarted broker's backends by count),
+  and every lookup is O(1): requests are indexed, queues are deques with lazy
+  deletion.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import logging
+import os
+import socket
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from hmac import compare_digest
+from typing import Callable
+
+from . import protocol as P
+from .badinput import BadInput
+from .defaults import (DEFAULT_HEARTBEAT, DEFAULT_LIVENESS, DEFAULT_MAX_MESSAGE, DEFAULT_MAX_QUEUED_BYTES,
+                       STARTUP_GRACE)
+from .errors import BackendLost, Busy, Cancelled, PayloadTooLarge, ProtocolMismatch, Refused, UnknownBackend
+from .serialize import nbytes
+
+log = logging.getLogger("de_magic.broker")
+
+#: Calls held, over all names, while a just (re)started broker waits for backends: bounds memory.
+MAX_WAITING = 10_000
+#: Shortest secret a worker may choose (bytes): its slots prove with it that they are the worker's.
+MIN_SECRET = 16
+
+
+@dataclass
+class Config:
+    url: str = ""
+    heartbeat: float = DEFAULT_HEARTBEAT
+    liveness: int = DEFAULT_LIVENESS
+    max_message_size: int = DEFAULT_MAX_MESSAGE
+    max_queued_bytes: int = DEFAULT_MAX_QUEUED_BYTES
+    #: backend name -> public keys (Z85) or key names that may register it (the config file's [owners])
+    owners: dict[str, frozenset[str]] = field(default_factory=dict)
+    curve: bool = False
+
+
+def no_key(frame) -> str | None:
+    return None
+
+
+class Request:
+    """A call the broker holds: waiting in a queue, or running on a worker's slot."""
+
+    __slots__ = ("client", "rid", "body", "size", "service", "pinned", "worker", "slot", "queued", "seq",
+                 "deadline", "key")
+
+    def __init__(self, client: bytes, rid: bytes, body: list, size: int, service: "Service",
+                 pinned: "Worker | None", deadline: float | None = None, key: str | None = None):
+        self.client, self.rid, self.body, self.size = client, rid, body, size
+        self.service, self.pinned = service, pinned
+        self.seq = 0  # arrival order among queued calls
+        self.worker: Worker | None = None
+        self.slot = b""
+        self.queued = False
+        self.deadline = deadline  # set while it waits for a backend to (re)register
+        self.key = key  # the caller's key, kept only while it waits for the backend's rules
+
+
+class Worker:
+    """A registered backend process: a control connection, its slots, its calls."""
+
+    __slots__ = ("id", "address", "secret", "key", "service", "capacity", "max_queue", "idle", "slots",
+                 "inflight", "pinned", "expires", "since", "pid", "host", "calls")
+
+    def __init__(self, msg: P.Ready, address: bytes, key: str | None, service: "Service", expires: float):
+        info = msg.info
+        self.id, self.address, self.secret, self.key, self.service = msg.worker, address, msg.secret, key, service
+        self.capacity = max(1, info.get("capacity", 1))
+        self.max_queue = info.get("queue", 1000)
+        self.idle: list[bytes] = []  # slot addresses ready for a call
+        self.slots: set[bytes] = set()
+        self.inflight: dict[tuple[bytes, bytes], Request] = {}
+        self.pinned: deque[Request] = deque()  # calls waiting for this worker in particular
+        self.expires = expires
+        self.since = time.time()
+        self.pid, self.host = info.get("pid"), info.get("host")
+        self.calls = 0
+
+    def describe(self) -> dict:
+        return {"id": self.id.hex(), "pid": self.pid, "host": self.host, "since": self.since,
+                "capacity": self.capacity, "slots": len(self.slots), "busy": len(self.inflight), "calls": self.calls}
+
+    def where(self) -> str:
+        return f"worker {self.id.hex()} (pid {self.pid} on {self.host})"
+
+
+def contract(info: dict) -> tuple:
+    """What every worker of one backend name must agree on: API, codec, code execution, callers."""
+    api = json.dumps(info.get("api", {}), separators=(",", ":"), sort_keys=True).encode()
+    allowed = info.get("allow_clients")
+    return (hashlib.blake2b(api, digest_size=8).hexdigest(), "json" if info.get("codec") == "json" else "pickle",
+            bool(info.get("allow_code", False)), None if allowed is None else frozenset(allowed))
+
+
+class Service:
+    """All workers registered under one backend name, the rules they share, and their queue."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.workers: list[Worker] = []
+        self.queue: deque[Request] = deque()  # unpinned calls, oldest first; cancelled ones stay until popped
+        self.waiting = 0  # live queued calls, pinned ones included
+        self.dead = 0  # cancelled entries still in the deques
+        self.contract: tuple | None = None
+        self.owner: str | None = None
+        self.api_json = b"{}"
+        self.since = time.time()
+
+    @property
+    def api_tag(self) -> str:
+        return self.contract[0] if self.contract else ""
+
+    @property
+    def allowed(self) -> frozenset[str] | None:
+        return self.contract[3] if self.contract else None
+
+    def adopt(self, info: dict, owner: str | None) -> None:
+        self.contract, self.owner = contract(info), owner
+        self.api_json = json.dumps(info.get("api", {}), separators=(",", ":")).encode()
+
+    def pick(self) -> Worker | None:
+        """The least busy worker with a free slot."""
+        best, load = None, 2.0
+        for worker in self.workers:
+            if worker.idle:
+                busy = len(worker.inflight) / worker.capacity
+                if busy < load:
+                    best, load = worker, busy
+        return best
+
+    def describe(self, with_api: bool, known_tag: str | None = None) -> bytes:
+        """This service as listing JSON; the API is left out when the caller has it already."""
+        _, codec, allow_code, _ = self.contract or (None, "pickle", False, None)
+        head = {"name": self.name, "allow_code": allow_code, "codec": codec, "since": self.since,
+                "api_tag": self.api_tag, "queued": self.waiting, "workers": [w.describe() for w in self.workers]}
+        text = json.dumps(head, separators=(",", ":")).encode()
+        if not with_api or known_tag == self.api_tag:
+            return text
+        return text[:-1] + b',"api":' + self.api_json + b"}"
+
+
+class Router:
+    """The broker's state and decisions. ``handle``/``tick`` return lists of messages to send,
+    each a frame list whose first frame is the routing address.
+
+    ``key_of(frame)`` tells the authenticated public key (Z85) of the peer that
+    sent a received frame, or None without CURVE; ``key_names()`` maps keys to
+    the names of their key files (for ``allow_clients`` and logs).
+    """
+
+    def __init__(self, config: Config, *, now: float, key_of: Callable = no_key,
+                 key_names: Callable[[], dict[str, str]] = dict):
+        self.config = config
+        self.key_of, self.key_names = key_of, key_names
+        self.id = uuid.uuid4().hex[:12]
+        self.since = time.time()
+        self.bad = BadInput(log)
+        self.services: dict[str, Service] = {}
+        self.workers: dict[bytes, Worker] = {}  # by control address
+        self.by_id: dict[bytes, Worker] = {}  # by public worker id
+        self.slots: dict[bytes, Worker] = {}  # by slot address
+        self.requests: dict[tuple[bytes, bytes], Request] = {}  # queued and running, by (client, request id)
+        self.queued_bytes = 0
+        self.waiting_total = 0  # calls waiting for an unknown backend to register
+        # backends that were connected before a restart come back within a heartbeat or two
+        self.grace_until = now + max(STARTUP_GRACE, config.heartbeat * config.liveness)
+        self.next_beat = now + config.heartbeat
+        self.next_reap = float("inf")
+        self.now = now
+        self._out: list[list] = []
+        self._arrivals = itertools.count()
+        self._handlers = {
+            P.Call: self._on_call, P.Cancel: self._on_cancel, P.List: self._on_list, P.Query: self._on_query,
+            P.Ready: self._on_ready, P.Slot: self._on_slot, P.Heartbeat: self._on_heartbeat, P.Bye: self._on_bye,
+            P.Answer: self._on_answer,
+        }
+
+    # -- entry points -------------------------------------------------------------------------
+
+    def handle(self, sender: bytes, frames: list, now: float) -> list[list]:
+        """One message from ``sender`` (its frames without the routing address)."""
+        out = self._out = []
+        self.now = now
+        try:
+            msg = P.parse(frames, P.AT_BROKER)
+            self._handlers[type(msg)](sender, msg, frames)
+        except P.ProtocolError as exc:
+            self.bad.report("bad message from %s: %s", sender.hex(), exc)
+            if exc.rid is not None:
+                out.append(P.error_to(sender, exc.rid, ProtocolMismatch.kind, str(exc)))
+        return out
+
+    @property
+    def wake_at(self) -> float:
+        """When :meth:`tick` has work to do (a heartbeat, or a worker that may have gone silent)."""
+        return min(self.next_beat, self.next_reap)
+
+    def tick(self, now: float) -> list[list]:
+        """Time passed: reap silent workers; each heartbeat interval, beat and expire waiting calls."""
+        out = self._out = []
+        self.now = now
+        self._reap()
+        if now >= self.next_beat:
+            self.next_beat = now + self.config.heartbeat
+            self.bad.flush()
+            out.extend(P.heartbeat_to(w.address) for w in self.workers.values())
+            for service in [s for s in self.services.values() if not s.workers]:
+                self._expire_waiting(service)
+        return out
+
+    def shutdown(self) -> list[list]:
+        """Messages for a clean stop: backends register again at once with the next broker."""
+        self.bad.flush()
+        return [P.disconnect(w.address, "broker stopping") for w in self.workers.values()]
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def _expires(self) -> float:
+        return self.now + self.config.heartbeat * self.config.liveness
+
+    def _error(self, client: bytes, rid: bytes, error_cls, message: str) -> None:
+        self._out.append(P.error_to(client, rid, error_cls.kind, message))
+
+    def _allows(self, service: Service, key: str | None) -> bool:
+        """Whether the caller with ``key`` may see and call ``service`` (its allow_clients)."""
+        allowed = service.allowed
+        if allowed is None:
+            return True
+        return key is not None and (key in allowed or self.key_names().get(key) in allowed)
+
+    def _who(self, key: str | None) -> str:
+        if key is None:
+            return "an unauthenticated peer"
+        name = self.key_names().get(key)
+        return repr(name) if name else f"key {key}"
+
+    # -- clients --------------------------------------------------------------------------------
+
+    def _on_call(self, client: bytes, msg: P.Call, frames: list) -> None:
+        rid, name = msg.rid, msg.backend
+        if (client, rid) in self.requests:
+            raise P.ProtocolError(f"request id {rid.hex()} is already in use by this caller", None)
+        size = nbytes(msg.body)
+        if size > self.config.max_message_size:
+            return self._error(client, rid, PayloadTooLarge, f"call of {size} bytes exceeds the broker's maximum "
+                                                             f"message size of {self.config.max_message_size} bytes")
+        service = self.services.get(name)
+        if service is None or not service.workers:
+            return self._wait_for_backend(client, msg, size, self.key_of(frames[0]))
+        if service.allowed is not None and not self._allows(service, self.key_of(frames[0])):
+            return self._refuse(client, rid, service, self.key_of(frames[0]))
+        pinned = None
+        if msg.worker:
+            pinned = self.by_id.get(msg.worker)
+            if pinned is None or pinned.service is not service:
+                return self._error(client, rid, BackendLost, f"worker {msg.worker.hex()} of backend {name!r} is gone "
+                                                             "(it held this session's state)")
+        request = Request(client, rid, msg.body, size, service, pinned)
+        worker = pinned if pinned is not None else service.pick()
+        if worker is not None and worker.idle:
+            self.requests[(client, rid)] = request
+            self._forward(worker, request)
+        elif self._admit(client, rid, service, size):
+            self._enqueue(service, request)
+
+    def _admit(self, client: bytes, rid: bytes, service: Service, size: int) -> bool:
+        """Whether a call may wait in the queue: bounded by count per backend, and by bytes overall."""
+        room = sum(w.max_queue for w in service.workers) if service.workers else MAX_WAITING
+        if service.waiting >= room:
+            self._error(client, rid, Busy, f"backend {service.name!r} is busy: all "
+                        f"{sum(w.capacity for w in service.workers)} slots working and {service.waiting} calls queued")
+            return False
+        if self.queued_bytes + size > self.config.max_queued_bytes:
+            self._error(client, rid, Busy, f"the broker is busy: {self.queued_bytes} bytes of calls wait in its "
+                        f"queues (limit {self.config.max_queued_bytes}); try again soon")
+            return False
+        return True
+
+    def _enqueue(self, service: Service, request: Request) -> None:
+        request.queued = True
+        request.seq = next(self._arrivals)
+        (request.pinned.pinned if request.pinned is not None else service.queue).append(request)
+        service.waiting += 1
+        self.queued_bytes += request.size
+        self.requests[(request.client, request.rid)] = request
+
+    def _settle(self, service: Service, request: Request) -> None:
+        """The books of a request leaving its queue."""
+        request.queued = False
+        service.waiting -= 1
+        self.queued_bytes -= request.size
+        if request.deadline is not None:
+            self.waiting_total -= 1
+            request.deadline = None
+
+    def _unqueue(self, service: Service, request: Request) -> None:
+        """Drop a queued request (cancelled, failed); its deque entry is skipped when it comes up."""
+        self._settle(service, request)
+        service.dead += 1
+        del self.requests[(request.client, request.rid)]
+        if service.dead > 64 + 2 * service.waiting:  # compact, so cancelled calls cannot pile up
+            service.queue = deque(r for r in service.queue if r.queued)
+            for worker in service.workers:
+                worker.pinned = deque(r for r in worker.pinned if r.queued)
+            service.dead = 0
+
+    def _wait_for_backend(self, client: bytes, msg: P.Call, size: int, key: str | None) -> None:
+        """A call for a backend that is not (yet) registered: just after a restart, wait for it."""
+        if self.now >= self.grace_until:
+            return self._unknown(client, msg.rid, msg.backend, key)
+        if msg.worker:
+            return self._error(client, msg.rid, BackendLost, f"worker {msg.worker.hex()} of backend "
+                                                             f"{msg.backend!r} is gone (the broker restarted)")
+        service = self.services.get(msg.backend) or Service(msg.backend)
+        if self.waiting_total >= MAX_WAITING:
+            return self._error(client, msg.rid, Busy, "too many calls wait for backends to register")
+        if not self._admit(client, msg.rid, service, size):
+            return
+        self.services[msg.backend] = service
+        self.waiting_total += 1
+        self._enqueue(service, Request(client, msg.rid, msg.body, size, service, None, self.grace_until, key))
+
+    def _forward(self, worker: Worker, request: Request) -> None:
+        request.worker, request.slot = worker, worker.idle.pop()
+        worker.inflight[(request.client, request.rid)] = request
+        worker.calls += 1
+        self._out.append(P.work(request.slot, request.client, request.rid, request.body))
+
+    def _drain(self, worker: Worker) -> None:
+        """Fill the worker's free slots with the oldest calls that may run there."""
+        service = worker.service
+        while worker.idle and service.waiting:
+            for queue in (worker.pinned, service.queue):
+                while queue and not queue[0].queued:
+                    queue.popleft()
+                    service.dead -= 1
+            if worker.pinned and (not service.queue or _older(worker.pinned[0], service.queue[0])):
+                request = worker.pinned.popleft()
+            elif service.queue:
+                request = service.queue.popleft()
+            else:
+                return
+            self._settle(service, request)
+            self._forward(worker, request)
+
+    def _refuse(self, client: bytes, rid: bytes, service: Service, key: str | None) -> None:
+        log.warning("refused a call of %r from %s (%s): not among the backend's allowed callers",
+                    service.name, self._who(key), client.hex())
+        self._error(client, rid, Refused, f"backend {service.name!r} does not accept calls from this caller's key")
+
+    def _unknown(self, client: bytes, rid: bytes, name: str, key: str | None) -> None:
+        # only what this caller may see: a restricted backend's name is not for everyone
+        live = sorted(n for n, s in self.services.items() if s.workers and self._allows(s, key))
+        self._error(client, rid, UnknownBackend,
+                    f"no backend named {name!r} at {self.config.url}; live backends: {', '.join(live) or 'none'}")
+
+    def _expire_waiting(self, service: Service) -> None:
+        for request in [r for r in service.queue if r.queued and r.deadline is not None and r.deadline <= self.now]:
+            self._unqueue(service, request)
+            self._unknown(request.client, request.rid, service.name, request.key)
+        if not service.waiting:
+            self.services.pop(service.name, None)
+
+    def _on_cancel(self, client: bytes, msg: P.Cancel, frames: list) -> None:
+        request = self.requests.get((client, msg.rid))
+        if request is None:
+            return
+        if request.worker is not None:
+            self._out.append(P.interrupt(request.worker.address, client, msg.rid))
+            return
+        self._unqueue(request.service, request)  # never started: it ends here
+        self._error(client, msg.rid, Cancelled, "cancelled before it started")
+
+    def _on_query(self, client: bytes, msg: P.Query, frames: list) -> None:
+        known = (client, msg.rid) in self.requests
+        self._out.append(P.status(client, msg.rid, P.PENDING if known else P.UNKNOWN))
+
+    def _on_list(self, client: bytes, msg: P.List, frames: list) -> None:
+        query = msg.query
+        only, with_api, known = query.get("name"), query.get("api", True), query.get("known") or {}
+        if not (only is None or isinstance(only, str)) or not isinstance(known, dict):
+            raise P.ProtocolError("LIST query: 'name' must be a string and 'known' an object", msg.rid)
+        key = self.key_of(frames[0])
+        services = [s for s in self.services.values()
+                    if s.workers and (only is None or s.name == only) and self._allows(s, key)]
+        body = b",".join(json.dumps(s.name).encode() + b":" + s.describe(with_api, known.get(s.name))
+                         for s in services)
+        listing = b'{"broker":' + json.dumps(self.describe()).encode() + b',"backends":{' + body + b"}}"
+        self._out.append(P.to_client(client, P.REPLY, msg.rid, (b'{"codec":"json"}', listing)))
+
+    def describe(self) -> dict:
+        """The broker itself, for listings: counts return to zero when all calls ended (leak tests use them)."""
+        c = self.config
+        return {"url": c.url, "id": self.id, "since": self.since, "protocol": P.VERSION.decode(),
+                "host": socket.gethostname(), "pid": os.getpid(), "curve": c.curve,
+                "max_message_size": c.max_message_size, "max_queued_bytes": c.max_queued_bytes,
+                "requests": len(self.requests), "queued": sum(s.waiting for s in self.services.values()),
+                "queued_bytes": self.queued_bytes, "bad_messages": self.bad.count}
+
+    # -- workers --------------------------------------------------------------------------------
+
+    def _on_ready(self, address: bytes, msg: P.Ready, frames: list) -> None:
+        info = P.check_ready_info(msg.info)
+        if not 1 <= len(msg.worker) <= 64 or len(msg.secret) < MIN_SECRET:
+            raise P.ProtocolError(f"READY: a worker id of 1 to 64 bytes and a secret of at least {MIN_SECRET} "
+                                  "bytes are needed")
+        key = self.key_of(frames[0])
+        if address in self.slots:
+            raise P.ProtocolError("READY from a slot connection")
+        worker = self.by_id.get(msg.worker)
+        if worker is not None and not (compare_digest(worker.secret, msg.secret) and worker.key == key):
+            self.bad.report("READY for worker %s from %s (%s) without its secret", msg.worker.hex(), self._who(key),
+                            address.hex())
+            self._out.append(P.reject(address, f"worker id {msg.worker.hex()} is taken"))
+            return
+        same = worker is not None and worker.service.name == msg.name and worker.service.contract == contract(info)
+        if worker is not None and not same:
+            self._remove(worker, "registered again with another name or API")
+            worker = None
+        previous = self.workers.get(address)
+        if previous is not None and previous is not worker:
+            self._remove(previous, "registered again as another worker")
+        if worker is not None:  # registering again (it lost us for a moment): its calls and slots stand
+            self._rebind(worker, address)
+        else:
+            worker = self._register(address, msg, key)
+            if worker is None:
+                return
+        worker.expires = self._expires()
+        self.next_reap = min(self.next_reap, worker.expires)
+        self._out.append(P.welcome(address, {"broker": self.id, "heartbeat": self.config.heartbeat,
+                                             "max_message_size": self.config.max_message_size}))
+
+    def _register(self, address: bytes, msg: P.Ready, key: str | None) -> Worker | None:
+        service = self.services.get(msg.name)
+        refusal = self._refusal(service, msg, key)
+        if refusal:
+            log.warning("refused registration of %r from %s (%s): %s", msg.name, self._who(key), address.hex(), refusal)
+            self._out.append(P.reject(address, refusal))
+            return None
+        if service is None:
+            service = self.services[msg.name] = Service(msg.name)
+        if not service.workers:
+            service.adopt(msg.info, key)
+            self._refuse_waiting(service)
+        worker = Worker(msg, address, key, service, self._expires())
+        service.workers.append(worker)
+        self.workers[address] = worker
+        self.by_id[msg.worker] = worker
+        log.info("worker %s registered for %r (pid %s on %s, %d slots)",
+                 msg.worker.hex(), msg.name, worker.pid, worker.host, worker.capacity)
+        return worker
+
+    def _refusal(self, service: Service | None, msg: P.Ready, key: str | None) -> str:
+        """Why ``msg`` may not register (empty when it may): names belong to their owner, and all
+        workers of a name agree on its API and rules."""
+        url, name = self.config.url, msg.name
+        owners = self.config.owners.get(name)
+        if owners is not None and not (key in owners or self.key_names().get(key) in owners):
+            return f"backend name {name!r} is reserved at {url} for other keys; choose another name (--name)"
+        if service is None or not service.workers:
+            return ""
+        if owners is None and service.owner != key:
+            return f"backend name {name!r} is registered at {url} by another key; choose another name (--name)"
+        if service.contract != contract(msg.info):
+            where = ", ".join(w.where() for w in service.workers[:3])
+            return (f"backend name {name!r} is live at {url} with a different API or settings ({where}); "
+                    "choose another name (--name), or stop those workers first")
+        return ""
+
+    def _refuse_waiting(self, service: Service) -> None:
+        """Calls that waited for this backend before its rules were known, from callers it does not allow."""
+        for request in [r for r in service.queue if r.queued and not self._allows(service, r.key)]:
+            self._unqueue(service, request)
+            self._refuse(request.client, request.rid, service, request.key)
+        for request in service.queue:
+            request.key = None
+
+    def _rebind(self, worker: Worker, address: bytes) -> None:
+        """A worker came back on a new control connection (it reconnected)."""
+        if address != worker.address:
+            self.workers.pop(worker.address, None)
+            worker.address = address
+            self.workers[address] = worker
+
+    def _on_slot(self, address: bytes, msg: P.Slot, frames: list) -> None:
+        worker = self.by_id.get(msg.worker)
+        if worker is None:
+            return  # e.g. this broker restarted: the worker's control connection registers again first
+        if not compare_digest(worker.secret, msg.secret) or worker.key != self.key_of(frames[0]):
+            self.bad.report("SLOT for worker %s from %s without its secret", msg.worker.hex(), address.hex())
+            return
+        owner = self.slots.get(address)
+        if owner is worker:
+            worker.expires = self._expires()
+        elif owner is None and address not in self.workers and len(worker.slots) < worker.capacity:
+            worker.slots.add(address)
+            worker.idle.append(address)
+            self.slots[address] = worker
+            self._drain(worker)
+        else:
+            self.bad.report("SLOT %s for worker %s refused (taken, or over its capacity)", address.hex(),
+                            msg.worker.hex())
+
+    def _peer(self, address: bytes) -> Worker | None:
+        worker = self.workers.get(address) or self.slots.get(address)
+        if worker is None:
+            # e.g. this broker restarted: ask the backend to register again
+            self._out.append(P.disconnect(address, "unknown worker; register again"))
+        else:
+            worker.expires = self._expires()
+        return worker
+
+    def _on_heartbeat(self, address: bytes, msg: P.Heartbeat, frames: list) -> None:
+        self._peer(address)
+
+    def _on_bye(self, address: bytes, msg: P.Bye, frames: list) -> None:
+        worker = self.workers.get(address)
+        if worker is not None:
+            self._remove(worker, "shut down")
+
+    def _on_answer(self, address: bytes, msg: P.Answer, frames: list) -> None:
+        worker = self._peer(address)
+        if worker is None:
+            return
+        key = (msg.client, msg.rid)
+        request = worker.inflight.get(key)
+        if request is None or address not in (worker.address, request.slot):
+            # answered already (e.g. as lost), or not this connection's: exactly one answer per request
+            self.bad.report("worker %s sent %s for request %s it does not hold", worker.id.hex(), msg.type.decode(),
+                            msg.rid.hex())
+            return
+        if msg.type == P.EVENT:
+            self._out.append(P.to_client(msg.client, P.EVENT, msg.rid, msg.body))
+            return
+        del worker.inflight[key]
+        del self.requests[key]
+        worker.idle.append(request.slot)
+        self._out.append(P.to_client(msg.client, msg.type, msg.rid, msg.body))
+        if worker.service.waiting:
+            self._drain(worker)
+
+    # -- workers going away ------------------------------------------------------------------
+
+    def _reap(self) -> None:
+        """Remove workers silent for ``liveness`` intervals, as soon as that is so rather than at the next
+        beat: callers of a killed worker learn it within ``liveness`` heartbeat intervals."""
+        if self.now < self.next_reap:
+            return
+        for worker in [w for w in self.workers.values() if w.expires < self.now]:
+            log.warning("%s of %r stopped heartbeating", worker.where(), worker.service.name)
+            self._remove(worker, "stopped heartbeating")
+        # a lower bound: heartbeats move expiries later, and then this wakes early and looks again
+        self.next_reap = min((w.expires for w in self.workers.values()), default=float("inf"))
+
+    def _remove(self, worker: Worker, why: str) -> None:
+        service = worker.service
+        del self.workers[worker.address]
+        del self.by_id[worker.id]
+        for slot in worker.slots:
+            del self.slots[slot]
+        service.workers.remove(worker)
+        for (client, rid), request in worker.inflight.items():
+            del self.requests[(client, rid)]
+            self._error(client, rid, BackendLost, f"backend {service.name!r} {worker.where()} {why} during the call")
+        worker.inflight.clear()
+        lost = [r for r in worker.pinned if r.queued]
+        if not service.workers:
+            lost += [r for r in service.queue if r.queued]
+        for request in lost:
+            self._unqueue(service, request)
+            self._error(request.client, request.rid, BackendLost,
+                        f"backend {service.name!r} {worker.where()} {why} before the call started")
+        if not service.workers and not service.waiting:
+            del self.services[service.name]
+
+
+def _older(a: Request, b: Request) -> bool:
+    """Whether ``a`` was queued before ``b``; queue entries are compared by arrival order."""
+    return a.seq < b.seq
