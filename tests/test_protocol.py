@@ -8,11 +8,22 @@ from de_magic import serialize
 from de_magic.errors import BackendLost, CallTimeout, RemoteError, from_header
 
 
-def test_encode_decode_round_trip():
-    frames = P.encode(P.CALL, b"rid", b"svc", b"", P.dump_header({"member": "f"}), b"payload")
-    msg = P.decode(frames, P.FROM_CLIENT)
-    assert msg.type == P.CALL
-    assert list(msg.frames) == [b"rid", b"svc", b"", b'{"member":"f"}', b"payload"]
+def test_every_message_parses_back_to_what_its_constructor_built():
+    header = P.dump_header({"member": "f"})
+    call = P.parse(P.call(b"rid", "svc", b"", header, [b"payload"]), P.AT_BROKER)
+    assert call == P.Call(b"rid", "svc", b"", [header, b"payload"])
+    assert P.parse(P.ready("svc", b"w" * 8, b"s" * 32, {"capacity": 2}), P.AT_BROKER) == P.Ready(
+        "svc", b"w" * 8, b"s" * 32, {"capacity": 2})
+    assert P.parse(P.slot(b"w", b"s"), P.AT_BROKER) == P.Slot(b"w", b"s")
+    assert P.parse(P.answer(P.REPLY, b"c", b"r", header, [b"p"]), P.AT_BROKER) == P.Answer(
+        P.REPLY, b"c", b"r", [header, b"p"])
+    # the broker's messages carry the routing address first
+    to_client = P.to_client(b"addr", P.REPLY, b"r", [header, b"p"])
+    assert to_client[0] == b"addr" and P.parse(to_client[1:], P.AT_CLIENT) == P.Reply(b"r", {"member": "f"}, [b"p"])
+    work = P.work(b"slot", b"c", b"r", [header, b"p"])
+    assert P.parse(work[1:], P.AT_WORKER) == P.Work(b"c", b"r", {"member": "f"}, [b"p"])
+    assert P.parse(P.welcome(b"a", {"max_message_size": 5})[1:], P.AT_WORKER) == P.Welcome({"max_message_size": 5})
+    assert P.parse(P.reject(b"a", "no")[1:], P.AT_WORKER) == P.Reject("no")
 
 
 @pytest.mark.parametrize("frames, needle", [
@@ -20,17 +31,26 @@ def test_encode_decode_round_trip():
     ([b"de-magic/0", P.CALL], "version mismatch"),
     ([b"\xff\xfe", P.CALL], "version mismatch"),
     ([P.VERSION, b"NOPE"], "unknown message type"),
-    ([P.VERSION, P.CALL, b"rid"], "needs 5 frames"),
-    ([P.VERSION, P.REPLY, b"c", b"r", b"h"], "unknown message type"),  # a worker's type from a client table
+    ([P.VERSION, P.CALL, b"rid"], "needs at least 4 frames"),
+    ([P.VERSION, P.QUERY, b"rid", b"extra"], "needs 1 frames"),
+    ([P.VERSION, P.CALL, b"rid", b"\xff", b"", b"{}"], "not UTF-8"),
+    ([P.VERSION, P.CALL, b"rid", b"", b"", b"{}"], "backend name"),
+    ([P.VERSION, P.LIST, b"rid", b"[" * 100_000], "not JSON"),  # nesting that would blow the stack
+    ([P.VERSION, P.READY, b"x", b"w", b"s", b"{bad"], "not JSON"),
 ])
-def test_decode_rejects_with_a_clear_message(frames, needle):
+def test_parse_rejects_with_a_clear_message(frames, needle):
     with pytest.raises(P.ProtocolError, match=needle):
-        P.decode(frames, P.FROM_CLIENT)
+        P.parse(frames, P.AT_BROKER)
 
 
-def test_worker_and_client_types_do_not_overlap():
-    # the broker tells clients from workers by message type alone
-    assert not set(P.FROM_CLIENT) & set(P.FROM_WORKER)
+def test_a_malformed_request_names_the_request_to_answer():
+    with pytest.raises(P.ProtocolError) as caught:
+        P.parse([P.VERSION, P.LIST, b"rid-1", b"{"], P.AT_BROKER)
+    assert caught.value.rid == b"rid-1"
+    # a call to a worker whose header nests too deep: the worker can still answer its caller
+    with pytest.raises(P.ProtocolError) as caught:
+        P.parse([P.VERSION, P.CALL, b"client", b"rid-2", b"[" * 100_000], P.AT_WORKER)
+    assert (caught.value.client, caught.value.rid) == (b"client", b"rid-2")
 
 
 def test_load_header_rejects_garbage():
@@ -38,6 +58,8 @@ def test_load_header_rejects_garbage():
         P.load_header(b"\x80garbage")
     with pytest.raises(P.ProtocolError, match="JSON object"):
         P.load_header(b"[1, 2]")
+    with pytest.raises(P.ProtocolError, match="not JSON"):
+        P.load_header(b'{"a":' * 50_000)
 
 
 def test_large_arrays_travel_out_of_band_and_arrive_writable():
@@ -61,15 +83,16 @@ def test_error_headers_map_to_exception_types():
 
 
 @pytest.mark.parametrize("info, needle", [
-    (b'{"capacity": "many"}', "'capacity' must be an integer"),
-    (b'{"queue": 1.5}', "'queue' must be an integer"),
-    (b'{"api": []}', "'api' must be an object"),
-    (b'{"allow_clients": "alice"}', "'allow_clients' must be a list"),
+    ({"capacity": "many"}, "'capacity' must be a non-negative integer"),
+    ({"queue": 1.5}, "'queue' must be a non-negative integer"),
+    ({"queue": -1}, "'queue' must be a non-negative integer"),
+    ({"api": []}, "'api' must be an object"),
+    ({"allow_clients": "alice"}, "'allow_clients' must be a list"),
 ])
 def test_ready_info_is_checked_before_use(info, needle):
     with pytest.raises(P.ProtocolError, match=needle):
-        P.load_ready_info(info)
-    assert P.load_ready_info(b'{"capacity": 4, "queue": 10, "allow_clients": ["alice"]}')["capacity"] == 4
+        P.check_ready_info(info)
+    assert P.check_ready_info({"capacity": 4, "queue": 10, "allow_clients": ["alice"]})["capacity"] == 4
 
 
 def test_every_error_a_caller_can_meet_is_exported():
