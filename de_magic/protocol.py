@@ -254,13 +254,13 @@ def parse(frames: Sequence, rules: dict[bytes, Rule]):
     """
     if len(frames) < 2:
         raise ProtocolError(f"message has {len(frames)} frame(s); at least 2 (version, type) are needed")
-    version = _bytes(frames[0])
-    if version != VERSION:
+    version, mtype = _bytes(frames[0]), _bytes(frames[1])
+    rule = rules.get(mtype)
+    if version != VERSION:  # answered where the layouts agree on the request id: that is the version frame's point
         shown = version[:40].decode("ascii", "replace")
         raise ProtocolError(
-            f"protocol version mismatch: peer speaks {shown!r}, this side speaks {VERSION.decode()!r}")
-    mtype = _bytes(frames[1])
-    rule = rules.get(mtype)
+            f"protocol version mismatch: peer speaks {shown!r}, this side speaks {VERSION.decode()!r}",
+            _frame_at(frames, rule.rid_at) if rule else None, _frame_at(frames, rule.client_at) if rule else None)
     if rule is None:
         shown = mtype[:40].decode("ascii", "replace")
         raise ProtocolError(f"unknown message type {shown!r}; expected one of {sorted(t.decode() for t in rules)}")

@@ -370,8 +370,8 @@ class Router:
             self._forward(worker, request)
 
     def _refuse(self, client: bytes, rid: bytes, service: Service, key: str | None) -> None:
-        log.warning("refused a call of %r from %s (%s): not among the backend's allowed callers",
-                    service.name, self._who(key), client.hex())
+        self.bad.report("refused a call of %r from %s (%s): not among the backend's allowed callers",
+                        service.name, self._who(key), client.hex())
         self._error(client, rid, Refused, f"backend {service.name!r} does not accept calls from this caller's key")
 
     def _unknown(self, client: bytes, rid: bytes, name: str, key: str | None) -> None:
@@ -460,8 +460,9 @@ class Router:
     def _register(self, address: bytes, msg: P.Ready, key: str | None) -> Worker | None:
         service = self.services.get(msg.name)
         refusal = self._refusal(service, msg, key)
-        if refusal:
-            log.warning("refused registration of %r from %s (%s): %s", msg.name, self._who(key), address.hex(), refusal)
+        if refusal:  # rate-limited: a peer can send these as fast as it likes
+            self.bad.report("refused registration of %r from %s (%s): %s", msg.name, self._who(key), address.hex(),
+                            refusal)
             self._out.append(P.reject(address, refusal))
             return None
         if service is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import stat
 import subprocess
@@ -154,23 +155,26 @@ def test_backend_restricts_callers_in_listing_and_calls(curve):
     assert "refused a call of 'private' from 'bob'" in curve.log.read_text()
 
 
-def test_registering_under_a_restricted_name_cannot_widen_access(curve):
-    """bob's key is allowed at the broker, so he can register a worker as 'private', without restriction."""
+def test_registering_under_a_live_name_with_another_key_is_refused(curve):
+    """bob's key is allowed at the broker, but 'private' was registered with another key: he cannot join it,
+    widen who may call it, or take its calls."""
     impostor = zmq.Context.instance().socket(zmq.DEALER)
     impostor.linger = 0
     Security(key=curve.keys["bob"], broker_key=curve.keys["broker.public"]).connect(impostor)
     impostor.connect(curve.url)
     try:
-        impostor.send_multipart(P.encode(P.READY, b"private", P.dump_header({"api": {}, "capacity": 1})))
-        wait_for(lambda: len(curve.workers("private")) == 2, what="the impostor to register")
+        impostor.send_multipart(P.ready("private", os.urandom(8), os.urandom(16), {"api": {}, "capacity": 1}))
+        assert impostor.poll(5000), "no answer to the impostor's READY"
+        answer = P.parse(impostor.recv_multipart(), P.AT_WORKER)
+        assert isinstance(answer, P.Reject) and "registered at" in answer.reason and "by another key" in answer.reason
+        assert len(curve.workers("private")) == 1
         with client_for(curve, "bob") as bob:
             assert "private" not in bob.listing(api=False)["backends"]
             with pytest.raises(Refused):
                 bob.call("private", "scale", ([1.0],))
     finally:
-        impostor.send_multipart(P.encode(P.BYE))
         impostor.close()
-    wait_for(lambda: len(curve.workers("private")) == 1, what="the impostor to leave")
+    assert "refused registration of 'private' from 'bob'" in curve.log.read_text()
 
 
 def test_a_key_alone_does_not_make_a_local_broker_curve(tmp_path):

@@ -57,8 +57,8 @@ class RawClient(threading.Thread):
                     rid = f"{self.index}:{sent}".encode()
                     token = f"client {self.index} call {sent} {random.random()}"
                     self.tokens[rid] = token
-                    sock.send_multipart(P.encode(P.CALL, rid, b"soak", b"", P.dump_header({"member": "echo"}),
-                                                 *serialize.dumps(((token,), {}))))
+                    sock.send_multipart(P.call(rid, "soak", b"", P.dump_header({"member": "echo"}),
+                                               serialize.dumps(((token,), {}))))
                     sent += 1
                     pending += 1
                     continue
@@ -72,20 +72,14 @@ class RawClient(threading.Thread):
                 if not sock.poll(50):
                     continue
                 frames = sock.recv_multipart()
-                rid = frames[2] if len(frames) > 2 else b""
-                if rid not in self.tokens:
+                msg = P.parse(frames, P.AT_CLIENT)
+                if msg.rid not in self.tokens or isinstance(msg, (P.Event, P.Status)):
                     self.strays.append(frames[:3])
                     continue
-                if frames[1] == P.REPLY:
-                    value = serialize.loads(frames[4:])
-                elif frames[1] == P.ERROR:
-                    value = P.load_header(frames[3]).get("kind")
-                else:
-                    self.strays.append(frames[:3])
-                    continue
-                if rid not in self.answers:
+                value = serialize.loads(msg.payload) if isinstance(msg, P.Reply) else msg.header.get("kind")
+                if msg.rid not in self.answers:
                     pending -= 1
-                self.answers.setdefault(rid, []).append((frames[1], value))
+                self.answers.setdefault(msg.rid, []).append((frames[1], value))
         finally:
             sock.close()
 
