@@ -59,16 +59,37 @@ def config_file() -> Path:
 
 
 def create_keys(name: str, directory: str | os.PathLike | None = None) -> tuple[Path, Path]:
-    """Write ``NAME.key`` (public, to hand out) and ``NAME.key_secret`` (keep it) into ``directory``."""
+    """Write ``NAME.key`` (public, to hand out) and ``NAME.key_secret`` (keep it) into ``directory``.
+
+    The files are in the format :func:`zmq.auth.load_certificate` reads.  The secret one is
+    created readable by its owner only: narrowing it afterwards would leave a moment in which
+    anyone could read it.
+    """
     directory = Path(directory) if directory else config_dir() / "keys"
     directory.mkdir(parents=True, exist_ok=True)
     public, secret = directory / f"{name}.key", directory / f"{name}.key_secret"
-    for path in (public, secret):
-        if path.exists():  # overwriting a key pair would lock its owner out
-            raise Refused(f"{path} exists; remove it first or choose another name")
-    zmq.auth.create_certificates(directory, name)
-    secret.chmod(0o600)
+    public_key, secret_key = zmq.curve_keypair()
+    _write_key_file(secret, 0o600, public_key, secret_key)
+    try:
+        _write_key_file(public, 0o644, public_key)
+    except Refused:
+        secret.unlink()  # half a pair is no use, and would block the next attempt
+        raise
     return public, secret
+
+
+def _write_key_file(path: Path, mode: int, public_key: bytes, secret_key: bytes | None = None) -> None:
+    """A new key file with ``mode`` from its first byte; never overwrites (that would lock its owner out)."""
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, mode)
+    except FileExistsError:
+        raise Refused(f"{path} exists; remove it first or choose another name") from None
+    lines = ["#   ZeroMQ CURVE " + ("secret key: keep it private" if secret_key else "public key"),
+             "#   written by de-magic keys", "metadata", "curve", f'    public-key = "{public_key.decode()}"']
+    if secret_key:
+        lines.append(f'    secret-key = "{secret_key.decode()}"')
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
 
 
 def is_loopback(url: str) -> bool:

@@ -3,23 +3,26 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import stat
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
 import zmq
+import zmq.auth
 
 from de_magic import Backend, Broker, Client, serialize
 from de_magic import protocol as P
 from de_magic.errors import DeMagicError, Refused
 from de_magic.jsoncodec import TAG
-from de_magic.security import Security, is_loopback
+from de_magic.security import Security, create_keys, is_loopback
 from de_magic.session import RemoteSession
 
 from conftest import HEARTBEAT, ROOT, Cluster, Processes, curve_keys, free_port, start_logged, wait_for
@@ -44,6 +47,39 @@ def test_keys_command_writes_a_pair_and_never_overwrites(tmp_path):
     again = _cli("keys", "alice", "--dir", str(tmp_path))
     assert again.returncode != 0 and "exists" in again.stderr
     assert Security(key=secret).key_pair == pair
+
+
+def test_secret_key_is_created_owner_only_from_its_first_byte(tmp_path, monkeypatch):
+    """Created 0600 by open(2) itself, even under umask 0: never created wider and narrowed after."""
+    opened = {}
+    real_open = os.open
+
+    def recording_open(path, flags, mode=0o777, **kw):
+        opened[Path(path).name] = (flags, mode)
+        return real_open(path, flags, mode, **kw)
+
+    def no_chmod(*args, **kwargs):
+        raise AssertionError("a key file was chmod-ed after it was created")
+
+    monkeypatch.setattr(os, "open", recording_open)
+    for name in ("chmod", "fchmod", "lchmod"):
+        monkeypatch.setattr(os, name, no_chmod, raising=False)
+    monkeypatch.setattr(Path, "chmod", no_chmod)
+    old_umask = os.umask(0)
+    try:
+        public, secret = create_keys("carol", tmp_path)
+    finally:
+        os.umask(old_umask)
+    flags, mode = opened["carol.key_secret"]
+    assert mode == 0o600 and flags & os.O_CREAT and flags & os.O_EXCL
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600 and stat.S_IMODE(public.stat().st_mode) == 0o644
+    assert zmq.auth.load_certificate(secret) == Security(key=secret).key_pair
+    assert zmq.auth.load_certificate(public)[0] == Security(key=secret).key_pair[0]
+    # a name taken by the public half only: refused, and no stray secret left behind
+    (tmp_path / "dave.key").write_text("someone's")
+    with pytest.raises(Refused, match="dave.key exists"):
+        create_keys("dave", tmp_path)
+    assert not (tmp_path / "dave.key_secret").exists()
 
 
 def test_settings_resolve_flags_over_environment_over_config_file(tmp_path, monkeypatch):
