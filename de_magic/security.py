@@ -28,6 +28,7 @@ machine must be visible on the command line that does it.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import os
@@ -41,6 +42,7 @@ import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
+from .badinput import BadInput
 from .errors import Refused
 
 log = logging.getLogger("de_magic.security")
@@ -185,7 +187,11 @@ class Security:
 
 
 class Authenticator(ThreadAuthenticator):
-    """ZAP handler that lets in the keys of a directory, re-read whenever it changes, and logs refusals."""
+    """ZAP handler that lets in the keys of a directory, re-read whenever it changes, and logs refusals.
+
+    A refused peer reconnects ten times a second, and anyone may try keys: refusals are logged
+    through a throttle, with the ones not logged one by one summed up every few seconds.
+    """
 
     def __init__(self, context: zmq.Context, directory: Path):
         super().__init__(context, log=logging.getLogger("de_magic.security.zap"))
@@ -193,6 +199,8 @@ class Authenticator(ThreadAuthenticator):
         self.names: dict[str, str] = {}  # Z85 public key -> name of its key file
         self._stamp = None
         self._peer = "?"
+        self._refusals = BadInput(log, per_interval=10, interval=2.0)
+        self._flush_scheduled = False
         self.configure_curve_callback(ZAP_DOMAIN, self)
 
     def _reload(self) -> None:
@@ -218,11 +226,24 @@ class Authenticator(ThreadAuthenticator):
         self._reload()
         name = self.names.get(key.decode("ascii", "replace"))
         if name is None:
-            log.warning("refused connection from %s: public key %s is not in %s",
-                        self._peer, key.decode("ascii", "replace"), self.directory)
+            self._refusals.report("refused connection from %s: public key %s is not in %s",
+                                  self._peer, key.decode("ascii", "replace"), self.directory)
+            self._flush_later()
             return False
         log.info("accepted connection from %s with key %r", self._peer, name)
         return True
+
+
+    def _flush_later(self) -> None:
+        """Have the refusals not logged one by one summed up even if no further refusal comes."""
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            # called from the ZAP handler, in the authenticator thread's event loop
+            asyncio.get_running_loop().call_later(self._refusals.interval, self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        self._refusals.flush()
 
 
 def may_use(allowed: frozenset[str] | None, frame, names: dict[str, str]) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import stat
 import subprocess
 import sys
@@ -178,6 +179,44 @@ def test_unknown_key_and_plain_clients_are_refused_and_logged(curve):
     wait_for(lambda: mallory_key in curve.log.read_text(), timeout=5, what="broker to log the refused key")
     line = next(line for line in curve.log.read_text().splitlines() if mallory_key in line)
     assert "refused connection from 127.0.0.1" in line
+
+
+def test_a_flood_of_refused_handshakes_is_logged_throttled_with_a_count(tmp_path):
+    keys = curve_keys(tmp_path)
+    procs, url, log = Processes(), f"tcp://127.0.0.1:{free_port()}", tmp_path / "broker.log"
+    try:
+        start_logged(procs, "broker", "--bind", url, "--key", str(keys["broker"]),
+                     "--allowed-keys", str(keys["allowed"]), log=log)
+        wait_for(lambda: "listening" in log.read_text(), what="the broker to listen")
+        attempts = 500
+        sockets = [_intruder(keys, url) for _ in range(attempts)]
+        try:
+            # every attempt counted, once logged one by one or in a summary, in a few dozen lines
+            wait_for(lambda: _refusals(log.read_text())[0] >= attempts, timeout=15, what="every refusal to be counted")
+        finally:
+            for sock in sockets:
+                sock.close()
+        counted, lines, summaries = _refusals(log.read_text())
+        assert counted == attempts and summaries >= 1 and lines <= 40, (counted, lines, summaries)
+    finally:
+        procs.stop_all()
+
+
+def _intruder(keys, url: str) -> zmq.Socket:
+    """A DEALER with mallory's unknown key that tries its handshake once (no reconnect within the test)."""
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.linger = 0
+    sock.reconnect_ivl = 60_000
+    Security(key=keys["mallory"], broker_key=keys["broker.public"]).connect(sock)
+    sock.connect(url)
+    return sock
+
+
+def _refusals(text: str) -> tuple[int, int, int]:
+    """Refusals counted in a broker log: (total, log lines about them, summary lines)."""
+    single = text.count("refused connection from")
+    summed = [int(m) for m in re.findall(r"bad input: (\d+) more in the last", text)]
+    return single + sum(summed), single + len(summed), len(summed)
 
 
 def test_backend_restricts_callers_in_listing_and_calls(curve):
