@@ -10,6 +10,7 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -217,6 +218,22 @@ def _refusals(text: str) -> tuple[int, int, int]:
     single = text.count("refused connection from")
     summed = [int(m) for m in re.findall(r"bad input: (\d+) more in the last", text)]
     return single + sum(summed), single + len(summed), len(summed)
+
+
+@pytest.mark.parametrize("key, broker_key, reason", [
+    ("mallory", "broker.public", r"refused this client's key .{8}\.\.\. \(not in its allowed keys\)"),
+    ("alice", "bob.public", r"the broker's public key configured here \(.*bob.key\) does not match the broker at"),
+    (None, None, r"requires CURVE; this client has no key: set --key / DE_MAGIC_KEY"),
+])
+def test_a_refused_client_is_told_why_within_2_s(curve, key, broker_key, reason):
+    security = Security(key=curve.keys[key], broker_key=curve.keys[broker_key]) if key else Security()
+    with Client(curve.url, security=security) as client:  # default heartbeat: the time a person waits
+        for attempt in (lambda: client.listing(), lambda: client.call("open", "echo", (1,))):
+            start = time.monotonic()
+            with pytest.raises(Refused, match=reason) as info:
+                attempt()
+            assert time.monotonic() - start < 2.0 and curve.url in str(info.value)
+            assert "\n" not in str(info.value)
 
 
 def test_backend_restricts_callers_in_listing_and_calls(curve):
