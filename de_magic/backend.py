@@ -37,6 +37,7 @@ from . import serialize
 from .broker import DEFAULT_HEARTBEAT, DEFAULT_LIVENESS, DEFAULT_MAX_MESSAGE, default_url
 from .badinput import BadInput
 from .errors import Cancelled, DeMagicError, PayloadTooLarge, ProtocolMismatch, Refused, RemoteError, UnknownMethod
+from .handshake import WatchedSocket
 from .schema import check_arguments, describe, validate_arguments
 from .security import Security, allowed_callers
 from .wire import PerThread, recv_frames, send_frames
@@ -135,6 +136,8 @@ class Backend:
         self._threads: list[threading.Thread] = []
         self._stopped = threading.Event()
         self.registered = threading.Event()
+        #: Why the broker refused our connection (then the backend stops), else None.
+        self.failure: str | None = None
         #: Set while run() serves main-thread work; without it such work would wait for ever.
         self._main_served = threading.Event()
 
@@ -176,6 +179,8 @@ class Backend:
             pass
         finally:
             self.stop()
+        if self.failure is not None:
+            raise Refused(self.failure)
 
     def stop(self, timeout: float = 5.0) -> None:
         """Say goodbye to the broker and stop all threads (thread-safe, idempotent)."""
@@ -203,13 +208,33 @@ class Backend:
 
     # -- the control connection (I/O thread) -------------------------------------
 
-    def _connect(self, routing_id: bytes) -> zmq.Socket:
-        sock = self._ctx.socket(zmq.DEALER)
+    def _connect(self, routing_id: bytes, control: bool = False) -> WatchedSocket:
+        sock = self._ctx.socket(zmq.DEALER, socket_class=WatchedSocket)
         sock.linger = 0
         sock.routing_id = routing_id
         self.configure_socket(sock)
+        if control:
+            # a refused handshake must stop us with its reason, not leave us blocked in a send
+            sock.watch(self.broker, "backend", self.security)
+            sock.sndtimeo = int(self.heartbeat * self.liveness * 1000)
         sock.connect(self.broker)
         return sock
+
+    def _send_control(self, dealer: zmq.Socket, frames: list, flags: int = 0) -> None:
+        """Send on the control connection; a broker that takes nothing for a while costs the message."""
+        try:
+            send_frames(dealer, frames, flags)
+        except zmq.Again:
+            log.warning("broker %s takes no messages; dropped one", self.broker)
+
+    def _refused(self, dealer: WatchedSocket) -> bool:
+        """Whether the broker refused the control connection; if so, log why and have run() stop."""
+        self.failure = dealer.handshake_failure()
+        if self.failure is None:
+            return False
+        log.error("%s", self.failure)
+        self._main_jobs.put(None)
+        return True
 
     def _ready_frames(self) -> list:
         info = {"api": self.api, "capacity": self.max_workers, "queue": self.max_queue,
@@ -220,8 +245,8 @@ class Backend:
 
     def _io_loop(self, pull: zmq.Socket, stop: zmq.Socket, slots: zmq.Socket) -> None:
         """Registration, heartbeats, cancels, and messages from threads that own no connection."""
-        dealer = self._connect(self.id)
-        dealer.send_multipart(self._ready_frames())
+        dealer = self._connect(self.id, control=True)
+        self._send_control(dealer, self._ready_frames(), zmq.NOBLOCK)
         poller = zmq.Poller()
         for sock in (dealer, pull, stop):
             poller.register(sock, zmq.POLLIN)
@@ -246,14 +271,16 @@ class Backend:
                             break
                         frames = recv_frames(pull)
                         if frames[1].bytes == P.EVENT:
-                            send_frames(dealer, frames)
+                            self._send_control(dealer, frames)
                         else:
                             answers.append(frames)
                     for frames in answers:
-                        send_frames(dealer, frames)
+                        self._send_control(dealer, frames)
                 now = time.monotonic()
                 if now >= next_beat:
-                    dealer.send_multipart(P.encode(P.HEARTBEAT))
+                    if self._refused(dealer):
+                        break
+                    self._send_control(dealer, P.encode(P.HEARTBEAT), zmq.NOBLOCK)
                     next_beat = now + self.heartbeat
                     self._bad.flush()
                 if now >= broker_expires:
@@ -261,8 +288,8 @@ class Backend:
                     self.registered.clear()
                     poller.unregister(dealer)
                     dealer.close()
-                    dealer = self._connect(self.id)
-                    dealer.send_multipart(self._ready_frames())
+                    dealer = self._connect(self.id, control=True)
+                    self._send_control(dealer, self._ready_frames(), zmq.NOBLOCK)
                     slots.send(_HELLO)
                     poller.register(dealer, zmq.POLLIN)
                     broker_expires = now + self.heartbeat * self.liveness
@@ -293,7 +320,7 @@ class Backend:
         elif msg.type == P.DISCONNECT:
             log.info("broker asks to register again: %s", msg.frames[0].bytes.decode("utf-8", "replace"))
             self.registered.clear()
-            dealer.send_multipart(self._ready_frames())
+            self._send_control(dealer, self._ready_frames(), zmq.NOBLOCK)
             slots.send(_HELLO)
         elif not self.registered.is_set():
             self.registered.set()
@@ -320,8 +347,11 @@ class Backend:
                     break
                 if sock in events:
                     self._on_slot_message(recv_frames(sock))
-                else:
-                    sock.send_multipart(hello)  # idle: make sure the broker knows this slot
+                else:  # idle: make sure the broker knows this slot; never wait for a peer that refused us
+                    try:
+                        sock.send_multipart(hello, zmq.NOBLOCK)
+                    except zmq.Again:
+                        pass  # not connected (yet, or refused): the next idle beat tries again
         finally:
             sock.close(linger=100)
             control.close()

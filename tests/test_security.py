@@ -236,6 +236,19 @@ def test_a_refused_client_is_told_why_within_2_s(curve, key, broker_key, reason)
             assert "\n" not in str(info.value)
 
 
+def test_a_backend_with_a_refused_key_exits_saying_why(curve, tmp_path):
+    log = tmp_path / "backend.log"
+    start = time.monotonic()
+    backend = start_logged(curve.procs, "serve", "de_magic.demo.hello", "--name", "intruder", "--broker", curve.url,
+                           "--key", str(curve.keys["mallory"]), "--broker-key", str(curve.keys["broker.public"]),
+                           log=log)
+    assert backend.wait(timeout=10) != 0 and time.monotonic() - start < 6  # default heartbeat, and startup
+    text = log.read_text()
+    assert "ERROR: the broker at " in text and "refused this backend's key" in text
+    assert text.rstrip().splitlines()[-1].startswith("de-magic: the broker at ")  # the exit message
+    assert "Traceback" not in text and "intruder" not in curve.client.listing(api=False)["backends"]
+
+
 def test_backend_restricts_callers_in_listing_and_calls(curve):
     assert curve.client["private"].scale([1.0]) == [2.0]  # alice is allowed
     with client_for(curve, "bob") as bob:
