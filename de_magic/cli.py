@@ -118,7 +118,10 @@ def _serve(name: str, members: dict, args: argparse.Namespace, doc: str = "") ->
     print(f"de-magic: serving {name!r} ({', '.join(members)}) at {backend.broker}", flush=True)
     if args.parent_pid is not None:
         exit_with_parent(args.parent_pid, backend.stop, args.heartbeat)
-    backend.run()
+    try:
+        backend.run()
+    except DeMagicError as exc:  # the broker refused us: say why, also for `python backend.py listen`
+        raise SystemExit(f"de-magic: {exc}") from None
 
 
 def _logging(verbose: bool) -> None:
