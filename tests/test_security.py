@@ -236,6 +236,13 @@ def test_a_refused_client_is_told_why_within_2_s(curve, key, broker_key, reason)
             assert "\n" not in str(info.value)
 
 
+def test_a_curve_client_of_a_plain_broker_is_told_so(cluster, tmp_path):
+    keys = curve_keys(tmp_path)
+    with Client(cluster.url, security=Security(key=keys["alice"], broker_key=keys["broker.public"])) as client:
+        with pytest.raises(Refused, match="does not use CURVE, but this client has a key"):
+            client.listing()
+
+
 def test_a_backend_with_a_refused_key_exits_saying_why(curve, tmp_path):
     log = tmp_path / "backend.log"
     start = time.monotonic()
