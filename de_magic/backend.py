@@ -36,6 +36,7 @@ from . import serialize
 from .defaults import DEFAULT_HEARTBEAT, DEFAULT_LIVENESS, DEFAULT_MAX_MESSAGE, default_url
 from .badinput import BadInput
 from .errors import Cancelled, DeMagicError, PayloadTooLarge, ProtocolMismatch, Refused, RemoteError, UnknownMethod
+from .handshake import WatchedSocket
 from .schema import check_arguments, describe, validate_arguments
 from .security import Security, allowed_callers
 from .wire import PerThread, recv_frames, send_frames
@@ -125,8 +126,6 @@ class Backend:
         self._control_id = os.urandom(16)
         #: The broker's limit, learnt at registration: a larger answer would be cut off in transit.
         self._limit = max_message_size
-        #: Why the broker refused to register us, if it did (we stop then).
-        self.rejected: str | None = None
         self.api = describe(name, self.members, doc)
         self._reply_header = P.dump_header({"codec": codec, "worker": self.id.hex()})
         self.operations: dict[str, Operation] = {"call": Operation(self._call_member)}
@@ -142,6 +141,8 @@ class Backend:
         self._threads: list[threading.Thread] = []
         self._stopped = threading.Event()
         self.registered = threading.Event()
+        #: Why the broker refused our connection (then the backend stops), else None.
+        self.failure: str | None = None
         #: Set while run() serves main-thread work; without it such work would wait for ever.
         self._main_served = threading.Event()
 
@@ -183,6 +184,8 @@ class Backend:
             pass
         finally:
             self.stop()
+        if self.failure is not None:
+            raise Refused(self.failure)
 
     def stop(self, timeout: float = 5.0) -> None:
         """Say goodbye to the broker and stop all threads (thread-safe, idempotent)."""
@@ -210,13 +213,33 @@ class Backend:
 
     # -- the control connection (I/O thread) -------------------------------------
 
-    def _connect(self, routing_id: bytes) -> zmq.Socket:
-        sock = self._ctx.socket(zmq.DEALER)
+    def _connect(self, routing_id: bytes, control: bool = False) -> WatchedSocket:
+        sock = self._ctx.socket(zmq.DEALER, socket_class=WatchedSocket)
         sock.linger = 0
         sock.routing_id = routing_id
         self.configure_socket(sock)
+        if control:
+            # a refused handshake must stop us with its reason, not leave us blocked in a send
+            sock.watch(self.broker, "backend", self.security)
+            sock.sndtimeo = int(self.heartbeat * self.liveness * 1000)
         sock.connect(self.broker)
         return sock
+
+    def _send_control(self, dealer: zmq.Socket, frames: list, flags: int = 0) -> None:
+        """Send on the control connection; a broker that takes nothing for a while costs the message."""
+        try:
+            send_frames(dealer, frames, flags)
+        except zmq.Again:
+            log.warning("broker %s takes no messages; dropped one", self.broker)
+
+    def _refused(self, dealer: WatchedSocket) -> bool:
+        """Whether the broker refused the control connection; if so, log why and have run() stop."""
+        self.failure = dealer.handshake_failure()
+        if self.failure is None:
+            return False
+        log.error("%s", self.failure)
+        self._main_jobs.put(None)
+        return True
 
     def _ready_frames(self) -> list:
         info = {"api": self.api, "capacity": self.max_workers, "queue": self.max_queue,
@@ -236,19 +259,21 @@ class Backend:
         next_beat = now + self.heartbeat
         broker_expires = now + self.heartbeat * self.liveness
         try:
-            while self.rejected is None:
+            while self.failure is None:
                 events = dict(poller.poll(max(0.0, next_beat - time.monotonic()) * 1000))
                 if stop in events:
                     break
                 if dealer in events:
                     broker_expires = time.monotonic() + self.heartbeat * self.liveness
-                    while dealer.poll(0) and self.rejected is None:
+                    while dealer.poll(0) and self.failure is None:
                         self._on_control(dealer, slots, recv_frames(dealer))
                 if pull in events:
                     self._relay(pull, dealer)
                 now = time.monotonic()
                 if now >= next_beat:
-                    _send_or_drop(dealer, P.heartbeat())
+                    if self._refused(dealer):
+                        break
+                    self._send_control(dealer, P.heartbeat(), zmq.NOBLOCK)
                     next_beat = now + self.heartbeat
                     self._bad.flush()
                 if now >= broker_expires:
@@ -262,12 +287,12 @@ class Backend:
         finally:
             self.registered.clear()
             slots.send(_STOP)
-            _send_or_drop(dealer, P.bye())
+            self._send_control(dealer, P.bye(), zmq.NOBLOCK)
             dealer.close(linger=100)
             for sock in (pull, stop, slots):
                 sock.close()
-            if self.rejected is not None:
-                self._main_jobs.put(None)  # run() returns; whoever started us reads ``rejected``
+            if self.failure is not None:
+                self._main_jobs.put(None)  # run() returns, and raises Refused with the reason
 
     def _register(self, old: zmq.Socket | None) -> zmq.Socket:
         """A fresh control connection (closing ``old``) that says READY."""
@@ -275,7 +300,7 @@ class Backend:
         if old is not None:
             old.close(linger=0)
         dealer = self._connect(self._control_id)
-        _send_or_drop(dealer, self._ready_frames())
+        self._send_control(dealer, self._ready_frames(), zmq.NOBLOCK)
         return dealer
 
     @staticmethod
@@ -314,12 +339,12 @@ class Backend:
             self.registered.set()
             slots.send(_HELLO)
         elif isinstance(msg, P.Reject):
-            self.rejected = f"the broker at {self.broker} refused to register {self.name!r}: {msg.reason}"
-            log.error("%s", self.rejected)
+            self.failure = f"the broker at {self.broker} refused to register {self.name!r}: {msg.reason}"
+            log.error("%s", self.failure)
         elif isinstance(msg, P.Disconnect):
             log.info("broker asks to register again: %s", msg.reason)
             self.registered.clear()
-            _send_or_drop(dealer, self._ready_frames())
+            self._send_control(dealer, self._ready_frames(), zmq.NOBLOCK)
 
     # -- slots: one thread and one connection per concurrent call ----------------
 
@@ -342,8 +367,12 @@ class Backend:
                 if sock in events:
                     self._on_slot_message(recv_frames(sock))
                 elif self.registered.is_set():
-                    # registered (HELLO), or idle for a heartbeat: make sure the broker knows this slot
-                    send_frames(sock, hello)
+                    # registered (HELLO), or idle for a heartbeat: make sure the broker knows this slot;
+                    # never wait for a peer that refused us
+                    try:
+                        send_frames(sock, hello, zmq.NOBLOCK)
+                    except zmq.Again:
+                        pass  # not connected (yet, or refused): the next idle beat tries again
         finally:
             sock.close(linger=100)
             control.close()
@@ -519,15 +548,6 @@ class Backend:
 
 
 _MACHINERY = {__name__, "de_magic.schema", "de_magic.serialize", "de_magic.jsoncodec"}
-
-
-def _send_or_drop(sock: zmq.Socket, frames: list) -> None:
-    """Send on the control connection without ever blocking: without a broker (or with one that refused
-    our handshake) a blocking send would hang the I/O thread; heartbeats and READY are sent again anyway."""
-    try:
-        send_frames(sock, frames, zmq.NOBLOCK)
-    except zmq.Again:
-        pass
 
 
 def error_header(exc: BaseException) -> bytes:

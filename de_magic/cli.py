@@ -25,6 +25,7 @@ from .defaults import DEFAULT_HEARTBEAT, DEFAULT_MAX_MESSAGE
 from .client import Client
 from .errors import DeMagicError
 from .generate import client_module
+from .lifeline import exit_with_parent
 from .local import DEMO_BACKENDS, start_local
 from .progress_display import TextProgress
 from .schema import describe, members_of
@@ -102,6 +103,8 @@ def _serve_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-queue", type=int, default=1000, help="calls that may wait before 'busy' is answered")
     parser.add_argument("--allow-code", action="store_true", help="accept %%%%remote code cells (runs arbitrary code!)")
     parser.add_argument("--heartbeat", type=float, default=DEFAULT_HEARTBEAT, help="heartbeat interval in seconds")
+    parser.add_argument("--parent-pid", type=int, default=None,
+                        help="stop when this process (the one that started us) is gone")
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
 
 
@@ -114,7 +117,12 @@ def _serve(name: str, members: dict, args: argparse.Namespace, doc: str = "") ->
     except ValueError as exc:  # contradictory options
         raise SystemExit(f"de-magic: {exc}") from None
     print(f"de-magic: serving {name!r} ({', '.join(members)}) at {backend.broker}", flush=True)
-    backend.run()
+    if args.parent_pid is not None:
+        exit_with_parent(args.parent_pid, backend.stop, args.heartbeat)
+    try:
+        backend.run()
+    except DeMagicError as exc:  # the broker refused us: say why, also for `python backend.py listen`
+        raise SystemExit(f"de-magic: {exc}") from None
 
 
 def _logging(verbose: bool) -> None:

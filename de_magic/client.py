@@ -34,6 +34,7 @@ from . import serialize
 from .defaults import DEFAULT_HEARTBEAT, DEFAULT_LIVENESS, DEFAULT_MAX_MESSAGE, default_url
 from .errors import (BackendLost, CallTimeout, DeMagicError, PayloadTooLarge, ProtocolMismatch, Refused,
                      UnknownBackend, UnknownMethod, from_header)
+from .handshake import WatchedSocket
 from .progress_display import default_progress
 from .security import Security
 from .wire import PerThread, recv_frames, send_frames
@@ -140,10 +141,11 @@ class Client:
 
     # -- low level -------------------------------------------------------------
 
-    def _new_socket(self) -> zmq.Socket:
-        sock = self._ctx.socket(zmq.DEALER)
+    def _new_socket(self) -> WatchedSocket:
+        sock = self._ctx.socket(zmq.DEALER, socket_class=WatchedSocket)
         sock.linger = 0
         self.configure_socket(sock)
+        sock.watch(self.url, "client", self.security)  # a refused handshake must not pass for a dead broker
         sock.connect(self.url)
         return sock
 
@@ -188,6 +190,8 @@ class Client:
         sock = self._socket()
         self._busy.add(sock)
         try:
+            if sock.failed_before:  # e.g. a retry after a refusal: fail now, not after a heartbeat
+                _raise_if_refused(sock)
             self._send(sock, frames)
             return self._wait(sock, rid, timeout, on_event)
         except zmq.ZMQError:
@@ -201,10 +205,15 @@ class Client:
 
     def _send(self, sock: zmq.Socket, frames: list, flags: int = 0) -> None:
         try:
-            send_frames(sock, frames, flags)
+            send_frames(sock, frames, flags | zmq.NOBLOCK)
+            return
         except zmq.Again:
             if flags & zmq.NOBLOCK:
                 return  # a query or cancel: the unanswered count takes care of a dead broker
+            _raise_if_refused(sock)  # a refused connection has no peer: waiting would not help
+        try:
+            send_frames(sock, frames, flags)  # blocks for at most sndtimeo
+        except zmq.Again:
             hint = " (CURVE: is this client's key allowed there, and the broker key right?)" if self.security.curve else ""
             raise BackendLost(f"cannot reach the broker at {self.url}{hint}") from None
 
@@ -252,6 +261,7 @@ class Client:
                     self._send(sock, P.cancel(rid), zmq.NOBLOCK)
                     raise CallTimeout(f"no answer from {self.url} within {timeout:g} s")
                 if now >= next_query:
+                    _raise_if_refused(sock)
                     if unanswered >= self.liveness:
                         raise BackendLost(f"the broker at {self.url} is not answering")
                     self._send(sock, P.query(rid), zmq.NOBLOCK)
@@ -376,6 +386,13 @@ class Client:
 
     def _ipython_key_completions_(self) -> list[str]:
         return sorted(self.listing(api=False)["backends"])
+
+
+def _raise_if_refused(sock: WatchedSocket) -> None:
+    """Raise :class:`Refused` if the broker refused the connection (else it looks like a dead broker)."""
+    reason = sock.handshake_failure()
+    if reason is not None:
+        raise Refused(reason) from None
 
 
 def decode_result(header: dict, frames: list):

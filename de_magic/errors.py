@@ -83,7 +83,9 @@ class RemoteError(DeMagicError):
     kind = "remote"
 
     def __init__(self, message: str, remote_type: str = "Exception", remote_traceback: str = "", **info):
-        super().__init__(message)
+        # not super().__init__: in a mix-in with the original type that would be the original's
+        # __init__, which may want other arguments (JSONDecodeError: msg, doc, pos) or keywords
+        BaseException.__init__(self, message)
         self.remote_type = remote_type
         self.remote_traceback = remote_traceback
         self.info = info
@@ -93,6 +95,9 @@ class RemoteError(DeMagicError):
         if self.remote_traceback:
             text += "\n\nRemote traceback:\n" + self.remote_traceback.rstrip()
         return text
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.remote_type!r}, {self.args[0] if self.args else ''!r})"
 
     def __reduce__(self):
         return (_rebuild, (self.remote_type, self.args[0] if self.args else "", self.remote_traceback, self.info))
@@ -136,7 +141,10 @@ def remote_error(info: dict) -> RemoteError:
             except TypeError:  # layout conflicts (e.g. some C exceptions) cannot be mixed in
                 cls = RemoteError
             _MIXINS[base] = cls
-    error = cls.__new__(cls)
+    try:
+        error = cls.__new__(cls)  # the original's __new__ may also want arguments (a user's own)
+    except Exception:  # noqa: BLE001 - whatever it wants, the caller gets the error as a plain RemoteError
+        error = RemoteError.__new__(RemoteError)
     RemoteError.__init__(error, message, qualname, traceback, **info)
     return error
 

@@ -16,23 +16,26 @@ REST endpoints (all authenticated, all JSON, under ``{base_url}de-magic/``):
 ``GET backends/NAME?broker=URL``
     One backend with its full API; 404 when the broker does not have it.
 
-The core client is blocking (ZeroMQ request/reply), so every call runs in a worker thread
-with a short timeout: a slow or dead broker never stalls the server's event loop.
+The core client is blocking (ZeroMQ request/reply), so every query runs in a thread of its
+broker's own with a short timeout (see :mod:`de_magic.brokerpool`): a slow or dead broker
+stalls neither the server's event loop nor the listings of other brokers.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import tornado.web
 from jupyter_server.base.handlers import APIHandler
 from jupyter_server.utils import url_path_join
 from traitlets import Float, List, Unicode
 from traitlets.config import Configurable
+
+if TYPE_CHECKING:
+    from .brokerpool import BrokerPool
 
 # ZeroMQ transports a broker can listen on; anything else is a typo, not a broker.
 _URL_RE = re.compile(r"^(tcp|ipc|inproc)://\S+$")
@@ -58,18 +61,16 @@ class DeMagicLab(Configurable):
         help="Seconds to wait for a broker's answer before reporting it unreachable.",
     ).tag(config=True)
 
-
-def fetch_listing(url: str, timeout: float) -> dict[str, Any]:
-    """Ask one broker for its listing (blocking: call it from a thread)."""
-    from .client import Client
-
-    # one client per broker: it keeps the APIs it has seen, so polls fetch only what changed
-    return Client.shared(url).listing(timeout=timeout)
+    retry_interval = Float(
+        3.0,
+        help="Seconds after a failed query during which a broker is reported as it failed, not asked again.",
+    ).tag(config=True)
 
 
 class _BaseHandler(APIHandler):
-    def initialize(self, demagic: DeMagicLab) -> None:
+    def initialize(self, demagic: DeMagicLab, brokers: BrokerPool) -> None:
         self.demagic = demagic
+        self.brokers = brokers
 
     def _broker_arg(self) -> str:
         url = self.get_query_argument("broker", None) or default_broker()
@@ -86,7 +87,7 @@ class _BaseHandler(APIHandler):
         """
         start = time.monotonic()
         try:
-            listing = await asyncio.to_thread(fetch_listing, url, self.demagic.timeout)
+            listing = await self.brokers.listing(url, self.demagic.timeout)
         except Exception as exc:  # DeMagicError subclasses, but also zmq errors on bad URLs
             self.log.debug("de-magic: broker %s unreachable: %r", url, exc)
             return {
@@ -154,7 +155,10 @@ class BackendsHandler(_BaseHandler):
 
 def setup_handlers(serverapp: Any) -> None:
     base = url_path_join(serverapp.web_app.settings["base_url"], "de-magic")
-    kwargs = {"demagic": DeMagicLab(parent=serverapp)}
+    from .brokerpool import BrokerPool  # imports zmq: only once the extension is loaded
+
+    demagic = DeMagicLab(parent=serverapp)
+    kwargs = {"demagic": demagic, "brokers": BrokerPool(cooldown=demagic.retry_interval)}
     serverapp.web_app.add_handlers(
         ".*$",
         [

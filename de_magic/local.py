@@ -57,8 +57,9 @@ class LocalCluster:
         # a session of its own: the kernel's interrupt (SIGINT to its group) must not reach it
         env = {k: v for k, v in os.environ.items() if k not in SECURITY_ENV.values()}
         env[CONFIG_ENV] = os.devnull
+        # and it must end with this process, however that ends (see lifeline.py)
         proc = subprocess.Popen([sys.executable, "-m", "de_magic", "serve", module, "--name", name,
-                                 "--broker", self.url, *extra], env=env,
+                                 "--broker", self.url, "--parent-pid", str(os.getpid()), *extra], env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         self.processes[name] = proc
         return proc

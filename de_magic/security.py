@@ -28,6 +28,7 @@ machine must be visible on the command line that does it.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import os
@@ -41,6 +42,7 @@ import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
+from .badinput import BadInput
 from .errors import Refused
 
 log = logging.getLogger("de_magic.security")
@@ -59,16 +61,37 @@ def config_file() -> Path:
 
 
 def create_keys(name: str, directory: str | os.PathLike | None = None) -> tuple[Path, Path]:
-    """Write ``NAME.key`` (public, to hand out) and ``NAME.key_secret`` (keep it) into ``directory``."""
+    """Write ``NAME.key`` (public, to hand out) and ``NAME.key_secret`` (keep it) into ``directory``.
+
+    The files are in the format :func:`zmq.auth.load_certificate` reads.  The secret one is
+    created readable by its owner only: narrowing it afterwards would leave a moment in which
+    anyone could read it.
+    """
     directory = Path(directory) if directory else config_dir() / "keys"
     directory.mkdir(parents=True, exist_ok=True)
     public, secret = directory / f"{name}.key", directory / f"{name}.key_secret"
-    for path in (public, secret):
-        if path.exists():  # overwriting a key pair would lock its owner out
-            raise Refused(f"{path} exists; remove it first or choose another name")
-    zmq.auth.create_certificates(directory, name)
-    secret.chmod(0o600)
+    public_key, secret_key = zmq.curve_keypair()
+    _write_key_file(secret, 0o600, public_key, secret_key)
+    try:
+        _write_key_file(public, 0o644, public_key)
+    except Refused:
+        secret.unlink()  # half a pair is no use, and would block the next attempt
+        raise
     return public, secret
+
+
+def _write_key_file(path: Path, mode: int, public_key: bytes, secret_key: bytes | None = None) -> None:
+    """A new key file with ``mode`` from its first byte; never overwrites (that would lock its owner out)."""
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, mode)
+    except FileExistsError:
+        raise Refused(f"{path} exists; remove it first or choose another name") from None
+    lines = ["#   ZeroMQ CURVE " + ("secret key: keep it private" if secret_key else "public key"),
+             "#   written by de-magic keys", "metadata", "curve", f'    public-key = "{public_key.decode()}"']
+    if secret_key:
+        lines.append(f'    secret-key = "{secret_key.decode()}"')
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
 
 
 def is_loopback(url: str) -> bool:
@@ -164,7 +187,11 @@ class Security:
 
 
 class Authenticator(ThreadAuthenticator):
-    """ZAP handler that lets in the keys of a directory, re-read whenever it changes, and logs refusals."""
+    """ZAP handler that lets in the keys of a directory, re-read whenever it changes, and logs refusals.
+
+    A refused peer reconnects ten times a second, and anyone may try keys: refusals are logged
+    through a throttle, with the ones not logged one by one summed up every few seconds.
+    """
 
     def __init__(self, context: zmq.Context, directory: Path):
         super().__init__(context, log=logging.getLogger("de_magic.security.zap"))
@@ -172,6 +199,8 @@ class Authenticator(ThreadAuthenticator):
         self.names: dict[str, str] = {}  # Z85 public key -> name of its key file
         self._stamp = None
         self._peer = "?"
+        self._refusals = BadInput(log, per_interval=10, interval=2.0)
+        self._flush_scheduled = False
         self.configure_curve_callback(ZAP_DOMAIN, self)
 
     def _reload(self) -> None:
@@ -197,11 +226,24 @@ class Authenticator(ThreadAuthenticator):
         self._reload()
         name = self.names.get(key.decode("ascii", "replace"))
         if name is None:
-            log.warning("refused connection from %s: public key %s is not in %s",
-                        self._peer, key.decode("ascii", "replace"), self.directory)
+            self._refusals.report("refused connection from %s: public key %s is not in %s",
+                                  self._peer, key.decode("ascii", "replace"), self.directory)
+            self._flush_later()
             return False
         log.info("accepted connection from %s with key %r", self._peer, name)
         return True
+
+
+    def _flush_later(self) -> None:
+        """Have the refusals not logged one by one summed up even if no further refusal comes."""
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            # called from the ZAP handler, in the authenticator thread's event loop
+            asyncio.get_running_loop().call_later(self._refusals.interval, self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        self._refusals.flush()
 
 
 def peer_key(frame) -> str | None:

@@ -9,13 +9,15 @@ import re
 import subprocess
 import sys
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from conftest import Cluster, free_port
+from conftest import Cluster, free_port, wait_for
 from labtools import Jupyter, timed
 
 TIMEOUT = 1.0  # the server's broker timeout: short, so unreachable-broker tests stay quick
+RETRY = 1.0  # seconds a failed broker is not asked again
 DEFAULT = f"tcp://127.0.0.1:{free_port()}"  # nothing listens there
 EXTRA = "tcp://127.0.0.1:1"
 
@@ -25,7 +27,7 @@ def server(tmp_path_factory):
     jupyter = Jupyter(
         tmp_path_factory.mktemp("jupyter"),
         env={"DE_MAGIC_BROKER": DEFAULT},
-        config={"DeMagicLab": {"timeout": TIMEOUT, "brokers": [EXTRA, DEFAULT]}},
+        config={"DeMagicLab": {"timeout": TIMEOUT, "retry_interval": RETRY, "brokers": [EXTRA, DEFAULT]}},
     )
     with jupyter:
         yield jupyter
@@ -144,14 +146,31 @@ def test_broker_recovers_when_it_comes_back(server, processes):
         before = server.get("/de-magic/listing", broker=cluster.url).json()
         assert before["reachable"] is False
         cluster.start_broker()
-        after = server.get("/de-magic/listing", broker=cluster.url).json()
-        assert after["reachable"] is True
+        # once its cool-down after the failure is over (see brokerpool.py)
+        after = wait_for(lambda: _reachable(server.get("/de-magic/listing", broker=cluster.url).json()),
+                         timeout=RETRY + 5, what="the server to see the broker")
         assert after["backends"] == {}
         cluster.start_backend("de_magic.demo.hello", "hello_world")
         again = server.get("/de-magic/listing", broker=cluster.url).json()
         assert again["backends"]["hello_world"]["allow_code"] is False
     finally:
         cluster.client.close()
+
+
+def _reachable(listing: dict) -> dict | None:
+    return listing if listing["reachable"] else None
+
+
+def test_unreachable_brokers_do_not_delay_a_reachable_one(server, hello):
+    """Three dead brokers, each polled by a few tabs at once, while a live one is listed."""
+    dead = [f"tcp://127.0.0.1:{free_port()}" for _ in range(3)]
+    with ThreadPoolExecutor(16) as pool:
+        polls = [pool.submit(server.get, "/de-magic/listing", broker=url) for url in dead * 4]
+        wait_for(lambda: sum(not p.done() for p in polls) == len(polls), what="the polls to be sent")
+        response, took = timed(server.get, "/de-magic/listing", broker=hello.url)
+        assert response.json()["reachable"] is True
+        assert took < 0.5, f"a live broker's listing took {took:.2f} s while dead ones were queried"
+        assert all(p.result().json()["reachable"] is False for p in polls)
 
 
 @pytest.mark.parametrize("bad", ["http://example.org", "127.0.0.1:5555", "tcp://", "tcp://a b"])

@@ -5,22 +5,26 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import stat
 import subprocess
 import sys
 import threading
+import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
 import zmq
+import zmq.auth
 
 from de_magic import Backend, Broker, Client, serialize
 from de_magic import protocol as P
 from de_magic.errors import DeMagicError, Refused
 from de_magic.jsoncodec import TAG
-from de_magic.security import Security, is_loopback
+from de_magic.security import Security, create_keys, is_loopback
 from de_magic.session import RemoteSession
 
 from conftest import HEARTBEAT, ROOT, Cluster, Processes, curve_keys, free_port, start_logged, wait_for
@@ -45,6 +49,39 @@ def test_keys_command_writes_a_pair_and_never_overwrites(tmp_path):
     again = _cli("keys", "alice", "--dir", str(tmp_path))
     assert again.returncode != 0 and "exists" in again.stderr
     assert Security(key=secret).key_pair == pair
+
+
+def test_secret_key_is_created_owner_only_from_its_first_byte(tmp_path, monkeypatch):
+    """Created 0600 by open(2) itself, even under umask 0: never created wider and narrowed after."""
+    opened = {}
+    real_open = os.open
+
+    def recording_open(path, flags, mode=0o777, **kw):
+        opened[Path(path).name] = (flags, mode)
+        return real_open(path, flags, mode, **kw)
+
+    def no_chmod(*args, **kwargs):
+        raise AssertionError("a key file was chmod-ed after it was created")
+
+    monkeypatch.setattr(os, "open", recording_open)
+    for name in ("chmod", "fchmod", "lchmod"):
+        monkeypatch.setattr(os, name, no_chmod, raising=False)
+    monkeypatch.setattr(Path, "chmod", no_chmod)
+    old_umask = os.umask(0)
+    try:
+        public, secret = create_keys("carol", tmp_path)
+    finally:
+        os.umask(old_umask)
+    flags, mode = opened["carol.key_secret"]
+    assert mode == 0o600 and flags & os.O_CREAT and flags & os.O_EXCL
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600 and stat.S_IMODE(public.stat().st_mode) == 0o644
+    assert zmq.auth.load_certificate(secret) == Security(key=secret).key_pair
+    assert zmq.auth.load_certificate(public)[0] == Security(key=secret).key_pair[0]
+    # a name taken by the public half only: refused, and no stray secret left behind
+    (tmp_path / "dave.key").write_text("someone's")
+    with pytest.raises(Refused, match="dave.key exists"):
+        create_keys("dave", tmp_path)
+    assert not (tmp_path / "dave.key_secret").exists()
 
 
 def test_settings_resolve_flags_over_environment_over_config_file(tmp_path, monkeypatch):
@@ -143,6 +180,80 @@ def test_unknown_key_and_plain_clients_are_refused_and_logged(curve):
     wait_for(lambda: mallory_key in curve.log.read_text(), timeout=5, what="broker to log the refused key")
     line = next(line for line in curve.log.read_text().splitlines() if mallory_key in line)
     assert "refused connection from 127.0.0.1" in line
+
+
+def test_a_flood_of_refused_handshakes_is_logged_throttled_with_a_count(tmp_path):
+    keys = curve_keys(tmp_path)
+    procs, url, log = Processes(), f"tcp://127.0.0.1:{free_port()}", tmp_path / "broker.log"
+    try:
+        start_logged(procs, "broker", "--bind", url, "--key", str(keys["broker"]),
+                     "--allowed-keys", str(keys["allowed"]), log=log)
+        wait_for(lambda: "listening" in log.read_text(), what="the broker to listen")
+        attempts = 500
+        sockets = [_intruder(keys, url) for _ in range(attempts)]
+        try:
+            # every attempt counted, once logged one by one or in a summary, in a few dozen lines
+            wait_for(lambda: _refusals(log.read_text())[0] >= attempts, timeout=15, what="every refusal to be counted")
+        finally:
+            for sock in sockets:
+                sock.close()
+        counted, lines, summaries = _refusals(log.read_text())
+        assert counted == attempts and summaries >= 1 and lines <= 40, (counted, lines, summaries)
+    finally:
+        procs.stop_all()
+
+
+def _intruder(keys, url: str) -> zmq.Socket:
+    """A DEALER with mallory's unknown key that tries its handshake once (no reconnect within the test)."""
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.linger = 0
+    sock.reconnect_ivl = 60_000
+    Security(key=keys["mallory"], broker_key=keys["broker.public"]).connect(sock)
+    sock.connect(url)
+    return sock
+
+
+def _refusals(text: str) -> tuple[int, int, int]:
+    """Refusals counted in a broker log: (total, log lines about them, summary lines)."""
+    single = text.count("refused connection from")
+    summed = [int(m) for m in re.findall(r"bad input: (\d+) more in the last", text)]
+    return single + sum(summed), single + len(summed), len(summed)
+
+
+@pytest.mark.parametrize("key, broker_key, reason", [
+    ("mallory", "broker.public", r"refused this client's key .{8}\.\.\. \(not in its allowed keys\)"),
+    ("alice", "bob.public", r"the broker's public key configured here \(.*bob.key\) does not match the broker at"),
+    (None, None, r"requires CURVE; this client has no key: set --key / DE_MAGIC_KEY"),
+])
+def test_a_refused_client_is_told_why_within_2_s(curve, key, broker_key, reason):
+    security = Security(key=curve.keys[key], broker_key=curve.keys[broker_key]) if key else Security()
+    with Client(curve.url, security=security) as client:  # default heartbeat: the time a person waits
+        for attempt in (lambda: client.listing(), lambda: client.call("open", "echo", (1,))):
+            start = time.monotonic()
+            with pytest.raises(Refused, match=reason) as info:
+                attempt()
+            assert time.monotonic() - start < 2.0 and curve.url in str(info.value)
+            assert "\n" not in str(info.value)
+
+
+def test_a_curve_client_of_a_plain_broker_is_told_so(cluster, tmp_path):
+    keys = curve_keys(tmp_path)
+    with Client(cluster.url, security=Security(key=keys["alice"], broker_key=keys["broker.public"])) as client:
+        with pytest.raises(Refused, match="does not use CURVE, but this client has a key"):
+            client.listing()
+
+
+def test_a_backend_with_a_refused_key_exits_saying_why(curve, tmp_path):
+    log = tmp_path / "backend.log"
+    start = time.monotonic()
+    backend = start_logged(curve.procs, "serve", "de_magic.demo.hello", "--name", "intruder", "--broker", curve.url,
+                           "--key", str(curve.keys["mallory"]), "--broker-key", str(curve.keys["broker.public"]),
+                           log=log)
+    assert backend.wait(timeout=10) != 0 and time.monotonic() - start < 6  # default heartbeat, and startup
+    text = log.read_text()
+    assert "ERROR: the broker at " in text and "refused this backend's key" in text
+    assert text.rstrip().splitlines()[-1].startswith("de-magic: the broker at ")  # the exit message
+    assert "Traceback" not in text and "intruder" not in curve.client.listing(api=False)["backends"]
 
 
 def test_backend_restricts_callers_in_listing_and_calls(curve):

@@ -1,0 +1,100 @@
+"""Why a connection to the broker fails its handshake, in words a person can act on.
+
+A refused CURVE handshake is silent at the socket: messages queue, nothing
+answers, and a refused key looked exactly like a broker that is not running.
+libzmq does report the failure on the socket's monitor; what it reports was
+measured (libzmq 4.3.5) for a DEALER connecting to the broker:
+
+=====================================  =============================================
+case                                   monitor events, in order
+=====================================  =============================================
+key not in the broker's allowed keys   ``HANDSHAKE_FAILED_AUTH`` (value: ZAP status 400),
+                                       ``DISCONNECTED``; no reconnect
+wrong broker public key configured     ``HANDSHAKE_FAILED_NO_DETAIL`` (EPIPE: the broker
+                                       drops what it cannot decrypt), reconnect, again
+no key, broker uses CURVE (or the      ``HANDSHAKE_FAILED_PROTOCOL`` (value:
+other way round)                       ``PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH``); no reconnect
+no broker at all                       no handshake event, only ``CONNECT_RETRIED``
+=====================================  =============================================
+
+After the first and third, sends block for ever (a DEALER without a peer), so
+clients and backends check :meth:`WatchedSocket.handshake_failure` whenever an
+answer is late or a send would block.  Only failures that say something are
+reported: a single failure without detail, or any on a plain connection, may
+be a broker stopping mid-handshake and is treated like a broker that is away.
+"""
+
+from __future__ import annotations
+
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from .security import Security
+
+_EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_CLOSED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+           | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+_FINE = (zmq.EVENT_HANDSHAKE_SUCCEEDED, zmq.EVENT_CLOSED)  # connected, or nothing listens there: no refusal
+
+
+class WatchedSocket(zmq.Socket):
+    """A socket that can say why its last handshake failed (after :meth:`watch`); closes its monitor with it."""
+
+    # declared here: pyzmq takes attributes it does not know of a class for socket options
+    _handshake_monitor: zmq.Socket | None = None
+    _handshake_failure: str | None = None
+    _handshake_failures = 0  # in a row
+    _handshake_url: str
+    _handshake_who: str
+    _handshake_security: Security
+
+    def watch(self, url: str, who: str, security: Security) -> None:
+        """Report handshake failures with ``url`` as ``who`` ("client", "backend"); call before connecting."""
+        self._handshake_monitor = self.get_monitor_socket(_EVENTS)
+        self._handshake_monitor.linger = 0
+        self._handshake_url, self._handshake_who, self._handshake_security = url, who, security
+
+    def handshake_failure(self) -> str | None:
+        """Why the broker refuses this connection, in one line, or None if it does not (or cannot tell).
+
+        Never blocks: reads the monitor events that arrived since the last look.
+        """
+        monitor = self._handshake_monitor
+        while monitor is not None and monitor.poll(0):
+            event = recv_monitor_message(monitor)
+            if event["event"] in _FINE:
+                self._handshake_failure, self._handshake_failures = None, 0
+            else:
+                self._handshake_failures += 1
+                self._handshake_failure = self._describe(event["event"], event["value"])
+        return self._handshake_failure
+
+    @property
+    def failed_before(self) -> bool:
+        """Whether the last look at the monitor saw a failure (cheap: reads no events)."""
+        return self._handshake_failure is not None
+
+    def _describe(self, event: int, value: int) -> str | None:
+        url, who, security = self._handshake_url, self._handshake_who, self._handshake_security
+        if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+            key = security.key_pair[0].decode()[:8] if security.curve else "?"
+            return (f"the broker at {url} refused this {who}'s key {key}... (not in its allowed keys): "
+                    f"ask its operator to add {security.key.with_suffix('.key')}")
+        # one such failure may be a broker going down mid-handshake; with a wrong key every attempt fails
+        if event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL and security.curve and self._handshake_failures > 1:
+            return (f"the broker's public key configured here ({security.broker_key}) does not match the "
+                    f"broker at {url}: check --broker-key / DE_MAGIC_BROKER_KEY")
+        if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL and value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
+            if security.curve:
+                return (f"the broker at {url} does not use CURVE, but this {who} has a key: "
+                        "drop --key / DE_MAGIC_KEY for this broker")
+            return (f"the broker at {url} requires CURVE; this {who} has no key: set --key / DE_MAGIC_KEY "
+                    "and --broker-key / DE_MAGIC_BROKER_KEY")
+        return None  # nothing a person could act on: treated like a broker that does not answer
+
+    def close(self, linger: int | None = None) -> None:
+        if self._handshake_monitor is not None:
+            if not self.closed:
+                self.disable_monitor()
+            self._handshake_monitor.close()
+            self._handshake_monitor = None
+        super().close(linger)
