@@ -10,7 +10,7 @@ import {
   inline,
   renderDocstring
 } from './docstring';
-import { age, dateOf, h, plural } from './dom';
+import { age, badge, dateOf, h, plural } from './dom';
 import { BrokersModel, ISelection } from './model';
 import { ITarget } from './snippets';
 
@@ -232,11 +232,7 @@ export class MemberDetails extends Widget {
       h(
         'div',
         { class: 'jp-DeMagic-title' },
-        h(
-          'span',
-          { class: 'jp-DeMagic-badge', 'data-kind': member.kind },
-          isClass ? 'c' : owner ? 'm' : 'f'
-        ),
+        badge(isClass ? 'class' : owner ? 'method' : 'function'),
         h('span', { class: 'jp-DeMagic-titleName' }, name),
         h('span', { class: 'jp-DeMagic-meta' }, `in ${backend.name}`)
       ),
