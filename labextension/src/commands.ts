@@ -4,6 +4,7 @@
 import { JupyterFrontEnd } from '@jupyterlab/application';
 import { Dialog, ICommandPalette, showDialog } from '@jupyterlab/apputils';
 import { addIcon, refreshIcon } from '@jupyterlab/ui-components';
+import { Message } from '@lumino/messaging';
 import { Widget } from '@lumino/widgets';
 
 import { brokerAddressProblem } from './address';
@@ -90,13 +91,29 @@ class BrokerAddressBody extends Widget implements Dialog.IBodyWidget<string> {
       this._input,
       this._message
     );
-    this._input.addEventListener('input', () => this._check(false));
+    this._input.addEventListener('input', () => {
+      this._check(false);
+      this._revalidate();
+    });
     // The empty field starts invalid, quietly: complaining before any typing is noise.
     this._check(true);
   }
 
+  protected onAfterAttach(msg: Message): void {
+    super.onAfterAttach(msg);
+    this._revalidate();
+  }
+
   getValue(): string {
     return this._input.value.trim();
+  }
+
+  /**
+   * The dialog checks validity when an input event reaches it, which is before this body's
+   * listener runs (it captures) and not at all on opening: have it check again.
+   */
+  private _revalidate(): void {
+    this.node.dispatchEvent(new Event('input', { bubbles: true }));
   }
 
   private _check(quiet: boolean): void {

@@ -357,7 +357,12 @@ export class BackendsTree extends Widget {
       expanded,
       [
         brokerIcon.element({ tag: 'span', className: 'jp-DeMagic-icon' }),
-        h('span', { class: 'jp-DeMagic-label', title }, entry.url),
+        // tcp:// goes without saying, and the port is what tells brokers apart in a narrow panel.
+        h(
+          'span',
+          { class: 'jp-DeMagic-label', title },
+          entry.url.replace(/^tcp:\/\//, '')
+        ),
         ...status
       ],
       actions
@@ -460,7 +465,7 @@ export class BackendsTree extends Widget {
         h(
           'span',
           {
-            class: 'jp-DeMagic-meta',
+            class: 'jp-DeMagic-meta jp-mod-optional',
             title: `Alive since ${dateOf(backend.since)}`
           },
           `up ${age(backend.since)}`
