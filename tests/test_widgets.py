@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import os
 import queue
+import signal
 import time
 
 import pytest
@@ -335,3 +336,27 @@ def test_remote_widgets_are_live_in_the_notebook(kernel, hello):
     kernel.execute("session.execute('slider.close()').result()")
     kernel.wait_for(lambda m: m["msg_type"] == "comm_close" and m["content"]["comm_id"] == slider_id,
                     what="the slider's comm_close")
+
+
+def test_remote_widgets_say_when_their_backend_is_gone(kernel, hello):
+    code = "import ipywidgets as w\ndisplay(w.FloatSlider(description='gain'), w.IntSlider())"
+    msgs = kernel.execute(f"from de_magic import Client\n"
+                          f"from de_magic.session import RemoteSession\n"
+                          f"gone = RemoteSession(Client({hello.url!r}), 'hello_world')\n"
+                          f"gone.execute({code!r}).result()")
+    (gain,) = (m["content"]["comm_id"] for m in opened(msgs, "FloatSliderModel"))
+    (plain_slider,) = (m["content"]["comm_id"] for m in opened(msgs, "IntSliderModel"))
+
+    # the backend restarts: the widgets it made are gone with it
+    os.kill(hello.workers("hello_world")[0]["pid"], signal.SIGTERM)
+    wait_for(lambda: not hello.workers("hello_world"), what="the backend to go")
+    hello.start_backend("de_magic.demo.hello", "hello_world", "--allow-code")
+
+    # moving one of them disables both, and says so where the user looks: on the widgets
+    kernel.send_comm_msg(gain, {"method": "update", "state": {"value": 3.0}, "buffer_paths": []})
+    for comm_id, description in ((gain, "gain (disconnected)"), (plain_slider, "(disconnected)")):
+        state = kernel.wait_for(lambda m: any(s.get("disabled") for s in updates([m], comm_id)),
+                                what=f"comm {comm_id} disabled")
+        (state,) = updates([state], comm_id)
+        assert state["description"] == description
+        assert state["tooltip"].startswith("disconnected from the backend: ")
