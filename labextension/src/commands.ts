@@ -101,7 +101,8 @@ class BrokerAddressBody extends Widget implements Dialog.IBodyWidget<string> {
 
   protected onAfterAttach(msg: Message): void {
     super.onAfterAttach(msg);
-    this._revalidate();
+    // The dialog starts listening once its children are attached: a frame later.
+    requestAnimationFrame(() => this._revalidate());
   }
 
   getValue(): string {
