@@ -3,7 +3,7 @@
  */
 
 /** The settings schema's pattern: a ZeroMQ transport and an endpoint. */
-export const BROKER_URL = /^(tcp|ipc|inproc):\/\/\S+$/;
+const BROKER_URL = /^(tcp|ipc|inproc):\/\/\S+$/;
 
 /** `tcp://host:port`, the host a name, an IPv4 address or a bracketed IPv6 address. */
 const TCP_URL = /^tcp:\/\/([\w.-]+|\[[0-9a-fA-F:.]+\]):(\d{1,5})$/;

@@ -67,20 +67,18 @@ export function formatCall(
   return `${prefix}${callee}(\n${lines.join('\n')}\n)`;
 }
 
-function snakeCase(name: string): string {
+/** The variable the inserted calls use for a broker's client, unless the notebook has one. */
+const CLIENT_NAME = 'client';
+const IMPORT_CLIENT = 'from de_magic import Client';
+
+/** A variable name for an instance of class `name`, none of the `taken` ones. */
+function instanceName(name: string, taken: string[]): string {
   const snake = name
     .replace(/([a-z0-9])([A-Z])/g, '$1_$2')
     .replace(/([A-Z]+)([A-Z][a-z])/g, '$1_$2')
     .toLowerCase();
-  // `result` and the client are the snippet's other variables.
-  return snake === 'result' || snake.startsWith(CLIENT_NAME)
-    ? 'instance'
-    : snake;
+  return taken.includes(snake) ? 'instance' : snake;
 }
-
-/** The variable the inserted calls use for a broker's client, unless the notebook has one. */
-const CLIENT_NAME = 'client';
-const IMPORT_CLIENT = 'from de_magic import Client';
 
 /**
  * How a cell reaches `broker`: the variable already bound to `Client("broker", …)` in one of
@@ -147,7 +145,7 @@ export function callSnippet(target: ITarget, sources: string[] = []): string {
       body = chained;
     } else {
       // Too long for one line: name the instance, then call the method on it.
-      const instance = snakeCase(owner.name);
+      const instance = instanceName(owner.name, ['result', client.name]);
       body =
         `${instance} = ${ctor}\n` +
         formatCall(

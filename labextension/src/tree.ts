@@ -76,11 +76,7 @@ function retryNote(entry: BrokerEntry): HTMLElement {
     : next !== null
       ? [
           `Retrying automatically: attempt ${attempt} in `,
-          h(
-            'span',
-            { class: 'jp-DeMagic-countdown', 'data-next-try': String(next) },
-            secondsUntil(next)
-          ),
+          h('span', { 'data-next-try': String(next) }, secondsUntil(next)),
           '. '
         ]
       : ['Retrying automatically. '];

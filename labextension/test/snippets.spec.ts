@@ -133,6 +133,23 @@ describe('callSnippet', () => {
   });
 });
 
+describe('callSnippet variable names', () => {
+  it('does not name an instance after the client it is made with', () => {
+    const method: IMember = {
+      name: 'ping',
+      kind: 'method',
+      signature: '(host: str)',
+      parameters: [param('host', { required: true })]
+    };
+    const owner: IMember = { name: 'Client', kind: 'class', signature: '()' };
+    const code = callSnippet(
+      { broker: URL, backend: 'net', member: method, owner },
+      [`client = Client("${URL}")`]
+    );
+    expect(code.split('\n')[0]).toBe('instance = client["net"].Client()');
+  });
+});
+
 describe('magics setup', () => {
   it('connects to brokers other than the default', () => {
     expect(magicsSetup(URL, true)).toEqual(['%load_ext de_magic']);
