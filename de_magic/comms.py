@@ -13,7 +13,9 @@ backend to capture output by message id.
 
 In the kernel, :func:`mirror` opens a real comm with the same id for each
 ``comm_open`` event, so the frontend renders the widget; what the frontend
-sends to it goes back to the backend as a ``comm`` request.
+sends to it goes back to the backend as a ``comm`` request.  When that fails
+(the backend restarted, the session is lost), the widgets of that backend
+session are disabled and say "(disconnected)" in the notebook.
 """
 
 from __future__ import annotations
@@ -188,10 +190,19 @@ def _patch_output_widget() -> None:
 
 # -- kernel side --------------------------------------------------------------------
 
-#: Comms mirrored in this kernel, by id.
-_mirrored: dict[str, BaseComm] = {}
-
 Send = Callable[[dict, list], object]
+
+
+class _Mirror:
+    """A comm mirrored in this kernel, where its messages go, and its widget's description."""
+
+    def __init__(self, local: BaseComm, send: Send, description: str | None):
+        self.local, self.send, self.description = local, send, description
+        self.disconnected = False
+
+
+#: Comms mirrored in this kernel, by id.
+_mirrored: dict[str, _Mirror] = {}
 
 
 def mirror(header: dict, frames: list, send: Send) -> None:
@@ -208,15 +219,21 @@ def mirror(header: dict, frames: list, send: Send) -> None:
                                  metadata=header.get("metadata"), buffers=buffers)
         local.on_msg(lambda msg: _forward(send, "comm_msg", msg))
         local.on_close(lambda msg: _forward(send, "comm_close", msg))
-        _mirrored[comm_id] = local
+        _mirrored[comm_id] = _Mirror(local, send, _description(header.get("data")))
         return
-    local = _mirrored.get(comm_id) if kind == "comm_msg" else _mirrored.pop(comm_id, None)
-    if local is None:  # closed here already (the frontend closed it first)
+    mirrored = _mirrored.get(comm_id) if kind == "comm_msg" else _mirrored.pop(comm_id, None)
+    if mirrored is None:  # closed here already (the frontend closed it first)
         log.debug("%s for unknown comm %s ignored", kind, comm_id)
     elif kind == "comm_msg":
-        local.send(data=header.get("data"), metadata=header.get("metadata"), buffers=buffers)
+        mirrored.description = _description(header.get("data")) or mirrored.description
+        mirrored.local.send(data=header.get("data"), metadata=header.get("metadata"), buffers=buffers)
     else:
-        local.close(data=header.get("data"), metadata=header.get("metadata"), buffers=buffers)
+        mirrored.local.close(data=header.get("data"), metadata=header.get("metadata"), buffers=buffers)
+
+
+def _description(data: dict | None) -> str | None:
+    """The description in a widget's state message, if it has one (sliders, buttons, text…)."""
+    return (data or {}).get("state", {}).get("description")
 
 
 def _forward(send: Send, msg_type: str, msg: dict) -> None:
@@ -229,6 +246,20 @@ def _forward(send: Send, msg_type: str, msg: dict) -> None:
         send(header, list(msg.get("buffers") or ()))
     except DeMagicError as exc:  # a frontend message has no caller to raise to: say it where a kernel logs
         print(f"de-magic: widget message to the backend failed: {exc}", file=sys.stderr)
+        _show_disconnected(send, exc)
+
+
+def _show_disconnected(send: Send, exc: DeMagicError) -> None:
+    """Disable the widgets relayed through ``send`` and say so in them: Lab shows the printed
+    error only in its log console, while the widgets would go on moving and doing nothing."""
+    for mirrored in list(_mirrored.values()):
+        if mirrored.send != send or mirrored.disconnected:
+            continue
+        mirrored.disconnected = True
+        state = {"disabled": True, "tooltip": f"disconnected from the backend: {exc}"}
+        if mirrored.description is not None:
+            state["description"] = f"{mirrored.description} (disconnected)".lstrip()
+        mirrored.local.send(data={"method": "update", "state": state, "buffer_paths": []})
 
 
 #: Handlers for :data:`de_magic.session.EVENT_HANDLERS`: mirrored comms answer through the session.

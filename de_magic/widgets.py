@@ -2,23 +2,27 @@
 
 The kernel never imports backend code, so the parameters' JSON Schema (types,
 bounds, enums, defaults) is all a form can go by.  The Run button starts the
-call with ``submit()``, so the kernel keeps serving widget messages while the
-call runs; progress bars, the result (shown through IPython's display
-formatter, so a DataFrame is a table) and errors go into the form's
-:class:`~ipywidgets.Output` by changing its ``outputs`` trait, which works
-from any thread and needs no frontend to capture anything.
+call in a thread of its own, so the kernel keeps serving widget messages while
+the call runs (Cancel among them); progress bars, the result (shown through
+IPython's display formatter, so a DataFrame is a table) and errors go into the
+form's :class:`~ipywidgets.Output` by changing its ``outputs`` trait, which
+works from any thread and needs no frontend to capture anything.
 """
 
 from __future__ import annotations
 
 import ast
+import ctypes
 import html
+import re
 import sys
+import threading
 import time
 from typing import Callable
 
 import ipywidgets as w
 
+from .client import CallFuture
 from .errors import RemoteError
 from .progress_display import WidgetProgress
 
@@ -54,7 +58,8 @@ class CallForm(w.VBox):
 
     ``fields`` maps parameter names to their widgets (constructor parameters
     as ``"__init__.name"``), ``output`` shows progress, result and errors,
-    ``future`` and ``result`` are those of the last run.
+    ``future`` and ``result`` are those of the last run; ``cancel()`` is what
+    the Cancel button does.
     """
 
     def __init__(self, client, backend: str, entry: dict, *, member: str | None = None,
@@ -65,24 +70,29 @@ class CallForm(w.VBox):
         self.future = None
         self.result = None
         self._progress: WidgetProgress | None = None
+        self._thread: threading.Thread | None = None  # the running call's, while it runs
+        self._thread_lock = threading.Lock()
         self._fields = _fields(entry)
         self._init_fields = _fields(init_entry) if init_entry else []
         self.fields = {p["name"]: widget for p, widget, _ in self._fields}
         self.fields.update({f"__init__.{p['name']}": widget for p, widget, _ in self._init_fields})
         self.run_button = w.Button(description="Run", button_style="primary", icon="play")
         self.run_button.on_click(lambda _: self.run())
+        self.cancel_button = w.Button(description="Cancel", icon="stop", disabled=True,
+                                      tooltip="Stop the running call, on the backend too")
+        self.cancel_button.on_click(lambda _: self.cancel())
         self.status = w.Label()
         self.output = w.Output()
         title = f"{self.member}.{entry['name']}" if call_kw.get("method") else entry["name"]
         head = w.HTML(f"<b>{html.escape(backend)}.{html.escape(title)}</b> "
-                      f"<span>{html.escape(entry.get('summary', ''))}</span>")
+                      f"<span>{_inline_rst(entry.get('summary') or '')}</span>")
         parts = [head]
         if init_entry:
             parts.append(w.VBox([w.HTML(f"<i>{html.escape(self.member)}(…)</i>"),
                                  *(widget for _, widget, _ in self._init_fields)],
                                 layout=w.Layout(margin="0 0 0 1em")))
         parts += [widget for _, widget, _ in self._fields]
-        super().__init__([*parts, w.HBox([self.run_button, self.status]), self.output])
+        super().__init__([*parts, w.HBox([self.run_button, self.cancel_button, self.status]), self.output])
 
     def arguments(self) -> tuple[list, dict, tuple[tuple, dict] | None]:
         """``(args, kwargs, init)`` from the fields; ValueError names a field that does not parse."""
@@ -100,6 +110,7 @@ class CallForm(w.VBox):
             self.status.value = "invalid input"
             return None
         self.run_button.disabled = True
+        self.cancel_button.disabled = False
         self.status.value = "running…"
         if self._progress is not None:  # its bars were just cleared from the output
             self._progress.close()
@@ -108,9 +119,48 @@ class CallForm(w.VBox):
         if init is not None:
             options["init"] = init
         started = time.monotonic()
-        self.future = self.client.submit(self.backend, self.member, args, kwargs, **options)
+        self.future = self._start(args, kwargs, options)
         self.future.add_done_callback(lambda future: self._finish(future, started))
         return self.future
+
+    def cancel(self) -> bool:
+        """Stop the running call, remote work included; False if no call is running.
+
+        The call waits in the client, which answers a KeyboardInterrupt (the kernel's stop
+        button) by telling the broker to cancel the call: raise one in the call's thread.
+        """
+        with self._thread_lock:
+            if self._thread is None:
+                return False
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self._thread.ident),
+                                                      ctypes.py_object(KeyboardInterrupt))
+        self.cancel_button.disabled = True
+        self.status.value = "cancelling…"
+        return True
+
+    def _start(self, args: list, kwargs: dict, options: dict) -> CallFuture:
+        """Run the call in a thread of this form's own, so that ``cancel()`` knows which."""
+        future = CallFuture()
+        future.set_running_or_notify_cancel()
+
+        def call():
+            try:
+                try:
+                    result = self.client.call(self.backend, self.member, args, kwargs, **options)
+                finally:
+                    # under the lock, so that a KeyboardInterrupt from cancel() arrives before this
+                    # point or never: not in the future's callbacks
+                    with self._thread_lock:
+                        self._thread = None
+            except BaseException as exc:
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
+
+        with self._thread_lock:
+            self._thread = threading.Thread(target=call, name="de-magic-form", daemon=True)
+            self._thread.start()
+        return future
 
     def _finish(self, future, started: float) -> None:
         # runs in the client's submit thread (or here, if the call was already done)
@@ -121,6 +171,8 @@ class CallForm(w.VBox):
                 if self.result is not None:
                     self.output.append_display_data(self.result)
                 self.status.value = f"done in {time.monotonic() - started:.2f} s"
+            elif isinstance(exc, KeyboardInterrupt):
+                self.status.value = f"cancelled after {time.monotonic() - started:.2f} s"
             else:
                 # a remote error's text starts with the remote type and ends with its traceback
                 text = str(exc) if isinstance(exc, RemoteError) else f"{type(exc).__name__}: {exc}"
@@ -128,6 +180,12 @@ class CallForm(w.VBox):
                 self.status.value = "failed"
         finally:
             self.run_button.disabled = False
+            self.cancel_button.disabled = True
+
+
+def _inline_rst(text: str) -> str:
+    """``text`` as HTML, its ``code`` and `code` spans as <code>, as the Lab sidebar shows them."""
+    return re.sub(r"``([^`]+)``|`([^`]+)`", lambda m: f"<code>{m[1] or m[2]}</code>", html.escape(text))
 
 
 # -- fields --------------------------------------------------------------------

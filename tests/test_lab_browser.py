@@ -89,6 +89,15 @@ def rows(page, kind: str):
     return page.locator(f"#de-magic-backends .jp-DeMagic-row[data-kind={kind}]")
 
 
+def broker(page, url: str):
+    """A broker's row (it shows the address without tcp://)."""
+    return page.locator(f'#de-magic-backends .jp-DeMagic-row[data-kind=broker][data-broker="{url}"]')
+
+
+def expanded(row) -> bool:
+    return row.locator("xpath=..").get_attribute("aria-expanded") == "true"
+
+
 def active_cell_text(page) -> str:
     return page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Cell.jp-mod-active .cm-content").inner_text()
 
@@ -124,8 +133,8 @@ def test_sidebar_browse_filter_insert_and_run(page, lab, hello, processes, tmp_p
     _widen_sidebar(page, 430)
 
     # The default broker with both backends, their worker counts and whether they accept code.
-    broker_row = rows(page, "broker").filter(has_text=hello.url)
-    expect(broker_row).to_contain_text("2 backends")
+    broker_row = broker(page, hello.url)
+    expect(broker_row).to_have_text(re.compile(rf"^\s*{hello.url.removeprefix('tcp://')}\s*2 backends"))
     hello_row = rows(page, "backend").filter(has_text="hello_world")
     expect(hello_row).to_contain_text("1 worker")
     expect(hello_row.locator(".jp-DeMagic-tag")).to_have_text("code")
@@ -134,14 +143,20 @@ def test_sidebar_browse_filter_insert_and_run(page, lab, hello, processes, tmp_p
     # The user's broker that is down: a clear message, not an empty panel.
     error = panel.locator(".jp-DeMagic-message.jp-mod-error")
     expect(error).to_contain_text(f"No answer from the broker at {lab.down}")
-    expect(error).to_contain_text("Retrying automatically")
+    expect(error).to_contain_text(re.compile(r"Retrying (automatically|now)"))
 
-    # Backends open to their functions and classes, with signatures.
-    hello_row.click()
+    # The twisty opens a backend to its functions and classes, with signatures; a click on
+    # the row itself selects it and leaves it open.
+    hello_row.locator(".jp-DeMagic-caret").click()
     expect(rows(page, "function").filter(has_text="slow_sum")).to_contain_text("(n: int = 20, delay: float = 0.05) -> int")
     for name in ("compute_sum", "describe_table", "echo", "scale"):
         expect(rows(page, "function").filter(has_text=name)).to_have_count(1)
     expect(rows(page, "class").filter(has_text="Stats")).to_contain_text("(ddof: int = 0)")
+    hello_row.click()
+    expect(panel.locator(".jp-DeMagic-details .jp-DeMagic-titleName")).to_have_text("hello_world")
+    expect(hello_row).to_have_class(re.compile("jp-mod-selected"))
+    assert expanded(hello_row)
+    expect(rows(page, "function").filter(has_text="slow_sum")).to_be_visible()
 
     # The filter narrows the tree as one types, down into classes.
     search = panel.locator("input.jp-DeMagic-filter")
@@ -173,10 +188,11 @@ def test_sidebar_browse_filter_insert_and_run(page, lab, hello, processes, tmp_p
     expect(page.locator(".jp-NotebookPanel .jp-Notebook")).to_be_visible()
     expect(page.locator(".jp-NotebookPanel .jp-Notebook-ExecutionIndicator[data-status=idle]")).to_have_count(1, timeout=30_000)
     details.get_by_role("button", name="Insert call").click()
-    expected = f'result = Client("{hello.url}")["hello_world"].slow_sum(n=20, delay=0.05)'
+    expected = 'result = client["hello_world"].slow_sum(n=20, delay=0.05)'
     expect(page.locator(".jp-NotebookPanel .jp-Cell.jp-mod-active .cm-content")).to_contain_text(expected)
     code = active_cell_text(page)
-    assert code.splitlines()[0] == "from de_magic import Client"
+    lines = [line for line in code.splitlines() if line.strip()]  # the editor's text doubles empty lines
+    assert lines[:2] == ["from de_magic import Client", f'client = Client("{hello.url}")'], code
     assert code.rstrip().splitlines()[-1] == "result"
     run_active_cell(page)
     result = page.locator(".jp-NotebookPanel .jp-OutputArea-executeResult .jp-OutputArea-output")
@@ -190,15 +206,25 @@ def test_sidebar_browse_filter_insert_and_run(page, lab, hello, processes, tmp_p
     page.screenshot(path=str(shot))
     assert shot.stat().st_size > 50_000
 
-    # A method of a class: the class is built with its defaults, the required argument is a TODO.
-    rows(page, "class").filter(has_text="Stats").click()
+    # A method of a class: the class is built with its defaults through the notebook's client,
+    # the required argument is a variable of its name to fill in.
+    stats_row = rows(page, "class").filter(has_text="Stats")
+    stats_row.click()
+    expect(details.locator(".jp-DeMagic-titleName")).to_have_text("Stats")
+    expect(rows(page, "method")).to_have_count(0)  # selected, not opened
+    stats_row.locator(".jp-DeMagic-caret").click()
     rows(page, "method").filter(has_text="std").click()
     expect(details.locator(".jp-DeMagic-titleName")).to_have_text("Stats.std")
     details.get_by_role("button", name="Insert call").click()
     expect(page.locator(".jp-NotebookPanel .jp-Cell.jp-mod-active .cm-content")).to_contain_text(".Stats(ddof=0)")
     code = active_cell_text(page)
-    assert f'Client("{hello.url}")["hello_world"].Stats(ddof=0)' in code
-    assert re.search(r"\.std\(\s*values=None,\s*# TODO: values: list\[float\] \(required\)", code), code
+    assert code.splitlines()[0] == 'stats = client["hello_world"].Stats(ddof=0)', code
+    assert re.search(r"\.std\(\s*values=values,\s*# TODO: required, list\[float\]", code), code
+    # Run unfilled, it stops at once with a message that says what is missing.
+    run_active_cell(page)
+    std_cell = page.locator(".jp-NotebookPanel .jp-CodeCell").filter(has_text="stats = client")
+    expect(std_cell.locator(".jp-OutputArea-output")).to_contain_text("NameError: name 'values' is not defined",
+                                                                      timeout=20_000)
 
     # "Open form": the magics are loaded in the same cell, then the form magic; it runs.
     rows(page, "function").filter(has_text="scale").click()
@@ -223,7 +249,7 @@ def test_sidebar_browse_filter_insert_and_run(page, lab, hello, processes, tmp_p
     expect(remote_cell.locator(".jp-OutputArea-output")).to_contain_text(f"pid {hello_pid}", timeout=20_000)
 
     # ocean_model does not accept code: no such button there.
-    rows(page, "backend").filter(has_text="ocean_model").click()
+    rows(page, "backend").filter(has_text="ocean_model").locator(".jp-DeMagic-caret").click()
     rows(page, "function").filter(has_text="model_info").click()
     expect(details.get_by_role("button", name="Insert call")).to_be_visible()
     expect(details.get_by_role("button", name="New %%remote cell")).to_have_count(0)
@@ -239,18 +265,45 @@ def test_sidebar_browse_filter_insert_and_run(page, lab, hello, processes, tmp_p
     tab.click()
     wait_for(lambda: listings_since(page, shown_at), timeout=5, what="a poll after showing the panel")
 
+    # The broker that is down: when the next try is and which one it is; "Retry now" tries at
+    # once and says so while it does.
+    retry = error.locator(".jp-DeMagic-retry")
+    countdown = re.compile(r"^Retrying automatically: attempt (\d+) in [0-5] s\. Retry now$")
+
+    def attempt() -> int:
+        match = countdown.match(retry.inner_text())
+        return int(match[1]) if match else 0
+
+    before = wait_for(attempt, timeout=10, what="the countdown to the next try")
+    retry.get_by_role("button", name="Retry now").click()
+    expect(retry).to_have_text(re.compile(r"^Retrying now \(attempt \d+\)…$"))
+    wait_for(lambda: attempt() > before, timeout=10, what="the countdown to the try after")
+
     # The broker that was down comes up: the panel recovers by itself (retries back off to 5 s).
     processes.start("broker", "--bind", lab.down)
     expect(error).to_have_count(0, timeout=15_000)
-    expect(rows(page, "broker").filter(has_text=lab.down)).to_contain_text("0 backends")
+    expect(broker(page, lab.down)).to_contain_text("0 backends")
     expect(panel.get_by_text("No backend is connected to this broker.")).to_be_visible()
 
     # Brokers added in the panel are kept in the extension's settings, and can be removed again.
+    # The dialog says what is wrong with an address that is not one, and takes only valid ones.
     extra = f"tcp://127.0.0.1:{free_port()}"
     panel.locator(".jp-SidePanel-toolbar").get_by_title("Add a broker").click()
-    page.locator(".jp-Dialog input").fill(extra)
-    page.locator(".jp-Dialog .jp-mod-accept").click()
-    extra_row = rows(page, "broker").filter(has_text=extra)
+    dialog = page.locator(".jp-Dialog")
+    message, accept = dialog.get_by_role("alert"), dialog.locator(".jp-mod-accept")
+    expect(accept).to_be_disabled()  # nothing entered yet
+    dialog.locator("input").fill("localhost:5555")
+    expect(message).to_contain_text("Did you mean tcp://localhost:5555?")
+    expect(accept).to_be_disabled()
+    dialog.locator("input").press("Enter")  # refused too
+    dialog.locator("input").fill("foo")
+    expect(message).to_contain_text("“foo” is not a ZeroMQ address: expected tcp://host:port.")
+    expect(accept).to_be_disabled()
+    dialog.locator("input").fill(extra)
+    expect(message).to_have_text("")
+    accept.click()
+    expect(dialog).to_have_count(0)
+    extra_row = broker(page, extra)
     expect(extra_row).to_have_count(1)
     wait_for(lambda: extra in lab.get("/lab/api/settings/de-magic:plugin").json()["raw"], timeout=5,
              what="the new broker in the saved settings")
@@ -258,8 +311,9 @@ def test_sidebar_browse_filter_insert_and_run(page, lab, hello, processes, tmp_p
     extra_row.get_by_title("Remove this broker from the list").click()
     expect(extra_row).to_have_count(0)
     # Brokers from the server (the default one) cannot be removed from the panel.
-    rows(page, "broker").filter(has_text=hello.url).hover()
-    expect(rows(page, "broker").filter(has_text=hello.url).get_by_title("Remove this broker from the list")).to_have_count(0)
+    broker_row.hover()
+    expect(broker_row.get_by_title("Remove this broker from the list")).to_have_count(0)
+    assert "localhost:5555" not in lab.get("/lab/api/settings/de-magic:plugin").json()["raw"]
 
     ours = [e for e in page.console_errors if "de-magic" in e.lower() or "demagic" in e.lower()]
     assert ours == [], ours

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import os
 import queue
+import signal
 import time
 
 import pytest
@@ -19,7 +20,7 @@ from de_magic.schema import describe
 from de_magic.widgets import CallForm, field
 from de_magic.progress_display import TextProgress, WidgetProgress
 
-from conftest import ROOT
+from conftest import ROOT, wait_for
 
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 
@@ -132,6 +133,8 @@ def test_form_fields_follow_the_schema():
         form.arguments()
 
     std = CallForm(None, "hello_world", api["Stats"]["methods"]["std"], member="Stats", init_entry=api["Stats"])
+    # the summary's ``values`` is code, as in the sidebar, not raw RST
+    assert "Standard deviation of <code>values</code>" in std.children[0].value
     std.fields["values"].value = "[1, 2]"
     std.fields["__init__.ddof"].value = 1
     assert std.arguments() == ([], {"values": [1.0, 2.0]}, ((), {"ddof": 1}))
@@ -254,6 +257,28 @@ def test_call_form_runs_in_the_background_and_shows_result_progress_and_errors(k
                     what="the DataFrame as an HTML table")
 
 
+def test_call_form_cancel_stops_the_call_on_the_backend_too(kernel, hello):
+    msgs = kernel.execute(f"from de_magic import Client\n"
+                          f"from de_magic.widgets import call_form\n"
+                          f"c = Client({hello.url!r})\n"
+                          f"long = call_form(c, 'hello_world', 'slow_sum')\n"
+                          f"long.fields['n'].value = 400\n"
+                          f"long.fields['delay'].value = 0.05\n"  # 20 s
+                          f"print(long.status.model_id)\n"
+                          f"started = long.run()")
+    status_id = next(m["content"]["text"].strip() for m in msgs if m["msg_type"] == "stream")
+    wait_for(lambda: hello.workers("hello_world")[0]["busy"] == 1, what="the call to run on the backend")
+    kernel.execute("long.cancel_button.click()")
+    kernel.wait_for(lambda m: any(state.get("value", "").startswith("cancelled after")
+                                  for state in updates([m], status_id)), timeout=10, what="the form saying cancelled")
+    state = kernel.execute("print(type(started.exception()).__name__, long.run_button.disabled, "
+                           "long.cancel_button.disabled, long.cancel())")
+    assert next(m["content"]["text"] for m in state if m["msg_type"] == "stream").split() == [
+        "KeyboardInterrupt", "False", "True", "False"]
+    # the backend was told: its slot is free long before the 20 s the call would take
+    wait_for(lambda: hello.workers("hello_world")[0]["busy"] == 0, timeout=5, what="the backend to stop the call")
+
+
 REMOTE_CELL = '''
 import ipywidgets as w
 slider = w.IntSlider(description="level")
@@ -311,3 +336,27 @@ def test_remote_widgets_are_live_in_the_notebook(kernel, hello):
     kernel.execute("session.execute('slider.close()').result()")
     kernel.wait_for(lambda m: m["msg_type"] == "comm_close" and m["content"]["comm_id"] == slider_id,
                     what="the slider's comm_close")
+
+
+def test_remote_widgets_say_when_their_backend_is_gone(kernel, hello):
+    code = "import ipywidgets as w\ndisplay(w.FloatSlider(description='gain'), w.IntSlider())"
+    msgs = kernel.execute(f"from de_magic import Client\n"
+                          f"from de_magic.session import RemoteSession\n"
+                          f"gone = RemoteSession(Client({hello.url!r}), 'hello_world')\n"
+                          f"gone.execute({code!r}).result()")
+    (gain,) = (m["content"]["comm_id"] for m in opened(msgs, "FloatSliderModel"))
+    (plain_slider,) = (m["content"]["comm_id"] for m in opened(msgs, "IntSliderModel"))
+
+    # the backend restarts: the widgets it made are gone with it
+    os.kill(hello.workers("hello_world")[0]["pid"], signal.SIGTERM)
+    wait_for(lambda: not hello.workers("hello_world"), what="the backend to go")
+    hello.start_backend("de_magic.demo.hello", "hello_world", "--allow-code")
+
+    # moving one of them disables both, and says so where the user looks: on the widgets
+    kernel.send_comm_msg(gain, {"method": "update", "state": {"value": 3.0}, "buffer_paths": []})
+    for comm_id, description in ((gain, "gain (disconnected)"), (plain_slider, "(disconnected)")):
+        state = kernel.wait_for(lambda m: any(s.get("disabled") for s in updates([m], comm_id)),
+                                what=f"comm {comm_id} disabled")
+        (state,) = updates([state], comm_id)
+        assert state["description"] == description
+        assert state["tooltip"].startswith("disconnected from the backend: ")

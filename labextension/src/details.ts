@@ -10,7 +10,7 @@ import {
   inline,
   renderDocstring
 } from './docstring';
-import { age, dateOf, h, plural } from './dom';
+import { age, badge, dateOf, h, plural } from './dom';
 import { BrokersModel, ISelection } from './model';
 import { ITarget } from './snippets';
 
@@ -20,23 +20,39 @@ export interface IDetailsActions {
   openForm(target: ITarget): void;
 }
 
+/**
+ * The parameters as a table: four columns in a wide panel; in a narrow one the CSS stacks
+ * each row as `name: type = default` over its description, so nothing is clipped.
+ */
 function parametersTable(params: IParameter[]): HTMLElement {
   const rows = params.map(p => {
     const prefix =
       p.kind === 'VAR_POSITIONAL' ? '*' : p.kind === 'VAR_KEYWORD' ? '**' : '';
-    const value = p.required
-      ? h('span', { class: 'jp-DeMagic-required' }, 'required')
-      : (p.default_repr ?? '');
+    const byDefault = p.required
+      ? h('td', {}, h('span', { class: 'jp-DeMagic-required' }, 'required'))
+      : h(
+          'td',
+          { class: 'jp-DeMagic-paramDefault' },
+          h('code', {}, p.default_repr ?? '')
+        );
     return h(
       'tr',
       { 'data-param': p.name },
       h('td', {}, h('code', {}, prefix + p.name)),
-      h('td', {}, p.annotation ? h('code', {}, p.annotation) : ''),
-      h('td', {}, typeof value === 'string' ? h('code', {}, value) : value),
-      h('td', {}, ...inline(p.doc ?? ''))
+      p.annotation
+        ? h(
+            'td',
+            { class: 'jp-DeMagic-paramType' },
+            h('code', {}, p.annotation)
+          )
+        : h('td', {}),
+      byDefault,
+      h('td', { class: 'jp-DeMagic-paramDoc' }, ...inline(p.doc ?? ''))
     );
   });
-  return table(['Name', 'Type', 'Default', 'Description'], rows);
+  const element = table(['Name', 'Type', 'Default', 'Description'], rows);
+  element.classList.add('jp-DeMagic-paramTable');
+  return element;
 }
 
 /** A table in the panel's style: a header row of `headings`, then `rows`. */
@@ -232,11 +248,7 @@ export class MemberDetails extends Widget {
       h(
         'div',
         { class: 'jp-DeMagic-title' },
-        h(
-          'span',
-          { class: 'jp-DeMagic-badge', 'data-kind': member.kind },
-          isClass ? 'c' : owner ? 'm' : 'f'
-        ),
+        badge(isClass ? 'class' : owner ? 'method' : 'function'),
         h('span', { class: 'jp-DeMagic-titleName' }, name),
         h('span', { class: 'jp-DeMagic-meta' }, `in ${backend.name}`)
       ),

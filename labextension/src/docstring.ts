@@ -4,8 +4,10 @@
  */
 import { h } from './dom';
 
+// The parameter and return headings are those de_magic/schema.py's parse_docstring reads
+// (the API's parameter docs and `returns.doc` come from there): keep the two in step.
 const GOOGLE_HEADING =
-  /^(Args|Arguments|Parameters|Params|Keyword Args|Returns|Return|Yields|Raises|Examples?|Notes?|Attributes|See Also|References|Warnings?|Todo):\s*$/i;
+  /^(Args|Arguments|Parameters|Params|Keyword Args|Keyword Arguments|Other Parameters|Returns?|Yields?|Raises|Examples?|Notes?|Attributes|See Also|References|Warnings?|Todo):\s*$/i;
 const UNDERLINE = /^\s*(-{3,}|={3,})\s*$/;
 
 /** Docstring sections describing parameters; shown as a table instead. */
@@ -15,11 +17,12 @@ export const PARAMETER_SECTIONS = [
   'args',
   'arguments',
   'keyword args',
+  'keyword arguments',
   'other parameters'
 ];
 
-/** Docstring sections describing the return value. */
-export const RETURN_SECTIONS = ['returns', 'return'];
+/** Docstring sections describing the return value: a generator's yields are its result. */
+export const RETURN_SECTIONS = ['returns', 'return', 'yields', 'yield'];
 
 interface ISection {
   title: string | null;

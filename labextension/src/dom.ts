@@ -70,3 +70,13 @@ export function dateOf(since: number | undefined | null): string {
 export function plural(count: number, word: string): string {
   return `${count} ${word}${count === 1 ? '' : 's'}`;
 }
+
+/** The one-letter kind badge of a function, class or method, as in Lab's completer. */
+export function badge(kind: string): HTMLElement {
+  const letter = kind === 'class' ? 'c' : kind === 'method' ? 'm' : 'f';
+  return h(
+    'span',
+    { class: 'jp-DeMagic-badge', 'data-kind': kind, 'aria-hidden': 'true' },
+    letter
+  );
+}

@@ -26,6 +26,8 @@ export class BrokerEntry implements IDisposable {
       name: `de-magic:${url}`,
       standby: () => _owner.standby()
     });
+    // The time of the next try is known only once the poll has scheduled it.
+    this.poll.ticked.connect(() => this.error !== null && _owner.notify());
   }
 
   readonly poll: Poll;
@@ -35,6 +37,18 @@ export class BrokerEntry implements IDisposable {
   error: string | null = null;
   /** True until the first answer (or failure). */
   loading = true;
+  /** Failed tries in a row. */
+  failures = 0;
+  /** True while the broker is asked again after a failure. */
+  retrying = false;
+
+  /** When (ms since the epoch) a broker that failed is tried again, if a try is scheduled. */
+  get nextTry(): number | null {
+    const state = this.poll.state;
+    return this.error !== null && state.phase === 'rejected'
+      ? state.timestamp + state.interval
+      : null;
+  }
 
   get isDisposed(): boolean {
     return this.poll.isDisposed;
@@ -52,6 +66,10 @@ export class BrokerEntry implements IDisposable {
   }
 
   private async _fetch(): Promise<void> {
+    if (this.error !== null) {
+      this.retrying = true;
+      this._owner.notify();
+    }
     let listing: IListing;
     try {
       listing = await fetchListing(this.url);
@@ -77,6 +95,8 @@ export class BrokerEntry implements IDisposable {
       );
     this.loading = false;
     this.error = null;
+    this.failures = 0;
+    this.retrying = false;
     this.listing = listing;
     if (changed) {
       this._owner.notify();
@@ -85,7 +105,12 @@ export class BrokerEntry implements IDisposable {
 
   private _fail(message: string): void {
     const changed =
-      this.loading || this.error !== message || this.listing !== null;
+      this.loading ||
+      this.retrying ||
+      this.error !== message ||
+      this.listing !== null;
+    this.failures++;
+    this.retrying = false;
     this.loading = false;
     this.error = message;
     this.listing = null;
@@ -123,7 +148,7 @@ export class BrokersModel implements IDisposable {
       this.notify();
     }
   }
-  frequency: IPoll.Frequency = { interval: 5000, backoff: true, max: 60000 };
+  frequency: IPoll.Frequency = { interval: 5000, backoff: true, max: 10000 };
   defaultBroker: string | null = null;
 
   get changed(): ISignal<this, void> {

@@ -1,10 +1,11 @@
 /**
  * The notebook cells the panel inserts: a call of a remote method, a %%remote cell, a form.
  *
- * Parameters with a default are filled with it (`default_repr`, a Python literal); required
- * ones get `None` and a `# TODO` comment naming what is expected, so the cell runs as soon as
- * the TODOs are filled, and is plainly unfinished before that (`...` would silently pass an
- * Ellipsis to the backend).
+ * Parameters with a default are filled with it (`default_repr`, a Python literal); a required
+ * one is passed a variable of its own name (`values=values`) with a comment naming what is
+ * expected: the user fills it in, or defines the variable, and running it unfilled stops at
+ * once with "NameError: name 'values' is not defined" rather than sending a wrong value
+ * (`None` always fails remotely, `...` would silently pass an Ellipsis).
  */
 import { IMember, IParameter } from './api';
 
@@ -39,13 +40,11 @@ function argumentsOf(params: IParameter[] | undefined): IArgument[] {
       continue;
     }
     const hasDefault = !p.required && p.default_repr !== null;
-    const value = hasDefault ? (p.default_repr as string) : 'None';
+    const value = hasDefault ? (p.default_repr as string) : p.name;
     const text = p.kind === 'POSITIONAL_ONLY' ? value : `${p.name}=${value}`;
-    let todo: string | null = null;
-    if (!hasDefault) {
-      const what = p.annotation ? `${p.name}: ${p.annotation}` : p.name;
-      todo = `TODO: ${what} (required)`;
-    }
+    const todo = hasDefault
+      ? null
+      : `TODO: required${p.annotation ? `, ${p.annotation}` : ''}`;
     args.push({ text, todo });
   }
   return args;
@@ -68,30 +67,65 @@ export function formatCall(
   return `${prefix}${callee}(\n${lines.join('\n')}\n)`;
 }
 
-function snakeCase(name: string): string {
+/** The variable the inserted calls use for a broker's client, unless the notebook has one. */
+const CLIENT_NAME = 'client';
+const IMPORT_CLIENT = 'from de_magic import Client';
+
+/** A variable name for an instance of class `name`, none of the `taken` ones. */
+function instanceName(name: string, taken: string[]): string {
   const snake = name
     .replace(/([a-z0-9])([A-Z])/g, '$1_$2')
     .replace(/([A-Z]+)([A-Z][a-z])/g, '$1_$2')
     .toLowerCase();
-  // `result` is the snippet's other variable.
-  return snake === 'result' ? 'instance' : snake;
-}
-
-/** The handle on a backend: `Client("URL")["NAME"]`. */
-export function backendExpression(broker: string, backend: string): string {
-  return `Client(${pyString(broker)})[${pyString(backend)}]`;
+  return taken.includes(snake) ? 'instance' : snake;
 }
 
 /**
- * A ready-to-run cell calling the target:
+ * How a cell reaches `broker`: the variable already bound to `Client("broker", …)` in one of
+ * the notebook's cells `sources`, else a new one (`client`, or `client_2`… when `client` is
+ * taken by another broker) with the lines that make it.
+ */
+export function clientFor(
+  broker: string,
+  sources: string[]
+): { name: string; setup: string[] } {
+  const assigned = new Map<string, string>();
+  const pattern =
+    /^\s*([A-Za-z_]\w*)\s*=\s*Client\(\s*(?:url\s*=\s*)?(['"])(.*?)\2/;
+  const lines = sources.flatMap(source => source.split('\n'));
+  for (const line of lines) {
+    const match = pattern.exec(line);
+    if (match) {
+      assigned.set(match[1], match[3]);
+    }
+  }
+  for (const [name, url] of assigned) {
+    if (url === broker) {
+      return { name, setup: [] };
+    }
+  }
+  let name = CLIENT_NAME;
+  for (let i = 2; assigned.has(name); i++) {
+    name = `${CLIENT_NAME}_${i}`;
+  }
+  const imported = lines.some(line => line.trim() === IMPORT_CLIENT);
+  const make = `${name} = Client(${pyString(broker)})`;
+  return { name, setup: imported ? [make] : [IMPORT_CLIENT, '', make] };
+}
+
+/**
+ * A ready-to-run cell calling the target through the notebook's client for its broker (made
+ * first when the notebook's cells `sources` have none):
  *
  *     from de_magic import Client
  *
- *     result = Client("tcp://…")["name"].method(a=1, b=2)
+ *     client = Client("tcp://…")
+ *     result = client["name"].method(a=1, b=2)
  *     result
  */
-export function callSnippet(target: ITarget): string {
-  const handle = backendExpression(target.broker, target.backend);
+export function callSnippet(target: ITarget, sources: string[] = []): string {
+  const client = clientFor(target.broker, sources);
+  const handle = `${client.name}[${pyString(target.backend)}]`;
   const { member, owner } = target;
   let body: string;
   if (!owner) {
@@ -111,7 +145,7 @@ export function callSnippet(target: ITarget): string {
       body = chained;
     } else {
       // Too long for one line: name the instance, then call the method on it.
-      const instance = snakeCase(owner.name);
+      const instance = instanceName(owner.name, ['result', client.name]);
       body =
         `${instance} = ${ctor}\n` +
         formatCall(
@@ -121,7 +155,7 @@ export function callSnippet(target: ITarget): string {
         );
     }
   }
-  return `from de_magic import Client\n\n${body}\nresult`;
+  return [...client.setup, body, 'result'].join('\n');
 }
 
 /** The dotted name the magics use for a target: `backend.function` or `backend.Class.method`. */

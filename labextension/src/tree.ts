@@ -15,7 +15,7 @@ import { ISignal, Signal } from '@lumino/signaling';
 import { Widget } from '@lumino/widgets';
 
 import { IBackend, IMember } from './api';
-import { age, dateOf, h, highlighted, plural } from './dom';
+import { age, badge, dateOf, h, highlighted, plural } from './dom';
 import { brokerIcon } from './icons';
 import { BrokerEntry, BrokersModel, ISelection } from './model';
 import { ITarget } from './snippets';
@@ -59,13 +59,42 @@ function sortedMembers(
   );
 }
 
-/** The one-letter type badge, as in Lab's completer. */
-function badge(kind: string): HTMLElement {
-  const letter = kind === 'class' ? 'c' : kind === 'method' ? 'm' : 'f';
+/** "7 s": the time left until `time` (ms since the epoch), never below zero. */
+function secondsUntil(time: number): string {
+  return `${Math.max(0, Math.ceil((time - Date.now()) / 1000))} s`;
+}
+
+/**
+ * Under a broker that does not answer: which try comes next and when, or that it is under
+ * way, and a button to try at once.
+ */
+function retryNote(entry: BrokerEntry): HTMLElement {
+  const attempt = entry.failures + 1;
+  const next = entry.nextTry;
+  const status = entry.retrying
+    ? [`Retrying now (attempt ${attempt})…`]
+    : next !== null
+      ? [
+          `Retrying automatically: attempt ${attempt} in `,
+          h('span', { 'data-next-try': String(next) }, secondsUntil(next)),
+          '. '
+        ]
+      : ['Retrying automatically. '];
   return h(
     'span',
-    { class: 'jp-DeMagic-badge', 'data-kind': kind, 'aria-hidden': 'true' },
-    letter
+    { class: 'jp-DeMagic-retry' },
+    ...status,
+    entry.retrying
+      ? null
+      : h(
+          'button',
+          {
+            class: 'jp-DeMagic-link',
+            'data-action': 'refresh',
+            'data-broker': entry.url
+          },
+          'Retry now'
+        )
   );
 }
 
@@ -98,6 +127,13 @@ export class BackendsTree extends Widget {
   }
 
   readonly model: BrokersModel;
+
+  dispose(): void {
+    if (this._countdown !== null) {
+      window.clearInterval(this._countdown);
+    }
+    super.dispose();
+  }
 
   get selection(): ISelection | null {
     return this._selection;
@@ -166,6 +202,26 @@ export class BackendsTree extends Widget {
       );
     }
     this._list.replaceChildren(...items);
+    this._followCountdowns();
+  }
+
+  /** Count down the retries on screen every second (a full render each second would be waste). */
+  private _followCountdowns(): void {
+    const counting = this._list.querySelector('[data-next-try]') !== null;
+    if (counting && this._countdown === null) {
+      this._countdown = window.setInterval(() => this._tickCountdowns(), 1000);
+    } else if (!counting && this._countdown !== null) {
+      window.clearInterval(this._countdown);
+      this._countdown = null;
+    }
+  }
+
+  private _tickCountdowns(): void {
+    for (const span of this._list.querySelectorAll<HTMLElement>(
+      '[data-next-try]'
+    )) {
+      span.textContent = secondsUntil(Number(span.dataset.nextTry));
+    }
   }
 
   private _isExpanded(key: string, byDefault: boolean): boolean {
@@ -200,7 +256,7 @@ export class BackendsTree extends Widget {
       {
         class: `jp-DeMagic-row${selected ? ' jp-mod-selected' : ''}`,
         'data-kind': row.kind,
-        style: `--jp-DeMagic-depth: ${depth}`
+        style: `--jp-demagic-depth: ${depth}`
       },
       caret,
       ...content,
@@ -297,7 +353,12 @@ export class BackendsTree extends Widget {
       expanded,
       [
         brokerIcon.element({ tag: 'span', className: 'jp-DeMagic-icon' }),
-        h('span', { class: 'jp-DeMagic-label', title }, entry.url),
+        // tcp:// goes without saying, and the port is what tells brokers apart in a narrow panel.
+        h(
+          'span',
+          { class: 'jp-DeMagic-label', title },
+          entry.url.replace(/^tcp:\/\//, '')
+        ),
         ...status
       ],
       actions
@@ -310,20 +371,7 @@ export class BackendsTree extends Widget {
           'li',
           { class: 'jp-DeMagic-message jp-mod-error', role: 'alert' },
           h('span', {}, entry.error),
-          h(
-            'span',
-            { class: 'jp-DeMagic-retry' },
-            'Retrying automatically. ',
-            h(
-              'button',
-              {
-                class: 'jp-DeMagic-link',
-                'data-action': 'refresh',
-                'data-broker': entry.url
-              },
-              'Retry now'
-            )
-          )
+          retryNote(entry)
         )
       );
     } else if (entry.loading) {
@@ -413,7 +461,7 @@ export class BackendsTree extends Widget {
         h(
           'span',
           {
-            class: 'jp-DeMagic-meta',
+            class: 'jp-DeMagic-meta jp-mod-optional',
             title: `Alive since ${dateOf(backend.since)}`
           },
           `up ${age(backend.since)}`
@@ -569,11 +617,13 @@ export class BackendsTree extends Widget {
     if (!row) {
       return;
     }
-    // Like Lab's file browser tree: a click on a parent row opens or closes it.
-    if (row.expandable) {
+    // The twisty opens and closes a row; elsewhere a click selects it, and only a row that
+    // cannot be selected (a broker) opens or closes.
+    const onCaret = !!target.closest('.jp-DeMagic-caret');
+    if (row.expandable && (onCaret || !row.selection)) {
       this._toggle(row.key);
     }
-    if (row.selection) {
+    if (row.selection && !onCaret) {
       this.select(row.selection);
     }
     this._list.focus();
@@ -634,6 +684,7 @@ export class BackendsTree extends Widget {
   private _rows = new Map<HTMLElement, IRow>();
   private _selection: ISelection | null = null;
   private _selectionChanged = new Signal<this, ISelection | null>(this);
+  private _countdown: number | null = null;
   /** Rows opened or closed by the user, relative to their default state. */
   private _toggled = new Set<string>();
 }

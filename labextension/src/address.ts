@@ -1,0 +1,36 @@
+/**
+ * Broker addresses as the user types them: what is wrong with one, said in the dialog.
+ */
+
+/** The settings schema's pattern: a ZeroMQ transport and an endpoint. */
+const BROKER_URL = /^(tcp|ipc|inproc):\/\/\S+$/;
+
+/** `tcp://host:port`, the host a name, an IPv4 address or a bracketed IPv6 address. */
+const TCP_URL = /^tcp:\/\/([\w.-]+|\[[0-9a-fA-F:.]+\]):(\d{1,5})$/;
+
+/**
+ * Why `text` is not an address a client can connect to, or null when it is. A `host:port`
+ * without a transport gets the `tcp://` form suggested, since that is what it nearly always is.
+ */
+export function brokerAddressProblem(text: string): string | null {
+  const url = text.trim();
+  if (!url) {
+    return 'Enter the address of a broker, e.g. tcp://localhost:5555.';
+  }
+  if (!BROKER_URL.test(url)) {
+    const hostPort = /^[\w.-]+:\d+$/.test(url)
+      ? ` Did you mean tcp://${url}?`
+      : '';
+    return `“${url}” is not a ZeroMQ address: expected tcp://host:port.${hostPort}`;
+  }
+  if (url.startsWith('tcp://')) {
+    const match = TCP_URL.exec(url);
+    if (!match) {
+      return `“${url}” needs a host and a port: tcp://host:port.`;
+    }
+    if (Number(match[2]) < 1 || Number(match[2]) > 65535) {
+      return `Port ${match[2]} is out of range (1 to 65535).`;
+    }
+  }
+  return null;
+}

@@ -1,0 +1,57 @@
+import { age, badge, h, highlighted, plural } from '../src/dom';
+
+describe('h', () => {
+  it('sets attributes and appends children, skipping empty ones', () => {
+    const element = h(
+      'div',
+      { class: 'x', title: undefined },
+      'a',
+      null,
+      false,
+      h('b', {}, 'c')
+    );
+    expect(element.outerHTML).toBe('<div class="x">a<b>c</b></div>');
+  });
+
+  it('never parses text as HTML', () => {
+    expect(h('p', {}, '<img src=x>').innerHTML).toBe('&lt;img src=x&gt;');
+  });
+});
+
+describe('highlighted', () => {
+  it('marks the first case-insensitive match', () => {
+    const holder = h('div', {}, highlighted('slow_Sum', 'sum'));
+    expect(holder.innerHTML).toBe('<span>slow_<mark>Sum</mark></span>');
+  });
+
+  it('is plain text without a match', () => {
+    expect(highlighted('echo', 'sum').textContent).toBe('echo');
+  });
+});
+
+describe('age', () => {
+  const now = 1_000_000_000;
+  it.each([
+    [now / 1000 - 42, '42 s'],
+    [now / 1000 - 600, '10 min'],
+    [now / 1000 - 7200, '2 h'],
+    [now / 1000 - 3 * 86400, '3 days'],
+    [null, '']
+  ])('of %p is %p', (since, text) => {
+    expect(age(since, now)).toBe(text);
+  });
+});
+
+describe('badge and plural', () => {
+  it('gives one letter per kind', () => {
+    expect(
+      ['class', 'method', 'function'].map(k => badge(k).textContent)
+    ).toEqual(['c', 'm', 'f']);
+    expect(badge('class').dataset.kind).toBe('class');
+  });
+
+  it('counts', () => {
+    expect(plural(1, 'worker')).toBe('1 worker');
+    expect(plural(2, 'worker')).toBe('2 workers');
+  });
+});
