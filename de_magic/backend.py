@@ -299,7 +299,7 @@ class Backend:
         self.registered.clear()
         if old is not None:
             old.close(linger=0)
-        dealer = self._connect(self._control_id)
+        dealer = self._connect(self._control_id, control=True)
         self._send_control(dealer, self._ready_frames(), zmq.NOBLOCK)
         return dealer
 
@@ -452,11 +452,11 @@ class Backend:
 
     def _too_large(self, mtype: bytes, size: int) -> tuple[bytes, bytes, tuple]:
         """What to send instead of a message over the size limit: an error, or for an event a note."""
-        what = f"{size} bytes, over the maximum message size of {self._limit} bytes"
+        limit = f"over the maximum message size of {self._limit} bytes"
         if mtype == P.EVENT:
-            note = f"[de-magic: an output of {what} was left out]\n"
+            note = f"[de-magic: left out an output of {size} bytes, {limit}]\n"
             return P.EVENT, P.dump_header({"event": "stream", "name": "stderr", "text": note}), ()
-        return P.ERROR, P.error_header(PayloadTooLarge.kind, f"the result is {what}"), ()
+        return P.ERROR, P.error_header(PayloadTooLarge.kind, f"the answer is {size} bytes, {limit}"), ()
 
     def _new_out_socket(self) -> zmq.Socket:
         sock = self._ctx.socket(zmq.PUSH)

@@ -21,7 +21,7 @@ from types import ModuleType
 
 from .backend import Backend
 from .broker import Broker
-from .defaults import DEFAULT_HEARTBEAT, DEFAULT_MAX_MESSAGE
+from .defaults import DEFAULT_HEARTBEAT, DEFAULT_MAX_MESSAGE, DEFAULT_MAX_QUEUED_BYTES
 from .client import Client
 from .errors import DeMagicError
 from .generate import client_module
@@ -29,7 +29,7 @@ from .lifeline import exit_with_parent
 from .local import DEMO_BACKENDS, start_local
 from .progress_display import TextProgress
 from .schema import describe, members_of
-from .security import Security, create_keys
+from .security import Security, create_keys, owners
 from .serialize import JSON, PICKLE
 
 # -- loading backend modules -------------------------------------------------
@@ -187,7 +187,7 @@ def _test_connect(url: str | None, security: Security) -> int:
 def cmd_broker(args) -> None:
     _logging(args.verbose)
     broker = Broker(args.bind, heartbeat=args.heartbeat, max_message_size=args.max_message_size,
-                    security=_security(args))
+                    max_queued_bytes=args.max_queued_bytes, owners=owners(), security=_security(args))
     url = broker.bind()
     print(f"de-magic: broker listening on {url}", flush=True)
     signal.signal(signal.SIGTERM, lambda *_: broker.stop())
@@ -297,6 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heartbeat", type=float, default=DEFAULT_HEARTBEAT, help="heartbeat interval in seconds")
     p.add_argument("--max-message-size", type=int, default=DEFAULT_MAX_MESSAGE,
                    help="largest call accepted, in bytes")
+    p.add_argument("--max-queued-bytes", type=int, default=DEFAULT_MAX_QUEUED_BYTES,
+                   help="bytes of calls held in queues, over all backends, before callers get 'busy'")
     p.add_argument("-v", "--verbose", action="store_true")
     _security_args(p, broker=True)
     p.set_defaults(func=cmd_broker)

@@ -288,9 +288,26 @@ def _read_config() -> dict:
             data = tomllib.load(f)
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise Refused(f"cannot read the de-magic config file {path}: {exc}") from None
-    known = {f.name for f in fields(Security)} - {"insecure"}
+    known = {f.name for f in fields(Security)} - {"insecure"} | {OWNERS}
     unknown = set(data) - known
     if unknown:  # a typo here would silently turn encryption off
         raise Refused(f"unknown setting(s) {', '.join(sorted(unknown))} in {path}; known: {', '.join(sorted(known))}")
     # relative paths are relative to the config file
-    return {k: str((path.parent / Path(v).expanduser()).resolve()) for k, v in data.items()}
+    return {k: str((path.parent / Path(v).expanduser()).resolve()) for k, v in data.items() if k != OWNERS}
+
+
+OWNERS = "owners"
+
+
+def owners() -> dict[str, list[str]]:
+    """The config file's ``[owners]`` table: backend name -> the keys (Z85, or key file names in the
+    allowed-keys directory) that alone may register it at a broker using this file."""
+    path = config_file()
+    if not path.is_file():
+        return {}
+    with path.open("rb") as f:
+        table = tomllib.load(f).get(OWNERS, {})
+    if not (isinstance(table, dict) and all(isinstance(v, list) and all(isinstance(k, str) for k in v)
+                                            for v in table.values())):
+        raise Refused(f"[{OWNERS}] in {path} must map backend names to lists of keys or key names")
+    return table

@@ -22,7 +22,7 @@ import zmq.auth
 
 from de_magic import Backend, Broker, Client, serialize
 from de_magic import protocol as P
-from de_magic.errors import DeMagicError, Refused
+from de_magic.errors import DeMagicError, Refused, UnknownBackend
 from de_magic.jsoncodec import TAG
 from de_magic.security import Security, create_keys, is_loopback
 from de_magic.session import RemoteSession
@@ -263,6 +263,10 @@ def test_backend_restricts_callers_in_listing_and_calls(curve):
         with pytest.raises(Refused, match="backend 'private' does not accept calls from this caller's key"):
             bob.call("private", "scale", ([1.0],))
         assert bob.call("open", "scale", ([1.0],)) == [2.0]
+        # a wrong name lists what the caller may use, never a backend restricted to others
+        with pytest.raises(UnknownBackend) as unknown:
+            bob.call("nosuch", "scale", ([1.0],))
+        assert "open" in str(unknown.value) and "private" not in str(unknown.value)
     assert "refused a call of 'private' from 'bob'" in curve.log.read_text()
 
 

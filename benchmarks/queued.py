@@ -1,0 +1,120 @@
+"""What 10,000 queued calls cost the broker, and what a tiny call costs beside them.
+
+    python benchmarks/queued.py [--queued 10000] [--seconds 5]
+
+A backend with one slot is kept busy; 10,000 calls wait in the broker's queue,
+and their callers ask after them as real clients do: one QUERY per call per
+heartbeat interval (1 s). The broker's CPU time is read from /proc while that
+goes on, once with the queries and once without. Then a tiny call's latency is
+measured with the queue full and with it empty.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import zmq
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from de_magic import Client  # noqa: E402
+from de_magic import protocol as P  # noqa: E402
+from de_magic import serialize  # noqa: E402
+
+from bench import free_port  # noqa: E402
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def start(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "de_magic", *args], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def fill_queue(url: str, count: int) -> tuple[zmq.Socket, list[bytes]]:
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.linger = 0
+    sock.connect(url)
+    header = P.dump_header({"member": "echo"})
+    payload = serialize.dumps(((0,), {}))
+    rids = [b"q%d" % i for i in range(count)]
+    for rid in rids:
+        sock.send_multipart(P.call(rid, "bench", b"", header, payload))
+    return sock, rids
+
+
+def broker_load(pid: int, sock: zmq.Socket, rids: list[bytes], seconds: float, query: bool) -> float:
+    """Share of one core the broker used over ``seconds``, with each queued call queried once a second."""
+    start_cpu, start = cpu_seconds(pid), time.monotonic()
+    per_tick = len(rids) // 20 if query else 0
+    i = 0
+    while time.monotonic() - start < seconds:
+        for _ in range(per_tick):  # spread over the second, as waiting callers are
+            sock.send_multipart(P.query(rids[i % len(rids)]))
+            i += 1
+        while sock.poll(0):
+            sock.recv_multipart()
+        time.sleep(0.05)
+    return (cpu_seconds(pid) - start_cpu) / (time.monotonic() - start)
+
+
+def tiny_p50(client: Client, calls: int = 300) -> float:
+    times = []
+    for i in range(calls):
+        t = time.perf_counter()
+        client.call("tiny", "echo", (i,))
+        times.append(time.perf_counter() - t)
+    return statistics.median(times) * 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--queued", type=int, default=10_000)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    args = parser.parse_args()
+    url = f"tcp://127.0.0.1:{free_port()}"
+    procs = [start("broker", "--bind", url)]
+    try:
+        procs.append(start("serve", "de_magic.demo.hello", "--name", "bench", "--broker", url,
+                           "--max-workers", "1", "--max-queue", str(args.queued + 10)))
+        procs.append(start("serve", "de_magic.demo.hello", "--name", "tiny", "--broker", url, "--max-workers", "1"))
+        client = Client(url, timeout=60)
+        while not {"bench", "tiny"} <= set(client.listing(api=False)["backends"]):
+            time.sleep(0.1)
+        time.sleep(1)  # slots check in
+        empty = tiny_p50(client)
+        blocker = client.submit("bench", "slow_sum", (), {"n": 1000, "delay": 0.1})  # holds the one slot
+        time.sleep(0.5)
+        sock, rids = fill_queue(url, args.queued)
+        while client.listing(api=False)["broker"]["queued"] < args.queued:
+            time.sleep(0.1)
+        idle = broker_load(procs[0].pid, sock, rids, args.seconds, query=False)
+        queried = broker_load(procs[0].pid, sock, rids, args.seconds, query=True)
+        full = tiny_p50(client)
+        print(f"broker CPU with {args.queued} calls queued: {idle:.1%} of a core idle, {queried:.1%} while "
+              f"their callers ask after them ({args.queued} QUERY/s)")
+        print(f"tiny call p50: {empty:.0f} µs with the queue empty, {full:.0f} µs with {args.queued} calls queued")
+        blocker.cancel()
+        sock.close()
+        client.close()
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(10)
+
+
+if __name__ == "__main__":
+    main()
