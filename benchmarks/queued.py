@@ -55,15 +55,17 @@ def fill_queue(url: str, count: int) -> tuple[zmq.Socket, list[bytes]]:
     return sock, rids
 
 
-def broker_load(pid: int, sock: zmq.Socket, rids: list[bytes], seconds: float, query: bool) -> float:
-    """Share of one core the broker used over ``seconds``, with each queued call queried once a second."""
+def broker_load(pid: int, sock: zmq.Socket, rids: list[bytes], seconds: float, batch: int) -> float:
+    """Share of one core the broker used over ``seconds``, with each queued call queried once a second,
+    ``batch`` request ids per QUERY (0: no queries)."""
     start_cpu, start = cpu_seconds(pid), time.monotonic()
-    per_tick = len(rids) // 20 if query else 0
+    per_tick = len(rids) // 20 if batch else 0
     i = 0
     while time.monotonic() - start < seconds:
-        for _ in range(per_tick):  # spread over the second, as waiting callers are
-            sock.send_multipart(P.query(rids[i % len(rids)]))
-            i += 1
+        for _ in range(0, per_tick, batch or 1):  # spread over the second, as waiting callers are
+            chunk = [rids[(i + k) % len(rids)] for k in range(batch)]
+            sock.send_multipart(P.query(*chunk))
+            i += batch
         while sock.poll(0):
             sock.recv_multipart()
         time.sleep(0.05)
@@ -100,11 +102,13 @@ def main() -> None:
         sock, rids = fill_queue(url, args.queued)
         while client.listing(api=False)["broker"]["queued"] < args.queued:
             time.sleep(0.1)
-        idle = broker_load(procs[0].pid, sock, rids, args.seconds, query=False)
-        queried = broker_load(procs[0].pid, sock, rids, args.seconds, query=True)
+        idle = broker_load(procs[0].pid, sock, rids, args.seconds, batch=0)
+        one_by_one = broker_load(procs[0].pid, sock, rids, args.seconds, batch=1)
+        batched = broker_load(procs[0].pid, sock, rids, args.seconds, batch=100)
         full = tiny_p50(client)
-        print(f"broker CPU with {args.queued} calls queued: {idle:.1%} of a core idle, {queried:.1%} while "
-              f"their callers ask after them ({args.queued} QUERY/s)")
+        print(f"broker CPU with {args.queued} calls queued: {idle:.1%} of a core with no queries; while their "
+              f"callers ask after each once a second: {one_by_one:.1%} one id per QUERY (today's Client, one "
+              f"socket per waiting thread), {batched:.1%} with 100 ids per QUERY")
         print(f"tiny call p50: {empty:.0f} µs with the queue empty, {full:.0f} µs with {args.queued} calls queued")
         blocker.cancel()
         sock.close()

@@ -124,6 +124,7 @@ class List(NamedTuple):  # client -> broker
 
 class Query(NamedTuple):  # client -> broker
     rid: bytes
+    more: list  #: further request ids: a client waiting for many asks after all of them at once
 
 
 class Ready(NamedTuple):  # worker control -> broker
@@ -173,6 +174,7 @@ class Error(NamedTuple):  # broker -> client
 class Status(NamedTuple):  # broker -> client
     rid: bytes
     state: bytes
+    more: list  #: (request id, state) frame pairs answering a QUERY's further ids
 
 
 class Welcome(NamedTuple):  # broker -> worker control
@@ -219,7 +221,7 @@ AT_BROKER = _rules(
     CALL=Rule(Call, (_bytes, _name, _bytes, _REST), 1, rid_at=0),
     CANCEL=Rule(Cancel, (_bytes,), rid_at=0),
     LIST=Rule(List, (_bytes, load_header), rid_at=0),
-    QUERY=Rule(Query, (_bytes,), rid_at=0),
+    QUERY=Rule(Query, (_bytes, _REST), rid_at=0),
     READY=Rule(Ready, (_name, _bytes, _bytes, load_header)),
     SLOT=Rule(Slot, (_bytes, _bytes)),
     HEARTBEAT=Rule(Heartbeat, ()),
@@ -233,7 +235,7 @@ AT_CLIENT = _rules(
     REPLY=Rule(Reply, (_bytes, load_header, _REST), rid_at=0),
     EVENT=Rule(Event, (_bytes, load_header, _REST), rid_at=0),
     ERROR=Rule(Error, (_bytes, load_header), rid_at=0),
-    STATUS=Rule(Status, (_bytes, _bytes), rid_at=0),
+    STATUS=Rule(Status, (_bytes, _bytes, _REST), rid_at=0),
 )
 #: What a worker accepts from the broker, on its control connection and its slots.
 AT_WORKER = _rules(
@@ -300,8 +302,8 @@ def list_query(rid: bytes, query: dict) -> list:
     return [VERSION, LIST, rid, dump_header(query)]
 
 
-def query(rid: bytes) -> list:
-    return [VERSION, QUERY, rid]
+def query(rid: bytes, *more: bytes) -> list:
+    return [VERSION, QUERY, rid, *more]
 
 
 # -- constructors: worker -> broker -------------------------------------------------------
@@ -338,8 +340,9 @@ def error_to(address: bytes, rid: bytes, kind: str, message: str, **extra) -> li
     return [address, VERSION, ERROR, rid, error_header(kind, message, **extra)]
 
 
-def status(address: bytes, rid: bytes, state: bytes) -> list:
-    return [address, VERSION, STATUS, rid, state]
+def status(address: bytes, states: list) -> list:
+    """STATUS: ``states`` alternates request ids and their states, as QUERY named them."""
+    return [address, VERSION, STATUS, *states]
 
 
 def welcome(address: bytes, info: dict) -> list:

@@ -398,8 +398,12 @@ class Router:
         self._error(client, msg.rid, Cancelled, "cancelled before it started")
 
     def _on_query(self, client: bytes, msg: P.Query, frames: list) -> None:
-        known = (client, msg.rid) in self.requests
-        self._out.append(P.status(client, msg.rid, P.PENDING if known else P.UNKNOWN))
+        if len(msg.more) >= MAX_WAITING:
+            raise P.ProtocolError(f"QUERY of more than {MAX_WAITING} requests", msg.rid)
+        requests, states = self.requests, []
+        for rid in (msg.rid, *(frame.bytes if not isinstance(frame, bytes) else frame for frame in msg.more)):
+            states += (rid, P.PENDING if (client, rid) in requests else P.UNKNOWN)
+        self._out.append(P.status(client, states))
 
     def _on_list(self, client: bytes, msg: P.List, frames: list) -> None:
         query = msg.query

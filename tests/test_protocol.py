@@ -32,7 +32,7 @@ def test_every_message_parses_back_to_what_its_constructor_built():
     ([b"\xff\xfe", P.CALL], "version mismatch"),
     ([P.VERSION, b"NOPE"], "unknown message type"),
     ([P.VERSION, P.CALL, b"rid"], "needs at least 4 frames"),
-    ([P.VERSION, P.QUERY, b"rid", b"extra"], "needs 1 frames"),
+    ([P.VERSION, P.CANCEL, b"rid", b"extra"], "needs 1 frames"),
     ([P.VERSION, P.CALL, b"rid", b"\xff", b"", b"{}"], "not UTF-8"),
     ([P.VERSION, P.CALL, b"rid", b"", b"", b"{}"], "backend name"),
     ([P.VERSION, P.LIST, b"rid", b"[" * 100_000], "not JSON"),  # nesting that would blow the stack

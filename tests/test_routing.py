@@ -243,6 +243,16 @@ def test_unknown_backend_lists_only_what_the_caller_may_see():
     assert "secret" in error.header["message"]
 
 
+def test_one_query_asks_after_many_requests():
+    net = Net()
+    net.register()
+    net.call(rid=b"running")
+    net.call(rid=b"queued")
+    net.send(b"cli", P.query(b"running", b"queued", b"never"))
+    (status,) = net.take(b"cli")
+    assert (status.rid, status.state, status.more) == (b"running", P.PENDING, [b"queued", P.PENDING, b"never", P.UNKNOWN])
+
+
 def test_a_deeply_nested_list_query_is_answered():
     net = Net()
     net.send(b"cli", [P.VERSION, P.LIST, b"r", b"[" * 100_000])
