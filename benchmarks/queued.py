@@ -25,8 +25,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from de_magic import Client  # noqa: E402
-from de_magic import protocol as P  # noqa: E402
-from de_magic import serialize  # noqa: E402
+from de_magic.wire import protocol as P  # noqa: E402
+from de_magic.wire import serialize  # noqa: E402
 
 from bench import free_port  # noqa: E402
 

@@ -1,34 +1,63 @@
 """de-magic: call each other's analysis methods from a notebook.
 
-Backends are plain, type-annotated Python functions and classes served to a
-ZeroMQ broker (:mod:`de_magic.backend`, :mod:`de_magic.broker`); clients
-discover and call them like local functions (:mod:`de_magic.client`).
+The package is layered, and each layer imports only those below it:
+
+=================================  ==========================================================
+``de_magic.cli``                   the ``de-magic`` command
+``de_magic.notebook``, ``.lab``    magics, forms, progress bars, widget mirror; the sidebar's server
+``de_magic.embedded``              a broker and demo backends started on someone's behalf
+``de_magic.caller``, ``.backend``, the caller's side (client, proxies, sessions), the backend side
+``de_magic.broker``                (serving modules, running cells), the broker (routing core, loop)
+``de_magic.schema``                API descriptions and argument checks
+``de_magic.wire``                  protocol, framing, codecs, errors, defaults, keys
+=================================  ==========================================================
+
+Names are imported on first use (PEP 562), so ``import de_magic`` costs almost nothing; inside
+a Jupyter kernel the notebook layer is plugged in when the client is first used.
 """
 
-from .backend import Backend
-from .broker import Broker
-from .client import Client
-from .errors import (
-    BackendLost,
-    Busy,
-    CallTimeout,
-    Cancelled,
-    DeMagicError,
-    PayloadTooLarge,
-    ProtocolMismatch,
-    Refused,
-    RemoteError,
-    UnknownBackend,
-    UnknownMethod,
-)
+from __future__ import annotations
+
+import importlib
+import sys
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "Backend", "Broker", "Client", "main",
-    "BackendLost", "Busy", "CallTimeout", "Cancelled", "DeMagicError", "PayloadTooLarge", "ProtocolMismatch",
-    "Refused", "RemoteError", "UnknownBackend", "UnknownMethod",
-]
+#: public name -> module that defines it
+_EXPORTS = {
+    "Backend": "de_magic.backend.server",
+    "progress": "de_magic.backend.progress",
+    "current_call": "de_magic.backend.callcontext",
+    "Broker": "de_magic.broker.server",
+    "Client": "de_magic.caller.client",
+    "RemoteSession": "de_magic.caller.session",
+    **{name: "de_magic.wire.errors" for name in (
+        "BackendLost", "Busy", "CallTimeout", "Cancelled", "DeMagicError", "PayloadTooLarge", "ProtocolMismatch",
+        "Refused", "RemoteError", "UnknownBackend", "UnknownMethod")},
+}
+#: names whose users in a kernel expect widgets (progress bars, forms, mirrored widgets)
+_UI_NAMES = {"Client", "RemoteSession"}
+
+__all__ = [*_EXPORTS, "main"]
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'de_magic' has no attribute {name!r}")
+    if name in _UI_NAMES and _in_kernel():
+        importlib.import_module("de_magic.notebook")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # next time without __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+def _in_kernel() -> bool:
+    return "ipykernel" in sys.modules
 
 
 def main(name: str, members=None, **options) -> None:
@@ -37,16 +66,14 @@ def main(name: str, members=None, **options) -> None:
     ``options`` are defaults for ``listen`` by their flag names (``allow_code=True``,
     ``max_workers=8``, ``broker="tcp://..."``); flags given on the command line win.
     """
-    import sys
-
     from .cli import backend_main
 
     backend_main(name, members, sys._getframe(1).f_globals, **options)
 
 
 def load_ipython_extension(ipython) -> None:
-    """``%load_ext de_magic``: register the ``%remote_*`` magics (see :mod:`de_magic.magics`)."""
-    from .magics import RemoteMagics
+    """``%load_ext de_magic``: register the ``%remote_*`` magics (see :mod:`de_magic.notebook.magics`)."""
+    from .notebook.magics import RemoteMagics
 
     ipython.register_magics(RemoteMagics)
 
@@ -57,5 +84,5 @@ def _jupyter_labextension_paths() -> list[dict[str, str]]:
 
 
 def _jupyter_server_extension_points() -> list[dict[str, str]]:
-    """The jupyter_server extension serving the sidebar's REST endpoints (:mod:`de_magic.labserver`)."""
-    return [{"module": "de_magic.labserver"}]
+    """The jupyter_server extension serving the sidebar's REST endpoints (:mod:`de_magic.lab.server`)."""
+    return [{"module": "de_magic.lab.server"}]

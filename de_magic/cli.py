@@ -19,18 +19,18 @@ import time
 from pathlib import Path
 from types import ModuleType
 
-from .backend import Backend
-from .broker import Broker
-from .defaults import DEFAULT_HEARTBEAT, DEFAULT_MAX_MESSAGE, DEFAULT_MAX_QUEUED_BYTES
-from .client import Client
-from .errors import DeMagicError
-from .generate import client_module
-from .lifeline import exit_with_parent
-from .local import DEMO_BACKENDS, start_local
-from .progress_display import TextProgress
+from .backend.server import Backend
+from .broker.server import Broker
+from .wire.defaults import DEFAULT_HEARTBEAT, DEFAULT_MAX_MESSAGE, DEFAULT_MAX_QUEUED_BYTES
+from .caller.client import Client
+from .wire.errors import DeMagicError
+from .caller.generate import client_module
+from .backend.lifeline import exit_with_parent
+from .embedded import DEMO_BACKENDS, start_local
+from .caller.progress import TextProgress
 from .schema import describe, members_of
-from .security import Security, create_keys, owners
-from .serialize import JSON, PICKLE
+from .wire.security import Security, create_keys, owners
+from .wire.serialize import JSON, PICKLE
 
 # -- loading backend modules -------------------------------------------------
 
@@ -224,7 +224,7 @@ def cmd_list(args) -> None:
     if args.json:
         print(json.dumps(listing, indent=2))
         return
-    from .client import BackendTable
+    from .caller.client import BackendTable
 
     print(repr(BackendTable(listing)))
 

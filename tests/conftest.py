@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from de_magic import Client
-from de_magic.errors import DeMagicError
+from de_magic.wire.errors import DeMagicError
 
 HEARTBEAT = 0.2  # fast heartbeats keep fault tests short
 ROOT = Path(__file__).resolve().parent.parent
@@ -139,7 +139,7 @@ def start_logged(procs: Processes, *args: str, log: Path, env: dict | None = Non
 def curve_keys(directory: Path) -> dict[str, Path]:
     """Key pairs for a CURVE cluster: the broker's, and alice's, bob's and a backend's public keys allowed
     in ``directory/allowed``; mallory has a pair too, but the broker does not know it."""
-    from de_magic.security import create_keys
+    from de_magic.wire.security import create_keys
 
     keys = {}
     for name in ("broker", "alice", "bob", "backend", "mallory"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from de_magic.backend import current_call
+from de_magic.backend.callcontext import current_call
 
 
 def echo(value: object) -> object:

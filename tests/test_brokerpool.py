@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from de_magic.brokerpool import BrokerPool
-from de_magic.errors import DeMagicError
+from de_magic.lab.brokerpool import BrokerPool
+from de_magic.wire.errors import DeMagicError
 
 from conftest import free_port
 

@@ -19,7 +19,7 @@ import pytest
 import xarray as xr
 
 from de_magic import Client
-from de_magic.errors import (
+from de_magic.wire.errors import (
     BackendLost,
     Busy,
     CallTimeout,
@@ -394,7 +394,7 @@ def test_demo_command_starts_and_stops_cleanly(tmp_path):
 
 def test_a_local_start_that_fails_stops_what_it_started(monkeypatch):
     from conftest import free_port
-    from de_magic import local
+    from de_magic import embedded as local
 
     monkeypatch.setitem(local.DEMO_BACKENDS, "broken", ("de_magic.no_such_module", ()))
     with Client(f"tcp://127.0.0.1:{free_port()}", timeout=5, heartbeat=HEARTBEAT) as client:
@@ -406,7 +406,7 @@ def test_a_local_start_that_fails_stops_what_it_started(monkeypatch):
 def test_repeated_listing_sends_only_changed_apis(hello):
     import zmq
 
-    from de_magic import protocol as P
+    from de_magic.wire import protocol as P
 
     first = hello.client.listing()["backends"]["hello_world"]
     tag = first["api_tag"]
@@ -444,7 +444,7 @@ def test_main_options_are_defaults_of_listen(cluster, backend_file):
 
 
 def test_closing_a_client_ends_its_calls_in_flight(hello):
-    from de_magic.errors import DeMagicError
+    from de_magic.wire.errors import DeMagicError
 
     client = Client(hello.url, heartbeat=HEARTBEAT)
     future = client["hello_world"].slow_sum.submit(n=1000, delay=0.01)

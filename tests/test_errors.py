@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from de_magic.errors import RemoteError, remote_error
+from de_magic.wire.errors import RemoteError, remote_error
 
 from raising_backend import NeedsKeywords  # loaded here, so remote ones are rebuilt as it
 

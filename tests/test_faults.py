@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from de_magic import Client
-from de_magic.broker import DEFAULT_HEARTBEAT
-from de_magic.errors import BackendLost
+from de_magic.wire.defaults import DEFAULT_HEARTBEAT
+from de_magic.wire.errors import BackendLost
 
 from conftest import HEARTBEAT, ROOT, Cluster, wait_for
 

@@ -15,8 +15,9 @@ import time
 
 import zmq
 
-from de_magic import Client, serialize
-from de_magic import protocol as P
+from de_magic import Client
+from de_magic.wire import serialize
+from de_magic.wire import protocol as P
 
 from conftest import HEARTBEAT, Cluster, Processes, free_port, rss_kib, start_logged, wait_for
 

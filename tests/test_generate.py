@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from de_magic.generate import client_module
+from de_magic.caller.generate import client_module
 from de_magic.schema import describe, members_of
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -56,7 +56,7 @@ def test_module_header(generated):
     assert "do not edit" in doc
     assert (generated.NAME, generated.BROKER) == ("sample", "tcp://127.0.0.1:5555")
     assert generated.__all__ == ["compute_sum", "scale", "combine", "summarize", "untyped", "Stats"]
-    assert generated.Client.__module__ == "de_magic.client"
+    assert generated.Client.__module__ == "de_magic.caller.client"
 
 
 def test_default_broker_is_none(api, tmp_path):

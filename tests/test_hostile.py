@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import zmq
 
-from de_magic import protocol as P
-from de_magic.errors import Busy, PayloadTooLarge
+from de_magic.wire import protocol as P
+from de_magic.wire.errors import Busy, PayloadTooLarge
 
 from conftest import HEARTBEAT, ROOT, Cluster, wait_for
 
@@ -120,7 +120,7 @@ def test_output_over_the_limit_becomes_a_note(processes):
     cluster = Cluster(processes)
     cluster.start_broker("--max-message-size", "100000")
     cluster.start_backend("de_magic.demo.hello", "hello_world", "--allow-code")
-    from de_magic.session import RemoteSession
+    from de_magic.caller.session import RemoteSession
 
     session = RemoteSession(cluster.client, "hello_world")
     outputs = []

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from de_magic import Client
-from de_magic.errors import DeMagicError
+from de_magic.wire.errors import DeMagicError
 
 from conftest import ROOT, free_port, wait_for
 

@@ -13,8 +13,8 @@ import time
 import pytest
 from jupyter_client import KernelManager
 
-from de_magic.errors import BackendLost, Refused
-from de_magic.session import CellError, RemoteSession
+from de_magic.wire.errors import BackendLost, Refused
+from de_magic.caller.session import CellError, RemoteSession
 
 from conftest import ROOT, Cluster, Processes, wait_for
 

@@ -1,6 +1,6 @@
 """Progress bars' nesting, outside any call (no events are sent then)."""
 
-from de_magic.progress import progress
+from de_magic.backend.progress import progress
 
 
 def test_nested_bars_name_their_parent_and_a_break_ends_a_bar():

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from de_magic import protocol as P
-from de_magic import serialize
-from de_magic.errors import BackendLost, CallTimeout, RemoteError, from_header
+from de_magic.wire import protocol as P
+from de_magic.wire import serialize
+from de_magic.wire.errors import BackendLost, CallTimeout, RemoteError, from_header
 
 
 def test_every_message_parses_back_to_what_its_constructor_built():
@@ -97,7 +97,7 @@ def test_ready_info_is_checked_before_use(info, needle):
 
 def test_every_error_a_caller_can_meet_is_exported():
     import de_magic
-    from de_magic.errors import DeMagicError
+    from de_magic.wire.errors import DeMagicError
 
     for cls in DeMagicError.__subclasses__():
         assert getattr(de_magic, cls.__name__, None) is cls and cls.__name__ in de_magic.__all__, cls

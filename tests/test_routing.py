@@ -1,7 +1,7 @@
 """The broker's routing core, driven directly: no sockets, no processes, microseconds per message.
 
 A :class:`Net` stands in for the ROUTER socket: it feeds messages to the
-:class:`~de_magic.routing.Router` and files what the router sends by address.
+:class:`~de_magic.broker.routing.Router` and files what the router sends by address.
 The property test at the end runs random interleavings of registrations,
 slots, calls, cancels, answers, departures, time passing and garbage, and
 checks the invariants the broker promises after every step.
@@ -17,8 +17,8 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from de_magic import protocol as P
-from de_magic.routing import MAX_WAITING, Config, Router
+from de_magic.wire import protocol as P
+from de_magic.broker.routing import MAX_WAITING, Config, Router
 
 HEADER = P.dump_header({"member": "f"})
 API = {"members": {"f": {"kind": "function"}}}

@@ -20,12 +20,13 @@ import xarray as xr
 import zmq
 import zmq.auth
 
-from de_magic import Backend, Broker, Client, serialize
-from de_magic import protocol as P
-from de_magic.errors import DeMagicError, Refused, UnknownBackend
-from de_magic.jsoncodec import TAG
-from de_magic.security import Security, create_keys, is_loopback
-from de_magic.session import RemoteSession
+from de_magic import Backend, Broker, Client
+from de_magic.wire import serialize
+from de_magic.wire import protocol as P
+from de_magic.wire.errors import DeMagicError, Refused, UnknownBackend
+from de_magic.wire.jsoncodec import TAG
+from de_magic.wire.security import Security, create_keys, is_loopback
+from de_magic.caller.session import RemoteSession
 
 from conftest import HEARTBEAT, ROOT, Cluster, Processes, curve_keys, free_port, start_logged, wait_for
 

@@ -18,9 +18,9 @@ from pathlib import Path
 import zmq
 
 from de_magic import Client
-from de_magic import protocol as P
-from de_magic import serialize
-from de_magic.errors import BackendLost, Busy, UnknownBackend
+from de_magic.wire import protocol as P
+from de_magic.wire import serialize
+from de_magic.wire.errors import BackendLost, Busy, UnknownBackend
 
 from conftest import HEARTBEAT, wait_for
 

@@ -17,8 +17,9 @@ import pytest
 from jupyter_client.manager import start_new_kernel
 
 from de_magic.schema import describe
-from de_magic.widgets import CallForm, field
-from de_magic.progress_display import TextProgress, WidgetProgress
+from de_magic.notebook.forms import CallForm, field
+from de_magic.caller.progress import TextProgress
+from de_magic.notebook.progress import WidgetProgress
 
 from conftest import ROOT, wait_for
 
@@ -212,7 +213,7 @@ def test_progress_of_a_plain_call_is_a_live_widget_bar(kernel, hello):
 
 def test_call_form_runs_in_the_background_and_shows_result_progress_and_errors(kernel, hello):
     kernel.execute(f"from de_magic import Client\n"
-                   f"from de_magic.widgets import call_form\n"
+                   f"from de_magic.notebook.forms import call_form\n"
                    f"c = Client({hello.url!r})\n"
                    f"form = c['hello_world'].scale.ui()\n"
                    f"form.fields['values'].value = '1, 2'\n"
@@ -259,7 +260,7 @@ def test_call_form_runs_in_the_background_and_shows_result_progress_and_errors(k
 
 def test_call_form_cancel_stops_the_call_on_the_backend_too(kernel, hello):
     msgs = kernel.execute(f"from de_magic import Client\n"
-                          f"from de_magic.widgets import call_form\n"
+                          f"from de_magic.notebook.forms import call_form\n"
                           f"c = Client({hello.url!r})\n"
                           f"long = call_form(c, 'hello_world', 'slow_sum')\n"
                           f"long.fields['n'].value = 400\n"
@@ -300,7 +301,7 @@ shown = w.interact(lambda x: print("twice", 2 * x), x=(0, 10))
 
 def test_remote_widgets_are_live_in_the_notebook(kernel, hello):
     msgs = kernel.execute(f"from de_magic import Client\n"
-                          f"from de_magic.session import RemoteSession\n"
+                          f"from de_magic.caller.session import RemoteSession\n"
                           f"session = RemoteSession(Client({hello.url!r}), 'hello_world')\n"
                           f"session.execute({REMOTE_CELL!r}).result()")
     (slider,) = (m for m in opened(msgs, "IntSliderModel") if m["content"]["data"]["state"]["description"] == "level")
@@ -341,7 +342,7 @@ def test_remote_widgets_are_live_in_the_notebook(kernel, hello):
 def test_remote_widgets_say_when_their_backend_is_gone(kernel, hello):
     code = "import ipywidgets as w\ndisplay(w.FloatSlider(description='gain'), w.IntSlider())"
     msgs = kernel.execute(f"from de_magic import Client\n"
-                          f"from de_magic.session import RemoteSession\n"
+                          f"from de_magic.caller.session import RemoteSession\n"
                           f"gone = RemoteSession(Client({hello.url!r}), 'hello_world')\n"
                           f"gone.execute({code!r}).result()")
     (gain,) = (m["content"]["comm_id"] for m in opened(msgs, "FloatSliderModel"))

@@ -14,7 +14,7 @@ import pandas as pd
 import xarray as xr
 from pydantic import Field
 
-from de_magic.progress import progress
+from de_magic import progress
 
 __all__ = ["compute_sum", "describe_table", "echo", "scale", "slow_sum", "Stats"]
 

@@ -14,10 +14,10 @@ import sys
 import time
 from urllib.parse import urlparse
 
-from .broker import Broker
-from .client import Client
-from .errors import DeMagicError
-from .security import CONFIG_ENV, ENV as SECURITY_ENV, Security
+from .broker.server import Broker
+from .caller.client import Client
+from .wire.errors import DeMagicError
+from .wire.security import CONFIG_ENV, ENV as SECURITY_ENV, Security
 
 #: Demo backends: name -> (module, extra ``de-magic serve`` arguments).
 DEMO_BACKENDS = {

@@ -1,7 +1,7 @@
 """Remote code sessions: a namespace on a backend that lives between calls.
 
 A :class:`RemoteSession` runs code on a backend that allows it (``exec``
-requests, served by :mod:`de_magic.execute`) in a namespace of its own, kept
+requests, served by :mod:`de_magic.backend.execute`) in a namespace of its own, kept
 by the backend under the session's key.  The first reply names the worker that
 holds the namespace, and every later request is pinned to it: another worker
 of the same backend would not know the session's variables.
@@ -9,8 +9,8 @@ of the same backend would not know the session's variables.
 Output of the remote code (``stream``, ``display`` and ``clear_output``
 events) is rendered as it arrives, in the calling thread, so in a kernel it
 lands in the cell that runs it; other events go to :data:`EVENT_HANDLERS`
-(progress bars, widget messages).  The ``%%remote`` magics are thin wrappers
-over this module.
+(progress bars here; the notebook layer adds mirrored widgets).  The ``%%remote``
+magics are thin wrappers over this module.
 """
 
 from __future__ import annotations
@@ -22,13 +22,14 @@ import uuid
 from concurrent.futures import Future
 from typing import Callable
 
-from . import serialize
+from ..wire import serialize
+from ..wire.errors import BackendLost, Refused, RemoteError
+from . import progress
 from .client import Client
-from .errors import BackendLost, Refused, RemoteError
 
 #: Event kind (``header["event"]``) -> ``handler(header, frames, session)`` for the events of a
 #: session's requests that are not output: progress bars and widget messages register here.
-EVENT_HANDLERS: dict[str, Callable[[dict, list, "RemoteSession"], None]] = {}
+EVENT_HANDLERS: dict[str, Callable[[dict, list, "RemoteSession"], None]] = {**progress.EVENT_HANDLERS}
 
 #: Events that are cell output; they are recorded on the :class:`Execution` and rendered.
 OUTPUT_EVENTS = frozenset({"stream", "display", "clear_output"})
@@ -145,7 +146,6 @@ class RemoteSession:
         self.client = client
         self.backend = backend
         self.key = key or uuid.uuid4().hex
-        _install_widget_handlers()
         #: Routing id of the worker holding the namespace, learnt from the first reply.
         self.worker = b""
         self._pin_lock = threading.Lock()
@@ -254,15 +254,6 @@ class RemoteSession:
         if reply["status"] == "error":
             raise CellError(reply["error"], self.backend)
         return reply["value"]
-
-
-def _install_widget_handlers() -> None:
-    """Progress bars and mirrored remote widgets handle their events (their modules own them)."""
-    from . import comms, progress_display
-
-    for handlers in (progress_display.EVENT_HANDLERS, comms.EVENT_HANDLERS):
-        for kind, handler in handlers.items():
-            EVENT_HANDLERS.setdefault(kind, handler)
 
 
 def _colors() -> str:

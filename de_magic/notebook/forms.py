@@ -22,9 +22,9 @@ from typing import Callable
 
 import ipywidgets as w
 
-from .client import CallFuture
-from .errors import RemoteError
-from .progress_display import WidgetProgress
+from ..caller.client import CallFuture
+from ..wire.errors import RemoteError
+from .progress import WidgetProgress
 
 #: A field left empty: the parameter is not sent, so the backend's default applies.
 OMIT = object()

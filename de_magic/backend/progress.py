@@ -15,7 +15,7 @@ import itertools
 import time
 from typing import Iterable, Iterator, TypeVar
 
-from .backend import current_call
+from .server import current_call
 
 T = TypeVar("T")
 

@@ -8,9 +8,9 @@ cell.  ``submit()`` runs the same blocking call in a small thread pool and
 returns a future that is also awaitable.
 
 A call always ends: with the result, with the remote error, or with
-:class:`~de_magic.errors.CallTimeout`.  While waiting, the client asks the
+:class:`~de_magic.wire.errors.CallTimeout`.  While waiting, the client asks the
 broker now and then whether the request is still known, so a broker restart
-or a lost worker surfaces as :class:`~de_magic.errors.BackendLost` instead of
+or a lost worker surfaces as :class:`~de_magic.wire.errors.BackendLost` instead of
 a silent wait.
 """
 
@@ -29,15 +29,15 @@ from typing import Callable
 
 import zmq
 
-from . import protocol as P
-from . import serialize
-from .defaults import DEFAULT_HEARTBEAT, DEFAULT_LIVENESS, DEFAULT_MAX_MESSAGE, default_url
-from .errors import (BackendLost, CallTimeout, DeMagicError, PayloadTooLarge, ProtocolMismatch, Refused,
+from ..wire import protocol as P
+from ..wire import serialize
+from ..wire.defaults import DEFAULT_HEARTBEAT, DEFAULT_LIVENESS, DEFAULT_MAX_MESSAGE, default_url
+from ..wire.errors import (BackendLost, CallTimeout, DeMagicError, PayloadTooLarge, ProtocolMismatch, Refused,
                      UnknownBackend, UnknownMethod, from_header)
-from .handshake import WatchedSocket
-from .progress_display import default_progress
-from .security import Security
-from .wire import PerThread, recv_frames, send_frames
+from ..wire.handshake import WatchedSocket
+from .progress import default_progress
+from ..wire.security import Security
+from ..wire.framing import PerThread, recv_frames, send_frames
 
 EventHandler = Callable[[dict, list], None]
 
@@ -45,6 +45,11 @@ LISTING_TIMEOUT = 10.0  # seconds, unless a listing is given a timeout of its ow
 SMALL_CALL = 1 << 20  # bytes: below this no broker's size limit is in question
 
 _request_ids = itertools.count(1)
+
+
+#: ``FORM(client, backend, entry, member=..., **call options)`` builds a call form; a UI layer sets it
+#: (:mod:`de_magic.notebook` sets its ipywidgets form). This layer knows no UI toolkit.
+FORM: Callable | None = None
 
 
 class CallFuture(Future):
@@ -448,10 +453,11 @@ def _remote_function(client: Client, backend: str, entry: dict, qualname: str, *
         return client.submit(backend, member, args, kwargs, **call_kw)
 
     def ui():
-        """An ipywidgets form that makes this call (see :mod:`de_magic.widgets`)."""
-        from .widgets import CallForm
-
-        return CallForm(client, backend, entry, member=member, **call_kw)
+        """A form that makes this call, from the UI layer that registered one (the notebook's)."""
+        if FORM is None:
+            raise RuntimeError("call forms need the notebook layer: run `%load_ext de_magic` "
+                               "or `import de_magic.notebook` first")
+        return FORM(client, backend, entry, member=member, **call_kw)
 
     remote.__name__ = entry["name"]
     remote.__qualname__ = qualname

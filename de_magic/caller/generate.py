@@ -18,7 +18,7 @@ import ast
 import inspect
 import keyword
 
-from .schema import Verbatim
+from ..schema import Verbatim
 
 #: Globals the generated function bodies use, which a parameter must not shadow.
 _BODY_NAMES = {"_backend", "_given_args", "_given_kwargs", "REMOTE_DEFAULT"}
@@ -31,7 +31,7 @@ _PROLOGUE = '''
 
 from __future__ import annotations
 
-from de_magic.client import Client
+from de_magic.caller.client import Client
 
 NAME = {name!r}
 #: Broker URL; None means $DE_MAGIC_BROKER or de-magic's default.

@@ -1,25 +1,14 @@
-"""Showing the ``progress`` events of a call: live widget bars in a notebook, text in a terminal.
+"""Live progress bars in a notebook: ipywidgets bars for the ``progress`` events of a call.
 
-A renderer is a callable taking one progress event (see :mod:`de_magic.progress`
-for its fields).  Progress ids are only unique within one backend process, so
-every call gets a renderer of its own: :func:`default_progress` makes one per
-call for clients that were not given ``on_progress=``.
+:func:`register` (run by :mod:`de_magic.notebook`) makes them the renderer of calls made
+inside a Jupyter kernel; elsewhere the caller layer's text renderer stays.
 """
 
 from __future__ import annotations
 
 import sys
-import weakref
-from typing import Callable, TextIO
 
-
-def default_progress() -> Callable[[dict], None] | None:
-    """A fresh renderer for one call: widgets inside a Jupyter kernel, text on a terminal, else none."""
-    if in_kernel():
-        return WidgetProgress()
-    if sys.stderr.isatty():
-        return TextProgress(sys.stderr)
-    return None
+from ..caller import progress
 
 
 def in_kernel() -> bool:
@@ -31,35 +20,15 @@ def in_kernel() -> bool:
     return getattr(get_ipython(), "kernel", None) is not None
 
 
-def text_line(event: dict) -> str:
-    """One event as ``desc: n/total unit``."""
-    total = f"/{event['total']}" if event.get("total") else ""
-    return f"{event.get('desc') or 'progress'}: {event['n']}{total} {event.get('unit', '')}".rstrip()
+def register() -> None:
+    """Widget bars for calls made in a kernel, each in the cell that made the call (idempotent)."""
+    if _kernel_bars not in progress.RENDERERS:
+        progress.RENDERERS.insert(0, _kernel_bars)
+    progress.current_cell = _cell_id
 
 
-class TextProgress:
-    """Progress as text on ``stream``: one line redrawn in place on a terminal, a line per event elsewhere.
-
-    Nested bars share the line (outer first), so a loop inside a loop stays one line.
-    """
-
-    def __init__(self, stream: TextIO, live: bool | None = None):
-        self.stream = stream
-        self.live = stream.isatty() if live is None else live
-        self._active: dict[int, dict] = {}
-
-    def __call__(self, event: dict) -> None:
-        if not self.live:
-            print(text_line(event), file=self.stream, flush=True)
-            return
-        self._active[event["id"]] = event
-        line = " | ".join(text_line(e) for e in self._active.values())
-        if event.get("done"):
-            del self._active[event["id"]]
-        # a finished outermost bar keeps its line; anything else is redrawn over
-        end = "\n" if event.get("done") and event.get("parent") is None else ""
-        self.stream.write(f"\r\033[K{line}{end}")
-        self.stream.flush()
+def _kernel_bars() -> "WidgetProgress | None":
+    return WidgetProgress() if in_kernel() else None
 
 
 class WidgetProgress:
@@ -151,23 +120,21 @@ def _cell_parent() -> dict | None:
     return get_parent() if get_parent else None
 
 
-#: session -> (cell, renderer); weak, so a session that is gone takes its renderer along
-_session_renderers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+def _close(widget) -> None:
+    for child in getattr(widget, "children", ()):
+        _close(child)
+    widget.close()
 
 
-def _session_progress(header: dict, frames: list, session) -> None:
-    """Progress of a session's request (a remote cell): a renderer per session and cell.
+def _cell_parent() -> dict | None:
+    """The request (cell) the kernel is running now, so that output from other threads lands in it."""
+    if not in_kernel():
+        return None
+    from IPython import get_ipython
 
-    The session outlives cells, but bars belong in the cell that runs; progress
-    ids are unique within the session's one worker process.
-    """
-    cell = ((_cell_parent() or {}).get("header") or {}).get("msg_id")
-    cached = _session_renderers.get(session)
-    if cached is None or cached[0] != cell:
-        cached = _session_renderers[session] = (cell, default_progress())
-    if cached[1] is not None:
-        cached[1](header)
+    get_parent = getattr(get_ipython(), "get_parent", None)
+    return get_parent() if get_parent else None
 
 
-#: Handlers for :data:`de_magic.session.EVENT_HANDLERS`.
-EVENT_HANDLERS = {"progress": _session_progress}
+def _cell_id() -> str | None:
+    return ((_cell_parent() or {}).get("header") or {}).get("msg_id")

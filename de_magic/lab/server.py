@@ -17,7 +17,7 @@ REST endpoints (all authenticated, all JSON, under ``{base_url}de-magic/``):
     One backend with its full API; 404 when the broker does not have it.
 
 The core client is blocking (ZeroMQ request/reply), so every query runs in a thread of its
-broker's own with a short timeout (see :mod:`de_magic.brokerpool`): a slow or dead broker
+broker's own with a short timeout (see :mod:`de_magic.lab.brokerpool`): a slow or dead broker
 stalls neither the server's event loop nor the listings of other brokers.
 """
 
@@ -42,7 +42,7 @@ _URL_RE = re.compile(r"^(tcp|ipc|inproc)://\S+$")
 
 
 def default_broker() -> str:
-    from .client import Client
+    from ..caller.client import Client
 
     return Client.default_url()
 

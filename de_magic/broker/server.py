@@ -6,7 +6,7 @@ heartbeat; clients send calls naming a backend, and the broker forwards each
 to a free slot of the least busy worker of that name.  The design follows
 ZeroMQ's Majordomo pattern (RFC 7/18) with an MMI-like listing (RFC 8).
 
-Every decision is made by :class:`~de_magic.routing.Router`, which has no
+Every decision is made by :class:`~de_magic.broker.routing.Router`, which has no
 sockets; this module is the loop around it: it receives, asks the router,
 and sends what the router says, reading only the small routing frames.
 Headers and payloads are forwarded as the zmq frames they arrived in.
@@ -20,11 +20,11 @@ import time
 
 import zmq
 
-from .defaults import (DEFAULT_HEARTBEAT, DEFAULT_LIVENESS, DEFAULT_MAX_MESSAGE, DEFAULT_MAX_QUEUED_BYTES,
+from ..wire.defaults import (DEFAULT_HEARTBEAT, DEFAULT_LIVENESS, DEFAULT_MAX_MESSAGE, DEFAULT_MAX_QUEUED_BYTES,
                        default_url)
 from .routing import Config, Router
-from .security import Security, peer_key
-from .wire import recv_frames, send_frames
+from ..wire.security import Security, peer_key
+from ..wire.framing import recv_frames, send_frames
 
 log = logging.getLogger("de_magic.broker")
 

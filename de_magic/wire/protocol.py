@@ -98,7 +98,7 @@ def dump_header(header: dict) -> bytes:
 
 
 def error_header(kind: str, message: str, **extra) -> bytes:
-    """Header of an ERROR message; ``kind`` is one of the names in :mod:`de_magic.errors`."""
+    """Header of an ERROR message; ``kind`` is one of the names in :mod:`de_magic.wire.errors`."""
     return dump_header({"kind": kind, "message": message, **extra})
 
 

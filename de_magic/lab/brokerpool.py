@@ -21,7 +21,7 @@ from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from .client import Client
+from ..caller.client import Client
 
 
 class _Broker:

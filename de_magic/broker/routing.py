@@ -3,7 +3,7 @@
 :class:`Router` takes what arrived (sender, frames, the time) and returns the
 messages to send, as pyzmq's ``Authenticator`` sits inside
 ``ThreadAuthenticator`` or h11's ``Connection`` behind any socket: the broker
-process (:mod:`de_magic.broker`) is a thin loop around it, and the tests drive
+process (:mod:`de_magic.broker.server`) is a thin loop around it, and the tests drive
 it directly, in microseconds, through any interleaving they like.
 
 What it guarantees, against careless and hostile peers alike:
@@ -33,12 +33,12 @@ from dataclasses import dataclass, field
 from hmac import compare_digest
 from typing import Callable
 
-from . import protocol as P
-from .badinput import BadInput
-from .defaults import (DEFAULT_HEARTBEAT, DEFAULT_LIVENESS, DEFAULT_MAX_MESSAGE, DEFAULT_MAX_QUEUED_BYTES,
+from ..wire import protocol as P
+from ..wire.badinput import BadInput
+from ..wire.defaults import (DEFAULT_HEARTBEAT, DEFAULT_LIVENESS, DEFAULT_MAX_MESSAGE, DEFAULT_MAX_QUEUED_BYTES,
                        STARTUP_GRACE)
-from .errors import BackendLost, Busy, Cancelled, PayloadTooLarge, ProtocolMismatch, Refused, UnknownBackend
-from .serialize import nbytes
+from ..wire.errors import BackendLost, Busy, Cancelled, PayloadTooLarge, ProtocolMismatch, Refused, UnknownBackend
+from ..wire.serialize import nbytes
 
 log = logging.getLogger("de_magic.broker")
 

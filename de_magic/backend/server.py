@@ -16,7 +16,6 @@ interrupt can stop even a ``time.sleep``) goes through a queue that
 
 from __future__ import annotations
 
-import contextvars
 import ctypes
 import logging
 import os
@@ -26,56 +25,26 @@ import socket
 import threading
 import time
 import traceback
-from dataclasses import dataclass, field
 from typing import Callable
 
 import zmq
 
-from . import protocol as P
-from . import serialize
-from .defaults import DEFAULT_HEARTBEAT, DEFAULT_LIVENESS, DEFAULT_MAX_MESSAGE, default_url
-from .badinput import BadInput
-from .errors import Cancelled, DeMagicError, PayloadTooLarge, ProtocolMismatch, Refused, RemoteError, UnknownMethod
-from .handshake import WatchedSocket
-from .schema import check_arguments, describe, validate_arguments
-from .security import Security, allowed_callers
-from .wire import PerThread, recv_frames, send_frames
+from ..wire import protocol as P
+from ..wire import serialize
+from ..wire.defaults import DEFAULT_HEARTBEAT, DEFAULT_LIVENESS, DEFAULT_MAX_MESSAGE, default_url
+from ..wire.badinput import BadInput
+from ..wire.errors import Cancelled, DeMagicError, PayloadTooLarge, ProtocolMismatch, Refused, RemoteError, UnknownMethod
+from ..wire.handshake import WatchedSocket
+from ..schema import check_arguments, describe, validate_arguments
+from ..wire.security import Security, allowed_callers
+from ..wire.framing import PerThread, recv_frames, send_frames
+from .callcontext import Call, Operation, current_call
+from .execute import code_operations
 
 log = logging.getLogger("de_magic.backend")
 
 # what the I/O thread tells the slot threads
 _HELLO, _STOP = b"hello", b"stop"
-
-#: The call being served by this thread (for progress reports and output relays).
-current_call: contextvars.ContextVar["Call | None"] = contextvars.ContextVar("de_magic_call", default=None)
-
-
-@dataclass
-class Call:
-    """One request being served; ``emit`` sends an EVENT to its caller."""
-
-    backend: "Backend"
-    client: bytes
-    rid: bytes
-    header: dict
-    payload: list
-    thread_id: int | None = None
-    done: bool = False
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def emit(self, event: str, data: dict | None = None, payload: list | None = None) -> None:
-        """Send an intermediate event (progress, stream text, display data) to the caller."""
-        header = {"event": event, **(data or {})}
-        self.backend._send(P.EVENT, self.client, self.rid, P.dump_header(header), *(payload or ()))
-
-
-@dataclass(frozen=True)
-class Operation:
-    """How the backend serves one kind of request (``header["op"]``)."""
-
-    run: Callable[[Call], object]
-    main_thread: bool = False
-
 
 class Backend:
     """Serve ``members`` (name -> function or class) under ``name`` at a broker."""
@@ -129,8 +98,7 @@ class Backend:
         self.api = describe(name, self.members, doc)
         self._reply_header = P.dump_header({"codec": codec, "worker": self.id.hex()})
         self.operations: dict[str, Operation] = {"call": Operation(self._call_member)}
-        from .execute import code_operations  # IPython is imported only when a cell runs
-        self.operations.update(code_operations(self))
+        self.operations.update(code_operations(name, allow_code))
         self._ctx = context or zmq.Context.instance()
         self._calls: dict[tuple[bytes, bytes], Call] = {}
         self._main_jobs: queue.SimpleQueue = queue.SimpleQueue()
@@ -547,7 +515,7 @@ class Backend:
         return target(*args, **kwargs)
 
 
-_MACHINERY = {__name__, "de_magic.schema", "de_magic.serialize", "de_magic.jsoncodec"}
+_MACHINERY = {__name__, "de_magic.schema", "de_magic.wire.serialize", "de_magic.wire.jsoncodec"}
 
 
 def error_header(exc: BaseException) -> bytes:

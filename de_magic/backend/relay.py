@@ -1,7 +1,7 @@
-"""Widgets made by remote code, live in the notebook: comm messages relayed both ways.
+"""Widgets made by remote code, on the backend side: their comm messages relayed to the caller.
 
-ipywidgets opens one comm per widget through ``comm.create_comm``.  On the
-backend, :func:`install` (run when this module is imported) replaces it: a
+ipywidgets opens one comm per widget through ``comm.create_comm``.  On a
+backend that runs code, :func:`install` replaces it: a
 widget made while a de-magic call is served gets a :class:`RelayComm`, whose
 messages become ``comm_open``/``comm_msg``/``comm_close`` events to the caller
 of the call being served *when the message is sent*: the cell that made the
@@ -11,11 +11,7 @@ capture so that what a callback prints comes back.  ``with out:`` on an
 ``Output`` widget appends to ``out.outputs``: there is no frontend on the
 backend to capture output by message id.
 
-In the kernel, :func:`mirror` opens a real comm with the same id for each
-``comm_open`` event, so the frontend renders the widget; what the frontend
-sends to it goes back to the backend as a ``comm`` request.  When that fails
-(the backend restarted, the session is lost), the widgets of that backend
-session are disabled and say "(disconnected)" in the notebook.
+The caller's side is :mod:`de_magic.notebook.mirror`.
 """
 
 from __future__ import annotations
@@ -28,15 +24,12 @@ from typing import Callable
 import comm
 from comm.base_comm import BaseComm
 
-from .backend import Call, Operation, current_call
-from .errors import DeMagicError, UnknownMethod
+from ..wire.errors import UnknownMethod
+from . import capture
+from .callcontext import Call, Operation, current_call
+from .shell import session_for
 
 log = logging.getLogger("de_magic.comms")
-
-KINDS = ("comm_open", "comm_msg", "comm_close")
-
-# -- backend side -------------------------------------------------------------------
-
 
 class RelayComm(BaseComm):
     """A comm whose messages go to whoever the backend is serving at the time."""
@@ -46,14 +39,12 @@ class RelayComm(BaseComm):
         if call is None:
             log.debug("comm %s: %s outside a call dropped: no one to send it to", self.comm_id, msg_type)
             return
-        from . import execute
-
         header = {"comm_id": self.comm_id, "data": data or {}, "metadata": metadata or {},
                   "worker": call.backend.id.hex(), **keys}
         # a buffer that is no bytes raises here, in the widget's code, not later half-way through a message
         frames = [memoryview(buffer) for buffer in buffers or ()]
         # through the output capture when there is one, so a widget opens before the display that shows it
-        send = execute.emit if execute.active() is not None else call.emit
+        send = capture.emit if capture.active() is not None else call.emit
         send(msg_type, header, frames)
 
 
@@ -82,8 +73,6 @@ def _create_comm(*args, **kwargs) -> BaseComm:
 
 def handle_comm(call: Call) -> None:
     """The ``comm`` operation: a frontend message for a widget on this backend."""
-    from . import execute
-
     header = call.header
     target = comm.get_comm_manager().get_comm(header["comm_id"])
     if not isinstance(target, RelayComm):
@@ -92,8 +81,8 @@ def handle_comm(call: Call) -> None:
     msg = {"header": {"msg_type": header["msg_type"]}, "parent_header": {}, "metadata": header.get("metadata", {}),
            "content": {"comm_id": target.comm_id, "data": header.get("data", {})},
            "buffers": [frame.buffer for frame in call.payload]}
-    session = execute.session_for(str(header.get("session")))
-    with session.lock, execute.capture(call, session) as output:
+    session = session_for(str(header.get("session")))
+    with session.lock, capture.capture(call, session) as output:
         shell = session.shell
         shell.last_error = None
         try:
@@ -110,7 +99,7 @@ def handle_comm(call: Call) -> None:
             output.write("stderr", "\n".join(shell.last_error["traceback"]) + "\n")
 
 
-#: Served by backends that allow code (see :func:`de_magic.execute.code_operations`).
+#: Served by backends that allow code (see :func:`de_magic.backend.execute.code_operations`).
 OPERATIONS = {"comm": Operation(handle_comm, main_thread=True)}
 
 
@@ -162,13 +151,11 @@ def _patch_output_widget() -> None:
     def __enter__(self):
         if current_call.get() is None:  # not serving a call: a kernel's own widget
             return enter(self)
-        from . import execute
-
-        outer = execute.active()
+        outer = capture.active()
         if outer is None:
             return enter(self)
         sink = _OutputSink(self, outer)
-        redirect = execute.redirect(sink)
+        redirect = capture.redirect(sink)
         redirect.__enter__()
         # a stack: the same widget may be entered again inside its own block
         self.__dict__.setdefault("_de_magic_sinks", []).append((sink, redirect))
@@ -186,83 +173,3 @@ def _patch_output_widget() -> None:
         return None
 
     Output.__enter__, Output.__exit__ = __enter__, __exit__
-
-
-# -- kernel side --------------------------------------------------------------------
-
-Send = Callable[[dict, list], object]
-
-
-class _Mirror:
-    """A comm mirrored in this kernel, where its messages go, and its widget's description."""
-
-    def __init__(self, local: BaseComm, send: Send, description: str | None):
-        self.local, self.send, self.description = local, send, description
-        self.disconnected = False
-
-
-#: Comms mirrored in this kernel, by id.
-_mirrored: dict[str, _Mirror] = {}
-
-
-def mirror(header: dict, frames: list, send: Send) -> None:
-    """Apply one comm event of a backend to this kernel's comms.
-
-    ``send(header, buffers)`` delivers a frontend message to the backend that
-    holds the widget (e.g. a session's ``request``), as a ``comm`` operation.
-    """
-    kind, comm_id = header["event"], header["comm_id"]
-    buffers = [getattr(f, "bytes", f) for f in frames]
-    if kind == "comm_open":
-        local = comm.create_comm(target_name=header.get("target_name", ""), comm_id=comm_id,
-                                 target_module=header.get("target_module"), data=header.get("data"),
-                                 metadata=header.get("metadata"), buffers=buffers)
-        local.on_msg(lambda msg: _forward(send, "comm_msg", msg))
-        local.on_close(lambda msg: _forward(send, "comm_close", msg))
-        _mirrored[comm_id] = _Mirror(local, send, _description(header.get("data")))
-        return
-    mirrored = _mirrored.get(comm_id) if kind == "comm_msg" else _mirrored.pop(comm_id, None)
-    if mirrored is None:  # closed here already (the frontend closed it first)
-        log.debug("%s for unknown comm %s ignored", kind, comm_id)
-    elif kind == "comm_msg":
-        mirrored.description = _description(header.get("data")) or mirrored.description
-        mirrored.local.send(data=header.get("data"), metadata=header.get("metadata"), buffers=buffers)
-    else:
-        mirrored.local.close(data=header.get("data"), metadata=header.get("metadata"), buffers=buffers)
-
-
-def _description(data: dict | None) -> str | None:
-    """The description in a widget's state message, if it has one (sliders, buttons, text…)."""
-    return (data or {}).get("state", {}).get("description")
-
-
-def _forward(send: Send, msg_type: str, msg: dict) -> None:
-    content = msg["content"]
-    if msg_type == "comm_close":
-        _mirrored.pop(content["comm_id"], None)
-    header = {"op": "comm", "comm_id": content["comm_id"], "msg_type": msg_type,
-              "data": content.get("data", {}), "metadata": msg.get("metadata", {})}
-    try:
-        send(header, list(msg.get("buffers") or ()))
-    except DeMagicError as exc:  # a frontend message has no caller to raise to: say it where a kernel logs
-        print(f"de-magic: widget message to the backend failed: {exc}", file=sys.stderr)
-        _show_disconnected(send, exc)
-
-
-def _show_disconnected(send: Send, exc: DeMagicError) -> None:
-    """Disable the widgets relayed through ``send`` and say so in them: Lab shows the printed
-    error only in its log console, while the widgets would go on moving and doing nothing."""
-    for mirrored in list(_mirrored.values()):
-        if mirrored.send != send or mirrored.disconnected:
-            continue
-        mirrored.disconnected = True
-        state = {"disabled": True, "tooltip": f"disconnected from the backend: {exc}"}
-        if mirrored.description is not None:
-            state["description"] = f"{mirrored.description} (disconnected)".lstrip()
-        mirrored.local.send(data={"method": "update", "state": state, "buffer_paths": []})
-
-
-#: Handlers for :data:`de_magic.session.EVENT_HANDLERS`: mirrored comms answer through the session.
-EVENT_HANDLERS = {kind: (lambda header, frames, session: mirror(header, frames, session.request)) for kind in KINDS}
-
-install()

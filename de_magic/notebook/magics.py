@@ -1,7 +1,7 @@
 """IPython magics: ``%remote_connect``, ``%remote_list``, ``%%remote``, ``%remote``, ``%remote_result``, ``%remote_ui``.
 
-Thin wrappers: each magic is a few lines over :class:`~de_magic.client.Client`,
-:class:`~de_magic.session.RemoteSession` and :mod:`de_magic.local`, so
+Thin wrappers: each magic is a few lines over :class:`~de_magic.caller.client.Client`,
+:class:`~de_magic.caller.session.RemoteSession` and :mod:`de_magic.embedded`, so
 everything a magic does can be done from plain Python.  Load them with
 ``%load_ext de_magic``.
 """
@@ -19,11 +19,11 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from IPython.display import display
 
-from .defaults import default_url
-from .client import BackendTable, Client
-from .errors import DeMagicError
-from .local import LocalCluster, answers, is_local, start_local
-from .session import Execution, RemoteSession, render
+from ..wire.defaults import default_url
+from ..caller.client import BackendTable, Client
+from ..wire.errors import DeMagicError
+from ..embedded import LocalCluster, answers, is_local, start_local
+from ..caller.session import Execution, RemoteSession, render
 
 
 def _names(text: str | None) -> list[str]:
@@ -174,7 +174,7 @@ class RemoteMagics(Magics):
     @line_magic
     def remote_ui(self, line: str):
         """A form to call a backend member: ``%remote_ui NAME.member`` (or ``NAME.Class.method``)."""
-        from .widgets import call_form
+        from .forms import call_form
 
         backend, _, member = line.strip().partition(".")
         if not member:

@@ -1,0 +1,45 @@
+"""The call a backend is serving, as code running inside it sees it.
+
+Backend functions report progress, relayed widgets find their caller and the
+output capture routes text through :data:`current_call`; they import this small
+module, never the backend server (as Pyro5 keeps its ``callcontext``).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import threading
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ..wire import protocol as P
+
+#: The call being served by this thread (for progress reports and output relays).
+current_call: contextvars.ContextVar["Call | None"] = contextvars.ContextVar("de_magic_call", default=None)
+
+
+@dataclass
+class Call:
+    """One request being served; ``emit`` sends an EVENT to its caller."""
+
+    backend: object  #: the serving Backend: its ``_send(type, client, rid, header, *payload)`` sends
+    client: bytes
+    rid: bytes
+    header: dict
+    payload: list
+    thread_id: int | None = None
+    done: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def emit(self, event: str, data: dict | None = None, payload: list | None = None) -> None:
+        """Send an intermediate event (progress, stream text, display data) to the caller."""
+        header = {"event": event, **(data or {})}
+        self.backend._send(P.EVENT, self.client, self.rid, P.dump_header(header), *(payload or ()))
+
+
+@dataclass(frozen=True)
+class Operation:
+    """How the backend serves one kind of request (``header["op"]``)."""
+
+    run: Callable[[Call], object]
+    main_thread: bool = False

@@ -1,0 +1,55 @@
+"""Code cells on a backend: the ``exec``, ``end`` and ``comm`` operations.
+
+A backend started with ``--allow-code`` serves ``exec`` requests: run a cell
+(or evaluate an expression) in the namespace of the caller's session
+(:mod:`.shell`), with its output streamed as it runs (:mod:`.capture`).
+``exec`` runs in the main thread, so the caller's interrupt stops even a
+``time.sleep``.  Widgets the code makes are relayed (:mod:`.relay`).
+"""
+
+from __future__ import annotations
+
+import os
+
+from ..wire import serialize
+from ..wire.errors import Refused
+from . import capture, relay
+from .callcontext import Call, Operation
+from .shell import end_session, session_for
+
+INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
+
+
+def run_exec(call: Call) -> dict:
+    """The ``exec`` operation: push, run or evaluate, pull."""
+    header = call.header
+    session = session_for(str(header["session"]), header.get("colors", "NoColor"))
+    pushed = serialize.loads(call.payload) if call.payload else {}
+    with session.lock, capture.capture(call, session):
+        session.namespace.update(pushed)
+        reply = session.run(header.get("code", ""), evaluate=bool(header.get("eval")))
+    if reply["status"] == "ok":
+        missing = [name for name in header.get("pull", ()) if name not in session.namespace]
+        if missing:
+            raise NameError(f"not defined in the remote session: {', '.join(missing)}")
+        reply["pulled"] = {name: session.namespace[name] for name in header.get("pull", ())}
+    return reply
+
+
+def run_end(call: Call) -> bool:
+    """The ``end`` operation: forget a session's namespace; False if there was none."""
+    return end_session(str(call.header["session"]))
+
+
+def code_operations(name: str, allow_code: bool) -> dict[str, Operation]:
+    """The operations that run code: served if ``allow_code``, refused otherwise."""
+    if not allow_code:
+        def refuse(call: Call):
+            raise Refused(f"backend {name!r} does not run code; start it with --allow-code "
+                          "(or main(..., allow_code=True)) to accept %%remote cells")
+
+        return {op: Operation(refuse) for op in ("exec", "end", "comm")}
+    relay.install()  # widgets created by remote code talk to the caller's notebook
+    # Agg-based and shows plt.show() figures as display data; must be chosen before pyplot loads
+    os.environ.setdefault("MPLBACKEND", INLINE_BACKEND)
+    return {"exec": Operation(run_exec, main_thread=True), "end": Operation(run_end), **relay.OPERATIONS}
