@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -30,7 +31,7 @@ import zmq
 
 from . import protocol as P
 from .badinput import BadInput
-from .errors import BackendLost, Busy, PayloadTooLarge, ProtocolMismatch, Refused, UnknownBackend
+from .errors import BackendLost, BadAddress, Busy, PayloadTooLarge, ProtocolMismatch, Refused, UnknownBackend
 from .security import Security, caller, may_use
 from .serialize import nbytes
 from .wire import recv_frames, send_frames
@@ -47,7 +48,24 @@ MAX_WAITING = 10_000
 
 
 def default_url() -> str:
-    return os.environ.get("DE_MAGIC_BROKER") or DEFAULT_URL
+    """``$DE_MAGIC_BROKER`` if set (checked by :func:`check_url`), else :data:`DEFAULT_URL`."""
+    url = os.environ.get("DE_MAGIC_BROKER")
+    return check_url(url, "$DE_MAGIC_BROKER") if url else DEFAULT_URL
+
+
+_URL = re.compile(r"tcp://(\[[0-9a-fA-F:.]+\]|[^\s:/\[\]]+):(\d{1,5}|\*)|(ipc|inproc)://\S+")
+
+
+def check_url(url: str, source: str = "") -> str:
+    """``url`` if it is a ZeroMQ address a broker can have; else BadAddress, saying which form is expected.
+
+    The one place addresses are checked, so that a typo reads as one line, not as a ZMQError from deep inside.
+    """
+    match = _URL.fullmatch(url.strip())
+    if match is None or (match[2] not in (None, "*") and int(match[2]) > 65535):
+        given = f"{url!r} (from {source})" if source else repr(url)
+        raise BadAddress(f"{given} is not a broker address: expected tcp://HOST:PORT, e.g. {DEFAULT_URL}")
+    return url.strip()
 
 
 class Worker:

@@ -31,7 +31,7 @@ import zmq
 
 from . import protocol as P
 from . import serialize
-from .broker import DEFAULT_HEARTBEAT, DEFAULT_LIVENESS, DEFAULT_MAX_MESSAGE, default_url
+from .broker import DEFAULT_HEARTBEAT, DEFAULT_LIVENESS, DEFAULT_MAX_MESSAGE, check_url, default_url
 from .errors import (BackendLost, CallTimeout, DeMagicError, PayloadTooLarge, ProtocolMismatch, Refused,
                      UnknownBackend, UnknownMethod, from_header)
 from .progress_display import default_progress
@@ -77,7 +77,7 @@ class Client:
         security: Security | None = None,
         codec: str | None = None,
     ):
-        self.url = url or default_url()
+        self.url = check_url(url) if url else default_url()
         self.security = (security or Security.resolve()).check_peer()
         #: None: pickle, or JSON for backends that take no pickles; "json": never send or unpickle pickles.
         self.codec = codec
@@ -340,7 +340,10 @@ class Client:
             query["known"] = {n: tag for n, (tag, _) in self._apis.items() if name is None or n == name}
         if timeout is None:  # a listing is quick: don't inherit a call timeout of hours
             timeout = min(self.timeout or LISTING_TIMEOUT, LISTING_TIMEOUT)
-        head, frames = self._exchange([P.VERSION, P.LIST, rid, P.dump_header(query)], timeout, None)
+        try:
+            head, frames = self._exchange([P.VERSION, P.LIST, rid, P.dump_header(query)], timeout, None)
+        except (CallTimeout, BackendLost) as exc:  # a listing is what tells that no broker is there
+            raise type(exc)(f"{exc}. {no_broker_hint(self.url)}") from None
         listing = decode_result(head, frames)
         for entry_name, entry in listing["backends"].items():
             self._codecs[entry_name] = entry.get("codec", serialize.PICKLE)
@@ -363,6 +366,12 @@ class Client:
 
     def _ipython_key_completions_(self) -> list[str]:
         return sorted(self.listing(api=False)["backends"])
+
+
+def no_broker_hint(url: str) -> str:
+    """What to do when no broker answers at ``url``."""
+    return (f"Is a broker running there? Start one with `de-magic broker --bind {url}` "
+            "(or `de-magic demo`), or give the address of another")
 
 
 def decode_result(header: dict, frames: list):

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import time
 from typing import Any
 
@@ -33,9 +32,6 @@ from jupyter_server.base.handlers import APIHandler
 from jupyter_server.utils import url_path_join
 from traitlets import Float, List, Unicode
 from traitlets.config import Configurable
-
-# ZeroMQ transports a broker can listen on; anything else is a typo, not a broker.
-_URL_RE = re.compile(r"^(tcp|ipc|inproc)://\S+$")
 
 
 def default_broker() -> str:
@@ -72,11 +68,13 @@ class _BaseHandler(APIHandler):
         self.demagic = demagic
 
     def _broker_arg(self) -> str:
-        url = self.get_query_argument("broker", None) or default_broker()
-        url = url.strip()
-        if not _URL_RE.match(url):
-            raise tornado.web.HTTPError(400, f"not a ZeroMQ broker address: {url!r}")
-        return url
+        from .broker import check_url
+        from .errors import BadAddress
+
+        try:
+            return check_url(self.get_query_argument("broker", None) or default_broker())
+        except BadAddress as exc:
+            raise tornado.web.HTTPError(400, str(exc)) from None
 
     async def _listing(self, url: str) -> dict[str, Any]:
         """The broker's listing plus liveness; ``reachable: False`` and an ``error`` when it is down.

@@ -36,15 +36,17 @@ def describe(name: str, members: dict[str, object], doc: str = "") -> dict:
             "members": {key: _describe_member(key, obj) for key, obj in members.items()}}
 
 
-def members_of(module) -> dict[str, object]:
-    """What a module serves unless told otherwise: ``__all__``, else its own public functions and classes."""
-    names = getattr(module, "__all__", None)
+def members_of(module: types.ModuleType | dict) -> dict[str, object]:
+    """What a module (or its namespace) serves unless told otherwise: ``__all__``, else its own public
+    functions and classes.  The one rule, for ``de-magic serve|schema|generate`` and ``python backend.py ...``."""
+    namespace = module if isinstance(module, dict) else vars(module)
+    names = namespace.get("__all__")
     if names is not None:
         # Constants listed in __all__ are fine for importers but cannot be called remotely.
-        return {n: obj for n in names if callable(obj := getattr(module, n))}
-    return {n: obj for n, obj in vars(module).items()
+        return {n: obj for n in names if callable(obj := namespace[n])}
+    return {n: obj for n, obj in namespace.items()
             if not n.startswith("_") and (inspect.isfunction(obj) or inspect.isclass(obj))
-            and obj.__module__ == module.__name__}
+            and obj.__module__ == namespace["__name__"]}
 
 
 # -- annotations as text ------------------------------------------------------

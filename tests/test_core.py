@@ -96,7 +96,7 @@ def test_unknown_backend_and_member_are_named(hello):
     with pytest.raises(UnknownBackend, match="'nope'"):
         hello.client.call("nope", "f")
     with pytest.raises(UnknownMethod, match="compute_sum"):
-        hello.client["hello_world"].missing
+        _ = hello.client["hello_world"].missing
     with pytest.raises(UnknownMethod, match="has no member 'missing'"):
         hello.client.call("hello_world", "missing")
 

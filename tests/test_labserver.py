@@ -158,7 +158,7 @@ def test_broker_recovers_when_it_comes_back(server, processes):
 def test_rejects_addresses_that_are_not_brokers(server, bad):
     response = server.get("/de-magic/listing", broker=bad)
     assert response.status_code == 400
-    assert "not a ZeroMQ broker address" in response.json()["message"]
+    assert "is not a broker address: expected tcp://HOST:PORT" in response.json()["message"]
 
 
 def _installed() -> bool:
