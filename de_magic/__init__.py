@@ -45,10 +45,15 @@ def main(name: str, members=None, **options) -> None:
 
 
 def load_ipython_extension(ipython) -> None:
-    """``%load_ext de_magic``: register the ``%remote_*`` magics (see :mod:`de_magic.magics`)."""
-    from .magics import RemoteMagics
+    """``%load_ext de_magic``: register the ``%remote_*`` magics (see :mod:`de_magic.magics`).
+
+    de-magic's errors then show as one line (remote errors with the remote traceback), without
+    the frames of de-magic's own code, as IPython shows its own errors.
+    """
+    from .magics import RemoteMagics, show_error
 
     ipython.register_magics(RemoteMagics)
+    ipython.set_custom_exc((DeMagicError,), show_error)
 
 
 def _jupyter_labextension_paths() -> list[dict[str, str]]:
