@@ -34,7 +34,7 @@ from . import serialize
 from .broker import DEFAULT_HEARTBEAT, DEFAULT_LIVENESS, DEFAULT_MAX_MESSAGE, check_url, default_url
 from .errors import (BackendLost, CallTimeout, DeMagicError, PayloadTooLarge, ProtocolMismatch, Refused,
                      UnknownBackend, UnknownMethod, from_header)
-from .progress_display import default_progress
+from .progress_display import Progress, default_progress
 from .security import Security
 from .wire import PerThread, recv_frames, send_frames
 
@@ -72,7 +72,7 @@ class Client:
         heartbeat: float = DEFAULT_HEARTBEAT,
         liveness: int = DEFAULT_LIVENESS,
         max_message_size: int = DEFAULT_MAX_MESSAGE,
-        on_progress: Callable[[dict], None] | None = None,
+        on_progress: Callable[[Progress], None] | None = None,
         context: zmq.Context | None = None,
         security: Security | None = None,
         codec: str | None = None,
@@ -262,7 +262,7 @@ class Client:
         method: str | None = None,
         init: tuple[tuple, dict] | None = None,
         timeout: float | None = None,
-        on_progress: Callable[[dict], None] | None = None,
+        on_progress: Callable[[Progress], None] | None = None,
         on_event: EventHandler | None = None,
     ):
         """Call ``member`` (a function, or with ``method`` and ``init`` a class's method) of ``backend``."""
@@ -277,7 +277,7 @@ class Client:
         def dispatch(event: dict, frames: list) -> None:
             if event.get("event") == "progress":
                 if progress is not None:
-                    progress(event)
+                    progress(Progress.from_event(event))
             elif on_event is not None:
                 on_event(event, frames)
 
@@ -445,42 +445,55 @@ def _remote_function(client: Client, backend: str, entry: dict, qualname: str, *
 
 
 class RemoteInstance:
-    """A remote class with its constructor arguments; each method call builds the instance remotely."""
+    """Base of the classes made by :func:`remote_class`: an instance holds constructor arguments, and
+    each method call builds the instance remotely with them."""
 
-    def __init__(self, cls: "RemoteClass", args: tuple, kwargs: dict):
-        self._cls, self._init = cls, (args, kwargs)
+    client: Client
+    backend: str
+    api: dict
 
-    def __getattr__(self, name: str) -> Callable:
-        entry = self._cls.api.get("methods", {}).get(name)
-        if entry is None:
-            raise UnknownMethod(f"remote class {self._cls.api['name']} has no method {name!r}; "
-                                f"it has: {', '.join(self._cls.api.get('methods', {}))}")
-        return _remote_function(self._cls.client, self._cls.backend, entry, f"{self._cls.api['name']}.{name}",
-                                member=self._cls.api["name"], method=name, init=self._init)
+    def __init__(self, *args, **kwargs):
+        self.__signature__.bind(*args, **kwargs)  # wrong arguments fail here, not at the first call
+        self._init = (args, kwargs)
+
+    def __getattr__(self, name: str):
+        raise UnknownMethod(f"remote class {self.api['name']} has no method {name!r}; "
+                            f"it has: {', '.join(self.api.get('methods', {}))}")
 
     def __dir__(self):
-        return list(self._cls.api.get("methods", {}))
+        return list(self.api.get("methods", {}))
 
     def __repr__(self) -> str:
         args = [repr(a) for a in self._init[0]] + [f"{k}={v!r}" for k, v in self._init[1].items()]
-        return f"<remote {self._cls.backend}.{self._cls.api['name']}({', '.join(args)})>"
+        return f"<remote {self.backend}.{self.api['name']}({', '.join(args)})>"
 
 
-class RemoteClass:
-    """Proxy of a backend class: call it with constructor arguments to get a :class:`RemoteInstance`."""
+class _RemoteMethod:
+    """A method of a remote class: documented on the class (``help()`` lists it), a remote call on an instance."""
 
-    def __init__(self, client: Client, backend: str, entry: dict):
-        self.client, self.backend, self.api = client, backend, entry
-        self.__doc__ = entry.get("doc") or None
-        self.__signature__ = signature_of(entry)
+    def __init__(self, class_name: str, entry: dict):
+        self.entry = entry
         self.__name__ = entry["name"]
+        self.__qualname__ = f"{class_name}.{entry['name']}"
+        self.__doc__ = entry.get("doc") or None
+        params = list(signature_of(entry).parameters.values())
+        self.__signature__ = signature_of(entry).replace(
+            parameters=[inspect.Parameter("self", inspect.Parameter.POSITIONAL_ONLY), *params])
 
-    def __call__(self, *args, **kwargs) -> RemoteInstance:
-        self.__signature__.bind(*args, **kwargs)
-        return RemoteInstance(self, args, kwargs)
+    def __get__(self, instance: RemoteInstance | None, owner: type[RemoteInstance]):
+        if instance is None:
+            return self
+        return _remote_function(owner.client, owner.backend, self.entry, self.__qualname__,
+                                member=owner.api["name"], method=self.__name__, init=instance._init)
 
-    def __repr__(self) -> str:
-        return f"<remote class {self.backend}.{self.api['name']}{self.api.get('signature', '')}>"
+
+def remote_class(client: Client, backend: str, entry: dict) -> type[RemoteInstance]:
+    """A class standing for a backend class: real, so that ``help()`` shows its constructor and methods."""
+    name = entry["name"]
+    namespace = {"__doc__": entry.get("doc") or None, "__module__": f"de_magic.remote.{backend}",
+                 "__signature__": signature_of(entry), "client": client, "backend": backend, "api": entry}
+    namespace.update((key, _RemoteMethod(name, method)) for key, method in entry.get("methods", {}).items())
+    return type(name, (RemoteInstance,), namespace)
 
 
 class RemoteBackend:
@@ -510,13 +523,13 @@ class RemoteBackend:
             if entry is None:
                 raise UnknownMethod(f"backend {self.name!r} has no member {name!r}; it has: {', '.join(members)}")
             if entry.get("kind") == "class":
-                self._members[name] = RemoteClass(self.client, self.name, entry)
+                self._members[name] = remote_class(self.client, self.name, entry)
             else:
                 self._members[name] = _remote_function(self.client, self.name, entry, name)
         return self._members[name]
 
     def __dir__(self):
-        return sorted(set(super().__dir__()) | set(self.api.get("members", {})))
+        return sorted(self.api.get("members", {}))  # the backend's members, not this proxy's attributes
 
     def __repr__(self) -> str:
         lines = [f"<backend {self.name!r} at {self.client.url}: {len(self.workers)} worker(s)>"]

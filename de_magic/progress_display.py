@@ -1,7 +1,7 @@
 """Showing the ``progress`` events of a call: live widget bars in a notebook, text in a terminal.
 
-A renderer is a callable taking one progress event (see :mod:`de_magic.progress`
-for its fields).  Progress ids are only unique within one backend process, so
+A renderer is a callable taking one :class:`Progress` report (what
+:mod:`de_magic.progress` sends).  Progress ids are only unique within one backend process, so
 every call gets a renderer of its own: :func:`default_progress` makes one per
 call for clients that were not given ``on_progress=``.
 """
@@ -10,10 +10,43 @@ from __future__ import annotations
 
 import sys
 import weakref
+from dataclasses import dataclass, fields
 from typing import Callable, TextIO
 
 
-def default_progress() -> Callable[[dict], None] | None:
+@dataclass(frozen=True)
+class Progress:
+    """One progress report of a loop running remotely: what ``on_progress=`` callbacks receive.
+
+    ``id`` tells the loops of one call apart; ``parent`` is the ``id`` of the loop around this one.
+    """
+
+    desc: str | None
+    n: int
+    total: int | None = None
+    unit: str = ""
+    elapsed: float = 0.0
+    done: bool = False
+    id: int = 0
+    parent: int | None = None
+
+    @classmethod
+    def from_event(cls, event: dict) -> "Progress":
+        """The report a ``progress`` event carries (keys of newer backends that this side does not know are left out)."""
+        return cls(**{key: event[key] for key in _FIELDS if key in event})
+
+    def __getitem__(self, key: str):
+        """``report["n"]``: callbacks written when reports were dicts keep working."""
+        return getattr(self, key)
+
+    def __repr__(self) -> str:
+        return f"<Progress {self.desc or ''!r} {_count(self)} {self.elapsed:.1f} s{' done' if self.done else ''}>"
+
+
+_FIELDS = frozenset(field.name for field in fields(Progress))
+
+
+def default_progress() -> Callable[[Progress], None] | None:
     """A fresh renderer for one call: widgets inside a Jupyter kernel, text on a terminal, else none."""
     if in_kernel():
         return WidgetProgress()
@@ -31,10 +64,13 @@ def in_kernel() -> bool:
     return getattr(get_ipython(), "kernel", None) is not None
 
 
-def text_line(event: dict) -> str:
-    """One event as ``desc: n/total unit``."""
-    total = f"/{event['total']}" if event.get("total") else ""
-    return f"{event.get('desc') or 'progress'}: {event['n']}{total} {event.get('unit', '')}".rstrip()
+def text_line(report: Progress) -> str:
+    """One report as ``desc: n/total unit``."""
+    return f"{report.desc or 'progress'}: {_count(report)}"
+
+
+def _count(report: Progress) -> str:
+    return f"{report.n}{f'/{report.total}' if report.total else ''} {report.unit}".rstrip()
 
 
 class TextProgress:
@@ -46,18 +82,18 @@ class TextProgress:
     def __init__(self, stream: TextIO, live: bool | None = None):
         self.stream = stream
         self.live = stream.isatty() if live is None else live
-        self._active: dict[int, dict] = {}
+        self._active: dict[int, Progress] = {}
 
-    def __call__(self, event: dict) -> None:
+    def __call__(self, report: Progress) -> None:
         if not self.live:
-            print(text_line(event), file=self.stream, flush=True)
+            print(text_line(report), file=self.stream, flush=True)
             return
-        self._active[event["id"]] = event
-        line = " | ".join(text_line(e) for e in self._active.values())
-        if event.get("done"):
-            del self._active[event["id"]]
+        self._active[report.id] = report
+        line = " | ".join(text_line(r) for r in self._active.values())
+        if report.done:
+            del self._active[report.id]
         # a finished outermost bar keeps its line; anything else is redrawn over
-        end = "\n" if event.get("done") and event.get("parent") is None else ""
+        end = "\n" if report.done and report.parent is None else ""
         self.stream.write(f"\r\033[K{line}{end}")
         self.stream.flush()
 
@@ -78,31 +114,30 @@ class WidgetProgress:
         self._depth: dict[int, int] = {}
         self._parent = _cell_parent()
 
-    def __call__(self, event: dict) -> None:
+    def __call__(self, report: Progress) -> None:
         import ipywidgets as w
 
         if self.box is None:
             self.box = w.VBox()
             self._show()
-        bar = self._bars.get(event["id"])
+        bar = self._bars.get(report.id)
         if bar is None:
-            depth = self._depth[event["id"]] = self._depth.get(event.get("parent"), -1) + 1
-            bar = self._bars[event["id"]] = (
-                w.IntProgress(min=0, max=1, description=event.get("desc") or "",
-                              style={"description_width": "initial"}),
+            depth = self._depth[report.id] = self._depth.get(report.parent, -1) + 1
+            bar = self._bars[report.id] = (
+                w.IntProgress(min=0, max=1, description=report.desc or "", style={"description_width": "initial"}),
                 w.Label())
             row = w.HBox(bar, layout=w.Layout(margin=f"0 0 0 {2 * depth}em"))
             self.box.children += (row,)
         progress_bar, label = bar
-        total = event.get("total")
+        total = report.total
         # an unknown total shows a full "info" bar with the count in the label
-        progress_bar.max = max(total or event["n"], 1)
-        progress_bar.value = min(event["n"], progress_bar.max)
-        label.value = f"{event['n']}{f'/{total}' if total else ''} {event.get('unit', '')} [{event.get('elapsed', 0):.1f} s]"
-        if event.get("done"):
+        progress_bar.max = max(total or report.n, 1)
+        progress_bar.value = min(report.n, progress_bar.max)
+        label.value = f"{_count(report)} [{report.elapsed:.1f} s]"
+        if report.done:
             progress_bar.bar_style = "success"
-            if self._depth[event["id"]] > 0:
-                self._drop(event["id"])
+            if self._depth[report.id] > 0:
+                self._drop(report.id)
         elif not total:
             progress_bar.bar_style = "info"
 
@@ -166,7 +201,7 @@ def _session_progress(header: dict, frames: list, session) -> None:
     if cached is None or cached[0] != cell:
         cached = _session_renderers[session] = (cell, default_progress())
     if cached[1] is not None:
-        cached[1](header)
+        cached[1](Progress.from_event(header))
 
 
 #: Handlers for :data:`de_magic.session.EVENT_HANDLERS`.
