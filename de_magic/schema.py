@@ -347,7 +347,8 @@ def check_arguments(func, args: tuple, kwargs: dict) -> None:
 
     Missing and unexpected arguments are caught, and values whose type does not
     match a simple annotation (int, float, str, bool, None, Literal, unions and
-    builtin containers of those).  Anything else (numpy, classes, ...) passes.
+    builtin containers of those), and isinstance for other classes (numpy, xarray,
+    the backend's own; see :func:`_instance_of`).  Anything else passes.
     Values outside the bounds an ``Annotated`` hint declares (``Field(le=10)``)
     raise ValueError: the schema promises them to callers, so the call honours them.
     """
@@ -423,7 +424,24 @@ def _accepts(hint) -> Callable[[object], bool] | None:
         return None if None in members else lambda v: any(accepts(v) for accepts in members)
     if isinstance(origin, type) and origin in _CONTAINERS:
         return _container_accepts(origin, args)
-    return _SCALARS.get(hint) if isinstance(hint, type) else None
+    if not isinstance(hint, type):
+        return None
+    return _SCALARS.get(hint) or _instance_of(hint)
+
+
+def _instance_of(cls: type) -> Callable[[object], bool] | None:
+    """An isinstance test for a class pydantic cannot build from data (numpy, xarray, the backend's own).
+
+    Classes it can (models, dataclasses, enums) are left out: in no-pickle mode their values arrive as data
+    and :func:`validate_arguments` converts them.  So are classes isinstance cannot test (protocols).
+    """
+    if "x-python-type" not in _json_schema(cls, "validation"):
+        return None
+    try:
+        isinstance(None, cls)
+    except TypeError:
+        return None
+    return lambda v: isinstance(v, cls)
 
 
 def _container_accepts(origin: type, args: tuple) -> Callable[[object], bool]:
