@@ -35,6 +35,7 @@ from .broker import DEFAULT_HEARTBEAT, DEFAULT_LIVENESS, DEFAULT_MAX_MESSAGE, ch
 from .errors import (BackendLost, CallTimeout, DeMagicError, PayloadTooLarge, ProtocolMismatch, Refused,
                      UnknownBackend, UnknownMethod, from_header)
 from .progress_display import Progress, default_progress
+from .schema import verbatim
 from .security import Security
 from .wire import PerThread, recv_frames, send_frames
 
@@ -406,9 +407,9 @@ def signature_of(entry: dict) -> inspect.Signature:
                 default = _Literal(text)
         params.append(inspect.Parameter(
             p["name"], getattr(inspect.Parameter, p.get("kind", "POSITIONAL_OR_KEYWORD")),
-            default=default, annotation=p.get("annotation") or inspect.Parameter.empty))
-    returns = (entry.get("returns") or {}).get("annotation") or inspect.Signature.empty
-    return inspect.Signature(params, return_annotation=returns)
+            default=default, annotation=verbatim(p.get("annotation"))))
+    return inspect.Signature(params, return_annotation=verbatim((entry.get("returns") or {}).get("annotation")))
+
 
 
 def _remote_function(client: Client, backend: str, entry: dict, qualname: str, **call_kw) -> Callable:
@@ -448,52 +449,65 @@ class RemoteInstance:
     """Base of the classes made by :func:`remote_class`: an instance holds constructor arguments, and
     each method call builds the instance remotely with them."""
 
-    client: Client
-    backend: str
-    api: dict
-
-    def __init__(self, *args, **kwargs):
-        self.__signature__.bind(*args, **kwargs)  # wrong arguments fail here, not at the first call
-        self._init = (args, kwargs)
-
     def __getattr__(self, name: str):
-        raise UnknownMethod(f"remote class {self.api['name']} has no method {name!r}; "
-                            f"it has: {', '.join(self.api.get('methods', {}))}")
+        raise UnknownMethod(f"remote class {self._api['name']} has no method {name!r}; "
+                            f"it has: {', '.join(self._api.get('methods', {}))}")
 
     def __dir__(self):
-        return list(self.api.get("methods", {}))
+        return list(self._api.get("methods", {}))
 
     def __repr__(self) -> str:
         args = [repr(a) for a in self._init[0]] + [f"{k}={v!r}" for k, v in self._init[1].items()]
-        return f"<remote {self.backend}.{self.api['name']}({', '.join(args)})>"
+        return f"<remote {self._backend}.{self._api['name']}({', '.join(args)})>"
+
+
+def _with_self(signature: inspect.Signature) -> inspect.Signature:
+    params = list(signature.parameters.values())
+    kind = params[0].kind if params and params[0].kind is inspect.Parameter.POSITIONAL_ONLY \
+        else inspect.Parameter.POSITIONAL_OR_KEYWORD
+    return signature.replace(parameters=[inspect.Parameter("self", kind), *params])
 
 
 class _RemoteMethod:
-    """A method of a remote class: documented on the class (``help()`` lists it), a remote call on an instance."""
+    """A method of a remote class: on an instance, the remote call (with ``.submit``, ``.options``, ``.ui``)."""
 
     def __init__(self, class_name: str, entry: dict):
         self.entry = entry
-        self.__name__ = entry["name"]
-        self.__qualname__ = f"{class_name}.{entry['name']}"
-        self.__doc__ = entry.get("doc") or None
-        params = list(signature_of(entry).parameters.values())
-        self.__signature__ = signature_of(entry).replace(
-            parameters=[inspect.Parameter("self", inspect.Parameter.POSITIONAL_ONLY), *params])
+        self.name = entry["name"]
+        self.qualname = f"{class_name}.{entry['name']}"
 
     def __get__(self, instance: RemoteInstance | None, owner: type[RemoteInstance]):
         if instance is None:
-            return self
-        return _remote_function(owner.client, owner.backend, self.entry, self.__qualname__,
-                                member=owner.api["name"], method=self.__name__, init=instance._init)
+            return self.unbound()
+        return _remote_function(owner._client, owner._backend, self.entry, self.qualname,
+                                member=owner._api["name"], method=self.name, init=instance._init)
+
+    def unbound(self) -> Callable:
+        """What the class shows (``help()`` lists it as a method): ``Class.method(instance, ...)`` calls it."""
+        name = self.name
+
+        def method(self, *args, **kwargs):
+            return getattr(self, name)(*args, **kwargs)
+
+        method.__name__, method.__qualname__ = name, self.qualname
+        method.__doc__ = self.entry.get("doc") or None
+        method.__signature__ = _with_self(signature_of(self.entry))
+        return method
 
 
 def remote_class(client: Client, backend: str, entry: dict) -> type[RemoteInstance]:
-    """A class standing for a backend class: real, so that ``help()`` shows its constructor and methods."""
-    name = entry["name"]
+    """A class standing for a backend class: a real one, so that ``help()`` shows its constructor and methods."""
+    signature = signature_of(entry)
+
+    def __init__(self, *args, **kwargs):
+        signature.bind(*args, **kwargs)  # wrong arguments fail here, not at the first call
+        self._init = (args, kwargs)
+
+    __init__.__signature__ = _with_self(signature)
     namespace = {"__doc__": entry.get("doc") or None, "__module__": f"de_magic.remote.{backend}",
-                 "__signature__": signature_of(entry), "client": client, "backend": backend, "api": entry}
-    namespace.update((key, _RemoteMethod(name, method)) for key, method in entry.get("methods", {}).items())
-    return type(name, (RemoteInstance,), namespace)
+                 "__init__": __init__, "_client": client, "_backend": backend, "_api": entry}
+    namespace.update((key, _RemoteMethod(entry["name"], method)) for key, method in entry.get("methods", {}).items())
+    return type(entry["name"], (RemoteInstance,), namespace)
 
 
 class RemoteBackend:

@@ -21,7 +21,7 @@ import keyword
 import typing
 from collections.abc import Iterator
 
-from .schema import Verbatim
+from .schema import verbatim
 
 #: Globals the generated function bodies use, which a parameter must not shadow.
 _BODY_NAMES = {"_backend", "_given_args", "_given_kwargs", "REMOTE_DEFAULT"}
@@ -223,15 +223,13 @@ def _packed(params: list[dict]) -> tuple[str, str]:
 def _signature(member: dict, receiver: bool = False) -> str:
     """Signature source, as inspect prints it: the same text as the description's for literal defaults."""
     params = [inspect.Parameter(p["name"], getattr(inspect.Parameter, p["kind"]),
-                                default=_verbatim(_default_source(p)), annotation=_verbatim(_annotation_source(p)))
+                                default=verbatim(_default_source(p)), annotation=verbatim(_annotation_source(p)))
               for p in member["parameters"]]
-    returns = _verbatim(_annotation_source(member.get("returns") or {}))
+    returns = verbatim(_annotation_source(member.get("returns") or {}))
     text = str(inspect.Signature(params, return_annotation=returns))
     return f"(self{', ' if params else ''}{text[1:]}" if receiver else text
 
 
-def _verbatim(text: str | None):
-    return inspect.Parameter.empty if text is None else Verbatim(text)
 
 
 def _default_source(param: dict) -> str | None:

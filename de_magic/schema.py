@@ -279,9 +279,9 @@ def _describe_callable(name: str, kind: str, sig: inspect.Signature, hints: dict
     params = [_parameter(p, hints.get(p.name, _EMPTY), param_docs.get(p.name, "")) for p in sig.parameters.values()]
     returns = hints.get("return", _EMPTY) if kind != "class" else _EMPTY
     text_sig = sig.replace(
-        parameters=[p.replace(annotation=_verbatim(entry["annotation"]))
+        parameters=[p.replace(annotation=verbatim(entry["annotation"]))
                     for p, entry in zip(sig.parameters.values(), params)],
-        return_annotation=_verbatim(annotation_text(returns)))
+        return_annotation=verbatim(annotation_text(returns)))
     entry = {"name": name, "kind": kind, "signature": str(text_sig), "summary": _summary(doc), "doc": doc,
              "parameters": params}
     if kind != "class":
@@ -291,7 +291,8 @@ def _describe_callable(name: str, kind: str, sig: inspect.Signature, hints: dict
     return entry
 
 
-def _verbatim(text: str | None):
+def verbatim(text: str | None):
+    """Text as an annotation or default that inspect prints as written; None: no annotation."""
     return _EMPTY if text is None else Verbatim(text)
 
 
