@@ -69,7 +69,8 @@ def home(tmp_path) -> Path:
 
 def test_mistakes_on_the_command_line(demo, home):
     nowhere = f"tcp://127.0.0.1:{free_port()}"
-    says_in_one_line(run("de-magic", "list", "--broker", nowhere, cwd=home), f"de-magic broker --bind {nowhere}")
+    says_in_one_line(run("de-magic", "list", "--broker", nowhere, "--timeout", "1", cwd=home),
+                     f"de-magic broker --bind {nowhere}")
     says_in_one_line(run("python", "backend.py", "test-connect", "--broker", nowhere, cwd=home),
                      nowhere, "de-magic demo")
     says_in_one_line(run("de-magic", "list", cwd=home, DE_MAGIC_BROKER="127.0.0.1:5555"),
