@@ -21,11 +21,12 @@ from .errors import (
     UnknownBackend,
     UnknownMethod,
 )
+from .progress_display import Progress
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Backend", "Broker", "Client", "main",
+    "Backend", "Broker", "Client", "Progress", "main",
     "BackendLost", "Busy", "CallTimeout", "Cancelled", "DeMagicError", "PayloadTooLarge", "ProtocolMismatch",
     "Refused", "RemoteError", "UnknownBackend", "UnknownMethod",
 ]

@@ -158,8 +158,9 @@ def _serve_args(parser: argparse.ArgumentParser) -> None:
 
 def _serve(name: str, members: dict, args: argparse.Namespace, doc: str = "") -> None:
     try:
-        backend = Backend(name, members, broker=_url(args.broker, "--broker"), max_workers=args.max_workers, max_queue=args.max_queue,
-                          allow_code=args.allow_code, heartbeat=args.heartbeat, doc=doc, security=_security(args),
+        backend = Backend(name, members, broker=_url(args.broker, "--broker"), max_workers=args.max_workers,
+                          max_queue=args.max_queue, allow_code=args.allow_code, heartbeat=args.heartbeat, doc=doc,
+                          security=_security(args),
                           codec=JSON if args.no_pickle else PICKLE,
                           allow_clients=args.allow_clients.split(",") if args.allow_clients else None)
     except ValueError as exc:  # contradictory options
@@ -170,11 +171,14 @@ def _serve(name: str, members: dict, args: argparse.Namespace, doc: str = "") ->
     backend.run()
 
 
-def _announce(backend: Backend, patience: float = 2.0) -> None:  # patience: before the backend warns of silence
-    """Say when the backend is registered, and what to do while no broker answers."""
+def _announce(backend: Backend, patience: float = 2.0) -> None:
+    """Say when the backend is registered, and what to do while no broker answers.
+
+    ``patience`` is shorter than the silence after which the backend logs its warnings, so this comes first.
+    """
     if not backend.registered.wait(patience):
-        print(f"de-magic: waiting for a broker at {backend.broker}, none answers yet. {no_broker_hint(backend.broker)}.",
-              file=sys.stderr, flush=True)
+        print(f"de-magic: waiting for a broker at {backend.broker}, none answers yet. "
+              f"{no_broker_hint(backend.broker)}.", file=sys.stderr, flush=True)
         backend.registered.wait()
     print(f"de-magic: registered at {backend.broker}; serving calls (Ctrl-C stops)", flush=True)
 

@@ -32,7 +32,7 @@ class Progress:
 
     @classmethod
     def from_event(cls, event: dict) -> "Progress":
-        """The report a ``progress`` event carries (keys of newer backends that this side does not know are left out)."""
+        """The report a ``progress`` event carries (keys that newer backends may add are left out)."""
         return cls(**{key: event[key] for key in _FIELDS if key in event})
 
     def __getitem__(self, key: str):

@@ -123,7 +123,8 @@ def test_listen_before_the_broker_says_it_waits_and_how_to_start_one(home, proce
                               env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               start_new_session=True)
     processes.procs.append(listen)
-    assert listen.stdout.readline().startswith(f"de-magic: backend 'my_analysis' (compute_sum) is connecting to {url}"[:40])
+    connecting = listen.stdout.readline()
+    assert connecting == f"de-magic: backend 'my_analysis' (compute_sum) is connecting to the broker at {url}\n"
     waiting = next(line for line in iter(listen.stderr.readline, "") if "de-magic:" in line)
     assert f"waiting for a broker at {url}" in waiting and f"de-magic broker --bind {url}" in waiting
     processes.start("broker", "--bind", url, "--heartbeat", "0.2")
@@ -134,7 +135,8 @@ def test_notebook_errors_are_one_line(demo, tmp_path, monkeypatch):
     monkeypatch.setenv("DE_MAGIC_BROKER", demo.url)
     monkeypatch.setenv("PYTHONPATH", str(ROOT))
     cells = {
-        "setup": "%load_ext de_magic\nclient = %remote_connect   # a comment, as in the README\nhw = client['hello_world']",
+        "setup": "%load_ext de_magic\nclient = %remote_connect   # a comment, as in the README\n"
+                 "hw = client['hello_world']",
         "wrong name": "client['hello_wrld']",
         "wrong type": "hw.compute_sum('not an array')",
         "no broker": "%remote_connect tcp://127.0.0.1:1",

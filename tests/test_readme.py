@@ -67,7 +67,8 @@ def test_every_block_runs(demo, tmp_path, monkeypatch):
     nb = nbformat.v4.new_notebook(cells=cells)
     # a failing cell raises CellExecutionError with the cell's source and traceback
     NotebookClient(nb, timeout=60, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
-    text = "".join(out.get("text", "") + out.get("data", {}).get("text/plain", "") for c in nb.cells for out in c.outputs)
+    outputs = [out for cell in nb.cells for out in cell.outputs]
+    text = "".join(out.get("text", "") + out.get("data", {}).get("text/plain", "") for out in outputs)
     assert "de-magic: connected to " + demo.url in text
     assert "<Progress 'adding' 10/10 " in text
     for block in (b for b in runnable if b.lang == "bash"):
