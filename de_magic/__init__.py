@@ -10,6 +10,7 @@ from .broker import Broker
 from .client import Client
 from .errors import (
     BackendLost,
+    BadAddress,
     Busy,
     CallTimeout,
     Cancelled,
@@ -27,7 +28,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Backend", "Broker", "Client", "Progress", "main",
-    "BackendLost", "Busy", "CallTimeout", "Cancelled", "DeMagicError", "PayloadTooLarge", "ProtocolMismatch",
+    "BackendLost", "BadAddress", "Busy", "CallTimeout", "Cancelled", "DeMagicError", "PayloadTooLarge", "ProtocolMismatch",
     "Refused", "RemoteError", "UnknownBackend", "UnknownMethod",
 ]
 
