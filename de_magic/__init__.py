@@ -31,8 +31,9 @@ _EXPORTS = {
     "Broker": "de_magic.broker.server",
     "Client": "de_magic.caller.client",
     "RemoteSession": "de_magic.caller.session",
+    "Progress": "de_magic.caller.progress",
     **{name: "de_magic.wire.errors" for name in (
-        "BackendLost", "Busy", "CallTimeout", "Cancelled", "DeMagicError", "PayloadTooLarge", "ProtocolMismatch",
+        "BackendLost", "BadAddress", "Busy", "CallTimeout", "Cancelled", "DeMagicError", "PayloadTooLarge", "ProtocolMismatch",
         "Refused", "RemoteError", "UnknownBackend", "UnknownMethod")},
 }
 #: names whose users in a kernel expect widgets (progress bars, forms, mirrored widgets)
@@ -72,10 +73,16 @@ def main(name: str, members=None, **options) -> None:
 
 
 def load_ipython_extension(ipython) -> None:
-    """``%load_ext de_magic``: register the ``%remote_*`` magics (see :mod:`de_magic.notebook.magics`)."""
-    from .notebook.magics import RemoteMagics
+    """``%load_ext de_magic``: register the ``%remote_*`` magics (see :mod:`de_magic.notebook.magics`).
+
+    de-magic's errors then show as one line (remote errors with the remote traceback), without
+    the frames of de-magic's own code, as IPython shows its own errors.
+    """
+    from .notebook.magics import RemoteMagics, show_error
+    from .wire.errors import DeMagicError
 
     ipython.register_magics(RemoteMagics)
+    ipython.set_custom_exc((DeMagicError,), show_error)
 
 
 def _jupyter_labextension_paths() -> list[dict[str, str]]:

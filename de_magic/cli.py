@@ -9,26 +9,30 @@ command is a few lines over :class:`Broker`, :class:`Backend` or :class:`Client`
 from __future__ import annotations
 
 import argparse
+import ast
+import contextlib
 import importlib
 import importlib.util
+import inspect
 import json
 import logging
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from types import ModuleType
 
+from .backend.lifeline import exit_with_parent
 from .backend.server import Backend
 from .broker.server import Broker
-from .wire.defaults import DEFAULT_HEARTBEAT, DEFAULT_MAX_MESSAGE, DEFAULT_MAX_QUEUED_BYTES
-from .caller.client import Client
-from .wire.errors import DeMagicError
+from .caller.client import Client, no_broker_hint
 from .caller.generate import client_module
-from .backend.lifeline import exit_with_parent
-from .embedded import DEMO_BACKENDS, start_local
 from .caller.progress import TextProgress
+from .embedded import DEMO_BACKENDS, bind, start_local
+from .wire.defaults import DEFAULT_HEARTBEAT, DEFAULT_MAX_MESSAGE, DEFAULT_MAX_QUEUED_BYTES, check_url, default_url
 from .schema import describe, members_of
+from .wire.errors import DeMagicError
 from .wire.security import Security, create_keys, owners
 from .wire.serialize import JSON, PICKLE
 
@@ -36,9 +40,12 @@ from .wire.serialize import JSON, PICKLE
 
 
 def load_module(target: str) -> ModuleType:
-    """Import ``target``: a path to a ``.py`` file or a dotted module name."""
+    """Import ``target``: a path to a ``.py`` file or a dotted module name; a usage error if there is none."""
     path = Path(target)
     if target.endswith(".py") or path.is_file():
+        if not path.is_file():
+            raise SystemExit(f"de-magic: no file {target}: give the path of a backend module (.py), "
+                             "or an importable module name")
         spec = importlib.util.spec_from_file_location(path.stem, path.resolve())
         if spec is None or spec.loader is None:
             raise SystemExit(f"de-magic: cannot load {target}")
@@ -47,7 +54,39 @@ def load_module(target: str) -> ModuleType:
         sys.path.insert(0, str(path.resolve().parent))
         spec.loader.exec_module(module)
         return module
-    return importlib.import_module(target)
+    try:
+        return importlib.import_module(target)
+    except ModuleNotFoundError as exc:
+        if exc.name is None or not f"{target}.".startswith(f"{exc.name}."):
+            raise  # the module was found, and its own imports failed: its traceback says where
+        raise SystemExit(f"de-magic: no module named {target!r}: give the path of a backend module (.py), "
+                         f"or the name of a module importable from {Path.cwd()} (or on PYTHONPATH)") from None
+
+
+def declared_main(module: ModuleType) -> dict:
+    """The literal ``name`` and ``members`` arguments of the module's ``main(...)`` call, if it has one.
+
+    Importing a backend file does not run its ``if __name__ == "__main__": main(name=...)``, yet that
+    is the name its author gave it: so it is read from the source.
+    """
+    try:
+        tree = ast.parse(inspect.getsource(module))
+    except (OSError, TypeError, SyntaxError):  # no source to read (e.g. a compiled module)
+        return {}
+    for node in ast.walk(tree):
+        func = getattr(node, "func", None)
+        if isinstance(node, ast.Call) and getattr(func, "id", getattr(func, "attr", None)) == "main":
+            given = [*zip(("name", "members"), node.args), *((k.arg, k.value) for k in node.keywords)]
+            return {key: value for key, value in map(_literal, given) if key in ("name", "members")}
+    return {}
+
+
+def _literal(item: tuple[str | None, ast.expr]) -> tuple[str | None, object]:
+    key, node = item
+    try:
+        return key, ast.literal_eval(node)
+    except ValueError:  # members=__all__ and the like: the default rule finds the same
+        return None, None
 
 
 def pick_members(namespace: dict, names) -> dict[str, object]:
@@ -60,7 +99,20 @@ def pick_members(namespace: dict, names) -> dict[str, object]:
             picked[item] = namespace[item]
         else:
             picked[item.__name__] = item
+    constants = [name for name, obj in picked.items() if not callable(obj)]
+    if constants:
+        raise SystemExit(f"de-magic: members must be functions or classes, not {', '.join(map(repr, constants))}")
     return picked
+
+
+def _members(namespace: dict, names) -> dict[str, object]:
+    """The members named (by --members or main(members=...)), else the module's default ones."""
+    return pick_members(namespace, names) if names else members_of(namespace)
+
+
+def _url(text: str | None, flag: str) -> str:
+    """The broker address given with ``flag``, else the default one; checked either way."""
+    return check_url(text, flag) if text else default_url()
 
 
 # -- argument groups shared by several commands --------------------------------
@@ -110,19 +162,34 @@ def _serve_args(parser: argparse.ArgumentParser) -> None:
 
 def _serve(name: str, members: dict, args: argparse.Namespace, doc: str = "") -> None:
     try:
-        backend = Backend(name, members, broker=args.broker, max_workers=args.max_workers, max_queue=args.max_queue,
-                          allow_code=args.allow_code, heartbeat=args.heartbeat, doc=doc, security=_security(args),
+        backend = Backend(name, members, broker=_url(args.broker, "--broker"), max_workers=args.max_workers,
+                          max_queue=args.max_queue, allow_code=args.allow_code, heartbeat=args.heartbeat, doc=doc,
+                          security=_security(args),
                           codec=JSON if args.no_pickle else PICKLE,
                           allow_clients=args.allow_clients.split(",") if args.allow_clients else None)
     except ValueError as exc:  # contradictory options
         raise SystemExit(f"de-magic: {exc}") from None
-    print(f"de-magic: serving {name!r} ({', '.join(members)}) at {backend.broker}", flush=True)
+    print(f"de-magic: backend {name!r} ({', '.join(members)}) is connecting to the broker at {backend.broker}",
+          flush=True)
     if args.parent_pid is not None:
         exit_with_parent(args.parent_pid, backend.stop, args.heartbeat)
+    threading.Thread(target=_announce, args=(backend,), name="de-magic-announce", daemon=True).start()
     try:
         backend.run()
     except DeMagicError as exc:  # the broker refused us: say why, also for `python backend.py listen`
         raise SystemExit(f"de-magic: {exc}") from None
+
+
+def _announce(backend: Backend, patience: float = 2.0) -> None:
+    """Say when the backend is registered, and what to do while no broker answers.
+
+    ``patience`` is shorter than the silence after which the backend logs its warnings, so this comes first.
+    """
+    if not backend.registered.wait(patience):
+        print(f"de-magic: waiting for a broker at {backend.broker}, none answers yet. "
+              f"{no_broker_hint(backend.broker)}.", file=sys.stderr, flush=True)
+        backend.registered.wait()
+    print(f"de-magic: registered at {backend.broker}; serving calls (Ctrl-C stops)", flush=True)
 
 
 def _logging(verbose: bool) -> None:
@@ -153,12 +220,11 @@ def backend_main(name: str, members, namespace: dict, argv: list[str] | None = N
     _broker_arg(check)
     _security_args(check)
     args = parser.parse_args(argv)
-    if members is None:
-        members = namespace.get("__all__") or [
-            n for n, obj in namespace.items()
-            if not n.startswith("_") and callable(obj) and getattr(obj, "__module__", None) == namespace.get("__name__")]
-    picked = pick_members(namespace, members)
-    doc = namespace.get("__doc__") or ""
+    with _one_line_errors():
+        _backend_command(args, name, _members(namespace, members), namespace.get("__doc__") or "")
+
+
+def _backend_command(args: argparse.Namespace, name: str, picked: dict, doc: str) -> None:
     if args.command == "listen":
         _logging(args.verbose)
         _serve(name, picked, args, doc)
@@ -167,18 +233,13 @@ def backend_main(name: str, members, namespace: dict, argv: list[str] | None = N
     elif args.command == "generate":
         print(client_module(describe(name, picked, doc), args.broker), end="")
     else:
-        sys.exit(_test_connect(args.broker, _security(args)))
+        _test_connect(args.broker, _security(args))
 
 
-def _test_connect(url: str | None, security: Security) -> int:
+def _test_connect(url: str | None, security: Security) -> None:
     with Client(url, timeout=5, security=security) as client:
-        try:
-            listing = client.listing(api=False)
-        except DeMagicError as exc:
-            print(f"de-magic: broker at {client.url} did not answer: {exc}", file=sys.stderr)
-            return 1
+        listing = client.listing(api=False)  # no answer: an error that says what to do
     print(f"de-magic: broker at {client.url} answers; {len(listing['backends'])} backend(s) live")
-    return 0
 
 
 # -- de-magic ... ------------------------------------------------------------------
@@ -186,9 +247,9 @@ def _test_connect(url: str | None, security: Security) -> int:
 
 def cmd_broker(args) -> None:
     _logging(args.verbose)
-    broker = Broker(args.bind, heartbeat=args.heartbeat, max_message_size=args.max_message_size,
+    broker = Broker(_url(args.bind, "--bind"), heartbeat=args.heartbeat, max_message_size=args.max_message_size,
                     max_queued_bytes=args.max_queued_bytes, owners=owners(), security=_security(args))
-    url = broker.bind()
+    url = bind(broker)
     print(f"de-magic: broker listening on {url}", flush=True)
     signal.signal(signal.SIGTERM, lambda *_: broker.stop())
     try:
@@ -198,9 +259,11 @@ def cmd_broker(args) -> None:
 
 
 def _target_members(args) -> tuple[str, dict, str]:
+    """Name, members and doc of the backend module ``args.target``: as its main(...) declares, unless overridden."""
     module = load_module(args.target)
-    members = pick_members(vars(module), args.members.split(",")) if args.members else members_of(module)
-    name = args.name or module.__name__.rpartition(".")[2]
+    declared = declared_main(module)
+    name = args.name or declared.get("name") or module.__name__.rpartition(".")[2]
+    members = _members(vars(module), args.members.split(",") if args.members else declared.get("members"))
     return name, members, module.__doc__ or ""
 
 
@@ -247,15 +310,28 @@ def cmd_call(args) -> None:
     parsed = _json_arg("--args", args.args, (dict, list))
     call_args, call_kwargs = (parsed, {}) if isinstance(parsed, list) else ((), parsed)
     member, _, method = args.method.partition(".")
+    if args.init and not method:
+        raise SystemExit(f"de-magic: --init gives a class's constructor arguments, for Class.method; "
+                         f"{args.method!r} is called with --args alone")
     init = ((), _json_arg("--init", args.init, (dict,))) if args.init else None
     with Client(args.broker, timeout=args.timeout, security=_security(args)) as client:
-        result = client.call(args.name, member, call_args, call_kwargs, method=method or None,
-                             init=init if method else None,
+        result = client.call(args.name, member, call_args, call_kwargs, method=method or None, init=init,
                              on_progress=TextProgress(sys.stderr))
     if args.json:
-        print(json.dumps(result, default=repr, indent=2))
+        print(json.dumps(result, default=_plain_json, indent=2))
     else:
         print(result)
+
+
+def _plain_json(obj):
+    """``call --json`` output for what JSON has no type for: tables and arrays as data, the rest as its repr."""
+    if hasattr(obj, "to_json"):  # pandas, with dates as ISO text
+        return json.loads(obj.to_json(date_format="iso"))
+    if hasattr(obj, "to_dict"):  # xarray
+        return obj.to_dict()
+    if hasattr(obj, "tolist"):  # numpy arrays and scalars
+        return obj.tolist()
+    return repr(obj)
 
 
 def cmd_keys(args) -> None:
@@ -313,8 +389,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 ("generate", cmd_generate, "print a client module for a backend module")):
         p = sub.add_parser(command, help=text)
         p.add_argument("target", help="a .py file or an importable module name")
-        p.add_argument("--name", help="backend name (default: the module's name)")
-        p.add_argument("--members", help="comma-separated members (default: __all__, else public functions/classes)")
+        p.add_argument("--name", help="backend name (default: the name= of the module's main() call, else its name)")
+        p.add_argument("--members", help="comma-separated members (default: the members= of its main() call, "
+                                         "else __all__, else its public functions and classes)")
         if command == "serve":
             _serve_args(p)
         elif command == "generate":
@@ -346,9 +423,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
+def _one_line_errors():
+    """Our errors end the command with one line on stderr and exit code 1, not with a traceback."""
+    try:
+        yield
+    except DeMagicError as exc:
+        raise SystemExit(f"de-magic: {exc}") from None
+
+
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    try:
+    with _one_line_errors():
         args.func(args)
-    except DeMagicError as exc:
-        raise SystemExit(f"de-magic: {exc}")

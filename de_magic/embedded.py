@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import atexit
 import os
+import re
+import socket
 import subprocess
 import sys
 import time
 from urllib.parse import urlparse
+
+import zmq
 
 from .broker.server import Broker
 from .caller.client import Client
@@ -41,13 +45,34 @@ def answers(client: Client, timeout: float = 1.0) -> bool:
         return False
 
 
+def bind(broker: Broker) -> str:
+    """``broker.bind()``; an address in use is a one-line DeMagicError naming who holds it, when it can tell."""
+    try:
+        return broker.bind()
+    except zmq.ZMQError as exc:
+        if exc.errno != zmq.EADDRINUSE:
+            raise
+    # a wildcard address is taken on loopback too, and a connect needs a host
+    local = re.sub(r"//(\*|0\.0\.0\.0):", "//127.0.0.1:", broker.url)
+    with Client(local, security=broker.security) as client:
+        if answers(client):
+            holder = f"a de-magic broker, which answers there: use it (`de-magic list --broker {local}`), or stop it"
+        else:
+            holder = "another program: stop it"
+    with socket.socket() as probe:  # a port that is free now, as an example
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    raise DeMagicError(f"{broker.url} is already in use by {holder}; or choose another address, "
+                       f"e.g. DE_MAGIC_BROKER=tcp://127.0.0.1:{port}")
+
+
 class LocalCluster:
     """A broker in this process plus backend processes; :meth:`stop` ends all (also at exit)."""
 
     def __init__(self, url: str):
         # local by construction: plain TCP on loopback, whatever keys the environment or config file name
         self.broker: Broker | None = Broker(url, security=Security())
-        self.url = self.broker.bind()
+        self.url = bind(self.broker)
         self.broker.start()
         self.processes: dict[str, subprocess.Popen] = {}
         atexit.register(self.stop)

@@ -36,15 +36,17 @@ def describe(name: str, members: dict[str, object], doc: str = "") -> dict:
             "members": {key: _describe_member(key, obj) for key, obj in members.items()}}
 
 
-def members_of(module) -> dict[str, object]:
-    """What a module serves unless told otherwise: ``__all__``, else its own public functions and classes."""
-    names = getattr(module, "__all__", None)
+def members_of(module: types.ModuleType | dict) -> dict[str, object]:
+    """What a module (or its namespace) serves unless told otherwise: ``__all__``, else its own public
+    functions and classes.  The one rule, for ``de-magic serve|schema|generate`` and ``python backend.py ...``."""
+    namespace = module if isinstance(module, dict) else vars(module)
+    names = namespace.get("__all__")
     if names is not None:
         # Constants listed in __all__ are fine for importers but cannot be called remotely.
-        return {n: obj for n in names if callable(obj := getattr(module, n))}
-    return {n: obj for n, obj in vars(module).items()
+        return {n: obj for n in names if callable(obj := namespace[n])}
+    return {n: obj for n, obj in namespace.items()
             if not n.startswith("_") and (inspect.isfunction(obj) or inspect.isclass(obj))
-            and obj.__module__ == module.__name__}
+            and obj.__module__ == namespace["__name__"]}
 
 
 # -- annotations as text ------------------------------------------------------
@@ -277,9 +279,9 @@ def _describe_callable(name: str, kind: str, sig: inspect.Signature, hints: dict
     params = [_parameter(p, hints.get(p.name, _EMPTY), param_docs.get(p.name, "")) for p in sig.parameters.values()]
     returns = hints.get("return", _EMPTY) if kind != "class" else _EMPTY
     text_sig = sig.replace(
-        parameters=[p.replace(annotation=_verbatim(entry["annotation"]))
+        parameters=[p.replace(annotation=verbatim(entry["annotation"]))
                     for p, entry in zip(sig.parameters.values(), params)],
-        return_annotation=_verbatim(annotation_text(returns)))
+        return_annotation=verbatim(annotation_text(returns)))
     entry = {"name": name, "kind": kind, "signature": str(text_sig), "summary": _summary(doc), "doc": doc,
              "parameters": params}
     if kind != "class":
@@ -289,7 +291,8 @@ def _describe_callable(name: str, kind: str, sig: inspect.Signature, hints: dict
     return entry
 
 
-def _verbatim(text: str | None):
+def verbatim(text: str | None):
+    """Text as an annotation or default that inspect prints as written; None: no annotation."""
     return _EMPTY if text is None else Verbatim(text)
 
 
@@ -345,7 +348,8 @@ def check_arguments(func, args: tuple, kwargs: dict) -> None:
 
     Missing and unexpected arguments are caught, and values whose type does not
     match a simple annotation (int, float, str, bool, None, Literal, unions and
-    builtin containers of those).  Anything else (numpy, classes, ...) passes.
+    builtin containers of those), and isinstance for other classes (numpy, xarray,
+    the backend's own; see :func:`_instance_of`).  Anything else passes.
     Values outside the bounds an ``Annotated`` hint declares (``Field(le=10)``)
     raise ValueError: the schema promises them to callers, so the call honours them.
     """
@@ -421,7 +425,24 @@ def _accepts(hint) -> Callable[[object], bool] | None:
         return None if None in members else lambda v: any(accepts(v) for accepts in members)
     if isinstance(origin, type) and origin in _CONTAINERS:
         return _container_accepts(origin, args)
-    return _SCALARS.get(hint) if isinstance(hint, type) else None
+    if not isinstance(hint, type):
+        return None
+    return _SCALARS.get(hint) or _instance_of(hint)
+
+
+def _instance_of(cls: type) -> Callable[[object], bool] | None:
+    """An isinstance test for a class pydantic cannot build from data (numpy, xarray, the backend's own).
+
+    Classes it can (models, dataclasses, enums) are left out: in no-pickle mode their values arrive as data
+    and :func:`validate_arguments` converts them.  So are classes isinstance cannot test (protocols).
+    """
+    if "x-python-type" not in _json_schema(cls, "validation"):
+        return None
+    try:
+        isinstance(None, cls)
+    except TypeError:
+        return None
+    return lambda v: isinstance(v, cls)
 
 
 def _container_accepts(origin: type, args: tuple) -> Callable[[object], bool]:

@@ -123,6 +123,16 @@ def hello(cluster):
     return cluster
 
 
+@pytest.fixture
+def demo(cluster):
+    """A broker with the demo backends, started as ``de-magic demo`` starts them."""
+    from de_magic.embedded import DEMO_BACKENDS
+
+    for name, (module, extra) in DEMO_BACKENDS.items():
+        cluster.start_backend(module, name, *extra)
+    return cluster
+
+
 # -- helpers for the security, fault and soak tests --------------------------------
 
 

@@ -96,7 +96,7 @@ def test_unknown_backend_and_member_are_named(hello):
     with pytest.raises(UnknownBackend, match="'nope'"):
         hello.client.call("nope", "f")
     with pytest.raises(UnknownMethod, match="compute_sum"):
-        hello.client["hello_world"].missing
+        _ = hello.client["hello_world"].missing
     with pytest.raises(UnknownMethod, match="has no member 'missing'"):
         hello.client.call("hello_world", "missing")
 
@@ -151,8 +151,10 @@ def test_progress_events_reach_the_caller(hello):
     seen = []
     result = hello.client["hello_world"].slow_sum.options(on_progress=seen.append)(n=10, delay=0.02)
     assert result == sum(range(10))
-    assert seen[0]["n"] == 0 and seen[0]["total"] == 10 and seen[0]["desc"] == "adding"
-    assert seen[-1]["n"] == 10 and seen[-1]["done"] is True
+    assert (seen[0].n, seen[0].total, seen[0].desc) == (0, 10, "adding")
+    assert seen[-1].n == 10 and seen[-1].done is True
+    assert repr(seen[-1]).startswith("<Progress 'adding' 10/10 ") and repr(seen[-1]).endswith(" s done>")
+    assert seen[-1]["n"] == 10  # callbacks written for the dicts reports used to be still work
 
 
 def test_a_failing_event_handler_stops_the_remote_call(hello):

@@ -172,7 +172,7 @@ def test_broker_survives_a_fuzz_storm(processes, tmp_path):
 
     def storm(count: int) -> float:
         start = time.monotonic()
-        for batch in range(0, count, 100):  # drain between batches: the broker drops answers past its HWM
+        for _batch in range(0, count, 100):  # drain between batches: the broker drops answers past its HWM
             for _ in range(100):
                 frames = fuzzer.message()
                 sock = fuzzer.rng.choice(socks)

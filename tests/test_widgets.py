@@ -17,8 +17,8 @@ import pytest
 from jupyter_client.manager import start_new_kernel
 
 from de_magic.schema import describe
+from de_magic.caller.progress import Progress, TextProgress
 from de_magic.notebook.forms import CallForm, field
-from de_magic.caller.progress import TextProgress
 from de_magic.notebook.progress import WidgetProgress
 
 from conftest import ROOT, wait_for
@@ -162,9 +162,9 @@ def test_field_widgets_and_parsing(schema, widget, typed, value):
 def test_text_progress_redraws_nested_bars_on_one_line():
     out = io.StringIO()
     show = TextProgress(out, live=True)
-    show({"id": 1, "parent": None, "desc": "outer", "n": 0, "total": 2, "unit": "it"})
-    show({"id": 2, "parent": 1, "desc": "inner", "n": 3, "total": 3, "unit": "it", "done": True})
-    show({"id": 1, "parent": None, "desc": "outer", "n": 2, "total": 2, "unit": "it", "done": True})
+    show(Progress(id=1, parent=None, desc="outer", n=0, total=2, unit="it"))
+    show(Progress(id=2, parent=1, desc="inner", n=3, total=3, unit="it", done=True))
+    show(Progress(id=1, parent=None, desc="outer", n=2, total=2, unit="it", done=True))
     frames = out.getvalue().split("\r\033[K")[1:]
     assert frames == ["outer: 0/2 it", "outer: 0/2 it | inner: 3/3 it", "outer: 2/2 it\n"]
 
@@ -172,11 +172,11 @@ def test_text_progress_redraws_nested_bars_on_one_line():
 def test_widget_progress_nests_and_drops_finished_inner_bars():
     show = WidgetProgress(output=None)
     show._show = lambda: None  # no kernel to display in
-    show({"id": 1, "parent": None, "desc": "outer", "n": 0, "total": 2})
-    show({"id": 2, "parent": 1, "desc": "inner", "n": 1, "total": 4})
+    show(Progress(id=1, parent=None, desc="outer", n=0, total=2))
+    show(Progress(id=2, parent=1, desc="inner", n=1, total=4))
     assert [row.layout.margin for row in show.box.children] == ["0 0 0 0em", "0 0 0 2em"]
-    show({"id": 2, "parent": 1, "desc": "inner", "n": 4, "total": 4, "done": True})
-    show({"id": 1, "parent": None, "desc": "outer", "n": 2, "total": 2, "done": True})
+    show(Progress(id=2, parent=1, desc="inner", n=4, total=4, done=True))
+    show(Progress(id=1, parent=None, desc="outer", n=2, total=2, done=True))
     (row,) = show.box.children
     bar = row.children[0]
     assert (bar.value, bar.max, bar.bar_style) == (2, 2, "success")

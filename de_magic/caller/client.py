@@ -29,15 +29,16 @@ from typing import Callable
 
 import zmq
 
+from ..schema import verbatim
 from ..wire import protocol as P
 from ..wire import serialize
-from ..wire.defaults import DEFAULT_HEARTBEAT, DEFAULT_LIVENESS, DEFAULT_MAX_MESSAGE, default_url
+from ..wire.defaults import DEFAULT_HEARTBEAT, DEFAULT_LIVENESS, DEFAULT_MAX_MESSAGE, check_url, default_url
 from ..wire.errors import (BackendLost, CallTimeout, DeMagicError, PayloadTooLarge, ProtocolMismatch, Refused,
-                     UnknownBackend, UnknownMethod, from_header)
-from ..wire.handshake import WatchedSocket
-from .progress import default_progress
-from ..wire.security import Security
+                           UnknownBackend, UnknownMethod, from_header)
 from ..wire.framing import PerThread, recv_frames, send_frames
+from ..wire.handshake import WatchedSocket
+from ..wire.security import Security
+from .progress import Progress, default_progress
 
 EventHandler = Callable[[dict, list], None]
 
@@ -79,12 +80,12 @@ class Client:
         heartbeat: float = DEFAULT_HEARTBEAT,
         liveness: int = DEFAULT_LIVENESS,
         max_message_size: int = DEFAULT_MAX_MESSAGE,
-        on_progress: Callable[[dict], None] | None = None,
+        on_progress: Callable[[Progress], None] | None = None,
         context: zmq.Context | None = None,
         security: Security | None = None,
         codec: str | None = None,
     ):
-        self.url = url or default_url()
+        self.url = check_url(url) if url else default_url()
         self.security = (security or Security.resolve()).check_peer()
         #: None: pickle, or JSON for backends that take no pickles; "json": never send or unpickle pickles.
         self.codec = codec
@@ -289,7 +290,7 @@ class Client:
         method: str | None = None,
         init: tuple[tuple, dict] | None = None,
         timeout: float | None = None,
-        on_progress: Callable[[dict], None] | None = None,
+        on_progress: Callable[[Progress], None] | None = None,
         on_event: EventHandler | None = None,
     ):
         """Call ``member`` (a function, or with ``method`` and ``init`` a class's method) of ``backend``."""
@@ -304,7 +305,7 @@ class Client:
         def dispatch(event: dict, frames: list) -> None:
             if event.get("event") == "progress":
                 if progress is not None:
-                    progress(event)
+                    progress(Progress.from_event(event))
             elif on_event is not None:
                 on_event(event, frames)
 
@@ -367,7 +368,10 @@ class Client:
             query["known"] = {n: tag for n, (tag, _) in self._apis.items() if name is None or n == name}
         if timeout is None:  # a listing is quick: don't inherit a call timeout of hours
             timeout = min(self.timeout or LISTING_TIMEOUT, LISTING_TIMEOUT)
-        head, frames = self._exchange(rid, P.list_query(rid, query), timeout, None)
+        try:
+            head, frames = self._exchange(rid, P.list_query(rid, query), timeout, None)
+        except (CallTimeout, BackendLost) as exc:  # a listing is what tells that no broker is there
+            raise type(exc)(f"{exc}. {no_broker_hint(self.url)}") from None
         listing = decode_result(head, frames)
         self._broker_limit = listing["broker"].get("max_message_size")
         for entry_name, entry in listing["backends"].items():
@@ -398,6 +402,12 @@ def _raise_if_refused(sock: WatchedSocket) -> None:
     reason = sock.handshake_failure()
     if reason is not None:
         raise Refused(reason) from None
+
+
+def no_broker_hint(url: str) -> str:
+    """What to do when no broker answers at ``url``."""
+    return (f"Is a broker running there? Start one with `de-magic broker --bind {url}` "
+            "(or `de-magic demo`), or give the address of another")
 
 
 def decode_result(header: dict, frames: list):
@@ -432,9 +442,9 @@ def signature_of(entry: dict) -> inspect.Signature:
                 default = _Literal(text)
         params.append(inspect.Parameter(
             p["name"], getattr(inspect.Parameter, p.get("kind", "POSITIONAL_OR_KEYWORD")),
-            default=default, annotation=p.get("annotation") or inspect.Parameter.empty))
-    returns = (entry.get("returns") or {}).get("annotation") or inspect.Signature.empty
-    return inspect.Signature(params, return_annotation=returns)
+            default=default, annotation=verbatim(p.get("annotation"))))
+    return inspect.Signature(params, return_annotation=verbatim((entry.get("returns") or {}).get("annotation")))
+
 
 
 def _remote_function(client: Client, backend: str, entry: dict, qualname: str, **call_kw) -> Callable:
@@ -472,42 +482,68 @@ def _remote_function(client: Client, backend: str, entry: dict, qualname: str, *
 
 
 class RemoteInstance:
-    """A remote class with its constructor arguments; each method call builds the instance remotely."""
+    """Base of the classes made by :func:`remote_class`: an instance holds constructor arguments, and
+    each method call builds the instance remotely with them."""
 
-    def __init__(self, cls: "RemoteClass", args: tuple, kwargs: dict):
-        self._cls, self._init = cls, (args, kwargs)
-
-    def __getattr__(self, name: str) -> Callable:
-        entry = self._cls.api.get("methods", {}).get(name)
-        if entry is None:
-            raise UnknownMethod(f"remote class {self._cls.api['name']} has no method {name!r}; "
-                                f"it has: {', '.join(self._cls.api.get('methods', {}))}")
-        return _remote_function(self._cls.client, self._cls.backend, entry, f"{self._cls.api['name']}.{name}",
-                                member=self._cls.api["name"], method=name, init=self._init)
+    def __getattr__(self, name: str):
+        raise UnknownMethod(f"remote class {self._api['name']} has no method {name!r}; "
+                            f"it has: {', '.join(self._api.get('methods', {}))}")
 
     def __dir__(self):
-        return list(self._cls.api.get("methods", {}))
+        return list(self._api.get("methods", {}))
 
     def __repr__(self) -> str:
         args = [repr(a) for a in self._init[0]] + [f"{k}={v!r}" for k, v in self._init[1].items()]
-        return f"<remote {self._cls.backend}.{self._cls.api['name']}({', '.join(args)})>"
+        return f"<remote {self._backend}.{self._api['name']}({', '.join(args)})>"
 
 
-class RemoteClass:
-    """Proxy of a backend class: call it with constructor arguments to get a :class:`RemoteInstance`."""
+def _with_self(signature: inspect.Signature) -> inspect.Signature:
+    params = list(signature.parameters.values())
+    kind = params[0].kind if params and params[0].kind is inspect.Parameter.POSITIONAL_ONLY \
+        else inspect.Parameter.POSITIONAL_OR_KEYWORD
+    return signature.replace(parameters=[inspect.Parameter("self", kind), *params])
 
-    def __init__(self, client: Client, backend: str, entry: dict):
-        self.client, self.backend, self.api = client, backend, entry
-        self.__doc__ = entry.get("doc") or None
-        self.__signature__ = signature_of(entry)
-        self.__name__ = entry["name"]
 
-    def __call__(self, *args, **kwargs) -> RemoteInstance:
-        self.__signature__.bind(*args, **kwargs)
-        return RemoteInstance(self, args, kwargs)
+class _RemoteMethod:
+    """A method of a remote class: on an instance, the remote call (with ``.submit``, ``.options``, ``.ui``)."""
 
-    def __repr__(self) -> str:
-        return f"<remote class {self.backend}.{self.api['name']}{self.api.get('signature', '')}>"
+    def __init__(self, class_name: str, entry: dict):
+        self.entry = entry
+        self.name = entry["name"]
+        self.qualname = f"{class_name}.{entry['name']}"
+
+    def __get__(self, instance: RemoteInstance | None, owner: type[RemoteInstance]):
+        if instance is None:
+            return self.unbound()
+        return _remote_function(owner._client, owner._backend, self.entry, self.qualname,
+                                member=owner._api["name"], method=self.name, init=instance._init)
+
+    def unbound(self) -> Callable:
+        """What the class shows (``help()`` lists it as a method): ``Class.method(instance, ...)`` calls it."""
+        name = self.name
+
+        def method(self, *args, **kwargs):
+            return getattr(self, name)(*args, **kwargs)
+
+        method.__name__, method.__qualname__ = name, self.qualname
+        method.__doc__ = self.entry.get("doc") or None
+        method.__signature__ = _with_self(signature_of(self.entry))
+        return method
+
+
+def remote_class(client: Client, backend: str, entry: dict) -> type[RemoteInstance]:
+    """A class standing for a backend class: a real one, so that ``help()`` shows its constructor and methods."""
+    signature = signature_of(entry)
+
+    def __init__(self, *args, **kwargs):
+        signature.bind(*args, **kwargs)  # wrong arguments fail here, not at the first call
+        self._init = (args, kwargs)
+
+    __init__.__signature__ = _with_self(signature)
+    namespace = {"__doc__": entry.get("doc") or None, "__module__": f"de_magic.remote.{backend}",
+                 "__init__": __init__, "_client": client, "_backend": backend, "_api": entry}
+    namespace.update((key, _RemoteMethod(entry["name"], method)) for key, method in entry.get("methods", {}).items())
+    return type(entry["name"], (RemoteInstance,), namespace)
 
 
 class RemoteBackend:
@@ -537,13 +573,13 @@ class RemoteBackend:
             if entry is None:
                 raise UnknownMethod(f"backend {self.name!r} has no member {name!r}; it has: {', '.join(members)}")
             if entry.get("kind") == "class":
-                self._members[name] = RemoteClass(self.client, self.name, entry)
+                self._members[name] = remote_class(self.client, self.name, entry)
             else:
                 self._members[name] = _remote_function(self.client, self.name, entry, name)
         return self._members[name]
 
     def __dir__(self):
-        return sorted(set(super().__dir__()) | set(self.api.get("members", {})))
+        return sorted(self.api.get("members", {}))  # the backend's members, not this proxy's attributes
 
     def __repr__(self) -> str:
         lines = [f"<backend {self.name!r} at {self.client.url}: {len(self.workers)} worker(s)>"]

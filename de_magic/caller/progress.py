@@ -1,28 +1,63 @@
 """Showing the ``progress`` events of a call: text on a terminal, or what a UI layer registered.
 
-A renderer is a callable taking one progress event (see :mod:`de_magic.backend.progress`
-for its fields).  Progress ids are only unique within one backend process, so
-every call gets a renderer of its own: :func:`default_progress` makes one per
-call for clients that were not given ``on_progress=``.  This layer knows no UI
-toolkit: the notebook layer adds live widget bars to :data:`RENDERERS`.
+A renderer is a callable taking one :class:`Progress` report (what
+:mod:`de_magic.backend.progress` sends).  Progress ids are only unique within one backend
+process, so every call gets a renderer of its own: :func:`default_progress` makes one per call
+for clients that were not given ``on_progress=``.  This layer knows no UI toolkit: the notebook
+layer adds live widget bars to :data:`RENDERERS`.
 """
 
 from __future__ import annotations
 
 import sys
 import weakref
+from dataclasses import dataclass, fields
 from typing import Callable, TextIO
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One progress report of a loop running remotely: what ``on_progress=`` callbacks receive.
+
+    ``id`` tells the loops of one call apart; ``parent`` is the ``id`` of the loop around this one.
+    """
+
+    desc: str | None
+    n: int
+    total: int | None = None
+    unit: str = ""
+    elapsed: float = 0.0
+    done: bool = False
+    id: int = 0
+    parent: int | None = None
+
+    @classmethod
+    def from_event(cls, event: dict) -> "Progress":
+        """The report a ``progress`` event carries (keys that newer backends may add are left out)."""
+        return cls(**{key: event[key] for key in _FIELDS if key in event})
+
+    def __getitem__(self, key: str):
+        """``report["n"]``: callbacks written when reports were dicts keep working."""
+        return getattr(self, key)
+
+    def __repr__(self) -> str:
+        return f"<Progress {self.desc or ''!r} {count(self)} {self.elapsed:.1f} s{' done' if self.done else ''}>"
+
+
+_FIELDS = frozenset(field.name for field in fields(Progress))
 
 
 #: Renderer factories a UI layer plugs in (the notebook registers widget bars): each returns a
 #: renderer for one call, or None where it does not apply. The first that gives one wins.
-RENDERERS: list[Callable[[], Callable[[dict], None] | None]] = []
-
-#: The cell running now, as the UI layer knows it (a notebook's request id); None without one.
-current_cell: Callable[[], str | None] = lambda: None
+RENDERERS: list[Callable[[], Callable[[Progress], None] | None]] = []
 
 
-def default_progress() -> Callable[[dict], None] | None:
+def current_cell() -> str | None:
+    """The cell running now, as a UI layer knows it (a notebook's request id); None without one."""
+    return None
+
+
+def default_progress() -> Callable[[Progress], None] | None:
     """A fresh renderer for one call: what a UI layer registered, else text on a terminal, else none."""
     for factory in RENDERERS:
         renderer = factory()
@@ -33,10 +68,13 @@ def default_progress() -> Callable[[dict], None] | None:
     return None
 
 
-def text_line(event: dict) -> str:
-    """One event as ``desc: n/total unit``."""
-    total = f"/{event['total']}" if event.get("total") else ""
-    return f"{event.get('desc') or 'progress'}: {event['n']}{total} {event.get('unit', '')}".rstrip()
+def text_line(report: Progress) -> str:
+    """One report as ``desc: n/total unit``."""
+    return f"{report.desc or 'progress'}: {count(report)}"
+
+
+def count(report: Progress) -> str:
+    return f"{report.n}{f'/{report.total}' if report.total else ''} {report.unit}".rstrip()
 
 
 class TextProgress:
@@ -48,18 +86,18 @@ class TextProgress:
     def __init__(self, stream: TextIO, live: bool | None = None):
         self.stream = stream
         self.live = stream.isatty() if live is None else live
-        self._active: dict[int, dict] = {}
+        self._active: dict[int, Progress] = {}
 
-    def __call__(self, event: dict) -> None:
+    def __call__(self, report: Progress) -> None:
         if not self.live:
-            print(text_line(event), file=self.stream, flush=True)
+            print(text_line(report), file=self.stream, flush=True)
             return
-        self._active[event["id"]] = event
-        line = " | ".join(text_line(e) for e in self._active.values())
-        if event.get("done"):
-            del self._active[event["id"]]
+        self._active[report.id] = report
+        line = " | ".join(text_line(r) for r in self._active.values())
+        if report.done:
+            del self._active[report.id]
         # a finished outermost bar keeps its line; anything else is redrawn over
-        end = "\n" if event.get("done") and event.get("parent") is None else ""
+        end = "\n" if report.done and report.parent is None else ""
         self.stream.write(f"\r\033[K{line}{end}")
         self.stream.flush()
 
@@ -79,7 +117,7 @@ def _session_progress(header: dict, frames: list, session) -> None:
     if cached is None or cached[0] != cell:
         cached = _session_renderers[session] = (cell, default_progress())
     if cached[1] is not None:
-        cached[1](header)
+        cached[1](Progress.from_event(header))
 
 
 #: Handlers for :data:`de_magic.caller.session.EVENT_HANDLERS`.

@@ -18,12 +18,13 @@ from __future__ import annotations
 import re
 import sys
 import threading
+import time
 import uuid
 from concurrent.futures import Future
 from typing import Callable
 
 from ..wire import serialize
-from ..wire.errors import BackendLost, Refused, RemoteError
+from ..wire.errors import BackendLost, DeMagicError, Refused, RemoteError
 from . import progress
 from .client import Client
 
@@ -185,13 +186,31 @@ class RemoteSession:
                                                worker=self.worker)
         except BackendLost as exc:
             if self.worker:
-                self.worker = b""
-                raise BackendLost(f"{exc}; the namespace of session {self.key[:8]} on {self.backend!r} "
-                                  "is lost, the next request starts a fresh one") from None
+                raise BackendLost(f"{exc}; {self._fate()}") from None
             raise
         if not self.worker and head.get("worker"):
             self.worker = bytes.fromhex(head["worker"])
         return head, frames
+
+    def _fate(self) -> str:
+        """After a lost request: whether the namespace survived, which it did if its worker is registered again.
+
+        A restarted broker loses the requests in flight, not the backends: they register again
+        within a few heartbeats, and keep their namespaces.  A worker that died does not come back.
+        """
+        deadline = time.monotonic() + 2 * self.client.heartbeat * self.client.liveness
+        while time.monotonic() < deadline:
+            try:
+                entry = self.client.listing(self.backend, api=False, timeout=1.0)["backends"].get(self.backend)
+            except DeMagicError:
+                entry = None
+            if entry and any(w["id"] == self.worker.hex() for w in entry["workers"]):
+                return (f"its worker is registered again, and the namespace of session {self.key[:8]} "
+                        f"on {self.backend!r} survived: run the code again")
+            time.sleep(0.2)
+        self.worker = b""
+        return (f"the worker holding the namespace of session {self.key[:8]} on {self.backend!r} is gone, "
+                "and the namespace is lost; the next request starts a fresh one")
 
     def execute(self, code: str, push: dict | None = None, pull=(), *, timeout: float | None = None,
                 block: bool = True, on_output: Callable[[dict], None] | None = None) -> Execution:

@@ -24,7 +24,6 @@ stalls neither the server's event loop nor the listings of other brokers.
 from __future__ import annotations
 
 import json
-import re
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -36,9 +35,6 @@ from traitlets.config import Configurable
 
 if TYPE_CHECKING:
     from .brokerpool import BrokerPool
-
-# ZeroMQ transports a broker can listen on; anything else is a typo, not a broker.
-_URL_RE = re.compile(r"^(tcp|ipc|inproc)://\S+$")
 
 
 def default_broker() -> str:
@@ -73,11 +69,13 @@ class _BaseHandler(APIHandler):
         self.brokers = brokers
 
     def _broker_arg(self) -> str:
-        url = self.get_query_argument("broker", None) or default_broker()
-        url = url.strip()
-        if not _URL_RE.match(url):
-            raise tornado.web.HTTPError(400, f"not a ZeroMQ broker address: {url!r}")
-        return url
+        from ..wire.defaults import check_url
+        from ..wire.errors import BadAddress
+
+        try:
+            return check_url(self.get_query_argument("broker", None) or default_broker())
+        except BadAddress as exc:
+            raise tornado.web.HTTPError(400, str(exc)) from None
 
     async def _listing(self, url: str) -> dict[str, Any]:
         """The broker's listing plus liveness; ``reachable: False`` and an ``error`` when it is down.

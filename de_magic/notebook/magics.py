@@ -19,15 +19,31 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from IPython.display import display
 
-from ..wire.defaults import default_url
-from ..caller.client import BackendTable, Client
-from ..wire.errors import DeMagicError
-from ..embedded import LocalCluster, answers, is_local, start_local
+from ..caller.client import BackendTable, Client, no_broker_hint
 from ..caller.session import Execution, RemoteSession, render
+from ..embedded import LocalCluster, answers, is_local, start_local
+from ..wire.defaults import default_url
+from ..wire.errors import DeMagicError, RemoteError
 
 
 def _names(text: str | None) -> list[str]:
     return [name.strip() for name in (text or "").split(",") if name.strip()]
+
+
+def _argument(line: str) -> str:
+    """A line magic's argument without a trailing ``# comment`` (IPython passes it along; no URL has a ``#``)."""
+    return line.partition("#")[0].strip()
+
+
+def show_error(shell, etype, value, tb, tb_offset=None) -> list[str]:
+    """IPython's handler of :class:`DeMagicError`: one line, as IPython shows its own UsageError.
+
+    The frames of de-magic's client say nothing to a user; a remote error shows the remote traceback.
+    """
+    render = getattr(value, "_render_traceback_", None)  # a %%remote cell's error: the remote IPython traceback
+    lines = render() if render else [str(value) if isinstance(value, RemoteError) else f"{etype.__name__}: {value}"]
+    shell._showtraceback(etype, value, lines)  # what IPython shows its own errors with: an error output in a kernel
+    return lines
 
 
 class BackendListing(BackendTable):
@@ -78,7 +94,7 @@ class RemoteMagics(Magics):
         client = Client.shared(url or default_url())
         if not answers(client):
             if url or not is_local(client.url):
-                raise UsageError(f"no de-magic broker answers at {client.url}")
+                raise UsageError(f"no de-magic broker answers at {client.url}. {no_broker_hint(client.url)}")
             print(f"de-magic: no broker at {client.url}; starting one in this kernel with the demo "
                   "backends hello_world (runs code) and ocean_model. They stop when the kernel does.")
             self.local = start_local(client)
@@ -111,7 +127,7 @@ class RemoteMagics(Magics):
         Without URL: ``$DE_MAGIC_BROKER``, else tcp://127.0.0.1:5555; when nothing answers at
         that local address, a broker and the demo backends are started in this kernel.
         """
-        client = self.connect(line.strip() or None)
+        client = self.connect(_argument(line) or None)
         print(f"de-magic: connected to {client.url}")
         return client
 
@@ -163,7 +179,7 @@ class RemoteMagics(Magics):
     @line_magic
     def remote_result(self, line: str) -> None:
         """Wait for a ``--noblock`` execution (the last one, or the handle named), show its output, pull."""
-        execution = self.shell.ev(line) if line.strip() else self.last
+        execution = self.shell.ev(_argument(line)) if _argument(line) else self.last
         if not isinstance(execution, Execution):
             raise UsageError("no %%remote --noblock execution to wait for")
         execution.wait()
@@ -176,7 +192,7 @@ class RemoteMagics(Magics):
         """A form to call a backend member: ``%remote_ui NAME.member`` (or ``NAME.Class.method``)."""
         from .forms import call_form
 
-        backend, _, member = line.strip().partition(".")
+        backend, _, member = _argument(line).partition(".")
         if not member:
             raise UsageError("usage: %remote_ui NAME.member")
         return call_form(self.client, backend, member)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 
 from ..caller import progress
+from ..caller.progress import Progress, count
 
 
 def in_kernel() -> bool:
@@ -47,31 +48,30 @@ class WidgetProgress:
         self._depth: dict[int, int] = {}
         self._parent = _cell_parent()
 
-    def __call__(self, event: dict) -> None:
+    def __call__(self, report: Progress) -> None:
         import ipywidgets as w
 
         if self.box is None:
             self.box = w.VBox()
             self._show()
-        bar = self._bars.get(event["id"])
+        bar = self._bars.get(report.id)
         if bar is None:
-            depth = self._depth[event["id"]] = self._depth.get(event.get("parent"), -1) + 1
-            bar = self._bars[event["id"]] = (
-                w.IntProgress(min=0, max=1, description=event.get("desc") or "",
-                              style={"description_width": "initial"}),
+            depth = self._depth[report.id] = self._depth.get(report.parent, -1) + 1
+            bar = self._bars[report.id] = (
+                w.IntProgress(min=0, max=1, description=report.desc or "", style={"description_width": "initial"}),
                 w.Label())
             row = w.HBox(bar, layout=w.Layout(margin=f"0 0 0 {2 * depth}em"))
             self.box.children += (row,)
         progress_bar, label = bar
-        total = event.get("total")
+        total = report.total
         # an unknown total shows a full "info" bar with the count in the label
-        progress_bar.max = max(total or event["n"], 1)
-        progress_bar.value = min(event["n"], progress_bar.max)
-        label.value = f"{event['n']}{f'/{total}' if total else ''} {event.get('unit', '')} [{event.get('elapsed', 0):.1f} s]"
-        if event.get("done"):
+        progress_bar.max = max(total or report.n, 1)
+        progress_bar.value = min(report.n, progress_bar.max)
+        label.value = f"{count(report)} [{report.elapsed:.1f} s]"
+        if report.done:
             progress_bar.bar_style = "success"
-            if self._depth[event["id"]] > 0:
-                self._drop(event["id"])
+            if self._depth[report.id] > 0:
+                self._drop(report.id)
         elif not total:
             progress_bar.bar_style = "info"
 
@@ -102,22 +102,6 @@ class WidgetProgress:
         finally:
             if token is not None:
                 shell.reset_thread_parent(token)
-
-
-def _close(widget) -> None:
-    for child in getattr(widget, "children", ()):
-        _close(child)
-    widget.close()
-
-
-def _cell_parent() -> dict | None:
-    """The request (cell) the kernel is running now, so that output from other threads lands in it."""
-    if not in_kernel():
-        return None
-    from IPython import get_ipython
-
-    get_parent = getattr(get_ipython(), "get_parent", None)
-    return get_parent() if get_parent else None
 
 
 def _close(widget) -> None:

@@ -7,6 +7,9 @@ them imports another for a constant (as Pyro5's ``configure`` module does).
 from __future__ import annotations
 
 import os
+import re
+
+from .errors import BadAddress
 
 #: The broker everyone uses unless told otherwise: ``$DE_MAGIC_BROKER``, else this.
 DEFAULT_URL = "tcp://127.0.0.1:5555"
@@ -23,5 +26,21 @@ STARTUP_GRACE = 2.0
 
 
 def default_url() -> str:
-    """``$DE_MAGIC_BROKER`` if set, else ``tcp://127.0.0.1:5555``."""
-    return os.environ.get(BROKER_ENV) or DEFAULT_URL
+    """``$DE_MAGIC_BROKER`` if set (checked by :func:`check_url`), else :data:`DEFAULT_URL`."""
+    url = os.environ.get(BROKER_ENV)
+    return check_url(url, f"${BROKER_ENV}") if url else DEFAULT_URL
+
+
+_URL = re.compile(r"tcp://(\[[0-9a-fA-F:.]+\]|[^\s:/\[\]]+):(\d{1,5}|\*)|(ipc|inproc)://\S+")
+
+
+def check_url(url: str, source: str = "") -> str:
+    """``url`` if it is a ZeroMQ address a broker can have; else BadAddress, saying which form is expected.
+
+    The one place addresses are checked, so that a typo reads as one line, not as a ZMQError from deep inside.
+    """
+    match = _URL.fullmatch(url.strip())
+    if match is None or (match[2] not in (None, "*") and int(match[2]) > 65535):
+        given = f"{url!r} (from {source})" if source else repr(url)
+        raise BadAddress(f"{given} is not a broker address: expected tcp://HOST:PORT, e.g. {DEFAULT_URL}")
+    return url.strip()

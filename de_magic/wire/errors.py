@@ -65,6 +65,12 @@ class Refused(DeMagicError, PermissionError):
     kind = "refused"
 
 
+class BadAddress(DeMagicError, ValueError):
+    """A broker address that is not of the form ``tcp://HOST:PORT`` (nor ipc:// or inproc://)."""
+
+    kind = "address"
+
+
 class Cancelled(DeMagicError):
     """The call was cancelled (interrupt) before it finished."""
 
