@@ -287,7 +287,7 @@ def cmd_list(args) -> None:
     if args.json:
         print(json.dumps(listing, indent=2))
         return
-    from .caller.client import BackendTable
+    from .caller.tables import BackendTable
 
     print(repr(BackendTable(listing)))
 

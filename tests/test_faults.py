@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from de_magic import Client
-from de_magic.wire.defaults import DEFAULT_HEARTBEAT
+from de_magic.wire.defaults import DEFAULT_HEARTBEAT, DEFAULT_LIVENESS
 from de_magic.wire.errors import BackendLost
 
 from conftest import HEARTBEAT, ROOT, Cluster, wait_for
@@ -36,8 +36,9 @@ def test_worker_killed_mid_call_in_a_pool(cluster):
         future.result(10)
     latency = time.monotonic() - start
     print(f"\nBackendLost {latency:.2f} s after kill -9 = {latency / HEARTBEAT:.1f} heartbeat intervals")
-    # expiry after `liveness` (3) intervals of silence, and the last heartbeat came before the kill
-    assert latency < 3 * HEARTBEAT + 0.15
+    # expiry after `liveness` intervals of silence since the last heartbeat (which came before the kill);
+    # one more interval of slack, so a loaded machine's scheduling does not fail the test
+    assert latency < (DEFAULT_LIVENESS + 1) * HEARTBEAT
     survivor = next(pid for pid in pids if pid != victim)
     assert [w["pid"] for w in cluster.workers("pool")] == [survivor]
     assert [cluster.client.call("pool", "echo", (i,)) for i in range(10)] == list(range(10))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import queue
 import re
 import signal
 import subprocess
@@ -11,64 +10,20 @@ import sys
 import time
 
 import pytest
-from jupyter_client import KernelManager
 
 from de_magic.wire.errors import BackendLost, Refused
 from de_magic.caller.session import CellError, RemoteSession
 
 from conftest import ROOT, Cluster, Processes, wait_for
+from kernel import Kernel, parent
 
 
-class Kernel:
-    """An IPython kernel with de-magic loaded and connected to ``url``; ``run`` collects a cell's messages."""
-
-    def __init__(self, url: str, cwd):
-        self.km = KernelManager(kernel_name="python3")
-        env = {**os.environ, "DE_MAGIC_BROKER": url, "PYTHONPATH": str(ROOT)}
-        self.km.start_kernel(env=env, cwd=str(cwd))
-        self.kc = self.km.blocking_client()
-        self.kc.start_channels()
-        self.kc.wait_for_ready(timeout=60)
-        reply, _ = self.run("%load_ext de_magic\n%remote_connect")
-        assert reply["content"]["status"] == "ok"
-
-    def send(self, code: str) -> str:
-        return self.kc.execute(code)
-
-    def collect(self, msg_id: str, timeout: float = 30.0) -> tuple[dict, list[tuple[float, dict]]]:
-        """The execute_reply and the (arrival time, message) of every output until the kernel is idle."""
-        outputs, reply, idle = [], None, False
-        deadline = time.monotonic() + timeout
-        while reply is None or not idle:
-            left = deadline - time.monotonic()
-            assert left > 0, f"cell did not finish within {timeout} s: {outputs}"
-            if reply is None:
-                try:
-                    msg = self.kc.get_shell_msg(timeout=min(left, 0.05))
-                    if msg["parent_header"].get("msg_id") == msg_id:
-                        reply = msg
-                        reply["time"] = time.monotonic()
-                except queue.Empty:
-                    pass
-            try:
-                msg = self.kc.get_iopub_msg(timeout=min(left, 0.05))
-            except queue.Empty:
-                continue
-            if msg["parent_header"].get("msg_id") != msg_id:
-                continue
-            if msg["msg_type"] == "status":
-                idle = msg["content"]["execution_state"] == "idle"
-            elif msg["msg_type"] in ("stream", "display_data", "execute_result", "error"):
-                outputs.append((time.monotonic(), msg))
-        return reply, outputs
-
-    def run(self, code: str, timeout: float = 30.0) -> tuple[dict, list[dict]]:
-        reply, outputs = self.collect(self.send(code), timeout)
-        return reply, [msg for _, msg in outputs]
-
-    def close(self) -> None:
-        self.kc.stop_channels()
-        self.km.shutdown_kernel(now=True)
+def magics_kernel(url: str, cwd) -> Kernel:
+    """A kernel with de-magic loaded and connected to ``url``."""
+    kernel = Kernel({"DE_MAGIC_BROKER": url}, cwd)
+    reply, _ = kernel.run("%load_ext de_magic\n%remote_connect")
+    assert reply["content"]["status"] == "ok"
+    return kernel
 
 
 def text(outputs: list[dict], stream: str | None = None) -> str:
@@ -104,7 +59,7 @@ def code_cluster():
 
 @pytest.fixture(scope="module")
 def kernel(code_cluster, tmp_path_factory):
-    k = Kernel(code_cluster.url, tmp_path_factory.mktemp("kernel"))
+    k = magics_kernel(code_cluster.url, tmp_path_factory.mktemp("kernel"))
     try:
         yield k
     finally:
@@ -113,12 +68,13 @@ def kernel(code_cluster, tmp_path_factory):
 
 def test_output_streams_while_the_cell_runs(kernel):
     code = "%%remote hello_world\nimport time\nprint('first', flush=True)\ntime.sleep(1)\nprint('second')"
-    reply, outputs = kernel.collect(kernel.send(code))
+    reply, outputs = kernel.run(code)
     assert reply["content"]["status"] == "ok"
-    streams = [(t, msg["content"]["text"]) for t, msg in outputs if msg["msg_type"] == "stream"]
+    streams = [(msg["time"], msg["content"]["text"]) for msg in outputs if msg["msg_type"] == "stream"]
     assert "".join(s for _, s in streams) == "first\nsecond\n"
     first_at = next(t for t, s in streams if "first" in s)
-    assert reply["time"] - first_at > 0.7, "the first line arrived only with the end of the cell"
+    ended_at = max(m["time"] for m in kernel.log if parent(m) == parent(reply))
+    assert ended_at - first_at > 0.7, "the first line arrived only with the end of the cell"
 
 
 def test_namespace_push_pull_and_eval(kernel):
@@ -193,16 +149,14 @@ def test_backend_without_code_refuses(kernel, code_cluster):
 
 def test_interrupt_stops_the_remote_execution(kernel):
     msg_id = kernel.send("%%remote hello_world\nimport time\nprint('sleeping', flush=True)\ntime.sleep(60)")
-    while True:  # interrupt only once the remote sleep runs
-        msg = kernel.kc.get_iopub_msg(timeout=20)
-        if msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "stream":
-            break
+    # interrupt only once the remote sleep runs
+    kernel.wait_for(lambda m: parent(m) == msg_id and m["msg_type"] == "stream", 20, "the cell's first output")
     start = time.monotonic()
-    kernel.km.interrupt_kernel()
+    kernel.manager.interrupt_kernel()
     reply, outputs = kernel.collect(msg_id, timeout=10)
-    assert reply["time"] - start < 3
+    assert time.monotonic() - start < 3
     assert reply["content"]["status"] == "error" and reply["content"]["ename"] == "KeyboardInterrupt"
-    assert "interrupted" in text([msg for _, msg in outputs], "stderr")
+    assert "interrupted" in text(outputs, "stderr")
     # the backend's main thread is free again
     reply, outputs = kernel.run("%%remote hello_world\nprint('alive')", timeout=10)
     assert text(outputs) == "alive\n"
@@ -210,7 +164,7 @@ def test_interrupt_stops_the_remote_execution(kernel):
 
 def test_namespaces_are_isolated_between_kernels(kernel, code_cluster, tmp_path):
     kernel.run("%%remote hello_world\nsecret = 'kernel one'")
-    other = Kernel(code_cluster.url, tmp_path)
+    other = magics_kernel(code_cluster.url, tmp_path)
     try:
         reply, outputs = other.run("%%remote hello_world\nprint('secret' in globals())")
         assert text(outputs) == "False\n"

@@ -14,7 +14,8 @@ from typing import Annotated, Literal, Optional
 import pytest
 from pydantic import BaseModel, Field
 
-from de_magic.schema import annotation_text, check_arguments, describe, members_of, parse_docstring
+from de_magic.schema import annotation_text, describe, members_of, parse_docstring
+from de_magic.schema.arguments import check_arguments
 
 sys.path.insert(0, str(Path(__file__).parent))
 import sample_backend  # noqa: E402

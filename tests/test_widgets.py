@@ -9,75 +9,25 @@ from __future__ import annotations
 
 import io
 import os
-import queue
 import signal
-import time
 
 import pytest
-from jupyter_client.manager import start_new_kernel
 
 from de_magic.schema import describe
 from de_magic.caller.progress import Progress, TextProgress
 from de_magic.notebook.forms import CallForm, field
 from de_magic.notebook.progress import WidgetProgress
 
-from conftest import ROOT, wait_for
+from conftest import wait_for
+from kernel import Kernel, parent
 
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
-
-
-class Kernel:
-    """A kernel and its client; every iopub message read is kept in ``log``."""
-
-    def __init__(self):
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-        self.manager, self.client = start_new_kernel(kernel_name="python3", cwd=str(ROOT), env=env)
-        self.log: list[dict] = []
-
-    def shutdown(self) -> None:
-        self.client.stop_channels()
-        self.manager.shutdown_kernel(now=True)
-
-    def execute(self, code: str, timeout: float = 30) -> list[dict]:
-        """Run ``code``; the iopub messages it caused, once the kernel is idle again; fail if it raised."""
-        msg_id = self.client.execute(code)
-        self.wait_for(lambda m: _parent(m) == msg_id and m["msg_type"] == "status"
-                      and m["content"]["execution_state"] == "idle", timeout, f"end of {code[:40]!r}")
-        reply = self.client.get_shell_msg(timeout=timeout)
-        assert reply["parent_header"]["msg_id"] == msg_id
-        assert reply["content"]["status"] == "ok", "\n".join(reply["content"].get("traceback", []))
-        return [m for m in self.log if _parent(m) == msg_id]
-
-    def wait_for(self, predicate, timeout: float = 30, what: str = "a message") -> dict:
-        """The first message (already read or still to come) that satisfies ``predicate``."""
-        for msg in self.log:
-            if predicate(msg):
-                return msg
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                msg = self.client.get_iopub_msg(timeout=max(0.01, deadline - time.monotonic()))
-            except queue.Empty:
-                raise AssertionError(f"no {what} within {timeout} s") from None
-            self.log.append(msg)
-            if predicate(msg):
-                return msg
-
-    def send_comm_msg(self, comm_id: str, data: dict) -> str:
-        """Send a comm message as the frontend does; returns its msg_id."""
-        msg = self.client.session.msg("comm_msg", {"comm_id": comm_id, "data": data})
-        self.client.shell_channel.send(msg)
-        return msg["header"]["msg_id"]
 
 
 def output_id(kernel: Kernel, form: str) -> str:
     """The model id of the Output widget of the call form named ``form`` in the kernel."""
     msgs = kernel.execute(f"print({form}.output.model_id)")
     return next(m["content"]["text"].strip() for m in msgs if m["msg_type"] == "stream")
-
-
-def _parent(msg: dict) -> str | None:
-    return msg["parent_header"].get("msg_id")
 
 
 def opened(msgs: list[dict], model: str) -> list[dict]:
@@ -111,7 +61,7 @@ def kernel():
     try:
         yield k
     finally:
-        k.shutdown()
+        k.close()
 
 
 # -- forms and renderers without a kernel ----------------------------------------
@@ -205,9 +155,9 @@ def test_progress_of_a_plain_call_is_a_live_widget_bar(kernel, hello):
 
     # submitted in one cell, awaited in the next: the bars still belong to the first
     submitted = kernel.execute("future = c['hello_world'].slow_sum.submit(n=3, delay=0.1)")
-    cell = _parent(submitted[0])
+    cell = parent(submitted[0])
     kernel.execute("assert future.result() == 3")
-    kernel.wait_for(lambda m: m["msg_type"] == "display_data" and _parent(m) == cell and WIDGET_VIEW in m["content"]["data"],
+    kernel.wait_for(lambda m: m["msg_type"] == "display_data" and parent(m) == cell and WIDGET_VIEW in m["content"]["data"],
                     what="the bars of the submitted call in the submitting cell")
 
 
@@ -318,7 +268,7 @@ def test_remote_widgets_are_live_in_the_notebook(kernel, hello):
                     what="the Output widget update from the remote callback")
     printed = kernel.wait_for(lambda m: m["msg_type"] == "stream" and "printed 7" in m["content"]["text"],
                               what="the callback's print")
-    assert _parent(printed) == moved  # where a kernel puts output of a widget callback
+    assert parent(printed) == moved  # where a kernel puts output of a widget callback
     value = kernel.execute("print(session.eval('slider.value'))")
     assert [m["content"]["text"] for m in value if m["msg_type"] == "stream"] == ["7\n"]
 
@@ -356,7 +306,7 @@ def test_remote_widgets_say_when_their_backend_is_gone(kernel, hello):
     # moving one of them disables both, and says so where the user looks: on the widgets
     kernel.send_comm_msg(gain, {"method": "update", "state": {"value": 3.0}, "buffer_paths": []})
     for comm_id, description in ((gain, "gain (disconnected)"), (plain_slider, "(disconnected)")):
-        state = kernel.wait_for(lambda m: any(s.get("disabled") for s in updates([m], comm_id)),
+        state = kernel.wait_for(lambda m, comm_id=comm_id: any(s.get("disabled") for s in updates([m], comm_id)),
                                 what=f"comm {comm_id} disabled")
         (state,) = updates([state], comm_id)
         assert state["description"] == description

@@ -17,7 +17,6 @@ The caller's side is :mod:`de_magic.notebook.mirror`.
 from __future__ import annotations
 
 import logging
-import sys
 import traceback
 from typing import Callable
 

@@ -35,7 +35,8 @@ from ..wire.defaults import DEFAULT_HEARTBEAT, DEFAULT_LIVENESS, DEFAULT_MAX_MES
 from ..wire.badinput import BadInput
 from ..wire.errors import Cancelled, DeMagicError, PayloadTooLarge, ProtocolMismatch, Refused, RemoteError, UnknownMethod
 from ..wire.handshake import WatchedSocket
-from ..schema import check_arguments, describe, validate_arguments
+from ..schema import describe
+from ..schema.arguments import check_arguments, validate_arguments
 from ..wire.security import Security, allowed_callers
 from ..wire.framing import PerThread, recv_frames, send_frames
 from .callcontext import Call, Operation, current_call
@@ -167,6 +168,8 @@ class Backend:
             poke.connect(self._stop_url)
             poke.send(b"stop")
             poke.close()
+            for key in list(self._calls):  # the broker has told their callers: stop them, don't wait for them
+                self._cancel(key)
             deadline = time.monotonic() + timeout
             for thread in self._threads:
                 if thread is not threading.current_thread():
@@ -515,7 +518,7 @@ class Backend:
         return target(*args, **kwargs)
 
 
-_MACHINERY = {__name__, "de_magic.schema", "de_magic.wire.serialize", "de_magic.wire.jsoncodec"}
+_MACHINERY = {__name__, "de_magic.schema.arguments", "de_magic.wire.serialize", "de_magic.wire.jsoncodec"}
 
 
 def error_header(exc: BaseException) -> bytes:

@@ -28,14 +28,14 @@ def _shell_class():
 
     class RemotePublisher(DisplayPublisher):
         def publish(self, data, metadata=None, source=None, *, transient=None, update=False, **kwargs) -> None:
-            capture = capture.active()
-            if capture is not None:
-                capture.display(data, metadata, transient, update)
+            sink = capture.active()
+            if sink is not None:
+                sink.display(data, metadata, transient, update)
 
         def clear_output(self, wait=False) -> None:
-            capture = capture.active()
-            if capture is not None:
-                capture.emit("clear_output", {"wait": wait})
+            sink = capture.active()
+            if sink is not None:
+                sink.emit("clear_output", {"wait": wait})
 
     class RemoteDisplayHook(DisplayHook):
         """The cell's result becomes a ``display`` event (no ``Out[n]:`` prompt text)."""

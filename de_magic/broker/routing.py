@@ -591,7 +591,7 @@ class Router:
         for slot in worker.slots:
             del self.slots[slot]
         service.workers.remove(worker)
-        for (client, rid), request in worker.inflight.items():
+        for client, rid in worker.inflight:
             del self.requests[(client, rid)]
             self._error(client, rid, BackendLost, f"backend {service.name!r} {worker.where()} {why} during the call")
         worker.inflight.clear()

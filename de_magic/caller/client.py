@@ -16,10 +16,7 @@ a silent wait.
 
 from __future__ import annotations
 
-import ast
 import asyncio
-import html
-import inspect
 import itertools
 import struct
 import threading
@@ -29,16 +26,17 @@ from typing import Callable
 
 import zmq
 
-from ..schema import verbatim
 from ..wire import protocol as P
 from ..wire import serialize
 from ..wire.defaults import DEFAULT_HEARTBEAT, DEFAULT_LIVENESS, DEFAULT_MAX_MESSAGE, check_url, default_url
 from ..wire.errors import (BackendLost, CallTimeout, DeMagicError, PayloadTooLarge, ProtocolMismatch, Refused,
-                           UnknownBackend, UnknownMethod, from_header)
+                           UnknownBackend, from_header)
 from ..wire.framing import PerThread, recv_frames, send_frames
 from ..wire.handshake import WatchedSocket
 from ..wire.security import Security
 from .progress import Progress, default_progress
+from .proxies import RemoteBackend
+from .tables import BackendTable
 
 EventHandler = Callable[[dict, list], None]
 
@@ -46,11 +44,6 @@ LISTING_TIMEOUT = 10.0  # seconds, unless a listing is given a timeout of its ow
 SMALL_CALL = 1 << 20  # bytes: below this no broker's size limit is in question
 
 _request_ids = itertools.count(1)
-
-
-#: ``FORM(client, backend, entry, member=..., **call options)`` builds a call form; a UI layer sets it
-#: (:mod:`de_magic.notebook` sets its ipywidgets form). This layer knows no UI toolkit.
-FORM: Callable | None = None
 
 
 class CallFuture(Future):
@@ -382,11 +375,11 @@ class Client:
                 entry["api"] = self._apis[entry_name][1]
         return listing
 
-    def backends(self) -> "BackendTable":
+    def backends(self) -> BackendTable:
         """The live backends, as a table (text in a terminal, HTML in a notebook)."""
         return BackendTable(self.listing())
 
-    def __getitem__(self, name: str) -> "RemoteBackend":
+    def __getitem__(self, name: str) -> RemoteBackend:
         entry = self.listing(name)["backends"].get(name)
         if entry is None:
             live = ", ".join(sorted(self.listing(api=False)["backends"])) or "none"
@@ -414,220 +407,3 @@ def decode_result(header: dict, frames: list):
     if header.get("codec") == serialize.JSON:
         return serialize.loads_json(frames)
     return serialize.loads(frames)
-
-
-# -- proxies -------------------------------------------------------------------
-
-
-class _Literal:
-    """A default value shown by its source text (for signatures of remote members)."""
-
-    def __init__(self, text: str):
-        self.text = text
-
-    def __repr__(self) -> str:
-        return self.text
-
-
-def signature_of(entry: dict) -> inspect.Signature:
-    """An :class:`inspect.Signature` rebuilt from an API description entry."""
-    params = []
-    for p in entry.get("parameters", []):
-        default = inspect.Parameter.empty
-        if not p.get("required", True) and p.get("kind") not in ("VAR_POSITIONAL", "VAR_KEYWORD"):
-            text = p.get("default_repr") or "..."
-            try:
-                default = ast.literal_eval(text)
-            except (ValueError, SyntaxError):
-                default = _Literal(text)
-        params.append(inspect.Parameter(
-            p["name"], getattr(inspect.Parameter, p.get("kind", "POSITIONAL_OR_KEYWORD")),
-            default=default, annotation=verbatim(p.get("annotation"))))
-    return inspect.Signature(params, return_annotation=verbatim((entry.get("returns") or {}).get("annotation")))
-
-
-
-def _remote_function(client: Client, backend: str, entry: dict, qualname: str, **call_kw) -> Callable:
-    """A real function (so ``help()`` and Tab show its signature) that calls the remote member."""
-    member = call_kw.pop("member", entry["name"])
-
-    def remote(*args, **kwargs):
-        return client.call(backend, member, args, kwargs, **call_kw)
-
-    def options(**more) -> Callable:
-        """The same call with other ``timeout=``, ``on_progress=``, ``on_event=``."""
-        return _remote_function(client, backend, entry, qualname, member=member, **{**call_kw, **more})
-
-    def submit(*args, **kwargs) -> CallFuture:
-        """Start the call and return a future (also awaitable)."""
-        return client.submit(backend, member, args, kwargs, **call_kw)
-
-    def ui():
-        """A form that makes this call, from the UI layer that registered one (the notebook's)."""
-        if FORM is None:
-            raise RuntimeError("call forms need the notebook layer: run `%load_ext de_magic` "
-                               "or `import de_magic.notebook` first")
-        return FORM(client, backend, entry, member=member, **call_kw)
-
-    remote.__name__ = entry["name"]
-    remote.__qualname__ = qualname
-    remote.__doc__ = entry.get("doc") or None
-    remote.__signature__ = signature_of(entry)
-    remote.__module__ = f"de_magic.remote.{backend}"
-    remote.options = options
-    remote.submit = submit
-    remote.ui = ui
-    remote.api = entry
-    return remote
-
-
-class RemoteInstance:
-    """Base of the classes made by :func:`remote_class`: an instance holds constructor arguments, and
-    each method call builds the instance remotely with them."""
-
-    def __getattr__(self, name: str):
-        raise UnknownMethod(f"remote class {self._api['name']} has no method {name!r}; "
-                            f"it has: {', '.join(self._api.get('methods', {}))}")
-
-    def __dir__(self):
-        return list(self._api.get("methods", {}))
-
-    def __repr__(self) -> str:
-        args = [repr(a) for a in self._init[0]] + [f"{k}={v!r}" for k, v in self._init[1].items()]
-        return f"<remote {self._backend}.{self._api['name']}({', '.join(args)})>"
-
-
-def _with_self(signature: inspect.Signature) -> inspect.Signature:
-    params = list(signature.parameters.values())
-    kind = params[0].kind if params and params[0].kind is inspect.Parameter.POSITIONAL_ONLY \
-        else inspect.Parameter.POSITIONAL_OR_KEYWORD
-    return signature.replace(parameters=[inspect.Parameter("self", kind), *params])
-
-
-class _RemoteMethod:
-    """A method of a remote class: on an instance, the remote call (with ``.submit``, ``.options``, ``.ui``)."""
-
-    def __init__(self, class_name: str, entry: dict):
-        self.entry = entry
-        self.name = entry["name"]
-        self.qualname = f"{class_name}.{entry['name']}"
-
-    def __get__(self, instance: RemoteInstance | None, owner: type[RemoteInstance]):
-        if instance is None:
-            return self.unbound()
-        return _remote_function(owner._client, owner._backend, self.entry, self.qualname,
-                                member=owner._api["name"], method=self.name, init=instance._init)
-
-    def unbound(self) -> Callable:
-        """What the class shows (``help()`` lists it as a method): ``Class.method(instance, ...)`` calls it."""
-        name = self.name
-
-        def method(self, *args, **kwargs):
-            return getattr(self, name)(*args, **kwargs)
-
-        method.__name__, method.__qualname__ = name, self.qualname
-        method.__doc__ = self.entry.get("doc") or None
-        method.__signature__ = _with_self(signature_of(self.entry))
-        return method
-
-
-def remote_class(client: Client, backend: str, entry: dict) -> type[RemoteInstance]:
-    """A class standing for a backend class: a real one, so that ``help()`` shows its constructor and methods."""
-    signature = signature_of(entry)
-
-    def __init__(self, *args, **kwargs):
-        signature.bind(*args, **kwargs)  # wrong arguments fail here, not at the first call
-        self._init = (args, kwargs)
-
-    __init__.__signature__ = _with_self(signature)
-    namespace = {"__doc__": entry.get("doc") or None, "__module__": f"de_magic.remote.{backend}",
-                 "__init__": __init__, "_client": client, "_backend": backend, "_api": entry}
-    namespace.update((key, _RemoteMethod(entry["name"], method)) for key, method in entry.get("methods", {}).items())
-    return type(entry["name"], (RemoteInstance,), namespace)
-
-
-class RemoteBackend:
-    """Proxy of one backend: its members are attributes (``dir()`` and Tab list them)."""
-
-    def __init__(self, client: Client, entry: dict):
-        self.client = client
-        self.name = entry["name"]
-        self.entry = entry
-        self.api = entry.get("api", {})
-        self._members: dict[str, object] = {}
-
-    @property
-    def workers(self) -> list[dict]:
-        return self.entry.get("workers", [])
-
-    @property
-    def allow_code(self) -> bool:
-        return bool(self.entry.get("allow_code"))
-
-    def __getattr__(self, name: str):
-        if name.startswith("__"):
-            raise AttributeError(name)
-        members = self.__dict__["api"].get("members", {})
-        if name not in self._members:
-            entry = members.get(name)
-            if entry is None:
-                raise UnknownMethod(f"backend {self.name!r} has no member {name!r}; it has: {', '.join(members)}")
-            if entry.get("kind") == "class":
-                self._members[name] = remote_class(self.client, self.name, entry)
-            else:
-                self._members[name] = _remote_function(self.client, self.name, entry, name)
-        return self._members[name]
-
-    def __dir__(self):
-        return sorted(self.api.get("members", {}))  # the backend's members, not this proxy's attributes
-
-    def __repr__(self) -> str:
-        lines = [f"<backend {self.name!r} at {self.client.url}: {len(self.workers)} worker(s)>"]
-        for name, entry in self.api.get("members", {}).items():
-            lines.append(f"  {name}{entry.get('signature', '')}  {entry.get('summary', '')}".rstrip())
-        return "\n".join(lines)
-
-    def _repr_html_(self) -> str:
-        rows = "".join(
-            f"<tr><td><code>{html.escape(name)}{html.escape(e.get('signature', ''))}</code></td>"
-            f"<td>{html.escape(e.get('kind', ''))}</td><td>{html.escape(e.get('summary', ''))}</td></tr>"
-            for name, e in self.api.get("members", {}).items()
-        )
-        return (f"<b>{html.escape(self.name)}</b> at <code>{html.escape(self.client.url)}</code>, "
-                f"{len(self.workers)} worker(s)<table><tr><th>member</th><th>kind</th><th>summary</th></tr>"
-                f"{rows}</table>")
-
-
-class BackendTable(dict):
-    """The live backends at a broker: a dict by name that prints as a table."""
-
-    def __init__(self, listing: dict):
-        super().__init__(listing.get("backends", {}))
-        self.broker = listing.get("broker", {})
-
-    def rows(self) -> list[tuple[str, str, str, str, str]]:
-        out = []
-        for name, entry in sorted(self.items()):
-            workers = entry.get("workers", [])
-            busy = sum(w.get("busy", 0) for w in workers)
-            slots = sum(w.get("capacity", 0) for w in workers)
-            members = ", ".join(entry.get("api", {}).get("members", {}))
-            out.append((name, str(len(workers)), f"{busy}/{slots}", "yes" if entry.get("allow_code") else "no", members))
-        return out
-
-    _HEAD = ("backend", "workers", "busy", "code", "members")
-
-    def __repr__(self) -> str:
-        rows = [self._HEAD, *self.rows()]
-        widths = [max(len(r[i]) for r in rows) for i in range(len(self._HEAD))]
-        text = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
-        text.insert(1, "  ".join("-" * w for w in widths))
-        if not self:
-            text.append(f"(no live backends at {self.broker.get('url', '?')})")
-        return "\n".join(text)
-
-    def _repr_html_(self) -> str:
-        head = "".join(f"<th>{h}</th>" for h in self._HEAD)
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in self.rows())
-        url = html.escape(self.broker.get("url", "?"))
-        return f"<table><caption>de-magic backends at <code>{url}</code></caption><tr>{head}</tr>{body}</table>"

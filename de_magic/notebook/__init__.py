@@ -6,10 +6,10 @@ progress bars for calls made in a kernel, ipywidgets call forms for
 ``%load_ext de_magic`` imports it, and so does ``import de_magic`` inside a kernel.
 """
 
-from ..caller import client
+from ..caller import proxies
 from . import mirror, progress
 from .forms import CallForm
 
 progress.register()
 mirror.register()
-client.FORM = CallForm
+proxies.FORM = CallForm

@@ -19,7 +19,8 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from IPython.display import display
 
-from ..caller.client import BackendTable, Client, no_broker_hint
+from ..caller.client import Client, no_broker_hint
+from ..caller.tables import BackendTable
 from ..caller.session import Execution, RemoteSession, render
 from ..embedded import LocalCluster, answers, is_local, start_local
 from ..wire.defaults import default_url

@@ -1,0 +1,40 @@
+"""The live backends at a broker as a table: text in a terminal, HTML in a notebook."""
+
+from __future__ import annotations
+
+import html
+
+
+class BackendTable(dict):
+    """The live backends at a broker: a dict by name that prints as a table."""
+
+    def __init__(self, listing: dict):
+        super().__init__(listing.get("backends", {}))
+        self.broker = listing.get("broker", {})
+
+    def rows(self) -> list[tuple[str, str, str, str, str]]:
+        out = []
+        for name, entry in sorted(self.items()):
+            workers = entry.get("workers", [])
+            busy = sum(w.get("busy", 0) for w in workers)
+            slots = sum(w.get("capacity", 0) for w in workers)
+            members = ", ".join(entry.get("api", {}).get("members", {}))
+            out.append((name, str(len(workers)), f"{busy}/{slots}", "yes" if entry.get("allow_code") else "no", members))
+        return out
+
+    _HEAD = ("backend", "workers", "busy", "code", "members")
+
+    def __repr__(self) -> str:
+        rows = [self._HEAD, *self.rows()]
+        widths = [max(len(r[i]) for r in rows) for i in range(len(self._HEAD))]
+        text = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
+        text.insert(1, "  ".join("-" * w for w in widths))
+        if not self:
+            text.append(f"(no live backends at {self.broker.get('url', '?')})")
+        return "\n".join(text)
+
+    def _repr_html_(self) -> str:
+        head = "".join(f"<th>{h}</th>" for h in self._HEAD)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in self.rows())
+        url = html.escape(self.broker.get("url", "?"))
+        return f"<table><caption>de-magic backends at <code>{url}</code></caption><tr>{head}</tr>{body}</table>"
