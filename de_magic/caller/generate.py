@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import ast
 import builtins
-import inspect
 import keyword
 import typing
 from collections.abc import Iterator
 
 from ..schema import verbatim
+from ..schema.signatures import signature_from
 
 #: Globals the generated function bodies use, which a parameter must not shadow.
 _BODY_NAMES = {"_backend", "_given_args", "_given_kwargs", "REMOTE_DEFAULT"}
@@ -222,14 +222,8 @@ def _packed(params: list[dict]) -> tuple[str, str]:
 
 def _signature(member: dict, receiver: bool = False) -> str:
     """Signature source, as inspect prints it: the same text as the description's for literal defaults."""
-    params = [inspect.Parameter(p["name"], getattr(inspect.Parameter, p["kind"]),
-                                default=verbatim(_default_source(p)), annotation=verbatim(_annotation_source(p)))
-              for p in member["parameters"]]
-    returns = verbatim(_annotation_source(member.get("returns") or {}))
-    text = str(inspect.Signature(params, return_annotation=returns))
-    return f"(self{', ' if params else ''}{text[1:]}" if receiver else text
-
-
+    text = str(signature_from(member, default=lambda p: verbatim(_default_source(p)), annotation=_annotation_source))
+    return f"(self{', ' if member['parameters'] else ''}{text[1:]}" if receiver else text
 
 
 def _default_source(param: dict) -> str | None:

@@ -9,12 +9,11 @@ the proxy.
 
 from __future__ import annotations
 
-import ast
 import html
 import inspect
 from typing import TYPE_CHECKING, Callable
 
-from ..schema import verbatim
+from ..schema.signatures import signature_from
 from ..wire.errors import UnknownMethod
 
 if TYPE_CHECKING:
@@ -23,24 +22,6 @@ if TYPE_CHECKING:
 #: ``FORM(client, backend, entry, member=..., **call options)`` builds a call form; a UI layer sets it
 #: (:mod:`de_magic.notebook` sets its ipywidgets form). This layer knows no UI toolkit.
 FORM: Callable | None = None
-
-
-def signature_of(entry: dict) -> inspect.Signature:
-    """An :class:`inspect.Signature` rebuilt from an API description entry."""
-    params = []
-    for p in entry.get("parameters", []):
-        default = inspect.Parameter.empty
-        if not p.get("required", True) and p.get("kind") not in ("VAR_POSITIONAL", "VAR_KEYWORD"):
-            text = p.get("default_repr") or "..."
-            try:
-                default = ast.literal_eval(text)
-            except (ValueError, SyntaxError):
-                default = verbatim(text)
-        params.append(inspect.Parameter(
-            p["name"], getattr(inspect.Parameter, p.get("kind", "POSITIONAL_OR_KEYWORD")),
-            default=default, annotation=verbatim(p.get("annotation"))))
-    return inspect.Signature(params, return_annotation=verbatim((entry.get("returns") or {}).get("annotation")))
-
 
 
 def _remote_function(client: Client, backend: str, entry: dict, qualname: str, **call_kw) -> Callable:
@@ -68,7 +49,7 @@ def _remote_function(client: Client, backend: str, entry: dict, qualname: str, *
     remote.__name__ = entry["name"]
     remote.__qualname__ = qualname
     remote.__doc__ = entry.get("doc") or None
-    remote.__signature__ = signature_of(entry)
+    remote.__signature__ = signature_from(entry)
     remote.__module__ = f"de_magic.remote.{backend}"
     remote.options = options
     remote.submit = submit
@@ -123,13 +104,13 @@ class _RemoteMethod:
 
         method.__name__, method.__qualname__ = name, self.qualname
         method.__doc__ = self.entry.get("doc") or None
-        method.__signature__ = _with_self(signature_of(self.entry))
+        method.__signature__ = _with_self(signature_from(self.entry))
         return method
 
 
 def remote_class(client: Client, backend: str, entry: dict) -> type[RemoteInstance]:
     """A class standing for a backend class: a real one, so that ``help()`` shows its constructor and methods."""
-    signature = signature_of(entry)
+    signature = signature_from(entry)
 
     def __init__(self, *args, **kwargs):
         signature.bind(*args, **kwargs)  # wrong arguments fail here, not at the first call
