@@ -27,6 +27,7 @@ async def _ask_all(pool: BrokerPool, urls: list[str]) -> list:
 def test_fifty_dead_brokers_leave_a_bounded_set_and_no_open_sockets():
     pool = BrokerPool(size=16, cooldown=30)
     try:
+        asyncio.run(_ask_all(pool, [f"tcp://127.0.0.1:{free_port()}"]))  # zmq's context and threads start once
         before = _fds()
         answers = asyncio.run(_ask_all(pool, [f"tcp://127.0.0.1:{free_port()}" for _ in range(50)]))
         assert all(isinstance(a, DeMagicError) for a in answers)
