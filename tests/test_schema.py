@@ -284,3 +284,23 @@ def test_check_arguments_is_cheap():
     per_call = min(timeit.repeat(lambda: check_arguments(tiny, (1,), {}), number=10_000, repeat=5)) / 10_000
     print(f"check_arguments overhead for one int argument: {per_call * 1e6:.2f} µs")
     assert per_call < 20e-6
+
+
+@pytest.mark.parametrize("doc, expected", [
+    ("Count up.\n\nYields:\n    int: the next number\n\nNote:\n    Slow.",
+     [(None, None, "Count up."), ("Yields", "returns", "int: the next number"), ("Note", None, "Slow.")]),
+    ("Count up.\n\nYields\n------\nint\n    the next number",
+     [(None, None, "Count up."), ("Yields", "returns", "int\n    the next number")]),
+    ("Scale.\n\nKeyword Arguments:\n    factor: how much\nRaises:\n    ValueError: when negative",
+     [(None, None, "Scale."), ("Keyword Arguments", "parameters", "factor: how much"),
+      ("Raises", None, "ValueError: when negative")]),
+    ("", []),
+])
+def test_docstring_sections_travel_parsed_so_no_client_parses_again(doc, expected):
+    from de_magic.schema.docstrings import doc_sections
+
+    assert [(s["title"], s["kind"], s["text"]) for s in doc_sections(doc)] == expected
+    # the sections the parameter and returns tables show are the ones parse_docstring reads
+    params, returns = parse_docstring(doc)
+    kinds = {s["kind"] for s in doc_sections(doc)}
+    assert ("parameters" in kinds) == bool(params) and ("returns" in kinds) == bool(returns)

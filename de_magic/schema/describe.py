@@ -17,7 +17,7 @@ from typing import Callable
 
 
 from .annotations import annotation_text, hints_of, init_hints_of, json_schema, to_json, verbatim
-from .docstrings import parse_docstring, summary_of
+from .docstrings import doc_sections, parse_docstring, summary_of
 
 _EMPTY = inspect.Parameter.empty
 _VAR_POSITIONAL = inspect.Parameter.VAR_POSITIONAL
@@ -26,7 +26,7 @@ _VAR_KEYWORD = inspect.Parameter.VAR_KEYWORD
 
 def describe(name: str, members: dict[str, object], doc: str = "") -> dict:
     """The JSON-serialisable API description of a backend serving ``members``."""
-    return {"name": name, "doc": inspect.cleandoc(doc),
+    return {"name": name, "doc": inspect.cleandoc(doc), "sections": doc_sections(doc),
             "members": {key: _describe_member(key, obj) for key, obj in members.items()}}
 
 
@@ -91,7 +91,7 @@ def _describe_callable(name: str, kind: str, sig: inspect.Signature, hints: dict
                     for p, entry in zip(sig.parameters.values(), params)],
         return_annotation=verbatim(annotation_text(returns)))
     entry = {"name": name, "kind": kind, "signature": str(text_sig), "summary": summary_of(doc), "doc": doc,
-             "parameters": params}
+             "sections": doc_sections(doc), "parameters": params}
     if kind != "class":
         entry["returns"] = {"annotation": annotation_text(returns), "doc": returns_doc,
                             "schema": json_schema(returns, "serialization")}

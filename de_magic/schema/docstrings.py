@@ -4,19 +4,16 @@ from __future__ import annotations
 
 import inspect
 import re
+import textwrap
 
-
-
-
-
-# -- docstrings ---------------------------------------------------------------
-
-_UNDERLINE = re.compile(r"^\s*-{3,}\s*$")
+_UNDERLINE = re.compile(r"^\s*(-{3,}|={3,})\s*$")
 _GOOGLE_HEADER = re.compile(
-    r"^\s*(Args|Arguments|Parameters|Keyword Args|Keyword Arguments|Other Parameters|Returns?|Yields?):\s*$")
+    r"^\s*(Args|Arguments|Parameters|Params|Keyword Args|Keyword Arguments|Other Parameters|Returns?|Yields?|Raises"
+    r"|Examples?|Notes?|Attributes|See Also|References|Warnings?|Todo):\s*$", re.IGNORECASE)
 _GOOGLE_PARAM = re.compile(r"^\*{0,2}(\w+)\s*(?:\(.*\))?\s*:\s*(.*)$")
 _GOOGLE_RETURN_TYPE = re.compile(r"^[\w.]+(?:\[.*?\])?:\s+")
-_PARAM_SECTIONS = {"args", "arguments", "parameters", "keyword args", "keyword arguments", "other parameters"}
+_PARAM_SECTIONS = {"args", "arguments", "parameters", "params", "keyword args", "keyword arguments",
+                   "other parameters"}
 _RETURN_SECTIONS = {"returns", "return", "yields", "yield"}
 
 
@@ -85,3 +82,44 @@ def _indent(line: str) -> int:
 
 def summary_of(doc: str) -> str:
     return " ".join(re.split(r"\n\s*\n", doc, maxsplit=1)[0].split())
+
+
+def doc_sections(doc: str) -> list[dict]:
+    """A docstring as ``[{"title", "kind", "text"}]``: the text before the first heading (title None),
+    then each numpydoc or Google section. ``kind`` is "parameters" or "returns" for the sections that
+    :func:`parse_docstring` reads (a UI shows those as tables), else None. Parsed here once, so that
+    no client (the sidebar included) parses docstrings again."""
+    lines = inspect.cleandoc(doc).splitlines()
+    found = list(_sections_at(lines))
+    out = [_section(None, lines[:found[0][0] if found else len(lines)])]
+    for _, start, end, title in found:
+        out.append(_section(title, lines[start:end]))
+    return [section for section in out if section["title"] or section["text"]]
+
+
+def _sections_at(lines: list[str]):
+    """(heading line, first body line, end, title as written) of each section."""
+    i = 0
+    while i < len(lines):
+        if i + 1 < len(lines) and lines[i].strip() and _UNDERLINE.match(lines[i + 1]):
+            end = i + 2
+            while end < len(lines) and not (end + 1 < len(lines) and lines[end].strip()
+                                            and _UNDERLINE.match(lines[end + 1])) and not _GOOGLE_HEADER.match(lines[end]):
+                end += 1
+            yield i, i + 2, end, lines[i].strip()
+        elif match := _GOOGLE_HEADER.match(lines[i]):
+            indent, end = _indent(lines[i]), i + 1
+            while end < len(lines) and (not lines[end].strip() or _indent(lines[end]) > indent):
+                end += 1
+            yield i, i + 1, end, match[1]
+        else:
+            end = i + 1
+        i = end
+
+
+def _section(title: str | None, body: list[str]) -> dict:
+    kind = None
+    if title is not None:
+        key = title.lower()
+        kind = "parameters" if key in _PARAM_SECTIONS else "returns" if key in _RETURN_SECTIONS else None
+    return {"title": title, "kind": kind, "text": textwrap.dedent("\n".join(body)).strip("\n")}

@@ -1,8 +1,10 @@
 /**
- * Talking to the server extension (de_magic/labserver.py) and the shapes it answers with.
+ * Talking to the server extension (de_magic/lab/server.py) and the shapes it answers with.
  */
 import { URLExt } from '@jupyterlab/coreutils';
 import { ServerConnection } from '@jupyterlab/services';
+
+import { IDocSection } from './docstring';
 
 /** One parameter of a function, method or class constructor. */
 export interface IParameter {
@@ -26,6 +28,7 @@ export interface IMember {
   signature: string;
   summary?: string | null;
   doc?: string | null;
+  sections?: IDocSection[];
   parameters?: IParameter[];
   returns?: { annotation?: string | null; doc?: string | null } | null;
   methods?: { [name: string]: IMember };
@@ -49,6 +52,7 @@ export interface IBackend {
   api?: {
     name: string;
     doc?: string | null;
+    sections?: IDocSection[];
     members: { [name: string]: IMember };
   };
 }

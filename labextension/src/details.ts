@@ -4,12 +4,7 @@
 import { Widget } from '@lumino/widgets';
 
 import { IBackend, IMember, IParameter } from './api';
-import {
-  PARAMETER_SECTIONS,
-  RETURN_SECTIONS,
-  inline,
-  renderDocstring
-} from './docstring';
+import { inline, renderDocstring } from './docstring';
 import { age, badge, dateOf, h, plural } from './dom';
 import { BrokersModel, ISelection } from './model';
 import { ITarget } from './snippets';
@@ -75,13 +70,6 @@ function section(
     h('h3', {}, title),
     ...content
   );
-}
-
-function docBlock(
-  text: string | null | undefined,
-  skip?: Set<string>
-): HTMLElement | null {
-  return text ? renderDocstring(text, skip) : null;
 }
 
 function button(
@@ -209,7 +197,7 @@ export class MemberDetails extends Widget {
             button('New %%remote cell', 'remote-cell', true)
           )
         : null,
-      docBlock(backend.api?.doc),
+      renderDocstring(backend.api?.sections, backend.api?.doc),
       section(
         plural(workers.length, 'worker'),
         workers.length
@@ -239,10 +227,10 @@ export class MemberDetails extends Widget {
     // What the tables below show is left out of the docstring; what they lack stays in it.
     const tabled = new Set<string>();
     if (params.some(p => p.doc)) {
-      PARAMETER_SECTIONS.forEach(name => tabled.add(name));
+      tabled.add('parameters');
     }
     if (returns?.doc) {
-      RETURN_SECTIONS.forEach(name => tabled.add(name));
+      tabled.add('returns');
     }
     return [
       h(
@@ -258,7 +246,7 @@ export class MemberDetails extends Widget {
         `${member.name}${member.signature}`
       ),
       actions,
-      docBlock(member.doc || member.summary, tabled),
+      renderDocstring(member.sections, member.doc || member.summary, tabled),
       params.length
         ? section(
             isClass ? 'Constructor parameters' : 'Parameters',

@@ -1,55 +1,16 @@
 /**
- * Docstrings as readable text: paragraphs, numpy/Google section headings, literal blocks and
- * ``code``. Sections the panel already shows as tables (parameters, returns) are left out.
+ * Docstrings as readable text: paragraphs, literal blocks and ``code``, section by section as the
+ * backend's API description gives them (de_magic/schema/docstrings.py parses them, once, for every
+ * client). Sections the panel already shows as tables (parameters, returns) are left out.
  */
 import { h } from './dom';
 
-// The parameter and return headings are those de_magic/schema.py's parse_docstring reads
-// (the API's parameter docs and `returns.doc` come from there): keep the two in step.
-const GOOGLE_HEADING =
-  /^(Args|Arguments|Parameters|Params|Keyword Args|Keyword Arguments|Other Parameters|Returns?|Yields?|Raises|Examples?|Notes?|Attributes|See Also|References|Warnings?|Todo):\s*$/i;
-const UNDERLINE = /^\s*(-{3,}|={3,})\s*$/;
-
-/** Docstring sections describing parameters; shown as a table instead. */
-export const PARAMETER_SECTIONS = [
-  'parameters',
-  'params',
-  'args',
-  'arguments',
-  'keyword args',
-  'keyword arguments',
-  'other parameters'
-];
-
-/** Docstring sections describing the return value: a generator's yields are its result. */
-export const RETURN_SECTIONS = ['returns', 'return', 'yields', 'yield'];
-
-interface ISection {
+/** One section of a docstring; `title` is null for the text before the first heading. */
+export interface IDocSection {
   title: string | null;
-  lines: string[];
-}
-
-function sections(doc: string): ISection[] {
-  const lines = doc.replace(/\t/g, '    ').split('\n');
-  const result: ISection[] = [{ title: null, lines: [] }];
-  for (let i = 0; i < lines.length; i++) {
-    const line = lines[i];
-    const next = lines[i + 1];
-    if (
-      line.trim() &&
-      next !== undefined &&
-      UNDERLINE.test(next) &&
-      !/^\s/.test(line)
-    ) {
-      result.push({ title: line.trim(), lines: [] });
-      i++;
-    } else if (GOOGLE_HEADING.test(line)) {
-      result.push({ title: line.trim().replace(/:$/, ''), lines: [] });
-    } else {
-      result[result.length - 1].lines.push(line);
-    }
-  }
-  return result;
+  /** "parameters" or "returns" for the sections the panel shows as tables. */
+  kind: 'parameters' | 'returns' | null;
+  text: string;
 }
 
 /** Text with ``code`` and `code` spans as <code>. */
@@ -101,17 +62,25 @@ function blocks(lines: string[]): Node[] {
   return nodes;
 }
 
+/**
+ * The sections as HTML, leaving out those of a `skip` kind; a description without sections (an
+ * older backend) has its docstring shown as one untitled section.
+ */
 export function renderDocstring(
-  doc: string,
+  sections: IDocSection[] | undefined,
+  doc: string | null | undefined,
   skip: Set<string> = new Set()
-): HTMLElement {
+): HTMLElement | null {
+  const shown = (sections ?? [{ title: null, kind: null, text: doc ?? '' }])
+    .filter(section => !(section.kind && skip.has(section.kind)))
+    .map(section => ({ section, body: blocks(section.text.split('\n')) }))
+    .filter(({ body }) => body.length);
+  if (!shown.length) {
+    return null;
+  }
   const element = h('div', { class: 'jp-DeMagic-doc' });
-  for (const section of sections(doc.trim())) {
-    if (section.title && skip.has(section.title.toLowerCase())) {
-      continue;
-    }
-    const body = blocks(section.lines);
-    if (section.title && body.length) {
+  for (const { section, body } of shown) {
+    if (section.title) {
       element.append(h('h4', {}, section.title));
     }
     element.append(...body);

@@ -1,58 +1,51 @@
-import {
-  PARAMETER_SECTIONS,
-  RETURN_SECTIONS,
-  inline,
-  renderDocstring
-} from '../src/docstring';
+import { IDocSection, inline, renderDocstring } from '../src/docstring';
 
-const tabled = new Set([...PARAMETER_SECTIONS, ...RETURN_SECTIONS]);
+const tabled = new Set(['parameters', 'returns']);
 
-function headings(element: HTMLElement): string[] {
-  return Array.from(element.querySelectorAll('h4')).map(h => h.textContent!);
+function headings(element: HTMLElement | null): string[] {
+  return Array.from(element!.querySelectorAll('h4')).map(h => h.textContent!);
 }
 
+// Sections as de_magic/schema/docstrings.py's doc_sections gives them in the API description.
+const examples: IDocSection[] = [
+  { title: null, kind: null, text: 'Add up ``values``.' },
+  {
+    title: 'Parameters',
+    kind: 'parameters',
+    text: 'values : list\n    the numbers'
+  },
+  { title: 'Yields', kind: 'returns', text: 'int\n    the next number' },
+  { title: 'Examples', kind: null, text: '>>> add([1, 2])\n3' }
+];
+
 describe('renderDocstring', () => {
-  it('renders paragraphs, numpydoc headings and literal blocks', () => {
-    const doc = [
-      'Add up ``values``.',
-      '',
-      'Examples',
-      '--------',
-      '>>> add([1, 2])',
-      '3'
-    ].join('\n');
-    const element = renderDocstring(doc);
+  it('renders paragraphs, headings and literal blocks', () => {
+    const element = renderDocstring(examples, null)!;
     expect(element.querySelector('p code')!.textContent).toBe('values');
-    expect(headings(element)).toEqual(['Examples']);
-    expect(element.querySelector('pre')!.textContent).toBe(
+    expect(headings(element)).toEqual(['Parameters', 'Yields', 'Examples']);
+    const literals = Array.from(element.querySelectorAll('pre'));
+    expect(literals.map(pre => pre.textContent)).toContain(
       '>>> add([1, 2])\n3'
     );
   });
 
-  // de_magic/schema.py reads Yields as the return doc (shown in its own table): the
-  // docstring must not show it a second time, in either style.
-  it.each([
-    [
-      'Google',
-      'Count up.\n\nYields:\n    int: the next number\n\nNote:\n    Slow.'
-    ],
-    ['numpydoc', 'Count up.\n\nYields\n------\nint\n    the next number']
-  ])('leaves out a %s Yields section like Returns', (_, doc) => {
-    const element = renderDocstring(doc, tabled);
+  it('leaves out the sections the panel shows as tables, by their kind', () => {
+    const element = renderDocstring(examples, null, tabled)!;
+    expect(headings(element)).toEqual(['Examples']);
     expect(element.textContent).not.toContain('the next number');
-    expect(element.textContent).toContain('Count up.');
+    expect(element.textContent).toContain('Add up');
   });
 
-  it('knows the parameter sections schema.py reads', () => {
-    const doc = 'Scale.\n\nKeyword Arguments:\n    factor: how much\n';
-    const element = renderDocstring(doc, tabled);
-    expect(element.textContent).not.toContain('how much');
+  it('shows the docstring of a description without sections as it is', () => {
+    const element = renderDocstring(undefined, 'Plain text.\n\n>>> 1 + 1')!;
+    expect(headings(element)).toEqual([]);
+    expect(element.querySelector('p')!.textContent).toBe('Plain text.');
+    expect(element.querySelector('pre')!.textContent).toBe('>>> 1 + 1');
   });
 
-  it('keeps sections nothing else shows', () => {
-    const doc = 'Divide.\n\nRaises:\n    ZeroDivisionError: when b is 0';
-    const element = renderDocstring(doc, tabled);
-    expect(headings(element)).toEqual(['Raises']);
+  it('renders nothing when nothing is left', () => {
+    expect(renderDocstring([], null)).toBeNull();
+    expect(renderDocstring(undefined, '')).toBeNull();
   });
 });
 
