@@ -286,7 +286,7 @@ class Backend:
             if not pull.poll(0):
                 break
             frames = recv_frames(pull)
-            if frames[1].bytes == P.EVENT:
+            if P.parse(frames, P.AT_BROKER).type == P.EVENT:
                 send_frames(dealer, frames)
             else:
                 answers.append(frames)
