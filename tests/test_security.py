@@ -240,7 +240,8 @@ def test_a_refused_client_is_told_why_within_2_s(curve, key, broker_key, reason)
 def test_a_curve_client_of_a_plain_broker_is_told_so(cluster, tmp_path):
     keys = curve_keys(tmp_path)
     with Client(cluster.url, security=Security(key=keys["alice"], broker_key=keys["broker.public"])) as client:
-        with pytest.raises(Refused, match="does not use CURVE, but this client has a key"):
+        # libzmq reports the mismatch itself, or (on a busy machine) only failed handshakes: both name the cause
+        with pytest.raises(Refused, match="does not use CURVE"):
             client.listing()
 
 

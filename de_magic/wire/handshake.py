@@ -65,7 +65,10 @@ class WatchedSocket(zmq.Socket):
                 self._handshake_failure, self._handshake_failures = None, 0
             else:
                 self._handshake_failures += 1
-                self._handshake_failure = self._describe(event["event"], event["value"])
+                described = self._describe(event["event"], event["value"])
+                # a precise reason (a mechanism mismatch) is not overwritten by a vaguer one that follows it
+                if not (self._handshake_failure and "does not use CURVE, but" in self._handshake_failure):
+                    self._handshake_failure = described
         return self._handshake_failure
 
     @property
@@ -82,7 +85,7 @@ class WatchedSocket(zmq.Socket):
         # one such failure may be a broker going down mid-handshake; with a wrong key every attempt fails
         if event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL and security.curve and self._handshake_failures > 1:
             return (f"the broker's public key configured here ({security.broker_key}) does not match the "
-                    f"broker at {url}: check --broker-key / DE_MAGIC_BROKER_KEY")
+                    f"broker at {url}, or that broker does not use CURVE: check --broker-key / DE_MAGIC_BROKER_KEY")
         if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL and value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
             if security.curve:
                 return (f"the broker at {url} does not use CURVE, but this {who} has a key: "
