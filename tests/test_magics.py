@@ -11,10 +11,10 @@ import time
 
 import pytest
 
-from de_magic.wire.errors import BackendLost, Refused
 from de_magic.caller.session import CellError, RemoteSession
+from de_magic.wire.errors import BackendLost, Refused
 
-from conftest import ROOT, Cluster, Processes, wait_for
+from conftest import ROOT, Cluster, Processes, rss_kib, wait_for
 from kernel import Kernel, parent
 
 
@@ -257,3 +257,21 @@ def test_racing_first_requests_of_a_session_share_one_worker(hello):
         list(pool.map(lambda i: session.execute(f"v{i} = {i}").result(), range(4)))
     # all four landed in the one namespace the session is pinned to
     assert session.pull("v0", "v1", "v2", "v3") == (0, 1, 2, 3)
+
+
+def test_closed_sessions_give_their_memory_back(hello):
+    """A closed namespace used to keep its IPython shell (about 200 KiB) for as long as the backend ran."""
+    pid = hello.workers("hello_world")[0]["pid"]
+
+    def open_and_close(count: int) -> None:
+        for _ in range(count):
+            session = RemoteSession(hello.client, "hello_world")
+            session.execute("x = list(range(1000))", on_output=lambda output: None).result()
+            assert session.close()
+
+    open_and_close(30)  # first-use allocations are not leaks
+    before = rss_kib(pid)
+    open_and_close(200)
+    grown = rss_kib(pid) - before
+    print(f"\n200 sessions opened and closed: backend RSS {before} -> {before + grown} KiB")
+    assert grown < 200 * 40, f"{grown / 200:.0f} KiB kept per closed session"

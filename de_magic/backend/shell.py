@@ -9,6 +9,7 @@ tracebacks.  IPython is imported only when the first session starts.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import sys
 import threading
@@ -139,5 +140,16 @@ def end_session(key: str) -> bool:
     if session is None:
         return False
     with session.lock:  # not while one of its cells still runs
-        session.shell.reset(new_session=False)
+        _release(session.shell)
     return True
+
+
+def _release(shell) -> None:
+    """Free a shell now, not at exit: IPython registers each shell's clean-up (and its %%script magics')
+    with ``atexit``, which keeps every shell ever made alive. A backend serves months of sessions."""
+    script = shell.magics_manager.registry.get("ScriptMagics")
+    if script is not None:
+        script.kill_bg_processes()  # %%script --bg processes of this session end with it
+        atexit.unregister(script.kill_bg_processes)
+    shell.reset(new_session=False)
+    atexit.unregister(shell.atexit_operations)
