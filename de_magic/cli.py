@@ -30,7 +30,8 @@ from .caller.client import Client, no_broker_hint
 from .caller.generate import client_module
 from .caller.progress import TextProgress
 from .embedded import DEMO_BACKENDS, bind, start_local
-from .wire.defaults import DEFAULT_HEARTBEAT, DEFAULT_MAX_MESSAGE, DEFAULT_MAX_QUEUED_BYTES, check_url, default_url
+from .wire.defaults import (DEFAULT_HEARTBEAT, DEFAULT_MAX_MESSAGE, DEFAULT_MAX_QUEUED_BYTES, DEFAULT_SESSION_LEASE,
+                            check_url, default_url)
 from .schema import describe, members_of
 from .wire.errors import DeMagicError
 from .wire.security import Security, create_keys, owners
@@ -154,6 +155,8 @@ def _serve_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-workers", type=int, default=None, help="threads that run calls (default: CPUs + 4)")
     parser.add_argument("--max-queue", type=int, default=1000, help="calls that may wait before 'busy' is answered")
     parser.add_argument("--allow-code", action="store_true", help="accept %%%%remote code cells (runs arbitrary code!)")
+    parser.add_argument("--session-lease", type=float, default=DEFAULT_SESSION_LEASE, metavar="SECONDS",
+                        help="end a %%%%remote namespace whose caller has been gone this long (default: 2 hours)")
     parser.add_argument("--heartbeat", type=float, default=DEFAULT_HEARTBEAT, help="heartbeat interval in seconds")
     parser.add_argument("--parent-pid", type=int, default=None,
                         help="stop when this process (the one that started us) is gone")
@@ -166,7 +169,8 @@ def _serve(name: str, members: dict, args: argparse.Namespace, doc: str = "") ->
                           max_queue=args.max_queue, allow_code=args.allow_code, heartbeat=args.heartbeat, doc=doc,
                           security=_security(args),
                           codec=JSON if args.no_pickle else PICKLE,
-                          allow_clients=args.allow_clients.split(",") if args.allow_clients else None)
+                          allow_clients=args.allow_clients.split(",") if args.allow_clients else None,
+                          session_lease=args.session_lease)
     except ValueError as exc:  # contradictory options
         raise SystemExit(f"de-magic: {exc}") from None
     print(f"de-magic: backend {name!r} ({', '.join(members)}) is connecting to the broker at {backend.broker}",

@@ -31,7 +31,7 @@ import zmq
 
 from ..wire import protocol as P
 from ..wire import serialize
-from ..wire.defaults import DEFAULT_HEARTBEAT, DEFAULT_LIVENESS, DEFAULT_MAX_MESSAGE, default_url
+from ..wire.defaults import DEFAULT_HEARTBEAT, DEFAULT_LIVENESS, DEFAULT_MAX_MESSAGE, DEFAULT_SESSION_LEASE, default_url
 from ..wire.badinput import BadInput
 from ..wire.errors import Cancelled, DeMagicError, PayloadTooLarge, ProtocolMismatch, Refused, RemoteError, UnknownMethod
 from ..wire.handshake import WatchedSocket
@@ -39,6 +39,7 @@ from ..schema import describe
 from ..schema.arguments import check_arguments, validate_arguments
 from ..wire.security import Security, allowed_callers
 from ..wire.framing import PerThread, recv_frames, send_frames
+from . import shell
 from .callcontext import Call, Operation, current_call
 from .execute import code_operations
 
@@ -67,6 +68,7 @@ class Backend:
         security: Security | None = None,
         codec: str = serialize.PICKLE,
         allow_clients: list[str] | None = None,
+        session_lease: float = DEFAULT_SESSION_LEASE,
     ):
         if codec not in (serialize.PICKLE, serialize.JSON):
             raise ValueError(f"codec must be {serialize.PICKLE!r} or {serialize.JSON!r}, not {codec!r}")
@@ -99,7 +101,9 @@ class Backend:
         self.api = describe(name, self.members, doc)
         self._reply_header = P.dump_header({"codec": codec, "worker": self.id.hex()})
         self.operations: dict[str, Operation] = {"call": Operation(self._call_member)}
-        self.operations.update(code_operations(name, allow_code))
+        #: Seconds a ``%%remote`` namespace outlives its caller's last request or renewal.
+        self.session_lease = session_lease
+        self.operations.update(code_operations(name, allow_code, session_lease))
         self._ctx = context or zmq.Context.instance()
         self._calls: dict[tuple[bytes, bytes], Call] = {}
         self._main_jobs: queue.SimpleQueue = queue.SimpleQueue()
@@ -131,9 +135,18 @@ class Backend:
             self._threads.append(threading.Thread(
                 target=self._slot_loop, args=(os.urandom(16),),
                 name=f"de-magic-{self.name}-{index}", daemon=True))
+        if self.allow_code:
+            self._threads.append(threading.Thread(target=self._expire_sessions, name=f"de-magic-leases-{self.name}",
+                                                  daemon=True))
         for thread in self._threads:
             thread.start()
         return self
+
+    def _expire_sessions(self) -> None:
+        """End ``%%remote`` namespaces whose caller is gone, now and then (a lease's tenth, at most a minute)."""
+        while not self._stopped.wait(min(self.session_lease / 10, 60.0)):
+            for key in shell.expire(self.session_lease):
+                log.info("ended session %s: its caller was silent for more than %g s", key[:8], self.session_lease)
 
     def run(self) -> None:
         """Serve until :meth:`stop`, SIGTERM or Ctrl-C; main-thread work runs here."""

@@ -13,6 +13,7 @@ import atexit
 import functools
 import sys
 import threading
+import time
 from types import ModuleType
 
 from . import capture
@@ -80,6 +81,7 @@ class Session:
         self.shell.display_formatter.formatters["image/png"].for_type_by_name(
             "matplotlib.figure", "Figure", _figure_png)
         self.lock = threading.Lock()
+        self.seen = time.monotonic()  # the caller's last request: a session not renewed within its lease ends
 
     @property
     def namespace(self) -> dict:
@@ -130,7 +132,38 @@ def session_for(key: str, colors: str = "NoColor") -> Session:
         session = _sessions.get(key)
         if session is None:
             session = _sessions[key] = Session(key, colors)
+        session.seen = time.monotonic()
         return session
+
+
+def renew(key: str) -> bool:
+    """The caller of session ``key`` is still there; False if the session is gone (ended or expired)."""
+    with _sessions_lock:
+        session = _sessions.get(key)
+        if session is not None:
+            session.seen = time.monotonic()
+        return session is not None
+
+
+def expire(lease: float) -> list[str]:
+    """End the sessions whose caller has not been heard from for ``lease`` seconds (a killed kernel, a
+    laptop that never came back): their namespaces, and the data in them, would stay for months."""
+    now = time.monotonic()
+    with _sessions_lock:
+        idle = [key for key, session in _sessions.items() if now - session.seen > lease]
+    ended = []
+    for key in idle:
+        with _sessions_lock:
+            session = _sessions.get(key)
+            if session is None or now - session.seen <= lease or not session.lock.acquire(blocking=False):
+                continue  # renewed meanwhile, or running a cell: not idle after all
+            del _sessions[key]
+        try:
+            _release(session.shell)
+        finally:
+            session.lock.release()
+        ended.append(key)
+    return ended
 
 
 def end_session(key: str) -> bool:

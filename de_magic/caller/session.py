@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 import uuid
+import weakref
 from concurrent.futures import Future
 from typing import Callable
 
@@ -233,7 +234,10 @@ class RemoteSession:
         def run() -> None:
             try:
                 head, frames = self.request(header, payload, timeout=timeout, on_output=record)
-                execution._future.set_result(serialize.loads(frames))
+                reply = serialize.loads(frames)
+                if reply.get("lease"):  # the backend ends the namespace if this process stops renewing it
+                    LEASES.keep(self, reply["lease"])
+                execution._future.set_result(reply)
             except BaseException as exc:
                 execution._future.set_exception(exc)
                 if block:
@@ -273,6 +277,55 @@ class RemoteSession:
         if reply["status"] == "error":
             raise CellError(reply["error"], self.backend)
         return reply["value"]
+
+
+class Leases:
+    """Renews the leases of this process's sessions, so their namespaces live as long as the process.
+
+    A backend ends a namespace whose caller has been silent for its lease (a killed kernel, a laptop
+    that never came back); a daemon thread here sends each live session's ``renew`` a few times per
+    lease. Sessions are held weakly: one that is garbage collected stops being renewed.
+    """
+
+    def __init__(self):
+        self._sessions: weakref.WeakKeyDictionary[RemoteSession, float] = weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def keep(self, session: "RemoteSession", lease: float) -> None:
+        with self._lock:
+            self._sessions[session] = lease
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="de-magic-leases", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                due = list(self._sessions.items())
+            time.sleep(min((lease / 3 for _, lease in due), default=60.0))
+            for session, lease in due:
+                self._renew(session, lease)
+
+    def _renew(self, session: "RemoteSession", lease: float) -> None:
+        if not session.worker or session.client._closed:
+            self._drop(session)
+            return
+        try:
+            head, frames = session.request({"op": "renew"}, timeout=lease / 3)
+            alive = serialize.loads(frames)
+        except DeMagicError:  # the broker is away for a moment: the next round tries again
+            return
+        if not alive:  # ended on the backend (expired, or the backend restarted)
+            self._drop(session)
+
+    def _drop(self, session: "RemoteSession") -> None:
+        with self._lock:
+            self._sessions.pop(session, None)
+
+
+#: The leases of this process's sessions.
+LEASES = Leases()
 
 
 def _colors() -> str:

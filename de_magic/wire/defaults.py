@@ -21,6 +21,8 @@ DEFAULT_LIVENESS = 3
 DEFAULT_MAX_MESSAGE = 1 << 30
 #: Bytes of calls a broker holds in its queues, over all backends, before it answers Busy.
 DEFAULT_MAX_QUEUED_BYTES = 1 << 30
+#: Seconds a ``%%remote`` namespace outlives its caller's last sign of life (long enough for a lunch break).
+DEFAULT_SESSION_LEASE = 2 * 3600.0
 #: Seconds after a broker binds during which calls to unknown backends wait for them to register.
 STARTUP_GRACE = 2.0
 

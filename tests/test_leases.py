@@ -1,0 +1,45 @@
+"""``%%remote`` namespaces live as long as their caller: renewed while it runs, ended after it is gone."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+from de_magic.caller.session import RemoteSession
+
+from conftest import HEARTBEAT, ROOT, Cluster, start_logged, wait_for
+
+LEASE = 2.0
+
+ORPHAN = """
+import sys, time
+from de_magic import Client, RemoteSession
+session = RemoteSession(Client(sys.argv[1], timeout=20), "hello_world", key="orphan")
+session.execute("x = 'left behind'").result()
+print("ready", flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_session_whose_caller_is_killed_ends_after_its_lease_and_a_live_one_stays(processes, tmp_path):
+    cluster = Cluster(processes)
+    cluster.start_broker()
+    log = tmp_path / "backend.log"
+    backend = start_logged(processes, "serve", "de_magic.demo.hello", "--name", "hello_world", "--broker", cluster.url,
+                           "--heartbeat", str(HEARTBEAT), "--allow-code", "--session-lease", str(LEASE), log=log)
+    wait_for(lambda: any(w["pid"] == backend.pid for w in cluster.workers("hello_world")), what="the backend")
+    caller = subprocess.Popen([sys.executable, "-c", ORPHAN, cluster.url], cwd=ROOT, stdout=subprocess.PIPE,
+                              text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    processes.procs.append(caller)
+    assert caller.stdout.readline().strip() == "ready"
+    kept = RemoteSession(cluster.client, "hello_world")
+    kept.execute("y = 'still here'").result()  # this process renews it
+    os.kill(caller.pid, signal.SIGKILL)  # a killed kernel: no clean exit, no `end`
+    wait_for(lambda: "ended session orphan" in log.read_text(), timeout=4 * LEASE, what="the orphan's lease to run out")
+    assert RemoteSession(cluster.client, "hello_world", key="orphan").eval("'x' in dir()") is False
+    assert kept.eval("y") == "still here"  # well past its lease: renewed all along
+    assert "ended session" not in log.read_text().replace("ended session orphan", "")
+    kept.close()
+    cluster.client.close()
