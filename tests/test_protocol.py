@@ -88,6 +88,8 @@ def test_error_headers_map_to_exception_types():
     ({"queue": -1}, "'queue' must be a non-negative integer"),
     ({"api": []}, "'api' must be an object"),
     ({"allow_clients": "alice"}, "'allow_clients' must be a list"),
+    ({"heartbeat": "often"}, "'heartbeat' must be a non-negative number"),
+    ({"heartbeat": float("inf")}, "'heartbeat' must be a non-negative number"),
 ])
 def test_ready_info_is_checked_before_use(info, needle):
     with pytest.raises(P.ProtocolError, match=needle):

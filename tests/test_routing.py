@@ -219,6 +219,16 @@ def test_a_silent_worker_fails_its_calls_within_liveness():
     assert not net.router.requests and not net.router.services
 
 
+def test_a_worker_that_beats_slowly_is_given_time_by_its_own_heartbeat():
+    net = Net(heartbeat=1.0, liveness=3)
+    net.register(heartbeat=5.0)
+    net.register(control=b"fast", worker=b"F" * 8, slots=(b"s2",), name="other")
+    net.advance(10)
+    assert set(net.router.by_id) == {b"W" * 8}  # 10 s of silence: gone at a 1 s beat, not yet at a 5 s one
+    net.advance(6)
+    assert not net.router.workers
+
+
 def test_pinned_calls_wait_for_their_worker_and_are_lost_with_it():
     net = Net()
     net.register()

@@ -227,7 +227,8 @@ class Backend:
 
     def _ready_frames(self) -> list:
         info = {"api": self.api, "capacity": self.max_workers, "queue": self.max_queue,
-                "allow_code": self.allow_code, "pid": os.getpid(), "host": socket.gethostname(), "codec": self.codec}
+                "allow_code": self.allow_code, "pid": os.getpid(), "host": socket.gethostname(), "codec": self.codec,
+                "heartbeat": self.heartbeat}
         if self.allow_clients is not None:
             info["allow_clients"] = self.allow_clients
         return P.ready(self.name, self.id, self._secret, info)

@@ -44,6 +44,8 @@ log = logging.getLogger("de_magic.broker")
 
 #: Calls held, over all names, while a just (re)started broker waits for backends: bounds memory.
 MAX_WAITING = 10_000
+#: Longest heartbeat interval a worker may declare (seconds).
+MAX_HEARTBEAT = 20.0
 #: Shortest secret a worker may choose (bytes): its slots prove with it that they are the worker's.
 MIN_SECRET = 16
 
@@ -85,7 +87,7 @@ class Request:
 class Worker:
     """A registered backend process: a control connection, its slots, its calls."""
 
-    __slots__ = ("id", "address", "secret", "key", "service", "capacity", "max_queue", "idle", "slots",
+    __slots__ = ("id", "address", "secret", "key", "service", "capacity", "max_queue", "heartbeat", "idle", "slots",
                  "inflight", "pinned", "expires", "since", "pid", "host", "calls")
 
     def __init__(self, msg: P.Ready, address: bytes, key: str | None, service: "Service", expires: float):
@@ -93,6 +95,8 @@ class Worker:
         self.id, self.address, self.secret, self.key, self.service = msg.worker, address, msg.secret, key, service
         self.capacity = max(1, info.get("capacity", 1))
         self.max_queue = info.get("queue", 1000)
+        # a backend under load may beat slowly; it still counts as gone within a minute or so of silence
+        self.heartbeat = min(info.get("heartbeat", 0.0), MAX_HEARTBEAT)
         self.idle: list[bytes] = []  # slot addresses ready for a call
         self.slots: set[bytes] = set()
         self.inflight: dict[tuple[bytes, bytes], Request] = {}
@@ -241,8 +245,9 @@ class Router:
 
     # -- helpers ------------------------------------------------------------------------------
 
-    def _expires(self) -> float:
-        return self.now + self.config.heartbeat * self.config.liveness
+    def _expires(self, worker: Worker) -> float:
+        """When ``worker`` counts as gone if silent: liveness intervals of its heartbeat or ours, the longer."""
+        return self.now + max(self.config.heartbeat, worker.heartbeat) * self.config.liveness
 
     def _error(self, client: bytes, rid: bytes, error_cls, message: str) -> None:
         self._out.append(P.error_to(client, rid, error_cls.kind, message))
@@ -456,7 +461,7 @@ class Router:
             worker = self._register(address, msg, key)
             if worker is None:
                 return
-        worker.expires = self._expires()
+        worker.expires = self._expires(worker)
         self.next_reap = min(self.next_reap, worker.expires)
         self._out.append(P.welcome(address, {"broker": self.id, "heartbeat": self.config.heartbeat,
                                              "max_message_size": self.config.max_message_size}))
@@ -474,7 +479,8 @@ class Router:
         if not service.workers:
             service.adopt(msg.info, key)
             self._refuse_waiting(service)
-        worker = Worker(msg, address, key, service, self._expires())
+        worker = Worker(msg, address, key, service, self.now)
+        worker.expires = self._expires(worker)
         service.workers.append(worker)
         self.workers[address] = worker
         self.by_id[msg.worker] = worker
@@ -523,7 +529,7 @@ class Router:
             return
         owner = self.slots.get(address)
         if owner is worker:
-            worker.expires = self._expires()
+            worker.expires = self._expires(worker)
         elif owner is None and address not in self.workers and len(worker.slots) < worker.capacity:
             worker.slots.add(address)
             worker.idle.append(address)
@@ -539,7 +545,7 @@ class Router:
             # e.g. this broker restarted: ask the backend to register again
             self._out.append(P.disconnect(address, "unknown worker; register again"))
         else:
-            worker.expires = self._expires()
+            worker.expires = self._expires(worker)
         return worker
 
     def _on_heartbeat(self, address: bytes, msg: P.Heartbeat, frames: list) -> None:

@@ -15,8 +15,10 @@ Headers and payloads are forwarded as the zmq frames they arrived in.
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
+from urllib.parse import urlsplit
 
 import zmq
 
@@ -154,4 +156,24 @@ class Broker:
         self._stopper.close()
         if self._auth is not None:
             self._auth.stop()
+        _wait_until_free(self.url)
         log.info("broker %s stopped", self.id)
+
+
+def _wait_until_free(url: str, timeout: float = 2.0) -> None:
+    """Return once a TCP address can be bound again: libzmq closes its listener in its own thread, a
+    moment after close(), and a caller that starts a broker there again right away must not fail."""
+    parts = urlsplit(url)
+    if parts.scheme != "tcp" or parts.port is None:
+        return
+    deadline = time.monotonic() + timeout
+    while True:
+        with socket.socket(socket.AF_INET6 if ":" in (parts.hostname or "") else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as libzmq binds
+            try:
+                probe.bind((parts.hostname or "127.0.0.1", parts.port))
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    return
+        time.sleep(0.01)

@@ -42,6 +42,7 @@ EventHandler = Callable[[dict, list], None]
 
 LISTING_TIMEOUT = 10.0  # seconds, unless a listing is given a timeout of its own
 SMALL_CALL = 1 << 20  # bytes: below this no broker's size limit is in question
+HANDSHAKE_CHECK = 0.25  # seconds between looks for a refused handshake while the broker has said nothing
 
 _request_ids = itertools.count(1)
 
@@ -220,12 +221,14 @@ class Client:
         now = time.monotonic()
         deadline = None if timeout is None else now + timeout
         next_query = now + self.heartbeat
-        unanswered = 0
+        unanswered, heard = 0, False
         try:
             while True:
                 wait = next_query - time.monotonic()
                 if deadline is not None:
                     wait = min(wait, deadline - time.monotonic())
+                if not heard:  # a refused handshake shows within moments: look often until the broker answers
+                    wait = min(wait, HANDSHAKE_CHECK)
                 if sock.poll(max(0.0, wait) * 1000):
                     frames = recv_frames(sock)
                     try:
@@ -236,7 +239,7 @@ class Client:
                         raise ProtocolMismatch(f"broker at {self.url}: {exc}") from None
                     if msg.rid != rid:
                         continue  # a late answer to an earlier, abandoned request
-                    unanswered = 0
+                    unanswered, heard = 0, True
                     if type(msg) is P.Reply:
                         return msg.header, msg.payload
                     if type(msg) is P.Event:
@@ -254,13 +257,14 @@ class Client:
                             "(it restarted, or the backend was lost)")
                     continue
                 now = time.monotonic()
+                if not heard:
+                    _raise_if_refused(sock)
                 if self._closed:
                     raise DeMagicError(f"{self!r} was closed during the call")
                 if deadline is not None and now >= deadline:
                     self._send(sock, P.cancel(rid), zmq.NOBLOCK)
                     raise CallTimeout(f"no answer from {self.url} within {timeout:g} s")
                 if now >= next_query:
-                    _raise_if_refused(sock)
                     if unanswered >= self.liveness:
                         raise BackendLost(f"the broker at {self.url} is not answering")
                     self._send(sock, P.query(rid), zmq.NOBLOCK)

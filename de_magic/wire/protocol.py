@@ -380,6 +380,9 @@ def check_ready_info(info: dict) -> dict:
     for key in ("capacity", "queue"):
         if key in info and (type(info[key]) is not int or info[key] < 0):
             raise ProtocolError(f"READY info: {key!r} must be a non-negative integer")
+    heartbeat = info.get("heartbeat", 0.0)
+    if type(heartbeat) not in (int, float) or not 0 <= heartbeat < float("inf"):
+        raise ProtocolError("READY info: 'heartbeat' must be a non-negative number of seconds")
     if not isinstance(info.get("api", {}), dict):
         raise ProtocolError("READY info: 'api' must be an object")
     allowed = info.get("allow_clients")
