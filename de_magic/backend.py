@@ -127,6 +127,10 @@ class Backend:
         #: The broker's limit, learnt at registration: a larger answer would be cut off in transit.
         self._limit = max_message_size
         self.api = describe(name, self.members, doc)
+        #: Runs a member once its arguments are checked: here by default; a Dask pool runs it on a cluster.
+        self.invoke: Callable[[Callable, tuple, dict], object] = _invoke_here
+        #: More to say on registering (e.g. ``"dask"``: the cluster's size); see :meth:`announce`.
+        self.extra_info: dict = {}
         self._reply_header = P.dump_header({"codec": codec, "worker": self.id.hex()})
         self.operations: dict[str, Operation] = {"call": Operation(self._call_member)}
         from .execute import code_operations  # IPython is imported only when a cell runs
@@ -246,7 +250,12 @@ class Backend:
                 "allow_code": self.allow_code, "pid": os.getpid(), "host": socket.gethostname(), "codec": self.codec}
         if self.allow_clients is not None:
             info["allow_clients"] = self.allow_clients
+        info.update(self.extra_info)
         return P.ready(self.name, self.id, self._secret, info)
+
+    def announce(self) -> None:
+        """Register again with the current :attr:`extra_info` (from any thread; the I/O thread sends it)."""
+        send_frames(self._out.get(), self._ready_frames())
 
     def _io_loop(self, pull: zmq.Socket, stop: zmq.Socket, slots: zmq.Socket) -> None:
         """Registration, heartbeats, cancels, and messages from threads that own no connection."""
@@ -530,7 +539,7 @@ class Backend:
             check_arguments(cls, *init)
             target = getattr(cls(*init[0], **init[1]), call.header["method"])
         check_arguments(target, args, kwargs)
-        return target(*args, **kwargs)
+        return self.invoke(target, args, kwargs)
 
     def _call_json(self, target: Callable, call: Call):
         """A call whose arguments came as JSON: ``[args, kwargs]`` or ``[args, kwargs, init_args, init_kwargs]``."""
@@ -544,7 +553,11 @@ class Backend:
             init_args, init_kwargs = validate_arguments(cls, tuple(init[0]), init[1])
             target = getattr(cls(*init_args, **init_kwargs), call.header["method"])
         args, kwargs = validate_arguments(target, tuple(args), kwargs)
-        return target(*args, **kwargs)
+        return self.invoke(target, args, kwargs)
+
+
+def _invoke_here(target: Callable, args: tuple, kwargs: dict):
+    return target(*args, **kwargs)
 
 
 _MACHINERY = {__name__, "de_magic.schema", "de_magic.serialize", "de_magic.jsoncodec"}

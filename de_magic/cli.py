@@ -23,6 +23,7 @@ from .backend import Backend
 from .broker import Broker
 from .defaults import DEFAULT_HEARTBEAT, DEFAULT_MAX_MESSAGE, DEFAULT_MAX_QUEUED_BYTES
 from .client import Client
+from .daskpool import DaskPool, cluster_address, cluster_info
 from .errors import DeMagicError
 from .generate import client_module
 from .lifeline import exit_with_parent
@@ -102,6 +103,9 @@ def _serve_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-workers", type=int, default=None, help="threads that run calls (default: CPUs + 4)")
     parser.add_argument("--max-queue", type=int, default=1000, help="calls that may wait before 'busy' is answered")
     parser.add_argument("--allow-code", action="store_true", help="accept %%%%remote code cells (runs arbitrary code!)")
+    parser.add_argument("--dask", default=None, metavar="ADDRESS",
+                        help="run calls on a Dask cluster: a scheduler's tcp://HOST:PORT, or local[:N] for N worker "
+                             "processes here (default: $DE_MAGIC_DASK, then the config file's dask; see docs/scale.md)")
     parser.add_argument("--heartbeat", type=float, default=DEFAULT_HEARTBEAT, help="heartbeat interval in seconds")
     parser.add_argument("--parent-pid", type=int, default=None,
                         help="stop when this process (the one that started us) is gone")
@@ -109,6 +113,20 @@ def _serve_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _serve(name: str, members: dict, args: argparse.Namespace, doc: str = "") -> None:
+    address = cluster_address(args.dask)
+    if address is None:
+        _serve_backend(name, members, args, doc)
+        return
+    try:
+        pool = DaskPool.connect(address)
+    except ValueError as exc:
+        raise SystemExit(f"de-magic: {exc}") from None
+    with pool:  # the front door's slots: one per thread of the cluster, unless --max-workers says otherwise
+        args.max_workers = args.max_workers or cluster_info(pool.client)["threads"] or 1
+        _serve_backend(name, members, args, doc, pool.attach)
+
+
+def _serve_backend(name: str, members: dict, args: argparse.Namespace, doc: str = "", attach=None) -> None:
     try:
         backend = Backend(name, members, broker=args.broker, max_workers=args.max_workers, max_queue=args.max_queue,
                           allow_code=args.allow_code, heartbeat=args.heartbeat, doc=doc, security=_security(args),
@@ -116,6 +134,8 @@ def _serve(name: str, members: dict, args: argparse.Namespace, doc: str = "") ->
                           allow_clients=args.allow_clients.split(",") if args.allow_clients else None)
     except ValueError as exc:  # contradictory options
         raise SystemExit(f"de-magic: {exc}") from None
+    if attach is not None:  # e.g. DaskPool.attach: calls run elsewhere
+        attach(backend)
     print(f"de-magic: serving {name!r} ({', '.join(members)}) at {backend.broker}", flush=True)
     if args.parent_pid is not None:
         exit_with_parent(args.parent_pid, backend.stop, args.heartbeat)

@@ -36,6 +36,8 @@ FLUSH_INTERVAL = 0.05
 
 _active: contextvars.ContextVar["Capture | None"] = contextvars.ContextVar("de_magic_capture", default=None)
 _sessions: dict[str, "Session"] = {}
+#: Names every new session starts with (e.g. ``dask_client`` on a Dask backend, see daskpool.py).
+SESSION_NAMES: dict[str, object] = {}
 _sessions_lock = threading.Lock()
 
 
@@ -265,6 +267,7 @@ class Session:
         self.shell = _shell_class()(config=config, user_module=ModuleType("__main__"))
         self.shell.display_formatter.formatters["image/png"].for_type_by_name(
             "matplotlib.figure", "Figure", _figure_png)
+        self.namespace.update(SESSION_NAMES)
         self.lock = threading.Lock()
 
     @property

@@ -1,0 +1,293 @@
+"""A backend whose calls run as tasks on a Dask cluster (``de-magic serve ... --dask ADDRESS``).
+
+The backend process stays the front door: it registers, takes calls and
+answers them, but instead of running a member in its slot thread it submits
+it to the cluster and waits.  On the Dask worker the call keeps what a backend
+function has at home: :data:`~de_magic.backend.current_call` is a
+:class:`TaskCall` whose events (``progress(...)``) travel back as Dask events
+(``Worker.log_event`` -> scheduler -> our ``subscribe_topic`` handler), and
+the slot thread that waits for the task sends them on the call's connection,
+in order and before the answer.  A cancel interrupts the worker thread that
+runs the task and cancels the future; a worker that dies under a call fails
+that call (Dask would quietly run it again elsewhere, and calls may have side
+effects).  ``distributed`` is imported only here, and only when a backend
+uses a cluster.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import queue
+import sys
+import threading
+import uuid
+from dataclasses import dataclass, field
+
+from . import backend as _backend
+from .backend import Backend, current_call
+from .errors import BackendLost, Cancelled
+
+log = logging.getLogger("de_magic.daskpool")
+
+# an error's traceback, as the caller sees it, starts at the member: not in this module or Dask's client
+_backend._MACHINERY.update({__name__, "distributed.client"})
+
+#: How often the front door looks at the cluster's size, to keep its listing current.
+WATCH_INTERVAL = 2.0
+#: How often a waiting slot thread wakes, so that a cancel (an async interrupt) lands.
+_WAKE = 0.05
+
+
+def cluster_address(value: str | None) -> str | None:
+    """The cluster to use: ``value`` (a flag or main() option), else $DE_MAGIC_DASK, else the config file's ``dask``."""
+    from .security import _read_config
+
+    return value or os.environ.get("DE_MAGIC_DASK") or _read_config().get("dask")
+
+
+def cluster_info(client) -> dict:
+    """What listings show of the cluster: its scheduler, dashboard, workers and threads."""
+    nthreads = client.nthreads()
+    return {"scheduler": client.scheduler.address, "dashboard": client.dashboard_link,
+            "workers": len(nthreads), "threads": sum(nthreads.values())}
+
+
+def pickle_by_value(members: dict) -> None:
+    """Ship the code of members from script files (top-level modules) with each task: Dask workers
+    started elsewhere cannot import ``backend.py``; members of packages must be installed there."""
+    import cloudpickle
+
+    for member in members.values():
+        module = sys.modules.get(getattr(member, "__module__", None) or "")
+        if module is not None and "." not in module.__name__ and module.__name__ != "__main__":
+            cloudpickle.register_pickle_by_value(module)
+
+
+# -- the front door (backend process) ------------------------------------------------
+
+
+@dataclass
+class _Waiting:
+    """A call waiting for its task: the events relayed for it, and whether its worker was lost."""
+
+    events: "queue.SimpleQueue[dict]" = field(default_factory=queue.SimpleQueue)
+    wake: threading.Event = field(default_factory=threading.Event)
+    worker: str | None = None
+    lost: str | None = None
+
+
+class DaskPool:
+    """Runs the calls of a backend on the cluster of ``client`` (see the module's docstring)."""
+
+    def __init__(self, client):
+        self.client = client
+        self.backend: Backend | None = None
+        self._waiting: dict[str, _Waiting] = {}
+        self._stop = threading.Event()
+        self._watcher = threading.Thread(target=self._watch, name="de-magic-dask-watch", daemon=True)
+
+    @classmethod
+    def connect(cls, address: str) -> "DaskPool":
+        """A pool on ``address``: ``tcp://host:port`` of a running scheduler, or ``local[:N]`` for a
+        LocalCluster of N one-thread worker processes (one per CPU without N)."""
+        from distributed import Client, LocalCluster
+
+        kind, _, count = address.partition(":")
+        if kind == "local":
+            if count and not count.isdigit():
+                raise ValueError(f"--dask local:N needs a number of workers, not {count!r}")
+            # processes of one thread each: pure-Python calls must not share a GIL
+            cluster = LocalCluster(n_workers=int(count or os.cpu_count() or 1), threads_per_worker=1,
+                                   host="127.0.0.1", dashboard_address="127.0.0.1:0")
+            return cls(Client(cluster))
+        try:
+            return cls(Client(address, timeout="10s"))
+        except OSError as exc:
+            raise ValueError(f"cannot reach the Dask scheduler at {address} ({exc}); start one with "
+                             "`dask scheduler`, or use --dask local:N for a cluster on this machine") from None
+
+    def attach(self, backend: Backend) -> None:
+        """Have ``backend`` (not started yet) run its calls here."""
+        self.backend = backend
+        self.topic = f"de-magic-{backend.id.hex()}"
+        pickle_by_value(backend.members)
+        backend.invoke = self.invoke
+        backend.extra_info["dask"] = cluster_info(self.client)
+        self.client.subscribe_topic(self.topic, self._on_event)
+        self.client.subscribe_topic("all", self._on_cluster_event)
+        from . import execute
+
+        # %%remote cells run in the backend process, with the cluster at hand
+        execute.SESSION_NAMES["dask_client"] = self.client
+        self._watcher.start()
+
+    def __enter__(self) -> "DaskPool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop watching, and close the client (and the LocalCluster it started, if any)."""
+        self._stop.set()
+        if self._watcher.is_alive():
+            self._watcher.join()
+        cluster = self.client.cluster
+        self.client.close()
+        if cluster is not None:
+            cluster.close()
+
+    def invoke(self, target, args: tuple, kwargs: dict):
+        """Run ``target(*args, **kwargs)`` as a task; relay its events; answer with its result."""
+        call = current_call.get()
+        token = uuid.uuid4().hex
+        waiting = self._waiting[token] = _Waiting()
+        info = {"header": call.header, "client": call.client, "rid": call.rid}
+        try:
+            future = self.client.submit(run_task, token, self.topic, info, target, args, kwargs, pure=False,
+                                        key=f"de-magic-{call.header.get('member', 'call')}-{token}")
+            future.add_done_callback(lambda _: waiting.wake.set())
+            try:
+                self._wait(future, waiting, call)
+            except BaseException:
+                self._cancel(future, token)
+                raise
+            value = future.result()  # a member's exception is raised here, with its traceback
+            self._flush(waiting, call)
+            return value
+        finally:
+            del self._waiting[token]
+
+    def _wait(self, future, waiting: _Waiting, call) -> None:
+        """Relay events until the task is done; short waits let a cancel interrupt this thread."""
+        while not future.done():
+            waiting.wake.wait(_WAKE)
+            waiting.wake.clear()
+            self._flush(waiting, call)
+            if waiting.lost:
+                raise BackendLost(waiting.lost)
+
+    @staticmethod
+    def _flush(waiting: _Waiting, call) -> None:
+        while not waiting.events.empty():
+            event = waiting.events.get()
+            call.emit(event["e"], event["d"], event["p"])
+
+    def _cancel(self, future, token: str) -> None:
+        """Stop the task where it runs (an interrupt in its worker thread), and forget it."""
+        try:
+            self.client.run(interrupt_task, token, on_error="ignore")
+        finally:
+            future.cancel()
+
+    def _on_event(self, event) -> None:
+        """An event of one of our tasks (in the Dask client's thread): queue it for its slot thread."""
+        _, msg = event
+        waiting = self._waiting.get(msg.get("t"))
+        if waiting is None:
+            return  # its call was answered (e.g. cancelled) already
+        worker = msg.get("started")
+        if worker is None:
+            waiting.events.put(msg)
+        elif waiting.worker is None:
+            waiting.worker = worker
+        else:  # Dask runs it again: the first run died with its worker
+            waiting.lost = _lost(waiting.worker)
+        waiting.wake.set()
+
+    def _on_cluster_event(self, event) -> None:
+        _, msg = event
+        if isinstance(msg, dict) and msg.get("action") == "remove-worker":
+            for waiting in list(self._waiting.values()):
+                if waiting.worker == msg.get("worker"):
+                    waiting.lost = _lost(waiting.worker)
+                    waiting.wake.set()
+
+    def _watch(self) -> None:
+        """Re-register when the cluster grows or shrinks, so listings show its size."""
+        while not self._stop.wait(WATCH_INTERVAL):
+            try:
+                info = cluster_info(self.client)
+            except Exception as exc:  # noqa: BLE001 - a scheduler away for a moment: look again later
+                log.warning("cannot ask the Dask scheduler for its workers: %s", exc)
+                continue
+            if info != self.backend.extra_info["dask"]:
+                log.info("Dask cluster now has %d workers, %d threads", info["workers"], info["threads"])
+                self.backend.extra_info["dask"] = info
+                self.backend.announce()
+
+
+def _lost(worker: str) -> str:
+    return (f"the Dask worker {worker} running this call died (or was removed from the cluster); the call was "
+            "stopped, not run again elsewhere: call again if that is safe")
+
+
+# -- on the Dask worker -------------------------------------------------------------
+
+#: token -> id of the worker thread running that task, while it runs (for interrupt_task).
+_running: dict[str, int] = {}
+_running_lock = threading.Lock()
+
+
+@dataclass
+class TaskCall:
+    """:data:`current_call` on a Dask worker: the call's identity, and events relayed to the front door."""
+
+    token: str
+    topic: str
+    header: dict
+    client: bytes
+    rid: bytes
+
+    def emit(self, event: str, data: dict | None = None, payload: list | None = None) -> None:
+        from distributed import get_worker
+
+        get_worker().log_event(self.topic, {"t": self.token, "e": event, "d": data or {}, "p": list(payload or ())})
+
+
+def run_task(token: str, topic: str, info: dict, target, args: tuple, kwargs: dict):
+    """A de-magic call as a Dask task: run the member as the backend would, computing Dask results."""
+    from distributed import get_worker
+
+    call = TaskCall(token, topic, **info)
+    get_worker().log_event(topic, {"t": token, "started": get_worker().address})
+    context = current_call.set(call)
+    try:
+        with _running_lock:
+            _running[token] = threading.get_ident()
+        try:
+            return materialize(target(*args, **kwargs))
+        finally:
+            with _running_lock:
+                del _running[token]
+    except KeyboardInterrupt:
+        raise Cancelled("interrupted on the Dask worker") from None
+    finally:
+        current_call.reset(context)
+
+
+def interrupt_task(token: str) -> bool:
+    """Interrupt the task ``token`` if it runs on this worker (run by ``Client.run`` on every worker)."""
+    with _running_lock:
+        thread_id = _running.get(token)
+        if thread_id is None:
+            return False
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), ctypes.py_object(KeyboardInterrupt))
+    return True
+
+
+def materialize(value):
+    """A result as it can travel: Dask collections computed, futures' values fetched.
+
+    A lazy collection or a future means nothing to the caller, who has no client for this cluster.
+    """
+    import dask
+    from distributed import Future
+
+    if dask.is_dask_collection(value):
+        return dask.compute(value)[0]
+    if isinstance(value, Future):
+        return value.result()
+    return value
