@@ -16,6 +16,8 @@ uses a cluster.
 
 from __future__ import annotations
 
+import contextvars
+import copyreg
 import ctypes
 import logging
 import os
@@ -55,14 +57,31 @@ def cluster_info(client) -> dict:
 
 
 def pickle_by_value(members: dict) -> None:
-    """Ship the code of members from script files (top-level modules) with each task: Dask workers
-    started elsewhere cannot import ``backend.py``; members of packages must be installed there."""
+    """Ship the code of members from script files (top-level modules) with each task: the scheduler and
+    workers started elsewhere cannot import ``backend.py``; members of packages must be installed there.
+
+    Dask pickles a task with plain pickle when it can (by reference), so tasks carry the member
+    already pickled by cloudpickle (see :meth:`DaskPool.invoke`).
+    """
     import cloudpickle
 
+    copyreg.pickle(contextvars.ContextVar, _context_var)
     for member in members.values():
         module = sys.modules.get(getattr(member, "__module__", None) or "")
         if module is not None and "." not in module.__name__ and module.__name__ != "__main__":
             cloudpickle.register_pickle_by_value(module)
+
+
+def _context_var(var: contextvars.ContextVar):
+    """A module shipped by value takes its globals along, ``current_call`` too: that one travels as a
+    reference to the worker's own (a ContextVar cannot be copied)."""
+    if var is not current_call:
+        raise TypeError(f"cannot send {var!r} to a Dask worker: keep context variables out of a backend's globals")
+    return _current_call, ()
+
+
+def _current_call() -> contextvars.ContextVar:
+    return current_call
 
 
 # -- the front door (backend process) ------------------------------------------------
@@ -141,12 +160,15 @@ class DaskPool:
 
     def invoke(self, target, args: tuple, kwargs: dict):
         """Run ``target(*args, **kwargs)`` as a task; relay its events; answer with its result."""
+        import cloudpickle
+
         call = current_call.get()
         token = uuid.uuid4().hex
         waiting = self._waiting[token] = _Waiting()
         info = {"header": call.header, "client": call.client, "rid": call.rid}
         try:
-            future = self.client.submit(run_task, token, self.topic, info, target, args, kwargs, pure=False,
+            future = self.client.submit(run_task, token, self.topic, info, cloudpickle.dumps(target), args, kwargs,
+                                        pure=False,
                                         key=f"de-magic-{call.header.get('member', 'call')}-{token}")
             future.add_done_callback(lambda _: waiting.wake.set())
             try:
@@ -247,8 +269,10 @@ class TaskCall:
         get_worker().log_event(self.topic, {"t": self.token, "e": event, "d": data or {}, "p": list(payload or ())})
 
 
-def run_task(token: str, topic: str, info: dict, target, args: tuple, kwargs: dict):
-    """A de-magic call as a Dask task: run the member as the backend would, computing Dask results."""
+def run_task(token: str, topic: str, info: dict, target: bytes, args: tuple, kwargs: dict):
+    """A de-magic call as a Dask task: run the member (``target``, pickled) as the backend would,
+    computing Dask results."""
+    import cloudpickle
     from distributed import get_worker
 
     call = TaskCall(token, topic, **info)
@@ -258,7 +282,7 @@ def run_task(token: str, topic: str, info: dict, target, args: tuple, kwargs: di
         with _running_lock:
             _running[token] = threading.get_ident()
         try:
-            return materialize(target(*args, **kwargs))
+            return materialize(cloudpickle.loads(target)(*args, **kwargs))
         finally:
             with _running_lock:
                 del _running[token]
