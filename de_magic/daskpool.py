@@ -17,6 +17,7 @@ uses a cluster.
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 import copyreg
 import ctypes
 import logging
@@ -116,7 +117,7 @@ class DaskPool:
         kind, _, count = address.partition(":")
         if kind == "local":
             if count and not count.isdigit():
-                raise ValueError(f"--dask local:N needs a number of workers, not {count!r}")
+                raise ValueError(f"the Dask address local:N needs a number of workers, not {count!r}")
             # processes of one thread each: pure-Python calls must not share a GIL
             cluster = LocalCluster(n_workers=int(count or os.cpu_count() or 1), threads_per_worker=1,
                                    host="127.0.0.1", dashboard_address="127.0.0.1:0")
@@ -133,6 +134,8 @@ class DaskPool:
         self.topic = f"de-magic-{backend.id.hex()}"
         pickle_by_value(backend.members)
         backend.invoke = self.invoke
+        cell = backend.operations["exec"]
+        backend.operations["exec"] = dataclasses.replace(cell, run=lambda call: _computed(cell.run(call)))
         backend.extra_info["dask"] = cluster_info(self.client)
         self.client.subscribe_topic(self.topic, self._on_event)
         self.client.subscribe_topic("all", self._on_cluster_event)
@@ -241,6 +244,15 @@ class DaskPool:
                 self.backend.announce()
 
 
+def _computed(reply: dict) -> dict:
+    """A cell's reply with the Dask work it hands back (pulled variables, an evaluated value) computed."""
+    if "value" in reply:
+        reply["value"] = materialize(reply["value"])
+    if "pulled" in reply:
+        reply["pulled"] = {name: materialize(value) for name, value in reply["pulled"].items()}
+    return reply
+
+
 def _lost(worker: str) -> str:
     return (f"the Dask worker {worker} running this call died (or was removed from the cluster); the call was "
             "stopped, not run again elsewhere: call again if that is safe")
@@ -305,7 +317,8 @@ def interrupt_task(token: str) -> bool:
 def materialize(value):
     """A result as it can travel: Dask collections computed, futures' values fetched.
 
-    A lazy collection or a future means nothing to the caller, who has no client for this cluster.
+    A lazy (or persisted) collection or a future means nothing to the caller, who has no client for
+    this cluster.
     """
     import dask
     from distributed import Future

@@ -157,10 +157,12 @@ def test_remote_cell_has_a_dask_client_and_dask_output(dask_setup):
             "total = dask_client.compute(dask.delayed(sum)([1, 2, 3]))\n"
             "dask_progress(total)\n"
             "total = total.result()\n"
+            "lazy = dask.delayed(sum)([4, 5])\n"
             "dask_client\n")
     outputs = []
-    pulled = session.execute(code, pull=("pid", "total"), on_output=outputs.append, timeout=30).result()
+    pulled = session.execute(code, pull=("pid", "total", "lazy"), on_output=outputs.append, timeout=30).result()
     assert pulled["total"] == 6 and pulled["pid"] != dask_setup["local"].pid
+    assert pulled["lazy"] == 9  # computed on the cluster before it was sent
     text = "".join(o.get("text", "") for o in outputs if o["event"] == "stream")
     assert "100% Completed" in text, outputs
     html = [o["data"]["text/html"] for o in outputs if o["event"] == "display" and "text/html" in o["data"]]
@@ -180,3 +182,13 @@ def test_a_killed_worker_fails_its_call_and_the_backend_serves_on(dask_setup, tm
             call.result(20)
     assert time.monotonic() - started < 10
     assert backend.add(20, 22) == 42
+
+
+def test_the_cluster_may_come_from_the_config_file(tmp_path):
+    config = tmp_path / "config.toml"
+    config.write_text('dask = "local:many"\n')
+    done = subprocess.run([sys.executable, "-m", "de_magic", "serve", BACKEND, "--broker", "tcp://127.0.0.1:1"],
+                          cwd=ROOT, env={**os.environ, "DE_MAGIC_CONFIG": str(config)}, capture_output=True,
+                          text=True, timeout=30)
+    assert done.returncode != 0
+    assert "the Dask address local:N needs a number of workers, not 'many'" in done.stderr
