@@ -1,0 +1,140 @@
+"""A Dask-backed backend against a plain one, in one run, on loopback.
+
+    python benchmarks/dask_bench.py [--reps 3] [--calls 200]
+
+Serves benchmarks/gil_backend.py twice behind one broker: plainly with
+``--max-workers 2``, and with ``--dask local:2`` (two one-thread worker
+processes).  Measures (1) the wall time of 4 concurrent calls of a GIL-bound
+pure-Python function of about 1 s each (the work is a fixed loop, calibrated
+here, so threads sharing a GIL take longer, as they would); (2) the median
+latency of a tiny call on each, and of a bare Dask ``submit().result()`` on
+the same LocalCluster, the floor of the Dask path.  Systems run interleaved,
+medians over repetitions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from de_magic import Client  # noqa: E402
+from gil_backend import spin, tiny  # noqa: E402
+
+BACKEND = str(ROOT / "benchmarks" / "gil_backend.py")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def calibrate(seconds: float = 1.0) -> int:
+    """Loop steps of spin() that take ``seconds`` here, alone."""
+    n = 200_000
+    while True:
+        start = time.perf_counter()
+        spin(n)
+        took = time.perf_counter() - start
+        if took > 0.2:
+            return int(n * seconds / took)
+        n *= 2
+
+
+def wait_ready(client: Client, name: str, slots: int) -> dict:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        entry = client.listing(api=False)["backends"].get(name)
+        if entry and entry["workers"] and entry["workers"][0]["slots"] >= slots:
+            return entry["workers"][0]
+        time.sleep(0.1)
+    raise SystemExit(f"backend {name} did not register")
+
+
+def four_calls(client: Client, name: str, n: int) -> float:
+    proxy = client[name]
+    start = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda _: proxy.spin(n), range(4)))
+    return time.perf_counter() - start
+
+
+def median_latency(call, count: int) -> float:
+    call()
+    times = []
+    for _ in range(count):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--calls", type=int, default=200, help="tiny calls per system and rep")
+    args = parser.parse_args()
+    from distributed import Client as DaskClient
+
+    url = f"tcp://127.0.0.1:{free_port()}"
+    procs = [subprocess.Popen([sys.executable, "-m", "de_magic", "broker", "--bind", url], cwd=ROOT)]
+    serve = [sys.executable, "-m", "de_magic", "serve", BACKEND, "--broker", url]
+    try:
+        client = Client(url, timeout=60)
+        wait = time.monotonic() + 20
+        while True:
+            try:
+                client.listing(api=False, timeout=1)
+                break
+            except Exception:
+                if time.monotonic() > wait:
+                    raise
+        procs.append(subprocess.Popen([*serve, "--name", "plain", "--max-workers", "2"], cwd=ROOT,
+                                      stderr=subprocess.DEVNULL))
+        procs.append(subprocess.Popen([*serve, "--name", "dasked", "--dask", "local:2"], cwd=ROOT,
+                                      stderr=subprocess.DEVNULL))
+        wait_ready(client, "plain", 2)
+        scheduler = wait_ready(client, "dasked", 2)["dask"]["scheduler"]
+        dask = DaskClient(scheduler)
+        n = calibrate()
+        print(f"spin({n:,}) takes about 1 s here, alone")
+        walls = {"plain": [], "dasked": []}
+        tinies = {"plain": [], "dasked": [], "dask": []}
+        for rep in range(args.reps):
+            for name in walls:
+                walls[name].append(four_calls(client, name, n))
+            for name in ("plain", "dasked"):
+                tinies[name].append(median_latency(client[name].tiny, args.calls))
+            tinies["dask"].append(median_latency(lambda: dask.submit(tiny, pure=False).result(), args.calls))
+            print(f"rep {rep + 1}: 4 calls plain {walls['plain'][-1]:.2f} s, dask {walls['dasked'][-1]:.2f} s; "
+                  f"tiny plain {tinies['plain'][-1] * 1e3:.2f} ms, dask {tinies['dasked'][-1] * 1e3:.2f} ms, "
+                  f"bare dask {tinies['dask'][-1] * 1e3:.2f} ms", flush=True)
+        dask.close()
+        wall = {k: statistics.median(v) for k, v in walls.items()}
+        tiny_ms = {k: statistics.median(v) * 1e3 for k, v in tinies.items()}
+        print(f"\n4 x spin ~1 s: plain --max-workers 2 {wall['plain']:.2f} s, --dask local:2 {wall['dasked']:.2f} s, "
+              f"ratio {wall['dasked'] / wall['plain']:.2f} (target <= 0.6)")
+        print(f"tiny call p50: plain {tiny_ms['plain']:.2f} ms, dask {tiny_ms['dasked']:.2f} ms, "
+              f"overhead {tiny_ms['dasked'] - tiny_ms['plain']:.2f} ms (aim < 2 ms); "
+              f"bare Dask submit+result {tiny_ms['dask']:.2f} ms, so de-magic adds "
+              f"{tiny_ms['dasked'] - tiny_ms['dask']:.2f} ms on top of Dask")
+        client.close()
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+        for proc in procs:
+            proc.wait(20)
+
+
+if __name__ == "__main__":
+    main()
