@@ -14,7 +14,7 @@ import pytest
 distributed = pytest.importorskip("distributed")
 
 from de_magic.errors import BackendLost, CallTimeout, RemoteError  # noqa: E402
-from de_magic.session import RemoteSession  # noqa: E402
+from de_magic.session import EVENT_HANDLERS, RemoteSession  # noqa: E402
 
 from conftest import ROOT, Cluster, Processes, free_port, wait_for  # noqa: E402
 
@@ -149,9 +149,13 @@ def test_fan_out_runs_on_the_same_cluster(dask_setup):
     assert dask_setup["local"].pid not in done["pids"] and done["me"] != dask_setup["local"].pid
 
 
-def test_remote_cell_has_a_dask_client_and_dask_output(dask_setup):
+def test_remote_cell_has_a_dask_client_and_dask_output(dask_setup, monkeypatch):
     session = RemoteSession(dask_setup["client"], "dask_local")
+    bars = []
+    monkeypatch.setitem(EVENT_HANDLERS, "progress", lambda header, frames, session: bars.append(header))
     code = ("import os, dask\n"
+            "from de_magic.progress import progress\n"
+            "absolute = progress(dask.delayed(sum)([dask.delayed(abs)(-i) for i in range(5)]), desc='cell').compute()\n"
             "from distributed import progress as dask_progress\n"
             "pid = dask_client.submit(os.getpid, pure=False).result()\n"
             "total = dask_client.compute(dask.delayed(sum)([1, 2, 3]))\n"
@@ -160,7 +164,10 @@ def test_remote_cell_has_a_dask_client_and_dask_output(dask_setup):
             "lazy = dask.delayed(sum)([4, 5])\n"
             "dask_client\n")
     outputs = []
-    pulled = session.execute(code, pull=("pid", "total", "lazy"), on_output=outputs.append, timeout=30).result()
+    pulled = session.execute(code, pull=("pid", "total", "lazy", "absolute"), on_output=outputs.append,
+                             timeout=30).result()
+    assert pulled["absolute"] == 10 and bars[-1]["desc"] == "cell" and bars[-1]["done"]
+    assert bars[-1]["n"] == bars[-1]["total"] >= 6
     assert pulled["total"] == 6 and pulled["pid"] != dask_setup["local"].pid
     assert pulled["lazy"] == 9  # computed on the cluster before it was sent
     text = "".join(o.get("text", "") for o in outputs if o["event"] == "stream")
