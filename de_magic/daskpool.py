@@ -17,7 +17,6 @@ uses a cluster.
 from __future__ import annotations
 
 import contextvars
-import dataclasses
 import copyreg
 import ctypes
 import logging
@@ -26,7 +25,7 @@ import queue
 import sys
 import threading
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from . import backend as _backend
 from .backend import Backend, current_call
@@ -104,6 +103,7 @@ class DaskPool:
     def __init__(self, client):
         self.client = client
         self.backend: Backend | None = None
+        self.topic = ""  # where our tasks' events go: named after the backend's id, on attach()
         self._waiting: dict[str, _Waiting] = {}
         self._stop = threading.Event()
         self._watcher = threading.Thread(target=self._watch, name="de-magic-dask-watch", daemon=True)
@@ -135,7 +135,7 @@ class DaskPool:
         pickle_by_value(backend.members)
         backend.invoke = self.invoke
         cell = backend.operations["exec"]
-        backend.operations["exec"] = dataclasses.replace(cell, run=lambda call: _computed(cell.run(call)))
+        backend.operations["exec"] = replace(cell, run=lambda call: _computed(cell.run(call)))
         backend.extra_info["dask"] = cluster_info(self.client)
         self.client.subscribe_topic(self.topic, self._on_event)
         self.client.subscribe_topic("all", self._on_cluster_event)
@@ -176,10 +176,10 @@ class DaskPool:
             future.add_done_callback(lambda _: waiting.wake.set())
             try:
                 self._wait(future, waiting, call)
+                value = future.result()  # a member's exception is raised here, with its traceback
             except BaseException:
                 self._cancel(future, token)
                 raise
-            value = future.result()  # a member's exception is raised here, with its traceback
             self._flush(waiting, call)
             return value
         finally:
@@ -202,6 +202,8 @@ class DaskPool:
 
     def _cancel(self, future, token: str) -> None:
         """Stop the task where it runs (an interrupt in its worker thread), and forget it."""
+        if future.done():
+            return  # it failed (or finished) by itself: nothing runs
         try:
             self.client.run(interrupt_task, token, on_error="ignore")
         finally:
