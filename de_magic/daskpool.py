@@ -16,6 +16,7 @@ uses a cluster.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextvars
 import copyreg
 import ctypes
@@ -89,11 +90,10 @@ def _current_call() -> contextvars.ContextVar:
 
 @dataclass
 class _Waiting:
-    """A call waiting for its task: the events relayed for it, and whether its worker was lost."""
+    """A call waiting for its task: the events relayed for it, and why it failed if its worker was lost."""
 
     events: "queue.SimpleQueue[dict]" = field(default_factory=queue.SimpleQueue)
     wake: threading.Event = field(default_factory=threading.Event)
-    worker: str | None = None
     lost: str | None = None
 
 
@@ -106,6 +106,8 @@ class DaskPool:
         self.topic = ""  # where our tasks' events go: named after the backend's id, on attach()
         self._waiting: dict[str, _Waiting] = {}
         self._stop = threading.Event()
+        # stopping a task waits for every worker to answer: not something the caller's answer should wait for
+        self._stopper = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="de-magic-dask-cancel")
         self._watcher = threading.Thread(target=self._watch, name="de-magic-dask-watch", daemon=True)
 
     @classmethod
@@ -156,6 +158,7 @@ class DaskPool:
         self._stop.set()
         if self._watcher.is_alive():
             self._watcher.join()
+        self._stopper.shutdown(cancel_futures=True)
         cluster = self.client.cluster
         self.client.close()
         if cluster is not None:
@@ -166,24 +169,24 @@ class DaskPool:
         import cloudpickle
 
         call = current_call.get()
-        token = uuid.uuid4().hex
-        waiting = self._waiting[token] = _Waiting()
+        key = f"de-magic-{call.header.get('member', 'call')}-{uuid.uuid4().hex}"
+        waiting = self._waiting[key] = _Waiting()
         info = {"header": call.header, "client": call.client, "rid": call.rid}
         try:
-            future = self.client.submit(run_task, token, self.topic, info, cloudpickle.dumps(target), args, kwargs,
-                                        pure=False,
-                                        key=f"de-magic-{call.header.get('member', 'call')}-{token}")
+            future = self.client.submit(run_task, key, self.topic, info, cloudpickle.dumps(target), args, kwargs,
+                                        key=key, pure=False)
             future.add_done_callback(lambda _: waiting.wake.set())
             try:
                 self._wait(future, waiting, call)
                 value = future.result()  # a member's exception is raised here, with its traceback
             except BaseException:
-                self._cancel(future, token)
+                if not future.done():  # else it failed (or finished) by itself: nothing runs
+                    self._stopper.submit(self._cancel, future, key)
                 raise
             self._flush(waiting, call)
             return value
         finally:
-            del self._waiting[token]
+            del self._waiting[key]
 
     def _wait(self, future, waiting: _Waiting, call) -> None:
         """Relay events until the task is done; short waits let a cancel interrupt this thread."""
@@ -200,37 +203,38 @@ class DaskPool:
             event = waiting.events.get()
             call.emit(event["e"], event["d"], event["p"])
 
-    def _cancel(self, future, token: str) -> None:
-        """Stop the task where it runs (an interrupt in its worker thread), and forget it."""
-        if future.done():
-            return  # it failed (or finished) by itself: nothing runs
+    def _cancel(self, future, key: str) -> None:
+        """Forget the task, so Dask starts it nowhere again, and interrupt it in the worker thread running it.
+
+        Only workers that have it are asked: a broadcast would wait for every worker, gone ones too.
+        """
         try:
-            self.client.run(interrupt_task, token, on_error="ignore")
-        finally:
+            workers = [worker for worker, keys in self.client.processing().items() if key in keys]
             future.cancel()
+            if workers:
+                self.client.run(interrupt_task, key, workers=workers, on_error="ignore")
+        except Exception as exc:  # noqa: BLE001 - e.g. the scheduler gone: nothing more to stop
+            log.warning("could not stop Dask task %s: %s", key, exc)
 
     def _on_event(self, event) -> None:
         """An event of one of our tasks (in the Dask client's thread): queue it for its slot thread."""
         _, msg = event
         waiting = self._waiting.get(msg.get("t"))
-        if waiting is None:
-            return  # its call was answered (e.g. cancelled) already
-        worker = msg.get("started")
-        if worker is None:
+        if waiting is not None:  # else its call was answered (e.g. cancelled) already
             waiting.events.put(msg)
-        elif waiting.worker is None:
-            waiting.worker = worker
-        else:  # Dask runs it again: the first run died with its worker
-            waiting.lost = _lost(waiting.worker)
-        waiting.wake.set()
+            waiting.wake.set()
 
     def _on_cluster_event(self, event) -> None:
+        """A worker left: fail the calls it had, which Dask would otherwise run again elsewhere."""
         _, msg = event
-        if isinstance(msg, dict) and msg.get("action") == "remove-worker":
-            for waiting in list(self._waiting.values()):
-                if waiting.worker == msg.get("worker"):
-                    waiting.lost = _lost(waiting.worker)
-                    waiting.wake.set()
+        if not (isinstance(msg, dict) and msg.get("action") == "remove-worker"):
+            return
+        for key in msg.get("processing-tasks") or ():
+            waiting = self._waiting.get(key)
+            if waiting is not None:
+                log.warning("Dask worker %s left with call %s; failing it", msg.get("worker"), key)
+                waiting.lost = _lost(msg.get("worker"))
+                waiting.wake.set()
 
     def _watch(self) -> None:
         """Re-register when the cluster grows or shrinks, so listings show its size."""
@@ -255,14 +259,14 @@ def _computed(reply: dict) -> dict:
     return reply
 
 
-def _lost(worker: str) -> str:
-    return (f"the Dask worker {worker} running this call died (or was removed from the cluster); the call was "
-            "stopped, not run again elsewhere: call again if that is safe")
+def _lost(worker: str | None) -> str:
+    return (f"the Dask worker {worker} that had this call died (or left the cluster); the call was stopped, "
+            "not run again elsewhere: call again if that is safe")
 
 
 # -- on the Dask worker -------------------------------------------------------------
 
-#: token -> id of the worker thread running that task, while it runs (for interrupt_task).
+#: task key -> id of the worker thread running that task, while it runs (for interrupt_task).
 _running: dict[str, int] = {}
 _running_lock = threading.Lock()
 
@@ -271,7 +275,7 @@ _running_lock = threading.Lock()
 class TaskCall:
     """:data:`current_call` on a Dask worker: the call's identity, and events relayed to the front door."""
 
-    token: str
+    key: str
     topic: str
     header: dict
     client: bytes
@@ -280,36 +284,35 @@ class TaskCall:
     def emit(self, event: str, data: dict | None = None, payload: list | None = None) -> None:
         from distributed import get_worker
 
-        get_worker().log_event(self.topic, {"t": self.token, "e": event, "d": data or {}, "p": list(payload or ())})
+        get_worker().log_event(self.topic, {"t": self.key, "e": event, "d": data or {}, "p": list(payload or ())})
 
 
-def run_task(token: str, topic: str, info: dict, target: bytes, args: tuple, kwargs: dict):
-    """A de-magic call as a Dask task: run the member (``target``, pickled) as the backend would,
+def run_task(key: str, topic: str, info: dict, target: bytes, args: tuple, kwargs: dict):
+    """A de-magic call as Dask task ``key``: run the member (``target``, pickled) as the backend would,
     computing Dask results."""
     import cloudpickle
-    from distributed import get_worker
 
-    call = TaskCall(token, topic, **info)
-    get_worker().log_event(topic, {"t": token, "started": get_worker().address})
-    context = current_call.set(call)
+    context = current_call.set(TaskCall(key, topic, **info))
     try:
         with _running_lock:
-            _running[token] = threading.get_ident()
+            _running[key] = threading.get_ident()
         try:
             return materialize(cloudpickle.loads(target)(*args, **kwargs))
         finally:
             with _running_lock:
-                del _running[token]
+                del _running[key]
+                # an interrupt sent just now must not land after this function, in Dask's own thread loop
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(threading.get_ident()), None)
     except KeyboardInterrupt:
         raise Cancelled("interrupted on the Dask worker") from None
     finally:
         current_call.reset(context)
 
 
-def interrupt_task(token: str) -> bool:
-    """Interrupt the task ``token`` if it runs on this worker (run by ``Client.run`` on every worker)."""
+def interrupt_task(key: str) -> bool:
+    """Interrupt the task ``key`` if it runs on this worker (run by ``Client.run`` on every worker)."""
     with _running_lock:
-        thread_id = _running.get(token)
+        thread_id = _running.get(key)
         if thread_id is None:
             return False
         ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), ctypes.py_object(KeyboardInterrupt))

@@ -83,6 +83,7 @@ def test_listing_shows_the_cluster_and_follows_it_when_it_scales(dask_setup):
     assert info["scheduler"] == dask_setup["scheduler"]
     assert (info["workers"], info["threads"], info["capacity"]) == (2, 2, 2)
     assert info["dashboard"].startswith("http://")
+    assert "1 (Dask: 2 workers, 2 threads)" in repr(dask_setup["client"].backends())
     local = _dask_info(dask_setup, "dask_local")
     assert (local["workers"], local["threads"], local["capacity"]) == (2, 2, 2)
     extra = dask_setup["procs"].dask("worker", dask_setup["scheduler"], "--nthreads", "3", "--name", "w3",
