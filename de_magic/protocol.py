@@ -380,8 +380,9 @@ def check_ready_info(info: dict) -> dict:
     for key in ("capacity", "queue"):
         if key in info and (type(info[key]) is not int or info[key] < 0):
             raise ProtocolError(f"READY info: {key!r} must be a non-negative integer")
-    if not isinstance(info.get("api", {}), dict):
-        raise ProtocolError("READY info: 'api' must be an object")
+    for key in ("api", "dask"):  # dask: the cluster a Dask backend runs on, shown in listings
+        if not isinstance(info.get(key, {}), dict):
+            raise ProtocolError(f"READY info: {key!r} must be an object")
     allowed = info.get("allow_clients")
     if allowed is not None and not (isinstance(allowed, list) and all(isinstance(k, str) for k in allowed)):
         raise ProtocolError("READY info: 'allow_clients' must be a list of strings")
