@@ -241,13 +241,12 @@ class DaskPool:
         while not self._stop.wait(WATCH_INTERVAL):
             try:
                 info = cluster_info(self.client)
-            except Exception as exc:  # noqa: BLE001 - a scheduler away for a moment: look again later
-                log.warning("cannot ask the Dask scheduler for its workers: %s", exc)
-                continue
-            if info != self.backend.extra_info["dask"]:
-                log.info("Dask cluster now has %d workers, %d threads", info["workers"], info["threads"])
-                self.backend.extra_info["dask"] = info
-                self.backend.announce()
+                if info != self.backend.extra_info["dask"]:
+                    log.info("Dask cluster now has %d workers, %d threads", info["workers"], info["threads"])
+                    self.backend.extra_info["dask"] = info
+                    self.backend.announce()
+            except Exception as exc:  # noqa: BLE001 - e.g. a scheduler away for a moment: look again later
+                log.warning("cannot follow the Dask cluster's size: %s", exc)
 
 
 def _computed(reply: dict) -> dict:
