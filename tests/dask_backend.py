@@ -70,6 +70,17 @@ def sleeper(path: str, seconds: float) -> str:
     return "slept"
 
 
+class Scaler:
+    """Built in the backend process, its methods run on a Dask worker."""
+
+    def __init__(self, factor: float = 2.0):
+        self.factor = factor
+
+    def apply(self, values: list[float]) -> dict:
+        """The values scaled, and where that happened."""
+        return {"values": [v * self.factor for v in values], "pid": os.getpid()}
+
+
 def boom(x: int) -> int:
     """Raise, for the traceback."""
     raise ValueError(f"no good: {x}")

@@ -103,6 +103,11 @@ def test_calls_run_on_dask_workers_and_know_their_call(dask_setup):
     assert here["member"] == "where" and here["call"] == "TaskCall"
 
 
+def test_methods_of_classes_run_on_dask_workers(dask_setup):
+    done = dask_setup["client"]["dask_ext"].Scaler(factor=3).apply([1.0, 2.0])
+    assert done["values"] == [3.0, 6.0] and done["pid"] != dask_setup["ext"].pid
+
+
 def test_dask_results_are_computed_before_they_are_sent(dask_setup):
     assert dask_setup["client"]["dask_ext"].lazy(10) == 45
 
