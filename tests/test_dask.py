@@ -25,8 +25,8 @@ class DaskProcesses(Processes):
     """Also `dask scheduler|worker` processes; each process group is killed at teardown (nannies have children)."""
 
     def dask(self, *args: str) -> subprocess.Popen:
-        proc = subprocess.Popen([sys.executable, "-m", "dask", *args], cwd=ROOT, start_new_session=True,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # their logs go where pytest captures them: shown with a failing test
+        proc = subprocess.Popen([sys.executable, "-m", "dask", *args], cwd=ROOT, start_new_session=True)
         self.procs.append(proc)
         return proc
 
