@@ -104,6 +104,7 @@ class DaskPool:
         self.client = client
         self.backend: Backend | None = None
         self.topic = ""  # where our tasks' events go: named after the backend's id, on attach()
+        self.scheduler = ""
         self._waiting: dict[str, _Waiting] = {}
         self._stop = threading.Event()
         # stopping a task waits for every worker to answer: not something the caller's answer should wait for
@@ -134,6 +135,7 @@ class DaskPool:
         """Have ``backend`` (not started yet) run its calls here."""
         self.backend = backend
         self.topic = f"de-magic-{backend.id.hex()}"
+        self.scheduler = self.client.scheduler.address  # the client forgets it once it gives up on it
         pickle_by_value(backend.members)
         backend.invoke = self.invoke
         cell = backend.operations["exec"]
@@ -196,6 +198,9 @@ class DaskPool:
             self._flush(waiting, call)
             if waiting.lost:
                 raise BackendLost(waiting.lost)
+            if self.client.status != "running":  # a scheduler that restarts has forgotten its tasks
+                raise BackendLost(f"lost the Dask scheduler at {self.scheduler} "
+                                  f"({self.client.status}); the call was dropped: call again once it is back")
 
     @staticmethod
     def _flush(waiting: _Waiting, call) -> None:
@@ -237,8 +242,12 @@ class DaskPool:
                 waiting.wake.set()
 
     def _watch(self) -> None:
-        """Re-register when the cluster grows or shrinks, so listings show its size."""
+        """Re-register when the cluster grows or shrinks, so listings show its size; stop with the cluster."""
         while not self._stop.wait(WATCH_INTERVAL):
+            if self.client.status == "closed":  # Dask gave up reconnecting: a front door to nothing
+                log.error("lost the Dask scheduler at %s for good; stopping", self.scheduler)
+                self.backend.stop()
+                return
             try:
                 info = cluster_info(self.client)
                 if info != self.backend.extra_info["dask"]:

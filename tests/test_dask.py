@@ -205,3 +205,25 @@ def test_the_cluster_may_come_from_the_config_file(tmp_path):
                           text=True, timeout=30)
     assert done.returncode != 0
     assert "the Dask address local:N needs a number of workers, not 'many'" in done.stderr
+
+
+def test_a_lost_scheduler_fails_the_call_clearly(dask_setup):
+    procs = dask_setup["procs"]
+    address = f"tcp://127.0.0.1:{free_port()}"
+    scheduler = procs.dask("scheduler", "--host", "127.0.0.1", "--port", address.rpartition(":")[2],
+                           "--no-dashboard")
+    watcher = wait_for(lambda: _dask_client(address), what=f"Dask scheduler at {address}")
+    backend = dask_setup["broker"].start_backend(BACKEND, "dask_orphan", "--dask", address)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        call = pool.submit(dask_setup["client"]["dask_orphan"].add.options(timeout=30), 1, 2)
+        # no workers: the task waits at the scheduler until the scheduler dies
+        wait_for(lambda: watcher.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.tasks)),
+                 what="the call's task at the scheduler")
+        watcher.close()
+        scheduler.kill()
+        with pytest.raises(BackendLost, match="lost the Dask scheduler at"):
+            call.result(20)
+    assert backend.poll() is None
+    # once Dask gives up reconnecting (10 s), the front door stops: it would only fail calls
+    wait_for(lambda: backend.poll() is not None, timeout=30, what="the backend to stop")
+    assert not dask_setup["broker"].workers("dask_orphan")
