@@ -107,7 +107,7 @@ class DaskPool:
         self.scheduler = ""
         self._waiting: dict[str, _Waiting] = {}
         self._stop = threading.Event()
-        # stopping a task waits for every worker to answer: not something the caller's answer should wait for
+        # stopping a task takes round trips to the scheduler and a worker: the caller's answer must not wait for them
         self._stopper = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="de-magic-dask-cancel")
         self._watcher = threading.Thread(target=self._watch, name="de-magic-dask-watch", daemon=True)
 
