@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from types import ModuleType
 
+from .backend.daskpool import DaskPool, cluster_address, cluster_info
 from .backend.lifeline import exit_with_parent
 from .backend.server import Backend
 from .broker.server import Broker
@@ -157,6 +158,9 @@ def _serve_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-code", action="store_true", help="accept %%%%remote code cells (runs arbitrary code!)")
     parser.add_argument("--session-lease", type=float, default=DEFAULT_SESSION_LEASE, metavar="SECONDS",
                         help="end a %%%%remote namespace whose caller has been gone this long (default: 2 hours)")
+    parser.add_argument("--dask", default=None, metavar="ADDRESS",
+                        help="run calls on a Dask cluster: a scheduler's tcp://HOST:PORT, or local[:N] for N worker "
+                             "processes here (default: $DE_MAGIC_DASK, then the config file's dask; see docs/scale.md)")
     parser.add_argument("--heartbeat", type=float, default=DEFAULT_HEARTBEAT, help="heartbeat interval in seconds")
     parser.add_argument("--parent-pid", type=int, default=None,
                         help="stop when this process (the one that started us) is gone")
@@ -164,6 +168,20 @@ def _serve_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _serve(name: str, members: dict, args: argparse.Namespace, doc: str = "") -> None:
+    address = cluster_address(args.dask)
+    if address is None:
+        _serve_backend(name, members, args, doc)
+        return
+    try:
+        pool = DaskPool.connect(address)
+    except ValueError as exc:
+        raise SystemExit(f"de-magic: {exc}") from None
+    with pool:  # the front door's slots: one per thread of the cluster, unless --max-workers says otherwise
+        args.max_workers = args.max_workers or cluster_info(pool.client)["threads"] or 1
+        _serve_backend(name, members, args, doc, pool.attach)
+
+
+def _serve_backend(name: str, members: dict, args: argparse.Namespace, doc: str = "", attach=None) -> None:
     try:
         backend = Backend(name, members, broker=_url(args.broker, "--broker"), max_workers=args.max_workers,
                           max_queue=args.max_queue, allow_code=args.allow_code, heartbeat=args.heartbeat, doc=doc,
@@ -173,6 +191,8 @@ def _serve(name: str, members: dict, args: argparse.Namespace, doc: str = "") ->
                           session_lease=args.session_lease)
     except ValueError as exc:  # contradictory options
         raise SystemExit(f"de-magic: {exc}") from None
+    if attach is not None:  # e.g. DaskPool.attach: calls run elsewhere
+        attach(backend)
     print(f"de-magic: backend {name!r} ({', '.join(members)}) is connecting to the broker at {backend.broker}",
           flush=True)
     if args.parent_pid is not None:

@@ -87,6 +87,7 @@ def test_error_headers_map_to_exception_types():
     ({"queue": 1.5}, "'queue' must be a non-negative integer"),
     ({"queue": -1}, "'queue' must be a non-negative integer"),
     ({"api": []}, "'api' must be an object"),
+    ({"dask": "tcp://somewhere"}, "'dask' must be an object"),
     ({"allow_clients": "alice"}, "'allow_clients' must be a list"),
     ({"heartbeat": "often"}, "'heartbeat' must be a non-negative number"),
     ({"heartbeat": float("inf")}, "'heartbeat' must be a non-negative number"),

@@ -15,7 +15,8 @@ import itertools
 import time
 from typing import Iterable, Iterator, TypeVar
 
-from .server import current_call
+from .callcontext import current_call
+from .daskprogress import is_dask_work, track
 
 T = TypeVar("T")
 
@@ -25,7 +26,16 @@ _open: contextvars.ContextVar[tuple[int, ...]] = contextvars.ContextVar("de_magi
 
 
 class progress(Iterator[T]):
-    """Iterate ``iterable`` and report progress to the caller (tqdm-like)."""
+    """Iterate ``iterable`` and report progress to the caller (tqdm-like).
+
+    Given Dask work (a collection, futures) instead, compute it and report its tasks done
+    (see :mod:`de_magic.backend.daskprogress`).
+    """
+
+    def __new__(cls, iterable=None, *args, **kwargs):
+        if iterable is not None and is_dask_work(iterable):
+            return track(iterable, cls, *args, **kwargs)
+        return super().__new__(cls)
 
     def __init__(self, iterable: Iterable[T] | None = None, desc: str = "", total: int | None = None,
                  interval: float = 0.1, unit: str = "it"):

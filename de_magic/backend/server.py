@@ -99,6 +99,10 @@ class Backend:
         #: The broker's limit, learnt at registration: a larger answer would be cut off in transit.
         self._limit = max_message_size
         self.api = describe(name, self.members, doc)
+        #: Runs a member once its arguments are checked: here by default; a Dask pool runs it on a cluster.
+        self.invoke: Callable[[Callable, tuple, dict], object] = _invoke_here
+        #: More to say on registering (e.g. ``"dask"``: the cluster's size); see :meth:`announce`.
+        self.extra_info: dict = {}
         self._reply_header = P.dump_header({"codec": codec, "worker": self.id.hex()})
         self.operations: dict[str, Operation] = {"call": Operation(self._call_member)}
         #: Seconds a ``%%remote`` namespace outlives its caller's last request or renewal.
@@ -231,7 +235,12 @@ class Backend:
                 "heartbeat": self.heartbeat}
         if self.allow_clients is not None:
             info["allow_clients"] = self.allow_clients
+        info.update(self.extra_info)
         return P.ready(self.name, self.id, self._secret, info)
+
+    def announce(self) -> None:
+        """Register again with the current :attr:`extra_info` (from any thread; the I/O thread sends it)."""
+        send_frames(self._out.get(), self._ready_frames())
 
     def _io_loop(self, pull: zmq.Socket, stop: zmq.Socket, slots: zmq.Socket) -> None:
         """Registration, heartbeats, cancels, and messages from threads that own no connection."""
@@ -300,7 +309,8 @@ class Backend:
             if not pull.poll(0):
                 break
             frames = recv_frames(pull)
-            if P.parse(frames, P.AT_BROKER).type == P.EVENT:
+            msg = P.parse(frames, P.AT_BROKER)  # an answer, an event, or READY again (see announce)
+            if isinstance(msg, P.Answer) and msg.type == P.EVENT:
                 send_frames(dealer, frames)
             else:
                 answers.append(frames)
@@ -515,7 +525,7 @@ class Backend:
             check_arguments(cls, *init)
             target = getattr(cls(*init[0], **init[1]), call.header["method"])
         check_arguments(target, args, kwargs)
-        return target(*args, **kwargs)
+        return self.invoke(target, args, kwargs)
 
     def _call_json(self, target: Callable, call: Call):
         """A call whose arguments came as JSON: ``[args, kwargs]`` or ``[args, kwargs, init_args, init_kwargs]``."""
@@ -529,7 +539,11 @@ class Backend:
             init_args, init_kwargs = validate_arguments(cls, tuple(init[0]), init[1])
             target = getattr(cls(*init_args, **init_kwargs), call.header["method"])
         args, kwargs = validate_arguments(target, tuple(args), kwargs)
-        return target(*args, **kwargs)
+        return self.invoke(target, args, kwargs)
+
+
+def _invoke_here(target: Callable, args: tuple, kwargs: dict):
+    return target(*args, **kwargs)
 
 
 _MACHINERY = {__name__, "de_magic.schema.arguments", "de_magic.wire.serialize", "de_magic.wire.jsoncodec"}

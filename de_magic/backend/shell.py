@@ -20,6 +20,8 @@ from . import capture
 
 _sessions: dict[str, "Session"] = {}
 _sessions_lock = threading.Lock()
+#: Names every new session starts with (e.g. ``dask_client`` on a Dask backend, see daskpool.py).
+SESSION_NAMES: dict[str, object] = {}
 
 @functools.cache
 def _shell_class():
@@ -80,6 +82,7 @@ class Session:
         self.shell = _shell_class()(config=config, user_module=ModuleType("__main__"))
         self.shell.display_formatter.formatters["image/png"].for_type_by_name(
             "matplotlib.figure", "Figure", _figure_png)
+        self.namespace.update(SESSION_NAMES)
         self.lock = threading.Lock()
         self.seen = time.monotonic()  # the caller's last request: a session not renewed within its lease ends
 

@@ -88,7 +88,7 @@ class Worker:
     """A registered backend process: a control connection, its slots, its calls."""
 
     __slots__ = ("id", "address", "secret", "key", "service", "capacity", "max_queue", "heartbeat", "idle", "slots",
-                 "inflight", "pinned", "expires", "since", "pid", "host", "calls")
+                 "inflight", "pinned", "expires", "since", "pid", "host", "calls", "dask")
 
     def __init__(self, msg: P.Ready, address: bytes, key: str | None, service: "Service", expires: float):
         info = msg.info
@@ -105,10 +105,15 @@ class Worker:
         self.since = time.time()
         self.pid, self.host = info.get("pid"), info.get("host")
         self.calls = 0
+        self.dask = info.get("dask")  # the Dask cluster its calls run on (daskpool.cluster_info), if any
 
     def describe(self) -> dict:
-        return {"id": self.id.hex(), "pid": self.pid, "host": self.host, "since": self.since,
-                "capacity": self.capacity, "slots": len(self.slots), "busy": len(self.inflight), "calls": self.calls}
+        described = {"id": self.id.hex(), "pid": self.pid, "host": self.host, "since": self.since,
+                     "capacity": self.capacity, "slots": len(self.slots), "busy": len(self.inflight),
+                     "calls": self.calls}
+        if self.dask is not None:
+            described["dask"] = self.dask
+        return described
 
     def where(self) -> str:
         return f"worker {self.id.hex()} (pid {self.pid} on {self.host})"
@@ -457,6 +462,7 @@ class Router:
             self._remove(previous, "registered again as another worker")
         if worker is not None:  # registering again (it lost us for a moment): its calls and slots stand
             self._rebind(worker, address)
+            worker.dask = info.get("dask")  # a Dask backend registers again when its cluster scales
         else:
             worker = self._register(address, msg, key)
             if worker is None:

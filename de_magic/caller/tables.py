@@ -19,7 +19,10 @@ class BackendTable(dict):
             busy = sum(w.get("busy", 0) for w in workers)
             slots = sum(w.get("capacity", 0) for w in workers)
             members = ", ".join(entry.get("api", {}).get("members", {}))
-            out.append((name, str(len(workers)), f"{busy}/{slots}", "yes" if entry.get("allow_code") else "no", members))
+            # a Dask backend's one worker is a front door: its calls run on the cluster's workers
+            count = str(len(workers)) + "".join(f" (Dask: {w['dask']['workers']} workers, {w['dask']['threads']} "
+                                                f"threads)" for w in workers if w.get("dask"))
+            out.append((name, count, f"{busy}/{slots}", "yes" if entry.get("allow_code") else "no", members))
         return out
 
     _HEAD = ("backend", "workers", "busy", "code", "members")

@@ -383,8 +383,9 @@ def check_ready_info(info: dict) -> dict:
     heartbeat = info.get("heartbeat", 0.0)
     if type(heartbeat) not in (int, float) or not 0 <= heartbeat < float("inf"):
         raise ProtocolError("READY info: 'heartbeat' must be a non-negative number of seconds")
-    if not isinstance(info.get("api", {}), dict):
-        raise ProtocolError("READY info: 'api' must be an object")
+    for key in ("api", "dask"):  # dask: the cluster a Dask backend runs on, shown in listings
+        if not isinstance(info.get(key, {}), dict):
+            raise ProtocolError(f"READY info: {key!r} must be an object")
     allowed = info.get("allow_clients")
     if allowed is not None and not (isinstance(allowed, list) and all(isinstance(k, str) for k in allowed)):
         raise ProtocolError("READY info: 'allow_clients' must be a list of strings")

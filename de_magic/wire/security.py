@@ -288,15 +288,17 @@ def _read_config() -> dict:
             data = tomllib.load(f)
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise Refused(f"cannot read the de-magic config file {path}: {exc}") from None
-    known = {f.name for f in fields(Security)} - {"insecure"} | {OWNERS}
+    known = {f.name for f in fields(Security)} - {"insecure"} | {OWNERS, DASK}
     unknown = set(data) - known
     if unknown:  # a typo here would silently turn encryption off
         raise Refused(f"unknown setting(s) {', '.join(sorted(unknown))} in {path}; known: {', '.join(sorted(known))}")
-    # relative paths are relative to the config file
-    return {k: str((path.parent / Path(v).expanduser()).resolve()) for k, v in data.items() if k != OWNERS}
+    # relative paths are relative to the config file; the Dask cluster's address is no path
+    return {k: v if k == DASK else str((path.parent / Path(v).expanduser()).resolve())
+            for k, v in data.items() if k != OWNERS}
 
 
 OWNERS = "owners"
+DASK = "dask"  #: the Dask cluster backends run their calls on (see daskpool.py)
 
 
 def owners() -> dict[str, list[str]]:

@@ -34,6 +34,14 @@ export interface IMember {
   methods?: { [name: string]: IMember };
 }
 
+/** The Dask cluster a backend runs its calls on (docs/scale.md). */
+export interface IDask {
+  scheduler: string;
+  dashboard?: string;
+  workers: number;
+  threads: number;
+}
+
 export interface IWorker {
   id: string;
   pid?: number;
@@ -42,6 +50,7 @@ export interface IWorker {
   capacity?: number;
   busy?: number;
   calls?: number;
+  dask?: IDask;
 }
 
 export interface IBackend {

@@ -3,7 +3,7 @@
  */
 import { Widget } from '@lumino/widgets';
 
-import { IBackend, IMember, IParameter } from './api';
+import { IBackend, IDask, IMember, IParameter } from './api';
 import { inline, renderDocstring } from './docstring';
 import { age, badge, dateOf, h, plural } from './dom';
 import { BrokersModel, ISelection } from './model';
@@ -69,6 +69,25 @@ function section(
     { class: 'jp-DeMagic-section' },
     h('h3', {}, title),
     ...content
+  );
+}
+
+/** A Dask backend's cluster: its size, and its dashboard (linked only if it is an http(s) URL). */
+function daskFacts(dask: IDask): HTMLElement {
+  const dashboard = /^https?:\/\//.test(dask.dashboard ?? '')
+    ? h(
+        'a',
+        { href: dask.dashboard, target: '_blank', rel: 'noopener noreferrer' },
+        'dashboard'
+      )
+    : null;
+  return h(
+    'p',
+    { class: 'jp-DeMagic-facts' },
+    `Calls run on ${plural(dask.workers, 'Dask worker')} ` +
+      `(${plural(dask.threads, 'thread')}), scheduler ${dask.scheduler}`,
+    dashboard ? '; ' : null,
+    dashboard
   );
 }
 
@@ -162,6 +181,7 @@ export class MemberDetails extends Widget {
 
   private _backend(backend: IBackend, broker: string): Node[] {
     const workers = backend.workers ?? [];
+    const clusters = workers.flatMap(w => (w.dask ? [daskFacts(w.dask)] : []));
     const workerTable = table(
       ['Host', 'PID', 'Busy', 'Calls', 'Up'],
       workers.map(w =>
@@ -203,7 +223,8 @@ export class MemberDetails extends Widget {
         workers.length
           ? workerTable
           : 'No worker is connected: calls wait until one is.'
-      )
+      ),
+      clusters.length ? section('Dask cluster', ...clusters) : null
     ].filter((node): node is HTMLElement => node !== null);
   }
 
