@@ -290,20 +290,28 @@ class Leases:
     def __init__(self):
         self._sessions: weakref.WeakKeyDictionary[RemoteSession, float] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
+        self._changed = threading.Event()  # a session with a shorter lease may need renewing sooner
         self._thread: threading.Thread | None = None
 
     def keep(self, session: "RemoteSession", lease: float) -> None:
         with self._lock:
+            new = self._sessions.get(session) != lease
             self._sessions[session] = lease
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="de-magic-leases", daemon=True)
                 self._thread.start()
+        if new:  # the same session's next cell changes nothing: the others' renewals must not wait for it
+            self._changed.set()
 
     def _run(self) -> None:
         while True:
             with self._lock:
+                interval = min((lease / 3 for lease in self._sessions.values()), default=60.0)
+            if self._changed.wait(interval):
+                self._changed.clear()
+                continue
+            with self._lock:
                 due = list(self._sessions.items())
-            time.sleep(min((lease / 3 for _, lease in due), default=60.0))
             for session, lease in due:
                 self._renew(session, lease)
 
