@@ -135,12 +135,16 @@ def _security_args(parser: argparse.ArgumentParser, broker: bool = False) -> Non
                             help="serve without CURVE on a non-loopback address (anyone reaching it can use it)")
     else:
         parser.add_argument("--broker-key", default=None, metavar="FILE",
-                            help="the broker's public key file (default: $DE_MAGIC_BROKER_KEY, then the config file)")
+                            help="the broker's public key, a file or Z85 text (default: $DE_MAGIC_BROKER_KEY, then the "
+                                 "config file's [brokers.\"URL\"] table, then its broker_key)")
 
 
 def _security(args: argparse.Namespace) -> Security:
+    # a client or backend (it has --broker-key) takes the keys the config file has for its broker
+    url = _url(args.broker, "--broker") if hasattr(args, "broker_key") else None
     return Security.resolve(key=args.key, broker_key=getattr(args, "broker_key", None),
-                            allowed_keys=getattr(args, "allowed_keys", None), insecure=getattr(args, "insecure", False))
+                            allowed_keys=getattr(args, "allowed_keys", None), insecure=getattr(args, "insecure", False),
+                            url=url)
 
 
 def _serve_args(parser: argparse.ArgumentParser) -> None:

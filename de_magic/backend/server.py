@@ -82,7 +82,7 @@ class Backend:
         self.liveness = liveness
         self.max_message_size = max_message_size
         self.allow_code = allow_code
-        self.security = (security or Security.resolve()).check_peer()
+        self.security = (security or Security.resolve(url=self.broker)).check_peer()
         #: JSON: nothing from the wire is unpickled, arguments are validated against the schema.
         self.codec = codec
         #: Callers the broker lets use us (Z85 public keys, key names or .key files), None for all.

@@ -79,7 +79,7 @@ class Client:
         codec: str | None = None,
     ):
         self.url = check_url(url) if url else default_url()
-        self.security = (security or Security.resolve()).check_peer()
+        self.security = (security or Security.resolve(url=self.url)).check_peer()
         #: None: pickle, or JSON for backends that take no pickles; "json": never send or unpickle pickles.
         self.codec = codec
         self._codecs: dict[str, str] = {}  # backend name -> codec it takes, learnt from listings

@@ -6,6 +6,11 @@ REST endpoints (all authenticated, all JSON, under ``{base_url}de-magic/``):
     The configured brokers: ``{"default": url, "brokers": [url, ...]}``. The default is
     ``DE_MAGIC_BROKER`` (else ``tcp://127.0.0.1:5555``); more can be configured with
     ``c.DeMagicLab.brokers = [...]``. The panel adds the ones the user keeps in its settings.
+``POST brokers`` with ``{"url": URL, "broker_key": KEY}``
+    Trust the broker at URL: its public key (Z85 text, or the path of a key file on the server)
+    goes into its ``[brokers."URL"]`` table of the de-magic config file, which every client of
+    this server (the panel's, the kernels') reads. Answers ``{"url", "public_key", "config"}``;
+    400 with a message for a bad address or something that is not a public key.
 ``GET listing?broker=URL``
     Everything the broker offers: the core client's listing (broker, backends, workers,
     full API) plus liveness (``reachable``, ``latency_ms``, ``checked``). An unreachable
@@ -114,6 +119,22 @@ class BrokersHandler(_BaseHandler):
         default = default_broker()
         brokers = [default] + [b for b in self.demagic.brokers if b != default]
         self.finish(json.dumps({"default": default, "brokers": brokers}))
+
+    @tornado.web.authenticated
+    def post(self) -> None:
+        from ..wire.defaults import check_url
+        from ..wire.errors import DeMagicError
+        from ..wire.security import key_ref, public_key, remember_broker
+
+        body = self.get_json_body() or {}
+        try:
+            url, key = check_url(str(body.get("url", ""))), str(body.get("broker_key", "")).strip()
+            config = remember_broker(url, key)
+        except DeMagicError as exc:  # a bad address, not a key, a config file this cannot edit
+            raise tornado.web.HTTPError(400, str(exc)) from None
+        self.brokers.forget(url)  # its client was made without the key, and may be cooling down from a refusal
+        self.log.info("de-magic: stored the public key of %s in %s", url, config)
+        self.finish(json.dumps({"url": url, "public_key": public_key(key_ref(key)).decode(), "config": str(config)}))
 
 
 class ListingHandler(_BaseHandler):

@@ -29,7 +29,7 @@ from __future__ import annotations
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from .security import Security
+from .security import Security, broker_table_hint
 
 _EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_CLOSED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
            | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
@@ -82,13 +82,14 @@ class WatchedSocket(zmq.Socket):
         # one such failure may be a broker going down mid-handshake; with a wrong key every attempt fails
         if event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL and security.curve and self._handshake_failures > 1:
             return (f"the broker's public key configured here ({security.broker_key}) does not match the "
-                    f"broker at {url}: check --broker-key / DE_MAGIC_BROKER_KEY")
+                    f"broker at {url}: check {broker_table_hint(url)}, or --broker-key / DE_MAGIC_BROKER_KEY")
         if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL and value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
             if security.curve:
                 return (f"the broker at {url} does not use CURVE, but this {who} has a key: "
                         "drop --key / DE_MAGIC_KEY for this broker")
-            return (f"the broker at {url} requires CURVE; this {who} has no key: set --key / DE_MAGIC_KEY "
-                    "and --broker-key / DE_MAGIC_BROKER_KEY")
+            return (f"the broker at {url} requires CURVE and its public key is not known here: add it as "
+                    f'broker_key = "FILE or Z85 text" to {broker_table_hint(url)} (with key = your .key_secret '
+                    "if the file has none), or set --broker-key / DE_MAGIC_BROKER_KEY and --key / DE_MAGIC_KEY")
         return None  # nothing a person could act on: treated like a broker that does not answer
 
     def close(self, linger: int | None = None) -> None:

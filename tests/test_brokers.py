@@ -1,0 +1,120 @@
+"""Many brokers: per-broker trust from the config file (like SSH's known hosts)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from de_magic import Client
+from de_magic.wire.errors import Refused
+from de_magic.wire.security import Security, create_keys, public_key, remember_broker
+
+from conftest import HEARTBEAT, ROOT, Processes, curve_keys, free_port, start_logged, wait_for
+
+
+def z85(path) -> str:
+    return public_key(path).decode()
+
+
+@pytest.fixture(scope="module")
+def two_brokers(tmp_path_factory):
+    """Two CURVE brokers with different key pairs that both let alice and the backend in, a backend on each."""
+    tmp = tmp_path_factory.mktemp("brokers")
+    keys = curve_keys(tmp)
+    keys["other"] = create_keys("other", tmp / "pairs")[1]
+    procs = Processes()
+    urls = [f"tcp://127.0.0.1:{free_port()}" for _ in range(2)]
+    backend_env = {"DE_MAGIC_KEY": str(keys["backend"]), "DE_MAGIC_CONFIG": str(tmp / "none.toml")}
+    try:
+        for url, own in zip(urls, ("broker", "other")):
+            log = tmp / f"{own}.log"
+            start_logged(procs, "broker", "--bind", url, "--heartbeat", str(HEARTBEAT), "--key", str(keys[own]),
+                         "--allowed-keys", str(keys["allowed"]), log=log)
+            wait_for(lambda log=log: "listening" in log.read_text(), what=f"the broker at {url} to listen")
+            start_logged(procs, "serve", "de_magic.demo.hello", "--name", "hello", "--broker", url,
+                         "--heartbeat", str(HEARTBEAT), "--broker-key", str(keys[own]),
+                         log=tmp / "backends.log", env=backend_env)
+        yield urls, keys
+    finally:
+        procs.stop_all()
+
+
+@pytest.fixture
+def config(tmp_path, monkeypatch):
+    path = tmp_path / "config.toml"
+    monkeypatch.setenv("DE_MAGIC_CONFIG", str(path))
+    for name in ("DE_MAGIC_KEY", "DE_MAGIC_BROKER_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    return path
+
+
+def _hello(client: Client) -> list:
+    wait_for(lambda: "hello" in client.listing(api=False)["backends"], what=f"the backend at {client.url}")
+    return client.call("hello", "scale", ([1.0],))
+
+
+def test_each_broker_gets_its_own_key_from_the_config_file(two_brokers, config):
+    (a, b), keys = two_brokers
+    # one broker's key as a file, the other's as Z85 text (which may hold a "/")
+    config.write_text(f'# my brokers\nkey = "{keys["alice"]}"\n\n[brokers."{a}"]\nbroker_key = "{keys["broker.public"]}"\n'
+                      f'\n[brokers.other]\nurl = "{b}"\nbroker_key = "{z85(keys["other"])}"\n')
+    for url in (a, b):
+        with Client(url, timeout=10, heartbeat=HEARTBEAT) as client:
+            assert _hello(client) == [2.0]
+    # the command line reads the same tables
+    listed = subprocess.run([sys.executable, "-m", "de_magic", "list", "--json", "--broker", b], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 0 and "hello" in json.loads(listed.stdout)["backends"], listed.stderr
+    # a flag still wins over the table: here a wrong one, which says so
+    with Client(a, heartbeat=HEARTBEAT, security=Security.resolve(broker_key=keys["other"], url=a)) as client:
+        with pytest.raises(Refused, match="does not match the broker at"):
+            client.listing()
+
+
+def test_a_wrong_key_in_the_table_is_a_refusal_naming_the_table(two_brokers, config):
+    (a, b), keys = two_brokers
+    config.write_text(f'key = "{keys["alice"]}"\n[brokers."{b}"]\nbroker_key = "{keys["broker.public"]}"\n')
+    with Client(b, heartbeat=HEARTBEAT) as client, pytest.raises(Refused) as info:
+        client.listing()
+    assert f'does not match the broker at {b}: check [brokers."{b}"] in {config}' in str(info.value)
+
+
+def test_an_unknown_broker_says_which_table_to_add(two_brokers, config):
+    (a, b), keys = two_brokers
+    # alice's own key is in the file, but nothing about broker b: it is not presented there
+    config.write_text(f'key = "{keys["alice"]}"\n[brokers."{a}"]\nbroker_key = "{keys["broker.public"]}"\n')
+    assert Security.resolve(url=b) == Security()
+    with Client(b, heartbeat=HEARTBEAT) as client, pytest.raises(Refused) as info:
+        client.listing()
+    assert f'requires CURVE and its public key is not known here: add it as broker_key = "FILE or Z85 text" ' \
+           f'to [brokers."{b}"] in {config}' in str(info.value)
+    # which is what remember_broker (the sidebar's "+") does
+    remember_broker(b, z85(keys["other"]))
+    with Client(b, timeout=10, heartbeat=HEARTBEAT) as client:
+        assert _hello(client) == [2.0]
+
+
+def test_remember_broker_edits_only_its_table_and_refuses_what_is_not_a_key(tmp_path, config):
+    keys = curve_keys(tmp_path)
+    config.write_text('# mine\nkey = "me.key_secret"\n\n[brokers."tcp://h:1"]\nbroker_key = "old.key"\n'
+                      'key = "special.key_secret"\n\n[owners]\nx = ["a"]\n')
+    remember_broker("tcp://h:1", str(keys["broker.public"]))
+    remember_broker("tcp://h:2", z85(keys["alice"]))
+    text = config.read_text()
+    assert text.startswith("# mine\n") and "[owners]\nx = " in text and "old.key" not in text
+    h1, h2 = Security.resolve(url="tcp://h:1"), Security.resolve(url="tcp://h:2")
+    assert h1.broker_key == keys["broker.public"] and h1.key == tmp_path / "special.key_secret"
+    assert h2.broker_public == z85(keys["alice"]).encode() and h2.key == tmp_path / "me.key_secret"
+    for bad in ("", "hello", z85(keys["alice"])[:-1], str(tmp_path / "missing.key")):
+        with pytest.raises(Refused, match="public key"):
+            remember_broker("tcp://h:3", bad)
+    assert "h:3" not in config.read_text()
+
+
+def test_a_typo_in_a_broker_table_is_an_error(config):
+    config.write_text('[brokers."tcp://h:1"]\nbroker_kye = "x"\n')
+    with pytest.raises(Refused, match=r'unknown setting\(s\) broker_kye in \[brokers."tcp://h:1"\]'):
+        Security.resolve(url="tcp://h:1")
