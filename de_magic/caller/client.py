@@ -257,6 +257,7 @@ class Client:
                 if self._closed:
                     raise DeMagicError(f"{self!r} was closed during the call")
                 if deadline is not None and now >= deadline:
+                    _raise_if_refused(sock)  # a refusal says more than a timeout, however short the timeout
                     self._send(sock, P.cancel(rid), zmq.NOBLOCK)
                     raise CallTimeout(f"no answer from {self.url} within {timeout:g} s")
                 if now >= next_query:

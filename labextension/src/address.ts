@@ -34,3 +34,22 @@ export function brokerAddressProblem(text: string): string | null {
   }
   return null;
 }
+
+/** The 85 characters of ZeroMQ's Z85 encoding, in which CURVE public keys are written (40 of them). */
+const Z85_KEY = /^[0-9a-zA-Z.\-:+=^!/*?&<>()[\]{}@%$#]{40}$/;
+
+/**
+ * Why `text` is not a broker's public key, or null when it may be one (or is empty: a plain
+ * broker needs none). A key is its Z85 text, or the path of its `.key` file on the server;
+ * the server reads and checks either before storing it.
+ */
+export function brokerKeyProblem(text: string): string | null {
+  const key = text.trim();
+  if (!key || Z85_KEY.test(key) || /^[~/]/.test(key)) {
+    return null;
+  }
+  return (
+    'Not a public key: paste the 40 characters of its public-key line ' +
+    '(Z85 text), or give the path of its .key file on the server.'
+  );
+}

@@ -72,7 +72,8 @@ export interface IBrokers {
 /** Call a de-magic REST endpoint; the token and XSRF header are handled by ServerConnection. */
 export async function requestAPI<T>(
   endPoint: string,
-  query: { [key: string]: string } = {}
+  query: { [key: string]: string } = {},
+  init: RequestInit = {}
 ): Promise<T> {
   const settings = ServerConnection.makeSettings();
   const url =
@@ -80,7 +81,7 @@ export async function requestAPI<T>(
     URLExt.objectToQueryString(query);
   let response: Response;
   try {
-    response = await ServerConnection.makeRequest(url, {}, settings);
+    response = await ServerConnection.makeRequest(url, init, settings);
   } catch (error) {
     throw new ServerConnection.NetworkError(error as TypeError);
   }
@@ -103,4 +104,23 @@ export function fetchBrokers(): Promise<IBrokers> {
 
 export function fetchListing(broker: string): Promise<IListing> {
   return requestAPI<IListing>('listing', { broker });
+}
+
+/** What the server stored for a broker whose key the user gave. */
+export interface ITrusted {
+  url: string;
+  public_key: string;
+  config: string;
+}
+
+/**
+ * Trust the broker at `url`: the server checks `key` (Z85 text or a key file's path) and
+ * writes it into the broker's table of the de-magic config file, which kernels read too.
+ */
+export function trustBroker(url: string, key: string): Promise<ITrusted> {
+  return requestAPI<ITrusted>(
+    'brokers',
+    {},
+    { method: 'POST', body: JSON.stringify({ url, broker_key: key }) }
+  );
 }

@@ -1,4 +1,4 @@
-import { brokerAddressProblem } from '../src/address';
+import { brokerAddressProblem, brokerKeyProblem } from '../src/address';
 
 describe('brokerAddressProblem', () => {
   it.each([
@@ -19,5 +19,25 @@ describe('brokerAddressProblem', () => {
     ['', 'Enter the address']
   ])('says what is wrong with %p', (url, message) => {
     expect(brokerAddressProblem(url)).toContain(message);
+  });
+});
+
+describe('brokerKeyProblem', () => {
+  it.each([
+    '',
+    'rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7',
+    ' rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7 ',
+    '/etc/de-magic/broker.key',
+    '~/keys/broker.key'
+  ])('accepts %p', key => {
+    expect(brokerKeyProblem(key)).toBeNull();
+  });
+
+  it.each([
+    'rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf', // 39 characters
+    'rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7"', // a quote is not Z85
+    'broker.key'
+  ])('refuses %p', key => {
+    expect(brokerKeyProblem(key)).toContain('Not a public key');
   });
 });
