@@ -30,7 +30,7 @@ from .caller.client import Client, no_broker_hint
 from .caller.generate import client_module
 from .caller.progress import TextProgress
 from .embedded import DEMO_BACKENDS, bind, start_local
-from .wire.defaults import DEFAULT_HEARTBEAT, DEFAULT_MAX_MESSAGE, DEFAULT_MAX_QUEUED_BYTES, check_url, default_url
+from .wire.defaults import DEFAULT_HEARTBEAT, DEFAULT_MAX_MESSAGE, DEFAULT_MAX_QUEUED_BYTES, check_doors, check_url, default_url
 from .schema import describe, members_of
 from .wire.errors import DeMagicError
 from .wire.security import Security, create_keys, owners
@@ -111,8 +111,8 @@ def _members(namespace: dict, names) -> dict[str, object]:
 
 
 def _url(text: str | None, flag: str) -> str:
-    """The broker address given with ``flag``, else the default one; checked either way."""
-    return check_url(text, flag) if text else default_url()
+    """The broker address (or equivalent ones, separated by commas) given with ``flag``, else the default."""
+    return ",".join(check_doors(text, flag)) if text else default_url()
 
 
 # -- argument groups shared by several commands --------------------------------
@@ -139,12 +139,14 @@ def _security_args(parser: argparse.ArgumentParser, broker: bool = False) -> Non
                                  "config file's [brokers.\"URL\"] table, then its broker_key)")
 
 
-def _security(args: argparse.Namespace) -> Security:
-    # a client or backend (it has --broker-key) takes the keys the config file has for its broker
-    url = _url(args.broker, "--broker") if hasattr(args, "broker_key") else None
-    return Security.resolve(key=args.key, broker_key=getattr(args, "broker_key", None),
-                            allowed_keys=getattr(args, "allowed_keys", None), insecure=getattr(args, "insecure", False),
-                            url=url)
+def _security(args: argparse.Namespace) -> Security | None:
+    """The broker's settings; for a client or backend (it has --broker-key) None without flags, so that it
+    takes, for each broker it connects to, that broker's keys (environment, then config file)."""
+    if not hasattr(args, "broker_key"):
+        return Security.resolve(key=args.key, allowed_keys=args.allowed_keys, insecure=args.insecure)
+    if args.key is None and args.broker_key is None:
+        return None
+    return Security.resolve(key=args.key, broker_key=args.broker_key, url=check_doors(_url(args.broker, "--broker"))[0])
 
 
 def _serve_args(parser: argparse.ArgumentParser) -> None:
@@ -240,7 +242,7 @@ def _backend_command(args: argparse.Namespace, name: str, picked: dict, doc: str
         _test_connect(args.broker, _security(args))
 
 
-def _test_connect(url: str | None, security: Security) -> None:
+def _test_connect(url: str | None, security: Security | None) -> None:
     with Client(url, timeout=5, security=security) as client:
         listing = client.listing(api=False)  # no answer: an error that says what to do
     print(f"de-magic: broker at {client.url} answers; {len(listing['backends'])} backend(s) live")
@@ -251,7 +253,7 @@ def _test_connect(url: str | None, security: Security) -> None:
 
 def cmd_broker(args) -> None:
     _logging(args.verbose)
-    broker = Broker(_url(args.bind, "--bind"), heartbeat=args.heartbeat, max_message_size=args.max_message_size,
+    broker = Broker(check_url(args.bind or default_url(), "--bind"), heartbeat=args.heartbeat, max_message_size=args.max_message_size,
                     max_queued_bytes=args.max_queued_bytes, owners=owners(), security=_security(args))
     url = bind(broker)
     print(f"de-magic: broker listening on {url}", flush=True)

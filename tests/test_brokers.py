@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 
 from de_magic import Client
-from de_magic.wire.errors import Refused
+from de_magic.wire.errors import BackendLost, BadAddress, Refused
 from de_magic.wire.security import Security, create_keys, public_key, remember_broker
 
-from conftest import HEARTBEAT, ROOT, Processes, curve_keys, free_port, start_logged, wait_for
+from conftest import HEARTBEAT, ROOT, Cluster, Processes, curve_keys, free_port, start_logged, wait_for
 
 
 def z85(path) -> str:
@@ -118,3 +121,86 @@ def test_a_typo_in_a_broker_table_is_an_error(config):
     config.write_text('[brokers."tcp://h:1"]\nbroker_kye = "x"\n')
     with pytest.raises(Refused, match=r'unknown setting\(s\) broker_kye in \[brokers."tcp://h:1"\]'):
         Security.resolve(url="tcp://h:1")
+
+
+# -- a client with several doors ------------------------------------------------------------
+
+
+@pytest.fixture
+def consortium(processes):
+    """Two plain brokers, each with a hello_world backend: equivalent doors to the same service."""
+    clusters = [Cluster(processes), Cluster(processes)]
+    try:
+        for cluster in clusters:
+            cluster.start_broker()
+            cluster.start_backend("de_magic.demo.hello", "hello_world")
+        yield clusters
+    finally:
+        for cluster in clusters:
+            cluster.client.close()
+
+
+def _call_in_a_loop(call, stop: threading.Event, record: list) -> None:
+    """Call ``call(i)`` for i = 0, 1, ... until stopped; record (i, end time, result or exception)."""
+    for i in itertools.count():
+        if stop.is_set():
+            return
+        try:
+            outcome = call(i)
+        except Exception as exc:
+            outcome = exc
+        record.append((i, time.monotonic(), outcome))
+
+
+def test_a_killed_broker_fails_over_to_the_next_door(consortium):
+    a, b = consortium
+    quiet = {"on_progress": lambda progress: None}
+    with Client([a.url, b.url], timeout=20, heartbeat=HEARTBEAT) as client:
+        remote = client["hello_world"]
+        # slow enough (about 0.1 s) that a call is in flight when the broker dies
+        retried = remote.slow_sum.options(retries=2, **quiet)
+        plain = remote.slow_sum.options(**quiet)
+        loops = {"retried": (lambda i: (i, retried(i % 5, 0.02))), "plain": (lambda i: (i, plain(i % 5, 0.02)))}
+        stop, records = threading.Event(), {name: [] for name in loops}
+        threads = [threading.Thread(target=_call_in_a_loop, args=(call, stop, records[name]))
+                   for name, call in loops.items()]
+        for thread in threads:
+            thread.start()
+        try:
+            wait_for(lambda: all(len(r) >= 10 for r in records.values()), what="calls through the first door")
+            a.broker.kill()  # SIGKILL: no goodbye to anyone
+            killed = time.monotonic()
+            wait_for(lambda: all(any(t > killed and not isinstance(o, Exception) for _, t, o in r)
+                                 for r in records.values()), timeout=10, what="calls through the second door")
+            wait_for(lambda: all(len(r) >= 10 + len([1 for _, t, _ in r if t > killed]) for r in records.values()),
+                     what="a few more calls")
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(30)
+        assert client.url == b.url
+        for name, record in records.items():
+            # one answer per call, each its own (nothing lost, nothing answered twice or crossed)
+            assert [i for i, _, _ in record] == list(range(len(record)))
+            answers = [(i, o) for i, _, o in record if not isinstance(o, Exception)]
+            assert all(o == (i, sum(range(i % 5))) for i, o in answers), name
+            errors = [o for _, _, o in record if isinstance(o, Exception)]
+            back = min(t for _, t, o in record if t > killed and not isinstance(o, Exception)) - killed
+            print(f"\n{name}: {len(record)} calls, {len(errors)} BackendLost, answers again {back:.2f} s after the kill")
+            assert back < 3.0
+            if name == "retried":
+                assert errors == []
+            else:  # at most the call in flight, told clearly
+                assert len(errors) <= 1 and all(isinstance(e, BackendLost) and a.url in str(e) for e in errors)
+
+
+def test_doors_from_the_environment_and_a_first_door_that_is_down(consortium, monkeypatch):
+    a, b = consortium
+    down = f"tcp://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("DE_MAGIC_BROKER", f"{down}, {b.url}")
+    with Client(timeout=20, heartbeat=HEARTBEAT) as client:
+        assert client.urls == [down, b.url]
+        assert client.call("hello_world", "scale", ([1.0],), retries=1) == [2.0]
+        assert client.url == b.url
+    with pytest.raises(BadAddress, match="is not a broker address"):
+        Client(f"{a.url},hub:5555")

@@ -74,11 +74,11 @@ class _BaseHandler(APIHandler):
         self.brokers = brokers
 
     def _broker_arg(self) -> str:
-        from ..wire.defaults import check_url
+        from ..wire.defaults import check_doors
         from ..wire.errors import BadAddress
 
-        try:
-            return check_url(self.get_query_argument("broker", None) or default_broker())
+        try:  # a broker, or a consortium's equivalent brokers separated by commas
+            return ",".join(check_doors(self.get_query_argument("broker", None) or default_broker()))
         except BadAddress as exc:
             raise tornado.web.HTTPError(400, str(exc)) from None
 

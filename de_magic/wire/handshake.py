@@ -69,6 +69,11 @@ class WatchedSocket(zmq.Socket):
         return self._handshake_failure
 
     @property
+    def watched_url(self) -> str:
+        """The address this socket was told to :meth:`watch` (the one it connects to)."""
+        return self._handshake_url
+
+    @property
     def failed_before(self) -> bool:
         """Whether the last look at the monitor saw a failure (cheap: reads no events)."""
         return self._handshake_failure is not None
