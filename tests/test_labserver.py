@@ -225,3 +225,12 @@ def test_pip_install_enables_both_extensions():
     assert "de_magic enabled" in servers, servers
     assert any(re.fullmatch(r"de_magic [\w.]+ OK", line) for line in servers), servers
     assert any(re.fullmatch(r"de-magic v[\w.]+ enabled OK \(python, de-magic\)", line) for line in labs), labs
+
+
+def test_a_consortiums_doors_are_one_entry_that_fails_over(server, hello):
+    down = f"tcp://127.0.0.1:{free_port()}"
+    listing = server.get("/de-magic/listing", broker=f"{down}, {hello.url}").json()
+    assert listing["reachable"] is True and listing["broker"]["url"] == hello.url
+    assert "hello_world" in listing["backends"]
+    assert server.get("/de-magic/listing", broker=f"{down},,").json()["reachable"] is False  # down, said so
+    assert server.get("/de-magic/listing", broker=f"{hello.url},hub:1").status_code == 400

@@ -152,7 +152,12 @@ class BrokerBody extends Widget implements Dialog.IBodyWidget<IBrokerEntry> {
   }
 
   getValue(): IBrokerEntry {
-    return { url: this._input.value.trim(), key: this._key.value.trim() };
+    // doors written as the settings schema and the server expect them: without spaces
+    const url = this._input.value
+      .split(',')
+      .map(door => door.trim())
+      .join(',');
+    return { url, key: this._key.value.trim() };
   }
 
   /**
@@ -165,7 +170,7 @@ class BrokerBody extends Widget implements Dialog.IBodyWidget<IBrokerEntry> {
 
   private _check(quiet: boolean): void {
     const address = brokerAddressProblem(this._input.value);
-    const key = brokerKeyProblem(this._key.value);
+    const key = brokerKeyProblem(this._key.value, this._input.value);
     this._input.classList.toggle('jp-mod-error', address !== null);
     this._key.classList.toggle('jp-mod-error', key !== null);
     this._message.textContent = quiet ? '' : (address ?? key ?? '');

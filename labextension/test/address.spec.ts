@@ -6,7 +6,9 @@ describe('brokerAddressProblem', () => {
     ' tcp://10.0.0.1:1 ',
     'tcp://[::1]:5555',
     'ipc:///tmp/broker',
-    'inproc://broker'
+    'inproc://broker',
+    'tcp://a:5555,tcp://b:5555',
+    ' tcp://a:5555, tcp://[::1]:5555 '
   ])('accepts %p', url => {
     expect(brokerAddressProblem(url)).toBeNull();
   });
@@ -16,7 +18,9 @@ describe('brokerAddressProblem', () => {
     ['foo', 'not a ZeroMQ address'],
     ['tcp://host', 'needs a host and a port'],
     ['tcp://host:70000', 'out of range'],
-    ['', 'Enter the address']
+    ['', 'Enter the address'],
+    ['tcp://a:5555,,tcp://b:5555', 'An empty address between commas'],
+    ['tcp://a:5555,b:5555', 'Did you mean tcp://b:5555?']
   ])('says what is wrong with %p', (url, message) => {
     expect(brokerAddressProblem(url)).toContain(message);
   });
@@ -40,4 +44,12 @@ describe('brokerKeyProblem', () => {
   ])('refuses %p', key => {
     expect(brokerKeyProblem(key)).toContain('Not a public key');
   });
+});
+
+it('asks for one broker at a time with a key', () => {
+  const key = 'rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7';
+  expect(brokerKeyProblem(key, 'tcp://a:1,tcp://b:2')).toContain(
+    'a key of its own'
+  );
+  expect(brokerKeyProblem('', 'tcp://a:1,tcp://b:2')).toBeNull();
 });
