@@ -111,16 +111,27 @@ def _members(namespace: dict, names) -> dict[str, object]:
 
 
 def _url(text: str | None, flag: str) -> str:
-    """The broker address (or equivalent ones, separated by commas) given with ``flag``, else the default."""
+    """The broker address (or several, separated by commas) given with ``flag``, else the default; several
+    are a client's equivalent doors, or the brokers a backend registers at."""
     return ",".join(check_doors(text, flag)) if text else default_url()
+
+
+def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Arguments, with repeated ``--broker`` flags joined as one comma-separated list."""
+    args = parser.parse_args(argv)
+    if isinstance(getattr(args, "broker", None), list):
+        args.broker = ",".join(args.broker)
+    return args
 
 
 # -- argument groups shared by several commands --------------------------------
 
 
 def _broker_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--broker", default=None,
-                        help="broker URL (default: $DE_MAGIC_BROKER or tcp://127.0.0.1:5555)")
+    parser.add_argument("--broker", default=None, action="append",
+                        help="broker URL (default: $DE_MAGIC_BROKER or tcp://127.0.0.1:5555); repeat it, or separate "
+                             "addresses by commas, for a consortium's brokers: a backend registers at each, a "
+                             "client uses one and moves on to the next if it stops answering")
 
 
 def _security_args(parser: argparse.ArgumentParser, broker: bool = False) -> None:
@@ -225,7 +236,7 @@ def backend_main(name: str, members, namespace: dict, argv: list[str] | None = N
     check = sub.add_parser("test-connect", help="check that the broker answers")
     _broker_arg(check)
     _security_args(check)
-    args = parser.parse_args(argv)
+    args = _parse(parser, argv)
     with _one_line_errors():
         _backend_command(args, name, _members(namespace, members), namespace.get("__doc__") or "")
 
@@ -439,6 +450,6 @@ def _one_line_errors():
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    args = _parse(build_parser(), argv)
     with _one_line_errors():
         args.func(args)

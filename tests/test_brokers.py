@@ -204,3 +204,27 @@ def test_doors_from_the_environment_and_a_first_door_that_is_down(consortium, mo
         assert client.url == b.url
     with pytest.raises(BadAddress, match="is not a broker address"):
         Client(f"{a.url},hub:5555")
+
+
+# -- a backend on several brokers -----------------------------------------------------------
+
+
+def test_a_backend_on_two_brokers_shares_its_capacity(consortium, processes):
+    a, b = consortium
+    capacity = 2
+    backend = processes.start("serve", "tests/overlap_backend.py", "--name", "overlap", "--max-workers",
+                              str(capacity), "--broker", a.url, "--broker", b.url, "--heartbeat", str(HEARTBEAT))
+    for cluster in (a, b):
+        wait_for(lambda c=cluster: any(w["pid"] == backend.pid and w["slots"] == capacity for w in c.workers("overlap")),
+                 what=f"the backend's slots at {cluster.url}")
+    assert a.workers("overlap")[0]["id"] == b.workers("overlap")[0]["id"]  # the same worker at each
+    calls, seconds = 4, 0.3  # per broker: twice the capacity, from each side
+    with Client(a.url, timeout=30, heartbeat=HEARTBEAT) as via_a, Client(b.url, timeout=30, heartbeat=HEARTBEAT) as via_b:
+        start = time.monotonic()
+        futures = [client.submit("overlap", "hold", (seconds,)) for _ in range(calls) for client in (via_a, via_b)]
+        peaks = [future.result(timeout=30) for future in futures]  # every call answered: none lost
+        elapsed = time.monotonic() - start
+    print(f"\n{2 * calls} calls of {seconds} s through two brokers, capacity {capacity}: {elapsed:.2f} s, "
+          f"at most {max(peaks)} at once")
+    assert max(peaks) == capacity  # both slots used, never more
+    assert elapsed >= 2 * calls * seconds / capacity - 0.05
