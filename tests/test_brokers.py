@@ -228,3 +228,12 @@ def test_a_backend_on_two_brokers_shares_its_capacity(consortium, processes):
           f"at most {max(peaks)} at once")
     assert max(peaks) == capacity  # both slots used, never more
     assert elapsed >= 2 * calls * seconds / capacity - 0.05
+    # a client of both brokers lists each backend once, with the brokers it is reachable through
+    with Client([a.url, b.url], timeout=10, heartbeat=HEARTBEAT) as both:
+        table = both.backends()
+        assert table["overlap"]["brokers"] == [a.url, b.url] and len(table["overlap"]["workers"]) == 1
+        assert len(table["hello_world"]["workers"]) == 2  # one process at each broker
+        assert f"{a.url}, {b.url}" in repr(table).splitlines()[2]
+        a.broker.kill()
+        table = both.backends()
+        assert table["overlap"]["brokers"] == [b.url] and table.broker["down"] == [a.url]

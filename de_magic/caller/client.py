@@ -446,8 +446,26 @@ class Client:
             raise type(exc)(f"{exc}. {no_broker_hint(url)}") from None
 
     def backends(self) -> BackendTable:
-        """The live backends, as a table (text in a terminal, HTML in a notebook)."""
-        return BackendTable(self.listing())
+        """The live backends, as a table (text in a terminal, HTML in a notebook).
+
+        With several brokers, every broker is asked, and each backend says which of them it is
+        reachable through (its ``"brokers"``); brokers that do not answer are listed as ``"down"``.
+        """
+        if len(self.urls) == 1:
+            return BackendTable(self.listing())
+        listings, down = {}, []
+        for url in self.urls:
+            try:
+                listings[url] = self._listing_at(url)  # not self.listing(): that would move on to another
+            except DeMagicError:
+                down.append(url)
+        return BackendTable(merge_listings(listings, down))
+
+    def _listing_at(self, url: str) -> dict:
+        """A listing of the broker at ``url`` alone, wherever this client is."""
+        with Client(url, timeout=self.timeout, heartbeat=self.heartbeat, liveness=self.liveness,
+                    context=self._ctx, security=self._securities[url]) as other:
+            return other.listing()
 
     def __getitem__(self, name: str) -> RemoteBackend:
         entry = self.listing(name)["backends"].get(name)
@@ -458,6 +476,19 @@ class Client:
 
     def _ipython_key_completions_(self) -> list[str]:
         return sorted(self.listing(api=False)["backends"])
+
+
+def merge_listings(listings: dict[str, dict], down: list[str]) -> dict:
+    """One listing of the backends of several brokers (url -> listing): each backend with the brokers it is
+    reachable through, and its workers once (a backend registered at several brokers is there with each)."""
+    backends: dict[str, dict] = {}
+    for url, listing in listings.items():
+        for name, entry in listing["backends"].items():
+            merged = backends.setdefault(name, {**entry, "workers": [], "brokers": []})
+            merged["brokers"].append(url)
+            known = {w["id"] for w in merged["workers"]}
+            merged["workers"] += [w for w in entry.get("workers", []) if w["id"] not in known]
+    return {"broker": {"url": ", ".join(listings) or "none answering", "down": down}, "backends": backends}
 
 
 def _raise_if_refused(sock: WatchedSocket) -> None:
