@@ -14,7 +14,7 @@ import pytest
 from de_magic.wire.errors import BackendLost, Refused
 from de_magic.caller.session import CellError, RemoteSession
 
-from conftest import ROOT, Cluster, Processes, wait_for
+from conftest import ROOT, Cluster, Processes, free_port, wait_for
 from kernel import Kernel, parent
 
 
@@ -257,3 +257,15 @@ def test_racing_first_requests_of_a_session_share_one_worker(hello):
         list(pool.map(lambda i: session.execute(f"v{i} = {i}").result(), range(4)))
     # all four landed in the one namespace the session is pinned to
     assert session.pull("v0", "v1", "v2", "v3") == (0, 1, 2, 3)
+
+
+def test_remote_connect_to_a_consortiums_brokers_uses_the_one_that_answers(code_cluster, tmp_path):
+    down = f"tcp://127.0.0.1:{free_port()}"
+    kernel = Kernel({}, tmp_path)
+    try:
+        reply, outputs = kernel.run(f"%load_ext de_magic\n%remote_connect {down},{code_cluster.url}")
+        assert reply["content"]["status"] == "ok" and f"connected to {code_cluster.url}" in text(outputs)
+        reply, outputs = kernel.run("%%remote hello_world\nprint('through the second')")
+        assert text(outputs) == "through the second\n"
+    finally:
+        kernel.close()
