@@ -169,6 +169,7 @@ def test_a_killed_broker_fails_over_to_the_next_door(consortium):
         try:
             wait_for(lambda: all(len(r) >= 10 for r in records.values()), what="calls through the first door")
             a.broker.kill()  # SIGKILL: no goodbye to anyone
+            a.broker.wait()  # dead: an answer from now on came through the other broker
             killed = time.monotonic()
             wait_for(lambda: all(any(t > killed and not isinstance(o, Exception) for _, t, o in r)
                                  for r in records.values()), timeout=10, what="calls through the second door")

@@ -122,7 +122,7 @@ class Backend:
         self.operations: dict[str, Operation] = {"call": Operation(self._call_member)}
         self.operations.update(code_operations(name, allow_code))
         self._ctx = context or zmq.Context.instance()
-        self._calls: dict[tuple[bytes, bytes], Call] = {}
+        self._calls: dict[tuple[int, bytes, bytes], Call] = {}
         self._main_jobs: queue.SimpleQueue = queue.SimpleQueue()
         self._local = threading.local()
         base = f"inproc://de-magic-backend-{id(self)}"

@@ -15,7 +15,8 @@ a silent wait.
 
 A client may know several equivalent brokers of a consortium ("doors"): it uses
 one at a time, and when that one stops answering (``liveness`` heartbeats
-without an answer) it moves to the next.  The calls in flight on the lost door
+without an answer, or at the next heartbeat when the connection drops) it moves
+to the next.  The calls in flight on the lost door
 end with ``BackendLost``, or go again through the next door if the caller
 allowed retries (``retries=``, for idempotent members); an abandoned request's
 late answer is never taken for another's, so nothing is answered twice.
@@ -172,7 +173,8 @@ class Client:
         sock = self._ctx.socket(zmq.DEALER, socket_class=WatchedSocket)
         sock.linger = 0
         self.configure_socket(sock, url)
-        sock.watch(url, "client", self._securities[url])  # a refused handshake must not pass for a dead broker
+        # a refused handshake must not pass for a dead broker; with another broker to go to, a drop counts
+        sock.watch(url, "client", self._securities[url], drops=len(self.urls) > 1)
         sock.connect(url)
         return sock
 
@@ -302,6 +304,9 @@ class Client:
                     raise CallTimeout(f"no answer from {sock.watched_url} within {timeout:g} s")
                 if now >= next_query:
                     _raise_if_refused(sock)
+                    if sock.dropped and len(self.urls) > 1:  # with another broker to go to, don't wait it out
+                        url = sock.watched_url
+                        raise BackendLost(f"the broker at {url} dropped the connection{self._fail_over(url)}")
                     if unanswered >= self.liveness:
                         url = sock.watched_url
                         raise BackendLost(f"the broker at {url} is not answering{self._fail_over(url)}")

@@ -43,13 +43,18 @@ class WatchedSocket(zmq.Socket):
     _handshake_monitor: zmq.Socket | None = None
     _handshake_failure: str | None = None
     _handshake_failures = 0  # in a row
+    _dropped = False  # the connection broke and no handshake succeeded since
     _handshake_url: str
     _handshake_who: str
     _handshake_security: Security
 
-    def watch(self, url: str, who: str, security: Security) -> None:
-        """Report handshake failures with ``url`` as ``who`` ("client", "backend"); call before connecting."""
-        self._handshake_monitor = self.get_monitor_socket(_EVENTS)
+    def watch(self, url: str, who: str, security: Security, drops: bool = False) -> None:
+        """Report handshake failures with ``url`` as ``who`` ("client", "backend"); call before connecting.
+
+        ``drops``: also follow whether the connection broke (:attr:`dropped`). Only where it is acted on: with
+        disconnections watched, libzmq reports a refused mechanism less directly (more failures without detail).
+        """
+        self._handshake_monitor = self.get_monitor_socket(_EVENTS | (zmq.EVENT_DISCONNECTED if drops else 0))
         self._handshake_monitor.linger = 0
         self._handshake_url, self._handshake_who, self._handshake_security = url, who, security
 
@@ -61,6 +66,10 @@ class WatchedSocket(zmq.Socket):
         monitor = self._handshake_monitor
         while monitor is not None and monitor.poll(0):
             event = recv_monitor_message(monitor)
+            if event["event"] == zmq.EVENT_DISCONNECTED:  # no refusal: the peer went away (or will say why)
+                self._dropped = True
+                continue
+            self._dropped = self._dropped and event["event"] != zmq.EVENT_HANDSHAKE_SUCCEEDED
             if event["event"] in _FINE:
                 self._handshake_failure, self._handshake_failures = None, 0
             else:
@@ -72,6 +81,12 @@ class WatchedSocket(zmq.Socket):
     def watched_url(self) -> str:
         """The address this socket was told to :meth:`watch` (the one it connects to)."""
         return self._handshake_url
+
+    @property
+    def dropped(self) -> bool:
+        """Whether, at the last look at the monitor, the connection had broken and not come back: a peer
+        that died (its machine still up) is seen so at once, long before heartbeats would tell."""
+        return self._dropped
 
     @property
     def failed_before(self) -> bool:
