@@ -238,3 +238,19 @@ def test_a_backend_on_two_brokers_shares_its_capacity(consortium, processes):
         a.broker.kill()
         table = both.backends()
         assert table["overlap"]["brokers"] == [b.url] and table.broker["down"] == [a.url]
+
+
+def test_the_config_files_broker_is_the_default_after_the_environment(config, monkeypatch):
+    from de_magic.wire.defaults import DEFAULT_URL, default_url
+
+    monkeypatch.delenv("DE_MAGIC_BROKER", raising=False)
+    assert default_url() == DEFAULT_URL
+    config.write_text('broker = ["tcp://hub-a:5555", "tcp://hub-b:5555"]\n')
+    assert default_url() == "tcp://hub-a:5555,tcp://hub-b:5555"
+    assert Client().urls == ["tcp://hub-a:5555", "tcp://hub-b:5555"]
+    monkeypatch.setenv("DE_MAGIC_BROKER", "tcp://mine:1")
+    assert default_url() == "tcp://mine:1"
+    monkeypatch.delenv("DE_MAGIC_BROKER")
+    config.write_text('broker = "hub-a:5555"\n')
+    with pytest.raises(BadAddress, match="from broker in"):
+        default_url()

@@ -307,6 +307,7 @@ def _read_toml() -> dict:
 
 
 SETTINGS = ("key", "broker_key", "allowed_keys")
+BROKER = "broker"  # the default broker address(es), after $DE_MAGIC_BROKER (see defaults.py)
 BROKERS = "brokers"
 BROKER_SETTINGS = ("url", "key", "broker_key")
 
@@ -316,7 +317,7 @@ def _read_config(url: str | None = None) -> dict[str, str]:
     data = _read_toml()
     path = config_file()
     # a typo here would silently turn encryption off
-    _check_names(data, {*SETTINGS, OWNERS, BROKERS}, path, "")
+    _check_names(data, {*SETTINGS, BROKER, OWNERS, BROKERS}, path, "")
     tables = data.get(BROKERS, {})
     for name, table in tables.items():
         if not isinstance(table, dict):
@@ -369,6 +370,16 @@ def public_key(value: Path | str | None) -> bytes:
 
 
 OWNERS = "owners"
+
+
+def configured_broker() -> str | None:
+    """The config file's ``broker``: an address, or a consortium's addresses (a list, or separated by commas)."""
+    value = _read_toml().get(BROKER)
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, list) and all(isinstance(url, str) for url in value):
+        return ",".join(value)
+    raise Refused(f"{BROKER} in {config_file()} must be an address or a list of addresses")
 
 
 def owners() -> dict[str, list[str]]:
