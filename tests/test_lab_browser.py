@@ -299,15 +299,16 @@ def test_sidebar_browse_filter_insert_and_run(page, lab, hello, processes, tmp_p
     panel.locator(".jp-SidePanel-toolbar").get_by_title("Add a broker").click()
     dialog = page.locator(".jp-Dialog")
     message, accept = dialog.get_by_role("alert"), dialog.locator(".jp-mod-accept")
+    address = dialog.get_by_label("ZeroMQ address of a de-magic broker")
     expect(accept).to_be_disabled()  # nothing entered yet
-    dialog.locator("input").fill("localhost:5555")
+    address.fill("localhost:5555")
     expect(message).to_contain_text("Did you mean tcp://localhost:5555?")
     expect(accept).to_be_disabled()
-    dialog.locator("input").press("Enter")  # refused too
-    dialog.locator("input").fill("foo")
+    address.press("Enter")  # refused too
+    address.fill("foo")
     expect(message).to_contain_text("“foo” is not a ZeroMQ address: expected tcp://host:port.")
     expect(accept).to_be_disabled()
-    dialog.locator("input").fill(extra)
+    address.fill(extra)
     expect(message).to_have_text("")
     accept.click()
     expect(dialog).to_have_count(0)
