@@ -254,3 +254,23 @@ def test_the_config_files_broker_is_the_default_after_the_environment(config, mo
     config.write_text('broker = "hub-a:5555"\n')
     with pytest.raises(BadAddress, match="from broker in"):
         default_url()
+
+
+def test_a_session_carries_on_through_the_other_broker(consortium, processes):
+    """A namespace lives on its worker, which both brokers know: losing one broker loses no state."""
+    from de_magic.caller.session import RemoteSession
+
+    a, b = consortium
+    processes.start("serve", "de_magic.demo.hello", "--name", "coder", "--allow-code", "--broker", a.url,
+                    "--broker", b.url, "--heartbeat", str(HEARTBEAT))
+    for cluster in (a, b):
+        wait_for(lambda c=cluster: c.workers("coder"), what=f"the backend at {cluster.url}")
+    with Client([a.url, b.url], timeout=20, heartbeat=HEARTBEAT) as client:
+        session = RemoteSession(client, "coder")
+        session.push(x=41)  # code runs in the backend's main thread: its answers go back by the right broker
+        a.broker.kill()
+        a.broker.wait()
+        with pytest.raises(BackendLost, match="namespace of session .* survived"):
+            session.pull("x")
+        assert client.url == b.url
+        assert session.execute("x += 1", pull=["x"]).result()["x"] == 42
