@@ -435,20 +435,17 @@ class Client:
         return listing
 
     def _list(self, rid: bytes, query: dict, timeout: float) -> tuple[dict, list]:
-        """Ask the broker in use for a listing; one that does not answer in time makes the next one be asked."""
-        for _ in self.urls[1:]:
+        """Ask the broker in use for a listing; if it does not answer, the next one, until each was asked."""
+        for tries_left in reversed(range(len(self.urls))):
             url = self.url
             try:
                 return self._exchange(rid, P.list_query(rid, query), timeout, None)
-            except CallTimeout:  # a live broker answers a listing at once: a timed-out one is as good as gone
-                self._fail_over(url)
-            except BackendLost:  # it failed over already
-                pass
-        url = self.url
-        try:
-            return self._exchange(rid, P.list_query(rid, query), timeout, None)
-        except (CallTimeout, BackendLost) as exc:  # a listing is what tells that no broker is there
-            raise type(exc)(f"{exc}. {no_broker_hint(url)}") from None
+            except (CallTimeout, BackendLost) as exc:
+                if not tries_left:  # a listing is what tells that no broker is there
+                    raise type(exc)(f"{exc}. {no_broker_hint(url)}") from None
+                if isinstance(exc, CallTimeout):  # a live broker answers a listing at once: this one is gone
+                    self._fail_over(url)
+        raise AssertionError("a client has one broker at least")
 
     def backends(self) -> BackendTable:
         """The live backends, as a table (text in a terminal, HTML in a notebook).
