@@ -24,22 +24,25 @@ def z85(path) -> str:
 
 @pytest.fixture(scope="module")
 def two_brokers(tmp_path_factory):
-    """Two CURVE brokers with different key pairs that both let alice and the backend in, a backend on each."""
+    """Two CURVE brokers with different key pairs that both let alice and the backend in, and one backend
+    registered at both, which finds each broker's key in its config file."""
     tmp = tmp_path_factory.mktemp("brokers")
     keys = curve_keys(tmp)
     keys["other"] = create_keys("other", tmp / "pairs")[1]
     procs = Processes()
     urls = [f"tcp://127.0.0.1:{free_port()}" for _ in range(2)]
-    backend_env = {"DE_MAGIC_KEY": str(keys["backend"]), "DE_MAGIC_CONFIG": str(tmp / "none.toml")}
+    backend_config = tmp / "backend.toml"
+    backend_config.write_text(f'key = "{keys["backend"]}"\n[brokers."{urls[0]}"]\nbroker_key = "{keys["broker"]}"\n'
+                              f'[brokers."{urls[1]}"]\nbroker_key = "{z85(keys["other"])}"\n')
     try:
         for url, own in zip(urls, ("broker", "other")):
             log = tmp / f"{own}.log"
             start_logged(procs, "broker", "--bind", url, "--heartbeat", str(HEARTBEAT), "--key", str(keys[own]),
                          "--allowed-keys", str(keys["allowed"]), log=log)
             wait_for(lambda log=log: "listening" in log.read_text(), what=f"the broker at {url} to listen")
-            start_logged(procs, "serve", "de_magic.demo.hello", "--name", "hello", "--broker", url,
-                         "--heartbeat", str(HEARTBEAT), "--broker-key", str(keys[own]),
-                         log=tmp / "backends.log", env=backend_env)
+        start_logged(procs, "serve", "de_magic.demo.hello", "--name", "hello", "--broker", urls[0],
+                     "--broker", urls[1], "--heartbeat", str(HEARTBEAT), log=tmp / "backend.log",
+                     env={"DE_MAGIC_CONFIG": str(backend_config), "DE_MAGIC_KEY": "", "DE_MAGIC_BROKER_KEY": ""})
         yield urls, keys
     finally:
         procs.stop_all()
