@@ -372,11 +372,14 @@ def test_sidebar_adds_a_curve_broker_by_pasting_its_key(curve_lab):
         error = panel.locator(".jp-DeMagic-message.jp-mod-error")
         expect(error).to_contain_text(f"the broker at {lab.broker} requires CURVE and its public key is not known here")
 
-        panel.locator(".jp-SidePanel-toolbar").get_by_title("Add a broker").click()
+        # which the panel offers to do: the dialog of "+", with the address filled in
+        error.get_by_role("button", name="Add its public key…").click()
         dialog = page.locator(".jp-Dialog")
+        expect(dialog.locator(".jp-Dialog-header")).to_have_text("Add the public key of a broker")
         message, accept = dialog.get_by_role("alert"), dialog.locator(".jp-mod-accept")
-        dialog.get_by_label("ZeroMQ address of a de-magic broker").fill(lab.broker)
+        expect(dialog.get_by_label("ZeroMQ address of a de-magic broker")).to_have_value(lab.broker)
         key_field = dialog.get_by_label("The broker's public key")
+        expect(key_field).to_be_focused()
         key_field.fill("not a key")
         expect(message).to_contain_text("Not a public key")
         expect(accept).to_be_disabled()

@@ -16,6 +16,7 @@ REST endpoints (all authenticated, all JSON, under ``{base_url}de-magic/``):
     full API) plus liveness (``reachable``, ``latency_ms``, ``checked``). An unreachable
     broker still answers 200, with ``{"broker": {"url": url}, "reachable": false, "error": "..."}``
     (so do the two below): being down is a state the panel shows, not a failed request.
+    ``"needs_key": true`` says that the broker uses CURVE and its key is not known here (``POST brokers``).
 ``GET backends?broker=URL``
     The backends without their API (name, allow_code, since, workers): cheap to poll.
 ``GET backends/NAME?broker=URL``
@@ -92,11 +93,14 @@ class _BaseHandler(APIHandler):
         try:
             listing = await self.brokers.listing(url, self.demagic.timeout)
         except Exception as exc:  # DeMagicError subclasses, but also zmq errors on bad URLs
+            from ..wire.handshake import UNKNOWN_KEY
+
             self.log.debug("de-magic: broker %s unreachable: %r", url, exc)
             return {
                 "broker": {"url": url},
                 "reachable": False,
                 "error": _describe(exc, url, self.demagic.timeout),
+                "needs_key": UNKNOWN_KEY in str(exc),
                 "checked": time.time(),
             }
         listing = dict(listing)
@@ -149,7 +153,7 @@ class BackendsHandler(_BaseHandler):
         url = self._broker_arg()
         listing = await self._listing(url)
         if not listing["reachable"]:
-            self.finish(json.dumps({k: listing[k] for k in ("broker", "reachable", "error", "checked")}))
+            self.finish(json.dumps({k: listing[k] for k in ("broker", "reachable", "error", "needs_key", "checked")}))
             return
         backends = listing.get("backends", {})
         if name:

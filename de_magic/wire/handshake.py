@@ -13,7 +13,10 @@ key not in the broker's allowed keys   ``HANDSHAKE_FAILED_AUTH`` (value: ZAP sta
 wrong broker public key configured     ``HANDSHAKE_FAILED_NO_DETAIL`` (EPIPE: the broker
                                        drops what it cannot decrypt), reconnect, again
 no key, broker uses CURVE (or the      ``HANDSHAKE_FAILED_PROTOCOL`` (value:
-other way round)                       ``PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH``); no reconnect
+other way round)                       ``PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH``); no reconnect.
+                                       As often (one try in three here, loaded or not), the
+                                       broker drops the connection first: then
+                                       ``HANDSHAKE_FAILED_NO_DETAIL`` (EPIPE), reconnect, again
 no broker at all                       no handshake event, only ``CONNECT_RETRIED``
 =====================================  =============================================
 
@@ -30,6 +33,9 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from .security import Security, broker_table_hint
+
+#: How a refusal by a CURVE broker whose key this side lacks begins (after the address), for who offers a way to add it.
+UNKNOWN_KEY = "requires CURVE and its public key is not known here"
 
 _EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_CLOSED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
            | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
@@ -103,11 +109,13 @@ class WatchedSocket(zmq.Socket):
         if event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL and security.curve and self._handshake_failures > 1:
             return (f"the broker's public key configured here ({security.broker_key}) does not match the "
                     f"broker at {url}: check {broker_table_hint(url)}, or --broker-key / DE_MAGIC_BROKER_KEY")
-        if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL and value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
+        mismatch = event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL and value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH
+        # without a key, a handshake failing again and again has one likely cause: the broker wants CURVE
+        if mismatch or (event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL and self._handshake_failures > 2):
             if security.curve:
                 return (f"the broker at {url} does not use CURVE, but this {who} has a key: "
                         "drop --key / DE_MAGIC_KEY for this broker")
-            return (f"the broker at {url} requires CURVE and its public key is not known here: add it as "
+            return (f"the broker at {url} {UNKNOWN_KEY}: add it as "
                     f'broker_key = "FILE or Z85 text" to {broker_table_hint(url)} (with key = your .key_secret '
                     "if the file has none), or set --broker-key / DE_MAGIC_BROKER_KEY and --key / DE_MAGIC_KEY")
         return None  # nothing a person could act on: treated like a broker that does not answer

@@ -58,6 +58,8 @@ export interface IListing {
   reachable: boolean;
   /** Why the broker could not be queried, when `reachable` is false. */
   error?: string;
+  /** The broker uses CURVE and the server does not know its public key (it can be added). */
+  needs_key?: boolean;
   broker?: { url: string; id?: string; since?: number; protocol?: string };
   backends?: { [name: string]: IBackend };
   latency_ms?: number;

@@ -52,8 +52,8 @@ export function addCommands(
     label: args => (args.toolbar ? '' : 'Add a Broker to Remote Backends'),
     caption: 'Add a broker (kept in the settings) and trust its key',
     icon: addIcon,
-    execute: async () => {
-      const broker = await askBroker();
+    execute: async args => {
+      const broker = await askBroker((args.url as string | undefined) ?? '');
       if (broker && (await trust(broker))) {
         await brokers.add(broker.url);
         await panel.model.refresh(); // a broker listed already is asked again, now with its key
@@ -89,12 +89,13 @@ async function trust(broker: IBrokerEntry): Promise<boolean> {
 }
 
 /** What the user enters, or null if they cancel; OK is only possible for valid entries. */
-async function askBroker(): Promise<IBrokerEntry | null> {
+async function askBroker(url: string): Promise<IBrokerEntry | null> {
   const result = await showDialog({
-    title: 'Add a broker',
-    body: new BrokerBody(),
+    title: url ? 'Add the public key of a broker' : 'Add a broker',
+    body: new BrokerBody(url),
     buttons: [Dialog.cancelButton(), Dialog.okButton({ label: 'Add' })],
-    focusNodeSelector: 'input'
+    // with the address given, what is asked for is the key
+    focusNodeSelector: url ? 'input[data-field=key]' : 'input'
   });
   return result.button.accept ? result.value : null;
 }
@@ -104,7 +105,8 @@ async function askBroker(): Promise<IBrokerEntry | null> {
  * class is what makes the dialog disable OK (and ignore Enter) while an entry is not valid.
  */
 class BrokerBody extends Widget implements Dialog.IBodyWidget<IBrokerEntry> {
-  constructor() {
+  /** `url`: the address to start with (a broker whose key is asked for), or ''. */
+  constructor(url: string) {
     super({ node: h('div', { class: 'jp-DeMagic-addBroker' }) });
     this._input = h('input', {
       class: 'jp-mod-styled',
@@ -113,6 +115,7 @@ class BrokerBody extends Widget implements Dialog.IBodyWidget<IBrokerEntry> {
       'aria-label': 'ZeroMQ address of a de-magic broker',
       spellcheck: 'false'
     });
+    this._input.value = url;
     this._message = h('div', {
       class: 'jp-DeMagic-addBrokerMessage',
       role: 'alert'
@@ -121,6 +124,7 @@ class BrokerBody extends Widget implements Dialog.IBodyWidget<IBrokerEntry> {
       class: 'jp-mod-styled',
       type: 'text',
       placeholder: 'Z85 text, or /path/to/broker.key',
+      'data-field': 'key',
       'aria-label': "The broker's public key",
       spellcheck: 'false'
     });
