@@ -52,7 +52,7 @@ from .execute import code_operations
 
 log = logging.getLogger("de_magic.backend")
 
-# what the I/O thread tells the slot threads (HELLO is followed by the index of the broker that welcomed us)
+# what the I/O thread tells the slot threads (HELLO: a broker welcomed us, say SLOT there)
 _HELLO, _STOP = b"hello", b"stop"
 
 
@@ -340,7 +340,7 @@ class Backend:
             if not door.welcomed:
                 log.info("registered %r at %s", self.name, door.url)
             self._welcome(door, True)
-            slots.send(_HELLO + bytes([door.index]))
+            slots.send(_HELLO)
         elif isinstance(msg, P.Reject):
             self.failure = f"the broker at {door.url} refused to register {self.name!r}: {msg.reason}"
             log.error("%s", self.failure)
