@@ -300,13 +300,8 @@ def cmd_generate(args) -> None:
 
 def cmd_list(args) -> None:
     with Client(args.broker, timeout=args.timeout, security=_security(args)) as client:
-        listing = client.listing()
-    if args.json:
-        print(json.dumps(listing, indent=2))
-        return
-    from .caller.tables import BackendTable
-
-    print(repr(BackendTable(listing)))
+        table = client.backends()  # of every broker given, each backend with the brokers it is reachable through
+    print(json.dumps({"broker": table.broker, "backends": table}, indent=2) if args.json else repr(table))
 
 
 def _json_arg(flag: str, text: str | None, kinds: tuple[type, ...]):

@@ -238,6 +238,9 @@ def test_a_backend_on_two_brokers_shares_its_capacity(consortium, processes):
         assert table["overlap"]["brokers"] == [a.url, b.url] and len(table["overlap"]["workers"]) == 1
         assert len(table["hello_world"]["workers"]) == 2  # one process at each broker
         assert f"{a.url}, {b.url}" in repr(table).splitlines()[2]
+        listed = subprocess.run([sys.executable, "-m", "de_magic", "list", "--broker", a.url, "--broker", b.url],
+                                cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert listed.returncode == 0 and f"{a.url}, {b.url}" in listed.stdout, listed.stderr
         a.broker.kill()
         table = both.backends()
         assert table["overlap"]["brokers"] == [b.url] and table.broker["down"] == [a.url]
