@@ -32,7 +32,7 @@ from .caller.generate import client_module
 from .caller.progress import TextProgress
 from .embedded import DEMO_BACKENDS, bind, start_local
 from .wire.defaults import (DEFAULT_HEARTBEAT, DEFAULT_MAX_MESSAGE, DEFAULT_MAX_QUEUED_BYTES, DEFAULT_SESSION_LEASE,
-                            check_url, default_url)
+                            check_doors, check_url, default_url)
 from .schema import describe, members_of
 from .wire.errors import DeMagicError
 from .wire.security import Security, create_keys, owners
@@ -113,16 +113,27 @@ def _members(namespace: dict, names) -> dict[str, object]:
 
 
 def _url(text: str | None, flag: str) -> str:
-    """The broker address given with ``flag``, else the default one; checked either way."""
-    return check_url(text, flag) if text else default_url()
+    """The broker address (or several, separated by commas) given with ``flag``, else the default; several
+    are a client's equivalent doors, or the brokers a backend registers at."""
+    return ",".join(check_doors(text, flag)) if text else default_url()
+
+
+def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Arguments, with repeated ``--broker`` flags joined as one comma-separated list."""
+    args = parser.parse_args(argv)
+    if isinstance(getattr(args, "broker", None), list):
+        args.broker = ",".join(args.broker)
+    return args
 
 
 # -- argument groups shared by several commands --------------------------------
 
 
 def _broker_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--broker", default=None,
-                        help="broker URL (default: $DE_MAGIC_BROKER or tcp://127.0.0.1:5555)")
+    parser.add_argument("--broker", default=None, action="append",
+                        help="broker URL (default: $DE_MAGIC_BROKER or tcp://127.0.0.1:5555); repeat it, or separate "
+                             "addresses by commas, for a consortium's brokers: a backend registers at each, a "
+                             "client uses one and moves on to the next if it stops answering")
 
 
 def _security_args(parser: argparse.ArgumentParser, broker: bool = False) -> None:
@@ -137,12 +148,18 @@ def _security_args(parser: argparse.ArgumentParser, broker: bool = False) -> Non
                             help="serve without CURVE on a non-loopback address (anyone reaching it can use it)")
     else:
         parser.add_argument("--broker-key", default=None, metavar="FILE",
-                            help="the broker's public key file (default: $DE_MAGIC_BROKER_KEY, then the config file)")
+                            help="the broker's public key, a file or Z85 text (default: $DE_MAGIC_BROKER_KEY, then the "
+                                 "config file's [brokers.\"URL\"] table, then its broker_key)")
 
 
-def _security(args: argparse.Namespace) -> Security:
-    return Security.resolve(key=args.key, broker_key=getattr(args, "broker_key", None),
-                            allowed_keys=getattr(args, "allowed_keys", None), insecure=getattr(args, "insecure", False))
+def _security(args: argparse.Namespace) -> Security | None:
+    """The broker's settings; for a client or backend (it has --broker-key) None without flags, so that it
+    takes, for each broker it connects to, that broker's keys (environment, then config file)."""
+    if not hasattr(args, "broker_key"):
+        return Security.resolve(key=args.key, allowed_keys=args.allowed_keys, insecure=args.insecure)
+    if args.key is None and args.broker_key is None:
+        return None
+    return Security.resolve(key=args.key, broker_key=args.broker_key, url=check_doors(_url(args.broker, "--broker"))[0])
 
 
 def _serve_args(parser: argparse.ArgumentParser) -> None:
@@ -243,7 +260,7 @@ def backend_main(name: str, members, namespace: dict, argv: list[str] | None = N
     check = sub.add_parser("test-connect", help="check that the broker answers")
     _broker_arg(check)
     _security_args(check)
-    args = parser.parse_args(argv)
+    args = _parse(parser, argv)
     with _one_line_errors():
         _backend_command(args, name, _members(namespace, members), namespace.get("__doc__") or "")
 
@@ -260,7 +277,7 @@ def _backend_command(args: argparse.Namespace, name: str, picked: dict, doc: str
         _test_connect(args.broker, _security(args))
 
 
-def _test_connect(url: str | None, security: Security) -> None:
+def _test_connect(url: str | None, security: Security | None) -> None:
     with Client(url, timeout=5, security=security) as client:
         listing = client.listing(api=False)  # no answer: an error that says what to do
     print(f"de-magic: broker at {client.url} answers; {len(listing['backends'])} backend(s) live")
@@ -271,7 +288,7 @@ def _test_connect(url: str | None, security: Security) -> None:
 
 def cmd_broker(args) -> None:
     _logging(args.verbose)
-    broker = Broker(_url(args.bind, "--bind"), heartbeat=args.heartbeat, max_message_size=args.max_message_size,
+    broker = Broker(check_url(args.bind or default_url(), "--bind"), heartbeat=args.heartbeat, max_message_size=args.max_message_size,
                     max_queued_bytes=args.max_queued_bytes, owners=owners(), security=_security(args))
     url = bind(broker)
     print(f"de-magic: broker listening on {url}", flush=True)
@@ -307,13 +324,8 @@ def cmd_generate(args) -> None:
 
 def cmd_list(args) -> None:
     with Client(args.broker, timeout=args.timeout, security=_security(args)) as client:
-        listing = client.listing()
-    if args.json:
-        print(json.dumps(listing, indent=2))
-        return
-    from .caller.tables import BackendTable
-
-    print(repr(BackendTable(listing)))
+        table = client.backends()  # of every broker given, each backend with the brokers it is reachable through
+    print(json.dumps({"broker": table.broker, "backends": table}, indent=2) if args.json else repr(table))
 
 
 def _json_arg(flag: str, text: str | None, kinds: tuple[type, ...]):
@@ -457,6 +469,6 @@ def _one_line_errors():
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    args = _parse(build_parser(), argv)
     with _one_line_errors():
         args.func(args)

@@ -116,6 +116,10 @@ class Jupyter:
         headers = {"Authorization": f"token {self.token}"} if auth else {}
         return requests.get(self.url + path, params=params, headers=headers, timeout=timeout)
 
+    def post(self, path: str, body: dict, *, auth: bool = True, timeout: float = 15) -> requests.Response:
+        headers = {"Authorization": f"token {self.token}"} if auth else {}
+        return requests.post(self.url + path, json=body, headers=headers, timeout=timeout)
+
     def lab_url(self, path: str = "lab") -> str:
         return f"{self.url}/{path}?token={self.token}"
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 import os
 import re
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, free_port, wait_for
+from conftest import HEARTBEAT, ROOT, curve_keys, free_port, start_logged, wait_for
 from labtools import Jupyter
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -49,7 +50,14 @@ def lab(hello, tmp_path):
 
 
 @pytest.fixture
-def page(lab, tmp_path):
+def page(lab):
+    with open_page() as page:
+        yield page
+
+
+@contextmanager
+def open_page():
+    """A page of a fresh headless Chromium that records console errors and listing requests."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
@@ -299,15 +307,16 @@ def test_sidebar_browse_filter_insert_and_run(page, lab, hello, processes, tmp_p
     panel.locator(".jp-SidePanel-toolbar").get_by_title("Add a broker").click()
     dialog = page.locator(".jp-Dialog")
     message, accept = dialog.get_by_role("alert"), dialog.locator(".jp-mod-accept")
+    address = dialog.get_by_label("ZeroMQ address of a de-magic broker")
     expect(accept).to_be_disabled()  # nothing entered yet
-    dialog.locator("input").fill("localhost:5555")
+    address.fill("localhost:5555")
     expect(message).to_contain_text("Did you mean tcp://localhost:5555?")
     expect(accept).to_be_disabled()
-    dialog.locator("input").press("Enter")  # refused too
-    dialog.locator("input").fill("foo")
+    address.press("Enter")  # refused too
+    address.fill("foo")
     expect(message).to_contain_text("“foo” is not a ZeroMQ address: expected tcp://host:port.")
     expect(accept).to_be_disabled()
-    dialog.locator("input").fill(extra)
+    address.fill(extra)
     expect(message).to_have_text("")
     accept.click()
     expect(dialog).to_have_count(0)
@@ -335,3 +344,63 @@ def _widen_sidebar(page, width: int) -> None:
     page.mouse.down()
     page.mouse.move(width + 33, box["y"] + box["height"] / 2, steps=5)
     page.mouse.up()
+
+
+@pytest.fixture
+def curve_lab(processes, tmp_path):
+    """JupyterLab whose default broker uses CURVE with a key the server's config file does not know yet."""
+    keys = curve_keys(tmp_path / "keys")
+    url, log = f"tcp://127.0.0.1:{free_port()}", tmp_path / "broker.log"
+    start_logged(processes, "broker", "--bind", url, "--heartbeat", str(HEARTBEAT), "--key",
+                 str(keys["broker"]), "--allowed-keys", str(keys["allowed"]), log=log)
+    wait_for(lambda: "listening" in log.read_text(), what="the CURVE broker to listen")
+    # registered by the time the test looks: the panel waits for it
+    processes.start("serve", "de_magic.demo.hello", "--name", "hello_world", "--broker", url,
+                    "--heartbeat", str(HEARTBEAT), env={"DE_MAGIC_KEY": str(keys["backend"]),
+                                                        "DE_MAGIC_BROKER_KEY": str(keys["broker.public"])})
+    config = tmp_path / "de-magic.toml"
+    config.write_text(f'# my own key\nkey = "{keys["alice"]}"\n')
+    with Jupyter(tmp_path, lab=True, env={"DE_MAGIC_BROKER": url, "DE_MAGIC_CONFIG": str(config)},
+                 config={"DeMagicLab": {"timeout": 1.0}}) as jupyter:
+        jupyter.broker, jupyter.keys, jupyter.config = url, keys, config
+        yield jupyter
+
+
+def test_sidebar_adds_a_curve_broker_by_pasting_its_key(curve_lab):
+    from playwright.sync_api import expect
+
+    from de_magic.wire.security import public_key
+
+    lab = curve_lab
+    with open_page() as page:
+        page.goto(lab.lab_url())
+        page.locator('.jp-SideBar [data-id="de-magic-backends"]').click()
+        panel = page.locator("#de-magic-backends")
+        # A broker whose key is unknown says so, and how to add it; not "no answer".
+        error = panel.locator(".jp-DeMagic-message.jp-mod-error")
+        expect(error).to_contain_text(f"the broker at {lab.broker} requires CURVE and its public key is not known here")
+
+        # which the panel offers to do: the dialog of "+", with the address filled in
+        error.get_by_role("button", name="Add its public key…").click()
+        dialog = page.locator(".jp-Dialog")
+        expect(dialog.locator(".jp-Dialog-header")).to_have_text("Add the public key of a broker")
+        message, accept = dialog.get_by_role("alert"), dialog.locator(".jp-mod-accept")
+        expect(dialog.get_by_label("ZeroMQ address of a de-magic broker")).to_have_value(lab.broker)
+        key_field = dialog.get_by_label("The broker's public key")
+        expect(key_field).to_be_focused()
+        key_field.fill("not a key")
+        expect(message).to_contain_text("Not a public key")
+        expect(accept).to_be_disabled()
+        z85 = public_key(lab.keys["broker.public"]).decode()
+        key_field.fill(z85)
+        expect(message).to_have_text("")
+        accept.click()
+        expect(dialog).to_have_count(0)
+
+        # Stored in the broker's table of the config file (the user's own lines kept), and used at once.
+        expect(error).to_have_count(0, timeout=15_000)
+        expect(broker(page, lab.broker)).to_contain_text("1 backend")
+        text = lab.config.read_text()
+        assert text.startswith("# my own key") and f'[brokers."{lab.broker}"]\nbroker_key = "{z85}"' in text
+        ours = [e for e in page.console_errors if "de-magic" in e.lower() or "demagic" in e.lower()]
+        assert ours == [], ours

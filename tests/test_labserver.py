@@ -24,9 +24,10 @@ EXTRA = "tcp://127.0.0.1:1"
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("jupyter")
     jupyter = Jupyter(
-        tmp_path_factory.mktemp("jupyter"),
-        env={"DE_MAGIC_BROKER": DEFAULT},
+        tmp,
+        env={"DE_MAGIC_BROKER": DEFAULT, "DE_MAGIC_CONFIG": str(tmp / "de-magic.toml")},
         config={"DeMagicLab": {"timeout": TIMEOUT, "retry_interval": RETRY, "brokers": [EXTRA, DEFAULT]}},
     )
     with jupyter:
@@ -51,6 +52,24 @@ def test_brokers_lists_the_default_then_configured_ones(server):
     assert response.headers["Content-Type"].startswith("application/json")
     # DE_MAGIC_BROKER of the server is the default; a configured duplicate of it is listed once.
     assert response.json() == {"default": DEFAULT, "brokers": [DEFAULT, EXTRA]}
+
+
+def test_a_brokers_key_is_checked_then_stored_in_the_config_file(server, tmp_path):
+    from de_magic.wire.security import create_keys, public_key
+
+    config = server.tmp / "de-magic.toml"
+    z85 = public_key(create_keys("hub", tmp_path)[0]).decode()
+    assert server.post("/de-magic/brokers", {"url": EXTRA, "broker_key": z85}, auth=False).status_code == 403
+    for body, needle in [({"url": EXTRA, "broker_key": "hello"}, "is neither a public key"),
+                         ({"url": "hub:5555", "broker_key": z85}, "is not a broker address"),
+                         ({"url": EXTRA}, "no public key given")]:
+        response = server.post("/de-magic/brokers", body)
+        assert response.status_code == 400 and needle in response.json()["message"], response.text
+    assert not config.exists()
+    response = server.post("/de-magic/brokers", {"url": EXTRA, "broker_key": z85})
+    assert response.status_code == 200, response.text
+    assert response.json() == {"url": EXTRA, "public_key": z85, "config": str(config)}
+    assert f'[brokers."{EXTRA}"]\nbroker_key = "{z85}"' in config.read_text()
 
 
 def test_listing_of_a_live_broker(server, hello):
@@ -206,3 +225,12 @@ def test_pip_install_enables_both_extensions():
     assert "de_magic enabled" in servers, servers
     assert any(re.fullmatch(r"de_magic [\w.]+ OK", line) for line in servers), servers
     assert any(re.fullmatch(r"de-magic v[\w.]+ enabled OK \(python, de-magic\)", line) for line in labs), labs
+
+
+def test_a_consortiums_doors_are_one_entry_that_fails_over(server, hello):
+    down = f"tcp://127.0.0.1:{free_port()}"
+    listing = server.get("/de-magic/listing", broker=f"{down}, {hello.url}").json()
+    assert listing["reachable"] is True and listing["broker"]["url"] == hello.url
+    assert "hello_world" in listing["backends"]
+    assert server.get("/de-magic/listing", broker=f"{down},,").json()["reachable"] is False  # down, said so
+    assert server.get("/de-magic/listing", broker=f"{hello.url},hub:1").status_code == 400

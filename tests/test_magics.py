@@ -14,7 +14,7 @@ import pytest
 from de_magic.caller.session import CellError, RemoteSession
 from de_magic.wire.errors import BackendLost, Refused
 
-from conftest import ROOT, Cluster, Processes, rss_kib, wait_for
+from conftest import ROOT, Cluster, Processes, free_port, rss_kib, wait_for
 from kernel import Kernel, parent
 
 
@@ -276,3 +276,13 @@ def test_closed_sessions_give_their_memory_back(cluster):
     grown = rss_kib(pid) - before
     print(f"\n200 sessions opened and closed: backend RSS {before} -> {before + grown} KiB")
     assert grown < 200 * 40, f"{grown / 200:.0f} KiB kept per closed session"
+def test_remote_connect_to_a_consortiums_brokers_uses_the_one_that_answers(code_cluster, tmp_path):
+    down = f"tcp://127.0.0.1:{free_port()}"
+    kernel = Kernel({}, tmp_path)
+    try:
+        reply, outputs = kernel.run(f"%load_ext de_magic\n%remote_connect {down},{code_cluster.url}")
+        assert reply["content"]["status"] == "ok" and f"connected to {code_cluster.url}" in text(outputs)
+        reply, outputs = kernel.run("%%remote hello_world\nprint('through the second')")
+        assert text(outputs) == "through the second\n"
+    finally:
+        kernel.close()

@@ -86,6 +86,24 @@ def test_a_call_reaches_a_free_slot_and_its_reply_the_caller():
     assert not net.router.requests
 
 
+def test_a_slot_busy_through_another_broker_gets_no_call_until_it_is_free():
+    net = Net()
+    net.register(slots=(b"s1", b"s2"))
+    net.send(b"s1", P.slot_busy(b"W" * 8, b"s" * 16))  # s1 runs a call that came through another broker
+    for i in range(2):
+        net.call(rid=b"r%d" % i)
+    assert len(net.take(b"s2", P.AT_WORKER)) == 1 and net.take(b"s1", P.AT_WORKER) == []  # r1 waits
+    net.send(b"s1", P.slot(b"W" * 8, b"s" * 16))  # free again: takes the waiting call
+    assert [m.rid for m in net.take(b"s1", P.AT_WORKER)] == [b"r1"]
+    # a SLOT while it holds a call of this broker changes nothing: one call per slot
+    net.call(rid=b"r2")
+    net.send(b"s1", P.slot(b"W" * 8, b"s" * 16))
+    assert net.take(b"s1", P.AT_WORKER) == [] and len(net.router.requests) == 3
+    # BUSY without the worker's secret is bad input, and changes nothing
+    net.send(b"s2", P.slot_busy(b"W" * 8, b"x" * 16))
+    assert net.router.bad.count == 1
+
+
 def test_welcome_tells_the_worker_the_broker_limit():
     net = Net(max_message_size=12345)
     (welcome,) = net.register()

@@ -224,7 +224,7 @@ def _refusals(text: str) -> tuple[int, int, int]:
 @pytest.mark.parametrize("key, broker_key, reason", [
     ("mallory", "broker.public", r"refused this client's key .{8}\.\.\. \(not in its allowed keys\)"),
     ("alice", "bob.public", r"the broker's public key configured here \(.*bob.key\) does not match the broker at"),
-    (None, None, r"requires CURVE; this client has no key: set --key / DE_MAGIC_KEY"),
+    (None, None, r'requires CURVE and its public key is not known here: add it as broker_key = .* to \[brokers\."tcp://'),
 ])
 def test_a_refused_client_is_told_why_within_2_s(curve, key, broker_key, reason):
     security = Security(key=curve.keys[key], broker_key=curve.keys[broker_key]) if key else Security()

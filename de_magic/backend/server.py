@@ -12,6 +12,14 @@ busy, and answers "busy" when that queue is full.
 Work that must run in the process's main thread (code cells, so that an
 interrupt can stop even a ``time.sleep``) goes through a queue that
 :meth:`Backend.run` serves.
+
+A backend may register the same workers at several brokers (a consortium's, so
+that none is a single point of failure): one control connection per broker, and
+each slot thread holds one connection per broker and polls them all.  A slot
+runs one call at a time whichever broker sent it, so capacity is shared; it
+tells the other brokers ``BUSY`` while it runs a call and ``SLOT`` when it is
+free again, and a call another broker sent meanwhile waits at the slot and runs
+next (never lost).
 """
 
 from __future__ import annotations
@@ -31,7 +39,8 @@ import zmq
 
 from ..wire import protocol as P
 from ..wire import serialize
-from ..wire.defaults import DEFAULT_HEARTBEAT, DEFAULT_LIVENESS, DEFAULT_MAX_MESSAGE, DEFAULT_SESSION_LEASE, default_url
+from ..wire.defaults import (DEFAULT_HEARTBEAT, DEFAULT_LIVENESS, DEFAULT_MAX_MESSAGE, DEFAULT_SESSION_LEASE, check_doors,
+                             default_url)
 from ..wire.badinput import BadInput
 from ..wire.errors import Cancelled, DeMagicError, PayloadTooLarge, ProtocolMismatch, Refused, RemoteError, UnknownMethod
 from ..wire.handshake import WatchedSocket
@@ -45,8 +54,18 @@ from .execute import code_operations
 
 log = logging.getLogger("de_magic.backend")
 
-# what the I/O thread tells the slot threads
+# what the I/O thread tells the slot threads (HELLO: a broker welcomed us, say SLOT there)
 _HELLO, _STOP = b"hello", b"stop"
+
+
+class _Door:
+    """One broker this backend registers at: its address, keys, control connection and state."""
+
+    def __init__(self, index: int, url: str, security: Security):
+        self.index, self.url, self.security = index, url, security
+        self.dealer: WatchedSocket | None = None
+        self.expires = 0.0  # when the broker counts as silent
+        self.welcomed = False  # registered: slots may say SLOT there
 
 class Backend:
     """Serve ``members`` (name -> function or class) under ``name`` at a broker."""
@@ -56,7 +75,7 @@ class Backend:
         name: str,
         members: dict[str, object],
         *,
-        broker: str | None = None,
+        broker: str | list[str] | None = None,
         max_workers: int | None = None,
         max_queue: int = 1000,
         heartbeat: float = DEFAULT_HEARTBEAT,
@@ -77,14 +96,17 @@ class Backend:
                              "the point of that mode is that callers cannot run code on it")
         self.name = name
         self.members = dict(members)
-        self.broker = broker or default_url()
+        #: The brokers this backend registers at (several: the same workers at each).
+        self.brokers = check_doors(broker or default_url())
+        self.broker = ", ".join(self.brokers)  # for messages
         self.max_workers = max_workers or min(32, (os.cpu_count() or 1) + 4)
         self.max_queue = max_queue
         self.heartbeat = heartbeat
         self.liveness = liveness
         self.max_message_size = max_message_size
         self.allow_code = allow_code
-        self.security = (security or Security.resolve()).check_peer()
+        self._doors = [_Door(i, url, (security or Security.resolve(url=url)).check_peer())
+                       for i, url in enumerate(self.brokers)]
         #: JSON: nothing from the wire is unpickled, arguments are validated against the schema.
         self.codec = codec
         #: Callers the broker lets use us (Z85 public keys, key names or .key files), None for all.
@@ -109,7 +131,7 @@ class Backend:
         self.session_lease = session_lease
         self.operations.update(code_operations(name, allow_code, session_lease))
         self._ctx = context or zmq.Context.instance()
-        self._calls: dict[tuple[bytes, bytes], Call] = {}
+        self._calls: dict[tuple[int, bytes, bytes], Call] = {}
         self._main_jobs: queue.SimpleQueue = queue.SimpleQueue()
         self._local = threading.local()
         base = f"inproc://de-magic-backend-{id(self)}"
@@ -117,6 +139,7 @@ class Backend:
         self._out = PerThread(self._new_out_socket)
         self._threads: list[threading.Thread] = []
         self._stopped = threading.Event()
+        #: Set while registered at one broker at least.
         self.registered = threading.Event()
         #: Why the broker refused our connection (then the backend stops), else None.
         self.failure: str | None = None
@@ -193,36 +216,43 @@ class Backend:
                     thread.join(max(0.0, deadline - time.monotonic()))
         self._out.close()
 
-    def configure_socket(self, sock: zmq.Socket) -> None:
+    def configure_socket(self, sock: zmq.Socket, security: Security) -> None:
         """Hook for security settings (CURVE) before connecting."""
-        self.security.connect(sock)
+        security.connect(sock)
         # like the broker's: a frame beyond the limit drops the connection instead of filling memory
         sock.maxmsgsize = self.max_message_size + (1 << 20)
 
     # -- the control connection (I/O thread) -------------------------------------
 
-    def _connect(self, routing_id: bytes, control: bool = False) -> WatchedSocket:
+    def _connect(self, routing_id: bytes, door: _Door, control: bool = False) -> WatchedSocket:
         sock = self._ctx.socket(zmq.DEALER, socket_class=WatchedSocket)
         sock.linger = 0
         sock.routing_id = routing_id
-        self.configure_socket(sock)
+        self.configure_socket(sock, door.security)
         if control:
             # a refused handshake must stop us with its reason, not leave us blocked in a send
-            sock.watch(self.broker, "backend", self.security)
+            sock.watch(door.url, "backend", door.security)
             sock.sndtimeo = int(self.heartbeat * self.liveness * 1000)
-        sock.connect(self.broker)
+        sock.connect(door.url)
         return sock
 
-    def _send_control(self, dealer: zmq.Socket, frames: list, flags: int = 0) -> None:
+    def _send_control(self, door: _Door, frames: list, flags: int = 0) -> None:
         """Send on the control connection; a broker that takes nothing for a while costs the message."""
         try:
-            send_frames(dealer, frames, flags)
+            send_frames(door.dealer, frames, flags)
         except zmq.Again:
-            log.warning("broker %s takes no messages; dropped one", self.broker)
+            log.warning("broker %s takes no messages; dropped one", door.url)
 
-    def _refused(self, dealer: WatchedSocket) -> bool:
+    def _welcome(self, door: _Door, welcomed: bool) -> None:
+        door.welcomed = welcomed
+        if any(d.welcomed for d in self._doors):
+            self.registered.set()
+        else:
+            self.registered.clear()
+
+    def _refused(self, door: _Door) -> bool:
         """Whether the broker refused the control connection; if so, log why and have run() stop."""
-        self.failure = dealer.handshake_failure()
+        self.failure = door.dealer.handshake_failure()
         if self.failure is None:
             return False
         log.error("%s", self.failure)
@@ -239,67 +269,71 @@ class Backend:
         return P.ready(self.name, self.id, self._secret, info)
 
     def announce(self) -> None:
-        """Register again with the current :attr:`extra_info` (from any thread; the I/O thread sends it)."""
-        send_frames(self._out.get(), self._ready_frames())
+        """Register again, at every broker, with the current :attr:`extra_info` (from any thread; the I/O
+        thread sends it)."""
+        for door in self._doors:
+            send_frames(self._out.get(), [bytes([door.index]), *self._ready_frames()])
 
     def _io_loop(self, pull: zmq.Socket, stop: zmq.Socket, slots: zmq.Socket) -> None:
         """Registration, heartbeats, cancels, and messages from threads that own no connection."""
-        dealer = self._register(None)
         poller = zmq.Poller()
         for sock in (pull, stop):
             poller.register(sock, zmq.POLLIN)
-        poller.register(dealer, zmq.POLLIN)
-        now = time.monotonic()
-        next_beat = now + self.heartbeat
-        broker_expires = now + self.heartbeat * self.liveness
+        for door in self._doors:
+            self._register(door, poller)
+        next_beat = time.monotonic() + self.heartbeat
         try:
             while self.failure is None:
                 events = dict(poller.poll(max(0.0, next_beat - time.monotonic()) * 1000))
                 if stop in events:
                     break
-                if dealer in events:
-                    broker_expires = time.monotonic() + self.heartbeat * self.liveness
-                    while dealer.poll(0) and self.failure is None:
-                        self._on_control(dealer, slots, recv_frames(dealer))
+                for door in self._doors:
+                    if door.dealer in events:
+                        door.expires = time.monotonic() + self.heartbeat * self.liveness
+                        while door.dealer.poll(0) and self.failure is None:
+                            self._on_control(door, slots, recv_frames(door.dealer))
                 if pull in events:
-                    self._relay(pull, dealer)
+                    self._relay(pull)
                 now = time.monotonic()
                 if now >= next_beat:
-                    if self._refused(dealer):
+                    if any(self._refused(door) for door in self._doors):
                         break
-                    self._send_control(dealer, P.heartbeat(), zmq.NOBLOCK)
+                    for door in self._doors:
+                        self._send_control(door, P.heartbeat(), zmq.NOBLOCK)
                     next_beat = now + self.heartbeat
                     self._bad.flush()
-                if now >= broker_expires:
-                    if self.registered.is_set():
-                        log.warning("broker %s silent for %.1f s; reconnecting", self.broker,
-                                    self.heartbeat * self.liveness)
-                    poller.unregister(dealer)
-                    dealer = self._register(dealer)
-                    poller.register(dealer, zmq.POLLIN)
-                    broker_expires = now + self.heartbeat * self.liveness
+                for door in self._doors:
+                    if now >= door.expires:
+                        if door.welcomed:
+                            log.warning("broker %s silent for %.1f s; reconnecting", door.url,
+                                        self.heartbeat * self.liveness)
+                        self._register(door, poller)
         finally:
             self.registered.clear()
             slots.send(_STOP)
-            self._send_control(dealer, P.bye(), zmq.NOBLOCK)
-            dealer.close(linger=100)
+            for door in self._doors:
+                door.welcomed = False
+                self._send_control(door, P.bye(), zmq.NOBLOCK)
+                door.dealer.close(linger=100)
             for sock in (pull, stop, slots):
                 sock.close()
             if self.failure is not None:
                 self._main_jobs.put(None)  # run() returns, and raises Refused with the reason
 
-    def _register(self, old: zmq.Socket | None) -> zmq.Socket:
-        """A fresh control connection (closing ``old``) that says READY."""
-        self.registered.clear()
-        if old is not None:
-            old.close(linger=0)
-        dealer = self._connect(self._control_id, control=True)
-        self._send_control(dealer, self._ready_frames(), zmq.NOBLOCK)
-        return dealer
+    def _register(self, door: _Door, poller: zmq.Poller) -> None:
+        """A fresh control connection to ``door``'s broker (closing the old one) that says READY."""
+        self._welcome(door, False)
+        if door.dealer is not None:
+            poller.unregister(door.dealer)
+            door.dealer.close(linger=0)
+        door.dealer = self._connect(self._control_id, door, control=True)
+        poller.register(door.dealer, zmq.POLLIN)
+        door.expires = time.monotonic() + self.heartbeat * self.liveness
+        self._send_control(door, self._ready_frames(), zmq.NOBLOCK)
 
-    @staticmethod
-    def _relay(pull: zmq.Socket, dealer: zmq.Socket) -> None:
-        """Send what threads without a connection of their own queued, events before answers.
+    def _relay(self, pull: zmq.Socket) -> None:
+        """Send what threads without a connection of their own queued, events before answers, each to the
+        broker of its call (the first frame says which).
 
         Threads send through sockets of their own, which the PULL reads round-robin:
         answers go after the events read with them, so no event trails its answer.
@@ -308,83 +342,98 @@ class Backend:
         for _ in range(1000):
             if not pull.poll(0):
                 break
-            frames = recv_frames(pull)
+            door, *frames = recv_frames(pull)
+            dealer = self._doors[door.bytes[0]].dealer
             msg = P.parse(frames, P.AT_BROKER)  # an answer, an event, or READY again (see announce)
             if isinstance(msg, P.Answer) and msg.type == P.EVENT:
                 send_frames(dealer, frames)
             else:
-                answers.append(frames)
-        for frames in answers:
+                answers.append((dealer, frames))
+        for dealer, frames in answers:
             send_frames(dealer, frames)
 
-    def _on_control(self, dealer: zmq.Socket, slots: zmq.Socket, frames: list) -> None:
+    def _on_control(self, door: _Door, slots: zmq.Socket, frames: list) -> None:
         try:
             msg = P.parse(frames, P.AT_WORKER)
         except P.ProtocolError as exc:
             self._bad.report("bad message from broker: %s", exc)
             return
         if isinstance(msg, P.Interrupt):
-            self._cancel((msg.client, msg.rid))
+            self._cancel((door.index, msg.client, msg.rid))
         elif isinstance(msg, P.Welcome):
             limit = msg.info.get("max_message_size")
             if type(limit) is int and limit > 0:
                 self._limit = min(self.max_message_size, limit)
-            if not self.registered.is_set():
-                log.info("registered %r at %s", self.name, self.broker)
-            self.registered.set()
+            if not door.welcomed:
+                log.info("registered %r at %s", self.name, door.url)
+            self._welcome(door, True)
             slots.send(_HELLO)
         elif isinstance(msg, P.Reject):
-            self.failure = f"the broker at {self.broker} refused to register {self.name!r}: {msg.reason}"
+            self.failure = f"the broker at {door.url} refused to register {self.name!r}: {msg.reason}"
             log.error("%s", self.failure)
         elif isinstance(msg, P.Disconnect):
-            log.info("broker asks to register again: %s", msg.reason)
-            self.registered.clear()
-            self._send_control(dealer, self._ready_frames(), zmq.NOBLOCK)
+            log.info("broker %s asks to register again: %s", door.url, msg.reason)
+            self._welcome(door, False)
+            self._send_control(door, self._ready_frames(), zmq.NOBLOCK)
 
     # -- slots: one thread and one connection per concurrent call ----------------
 
     def _slot_loop(self, routing_id: bytes) -> None:
-        """Receive calls on a connection of our own and answer on it, with no hand-off."""
-        sock = self._connect(routing_id)
+        """Receive calls on connections of our own (one per broker) and answer on them, with no hand-off."""
+        socks = self._local.slots = [self._connect(routing_id, door) for door in self._doors]
         control = self._ctx.socket(zmq.SUB)
         control.subscribe(b"")
         control.connect(self._slots_url)
-        self._local.slot = sock
-        hello = P.slot(self.id, self._secret)
         poller = zmq.Poller()
-        poller.register(sock, zmq.POLLIN)
+        for sock in socks:
+            poller.register(sock, zmq.POLLIN)
         poller.register(control, zmq.POLLIN)
         try:
             while True:
                 events = dict(poller.poll(self.heartbeat * 1000))
                 if control in events and control.recv() == _STOP:
                     break
-                if sock in events:
-                    self._on_slot_message(recv_frames(sock))
-                elif self.registered.is_set():
-                    # registered (HELLO), or idle for a heartbeat: make sure the broker knows this slot;
-                    # never wait for a peer that refused us
-                    try:
-                        send_frames(sock, hello, zmq.NOBLOCK)
-                    except zmq.Again:
-                        pass  # not connected (yet, or refused): the next idle beat tries again
+                calls = [door for door, sock in zip(self._doors, socks) if sock in events]
+                for door in calls:  # one at a time: the others wait in their sockets
+                    self._take_call(door, socks, recv_frames(socks[door.index]))
+                if not calls:
+                    # welcomed (HELLO), or idle for a heartbeat: make sure the brokers know this slot
+                    self._tell(self._doors, socks, P.slot(self.id, self._secret))
         finally:
-            sock.close(linger=100)
+            for sock in socks:
+                sock.close(linger=100)
             control.close()
 
-    def _on_slot_message(self, frames: list) -> None:
+    def _take_call(self, door: _Door, socks: list, frames: list) -> None:
+        """Serve what ``door``'s broker sent this slot; other brokers hear that the slot is busy meanwhile."""
+        others = [d for d in self._doors if d is not door]
+        self._tell(others, socks, P.slot_busy(self.id, self._secret))
+        self._on_slot_message(door, frames)
+        self._tell(others, socks, P.slot(self.id, self._secret))
+
+    @staticmethod
+    def _tell(doors: list[_Door], socks: list, frames: list) -> None:
+        """Send ``frames`` on this slot's connection to each broker that welcomed us; never wait for a peer."""
+        for door in doors:
+            if door.welcomed:
+                try:
+                    send_frames(socks[door.index], frames, zmq.NOBLOCK)
+                except zmq.Again:
+                    pass  # not connected (yet, or refused): the next idle beat tries again
+
+    def _on_slot_message(self, door: _Door, frames: list) -> None:
         try:
-            self._handle_slot_message(frames)
+            self._handle_slot_message(door.index, frames)
         except Exception:  # noqa: BLE001 - whatever arrives, the slot thread must live on
             self._bad.report("failed to handle a message from the broker", exc_info=True)
 
-    def _handle_slot_message(self, frames: list) -> None:
+    def _handle_slot_message(self, door: int, frames: list) -> None:
         try:
             msg = P.parse(frames, P.AT_WORKER)
         except P.ProtocolError as exc:
             self._bad.report("bad call: %s", exc)
             if exc.rid is not None and exc.client is not None:
-                self._send(P.ERROR, exc.client, exc.rid, P.error_header(ProtocolMismatch.kind, str(exc)))
+                self._send(P.ERROR, door, exc.client, exc.rid, P.error_header(ProtocolMismatch.kind, str(exc)))
             return
         if not isinstance(msg, P.Work):
             return  # e.g. DISCONNECT after a broker restart: the control connection registers again
@@ -392,10 +441,10 @@ class Backend:
             op = self._operation(msg.header)
         except (P.ProtocolError, Refused) as exc:
             kind = Refused.kind if isinstance(exc, Refused) else ProtocolMismatch.kind
-            self._send(P.ERROR, msg.client, msg.rid, P.error_header(kind, str(exc)))
+            self._send(P.ERROR, door, msg.client, msg.rid, P.error_header(kind, str(exc)))
             return
-        call = Call(self, msg.client, msg.rid, msg.header, msg.payload)
-        self._calls[(msg.client, msg.rid)] = call
+        call = Call(self, door, msg.client, msg.rid, msg.header, msg.payload)
+        self._calls[call.key] = call
         if op.main_thread:
             self._main_jobs.put(call)
         else:
@@ -414,7 +463,7 @@ class Backend:
                           "serves them only within Backend.run() (it was started with start() alone)")
         return op
 
-    def _cancel(self, key: tuple[bytes, bytes]) -> None:
+    def _cancel(self, key: tuple[int, bytes, bytes]) -> None:
         call = self._calls.get(key)
         if call is None:
             return
@@ -437,13 +486,18 @@ class Backend:
 
     # -- running calls ---------------------------------------------------------------
 
-    def _send(self, mtype: bytes, client: bytes, rid: bytes, header: bytes, *payload) -> None:
-        """Send a message for a call: on this thread's slot connection, else via the I/O thread."""
+    def _send(self, mtype: bytes, door: int, client: bytes, rid: bytes, header: bytes, *payload) -> None:
+        """Send a message for a call that came through broker ``door``: on this thread's slot connection
+        to it, else via the I/O thread."""
         size = len(header) + serialize.nbytes(payload)
         if size > self._limit:  # it would be cut off in transit, and the caller would wait for ever
             mtype, header, payload = self._too_large(mtype, size)
-        sock = getattr(self._local, "slot", None) or self._out.get()
-        send_frames(sock, P.answer(mtype, client, rid, header, payload))
+        frames = P.answer(mtype, client, rid, header, payload)
+        slots = getattr(self._local, "slots", None)
+        if slots is not None:
+            send_frames(slots[door], frames)
+        else:
+            send_frames(self._out.get(), [bytes([door]), *frames])
 
     def _too_large(self, mtype: bytes, size: int) -> tuple[bytes, bytes, tuple]:
         """What to send instead of a message over the size limit: an error, or for an event a note."""
@@ -474,13 +528,14 @@ class Backend:
             finally:
                 with call.lock:
                     call.done = True
-                self._calls.pop((call.client, call.rid), None)
+                self._calls.pop(call.key, None)
             header, frames = self._encode_result(call, result)
-            self._send(P.REPLY, call.client, call.rid, header, *frames)
+            self._send(P.REPLY, call.door, call.client, call.rid, header, *frames)
         except KeyboardInterrupt:
-            self._send(P.ERROR, call.client, call.rid, P.error_header(Cancelled.kind, "interrupted on the backend"))
+            self._send(P.ERROR, call.door, call.client, call.rid,
+                       P.error_header(Cancelled.kind, "interrupted on the backend"))
         except BaseException as exc:
-            self._send(P.ERROR, call.client, call.rid, error_header(exc))
+            self._send(P.ERROR, call.door, call.client, call.rid, error_header(exc))
         finally:
             current_call.reset(token)
 

@@ -206,7 +206,8 @@ class Router:
         self._arrivals = itertools.count()
         self._handlers = {
             P.Call: self._on_call, P.Cancel: self._on_cancel, P.List: self._on_list, P.Query: self._on_query,
-            P.Ready: self._on_ready, P.Slot: self._on_slot, P.Heartbeat: self._on_heartbeat, P.Bye: self._on_bye,
+            P.Ready: self._on_ready, P.Slot: self._on_slot, P.SlotBusy: self._on_slot_busy,
+            P.Heartbeat: self._on_heartbeat, P.Bye: self._on_bye,
             P.Answer: self._on_answer,
         }
 
@@ -526,16 +527,28 @@ class Router:
             worker.address = address
             self.workers[address] = worker
 
-    def _on_slot(self, address: bytes, msg: P.Slot, frames: list) -> None:
+    def _slot_worker(self, address: bytes, msg: P.Slot | P.SlotBusy, frames: list) -> Worker | None:
+        """The worker a SLOT or BUSY comes from, if it proves it (its secret, and key)."""
         worker = self.by_id.get(msg.worker)
         if worker is None:
-            return  # e.g. this broker restarted: the worker's control connection registers again first
+            return None  # e.g. this broker restarted: the worker's control connection registers again first
         if not compare_digest(worker.secret, msg.secret) or worker.key != self.key_of(frames[0]):
-            self.bad.report("SLOT for worker %s from %s without its secret", msg.worker.hex(), address.hex())
+            self.bad.report("%s for worker %s from %s without its secret", bytes(frames[1]).decode(),
+                            msg.worker.hex(), address.hex())
+            return None
+        return worker
+
+    def _on_slot(self, address: bytes, msg: P.Slot, frames: list) -> None:
+        worker = self._slot_worker(address, msg, frames)
+        if worker is None:
             return
         owner = self.slots.get(address)
         if owner is worker:
             worker.expires = self._expires(worker)
+            # free again after a call that came through another broker (see BUSY)
+            if address not in worker.idle and all(r.slot != address for r in worker.inflight.values()):
+                worker.idle.append(address)
+                self._drain(worker)
         elif owner is None and address not in self.workers and len(worker.slots) < worker.capacity:
             worker.slots.add(address)
             worker.idle.append(address)
@@ -544,6 +557,13 @@ class Router:
         else:
             self.bad.report("SLOT %s for worker %s refused (taken, or over its capacity)", address.hex(),
                             msg.worker.hex())
+
+    def _on_slot_busy(self, address: bytes, msg: P.SlotBusy, frames: list) -> None:
+        """A slot of a backend registered at several brokers took a call through another: send it none
+        until it says SLOT again. A call sent meanwhile waits at the slot and runs after (never lost)."""
+        worker = self._slot_worker(address, msg, frames)
+        if worker is not None and self.slots.get(address) is worker and address in worker.idle:
+            worker.idle.remove(address)
 
     def _peer(self, address: bytes) -> Worker | None:
         worker = self.workers.get(address) or self.slots.get(address)

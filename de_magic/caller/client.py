@@ -12,12 +12,21 @@ A call always ends: with the result, with the remote error, or with
 broker now and then whether the request is still known, so a broker restart
 or a lost worker surfaces as :class:`~de_magic.wire.errors.BackendLost` instead of
 a silent wait.
+
+A client may know several equivalent brokers of a consortium ("doors"): it uses
+one at a time, and when that one stops answering (``liveness`` heartbeats
+without an answer, or at the next heartbeat when the connection drops) it moves
+to the next.  The calls in flight on the lost door
+end with ``BackendLost``, or go again through the next door if the caller
+allowed retries (``retries=``, for idempotent members); an abandoned request's
+late answer is never taken for another's, so nothing is answered twice.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import struct
 import threading
 import time
@@ -28,7 +37,7 @@ import zmq
 
 from ..wire import protocol as P
 from ..wire import serialize
-from ..wire.defaults import DEFAULT_HEARTBEAT, DEFAULT_LIVENESS, DEFAULT_MAX_MESSAGE, check_url, default_url
+from ..wire.defaults import DEFAULT_HEARTBEAT, DEFAULT_LIVENESS, DEFAULT_MAX_MESSAGE, check_doors, default_url
 from ..wire.errors import (BackendLost, CallTimeout, DeMagicError, PayloadTooLarge, ProtocolMismatch, Refused,
                            UnknownBackend, from_header)
 from ..wire.framing import PerThread, recv_frames, send_frames
@@ -39,6 +48,8 @@ from .proxies import RemoteBackend
 from .tables import BackendTable
 
 EventHandler = Callable[[dict, list], None]
+
+log = logging.getLogger("de_magic.client")
 
 LISTING_TIMEOUT = 10.0  # seconds, unless a listing is given a timeout of its own
 SMALL_CALL = 1 << 20  # bytes: below this no broker's size limit is in question
@@ -55,7 +66,11 @@ class CallFuture(Future):
 
 
 class Client:
-    """A connection to one broker.
+    """A connection to a broker, or to the first answering of several equivalent ones.
+
+    ``url``: an address, or a list of a consortium's equivalent brokers' addresses (also as
+    text separated by commas); default ``$DE_MAGIC_BROKER``.  Each broker's keys come from its
+    table in the config file, unless ``security`` is given (then it holds for all).
 
     ``timeout`` is the default for every call in seconds; a single call may
     override it (``client.call(..., timeout=5)`` or ``proxy.f.options(timeout=5)``).
@@ -68,7 +83,7 @@ class Client:
 
     def __init__(
         self,
-        url: str | None = None,
+        url: str | list[str] | None = None,
         *,
         timeout: float | None = None,
         heartbeat: float = DEFAULT_HEARTBEAT,
@@ -79,8 +94,10 @@ class Client:
         security: Security | None = None,
         codec: str | None = None,
     ):
-        self.url = check_url(url) if url else default_url()
-        self.security = (security or Security.resolve()).check_peer()
+        #: The equivalent brokers this client may use, in the order it tries them.
+        self.urls = check_doors(url or default_url())
+        self._door = 0  # index of the broker in use
+        self._securities = {door: (security or Security.resolve(url=door)).check_peer() for door in self.urls}
         #: None: pickle, or JSON for backends that take no pickles; "json": never send or unpickle pickles.
         self.codec = codec
         self._codecs: dict[str, str] = {}  # backend name -> codec it takes, learnt from listings
@@ -98,15 +115,25 @@ class Client:
         self._closed = False
         self._broker_limit: int | None = None  # the broker's maximum message size, once a listing said it
 
+    @property
+    def url(self) -> str:
+        """The address of the broker in use."""
+        return self.urls[self._door]
+
+    @property
+    def security(self) -> Security:
+        """The keys for the broker in use."""
+        return self._securities[self.url]
+
     @staticmethod
     def default_url() -> str:
         """``DE_MAGIC_BROKER`` if set, else ``tcp://127.0.0.1:5555``."""
         return default_url()
 
     @classmethod
-    def shared(cls, url: str | None = None) -> "Client":
-        """A client per broker URL, shared by generated modules and magics."""
-        url = url or default_url()
+    def shared(cls, url: str | list[str] | None = None) -> "Client":
+        """A client per broker URL (or list of equivalent ones), shared by generated modules and magics."""
+        url = ",".join(check_doors(url or default_url()))
         with cls._shared_lock:
             client = cls._shared.get(url)
             if client is None or client._closed:
@@ -114,7 +141,8 @@ class Client:
             return client
 
     def __repr__(self) -> str:
-        return f"<de_magic.Client {self.url}{' (closed)' if self._closed else ''}>"
+        others = f" (or {', '.join(u for u in self.urls if u != self.url)})" if len(self.urls) > 1 else ""
+        return f"<de_magic.Client {self.url}{others}{' (closed)' if self._closed else ''}>"
 
     def __enter__(self) -> "Client":
         return self
@@ -133,26 +161,39 @@ class Client:
             self._pool.shutdown(wait=False, cancel_futures=True)
         self._sockets.close(keep=set(self._busy))
 
-    def configure_socket(self, sock: zmq.Socket) -> None:
-        """Hook for security settings (CURVE) before connecting."""
-        self.security.connect(sock)
+    def configure_socket(self, sock: zmq.Socket, url: str) -> None:
+        """Hook for security settings (CURVE) before connecting to ``url``."""
+        self._securities[url].connect(sock)
         # A refused handshake leaves the socket without a peer, where a send would block for ever.
         sock.sndtimeo = int(self.heartbeat * self.liveness * 1000)
 
     # -- low level -------------------------------------------------------------
 
     def _new_socket(self) -> WatchedSocket:
+        url = self.url
         sock = self._ctx.socket(zmq.DEALER, socket_class=WatchedSocket)
         sock.linger = 0
-        self.configure_socket(sock)
-        sock.watch(self.url, "client", self.security)  # a refused handshake must not pass for a dead broker
-        sock.connect(self.url)
+        self.configure_socket(sock, url)
+        # a refused handshake must not pass for a dead broker; with another broker to go to, a drop counts
+        sock.watch(url, "client", self._securities[url], drops=len(self.urls) > 1)
+        sock.connect(url)
         return sock
 
-    def _socket(self) -> zmq.Socket:
+    def _socket(self) -> WatchedSocket:
         if self._closed:
             raise RuntimeError(f"{self!r} is closed")
-        return self._sockets.get()
+        sock = self._sockets.get()
+        if sock.watched_url != self.url:  # the client moved to another broker since this thread's last call
+            sock = self._sockets.renew()
+        return sock
+
+    def _fail_over(self, url: str) -> str:
+        """The broker at ``url`` does not answer: move to the next (unless another thread did); a sentence."""
+        with self._lock:
+            if len(self.urls) > 1 and self.url == url:
+                self._door = (self._door + 1) % len(self.urls)
+                log.warning("the broker at %s is not answering; using %s now", url, self.url)
+        return f"; this client now uses the broker at {self.url}" if self.url != url else ""
 
     def request(
         self,
@@ -214,8 +255,9 @@ class Client:
         try:
             send_frames(sock, frames, flags)  # blocks for at most sndtimeo
         except zmq.Again:
-            hint = " (CURVE: is this client's key allowed there, and the broker key right?)" if self.security.curve else ""
-            raise BackendLost(f"cannot reach the broker at {self.url}{hint}") from None
+            url = sock.watched_url
+            hint = " (CURVE: is this client's key allowed there, and the broker key right?)" if self._securities[url].curve else ""
+            raise BackendLost(f"cannot reach the broker at {url}{hint}{self._fail_over(url)}") from None
 
     def _wait(self, sock: zmq.Socket, rid: bytes, timeout: float | None, on_event) -> tuple[dict, list]:
         now = time.monotonic()
@@ -236,7 +278,7 @@ class Client:
                     except P.ProtocolError as exc:
                         if exc.rid is not None and exc.rid != rid:
                             continue  # a late answer to an earlier, abandoned request
-                        raise ProtocolMismatch(f"broker at {self.url}: {exc}") from None
+                        raise ProtocolMismatch(f"broker at {sock.watched_url}: {exc}") from None
                     if msg.rid != rid:
                         continue  # a late answer to an earlier, abandoned request
                     unanswered, heard = 0, True
@@ -253,7 +295,7 @@ class Client:
                         raise from_header(msg.header)
                     elif msg.state == P.UNKNOWN:
                         raise BackendLost(
-                            f"the broker at {self.url} no longer knows this request "
+                            f"the broker at {sock.watched_url} no longer knows this request "
                             "(it restarted, or the backend was lost)")
                     continue
                 now = time.monotonic()
@@ -262,11 +304,16 @@ class Client:
                 if self._closed:
                     raise DeMagicError(f"{self!r} was closed during the call")
                 if deadline is not None and now >= deadline:
+                    _raise_if_refused(sock)  # a refusal says more than a timeout, however short the timeout
                     self._send(sock, P.cancel(rid), zmq.NOBLOCK)
-                    raise CallTimeout(f"no answer from {self.url} within {timeout:g} s")
+                    raise CallTimeout(f"no answer from {sock.watched_url} within {timeout:g} s")
                 if now >= next_query:
+                    if sock.dropped and len(self.urls) > 1:  # with another broker to go to, don't wait it out
+                        url = sock.watched_url
+                        raise BackendLost(f"the broker at {url} dropped the connection{self._fail_over(url)}")
                     if unanswered >= self.liveness:
-                        raise BackendLost(f"the broker at {self.url} is not answering")
+                        url = sock.watched_url
+                        raise BackendLost(f"the broker at {url} is not answering{self._fail_over(url)}")
                     self._send(sock, P.query(rid), zmq.NOBLOCK)
                     unanswered += 1
                     next_query = now + self.heartbeat
@@ -289,8 +336,13 @@ class Client:
         timeout: float | None = None,
         on_progress: Callable[[Progress], None] | None = None,
         on_event: EventHandler | None = None,
+        retries: int = 0,
     ):
-        """Call ``member`` (a function, or with ``method`` and ``init`` a class's method) of ``backend``."""
+        """Call ``member`` (a function, or with ``method`` and ``init`` a class's method) of ``backend``.
+
+        ``retries``: how many times to send the call again when it ends with ``BackendLost`` (its broker
+        or worker was lost); only for idempotent members, since the lost attempt may have run.
+        """
         header = {"member": member}
         body = (tuple(args), dict(kwargs or {}))
         if method is not None:
@@ -312,16 +364,26 @@ class Client:
         else:
             payload = serialize.dumps(body)
         try:
-            head, frames = self.request(backend, header, payload, timeout=timeout, on_event=dispatch)
+            head, frames = self._retrying(retries, lambda: self.request(backend, header, payload, timeout=timeout,
+                                                                        on_event=dispatch))
         except Refused:
             # a no-pickle backend refuses pickles before reading them: learn its codec and go again
             if codec == serialize.JSON or self._learn_codec(backend) != serialize.JSON:
                 raise
             return self.call(backend, member, args, kwargs, method=method, init=init, timeout=timeout,
-                             on_progress=on_progress, on_event=on_event)
+                             on_progress=on_progress, on_event=on_event, retries=retries)
         if self.codec == serialize.JSON and head.get("codec") != serialize.JSON:
             raise Refused(f"backend {backend!r} answered with a pickle; this client unpickles nothing (codec='json')")
         return decode_result(head, frames)
+
+    @staticmethod
+    def _retrying(retries: int, attempt: Callable[[], tuple[dict, list]]) -> tuple[dict, list]:
+        for retry in range(1, retries + 1):
+            try:
+                return attempt()
+            except BackendLost as exc:
+                log.info("%s; sending the call again (retry %d of %d)", exc, retry, retries)
+        return attempt()
 
     def _learn_codec(self, backend: str) -> str:
         self.listing(backend, api=False)  # every listing records the codecs it shows
@@ -365,10 +427,7 @@ class Client:
             query["known"] = {n: tag for n, (tag, _) in self._apis.items() if name is None or n == name}
         if timeout is None:  # a listing is quick: don't inherit a call timeout of hours
             timeout = min(self.timeout or LISTING_TIMEOUT, LISTING_TIMEOUT)
-        try:
-            head, frames = self._exchange(rid, P.list_query(rid, query), timeout, None)
-        except (CallTimeout, BackendLost) as exc:  # a listing is what tells that no broker is there
-            raise type(exc)(f"{exc}. {no_broker_hint(self.url)}") from None
+        head, frames = self._list(rid, query, timeout)
         listing = decode_result(head, frames)
         self._broker_limit = listing["broker"].get("max_message_size")
         for entry_name, entry in listing["backends"].items():
@@ -379,9 +438,40 @@ class Client:
                 entry["api"] = self._apis[entry_name][1]
         return listing
 
+    def _list(self, rid: bytes, query: dict, timeout: float) -> tuple[dict, list]:
+        """Ask the broker in use for a listing; if it does not answer, the next one, until each was asked."""
+        for tries_left in reversed(range(len(self.urls))):
+            url = self.url
+            try:
+                return self._exchange(rid, P.list_query(rid, query), timeout, None)
+            except (CallTimeout, BackendLost) as exc:
+                if not tries_left:  # a listing is what tells that no broker is there
+                    raise type(exc)(f"{exc}. {no_broker_hint(url)}") from None
+                if isinstance(exc, CallTimeout):  # a live broker answers a listing at once: this one is gone
+                    self._fail_over(url)
+        raise AssertionError("a client has one broker at least")
+
     def backends(self) -> BackendTable:
-        """The live backends, as a table (text in a terminal, HTML in a notebook)."""
-        return BackendTable(self.listing())
+        """The live backends, as a table (text in a terminal, HTML in a notebook).
+
+        With several brokers, every broker is asked, and each backend says which of them it is
+        reachable through (its ``"brokers"``); brokers that do not answer are listed as ``"down"``.
+        """
+        if len(self.urls) == 1:
+            return BackendTable(self.listing())
+        listings, down = {}, []
+        for url in self.urls:
+            try:
+                listings[url] = self._listing_at(url)  # not self.listing(): that would move on to another
+            except DeMagicError:
+                down.append(url)
+        return BackendTable(merge_listings(listings, down))
+
+    def _listing_at(self, url: str) -> dict:
+        """A listing of the broker at ``url`` alone, wherever this client is."""
+        with Client(url, timeout=self.timeout, heartbeat=self.heartbeat, liveness=self.liveness,
+                    context=self._ctx, security=self._securities[url]) as other:
+            return other.listing()
 
     def __getitem__(self, name: str) -> RemoteBackend:
         entry = self.listing(name)["backends"].get(name)
@@ -392,6 +482,19 @@ class Client:
 
     def _ipython_key_completions_(self) -> list[str]:
         return sorted(self.listing(api=False)["backends"])
+
+
+def merge_listings(listings: dict[str, dict], down: list[str]) -> dict:
+    """One listing of the backends of several brokers (url -> listing): each backend with the brokers it is
+    reachable through, and its workers once (a backend registered at several brokers is there with each)."""
+    backends: dict[str, dict] = {}
+    for url, listing in listings.items():
+        for name, entry in listing["backends"].items():
+            merged = backends.setdefault(name, {**entry, "workers": [], "brokers": []})
+            merged["brokers"].append(url)
+            known = {w["id"] for w in merged["workers"]}
+            merged["workers"] += [w for w in entry.get("workers", []) if w["id"] not in known]
+    return {"broker": {"url": ", ".join(listings) or "none answering", "down": down}, "backends": backends}
 
 
 def _raise_if_refused(sock: WatchedSocket) -> None:

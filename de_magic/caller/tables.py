@@ -12,7 +12,12 @@ class BackendTable(dict):
         super().__init__(listing.get("backends", {}))
         self.broker = listing.get("broker", {})
 
-    def rows(self) -> list[tuple[str, str, str, str, str]]:
+    @property
+    def _head(self) -> tuple[str, ...]:
+        # the listing of several brokers says through which each backend is reachable
+        return self._HEAD + ("brokers",) if any("brokers" in e for e in self.values()) else self._HEAD
+
+    def rows(self) -> list[tuple[str, ...]]:
         out = []
         for name, entry in sorted(self.items()):
             workers = entry.get("workers", [])
@@ -22,14 +27,15 @@ class BackendTable(dict):
             # a Dask backend's one worker is a front door: its calls run on the cluster's workers
             count = str(len(workers)) + "".join(f" (Dask: {w['dask']['workers']} workers, {w['dask']['threads']} "
                                                 f"threads)" for w in workers if w.get("dask"))
-            out.append((name, count, f"{busy}/{slots}", "yes" if entry.get("allow_code") else "no", members))
+            row = (name, count, f"{busy}/{slots}", "yes" if entry.get("allow_code") else "no", members)
+            out.append(row + (", ".join(entry["brokers"]),) if "brokers" in entry else row)
         return out
 
     _HEAD = ("backend", "workers", "busy", "code", "members")
 
     def __repr__(self) -> str:
-        rows = [self._HEAD, *self.rows()]
-        widths = [max(len(r[i]) for r in rows) for i in range(len(self._HEAD))]
+        rows = [self._head, *self.rows()]
+        widths = [max(len(r[i]) for r in rows) for i in range(len(self._head))]
         text = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
         text.insert(1, "  ".join("-" * w for w in widths))
         if not self:
@@ -37,7 +43,7 @@ class BackendTable(dict):
         return "\n".join(text)
 
     def _repr_html_(self) -> str:
-        head = "".join(f"<th>{h}</th>" for h in self._HEAD)
+        head = "".join(f"<th>{h}</th>" for h in self._head)
         body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in self.rows())
         url = html.escape(self.broker.get("url", "?"))
         return f"<table><caption>de-magic backends at <code>{url}</code></caption><tr>{head}</tr>{body}</table>"

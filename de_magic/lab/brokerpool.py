@@ -86,6 +86,11 @@ class BrokerPool:
         with self._lock:
             self._forget(lambda b: True)
 
+    def forget(self, url: str) -> None:
+        """Drop the broker's client and last failure, e.g. because its key is now known."""
+        with self._lock:
+            self._forget(lambda b: b.url == url)
+
     def _forget(self, which) -> None:
         for url in [url for url, b in self._brokers.items() if which(b)]:
             self._brokers.pop(url).close()

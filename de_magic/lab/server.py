@@ -6,11 +6,17 @@ REST endpoints (all authenticated, all JSON, under ``{base_url}de-magic/``):
     The configured brokers: ``{"default": url, "brokers": [url, ...]}``. The default is
     ``DE_MAGIC_BROKER`` (else ``tcp://127.0.0.1:5555``); more can be configured with
     ``c.DeMagicLab.brokers = [...]``. The panel adds the ones the user keeps in its settings.
+``POST brokers`` with ``{"url": URL, "broker_key": KEY}``
+    Trust the broker at URL: its public key (Z85 text, or the path of a key file on the server)
+    goes into its ``[brokers."URL"]`` table of the de-magic config file, which every client of
+    this server (the panel's, the kernels') reads. Answers ``{"url", "public_key", "config"}``;
+    400 with a message for a bad address or something that is not a public key.
 ``GET listing?broker=URL``
     Everything the broker offers: the core client's listing (broker, backends, workers,
     full API) plus liveness (``reachable``, ``latency_ms``, ``checked``). An unreachable
     broker still answers 200, with ``{"broker": {"url": url}, "reachable": false, "error": "..."}``
     (so do the two below): being down is a state the panel shows, not a failed request.
+    ``"needs_key": true`` says that the broker uses CURVE and its key is not known here (``POST brokers``).
 ``GET backends?broker=URL``
     The backends without their API (name, allow_code, since, workers): cheap to poll.
 ``GET backends/NAME?broker=URL``
@@ -69,11 +75,11 @@ class _BaseHandler(APIHandler):
         self.brokers = brokers
 
     def _broker_arg(self) -> str:
-        from ..wire.defaults import check_url
+        from ..wire.defaults import check_doors
         from ..wire.errors import BadAddress
 
-        try:
-            return check_url(self.get_query_argument("broker", None) or default_broker())
+        try:  # a broker, or a consortium's equivalent brokers separated by commas
+            return ",".join(check_doors(self.get_query_argument("broker", None) or default_broker()))
         except BadAddress as exc:
             raise tornado.web.HTTPError(400, str(exc)) from None
 
@@ -87,11 +93,14 @@ class _BaseHandler(APIHandler):
         try:
             listing = await self.brokers.listing(url, self.demagic.timeout)
         except Exception as exc:  # DeMagicError subclasses, but also zmq errors on bad URLs
+            from ..wire.handshake import UNKNOWN_KEY
+
             self.log.debug("de-magic: broker %s unreachable: %r", url, exc)
             return {
                 "broker": {"url": url},
                 "reachable": False,
                 "error": _describe(exc, url, self.demagic.timeout),
+                "needs_key": UNKNOWN_KEY in str(exc),
                 "checked": time.time(),
             }
         listing = dict(listing)
@@ -115,6 +124,22 @@ class BrokersHandler(_BaseHandler):
         brokers = [default] + [b for b in self.demagic.brokers if b != default]
         self.finish(json.dumps({"default": default, "brokers": brokers}))
 
+    @tornado.web.authenticated
+    def post(self) -> None:
+        from ..wire.defaults import check_url
+        from ..wire.errors import DeMagicError
+        from ..wire.security import key_ref, public_key, remember_broker
+
+        body = self.get_json_body() or {}
+        try:
+            url, key = check_url(str(body.get("url", ""))), str(body.get("broker_key", "")).strip()
+            config = remember_broker(url, key)
+        except DeMagicError as exc:  # a bad address, not a key, a config file this cannot edit
+            raise tornado.web.HTTPError(400, str(exc)) from None
+        self.brokers.forget(url)  # its client was made without the key, and may be cooling down from a refusal
+        self.log.info("de-magic: stored the public key of %s in %s", url, config)
+        self.finish(json.dumps({"url": url, "public_key": public_key(key_ref(key)).decode(), "config": str(config)}))
+
 
 class ListingHandler(_BaseHandler):
     @tornado.web.authenticated
@@ -128,7 +153,7 @@ class BackendsHandler(_BaseHandler):
         url = self._broker_arg()
         listing = await self._listing(url)
         if not listing["reachable"]:
-            self.finish(json.dumps({k: listing[k] for k in ("broker", "reachable", "error", "checked")}))
+            self.finish(json.dumps({k: listing[k] for k in ("broker", "reachable", "error", "needs_key", "checked")}))
             return
         backends = listing.get("backends", {})
         if name:

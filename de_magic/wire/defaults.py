@@ -12,6 +12,8 @@ import re
 from .errors import BadAddress
 
 #: The broker everyone uses unless told otherwise: ``$DE_MAGIC_BROKER``, else this.
+#: ``$DE_MAGIC_BROKER`` may list a consortium's equivalent brokers ("doors"), separated by commas;
+#: without it, the config file's ``broker`` (an address or a list) is the default.
 DEFAULT_URL = "tcp://127.0.0.1:5555"
 BROKER_ENV = "DE_MAGIC_BROKER"
 #: Seconds between heartbeats; a peer silent for ``liveness`` intervals is counted as gone.
@@ -28,9 +30,24 @@ STARTUP_GRACE = 2.0
 
 
 def default_url() -> str:
-    """``$DE_MAGIC_BROKER`` if set (checked by :func:`check_url`), else :data:`DEFAULT_URL`."""
-    url = os.environ.get(BROKER_ENV)
-    return check_url(url, f"${BROKER_ENV}") if url else DEFAULT_URL
+    """``$DE_MAGIC_BROKER`` if set, else the config file's ``broker``, else :data:`DEFAULT_URL`; checked by
+    :func:`check_doors` (several addresses come back separated by commas)."""
+    from .security import config_file, configured_broker  # here: it imports zmq, the constants above need not
+
+    if os.environ.get(BROKER_ENV):
+        return ",".join(check_doors(os.environ[BROKER_ENV], f"${BROKER_ENV}"))
+    url = configured_broker()
+    return ",".join(check_doors(url, f"broker in {config_file()}")) if url else DEFAULT_URL
+
+
+def check_doors(urls, source: str = "") -> list[str]:
+    """Equivalent addresses of one service (a list, or text separated by commas), each checked, in order."""
+    items = urls.split(",") if isinstance(urls, str) else [str(url) for url in urls]
+    doors = [check_url(url, source) for url in items if url.strip()]
+    if not doors:
+        raise BadAddress(f"no broker address given{f' (in {source})' if source else ''}: "
+                         f"expected tcp://HOST:PORT, e.g. {DEFAULT_URL}")
+    return list(dict.fromkeys(doors))
 
 
 _URL = re.compile(r"tcp://(\[[0-9a-fA-F:.]+\]|[^\s:/\[\]]+):(\d{1,5}|\*)|(ipc|inproc)://\S+")

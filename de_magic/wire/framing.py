@@ -66,6 +66,17 @@ class PerThread:
                 self._sockets.append(sock)
         return sock
 
+    def renew(self) -> zmq.Socket:
+        """Close this thread's socket and make a new one (e.g. for another address)."""
+        old = getattr(self._local, "socket", None)
+        if old is not None:
+            with self._lock:
+                if old in self._sockets:
+                    self._sockets.remove(old)
+            old.close(linger=0)
+            self._local.socket = None
+        return self.get()
+
     def close(self, keep: set = frozenset()) -> None:
         """Close every socket but those in ``keep`` (their threads close them), and make no more."""
         with self._lock:

@@ -13,7 +13,10 @@ key not in the broker's allowed keys   ``HANDSHAKE_FAILED_AUTH`` (value: ZAP sta
 wrong broker public key configured     ``HANDSHAKE_FAILED_NO_DETAIL`` (EPIPE: the broker
                                        drops what it cannot decrypt), reconnect, again
 no key, broker uses CURVE (or the      ``HANDSHAKE_FAILED_PROTOCOL`` (value:
-other way round)                       ``PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH``); no reconnect
+other way round)                       ``PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH``); no reconnect.
+                                       As often (one try in three here, loaded or not), the
+                                       broker drops the connection first: then
+                                       ``HANDSHAKE_FAILED_NO_DETAIL`` (EPIPE), reconnect, again
 no broker at all                       no handshake event, only ``CONNECT_RETRIED``
 =====================================  =============================================
 
@@ -29,7 +32,10 @@ from __future__ import annotations
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from .security import Security
+from .security import Security, broker_table_hint
+
+#: How a refusal by a CURVE broker whose key this side lacks begins (after the address), for who offers a way to add it.
+UNKNOWN_KEY = "requires CURVE and its public key is not known here"
 
 _EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_CLOSED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
            | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
@@ -43,13 +49,18 @@ class WatchedSocket(zmq.Socket):
     _handshake_monitor: zmq.Socket | None = None
     _handshake_failure: str | None = None
     _handshake_failures = 0  # in a row
+    _dropped = False  # the connection broke and no handshake succeeded since
     _handshake_url: str
     _handshake_who: str
     _handshake_security: Security
 
-    def watch(self, url: str, who: str, security: Security) -> None:
-        """Report handshake failures with ``url`` as ``who`` ("client", "backend"); call before connecting."""
-        self._handshake_monitor = self.get_monitor_socket(_EVENTS)
+    def watch(self, url: str, who: str, security: Security, drops: bool = False) -> None:
+        """Report handshake failures with ``url`` as ``who`` ("client", "backend"); call before connecting.
+
+        ``drops``: also follow whether the connection broke (:attr:`dropped`). Only where it is acted on: with
+        disconnections watched, libzmq reports a refused mechanism less directly (more failures without detail).
+        """
+        self._handshake_monitor = self.get_monitor_socket(_EVENTS | (zmq.EVENT_DISCONNECTED if drops else 0))
         self._handshake_monitor.linger = 0
         self._handshake_url, self._handshake_who, self._handshake_security = url, who, security
 
@@ -61,6 +72,10 @@ class WatchedSocket(zmq.Socket):
         monitor = self._handshake_monitor
         while monitor is not None and monitor.poll(0):
             event = recv_monitor_message(monitor)
+            if event["event"] == zmq.EVENT_DISCONNECTED:  # no refusal: the peer went away (or will say why)
+                self._dropped = True
+                continue
+            self._dropped = self._dropped and event["event"] != zmq.EVENT_HANDSHAKE_SUCCEEDED
             if event["event"] in _FINE:
                 self._handshake_failure, self._handshake_failures = None, 0
             else:
@@ -70,6 +85,17 @@ class WatchedSocket(zmq.Socket):
                 if not (self._handshake_failure and "does not use CURVE, but" in self._handshake_failure):
                     self._handshake_failure = described
         return self._handshake_failure
+
+    @property
+    def watched_url(self) -> str:
+        """The address this socket was told to :meth:`watch` (the one it connects to)."""
+        return self._handshake_url
+
+    @property
+    def dropped(self) -> bool:
+        """Whether, at the last look at the monitor, the connection had broken and not come back: a peer
+        that died (its machine still up) is seen so at once, long before heartbeats would tell."""
+        return self._dropped
 
     @property
     def failed_before(self) -> bool:
@@ -85,13 +111,17 @@ class WatchedSocket(zmq.Socket):
         # one such failure may be a broker going down mid-handshake; with a wrong key every attempt fails
         if event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL and security.curve and self._handshake_failures > 1:
             return (f"the broker's public key configured here ({security.broker_key}) does not match the "
-                    f"broker at {url}, or that broker does not use CURVE: check --broker-key / DE_MAGIC_BROKER_KEY")
-        if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL and value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
+                    f"broker at {url}, or that broker does not use CURVE: check {broker_table_hint(url)}, "
+                    "or --broker-key / DE_MAGIC_BROKER_KEY")
+        mismatch = event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL and value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH
+        # without a key, a handshake failing again and again has one likely cause: the broker wants CURVE
+        if mismatch or (event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL and self._handshake_failures > 2):
             if security.curve:
                 return (f"the broker at {url} does not use CURVE, but this {who} has a key: "
                         "drop --key / DE_MAGIC_KEY for this broker")
-            return (f"the broker at {url} requires CURVE; this {who} has no key: set --key / DE_MAGIC_KEY "
-                    "and --broker-key / DE_MAGIC_BROKER_KEY")
+            return (f"the broker at {url} {UNKNOWN_KEY}: add it as "
+                    f'broker_key = "FILE or Z85 text" to {broker_table_hint(url)} (with key = your .key_secret '
+                    "if the file has none), or set --broker-key / DE_MAGIC_BROKER_KEY and --key / DE_MAGIC_KEY")
         return None  # nothing a person could act on: treated like a broker that does not answer
 
     def close(self, linger: int | None = None) -> None:

@@ -38,6 +38,7 @@ READY = b"READY"
 HEARTBEAT = b"HEARTBEAT"
 BYE = b"BYE"
 SLOT = b"SLOT"
+BUSY = b"BUSY"
 WELCOME = b"WELCOME"
 REJECT = b"REJECT"
 DISCONNECT = b"DISCONNECT"
@@ -139,6 +140,11 @@ class Slot(NamedTuple):  # worker slot -> broker
     secret: bytes
 
 
+class SlotBusy(NamedTuple):  # worker slot -> broker: taken by a call through another broker
+    worker: bytes
+    secret: bytes
+
+
 class Heartbeat(NamedTuple):  # both ways
     pass
 
@@ -224,6 +230,7 @@ AT_BROKER = _rules(
     QUERY=Rule(Query, (_bytes, _REST), rid_at=0),
     READY=Rule(Ready, (_name, _bytes, _bytes, load_header)),
     SLOT=Rule(Slot, (_bytes, _bytes)),
+    BUSY=Rule(SlotBusy, (_bytes, _bytes)),
     HEARTBEAT=Rule(Heartbeat, ()),
     BYE=Rule(Bye, ()),
     REPLY=Rule(lambda *f: Answer(REPLY, *f), (_bytes, _bytes, _REST), 1),
@@ -314,6 +321,10 @@ def ready(name: str, worker: bytes, secret: bytes, info: dict) -> list:
 
 def slot(worker: bytes, secret: bytes) -> list:
     return [VERSION, SLOT, worker, secret]
+
+
+def slot_busy(worker: bytes, secret: bytes) -> list:
+    return [VERSION, BUSY, worker, secret]
 
 
 def heartbeat() -> list:

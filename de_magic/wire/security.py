@@ -21,7 +21,11 @@ allowed keys    ``--allowed-keys DIR``  ``DE_MAGIC_ALLOWED_KEYS`` ``allowed_keys
 ==============  ======================  ======================  ==============
 
 The config file is ``$DE_MAGIC_CONFIG``, else
-``$XDG_CONFIG_HOME/de-magic/config.toml`` (``~/.config/...``).  ``--insecure``
+``$XDG_CONFIG_HOME/de-magic/config.toml`` (``~/.config/...``).  Like SSH's known
+hosts, its ``[brokers."tcp://HOST:PORT"]`` tables say which public key each
+broker has (``broker_key``: a key file or Z85 text) and, where it differs,
+which own key to present to it (``key``); they win over the file's top-level
+settings, flags and environment variables win over both.  ``--insecure``
 has no variable or config key on purpose: serving in the clear beyond this
 machine must be visible on the command line that does it.
 """
@@ -30,10 +34,11 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import json
 import logging
 import os
 import tomllib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -41,6 +46,7 @@ from urllib.parse import urlsplit
 import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
+from zmq.utils import z85
 
 from .badinput import BadInput
 from .errors import Refused
@@ -113,19 +119,28 @@ class Security:
     """Who we are and whom we trust; all empty means plain TCP (loopback only for a broker)."""
 
     key: Path | None = None  #: own secret key file (``NAME.key_secret``)
-    broker_key: Path | None = None  #: the broker's public key file (clients, backends)
+    broker_key: Path | str | None = None  #: the broker's public key: a file, or Z85 text (clients, backends)
     allowed_keys: Path | None = None  #: directory of public keys the broker lets in
     insecure: bool = False  #: let a broker serve without CURVE beyond loopback
 
     @classmethod
-    def resolve(cls, key=None, broker_key=None, allowed_keys=None, insecure: bool = False) -> "Security":
-        """Explicit values win over environment variables, which win over the config file."""
+    def resolve(cls, key=None, broker_key=None, allowed_keys=None, insecure: bool = False,
+                url: str | None = None) -> "Security":
+        """Explicit values win over environment variables, which win over the config file.
+
+        ``url``: the broker a client or backend connects to; its ``[brokers."URL"]`` table in the
+        config file, if any, wins over the file's top-level settings.
+        """
         given = {"key": key, "broker_key": broker_key, "allowed_keys": allowed_keys}
-        config = _read_config()
+        config = _read_config(url)
         values = {}
         for name, value in given.items():
             value = value or os.environ.get(ENV[name]) or config.get(name)
-            values[name] = Path(value).expanduser() if value else None
+            values[name] = key_ref(value) if value else None
+        if url is not None and values["broker_key"] is None and not (key or os.environ.get(ENV["key"])):
+            # the config file's own key is for brokers whose key is known: presented to another broker it
+            # would only fail; in the clear, a CURVE broker's refusal says which table to add instead
+            values["key"] = None
         return cls(**values, insecure=insecure)
 
     @property
@@ -138,7 +153,7 @@ class Security:
 
     @cached_property
     def broker_public(self) -> bytes:
-        return _load(self.broker_key, secret=False)[0]
+        return public_key(self.broker_key)
 
     # -- sockets ---------------------------------------------------------------
 
@@ -279,37 +294,141 @@ def _load(path: Path | None, secret: bool) -> tuple[bytes, bytes]:
     return public, private
 
 
-def _read_config() -> dict:
+def _read_toml() -> dict:
+    """The config file's contents, {} without one."""
     path = config_file()
     if not path.is_file():
         return {}
     try:
         with path.open("rb") as f:
-            data = tomllib.load(f)
+            return tomllib.load(f)
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise Refused(f"cannot read the de-magic config file {path}: {exc}") from None
-    known = {f.name for f in fields(Security)} - {"insecure"} | {OWNERS, DASK}
-    unknown = set(data) - known
-    if unknown:  # a typo here would silently turn encryption off
-        raise Refused(f"unknown setting(s) {', '.join(sorted(unknown))} in {path}; known: {', '.join(sorted(known))}")
-    # relative paths are relative to the config file; the Dask cluster's address is no path
-    return {k: v if k == DASK else str((path.parent / Path(v).expanduser()).resolve())
-            for k, v in data.items() if k != OWNERS}
+
+
+SETTINGS = ("key", "broker_key", "allowed_keys")
+BROKER = "broker"  # the default broker address(es), after $DE_MAGIC_BROKER (see defaults.py)
+BROKERS = "brokers"
+BROKER_SETTINGS = ("url", "key", "broker_key")
+
+
+def _read_config(url: str | None = None) -> dict[str, str]:
+    """The config file's settings for the broker at ``url`` (its table over the top level); paths made absolute."""
+    data = _read_toml()
+    path = config_file()
+    # a typo here would silently turn encryption off
+    _check_names(data, {*SETTINGS, BROKER, OWNERS, BROKERS, DASK}, path, "")
+    tables = data.get(BROKERS, {})
+    for name, table in tables.items():
+        if not isinstance(table, dict):
+            raise Refused(f'[{BROKERS}] in {path}: "{name}" must be a table, e.g. [{BROKERS}."{name}"]')
+        _check_names(table, set(BROKER_SETTINGS), path, f'[{BROKERS}."{name}"]')
+    settings = {k: data[k] for k in SETTINGS if k in data}
+    if url is not None:
+        settings.update(broker_table(url, tables))
+    # relative paths are relative to the config file
+    return {k: _absolute(v, path.parent) for k, v in settings.items() if k != "url"}
+
+
+def broker_table(url: str, tables: dict) -> dict:
+    """The ``[brokers.X]`` table for ``url``: named by the address itself, or by a name with ``url = ...``."""
+    return tables.get(url) or next((t for t in tables.values() if t.get("url") == url), {})
+
+
+def _check_names(table: dict, known: set[str], path: Path, where: str) -> None:
+    unknown = set(table) - known
+    if unknown:
+        raise Refused(f"unknown setting(s) {', '.join(sorted(unknown))} {'in ' + where + ' ' if where else ''}"
+                      f"in {path}; known: {', '.join(sorted(known))}")
+
+
+def _absolute(value: str, base: Path) -> str:
+    return value if _is_z85_key(value) else str((base / Path(value).expanduser()).resolve())
+
+
+def _is_z85_key(text: str) -> bool:
+    """Whether ``text`` is a public key as Z85 text (40 characters), not a key file's path."""
+    if len(text) != 40 or Path(text).exists():
+        return False
+    try:
+        return len(z85.decode(text)) == 32
+    except (ValueError, KeyError, TypeError):
+        return False
+
+
+def key_ref(value) -> Path | str:
+    """A key setting as given: Z85 text stays text (it may hold a "/"), anything else is a file path."""
+    value = os.fspath(value)
+    return value if _is_z85_key(value) else Path(value).expanduser()
+
+
+def public_key(value: Path | str | None) -> bytes:
+    """The Z85 public key of ``value``: Z85 text, or a key file (public, or a pair)."""
+    if isinstance(value, str) and _is_z85_key(value):
+        return value.encode("ascii")
+    return _load(Path(value) if value is not None else None, secret=False)[0]
 
 
 OWNERS = "owners"
 DASK = "dask"  #: the Dask cluster backends run their calls on (see daskpool.py)
 
 
+def configured_broker() -> str | None:
+    """The config file's ``broker``: an address, or a consortium's addresses (a list, or separated by commas)."""
+    value = _read_toml().get(BROKER)
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, list) and all(isinstance(url, str) for url in value):
+        return ",".join(value)
+    raise Refused(f"{BROKER} in {config_file()} must be an address or a list of addresses")
+
+
 def owners() -> dict[str, list[str]]:
     """The config file's ``[owners]`` table: backend name -> the keys (Z85, or key file names in the
     allowed-keys directory) that alone may register it at a broker using this file."""
     path = config_file()
-    if not path.is_file():
-        return {}
-    with path.open("rb") as f:
-        table = tomllib.load(f).get(OWNERS, {})
+    table = _read_toml().get(OWNERS, {})
     if not (isinstance(table, dict) and all(isinstance(v, list) and all(isinstance(k, str) for k in v)
                                             for v in table.values())):
         raise Refused(f"[{OWNERS}] in {path} must map backend names to lists of keys or key names")
     return table
+
+
+def remember_broker(url: str, broker_key: str) -> Path:
+    """Write the public key of the broker at ``url`` (Z85 text or a key file) into its
+    ``[brokers."URL"]`` table of the config file, which is created if need be; returns the file.
+
+    The rest of the file is kept as it is (comments too): only the table's ``broker_key`` line changes.
+    """
+    if not broker_key.strip():
+        raise Refused(f"no public key given for {url}: give its .key file or its public key as Z85 text (40 characters)")
+    ref = key_ref(broker_key.strip())
+    try:
+        public_key(ref)  # refuses what is not a public key, before anything is written
+    except Refused as exc:
+        raise Refused(f"{broker_key.strip()[:60]!r} is neither a public key in Z85 text (40 characters) "
+                      f"nor a readable key file ({exc})") from None
+    value = ref if isinstance(ref, str) else str(ref.resolve())
+    path = config_file()
+    _read_config()  # a broken file is reported, not made worse
+    lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
+    header, setting = f"[{BROKERS}.{json.dumps(url)}]", f"broker_key = {json.dumps(value)}"
+    if header in (line.strip() for line in lines):
+        start = [line.strip() for line in lines].index(header) + 1
+        end = next((i for i in range(start, len(lines)) if lines[i].lstrip().startswith("[")), len(lines))
+        lines[start:end] = [setting] + [line for line in lines[start:end]
+                                        if line.split("=")[0].strip() != "broker_key"]
+    else:
+        lines += ["", header, setting]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = path.with_name(path.name + ".new")
+    new.write_text("\n".join(lines).lstrip("\n") + "\n", encoding="utf-8")
+    new.replace(path)  # whole or not at all: a half-written file would stop every client
+    if public_key(Security.resolve(url=url).broker_key) != public_key(ref):
+        raise Refused(f"{path} defines the broker {url} in a way this cannot edit; set its broker_key by hand")
+    return path
+
+
+def broker_table_hint(url: str) -> str:
+    """Where the config file keeps what is known about the broker at ``url``, for messages."""
+    return f'[{BROKERS}.{json.dumps(url)}] in {config_file()}'

@@ -11,11 +11,24 @@ const TCP_URL = /^tcp:\/\/([\w.-]+|\[[0-9a-fA-F:.]+\]):(\d{1,5})$/;
 /**
  * Why `text` is not an address a client can connect to, or null when it is. A `host:port`
  * without a transport gets the `tcp://` form suggested, since that is what it nearly always is.
+ * A consortium's equivalent brokers may be given together, separated by commas.
  */
 export function brokerAddressProblem(text: string): string | null {
-  const url = text.trim();
-  if (!url) {
+  if (!text.trim()) {
     return 'Enter the address of a broker, e.g. tcp://localhost:5555.';
+  }
+  for (const url of text.split(',')) {
+    const problem = oneAddressProblem(url.trim());
+    if (problem) {
+      return problem;
+    }
+  }
+  return null;
+}
+
+function oneAddressProblem(url: string): string | null {
+  if (!url) {
+    return 'An empty address between commas: give each broker as tcp://host:port.';
   }
   if (!BROKER_URL.test(url)) {
     const hostPort = /^[\w.-]+:\d+$/.test(url)
@@ -33,4 +46,26 @@ export function brokerAddressProblem(text: string): string | null {
     }
   }
   return null;
+}
+
+/** The 85 characters of ZeroMQ's Z85 encoding, in which CURVE public keys are written (40 of them). */
+const Z85_KEY = /^[0-9a-zA-Z.\-:+=^!/*?&<>()[\]{}@%$#]{40}$/;
+
+/**
+ * Why `text` is not a broker's public key, or null when it may be one (or is empty: a plain
+ * broker needs none). A key is its Z85 text, or the path of its `.key` file on the server;
+ * the server reads and checks either before storing it.
+ */
+export function brokerKeyProblem(text: string, address = ''): string | null {
+  const key = text.trim();
+  if (key && address.includes(',')) {
+    return "Each broker has a key of its own: add one broker's address with its key at a time.";
+  }
+  if (!key || Z85_KEY.test(key) || /^[~/]/.test(key)) {
+    return null;
+  }
+  return (
+    'Not a public key: paste the 40 characters of its public-key line ' +
+    '(Z85 text), or give the path of its .key file on the server.'
+  );
 }

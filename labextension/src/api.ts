@@ -71,6 +71,8 @@ export interface IListing {
   reachable: boolean;
   /** Why the broker could not be queried, when `reachable` is false. */
   error?: string;
+  /** The broker uses CURVE and the server does not know its public key (it can be added). */
+  needs_key?: boolean;
   broker?: { url: string; id?: string; since?: number; protocol?: string };
   backends?: { [name: string]: IBackend };
   latency_ms?: number;
@@ -85,7 +87,8 @@ export interface IBrokers {
 /** Call a de-magic REST endpoint; the token and XSRF header are handled by ServerConnection. */
 export async function requestAPI<T>(
   endPoint: string,
-  query: { [key: string]: string } = {}
+  query: { [key: string]: string } = {},
+  init: RequestInit = {}
 ): Promise<T> {
   const settings = ServerConnection.makeSettings();
   const url =
@@ -93,7 +96,7 @@ export async function requestAPI<T>(
     URLExt.objectToQueryString(query);
   let response: Response;
   try {
-    response = await ServerConnection.makeRequest(url, {}, settings);
+    response = await ServerConnection.makeRequest(url, init, settings);
   } catch (error) {
     throw new ServerConnection.NetworkError(error as TypeError);
   }
@@ -116,4 +119,23 @@ export function fetchBrokers(): Promise<IBrokers> {
 
 export function fetchListing(broker: string): Promise<IListing> {
   return requestAPI<IListing>('listing', { broker });
+}
+
+/** What the server stored for a broker whose key the user gave. */
+export interface ITrusted {
+  url: string;
+  public_key: string;
+  config: string;
+}
+
+/**
+ * Trust the broker at `url`: the server checks `key` (Z85 text or a key file's path) and
+ * writes it into the broker's table of the de-magic config file, which kernels read too.
+ */
+export function trustBroker(url: string, key: string): Promise<ITrusted> {
+  return requestAPI<ITrusted>(
+    'brokers',
+    {},
+    { method: 'POST', body: JSON.stringify({ url, broker_key: key }) }
+  );
 }

@@ -45,7 +45,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
       commands: app.commands,
       toolbarCommands: [CommandIDs.addBroker, CommandIDs.refresh],
       translator: translator ?? undefined,
-      actions: panelActions(cells, (): BrokerSettings => brokers)
+      actions: panelActions(app, cells, (): BrokerSettings => brokers)
     });
     const brokers: BrokerSettings = new BrokerSettings(panel.model);
     addCommands(app, panel, brokers, palette);
@@ -66,6 +66,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
  * panel's model, which exists only once the panel does.
  */
 function panelActions(
+  app: JupyterFrontEnd,
   cells: CellInserter,
   brokers: () => BrokerSettings
 ): BackendsPanel.IOptions['actions'] {
@@ -78,7 +79,9 @@ function panelActions(
       void cells.insert(remoteCellSnippet(backend), setup(broker)),
     openForm: (target: ITarget) =>
       void cells.insert(formSnippet(target), setup(target.broker)),
-    removeBroker: (url: string) => void brokers().remove(url)
+    removeBroker: (url: string) => void brokers().remove(url),
+    addBrokerKey: (url: string) =>
+      void app.commands.execute(CommandIDs.addBroker, { url })
   };
 }
 

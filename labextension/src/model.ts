@@ -35,6 +35,8 @@ export class BrokerEntry implements IDisposable {
   listing: IListing | null = null;
   /** Why the broker cannot be shown, e.g. it does not answer. */
   error: string | null = null;
+  /** The broker refuses us because its public key is not known yet: the panel offers to add it. */
+  needsKey = false;
   /** True until the first answer (or failure). */
   loading = true;
   /** Failed tries in a row. */
@@ -79,6 +81,7 @@ export class BrokerEntry implements IDisposable {
       );
       throw reason;
     }
+    this.needsKey = !!listing.needs_key;
     if (!listing.reachable) {
       const message =
         listing.error || `The broker at ${this.url} does not answer.`;

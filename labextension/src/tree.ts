@@ -24,6 +24,8 @@ import { ITarget } from './snippets';
 export interface ITreeActions {
   insertCall(target: ITarget): void;
   removeBroker(url: string): void;
+  /** Ask for the public key of the broker at `url` and store it. */
+  addBrokerKey(url: string): void;
 }
 
 type RowKind = 'broker' | 'backend' | 'class' | 'function' | 'method';
@@ -371,6 +373,17 @@ export class BackendsTree extends Widget {
           'li',
           { class: 'jp-DeMagic-message jp-mod-error', role: 'alert' },
           h('span', {}, entry.error),
+          entry.needsKey
+            ? h(
+                'button',
+                {
+                  class: 'jp-DeMagic-link',
+                  'data-action': 'add-key',
+                  'data-broker': entry.url
+                },
+                'Add its public key…'
+              )
+            : null,
           retryNote(entry)
         )
       );
@@ -608,6 +621,8 @@ export class BackendsTree extends Widget {
         void this.model.broker(broker)?.poll.refresh();
       } else if (action === 'remove' && broker) {
         this._actions.removeBroker(broker);
+      } else if (action === 'add-key' && broker) {
+        this._actions.addBrokerKey(broker);
       } else if (action === 'insert-call' && row?.target) {
         this.select(row.selection);
         this._actions.insertCall(row.target);
