@@ -89,11 +89,7 @@ class Backend:
         allow_clients: list[str] | None = None,
         session_lease: float = DEFAULT_SESSION_LEASE,
     ):
-        if codec not in (serialize.PICKLE, serialize.JSON):
-            raise ValueError(f"codec must be {serialize.PICKLE!r} or {serialize.JSON!r}, not {codec!r}")
-        if codec == serialize.JSON and allow_code:
-            raise ValueError("a no-pickle (codec='json') backend cannot allow code execution: "
-                             "the point of that mode is that callers cannot run code on it")
+        _check_codec(codec, allow_code)
         self.name = name
         self.members = dict(members)
         #: The brokers this backend registers at (several: the same workers at each).
@@ -130,6 +126,10 @@ class Backend:
         #: Seconds a ``%%remote`` namespace outlives its caller's last request or renewal.
         self.session_lease = session_lease
         self.operations.update(code_operations(name, allow_code, session_lease))
+        self._init_plumbing(context)
+
+    def _init_plumbing(self, context: zmq.Context | None) -> None:
+        """The calls being served, the main-thread queue, and the in-process sockets between threads."""
         self._ctx = context or zmq.Context.instance()
         self._calls: dict[tuple[int, bytes, bytes], Call] = {}
         self._main_jobs: queue.SimpleQueue = queue.SimpleQueue()
@@ -595,6 +595,14 @@ class Backend:
             target = getattr(cls(*init_args, **init_kwargs), call.header["method"])
         args, kwargs = validate_arguments(target, tuple(args), kwargs)
         return self.invoke(target, args, kwargs)
+
+
+def _check_codec(codec: str, allow_code: bool) -> None:
+    if codec not in (serialize.PICKLE, serialize.JSON):
+        raise ValueError(f"codec must be {serialize.PICKLE!r} or {serialize.JSON!r}, not {codec!r}")
+    if codec == serialize.JSON and allow_code:
+        raise ValueError("a no-pickle (codec='json') backend cannot allow code execution: "
+                         "the point of that mode is that callers cannot run code on it")
 
 
 def _invoke_here(target: Callable, args: tuple, kwargs: dict):

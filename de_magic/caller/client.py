@@ -272,31 +272,13 @@ class Client:
                 if not heard:  # a refused handshake shows within moments: look often until the broker answers
                     wait = min(wait, HANDSHAKE_CHECK)
                 if sock.poll(max(0.0, wait) * 1000):
-                    frames = recv_frames(sock)
-                    try:
-                        msg = P.parse(frames, P.AT_CLIENT)
-                    except P.ProtocolError as exc:
-                        if exc.rid is not None and exc.rid != rid:
-                            continue  # a late answer to an earlier, abandoned request
-                        raise ProtocolMismatch(f"broker at {sock.watched_url}: {exc}") from None
-                    if msg.rid != rid:
+                    msg = self._receive(sock, rid)
+                    if msg is None:
                         continue  # a late answer to an earlier, abandoned request
                     unanswered, heard = 0, True
                     if type(msg) is P.Reply:
                         return msg.header, msg.payload
-                    if type(msg) is P.Event:
-                        if on_event is not None:
-                            try:
-                                on_event(msg.header, msg.payload)
-                            except Exception:  # the caller gives up on the call: stop the remote work too
-                                self._send(sock, P.cancel(rid), zmq.NOBLOCK)
-                                raise
-                    elif type(msg) is P.Error:
-                        raise from_header(msg.header)
-                    elif msg.state == P.UNKNOWN:
-                        raise BackendLost(
-                            f"the broker at {sock.watched_url} no longer knows this request "
-                            "(it restarted, or the backend was lost)")
+                    self._on_progress_of(sock, rid, msg, on_event)
                     continue
                 now = time.monotonic()
                 if not heard:
@@ -321,6 +303,32 @@ class Client:
             # the kernel's stop button: stop the remote work too
             self._send(sock, P.cancel(rid), zmq.NOBLOCK)
             raise
+
+    @staticmethod
+    def _receive(sock: zmq.Socket, rid: bytes):
+        """The next message on ``sock`` if it is about request ``rid``, else None (a late one for another)."""
+        try:
+            msg = P.parse(recv_frames(sock), P.AT_CLIENT)
+        except P.ProtocolError as exc:
+            if exc.rid is not None and exc.rid != rid:
+                return None
+            raise ProtocolMismatch(f"broker at {sock.watched_url}: {exc}") from None
+        return msg if msg.rid == rid else None
+
+    def _on_progress_of(self, sock: zmq.Socket, rid: bytes, msg, on_event) -> None:
+        """An event, status or error of a request still running: handled here, or raised."""
+        if type(msg) is P.Event:
+            if on_event is not None:
+                try:
+                    on_event(msg.header, msg.payload)
+                except Exception:  # the caller gives up on the call: stop the remote work too
+                    self._send(sock, P.cancel(rid), zmq.NOBLOCK)
+                    raise
+        elif type(msg) is P.Error:
+            raise from_header(msg.header)
+        elif msg.state == P.UNKNOWN:
+            raise BackendLost(f"the broker at {sock.watched_url} no longer knows this request "
+                              "(it restarted, or the backend was lost)")
 
     # -- calls -----------------------------------------------------------------
 
