@@ -72,6 +72,20 @@ def broker_load(pid: int, sock: zmq.Socket, rids: list[bytes], seconds: float, b
     return (cpu_seconds(pid) - start_cpu) / (time.monotonic() - start)
 
 
+def wait_until(condition, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise SystemExit("the broker and backends did not get ready")
+        time.sleep(0.05)
+
+
+def ready(client: Client, name: str) -> bool:
+    """Whether backend ``name`` is registered and all its slots have checked in."""
+    entry = client.listing(api=False)["backends"].get(name)
+    return bool(entry) and all(w["slots"] == w["capacity"] for w in entry["workers"])
+
+
 def tiny_p50(client: Client, calls: int = 300) -> float:
     times = []
     for i in range(calls):
@@ -93,15 +107,12 @@ def main() -> None:
                            "--max-workers", "1", "--max-queue", str(args.queued + 10)))
         procs.append(start("serve", "de_magic.demo.hello", "--name", "tiny", "--broker", url, "--max-workers", "1"))
         client = Client(url, timeout=60)
-        while not {"bench", "tiny"} <= set(client.listing(api=False)["backends"]):
-            time.sleep(0.1)
-        time.sleep(1)  # slots check in
+        wait_until(lambda: all(ready(client, name) for name in ("bench", "tiny")))
         empty = tiny_p50(client)
         blocker = client.submit("bench", "slow_sum", (), {"n": 1000, "delay": 0.1})  # holds the one slot
-        time.sleep(0.5)
+        wait_until(lambda: client.listing(api=False)["backends"]["bench"]["workers"][0]["busy"] == 1)
         sock, rids = fill_queue(url, args.queued)
-        while client.listing(api=False)["broker"]["queued"] < args.queued:
-            time.sleep(0.1)
+        wait_until(lambda: client.listing(api=False)["broker"]["queued"] >= args.queued)
         idle = broker_load(procs[0].pid, sock, rids, args.seconds, batch=0)
         one_by_one = broker_load(procs[0].pid, sock, rids, args.seconds, batch=1)
         batched = broker_load(procs[0].pid, sock, rids, args.seconds, batch=100)
