@@ -189,6 +189,7 @@ class Router:
         self.key_of, self.key_names = key_of, key_names
         self.id = uuid.uuid4().hex[:12]
         self.since = time.time()
+        self.host = socket.gethostname()  # for listings: asked once, not per LIST
         self.bad = BadInput(log)
         self.services: dict[str, Service] = {}
         self.workers: dict[bytes, Worker] = {}  # by control address
@@ -433,7 +434,7 @@ class Router:
         """The broker itself, for listings: counts return to zero when all calls ended (leak tests use them)."""
         c = self.config
         return {"url": c.url, "id": self.id, "since": self.since, "protocol": P.VERSION.decode(),
-                "host": socket.gethostname(), "pid": os.getpid(), "curve": c.curve,
+                "host": self.host, "pid": os.getpid(), "curve": c.curve,
                 "max_message_size": c.max_message_size, "max_queued_bytes": c.max_queued_bytes,
                 "requests": len(self.requests), "queued": sum(s.waiting for s in self.services.values()),
                 "queued_bytes": self.queued_bytes, "bad_messages": self.bad.count}

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 import zmq
 
 from ..wire.defaults import (DEFAULT_HEARTBEAT, DEFAULT_LIVENESS, DEFAULT_MAX_MESSAGE, DEFAULT_MAX_QUEUED_BYTES,
-                       default_url)
+                       check_url, default_url)
 from .routing import Config, Router
 from ..wire.security import Security, peer_key
 from ..wire.framing import recv_frames, send_frames
@@ -55,7 +55,7 @@ class Broker:
         context: zmq.Context | None = None,
         security: Security | None = None,
     ):
-        self.url = url or default_url()
+        self.url = check_url(url, "the broker's address") if url else default_url()
         self.security = security or Security.resolve()
         self._auth = None  # the ZAP authenticator thread, with CURVE
         self.config = Config(heartbeat=heartbeat, liveness=liveness, max_message_size=max_message_size,
