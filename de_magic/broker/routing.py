@@ -277,7 +277,8 @@ class Router:
     def _on_call(self, client: bytes, msg: P.Call, frames: list) -> None:
         rid, name = msg.rid, msg.backend
         if (client, rid) in self.requests:
-            raise P.ProtocolError(f"request id {rid.hex()} is already in use by this caller", None)
+            # not answered: an answer would give that id two final answers (logged as bad input)
+            raise P.ProtocolError(f"request id {rid.hex()} is already in use by this caller")
         size = nbytes(msg.body)
         if size > self.config.max_message_size:
             return self._error(client, rid, PayloadTooLarge, f"call of {size} bytes exceeds the broker's maximum "
