@@ -59,7 +59,7 @@ class Fuzzer:
         if family == 0:  # pure noise
             return [self.junk(1) for _ in range(r.randint(1, 6))]
         if family == 1:  # wrong protocol version
-            return [r.choice([b"de-magic/1", b"de-magic/3", b"", self.junk(1, 12)]), r.choice(list(ANSWERED_TYPES)), rid]
+            return [r.choice([b"de-magic/1", b"de-magic/2", b"", self.junk(1, 12)]), r.choice(list(ANSWERED_TYPES)), rid]
         if family == 2:  # unknown type
             return [P.VERSION, r.choice([b"", b"call", b"NOPE", self.junk(1, 8)]), rid, self.junk()]
         if family == 3:  # missing frames
@@ -287,9 +287,9 @@ def test_backend_survives_a_fuzz_storm(tmp_path):
                         answers.setdefault(frames[4], []).append(frames[2])
 
         def to_worker(frames: list[bytes]) -> list[bytes]:
-            """A fuzz message in the broker -> worker shape: CALL gains the client's address."""
+            """A fuzz message in the broker -> worker shape: CALL gains the client's address and key."""
             if len(frames) > 2 and frames[0] == P.VERSION and frames[1] == P.CALL:
-                return [P.VERSION, P.CALL, b"client", frames[2], *frames[5:]]
+                return [P.VERSION, P.CALL, b"client", frames[2], b"", *frames[5:]]
             return frames
 
         certainly_bad = 0
@@ -320,7 +320,7 @@ def test_backend_survives_a_fuzz_storm(tmp_path):
         # still serving a correct call on every slot
         for slot in slots:
             rid = fuzzer.rid()
-            router.send_multipart([slot, P.VERSION, P.CALL, b"client", rid, P.dump_header({"member": "echo"}),
+            router.send_multipart([slot, P.VERSION, P.CALL, b"client", rid, b"", P.dump_header({"member": "echo"}),
                                    *serialize.dumps((("fine",), {}))])
             drain(time.monotonic() + 10, {rid})
             assert answers[rid] == [P.REPLY]

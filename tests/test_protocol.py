@@ -21,8 +21,8 @@ def test_every_message_parses_back_to_what_its_constructor_built():
     # the broker's messages carry the routing address first
     to_client = P.to_client(b"addr", P.REPLY, b"r", [header, b"p"])
     assert to_client[0] == b"addr" and P.parse(to_client[1:], P.AT_CLIENT) == P.Reply(b"r", {"member": "f"}, [b"p"])
-    work = P.work(b"slot", b"c", b"r", [header, b"p"])
-    assert P.parse(work[1:], P.AT_WORKER) == P.Work(b"c", b"r", {"member": "f"}, [b"p"])
+    work = P.work(b"slot", b"c", b"r", "K", [header, b"p"])
+    assert P.parse(work[1:], P.AT_WORKER) == P.Work(b"c", b"r", "K", {"member": "f"}, [b"p"])
     assert P.parse(P.welcome(b"a", {"max_message_size": 5})[1:], P.AT_WORKER) == P.Welcome({"max_message_size": 5})
     assert P.parse(P.reject(b"a", "no")[1:], P.AT_WORKER) == P.Reject("no")
 

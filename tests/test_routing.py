@@ -80,7 +80,7 @@ def test_a_call_reaches_a_free_slot_and_its_reply_the_caller():
     assert [type(m) for m in net.register()] == [P.Welcome]
     net.call()
     work = net.take(b"slot", P.AT_WORKER)
-    assert work == [P.Work(b"cli", b"r1", {"member": "f"}, [b"payload"])]
+    assert work == [P.Work(b"cli", b"r1", "", {"member": "f"}, [b"payload"])]
     net.send(b"slot", P.answer(P.REPLY, b"cli", b"r1", b'{"codec":"pickle"}', [b"result"]))
     assert net.take(b"cli") == [P.Reply(b"r1", {"codec": "pickle"}, [b"result"])]
     assert not net.router.requests

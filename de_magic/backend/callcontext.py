@@ -28,6 +28,8 @@ class Call:
     rid: bytes
     header: dict
     payload: list
+    #: the caller's public key (Z85) as the broker or the direct endpoint authenticated it; "" without CURVE
+    caller: str = ""
     thread_id: int | None = None
     done: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)

@@ -443,7 +443,7 @@ class Backend:
             kind = Refused.kind if isinstance(exc, Refused) else ProtocolMismatch.kind
             self._send(P.ERROR, door, msg.client, msg.rid, P.error_header(kind, str(exc)))
             return
-        call = Call(self, door, msg.client, msg.rid, msg.header, msg.payload)
+        call = Call(self, door, msg.client, msg.rid, msg.header, msg.payload, msg.caller)
         self._calls[call.key] = call
         if op.main_thread:
             self._main_jobs.put(call)

@@ -81,7 +81,7 @@ class Request:
         self.slot = b""
         self.queued = False
         self.deadline = deadline  # set while it waits for a backend to (re)register
-        self.key = key  # the caller's key, kept only while it waits for the backend's rules
+        self.key = key  # the caller's key: checked against the backend's rules, and told to the worker
 
 
 class Worker:
@@ -284,17 +284,18 @@ class Router:
             return self._error(client, rid, PayloadTooLarge, f"call of {size} bytes exceeds the broker's maximum "
                                                              f"message size of {self.config.max_message_size} bytes")
         service = self.services.get(name)
+        key = self.key_of(frames[0])
         if service is None or not service.workers:
-            return self._wait_for_backend(client, msg, size, self.key_of(frames[0]))
-        if service.allowed is not None and not self._allows(service, self.key_of(frames[0])):
-            return self._refuse(client, rid, service, self.key_of(frames[0]))
+            return self._wait_for_backend(client, msg, size, key)
+        if service.allowed is not None and not self._allows(service, key):
+            return self._refuse(client, rid, service, key)
         pinned = None
         if msg.worker:
             pinned = self.by_id.get(msg.worker)
             if pinned is None or pinned.service is not service:
                 return self._error(client, rid, BackendLost, f"worker {msg.worker.hex()} of backend {name!r} is gone "
                                                              "(it held this session's state)")
-        request = Request(client, rid, msg.body, size, service, pinned)
+        request = Request(client, rid, msg.body, size, service, pinned, key=key)
         worker = pinned if pinned is not None else service.pick()
         if worker is not None and worker.idle:
             self.requests[(client, rid)] = request
@@ -363,7 +364,7 @@ class Router:
         request.worker, request.slot = worker, worker.idle.pop()
         worker.inflight[(request.client, request.rid)] = request
         worker.calls += 1
-        self._out.append(P.work(request.slot, request.client, request.rid, request.body))
+        self._out.append(P.work(request.slot, request.client, request.rid, request.key, request.body))
 
     def _drain(self, worker: Worker) -> None:
         """Fill the worker's free slots with the oldest calls that may run there."""
@@ -519,8 +520,6 @@ class Router:
         for request in [r for r in service.queue if r.queued and not self._allows(service, r.key)]:
             self._unqueue(service, request)
             self._refuse(request.client, request.rid, service, request.key)
-        for request in service.queue:
-            request.key = None
 
     def _rebind(self, worker: Worker, address: bytes) -> None:
         """A worker came back on a new control connection (it reconnected)."""

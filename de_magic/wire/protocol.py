@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 from typing import Callable, NamedTuple, Sequence
 
-VERSION = b"de-magic/2"
+VERSION = b"de-magic/3"
 
 # client -> broker
 CALL = b"CALL"
@@ -198,6 +198,7 @@ class Disconnect(NamedTuple):  # broker -> worker control: unknown here, registe
 class Work(NamedTuple):  # broker -> worker slot: a CALL
     client: bytes
     rid: bytes
+    caller: str  #: the caller's public key (Z85) as the broker authenticated it, or "" without CURVE
     header: dict
     payload: list
 
@@ -250,7 +251,7 @@ AT_WORKER = _rules(
     REJECT=Rule(Reject, (_text,)),
     DISCONNECT=Rule(Disconnect, (_text,)),
     HEARTBEAT=Rule(Heartbeat, ()),
-    CALL=Rule(Work, (_bytes, _bytes, load_header, _REST), rid_at=1, client_at=0),
+    CALL=Rule(Work, (_bytes, _bytes, _text, load_header, _REST), rid_at=1, client_at=0),
     CANCEL=Rule(Interrupt, (_bytes, _bytes)),
 )
 
@@ -372,8 +373,9 @@ def heartbeat_to(address: bytes) -> list:
     return [address, VERSION, HEARTBEAT]
 
 
-def work(slot_address: bytes, client: bytes, rid: bytes, body: Sequence) -> list:
-    return [slot_address, VERSION, CALL, client, rid, *body]
+def work(slot_address: bytes, client: bytes, rid: bytes, caller: str | None, body: Sequence) -> list:
+    """A CALL for a worker's slot; ``caller`` is the key the broker authenticated (None: no CURVE)."""
+    return [slot_address, VERSION, CALL, client, rid, (caller or "").encode(), *body]
 
 
 def interrupt(address: bytes, client: bytes, rid: bytes) -> list:
