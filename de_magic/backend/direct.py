@@ -153,7 +153,8 @@ class DirectEndpoint:
                     states += [rid, P.PENDING if (caller, rid) in self.calls else P.UNKNOWN]
                 self._to_caller(P.status(caller, states))
             else:
-                raise P.ProtocolError(f"a direct endpoint serves CALL, CANCEL and QUERY, not {type(msg).__name__}")
+                raise P.ProtocolError(f"a direct endpoint serves CALL, CANCEL and QUERY, not {type(msg).__name__}",
+                                      getattr(msg, "rid", None))
         except P.ProtocolError as exc:
             self.backend._bad.report("bad direct message from %s: %s", caller.hex(), exc)
             if exc.rid is not None:

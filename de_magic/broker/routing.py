@@ -110,7 +110,7 @@ class Worker:
 
     def describe(self) -> dict:
         described = {"id": self.id.hex(), "pid": self.pid, "host": self.host, "since": self.since,
-                     "capacity": self.capacity, "slots": len(self.slots), "busy": len(self.inflight),
+                     "capacity": self.capacity, "slots": len(self.slots), "busy": self.busy,
                      "calls": self.calls}
         if self.dask is not None:
             described["dask"] = self.dask
@@ -118,6 +118,11 @@ class Worker:
             # what a caller needs to call it directly, and to know it is this worker: the key we authenticated
             described["direct"] = {"url": self.direct, "key": self.key}
         return described
+
+    @property
+    def busy(self) -> int:
+        """Calls running: those routed here, or more if slots said BUSY (direct calls, other brokers')."""
+        return max(len(self.inflight), len(self.slots) - len(self.idle))
 
     def where(self) -> str:
         return f"worker {self.id.hex()} (pid {self.pid} on {self.host})"
@@ -162,7 +167,7 @@ class Service:
         best, load = None, 2.0
         for worker in self.workers:
             if worker.idle:
-                busy = len(worker.inflight) / worker.capacity
+                busy = worker.busy / worker.capacity  # direct calls and other brokers' count too
                 if busy < load:
                     best, load = worker, busy
         return best

@@ -183,10 +183,12 @@ class Client:
 
     # -- low level -------------------------------------------------------------
 
-    def _new_socket(self) -> WatchedSocket:
+    def _new_socket(self, unbounded: bool = False) -> WatchedSocket:
         url = self.url
         sock = self._ctx.socket(zmq.DEALER, socket_class=WatchedSocket)
         sock.linger = 0
+        if unbounded:  # no high-water mark: set before connecting, or it does not hold for the connection
+            sock.sndhwm = sock.rcvhwm = 0
         self.configure_socket(sock, url)
         # a refused handshake must not pass for a dead broker; with another broker to go to, a drop counts
         sock.watch(url, "client", self._securities[url], drops=len(self.urls) > 1)
@@ -271,10 +273,8 @@ class Client:
         self._busy.add(sock)
         try:
             if endpoint is not None:
-                try:
-                    send_frames(sock, frames, zmq.NOBLOCK)
-                except zmq.Again:  # not connected (ZMQ_IMMEDIATE): nothing was sent
-                    raise _NotSent from None
+                if not self.routes.send(sock, frames):  # not connected (ZMQ_IMMEDIATE): nothing was sent
+                    raise _NotSent
             else:
                 if sock.failed_before:  # e.g. a retry after a refusal: fail now, not after a heartbeat
                     _raise_if_refused(sock)

@@ -81,9 +81,12 @@ class Multiplexer:
     def cancel(self, rid: bytes) -> None:
         self._post(rid)
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 5.0) -> None:
+        """End the I/O thread (calls in flight end with an error); it closes its sockets before this returns."""
         self._stopped = True
         self._post(None)
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
 
     def _post(self, item) -> None:
         self._inbox.append(item)
@@ -134,12 +137,9 @@ class Multiplexer:
         if call.future.cancelled():
             return
         link = self._direct_link(call.endpoint, poller) if call.endpoint is not None else None
-        if link is not None:
-            try:
-                send_frames(link.sock, call.frames, zmq.NOBLOCK)
-            except zmq.Again:  # not connected (ZMQ_IMMEDIATE): nothing was sent, the broker carries it
-                self.client.routes.lost(call.endpoint)
-                link = None
+        if link is not None and not self.client.routes.send(link.sock, call.frames):
+            self.client.routes.lost(call.endpoint)  # not connected: nothing was sent, the broker carries it
+            link = None
         if link is None:
             call.endpoint = None
             link = self._broker_link(poller)
@@ -165,7 +165,8 @@ class Multiplexer:
         for link in self._links.values():
             if link.endpoint is None and link.url == url:
                 return link
-        return self._add_link(self.client._new_socket(), url, None, poller)
+        # thousands of calls and answers in flight: libzmq holds them all
+        return self._add_link(self.client._new_socket(unbounded=True), url, None, poller)
 
     def _add_link(self, sock: zmq.Socket, url: str, endpoint: Endpoint | None, poller: zmq.Poller) -> Link:
         link = self._links[sock] = Link(sock, url, endpoint)

@@ -20,10 +20,12 @@ from dataclasses import dataclass
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from ..wire.framing import send_frames
 from ..wire.handshake import WatchedSocket
 from ..wire.security import Security, is_loopback
 
 PROBE_TIMEOUT = 0.5  #: seconds one attempt to reach a direct endpoint may take
+CONNECTING = 0.2  #: seconds a connected direct socket may take to take a message
 RELEARN = 30.0  #: seconds after which a backend's direct endpoints are looked up again
 _PROBE_EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
                  | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
@@ -92,6 +94,7 @@ class Routes:
         sock.name(endpoint.url)
         sock.linger = 0
         sock.immediate = True  # nothing is queued for an endpoint that is not connected: it goes via the broker
+        sock.sndhwm = sock.rcvhwm = 0  # a client's thousands of calls in flight (mux.py)
         if endpoint.key is not None:
             sock.curve_publickey, sock.curve_secretkey = security.key_pair
             sock.curve_serverkey = endpoint.key.encode()
@@ -122,10 +125,29 @@ class Routes:
             sock.disable_monitor()
             monitor.close(linger=0)
 
+    @staticmethod
+    def send(sock: zmq.Socket, frames: list) -> bool:
+        """Send on a direct socket; False if it could not be sent (nothing was: see ZMQ_IMMEDIATE).
+
+        A connection just made may take a moment to take messages after its handshake.
+        """
+        for wait in (0, CONNECTING):
+            if wait and not sock.poll(wait * 1000, zmq.POLLOUT):
+                return False
+            try:
+                send_frames(sock, frames, zmq.NOBLOCK)
+                return True
+            except zmq.Again:
+                continue
+        return False
+
     def lost(self, endpoint: Endpoint) -> None:
         """It cannot be reached, or a call there got no answer: go through the broker for a while."""
         self._reached.discard(endpoint.worker)
         self._unreachable[endpoint.worker] = time.monotonic() + RELEARN
+        for backend, (_, found) in list(self._known.items()):
+            if endpoint in found:  # its backend may have restarted elsewhere: look again at the next call
+                self._known[backend] = (-RELEARN, found)
 
     def started(self, endpoint: Endpoint) -> None:
         self._inflight[endpoint.worker] = self._inflight.get(endpoint.worker, 0) + 1
