@@ -12,6 +12,12 @@ tens of percent between runs.
 Baselines: raw pyzmq REQ/REP with pickle-5 out-of-band frames; the same
 through a minimal one-hop ROUTER/DEALER relay (``zmq.proxy``, C); and
 ipyparallel ``apply_sync`` on one engine (skipped if ipyparallel is absent).
+de-magic is measured twice: through the broker, and direct (the backend
+listens with ``--direct``, the client calls it without the broker in between).
+
+Then, once: (4) fan-out, 1,000 submitted calls of ``slow(0.2)`` on 200 free
+slots (ideal 1.0 s), brokered and direct; (5) aggregate bandwidth, 4 client
+processes pulling 80 MB results at once, brokered and direct.
 """
 
 from __future__ import annotations
@@ -30,7 +36,8 @@ from pathlib import Path
 import numpy as np
 import zmq
 
-ROOT = Path(__file__).resolve().parent.parent
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
 from de_magic import Client  # noqa: E402
@@ -134,18 +141,12 @@ class RawRelay(RawReqRep):
 
 
 class DeMagic(System):
-    name = "de-magic (broker + backend)"
+    name = "de-magic via the broker"
+    direct = False
 
     def start(self):
-        self.url = f"tcp://127.0.0.1:{free_port()}"
-        self.broker = spawn("-m", "de_magic", "broker", "--bind", self.url)
-        self.backend = spawn("-m", "de_magic", "serve", "de_magic.demo.hello", "--name", "bench", "--broker", self.url)
-        self.client = Client(self.url, timeout=60)
-        deadline = time.monotonic() + 30
-        while "bench" not in self.client.listing(api=False)["backends"]:
-            if time.monotonic() > deadline:
-                raise RuntimeError("de-magic backend did not register")
-            time.sleep(0.05)
+        self.url, self.broker, self.backend = start_cluster("de_magic.demo.hello", self.direct)
+        self.client = Client(self.url, timeout=60, direct=self.direct)
         self.echo_fn = self.client["bench"].echo
 
     def echo(self, obj):
@@ -155,6 +156,27 @@ class DeMagic(System):
         self.client.close()
         self.backend.kill()
         self.broker.kill()
+
+
+class DeMagicDirect(DeMagic):
+    name = "de-magic direct"
+    direct = True
+
+
+def start_cluster(module: str, direct: bool, *extra: str) -> tuple[str, subprocess.Popen, subprocess.Popen]:
+    """A broker and one backend ``bench`` of ``module`` (listening for direct calls if ``direct``), registered."""
+    url = f"tcp://127.0.0.1:{free_port()}"
+    broker = spawn("-m", "de_magic", "broker", "--bind", url)
+    backend = spawn("-m", "de_magic", "serve", module, "--name", "bench", "--broker", url, *extra,
+                    *(("--direct", "tcp://127.0.0.1:0") if direct else ()))
+    with Client(url, timeout=60) as client:
+        deadline = time.monotonic() + 30
+        while not any(w["slots"] == w["capacity"] for w in client.listing(api=False)["backends"]
+                      .get("bench", {}).get("workers", [])):
+            if time.monotonic() > deadline:
+                raise RuntimeError("de-magic backend did not register")
+            time.sleep(0.05)
+    return url, broker, backend
 
 
 class IPyParallel(System):
@@ -206,6 +228,50 @@ def throughput(system: System, arr: np.ndarray, repeat: int) -> float:
         best.append(time.perf_counter() - t)
     assert back.shape == arr.shape
     return 2 * arr.nbytes / statistics.median(best) / 1e9
+
+
+def fan_out(direct: bool, calls: int = 1000, slots: int = 200, seconds: float = 0.2) -> float:
+    """Seconds for ``calls`` submitted calls of ``slow(seconds)`` on ``slots`` free slots."""
+    url, broker, backend = start_cluster(str(HERE / "fanout_backend.py"), direct, "--max-workers", str(slots),
+                                         "--max-queue", str(calls))
+    try:
+        with Client(url, timeout=60, direct=direct) as client:
+            client.listing()
+            for future in [client.submit("bench", "slow", (0.0,)) for _ in range(slots)]:
+                future.result()  # warm: every slot's connection, the direct probe
+            start = time.perf_counter()
+            for future in [client.submit("bench", "slow", (seconds,)) for _ in range(calls)]:
+                future.result()
+            return time.perf_counter() - start
+    finally:
+        backend.kill()
+        broker.kill()
+
+
+def aggregate(direct: bool, clients: int = 4, pulls: int = 5, n: int = 10_000_000) -> float:
+    """GB/s of ``clients`` processes each pulling an ``n``-float64 result ``pulls`` times, all at once."""
+    url, broker, backend = start_cluster(str(HERE / "fanout_backend.py"), direct, "--max-workers", str(clients))
+    try:
+        procs = [subprocess.Popen([sys.executable, __file__, "--pull", url, str(pulls), str(n),
+                                   *(["--direct"] if direct else [])], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+                 for _ in range(clients)]
+        spans = [tuple(map(float, p.communicate()[0].split())) for p in procs]
+        start, end = min(s for s, _ in spans), max(e for _, e in spans)
+        return clients * pulls * n * 8 / (end - start) / 1e9
+    finally:
+        backend.kill()
+        broker.kill()
+
+
+def pull(url: str, pulls: int, n: int, direct: bool) -> None:
+    """One client of :func:`aggregate`: prints when its pulls started and ended (wall clock)."""
+    with Client(url, timeout=120, direct=direct) as client:
+        client.call("bench", "block", (n,))  # warm: the connection, the backend's array
+        time.sleep(1.0)  # let the other clients warm up too, so that the pulls overlap
+        start = time.time()
+        for _ in range(pulls):
+            assert client.call("bench", "block", (n,)).shape == (n,)
+        print(start, time.time())
 
 
 def listing_benchmark(reps: int) -> tuple[float, float]:
@@ -278,7 +344,11 @@ def main() -> None:
     parser.add_argument("--connect", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--relay", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--many-backends", help=argparse.SUPPRESS)
+    parser.add_argument("--pull", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--direct", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.pull:
+        return pull(args.pull[0], int(args.pull[1]), int(args.pull[2]), args.direct)
     if args.serve_rep:
         return rep_server(args.serve_rep, args.connect)
     if args.relay:
@@ -286,7 +356,7 @@ def main() -> None:
     if args.many_backends:
         return many_backends(args.many_backends)
 
-    systems: list[System] = [RawReqRep(), RawRelay(), DeMagic()]
+    systems: list[System] = [RawReqRep(), RawRelay(), DeMagic(), DeMagicDirect()]
     if args.no_ipyparallel:
         pass
     elif importlib.util.find_spec("ipyparallel"):
@@ -311,6 +381,8 @@ def main() -> None:
                   file=sys.stderr, flush=True)
     med = {name: {k: statistics.median(v) for k, v in row.items()} for name, row in results.items()}
     cold_ms, warm_ms = listing_benchmark(args.reps)
+    fans = {direct: fan_out(direct) for direct in (False, True)}
+    pulled = {direct: aggregate(direct) for direct in (False, True)}
 
     print(f"\nMedians of {args.reps} interleaved reps on {os.cpu_count()} CPUs, loopback; GB/s = 2 x bytes / echo time.\n")
     print("| system | tiny p50 µs | p99 µs | calls/s | 8 MB GB/s | 80 MB GB/s |")
@@ -323,7 +395,13 @@ def main() -> None:
         return statistics.median(x / y for x, y in zip(results[a][key], results[b][key]))
 
     print("\nRatios, medians of per-rep ratios (targets in brackets):")
-    print(f"- tiny p50, de-magic / one-hop relay: {ratio(DeMagic.name, RawRelay.name, 'p50'):.2f}x  [<= 1.5x]")
+    print(f"- tiny p50, de-magic via the broker / one-hop relay: {ratio(DeMagic.name, RawRelay.name, 'p50'):.2f}x"
+          "  [<= 1.5x]")
+    print(f"- tiny p50, de-magic direct / raw REQ/REP: {ratio(DeMagicDirect.name, RawReqRep.name, 'p50'):.2f}x"
+          "  [<= 1.15x]")
+    for size in ("80MB", "8MB"):
+        print(f"- {size[:-2]} MB echo, de-magic direct / raw REQ/REP: "
+              f"{ratio(DeMagicDirect.name, RawReqRep.name, size):.0%}  [>= 90%]")
     if IPyParallel.name in results:
         print(f"- tiny p50, ipyparallel / de-magic: {ratio(IPyParallel.name, DeMagic.name, 'p50'):.1f}x faster  [>= 5x]")
     print(f"- 80 MB echo, de-magic / raw REQ/REP: {ratio(DeMagic.name, RawReqRep.name, '80MB'):.0%}  [>= 70%]; "
@@ -332,6 +410,10 @@ def main() -> None:
           f"/ one-hop relay: {ratio(DeMagic.name, RawRelay.name, '8MB'):.0%}")
     print(f"- listing 100 backends x 20 methods: {warm_ms:.1f} ms  [< 20 ms]; "
           f"a client's first listing (2.5 MB of API JSON to parse): {cold_ms:.1f} ms")
+    print(f"- fan-out, 1,000 submitted slow(0.2) on 200 slots: {fans[False]:.2f} s via the broker, "
+          f"{fans[True]:.2f} s direct  [<= 1.3 s, ideal 1.0 s]")
+    print(f"- aggregate, 4 clients pulling 80 MB results at once: {pulled[False]:.2f} GB/s via the broker, "
+          f"{pulled[True]:.2f} GB/s direct")
 
 
 if __name__ == "__main__":

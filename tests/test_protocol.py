@@ -14,8 +14,8 @@ def test_every_message_parses_back_to_what_its_constructor_built():
     assert call == P.Call(b"rid", "svc", b"", [header, b"payload"])
     assert P.parse(P.ready("svc", b"w" * 8, b"s" * 32, {"capacity": 2}), P.AT_BROKER) == P.Ready(
         "svc", b"w" * 8, b"s" * 32, {"capacity": 2})
-    assert P.parse(P.slot(b"w", b"s"), P.AT_BROKER) == P.Slot(b"w", b"s")
-    assert P.parse(P.slot_busy(b"w", b"s"), P.AT_BROKER) == P.SlotBusy(b"w", b"s")
+    assert P.parse(P.slot(b"w", b"s"), P.AT_BROKER) == P.Slot(b"w", b"s", [])
+    assert P.parse(P.slot_busy(b"w", b"s", b"s1", b"s2"), P.AT_BROKER) == P.SlotBusy(b"w", b"s", [b"s1", b"s2"])
     assert P.parse(P.answer(P.REPLY, b"c", b"r", header, [b"p"]), P.AT_BROKER) == P.Answer(
         P.REPLY, b"c", b"r", [header, b"p"])
     # the broker's messages carry the routing address first

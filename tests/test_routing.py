@@ -104,6 +104,23 @@ def test_a_slot_busy_through_another_broker_gets_no_call_until_it_is_free():
     assert net.router.bad.count == 1
 
 
+def test_a_control_connection_reports_its_slots_busy_with_direct_calls_and_free_again():
+    net = Net()
+    net.register(slots=(b"s1", b"s2"), direct="tcp://127.0.0.1:7000")
+    worker = P.slot_busy(b"W" * 8, b"s" * 16, b"s1", b"not-a-slot-of-ours")
+    net.send(b"ctl", worker)  # s1 runs a direct call that lasts
+    (entry,) = net.router.services["svc"].workers
+    assert entry.busy == 1 and entry.describe()["direct"] == {"url": "tcp://127.0.0.1:7000", "key": None}
+    for i in range(2):
+        net.call(rid=b"r%d" % i)
+    assert len(net.take(b"s2", P.AT_WORKER)) == 1 and net.take(b"s1", P.AT_WORKER) == []
+    net.send(b"ctl", P.slot(b"W" * 8, b"s" * 16, b"s1"))  # the direct call ended: s1 takes the waiting call
+    assert [m.rid for m in net.take(b"s1", P.AT_WORKER)] == [b"r1"]
+    # a slot may speak only for itself; naming slots is for the control connection
+    net.send(b"s2", P.slot_busy(b"W" * 8, b"s" * 16, b"s1"))
+    assert net.router.bad.count == 1 and entry.busy == 2
+
+
 def test_welcome_tells_the_worker_the_broker_limit():
     net = Net(max_message_size=12345)
     (welcome,) = net.register()

@@ -12,8 +12,11 @@ CURVE the endpoint must be on loopback, as a plaintext broker must.
 
 The endpoint is served by the backend's I/O thread: calls go to free slot
 threads over an in-process connection that a slot treats like one more
-broker, so a slot running a direct call tells the brokers ``BUSY`` (their
-view of the load stays right) and a broker's call to a busy slot waits there.
+broker.  A direct call that runs for more than :data:`BUSY_AFTER` is reported
+to the brokers (``BUSY`` for its slot, from the control connection, then
+``SLOT`` when it ends), so their view of the load stays right; a shorter one
+is over before anyone could act on the news, and costs the brokers nothing.
+A broker's call to a slot that is busy meanwhile waits there and runs next.
 Calls that find every slot busy wait here, up to the backend's ``max_queue``.
 """
 
@@ -22,6 +25,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from collections import deque
 from urllib.parse import urlsplit
 
@@ -39,6 +43,7 @@ log = logging.getLogger("de_magic.backend.direct")
 ZAP_DOMAIN = "de-magic-direct"
 DIRECT_ENV = "DE_MAGIC_DIRECT"
 MAX_QUERY = 10_000  #: request ids one QUERY may ask after, as at a broker
+BUSY_AFTER = 0.02  #: seconds a direct call runs before the brokers hear that its slot is busy
 
 
 def direct_address(value: str | None) -> str | None:
@@ -108,6 +113,9 @@ class DirectEndpoint:
         self.idle: dict[bytes, None] = {}  # free slots, oldest first
         self.waiting: deque[tuple[bytes, bytes, str, list]] = deque()  # (caller, rid, key, body) for a free slot
         self.calls: dict[tuple[bytes, bytes], bytes] = {}  # (caller, rid) -> slot, b"" while it waits
+        self.running: dict[bytes, float] = {}  # slot -> when its direct call started, until the brokers hear
+        self.reported: set[bytes] = set()  # slots the brokers were told are busy with a direct call
+        self.freed: list[bytes] = []  # reported slots whose call ended: the brokers are to hear they are free
 
     def _bind(self, url: str, security: Security) -> zmq.Socket:
         sock = self._ctx.socket(zmq.ROUTER)
@@ -192,10 +200,11 @@ class DirectEndpoint:
 
     def _dispatch(self) -> None:
         while self.waiting and self.idle:
-            slot = next(iter(self.idle))
+            slot = next(reversed(self.idle))  # the last freed: its thread and memory are warm
             del self.idle[slot]
             caller, rid, key, body = self.waiting.popleft()
             self.calls[(caller, rid)] = slot
+            self.running[slot] = time.monotonic()
             send_frames(self.link, P.work(slot, caller, rid, key, body))
 
     # -- from slots (and answers of work that ran elsewhere, via the I/O thread) ---------------
@@ -220,8 +229,34 @@ class DirectEndpoint:
             slot = self.calls.pop(key)
             if slot:
                 self.idle[slot] = None
+                self._ended(slot)
         self._to_caller(P.to_client(msg.client, msg.type, msg.rid, msg.body))
         self._dispatch()
+
+    # -- what the brokers hear of the load -----------------------------------------------------
+
+    def _ended(self, slot: bytes) -> None:
+        if self.running.pop(slot, None) is None and slot in self.reported:
+            self.reported.discard(slot)
+            self.freed.append(slot)
+
+    @property
+    def report_at(self) -> float:
+        """When the oldest unreported direct call becomes news for the brokers (inf: none runs)."""
+        return next(iter(self.running.values()), float("inf")) + BUSY_AFTER
+
+    def news(self, now: float) -> tuple[list[bytes], list[bytes]]:
+        """Slots to report busy (their direct call runs long enough to matter), and reported ones now free."""
+        busy = []
+        for slot, started in self.running.items():  # oldest first
+            if now - started < BUSY_AFTER:
+                break
+            busy.append(slot)
+        for slot in busy:
+            del self.running[slot]
+        self.reported.update(busy)
+        freed, self.freed = self.freed, []
+        return busy, freed
 
     def _to_caller(self, frames: list) -> None:
         try:

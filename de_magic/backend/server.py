@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import math
 import os
 import queue
 import signal
@@ -164,6 +165,9 @@ class Backend:
             door = _Door(self.direct.index, self.direct.url, self._doors[0].security)
             door.welcomed = True  # always: slots tell it SLOT and BUSY like a broker
             self._slot_doors.append(door)
+            self._direct_out = PerThread(self._new_direct_socket)
+            self._threads.append(threading.Thread(target=self._direct_loop, args=(self.direct,),
+                                                  name=f"de-magic-direct-{self.name}", daemon=True))
         pull = self._ctx.socket(zmq.PULL)
         pull.bind(self._out_url)
         stop = self._ctx.socket(zmq.PAIR)
@@ -229,6 +233,8 @@ class Backend:
                 if thread is not threading.current_thread():
                     thread.join(max(0.0, deadline - time.monotonic()))
         self._out.close()
+        if self.direct is not None:
+            self._direct_out.close()
 
     def configure_socket(self, sock: zmq.Socket, security: Security) -> None:
         """Hook for security settings (CURVE) before connecting."""
@@ -293,8 +299,7 @@ class Backend:
     def _io_loop(self, pull: zmq.Socket, stop: zmq.Socket, slots: zmq.Socket) -> None:
         """Registration, heartbeats, cancels, and messages from threads that own no connection."""
         poller = zmq.Poller()
-        direct = self.direct
-        for sock in (pull, stop) if direct is None else (pull, stop, direct.sock, direct.link):
+        for sock in (pull, stop):
             poller.register(sock, zmq.POLLIN)
         for door in self._doors:
             self._register(door, poller)
@@ -311,8 +316,6 @@ class Backend:
                             self._on_control(door, slots, recv_frames(door.dealer))
                 if pull in events:
                     self._relay(pull)
-                if direct is not None:
-                    self._serve_direct(direct, events)
                 now = time.monotonic()
                 if now >= next_beat:
                     if any(self._refused(door) for door in self._doors):
@@ -336,25 +339,54 @@ class Backend:
                 door.dealer.close(linger=100)
             for sock in (pull, stop, slots):
                 sock.close()
-            if direct is not None:
-                direct.close()
             if self.failure is not None:
                 self._main_jobs.put(None)  # run() returns, and raises Refused with the reason
 
+    # -- the direct endpoint (a thread of its own) ------------------------------------------------
+
+    def _direct_loop(self, direct: DirectEndpoint) -> None:
+        """Calls from direct callers and what the slots say of them; news of the load for the brokers."""
+        control = self._ctx.socket(zmq.SUB)
+        control.subscribe(b"")
+        control.connect(self._slots_url)
+        poller = zmq.Poller()
+        for sock in (direct.sock, direct.link, control):
+            poller.register(sock, zmq.POLLIN)
+        try:
+            while True:
+                wait = direct.report_at - time.monotonic()
+                events = dict(poller.poll(None if wait == float("inf") else max(0, math.ceil(wait * 1000))))
+                if control in events and control.recv() == _STOP:
+                    break
+                self._serve_direct(direct)
+                self._tell_load(direct)
+        finally:
+            control.close()
+            direct.close()
+
     @staticmethod
-    def _serve_direct(direct: DirectEndpoint, events: dict) -> None:
-        """Calls from direct callers, and what the slots say about them; a burst at a time, like the broker."""
+    def _serve_direct(direct: DirectEndpoint) -> None:
+        """A burst of messages, like the broker's. Readiness is read from ZMQ_EVENTS, not polled: a poll lets
+        go of the GIL, and the slot thread just sent a call would take it, and then this one waits for it."""
         for _ in range(1000):
             busy = False
-            if direct.link.poll(0) if direct.link not in events else True:
-                direct.on_slot(recv_frames(direct.link))
+            if direct.link.get(zmq.EVENTS) & zmq.POLLIN:
+                direct.on_slot(recv_frames(direct.link, zmq.NOBLOCK))
                 busy = True
-            if direct.sock.poll(0) if direct.sock not in events else True:
-                direct.on_caller(recv_frames(direct.sock))
+            if direct.sock.get(zmq.EVENTS) & zmq.POLLIN:
+                direct.on_caller(recv_frames(direct.sock, zmq.NOBLOCK))
                 busy = True
-            events = {}
             if not busy:
                 break
+
+    def _tell_load(self, direct: DirectEndpoint) -> None:
+        """Tell the brokers which slots direct calls hold for a while, and which they freed (see direct.py);
+        the I/O thread sends it on the control connections."""
+        busy, free = direct.news(time.monotonic())
+        for slots, message in ((busy, P.slot_busy), (free, P.slot)):
+            if slots:
+                for door in self._doors:
+                    send_frames(self._out.get(), [bytes([door.index]), *message(self.id, self._secret, *slots)])
 
     def _register(self, door: _Door, poller: zmq.Poller) -> None:
         """A fresh control connection to ``door``'s broker (closing the old one) that says READY."""
@@ -379,10 +411,7 @@ class Backend:
             if not pull.poll(0):
                 break
             door, *frames = recv_frames(pull)
-            msg = P.parse(frames, P.AT_BROKER)  # an answer, an event, or READY again (see announce)
-            if self.direct is not None and door.bytes[0] == self.direct.index:
-                self.direct.answer(msg)  # direct calls: events and answers go out in the order they came
-                continue
+            msg = P.parse(frames, P.AT_BROKER)  # an answer, an event, READY again (see announce), SLOT or BUSY
             dealer = self._doors[door.bytes[0]].dealer
             if isinstance(msg, P.Answer) and msg.type == P.EVENT:
                 send_frames(dealer, frames)
@@ -426,6 +455,7 @@ class Backend:
         if self.direct is not None:  # the direct endpoint is one more door to a slot (see direct.py)
             link = self._ctx.socket(zmq.DEALER)
             link.linger = 0
+            link.routing_id = routing_id  # the slot's name at the brokers too: the I/O thread speaks for it
             link.connect(self.direct.slots_url)
             socks.append(link)
         control = self._ctx.socket(zmq.SUB)
@@ -453,7 +483,9 @@ class Backend:
 
     def _take_call(self, door: _Door, socks: list, frames: list) -> None:
         """Serve what ``door``'s broker sent this slot; other brokers hear that the slot is busy meanwhile."""
-        others = [d for d in self._slot_doors if d is not door]
+        # a direct call's slot is reported to the brokers by the I/O thread, if the call runs a while
+        direct = self.direct is not None and door.index == self.direct.index
+        others = [] if direct else [d for d in self._slot_doors if d is not door]
         self._tell(others, socks, P.slot_busy(self.id, self._secret))
         self._on_slot_message(door, frames)
         self._tell(others, socks, P.slot(self.id, self._secret))
@@ -543,6 +575,8 @@ class Backend:
         slots = getattr(self._local, "slots", None)
         if slots is not None:
             send_frames(slots[door], frames)
+        elif self.direct is not None and door == self.direct.index:
+            send_frames(self._direct_out.get(), frames)  # to the direct thread, in order (events before answers)
         else:
             send_frames(self._out.get(), [bytes([door]), *frames])
 
@@ -553,6 +587,12 @@ class Backend:
             note = f"[de-magic: left out an output of {size} bytes, {limit}]\n"
             return P.EVENT, P.dump_header({"event": "stream", "name": "stderr", "text": note}), ()
         return P.ERROR, P.error_header(PayloadTooLarge.kind, f"the answer is {size} bytes, {limit}"), ()
+
+    def _new_direct_socket(self) -> zmq.Socket:
+        sock = self._ctx.socket(zmq.DEALER)
+        sock.linger = 1000
+        sock.connect(self.direct.slots_url)
+        return sock
 
     def _new_out_socket(self) -> zmq.Socket:
         sock = self._ctx.socket(zmq.PUSH)

@@ -562,13 +562,14 @@ class Router:
         worker = self._slot_worker(address, msg, frames)
         if worker is None:
             return
+        if msg.slots:  # the control connection frees slots its direct calls held (see BUSY)
+            for slot in self._spoken_for(worker, address, msg):
+                self._free(worker, slot)
+            return
         owner = self.slots.get(address)
         if owner is worker:
             worker.expires = self._expires(worker)
-            # free again after a call that came through another broker (see BUSY)
-            if address not in worker.idle and all(r.slot != address for r in worker.inflight.values()):
-                worker.idle.append(address)
-                self._drain(worker)
+            self._free(worker, address)  # free again after a call that came through another broker (see BUSY)
         elif owner is None and address not in self.workers and len(worker.slots) < worker.capacity:
             worker.slots.add(address)
             worker.idle.append(address)
@@ -578,12 +579,27 @@ class Router:
             self.bad.report("SLOT %s for worker %s refused (taken, or over its capacity)", address.hex(),
                             msg.worker.hex())
 
+    def _free(self, worker: Worker, slot: bytes) -> None:
+        if slot not in worker.idle and all(r.slot != slot for r in worker.inflight.values()):
+            worker.idle.append(slot)
+            self._drain(worker)
+
     def _on_slot_busy(self, address: bytes, msg: P.SlotBusy, frames: list) -> None:
-        """A slot of a backend registered at several brokers took a call through another: send it none
-        until it says SLOT again. A call sent meanwhile waits at the slot and runs after (never lost)."""
+        """A slot took a call through another broker, or a direct call that runs a while (its worker's control
+        connection says so for it): send it none until it says SLOT again. A call sent meanwhile waits at the
+        slot and runs after (never lost)."""
         worker = self._slot_worker(address, msg, frames)
-        if worker is not None and self.slots.get(address) is worker and address in worker.idle:
-            worker.idle.remove(address)
+        if worker is None:
+            return
+        for slot in self._spoken_for(worker, address, msg) if msg.slots else (address,):
+            if self.slots.get(slot) is worker and slot in worker.idle:
+                worker.idle.remove(slot)
+
+    def _spoken_for(self, worker: Worker, address: bytes, msg: P.Slot | P.SlotBusy) -> list[bytes]:
+        """The slots a SLOT or BUSY names, if it came from their worker's control connection."""
+        if address != worker.address or len(msg.slots) > worker.capacity:
+            raise P.ProtocolError("SLOT or BUSY naming slots must come from their worker's control connection")
+        return [s for s in map(P.frame_bytes, msg.slots) if self.slots.get(s) is worker]
 
     def _peer(self, address: bytes) -> Worker | None:
         worker = self.workers.get(address) or self.slots.get(address)

@@ -67,6 +67,9 @@ def _bytes(frame) -> bytes:
     return frame if isinstance(frame, bytes) else frame.bytes
 
 
+frame_bytes = _bytes  #: a frame's bytes, for fields of a message's variable tail
+
+
 def _text(frame) -> str:
     raw = _bytes(frame)
     try:
@@ -139,14 +142,16 @@ class Ready(NamedTuple):  # worker control -> broker
     info: dict
 
 
-class Slot(NamedTuple):  # worker slot -> broker
+class Slot(NamedTuple):  # worker slot -> broker: free (for the slots named, from the control connection)
     worker: bytes
     secret: bytes
+    slots: list  #: empty from a slot itself; from the control connection, the slots it speaks for
 
 
-class SlotBusy(NamedTuple):  # worker slot -> broker: taken by a call through another broker
+class SlotBusy(NamedTuple):  # worker slot -> broker: taken by a call through another broker or a direct one
     worker: bytes
     secret: bytes
+    slots: list
 
 
 class Heartbeat(NamedTuple):  # both ways
@@ -239,8 +244,8 @@ AT_BROKER = _rules(
     LIST=Rule(List, (_bytes, load_header), rid_at=0),
     QUERY=Rule(Query, (_bytes, _REST), rid_at=0),
     READY=Rule(Ready, (_name, _bytes, _bytes, load_header)),
-    SLOT=Rule(Slot, (_bytes, _bytes)),
-    BUSY=Rule(SlotBusy, (_bytes, _bytes)),
+    SLOT=Rule(Slot, (_bytes, _bytes, _REST)),
+    BUSY=Rule(SlotBusy, (_bytes, _bytes, _REST)),
     HEARTBEAT=Rule(Heartbeat, ()),
     BYE=Rule(Bye, ()),
     REPLY=Rule(lambda *f: Answer(REPLY, *f), (_bytes, _bytes, _REST), 1),
@@ -329,12 +334,13 @@ def ready(name: str, worker: bytes, secret: bytes, info: dict) -> list:
     return [VERSION, READY, name.encode(), worker, secret, dump_header(info)]
 
 
-def slot(worker: bytes, secret: bytes) -> list:
-    return [VERSION, SLOT, worker, secret]
+def slot(worker: bytes, secret: bytes, *slots: bytes) -> list:
+    """SLOT from a slot's own connection; with ``slots``, from the control connection for those slots."""
+    return [VERSION, SLOT, worker, secret, *slots]
 
 
-def slot_busy(worker: bytes, secret: bytes) -> list:
-    return [VERSION, BUSY, worker, secret]
+def slot_busy(worker: bytes, secret: bytes, *slots: bytes) -> list:
+    return [VERSION, BUSY, worker, secret, *slots]
 
 
 def heartbeat() -> list:
