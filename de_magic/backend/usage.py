@@ -1,7 +1,7 @@
 """What a worker's ``%%remote`` sessions and remote references hold, for the broker's listing.
 
 Sizes are estimates that cost little: the ``nbytes`` of arrays (numpy, xarray) and the memory
-usage pandas reports, plus ``sys.getsizeof`` of the objects that hold them; containers are
+usage pandas reports (not of the objects in object columns), ``sys.getsizeof`` of other objects; containers are
 followed a few levels deep and sampled, so that a namespace of a million small objects is not
 walked at every report.  The report goes to the broker when something changed, at most once
 per heartbeat (see :class:`Reporter`).
@@ -25,8 +25,8 @@ def deep_size(obj, depth: int = DEPTH) -> int:
     """A cheap estimate of the bytes ``obj`` holds, its data buffers included."""
     try:
         held = _buffer_bytes(obj)
-        if held is not None:
-            return held + sys.getsizeof(obj)
+        if held is not None:  # not getsizeof: numpy's counts the data again, pandas' walks every object
+            return held
         if depth and isinstance(obj, (list, tuple, set, frozenset, dict)):
             items = list(itertools.islice(obj.items() if isinstance(obj, dict) else obj, SAMPLE))
             sampled = sum(deep_size(item, depth - 1) for item in items)
