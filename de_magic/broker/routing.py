@@ -309,7 +309,7 @@ class Router:
             pinned = self.by_id.get(msg.worker)
             if pinned is None or pinned.service is not service:
                 return self._error(client, rid, BackendLost, f"worker {msg.worker.hex()} of backend {name!r} is gone "
-                                                             "(it held this session's state)")
+                                                             "(it held this call's session or references)")
         request = Request(client, rid, msg.body, size, service, pinned, key=key)
         self.routed_bytes += size
         worker = pinned if pinned is not None else service.pick()
