@@ -55,7 +55,10 @@ def test_a_chain_of_calls_keeps_its_200_mb_intermediate_on_the_backend(cluster):
     del doubled
     small = be.open_dataset.options(keep=True)(1)
     assert float(small.fetch()["t"].sum()) == MB // 8
-    del ones, small
+    tripled = be.scale.options(keep=True).submit(small, 3.0).result()  # submitted calls keep and pin alike
+    assert be.total.submit(tripled).result() == 3 * MB // 8
+    small.release(), tripled.release()  # (a submitted call's arguments live on in the client until its timeout)
+    del ones
     gc.collect()
     assert _refs_listed(cluster, 0)["refs"]["bytes"] == 0  # collected references are released
 
