@@ -104,6 +104,7 @@ class RemoteRef:
         """The reference a ``keep`` call answered with (the reply header names the worker holding it)."""
         place = tenancy(client, backend, bytes.fromhex(header["worker"]))
         LEASES.keep(place, descriptor["lease"])
+        RELEASER.start()  # here, not when the first reference is collected: that may be anywhere, in any thread
         return cls(place, descriptor)
 
     @property
@@ -192,12 +193,15 @@ class _Releaser:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
-    def put(self, place: Tenancy, ref: str) -> None:
-        self._queue.put((place, ref))
+    def start(self) -> None:
         with self._lock:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="de-magic-release", daemon=True)
                 self._thread.start()
+
+    def put(self, place: Tenancy, ref: str) -> None:
+        """Release ``ref`` soon; safe in a finalizer (a SimpleQueue's put is reentrant, and takes no lock here)."""
+        self._queue.put((place, ref))
 
     def _run(self) -> None:
         while True:
