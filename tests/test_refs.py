@@ -130,3 +130,15 @@ def test_a_killed_callers_reference_and_session_expire_and_their_memory_is_retur
     wait_for(lambda: _worker(cluster)["sessions"]["count"] == 0 and _worker(cluster)["refs"]["count"] == 1,
              timeout=5, what="the listing to show the session and the reference gone")
     assert kept.fetch()["t"].size == MB // 8  # well past its lease: renewed all along
+
+
+def test_references_work_on_the_direct_path_too(cluster):
+    cluster.start_backend(BACKEND, "refs", "--direct", "tcp://127.0.0.1:0")
+    be = cluster.client["refs"]
+    ones = be.open_dataset.options(keep=True)(1)
+    assert be.total(be.scale.options(keep=True)(ones, 2.0)) == 2 * MB // 8
+    assert "<xarray.Dataset>" in repr(ones) and ones.fetch()["t"].size == MB // 8
+    ones.release()
+    with pytest.raises(ReferenceGone):
+        be.total(ones)
+    assert _worker(cluster)["calls"] == 0  # not one of them crossed the broker
