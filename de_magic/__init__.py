@@ -31,10 +31,11 @@ _EXPORTS = {
     "Broker": "de_magic.broker.server",
     "Client": "de_magic.caller.client",
     "RemoteSession": "de_magic.caller.session",
+    "RemoteRef": "de_magic.caller.refs",
     "Progress": "de_magic.caller.progress",
     **{name: "de_magic.wire.errors" for name in (
         "BackendLost", "BadAddress", "Busy", "CallTimeout", "Cancelled", "DeMagicError", "PayloadTooLarge", "ProtocolMismatch",
-        "Refused", "RemoteError", "UnknownBackend", "UnknownMethod")},
+        "ReferenceGone", "Refused", "RemoteError", "UnknownBackend", "UnknownMethod")},
 }
 #: names whose users in a kernel expect widgets (progress bars, forms, mirrored widgets)
 _UI_NAMES = {"Client", "RemoteSession"}

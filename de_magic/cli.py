@@ -32,8 +32,8 @@ from .caller.client import Client, no_broker_hint
 from .caller.generate import client_module
 from .caller.progress import TextProgress
 from .embedded import DEMO_BACKENDS, bind, start_local
-from .wire.defaults import (DEFAULT_HEARTBEAT, DEFAULT_MAX_MESSAGE, DEFAULT_MAX_QUEUED_BYTES, DEFAULT_SESSION_LEASE,
-                            check_doors, check_url, default_url)
+from .wire.defaults import (DEFAULT_HEARTBEAT, DEFAULT_MAX_MESSAGE, DEFAULT_MAX_QUEUED_BYTES, DEFAULT_REF_BYTES,
+                            DEFAULT_SESSION_LEASE, check_doors, check_url, default_url)
 from .schema import describe, members_of
 from .wire.errors import DeMagicError
 from .wire.security import Security, create_keys, owners
@@ -175,7 +175,11 @@ def _serve_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-queue", type=int, default=1000, help="calls that may wait before 'busy' is answered")
     parser.add_argument("--allow-code", action="store_true", help="accept %%%%remote code cells (runs arbitrary code!)")
     parser.add_argument("--session-lease", type=float, default=DEFAULT_SESSION_LEASE, metavar="SECONDS",
-                        help="end a %%%%remote namespace whose caller has been gone this long (default: 2 hours)")
+                        help="end a %%%%remote namespace, or release a remote reference, whose caller has been gone "
+                             "this long (default: 2 hours)")
+    parser.add_argument("--ref-bytes", type=int, default=DEFAULT_REF_BYTES, metavar="BYTES",
+                        help="bytes of results a worker keeps for remote references (options(keep=True)); "
+                             "default: 4 GiB")
     parser.add_argument("--dask", default=None, metavar="ADDRESS",
                         help="run calls on a Dask cluster: a scheduler's tcp://HOST:PORT, or local[:N] for N worker "
                              "processes here (default: $DE_MAGIC_DASK, then the config file's dask; see docs/scale.md)")
@@ -210,7 +214,8 @@ def _serve_backend(name: str, members: dict, args: argparse.Namespace, doc: str 
                           security=_security(args),
                           codec=JSON if args.no_pickle else PICKLE,
                           allow_clients=args.allow_clients.split(",") if args.allow_clients else None,
-                          session_lease=args.session_lease, direct=direct_address(args.direct))
+                          session_lease=args.session_lease, ref_bytes=args.ref_bytes,
+                          direct=direct_address(args.direct))
     except ValueError as exc:  # contradictory options
         raise SystemExit(f"de-magic: {exc}") from None
     if attach is not None:  # e.g. DaskPool.attach: calls run elsewhere

@@ -54,7 +54,7 @@ def test_listing_shows_backend_workers_and_api(hello):
 def test_backends_table_reads_well(hello):
     table = hello.client.backends()
     text = repr(table)
-    assert text.splitlines()[0].split() == ["backend", "workers", "busy", "code", "members"]
+    assert text.splitlines()[0].split() == ["backend", "workers", "busy", "code", "sessions", "refs", "members"]
     assert "hello_world" in text and "compute_sum" in text
     assert "<table>" in table._repr_html_()
 

@@ -132,6 +132,12 @@ def run_active_cell(page) -> None:
 def test_sidebar_browse_filter_insert_and_run(page, lab, hello, processes, tmp_path):
     from playwright.sync_api import expect
 
+    from de_magic import RemoteSession
+
+    # A %%remote session and a remote reference on hello_world: the details show what each worker holds.
+    session = RemoteSession(hello.client, "hello_world")
+    session.execute("values = list(range(10_000))").result()
+    kept = hello.client["hello_world"].describe_table.options(keep=True)(n_rows=1000)
     page.goto(lab.lab_url())
     tab = page.locator('.jp-SideBar [data-id="de-magic-backends"]')
     tab.click()
@@ -162,6 +168,11 @@ def test_sidebar_browse_filter_insert_and_run(page, lab, hello, processes, tmp_p
     expect(rows(page, "class").filter(has_text="Stats")).to_contain_text("(ddof: int = 0)")
     hello_row.click()
     expect(panel.locator(".jp-DeMagic-details .jp-DeMagic-titleName")).to_have_text("hello_world")
+    expect(panel.locator(".jp-DeMagic-details .jp-DeMagic-sessions")).to_have_text(re.compile(r"^1 \(\d+(\.\d)? kB\)$"))
+    expect(panel.locator(".jp-DeMagic-details .jp-DeMagic-refs")).to_have_text(re.compile(r"^1 \(\d+(\.\d)? kB\)$"))
+    expect(panel.locator(".jp-DeMagic-details")).to_contain_text("1 %%remote session")
+    session.close()
+    kept.release()
     expect(hello_row).to_have_class(re.compile("jp-mod-selected"))
     assert expanded(hello_row)
     expect(rows(page, "function").filter(has_text="slow_sum")).to_be_visible()

@@ -6,10 +6,11 @@ import os
 import signal
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 from de_magic.caller.session import RemoteSession
 
-from conftest import HEARTBEAT, ROOT, Cluster, start_logged, wait_for
+from conftest import HEARTBEAT, ROOT, Cluster, rss_kib, start_logged, wait_for
 
 LEASE = 2.0
 
@@ -43,3 +44,22 @@ def test_a_session_whose_caller_is_killed_ends_after_its_lease_and_a_live_one_st
     assert "ended session" not in log.read_text().replace("ended session orphan", "")
     kept.close()
     cluster.client.close()
+
+
+def test_a_thousand_sessions_opened_and_closed_leave_resident_memory_flat(hello):
+    backend = hello.workers("hello_world")[0]["pid"]
+
+    def session(_) -> None:
+        opened = RemoteSession(hello.client, "hello_world")
+        opened.execute("values = list(range(1000))").result()
+        assert opened.close()
+
+    def sessions(count: int) -> None:
+        with ThreadPoolExecutor(4) as pool:  # cells run one at a time; the round trips overlap
+            list(pool.map(session, range(count)))
+
+    sessions(100)  # imports, caches and allocator pools settle first
+    before = rss_kib(backend)
+    sessions(1000)
+    after = rss_kib(backend)
+    assert after <= 1.1 * before, f"resident memory grew from {before} to {after} KiB over 1,000 sessions"

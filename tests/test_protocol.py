@@ -114,3 +114,24 @@ def test_error_types_are_looked_up_not_imported():
     err = from_header({"kind": "remote", "type": "wsgiref.simple_server.ServerError", "message": "x"})
     # the peer names the module; importing it would run its code here
     assert "wsgiref.simple_server" not in sys.modules and type(err) is RemoteError
+
+
+USAGE = {"sessions": {"count": 1, "bytes": 10, "each": [{"since": 1.5, "bytes": 10}]}, "refs": {"count": 2, "bytes": 8}}
+
+
+def test_usage_parses_back_and_is_checked():
+    assert P.parse(P.usage(USAGE), P.AT_BROKER) == P.Usage(USAGE)
+    for bad, needle in [({"refs": {}}, "must be objects"),
+                        ({**USAGE, "refs": {"count": -1, "bytes": 0}}, "non-negative"),
+                        ({**USAGE, "sessions": {"count": 1, "bytes": 1, "each": [{"since": "x", "bytes": 1}]}}, "each"),
+                        ({**USAGE, "pad": "x" * P.MAX_USAGE}, "over")]:
+        with pytest.raises(P.ProtocolError, match=needle):
+            P.parse(P.usage(bad), P.AT_BROKER)
+
+
+def test_persistent_ids_stand_for_objects_that_are_already_there():
+    held = {"r1": np.arange(5.0)}
+    frames = serialize.dumps({"a": [held["r1"], 2]}, lambda o: ("ref", "r1") if o is held["r1"] else None)
+    assert serialize.nbytes(frames) < 200  # the array itself did not go
+    loaded = serialize.loads(frames, lambda pid: held[pid[1]])
+    assert loaded["a"][0] is held["r1"] and loaded["a"][1] == 2

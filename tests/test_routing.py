@@ -86,6 +86,22 @@ def test_a_call_reaches_a_free_slot_and_its_reply_the_caller():
     assert not net.router.requests
 
 
+def test_usage_from_a_worker_shows_in_the_listing_and_bytes_routed_are_counted():
+    net = Net()
+    net.register()
+    usage = {"sessions": {"count": 1, "bytes": 7, "each": [{"since": 1.0, "bytes": 7}]}, "refs": {"count": 2, "bytes": 9}}
+    net.send(b"ctl", P.usage(usage))
+    net.send(b"slot", P.usage(usage))  # only the control connection speaks for the worker
+    assert net.router.bad.count == 1
+    net.call()
+    net.send(b"slot", P.answer(P.REPLY, b"cli", b"r1", b"{}", [b"result"]))
+    net.send(b"cli", P.list_query(b"l1", {"api": False}))
+    listing = json.loads(net.take(b"cli")[-1].payload[0])
+    worker = listing["backends"]["svc"]["workers"][0]
+    assert worker["sessions"] == usage["sessions"] and worker["refs"] == usage["refs"]
+    assert listing["broker"]["routed_bytes"] == len(HEADER) + len(b"payload") + len(b"{}") + len(b"result")
+
+
 def test_a_slot_busy_through_another_broker_gets_no_call_until_it_is_free():
     net = Net()
     net.register(slots=(b"s1", b"s2"))

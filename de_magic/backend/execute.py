@@ -17,7 +17,7 @@ from ..wire.defaults import DEFAULT_SESSION_LEASE
 from ..wire.errors import Refused
 from . import capture, relay
 from .callcontext import Call, Operation
-from .shell import end_session, renew, session_for
+from .shell import end_session, note_change, renew, session_for
 
 INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
 
@@ -30,6 +30,7 @@ def run_exec(call: Call, lease: float) -> dict:
     with session.lock, capture.capture(call, session):
         session.namespace.update(pushed)
         reply = session.run(header.get("code", ""), evaluate=bool(header.get("eval")))
+    note_change()  # the cell's variables count in the session's memory
     if reply["status"] == "ok":
         missing = [name for name in header.get("pull", ()) if name not in session.namespace]
         if missing:

@@ -40,7 +40,8 @@ import zmq
 
 from ..wire import protocol as P
 from ..wire import serialize
-from ..wire.defaults import (DEFAULT_HEARTBEAT, DEFAULT_LIVENESS, DEFAULT_MAX_MESSAGE, DEFAULT_SESSION_LEASE, check_doors,
+from ..wire.defaults import (DEFAULT_HEARTBEAT, DEFAULT_LIVENESS, DEFAULT_MAX_MESSAGE, DEFAULT_REF_BYTES, DEFAULT_SESSION_LEASE,
+                             check_doors,
                              default_url)
 from ..wire.badinput import BadInput
 from ..wire.errors import Cancelled, DeMagicError, PayloadTooLarge, ProtocolMismatch, Refused, RemoteError, UnknownMethod
@@ -49,10 +50,11 @@ from ..schema import describe
 from ..schema.arguments import check_arguments, validate_arguments
 from ..wire.security import Security, allowed_callers
 from ..wire.framing import PerThread, recv_frames, send_frames
-from . import shell
+from . import refs, shell
 from .callcontext import Call, Operation, current_call
 from .direct import DirectEndpoint
 from .execute import code_operations
+from .usage import Reporter
 
 log = logging.getLogger("de_magic.backend")
 
@@ -91,6 +93,7 @@ class Backend:
         allow_clients: list[str] | None = None,
         session_lease: float = DEFAULT_SESSION_LEASE,
         direct: str | None = None,
+        ref_bytes: int = DEFAULT_REF_BYTES,
     ):
         _check_codec(codec, allow_code)
         self.name = name
@@ -128,13 +131,17 @@ class Backend:
         self.extra_info: dict = {}
         self._reply_header = P.dump_header({"codec": codec, "worker": self.id.hex()})
         self.operations: dict[str, Operation] = {"call": Operation(self._call_member)}
-        #: Seconds a ``%%remote`` namespace outlives its caller's last request or renewal.
+        #: Seconds a ``%%remote`` namespace, or a remote reference, outlives its caller's last request or renewal.
         self.session_lease = session_lease
         self.operations.update(code_operations(name, allow_code, session_lease))
         #: Where to listen for direct calls (``tcp://HOST:PORT``, port 0 for any), None to connect out only.
         self.direct_at = direct
         #: The direct endpoint, once started: its ``url`` is what listings show.
         self.direct: DirectEndpoint | None = None
+        #: Results kept for their callers (``options(keep=True)``), within ``ref_bytes``.
+        self.refs = refs.RefStore(name, ref_bytes, session_lease)
+        self.operations.update(refs.operations(self.refs, self.operations["call"]))
+        self._usage = Reporter(self.refs)
         self._init_plumbing(context)
 
     def _init_plumbing(self, context: zmq.Context | None) -> None:
@@ -180,18 +187,22 @@ class Backend:
             self._threads.append(threading.Thread(
                 target=self._slot_loop, args=(os.urandom(16),),
                 name=f"de-magic-{self.name}-{index}", daemon=True))
-        if self.allow_code:
-            self._threads.append(threading.Thread(target=self._expire_sessions, name=f"de-magic-leases-{self.name}",
-                                                  daemon=True))
+        self._threads.append(threading.Thread(target=self._expire_leases, name=f"de-magic-leases-{self.name}",
+                                              daemon=True))
         for thread in self._threads:
             thread.start()
         return self
 
-    def _expire_sessions(self) -> None:
-        """End ``%%remote`` namespaces whose caller is gone, now and then (a lease's tenth, at most a minute)."""
+    def _expire_leases(self) -> None:
+        """End ``%%remote`` namespaces and references whose caller is gone, now and then (a lease's tenth, at
+        most a minute)."""
         while not self._stopped.wait(min(self.session_lease / 10, 60.0)):
             for key in shell.expire(self.session_lease):
                 log.info("ended session %s: its caller was silent for more than %g s", key[:8], self.session_lease)
+            dropped = self.refs.expire()
+            if dropped:
+                log.info("released %d reference(s): their caller was silent for more than %g s", dropped,
+                         self.session_lease)
 
     def run(self) -> None:
         """Serve until :meth:`stop`, SIGTERM or Ctrl-C; main-thread work runs here."""
@@ -320,8 +331,11 @@ class Backend:
                 if now >= next_beat:
                     if any(self._refused(door) for door in self._doors):
                         break
+                    usage = self._usage.due()  # at most once per heartbeat, and only when it changed
                     for door in self._doors:
                         self._send_control(door, P.heartbeat(), zmq.NOBLOCK)
+                        if usage is not None and door.welcomed:
+                            self._send_control(door, usage, zmq.NOBLOCK)
                     next_beat = now + self.heartbeat
                     self._bad.flush()
                 for door in self._doors:
@@ -436,6 +450,7 @@ class Backend:
                 self._limit = min(self.max_message_size, limit)
             if not door.welcomed:
                 log.info("registered %r at %s", self.name, door.url)
+                self._usage.resend()
             self._welcome(door, True)
             slots.send(_HELLO)
         elif isinstance(msg, P.Reject):
@@ -661,7 +676,7 @@ class Backend:
         if self.codec == serialize.JSON:
             # refused before anything is unpickled: unpickling alone can run code
             raise Refused(f"backend {self.name!r} takes no pickles (no-pickle mode): send JSON arguments")
-        args, kwargs, *init = serialize.loads(call.payload)
+        args, kwargs, *init = serialize.loads(call.payload, self.refs.loader(call))
         if init:
             cls = self.members[call.header["member"]]
             check_arguments(cls, *init)

@@ -20,6 +20,7 @@ from . import capture
 
 _sessions: dict[str, "Session"] = {}
 _sessions_lock = threading.Lock()
+_changes = 0  # counts what changed the sessions' contents: the usage report is sent again when it moves
 #: Names every new session starts with (e.g. ``dask_client`` on a Dask backend, see daskpool.py).
 SESSION_NAMES: dict[str, object] = {}
 
@@ -85,6 +86,7 @@ class Session:
         self.namespace.update(SESSION_NAMES)
         self.lock = threading.Lock()
         self.seen = time.monotonic()  # the caller's last request: a session not renewed within its lease ends
+        self.since = time.time()  # for listings: how old the session is
 
     @property
     def namespace(self) -> dict:
@@ -129,9 +131,27 @@ def _show_figures(shell) -> None:
     pyplot.close("all")
 
 
-def session_for(key: str, colors: str = "NoColor") -> Session:
-    """The session named ``key``, created on first use."""
+def note_change() -> None:
+    """Something in the sessions changed (one started, ran a cell, ended): report usage again."""
+    global _changes
+    _changes += 1
+
+
+def changes() -> int:
+    """A number that moves whenever a session starts, runs a cell or ends."""
+    return _changes
+
+
+def sessions() -> list[Session]:
+    """The live sessions."""
     with _sessions_lock:
+        return list(_sessions.values())
+
+
+def session_for(key: str, colors: str = "NoColor") -> Session:
+    """The session named ``key``, created on first use; it is about to run code (its contents change)."""
+    with _sessions_lock:
+        note_change()
         session = _sessions.get(key)
         if session is None:
             session = _sessions[key] = Session(key, colors)
@@ -161,6 +181,7 @@ def expire(lease: float) -> list[str]:
             if session is None or now - session.seen <= lease or not session.lock.acquire(blocking=False):
                 continue  # renewed meanwhile, or running a cell: not idle after all
             del _sessions[key]
+            note_change()
         try:
             _release(session.shell)
         finally:
@@ -173,6 +194,7 @@ def end_session(key: str) -> bool:
     """Forget a session's namespace; False if there was none."""
     with _sessions_lock:
         session = _sessions.pop(key, None)
+        note_change()
     if session is None:
         return False
     with session.lock:  # not while one of its cells still runs

@@ -88,7 +88,7 @@ class Worker:
     """A registered backend process: a control connection, its slots, its calls."""
 
     __slots__ = ("id", "address", "secret", "key", "service", "capacity", "max_queue", "heartbeat", "idle", "slots",
-                 "inflight", "pinned", "expires", "since", "pid", "host", "calls", "dask", "direct")
+                 "inflight", "pinned", "expires", "since", "pid", "host", "calls", "dask", "direct", "usage")
 
     def __init__(self, msg: P.Ready, address: bytes, key: str | None, service: "Service", expires: float):
         info = msg.info
@@ -107,6 +107,7 @@ class Worker:
         self.calls = 0
         self.dask = info.get("dask")  # the Dask cluster its calls run on (daskpool.cluster_info), if any
         self.direct = info.get("direct")  # where it takes direct calls, if it does (backend/direct.py)
+        self.usage: dict = {}  # what its sessions and references hold, as its last USAGE said
 
     def describe(self) -> dict:
         described = {"id": self.id.hex(), "pid": self.pid, "host": self.host, "since": self.since,
@@ -117,6 +118,7 @@ class Worker:
         if self.direct is not None:
             # what a caller needs to call it directly, and to know it is this worker: the key we authenticated
             described["direct"] = {"url": self.direct, "key": self.key}
+        described.update(self.usage)
         return described
 
     @property
@@ -206,6 +208,7 @@ class Router:
         self.slots: dict[bytes, Worker] = {}  # by slot address
         self.requests: dict[tuple[bytes, bytes], Request] = {}  # queued and running, by (client, request id)
         self.queued_bytes = 0
+        self.routed_bytes = 0  # headers and payloads of calls and answers passed on: shows what travelled
         self.waiting_total = 0  # calls waiting for an unknown backend to register
         # backends that were connected before a restart come back within a heartbeat or two
         self.grace_until = now + max(STARTUP_GRACE, config.heartbeat * config.liveness)
@@ -218,7 +221,7 @@ class Router:
         self._handlers = {
             P.Call: self._on_call, P.Cancel: self._on_cancel, P.List: self._on_list, P.Query: self._on_query,
             P.Ready: self._on_ready, P.Slot: self._on_slot, P.SlotBusy: self._on_slot_busy,
-            P.Heartbeat: self._on_heartbeat, P.Bye: self._on_bye,
+            P.Heartbeat: self._on_heartbeat, P.Bye: self._on_bye, P.Usage: self._on_usage,
             P.Answer: self._on_answer,
         }
 
@@ -306,8 +309,9 @@ class Router:
             pinned = self.by_id.get(msg.worker)
             if pinned is None or pinned.service is not service:
                 return self._error(client, rid, BackendLost, f"worker {msg.worker.hex()} of backend {name!r} is gone "
-                                                             "(it held this session's state)")
+                                                             "(it held this call's session or references)")
         request = Request(client, rid, msg.body, size, service, pinned, key=key)
+        self.routed_bytes += size
         worker = pinned if pinned is not None else service.pick()
         if worker is not None and worker.idle:
             self.requests[(client, rid)] = request
@@ -451,7 +455,7 @@ class Router:
                 "host": self.host, "pid": os.getpid(), "curve": c.curve,
                 "max_message_size": c.max_message_size, "max_queued_bytes": c.max_queued_bytes,
                 "requests": len(self.requests), "queued": sum(s.waiting for s in self.services.values()),
-                "queued_bytes": self.queued_bytes, "bad_messages": self.bad.count}
+                "queued_bytes": self.queued_bytes, "routed_bytes": self.routed_bytes, "bad_messages": self.bad.count}
 
     # -- workers --------------------------------------------------------------------------------
 
@@ -613,6 +617,13 @@ class Router:
     def _on_heartbeat(self, address: bytes, msg: P.Heartbeat, frames: list) -> None:
         self._peer(address)
 
+    def _on_usage(self, address: bytes, msg: P.Usage, frames: list) -> None:
+        """A worker's sessions and references changed: listings show them (only its control connection says so)."""
+        worker = self.workers.get(address)
+        if worker is None:
+            raise P.ProtocolError("USAGE from a connection that registered no worker")
+        worker.usage = msg.info
+
     def _on_bye(self, address: bytes, msg: P.Bye, frames: list) -> None:
         worker = self.workers.get(address)
         if worker is not None:
@@ -629,6 +640,7 @@ class Router:
             self.bad.report("worker %s sent %s for request %s it does not hold", worker.id.hex(), msg.type.decode(),
                             msg.rid.hex())
             return
+        self.routed_bytes += nbytes(msg.body)
         if msg.type == P.EVENT:
             self._out.append(P.to_client(msg.client, P.EVENT, msg.rid, msg.body))
             return

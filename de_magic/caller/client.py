@@ -48,6 +48,7 @@ from ..wire.errors import (BackendLost, CallTimeout, DeMagicError, PayloadTooLar
 from ..wire.framing import PerThread, recv_frames, send_frames
 from ..wire.handshake import WatchedSocket
 from ..wire.security import Security
+from . import refs
 from .progress import Progress, default_progress
 from .proxies import RemoteBackend
 from .mux import Multiplexer, settle
@@ -395,33 +396,37 @@ class Client:
         on_progress: Callable[[Progress], None] | None = None,
         on_event: EventHandler | None = None,
         retries: int = 0,
+        keep: bool = False,
     ):
         """Call ``member`` (a function, or with ``method`` and ``init`` a class's method) of ``backend``.
 
         ``retries``: how many times to send the call again when it ends with ``BackendLost`` (its broker
         or worker was lost); only for idempotent members, since the lost attempt may have run.
+        ``keep``: leave the result on the worker and return a :class:`~de_magic.caller.refs.RemoteRef` to it.
+        Arguments that are such references are used in place, on the worker that holds them.
         """
         dispatch = _dispatcher(on_progress or self.on_progress or default_progress(), on_event)
         codec = self._codec_of(backend)
-        header, payload = encode_call(member, args, kwargs, method, init, codec)
+        header, payload, worker = encode_call(backend, member, args, kwargs, method, init, keep, codec)
         try:
             head, frames = self._retrying(retries, lambda: self.request(backend, header, payload, timeout=timeout,
-                                                                        on_event=dispatch))
+                                                                        on_event=dispatch, worker=worker))
         except Refused:
             # a no-pickle backend refuses pickles before reading them: learn its codec and go again
             if codec == serialize.JSON or self._learn_codec(backend) != serialize.JSON:
                 raise
             return self.call(backend, member, args, kwargs, method=method, init=init, timeout=timeout,
-                             on_progress=on_progress, on_event=on_event, retries=retries)
-        return self._result(backend, head, frames)
+                             on_progress=on_progress, on_event=on_event, retries=retries, keep=keep)
+        return self._result(backend, head, frames, keep)
 
     def _codec_of(self, backend: str) -> str:
         return self.codec or self._codecs.get(backend, serialize.PICKLE)
 
-    def _result(self, backend: str, head: dict, frames: list):
+    def _result(self, backend: str, head: dict, frames: list, keep: bool = False):
         if self.codec == serialize.JSON and head.get("codec") != serialize.JSON:
             raise Refused(f"backend {backend!r} answered with a pickle; this client unpickles nothing (codec='json')")
-        return decode_result(head, frames)
+        result = decode_result(head, frames)
+        return refs.RemoteRef.adopt(self, backend, head, result) if keep else result
 
     @staticmethod
     def _retrying(retries: int, attempt: Callable[[], tuple[dict, list]]) -> tuple[dict, list]:
@@ -449,6 +454,7 @@ class Client:
         on_progress: Callable[[Progress], None] | None = None,
         on_event: EventHandler | None = None,
         retries: int = 0,
+        keep: bool = False,
     ) -> CallFuture:
         """Like :meth:`call`, but return a :class:`CallFuture` at once (``await`` it in asyncio code).
 
@@ -461,7 +467,7 @@ class Client:
         # made here, not in the I/O thread, so that the bars belong to the cell that submitted
         dispatch = _dispatcher(on_progress or self.on_progress or default_progress(), on_event)
         future = CallFuture()
-        call = (member, args, kwargs, method, init)
+        call = (member, args, kwargs, method, init, keep)
         self._submit(future, backend, call, self.timeout if timeout is None else timeout, dispatch, retries)
         return future
 
@@ -469,14 +475,14 @@ class Client:
         """Send one attempt of a submitted ``call``; its answer settles ``future``, or sends it again."""
         codec = self._codec_of(backend)
         try:
-            header, payload = encode_call(*call, codec)
+            header, payload, worker = encode_call(backend, *call, codec)
             size = serialize.nbytes(payload)
             if size > self._limit(size):
                 raise PayloadTooLarge(f"call of {size} bytes exceeds the maximum message size of "
                                       f"{self._limit(size)} bytes (the broker's at {self.url}, or this client's)")
             rid = struct.pack("!Q", next(_request_ids))
-            frames = P.call(rid, backend, b"", P.dump_header(header), payload)
-            sent = self._calls().send(rid, frames, timeout, dispatch, self._direct_endpoint(backend, b""))
+            frames = P.call(rid, backend, worker, P.dump_header(header), payload)
+            sent = self._calls().send(rid, frames, timeout, dispatch, self._direct_endpoint(backend, worker))
         except BaseException as exc:  # noqa: BLE001 - the future carries it
             return settle(future, exc=exc)
         future.add_done_callback(lambda f: f.cancelled() and self._calls().cancel(rid))
@@ -494,7 +500,7 @@ class Client:
                 settle(future, exc=exc)
             else:
                 try:
-                    settle(future, self._result(backend, *attempt.result()))
+                    settle(future, self._result(backend, *attempt.result(), keep=call[-1]))
                 except BaseException as error:  # noqa: BLE001
                     settle(future, exc=error)
 
@@ -600,8 +606,10 @@ class _NotSent(Exception):
     """A direct call could not be sent (the endpoint is not connected): it goes through the broker."""
 
 
-def encode_call(member: str, args: tuple, kwargs: dict | None, method: str | None, init, codec: str) -> tuple[dict, list]:
-    """The header and payload frames of a call of ``member`` (or of its ``method``, with ``init``)."""
+def encode_call(backend: str, member: str, args: tuple, kwargs: dict | None, method: str | None, init, keep: bool,
+                codec: str) -> tuple[dict, list, bytes]:
+    """The header and payload frames of a call of ``member`` (or of its ``method``, with ``init``), and the worker
+    the remote references among its arguments pin it to (b"": any); ``keep``: the result stays there."""
     header = {"member": member}
     body = (tuple(args), dict(kwargs or {}))
     if method is not None:
@@ -609,8 +617,9 @@ def encode_call(member: str, args: tuple, kwargs: dict | None, method: str | Non
         body += tuple(init or ((), {}))
     if codec == serialize.JSON:
         header["codec"] = serialize.JSON
-        return header, serialize.dumps_json([list(part) if i % 2 == 0 else part for i, part in enumerate(body)])
-    return header, serialize.dumps(body)
+        return header, serialize.dumps_json([list(part) if i % 2 == 0 else part for i, part in enumerate(body)]), b""
+    payload, worker = refs.pack(backend, header, body, keep)
+    return header, payload, worker
 
 
 def _dispatcher(progress, on_event: EventHandler | None) -> EventHandler:

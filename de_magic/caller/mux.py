@@ -255,7 +255,8 @@ class Multiplexer:
             return
         if call.endpoint is not None:
             self.client.routes.ended(call.endpoint)
-        settle(call.future, result, exc)
+        future, call.future, call.on_event = call.future, None, None  # a deadline may hold it: not its result
+        settle(future, result, exc)
 
     def _drop(self, link: Link, poller: zmq.Poller) -> None:
         poller.unregister(link.sock)

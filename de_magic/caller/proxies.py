@@ -32,7 +32,8 @@ def _remote_function(client: Client, backend: str, entry: dict, qualname: str, *
         return client.call(backend, member, args, kwargs, **call_kw)
 
     def options(**more) -> Callable:
-        """The same call with other ``timeout=``, ``on_progress=``, ``on_event=``, ``retries=`` (idempotent members)."""
+        """The same call with other ``timeout=``, ``on_progress=``, ``on_event=``, ``retries=`` (idempotent members),
+        or ``keep=True``: the result stays on the backend, and the call returns a ``RemoteRef`` to it."""
         return _remote_function(client, backend, entry, qualname, member=member, **{**call_kw, **more})
 
     def submit(*args, **kwargs) -> CallFuture:

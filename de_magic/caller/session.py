@@ -20,7 +20,6 @@ import sys
 import threading
 import time
 import uuid
-import weakref
 from concurrent.futures import Future
 from typing import Callable
 
@@ -28,6 +27,7 @@ from ..wire import serialize
 from ..wire.errors import BackendLost, DeMagicError, Refused, RemoteError
 from . import progress
 from .client import Client
+from .leases import LEASES
 
 #: Event kind (``header["event"]``) -> ``handler(header, frames, session)`` for the events of a
 #: session's requests that are not output: progress bars and widget messages register here.
@@ -269,6 +269,13 @@ class RemoteSession:
             self.worker = b""
         return bool(serialize.loads(frames))
 
+    def renew(self, timeout: float) -> bool:
+        """Tell the backend this process still uses the namespace (see :mod:`.leases`); False if it is gone."""
+        if not self.worker or self.client._closed:
+            return False
+        head, frames = self.request({"op": "renew"}, timeout=timeout)
+        return bool(serialize.loads(frames))
+
     def eval(self, expression: str, *, timeout: float | None = None):
         """The value of ``expression`` evaluated in the remote namespace."""
         head, frames = self.request({"op": "exec", "code": expression, "eval": True, "colors": _colors()},
@@ -277,63 +284,6 @@ class RemoteSession:
         if reply["status"] == "error":
             raise CellError(reply["error"], self.backend)
         return reply["value"]
-
-
-class Leases:
-    """Renews the leases of this process's sessions, so their namespaces live as long as the process.
-
-    A backend ends a namespace whose caller has been silent for its lease (a killed kernel, a laptop
-    that never came back); a daemon thread here sends each live session's ``renew`` a few times per
-    lease. Sessions are held weakly: one that is garbage collected stops being renewed.
-    """
-
-    def __init__(self):
-        self._sessions: weakref.WeakKeyDictionary[RemoteSession, float] = weakref.WeakKeyDictionary()
-        self._lock = threading.Lock()
-        self._changed = threading.Event()  # a session with a shorter lease may need renewing sooner
-        self._thread: threading.Thread | None = None
-
-    def keep(self, session: "RemoteSession", lease: float) -> None:
-        with self._lock:
-            new = self._sessions.get(session) != lease
-            self._sessions[session] = lease
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="de-magic-leases", daemon=True)
-                self._thread.start()
-        if new:  # the same session's next cell changes nothing: the others' renewals must not wait for it
-            self._changed.set()
-
-    def _run(self) -> None:
-        while True:
-            with self._lock:
-                interval = min((lease / 3 for lease in self._sessions.values()), default=60.0)
-            if self._changed.wait(interval):
-                self._changed.clear()
-                continue
-            with self._lock:
-                due = list(self._sessions.items())
-            for session, lease in due:
-                self._renew(session, lease)
-
-    def _renew(self, session: "RemoteSession", lease: float) -> None:
-        if not session.worker or session.client._closed:
-            self._drop(session)
-            return
-        try:
-            head, frames = session.request({"op": "renew"}, timeout=lease / 3)
-            alive = serialize.loads(frames)
-        except DeMagicError:  # the broker is away for a moment: the next round tries again
-            return
-        if not alive:  # ended on the backend (expired, or the backend restarted)
-            self._drop(session)
-
-    def _drop(self, session: "RemoteSession") -> None:
-        with self._lock:
-            self._sessions.pop(session, None)
-
-
-#: The leases of this process's sessions.
-LEASES = Leases()
 
 
 def _colors() -> str:

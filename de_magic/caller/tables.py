@@ -29,11 +29,12 @@ class BackendTable(dict):
                                                 f"threads)" for w in workers if w.get("dask"))
             direct = sum(1 for w in workers if w.get("direct"))
             count += f" ({direct} direct)" if direct else ""  # they take calls without the broker in between
-            row = (name, count, f"{busy}/{slots}", "yes" if entry.get("allow_code") else "no", members)
+            row = (name, count, f"{busy}/{slots}", "yes" if entry.get("allow_code") else "no",
+                   _held(workers, "sessions"), _held(workers, "refs"), members)
             out.append(row + (", ".join(entry["brokers"]),) if "brokers" in entry else row)
         return out
 
-    _HEAD = ("backend", "workers", "busy", "code", "members")
+    _HEAD = ("backend", "workers", "busy", "code", "sessions", "refs", "members")
 
     def __repr__(self) -> str:
         rows = [self._head, *self.rows()]
@@ -49,3 +50,19 @@ class BackendTable(dict):
         body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in self.rows())
         url = html.escape(self.broker.get("url", "?"))
         return f"<table><caption>de-magic backends at <code>{url}</code></caption><tr>{head}</tr>{body}</table>"
+
+
+def _held(workers: list[dict], kind: str) -> str:
+    """How many ``%%remote`` sessions or references (``kind``) the workers hold, and their memory."""
+    count = sum(w.get(kind, {}).get("count", 0) for w in workers)
+    held = sum(w.get(kind, {}).get("bytes", 0) for w in workers)
+    return f"{count} ({format_bytes(held)})" if count else "0"
+
+
+def format_bytes(n: float) -> str:
+    """``n`` bytes for people: 512 B, 3 kB, 210 MB, 1.5 GB."""
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000:
+            return f"{n:.0f} {unit}" if n >= 10 or unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"

@@ -25,6 +25,8 @@ DEFAULT_MAX_MESSAGE = 1 << 30
 DEFAULT_MAX_QUEUED_BYTES = 1 << 30
 #: Seconds a ``%%remote`` namespace outlives its caller's last sign of life (long enough for a lunch break).
 DEFAULT_SESSION_LEASE = 2 * 3600.0
+#: Bytes of values a backend worker keeps for remote references (``options(keep=True)``), over all callers.
+DEFAULT_REF_BYTES = 4 << 30
 #: Seconds after a broker binds during which calls to unknown backends wait for them to register.
 STARTUP_GRACE = 2.0
 

@@ -77,6 +77,12 @@ class Cancelled(DeMagicError):
     kind = "cancelled"
 
 
+class ReferenceGone(DeMagicError, LookupError):
+    """A remote reference that was released, whose lease ran out, or whose worker is gone."""
+
+    kind = "ref_gone"
+
+
 class RemoteError(DeMagicError):
     """An exception raised by the remote code.
 

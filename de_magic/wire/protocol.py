@@ -42,6 +42,7 @@ BUSY = b"BUSY"
 WELCOME = b"WELCOME"
 REJECT = b"REJECT"
 DISCONNECT = b"DISCONNECT"
+USAGE = b"USAGE"
 
 # Request status answers to QUERY.
 PENDING = b"pending"
@@ -49,6 +50,10 @@ UNKNOWN = b"unknown"
 
 #: Longest backend name, in bytes; names appear in logs, listings and the sidebar.
 MAX_NAME = 200
+#: Largest USAGE info frame, in bytes: the broker keeps it and repeats it in every listing.
+MAX_USAGE = 64 << 10
+#: Most sessions a USAGE lists one by one (the largest); the count covers them all.
+MAX_USAGE_SESSIONS = 100
 
 
 class ProtocolError(ValueError):
@@ -85,8 +90,10 @@ def _name(frame) -> str:
     return name
 
 
-def load_header(frame) -> dict:
-    """Decode a JSON object frame, raising :class:`ProtocolError` on anything else."""
+def load_header(frame, limit: int | None = None) -> dict:
+    """Decode a JSON object frame (of at most ``limit`` bytes), raising :class:`ProtocolError` on anything else."""
+    if limit is not None and len(_bytes(frame)) > limit:
+        raise ProtocolError(f"header frame over {limit} bytes")
     try:
         value = json.loads(_bytes(frame))
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
@@ -139,6 +146,10 @@ class Ready(NamedTuple):  # worker control -> broker
     name: str
     worker: bytes  #: public worker id (listings show it; sessions pin to it)
     secret: bytes  #: shared with the worker's slots, known to nobody else
+    info: dict
+
+
+class Usage(NamedTuple):  # worker control -> broker: what its sessions and references hold
     info: dict
 
 
@@ -244,6 +255,7 @@ AT_BROKER = _rules(
     LIST=Rule(List, (_bytes, load_header), rid_at=0),
     QUERY=Rule(Query, (_bytes, _REST), rid_at=0),
     READY=Rule(Ready, (_name, _bytes, _bytes, load_header)),
+    USAGE=Rule(Usage, (lambda frame: check_usage(load_header(frame, MAX_USAGE)),)),
     SLOT=Rule(Slot, (_bytes, _bytes, _REST)),
     BUSY=Rule(SlotBusy, (_bytes, _bytes, _REST)),
     HEARTBEAT=Rule(Heartbeat, ()),
@@ -334,6 +346,10 @@ def ready(name: str, worker: bytes, secret: bytes, info: dict) -> list:
     return [VERSION, READY, name.encode(), worker, secret, dump_header(info)]
 
 
+def usage(info: dict) -> list:
+    return [VERSION, USAGE, dump_header(info)]
+
+
 def slot(worker: bytes, secret: bytes, *slots: bytes) -> list:
     """SLOT from a slot's own connection; with ``slots``, from the control connection for those slots."""
     return [VERSION, SLOT, worker, secret, *slots]
@@ -421,3 +437,23 @@ def check_ready_info(info: dict) -> dict:
     if allowed is not None and not (isinstance(allowed, list) and all(isinstance(k, str) for k in allowed)):
         raise ProtocolError("READY info: 'allow_clients' must be a list of strings")
     return info
+
+
+def check_usage(info: dict) -> dict:
+    """USAGE info: ``{"sessions": {"count", "bytes", "each": [{"since", "bytes"}]}, "refs": {"count", "bytes"}}``."""
+    sessions, refs = info.get("sessions"), info.get("refs")
+    if not (isinstance(sessions, dict) and isinstance(refs, dict)):
+        raise ProtocolError("USAGE info: 'sessions' and 'refs' must be objects")
+    each = sessions.get("each", [])
+    if not (isinstance(each, list) and len(each) <= MAX_USAGE_SESSIONS and all(
+            isinstance(s, dict) and _counts(s, ("since", "bytes")) for s in each)):
+        raise ProtocolError(f"USAGE info: 'each' must list at most {MAX_USAGE_SESSIONS} sessions' start and bytes")
+    if not (_counts(sessions, ("count", "bytes")) and _counts(refs, ("count", "bytes"))):
+        raise ProtocolError("USAGE info: counts and bytes must be non-negative numbers")
+    return {"sessions": {"count": sessions["count"], "bytes": sessions["bytes"],
+                         "each": [{"since": s["since"], "bytes": s["bytes"]} for s in each]},
+            "refs": {"count": refs["count"], "bytes": refs["bytes"]}}
+
+
+def _counts(info: dict, keys: tuple) -> bool:
+    return all(type(info.get(k)) in (int, float) and 0 <= info[k] < float("inf") for k in keys)

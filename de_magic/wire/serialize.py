@@ -13,8 +13,10 @@ not unpickle anything from the wire.
 
 from __future__ import annotations
 
+import io
 import json
 import pickle
+from typing import Callable
 
 import cloudpickle
 
@@ -23,12 +25,19 @@ from . import jsoncodec
 PICKLE = "pickle"
 JSON = "json"
 
+#: Tag of the pickle persistent id that stands for a remote reference: ``(REF_TAG, id)``.
+REF_TAG = "de-magic-ref"
+
 #: Buffers smaller than this are left in the pickle stream: a frame of their own costs more.
 OUT_OF_BAND_MIN = 2048
 
 
-def dumps(obj) -> list:
-    """Frames for ``obj``: the pickle stream first, then its out-of-band buffers."""
+def dumps(obj, persistent_id: Callable | None = None) -> list:
+    """Frames for ``obj``: the pickle stream first, then its out-of-band buffers.
+
+    ``persistent_id(o)`` may name an object instead of pickling it (a remote reference: the object is
+    already where the frames go); :func:`loads` gets it back with ``persistent_load``.
+    """
     buffers: list = []
 
     def keep(buf: pickle.PickleBuffer):
@@ -38,15 +47,26 @@ def dumps(obj) -> list:
         buffers.append(raw)
         return False
 
-    return [cloudpickle.dumps(obj, protocol=5, buffer_callback=keep), *buffers]
+    if persistent_id is None:
+        return [cloudpickle.dumps(obj, protocol=5, buffer_callback=keep), *buffers]
+    stream = io.BytesIO()
+    pickler = cloudpickle.Pickler(stream, protocol=5, buffer_callback=keep)
+    pickler.persistent_id = persistent_id
+    pickler.dump(obj)
+    return [stream.getvalue(), *buffers]
 
 
-def loads(frames):
+def loads(frames, persistent_load: Callable | None = None):
     """Inverse of :func:`dumps`; ``frames`` may be ``bytes`` or ``zmq.Frame`` objects."""
     if not frames:
         raise ValueError("empty payload: no pickle frame")
     head, *buffers = frames
-    return pickle.loads(_view(head), buffers=[_view(b) for b in buffers])
+    views = [_view(b) for b in buffers]
+    if persistent_load is None:
+        return pickle.loads(_view(head), buffers=views)
+    unpickler = pickle.Unpickler(io.BytesIO(_view(head)), buffers=views)
+    unpickler.persistent_load = persistent_load
+    return unpickler.load()
 
 
 def _view(frame):

@@ -42,6 +42,19 @@ export interface IDask {
   threads: number;
 }
 
+/** What a worker's `%%remote` sessions hold: each one's start and memory, the largest first (owner-neutral). */
+export interface ISessions {
+  count: number;
+  bytes: number;
+  each: { since: number; bytes: number }[];
+}
+
+/** What a worker keeps for remote references (`options(keep=True)`). */
+export interface IRefs {
+  count: number;
+  bytes: number;
+}
+
 export interface IWorker {
   id: string;
   pid?: number;
@@ -51,6 +64,8 @@ export interface IWorker {
   busy?: number;
   calls?: number;
   dask?: IDask;
+  sessions?: ISessions;
+  refs?: IRefs;
 }
 
 export interface IBackend {

@@ -5,7 +5,7 @@ import { Widget } from '@lumino/widgets';
 
 import { IBackend, IDask, IMember, IParameter } from './api';
 import { inline, renderDocstring } from './docstring';
-import { age, badge, dateOf, h, plural } from './dom';
+import { age, badge, bytes, dateOf, h, held, plural } from './dom';
 import { BrokersModel, ISelection } from './model';
 import { ITarget } from './snippets';
 
@@ -183,7 +183,7 @@ export class MemberDetails extends Widget {
     const workers = backend.workers ?? [];
     const clusters = workers.flatMap(w => (w.dask ? [daskFacts(w.dask)] : []));
     const workerTable = table(
-      ['Host', 'PID', 'Busy', 'Calls', 'Up'],
+      ['Host', 'PID', 'Busy', 'Calls', 'Sessions', 'References', 'Up'],
       workers.map(w =>
         h(
           'tr',
@@ -192,7 +192,30 @@ export class MemberDetails extends Widget {
           h('td', {}, String(w.pid ?? '')),
           h('td', {}, `${w.busy ?? 0}/${w.capacity ?? 1}`),
           h('td', {}, String(w.calls ?? 0)),
+          h('td', { class: 'jp-DeMagic-sessions' }, held(w.sessions)),
+          h('td', { class: 'jp-DeMagic-refs' }, held(w.refs)),
           h('td', { title: dateOf(w.since) }, age(w.since))
+        )
+      )
+    );
+    const sessionCount = workers.reduce(
+      (count, w) => count + (w.sessions?.count ?? 0),
+      0
+    );
+    // owner-neutral: how old each session is and what it holds, not whose it is
+    const sessions = workers.flatMap(w =>
+      (w.sessions?.each ?? []).map(s => ({ worker: w, ...s }))
+    );
+    const sessionTable = table(
+      ['Host', 'PID', 'Age', 'Memory'],
+      sessions.map(s =>
+        h(
+          'tr',
+          {},
+          h('td', {}, s.worker.host ?? ''),
+          h('td', {}, String(s.worker.pid ?? '')),
+          h('td', { title: dateOf(s.since) }, age(s.since)),
+          h('td', {}, bytes(s.bytes))
         )
       )
     );
@@ -224,6 +247,9 @@ export class MemberDetails extends Widget {
           ? workerTable
           : 'No worker is connected: calls wait until one is.'
       ),
+      sessionCount
+        ? section(plural(sessionCount, '%%remote session'), sessionTable)
+        : null,
       clusters.length ? section('Dask cluster', ...clusters) : null
     ].filter((node): node is HTMLElement => node !== null);
   }

@@ -67,6 +67,25 @@ export function dateOf(since: number | undefined | null): string {
   return since ? new Date(since * 1000).toLocaleString() : 'unknown';
 }
 
+/** "512 B", "3.5 kB", "210 MB": a number of bytes for people (decimal units, as the terminal table). */
+export function bytes(count: number): string {
+  let value = count;
+  for (const unit of ['B', 'kB', 'MB', 'GB']) {
+    if (value < 1000) {
+      return unit === 'B' || value >= 10
+        ? `${Math.round(value)} ${unit}`
+        : `${value.toFixed(1)} ${unit}`;
+    }
+    value /= 1000;
+  }
+  return `${value.toFixed(1)} TB`;
+}
+
+/** "2 (210 MB)": how many things a worker holds, and their memory; "0" for none. */
+export function held(what?: { count: number; bytes: number }): string {
+  return what?.count ? `${what.count} (${bytes(what.bytes)})` : '0';
+}
+
 export function plural(count: number, word: string): string {
   return `${count} ${word}${count === 1 ? '' : 's'}`;
 }

@@ -1,4 +1,4 @@
-import { age, badge, h, highlighted, plural } from '../src/dom';
+import { age, badge, bytes, h, held, highlighted, plural } from '../src/dom';
 
 describe('h', () => {
   it('sets attributes and appends children, skipping empty ones', () => {
@@ -53,5 +53,23 @@ describe('badge and plural', () => {
   it('counts', () => {
     expect(plural(1, 'worker')).toBe('1 worker');
     expect(plural(2, 'worker')).toBe('2 workers');
+  });
+});
+
+describe('bytes and held', () => {
+  it.each([
+    [0, '0 B'],
+    [512, '512 B'],
+    [3500, '3.5 kB'],
+    [209_715_200, '210 MB'],
+    [1.5e12, '1.5 TB']
+  ])('of %p is %p', (count, text) => {
+    expect(bytes(count)).toBe(text);
+  });
+
+  it('says how many and how much, or 0', () => {
+    expect(held({ count: 2, bytes: 211_800_000 })).toBe('2 (212 MB)');
+    expect(held({ count: 0, bytes: 0 })).toBe('0');
+    expect(held(undefined)).toBe('0');
   });
 });
