@@ -66,6 +66,8 @@ export interface IWorker {
   dask?: IDask;
   sessions?: ISessions;
   refs?: IRefs;
+  /** Where it takes direct calls, and its public key as the broker authenticated it (null without CURVE). */
+  direct?: { url: string; key: string | null };
 }
 
 export interface IBackend {

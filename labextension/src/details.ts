@@ -3,7 +3,7 @@
  */
 import { Widget } from '@lumino/widgets';
 
-import { IBackend, IDask, IMember, IParameter } from './api';
+import { IBackend, IDask, IMember, IParameter, IWorker } from './api';
 import { inline, renderDocstring } from './docstring';
 import { age, badge, bytes, dateOf, h, held, plural } from './dom';
 import { BrokersModel, ISelection } from './model';
@@ -73,6 +73,28 @@ function section(
 }
 
 /** A Dask backend's cluster: its size, and its dashboard (linked only if it is an http(s) URL). */
+/** Whether calls reach the worker directly (its endpoint) or through the broker; "Calls" counts only the latter. */
+function pathCell(w: IWorker): HTMLElement {
+  if (!w.direct) {
+    return h(
+      'td',
+      { class: 'jp-DeMagic-path', title: 'Calls go through the broker' },
+      'broker'
+    );
+  }
+  const key = w.direct.key
+    ? `, CURVE key ${w.direct.key}`
+    : ' (loopback, no CURVE)';
+  return h(
+    'td',
+    {
+      class: 'jp-DeMagic-path',
+      title: `Takes direct calls at ${w.direct.url}${key}; callers that can reach it skip the broker`
+    },
+    'direct'
+  );
+}
+
 function daskFacts(dask: IDask): HTMLElement {
   const dashboard = /^https?:\/\//.test(dask.dashboard ?? '')
     ? h(
@@ -183,7 +205,7 @@ export class MemberDetails extends Widget {
     const workers = backend.workers ?? [];
     const clusters = workers.flatMap(w => (w.dask ? [daskFacts(w.dask)] : []));
     const workerTable = table(
-      ['Host', 'PID', 'Busy', 'Calls', 'Sessions', 'References', 'Up'],
+      ['Host', 'PID', 'Busy', 'Calls', 'Sessions', 'References', 'Path', 'Up'],
       workers.map(w =>
         h(
           'tr',
@@ -194,6 +216,7 @@ export class MemberDetails extends Widget {
           h('td', {}, String(w.calls ?? 0)),
           h('td', { class: 'jp-DeMagic-sessions' }, held(w.sessions)),
           h('td', { class: 'jp-DeMagic-refs' }, held(w.refs)),
+          pathCell(w),
           h('td', { title: dateOf(w.since) }, age(w.since))
         )
       )
