@@ -39,8 +39,8 @@ import zmq
 
 from ..wire import protocol as P
 from ..wire import serialize
-from ..wire.defaults import (DEFAULT_HEARTBEAT, DEFAULT_LIVENESS, DEFAULT_MAX_MESSAGE, DEFAULT_SESSION_LEASE, check_doors,
-                             default_url)
+from ..wire.defaults import (DEFAULT_HEARTBEAT, DEFAULT_JOB_BYTES, DEFAULT_JOB_TTL, DEFAULT_LIVENESS, DEFAULT_MAX_MESSAGE,
+                             DEFAULT_SESSION_LEASE, check_doors, default_url)
 from ..wire.badinput import BadInput
 from ..wire.errors import Cancelled, DeMagicError, PayloadTooLarge, ProtocolMismatch, Refused, RemoteError, UnknownMethod
 from ..wire.handshake import WatchedSocket
@@ -51,6 +51,7 @@ from ..wire.framing import PerThread, recv_frames, send_frames
 from . import shell
 from .callcontext import Call, Operation, current_call
 from .execute import code_operations
+from .jobs import JobStore
 
 log = logging.getLogger("de_magic.backend")
 
@@ -88,6 +89,9 @@ class Backend:
         codec: str = serialize.PICKLE,
         allow_clients: list[str] | None = None,
         session_lease: float = DEFAULT_SESSION_LEASE,
+        job_ttl: float = DEFAULT_JOB_TTL,
+        job_bytes: int = DEFAULT_JOB_BYTES,
+        job_dir: str | os.PathLike | None = None,
     ):
         _check_codec(codec, allow_code)
         self.name = name
@@ -126,6 +130,9 @@ class Backend:
         #: Seconds a ``%%remote`` namespace outlives its caller's last request or renewal.
         self.session_lease = session_lease
         self.operations.update(code_operations(name, allow_code, session_lease))
+        #: Calls that outlive their caller, and their kept results (see docs/jobs.md).
+        self.jobs = JobStore(self, job_ttl, job_bytes, job_dir)
+        self.operations.update(self.jobs.operations())
         self._init_plumbing(context)
 
     def _init_plumbing(self, context: zmq.Context | None) -> None:
@@ -609,7 +616,7 @@ def _invoke_here(target: Callable, args: tuple, kwargs: dict):
     return target(*args, **kwargs)
 
 
-_MACHINERY = {__name__, "de_magic.schema.arguments", "de_magic.wire.serialize", "de_magic.wire.jsoncodec"}
+_MACHINERY = {__name__, "de_magic.backend.jobs", "de_magic.schema.arguments", "de_magic.wire.serialize", "de_magic.wire.jsoncodec"}
 
 
 def error_header(exc: BaseException) -> bytes:

@@ -31,7 +31,7 @@ import struct
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import zmq
 
@@ -46,6 +46,10 @@ from ..wire.security import Security
 from .progress import Progress, default_progress
 from .proxies import RemoteBackend
 from .tables import BackendTable
+
+if TYPE_CHECKING:
+    from .jobs import Job
+    from .tables import JobTable
 
 EventHandler = Callable[[dict, list], None]
 
@@ -418,6 +422,29 @@ class Client:
         started.add_done_callback(
             lambda job: job.cancelled() and future.cancel() and future.set_running_or_notify_cancel())
         return future
+
+    # -- jobs: calls that outlive this process (jobs.py builds on this module, so it is imported here) --------
+
+    def start(self, backend: str, member: str, args: tuple = (), kwargs: dict | None = None, **options) -> "Job":
+        """Run a call as a job on the backend and return its :class:`~de_magic.caller.jobs.Job` at once.
+
+        ``options``: ``method``, ``init`` (a class's method), ``on_progress``, ``timeout`` (of the start).
+        """
+        from .jobs import start
+
+        return start(self, backend, member, args, kwargs, **options)
+
+    def jobs(self) -> "JobTable":
+        """This caller's jobs on every live backend, as a table (text in a terminal, HTML in a notebook)."""
+        from .jobs import list_jobs
+
+        return list_jobs(self)
+
+    def job(self, job_id: str, *, on_progress: Callable[[Progress], None] | None = None) -> "Job":
+        """Come back to one of this caller's jobs (from any process): progress live, ``result()``, ``cancel()``."""
+        from .jobs import attach
+
+        return attach(self, job_id, on_progress)
 
     # -- discovery -------------------------------------------------------------
 

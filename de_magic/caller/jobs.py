@@ -1,0 +1,252 @@
+"""Jobs seen from the caller: start one, list yours, and come back to one from any later process.
+
+``client.start(...)`` (or ``be.f.start(...)``) asks the backend to run a call as a job
+(:mod:`de_magic.backend.jobs`) and returns a :class:`Job` at once.  The job's id names its
+backend and worker, so :func:`attach` (``client.job(id)``) knows whom to ask, from this process
+or a later one; if that worker is gone (the backend restarted), the backend's other workers
+are asked, since a restarted backend keeps its finished results when it has a job directory.
+
+A :class:`Job` follows its job with one long-lived ``job.watch`` request in a thread of its own:
+progress shows live (a bar in the cell that made the Job, text on a terminal) and the request
+ends with the answer.  Every request names the local user: on a plaintext broker that is
+whose jobs they are (claimed, not proven); under CURVE the backend goes by the caller's key.
+"""
+
+from __future__ import annotations
+
+import getpass
+import html
+import math
+import threading
+import time
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import TYPE_CHECKING, Callable
+
+from ..wire import serialize
+from ..wire.errors import NO_SUCH_JOB, BackendLost, CallTimeout, DeMagicError, JobUnavailable, from_header
+from .progress import Progress, default_progress, text_line
+from .tables import JobTable, age
+
+if TYPE_CHECKING:
+    from .client import Client
+    from .session import RemoteSession
+
+#: Events of a ``%%remote`` job that are cell output, kept on the Job for replay.
+OUTPUT_EVENTS = frozenset({"stream", "display", "clear_output"})
+#: Seconds to look for a job's worker after its watch was lost (a broker or backend restarting).
+RELOCATE_PATIENCE = 10.0
+
+
+def identity() -> dict:
+    """What every job request says of its caller: who owns jobs on a plaintext broker."""
+    return {"user": getpass.getuser()}
+
+
+class Job:
+    """A call running on a backend independently of this process (see :mod:`de_magic.caller.jobs`).
+
+    ``status`` is queued, running, done, failed or cancelled; ``progress`` the latest report
+    of its outermost loop; ``result()`` waits for the value; ``cancel()`` stops it.
+    """
+
+    def __init__(self, client: Client, backend: str, worker: bytes, summary: dict,
+                 on_progress: Callable[[Progress], None] | None = None):
+        self.client, self.backend, self.worker = client, backend, worker
+        self.id: str = summary["id"]
+        self.what: str = summary["what"]
+        self.created: float = summary["created"]
+        self.status: str = summary["status"]
+        self.progress: Progress | None = None
+        #: Output of a ``%%remote`` job (stream, display and clear_output events), in order.
+        self.outputs: list[dict] = []
+        self._render = on_progress or client.on_progress or default_progress()
+        self._future: Future = Future()
+        threading.Thread(target=self._follow, name=f"de-magic-job-{self.id[-8:]}", daemon=True).start()
+
+    # -- what a user calls -----------------------------------------------------------
+
+    def result(self, timeout: float | None = None):
+        """The job's value, once it is done (waits up to ``timeout`` seconds, default: as long as it runs)."""
+        try:
+            return self._future.result(timeout)
+        except FutureTimeout:
+            raise CallTimeout(f"job {self.id} is still {self.status} after {timeout:g} s") from None
+
+    def done(self) -> bool:
+        return self._future.done()
+
+    def cancel(self) -> bool:
+        """Stop the job on the backend; False if it had finished already."""
+        return bool(self._request("job.cancel"))
+
+    # -- following the job -----------------------------------------------------------
+
+    def _request(self, op: str, on_event=None, timeout: float | None = None):
+        head, frames = self.client.request(self.backend, {"op": op, "id": self.id, **identity()}, [],
+                                           timeout=timeout, on_event=on_event, worker=self.worker)
+        return serialize.loads(frames)
+
+    def _follow(self) -> None:
+        """Watch the job to its end; a lost watch (a restart) looks for the job again, then watches on."""
+        while True:
+            try:
+                answer = self._request("job.watch", on_event=self._on_event, timeout=math.inf)  # as long as it runs
+                break
+            except BackendLost:
+                try:
+                    self.worker, summary = locate(self.client, self.backend, self.id, self.worker, RELOCATE_PATIENCE)
+                except DeMagicError as exc:
+                    self._fail(exc)
+                    return
+                self.status = summary["status"]
+            except BaseException as exc:  # noqa: BLE001 - the job's end, as the caller will see it
+                self._fail(exc)
+                return
+        self.status = answer["status"]
+        if "error" in answer:
+            self._future.set_exception(from_header(answer["error"]))
+        else:
+            self._future.set_result(_decode(answer))
+
+    def _fail(self, exc: BaseException) -> None:
+        if isinstance(exc, JobUnavailable):
+            self.status = "lost"
+        self._future.set_exception(exc)
+
+    def _on_event(self, header: dict, frames: list) -> None:
+        kind = header.get("event")
+        if kind == "progress":
+            report = Progress.from_event(header)
+            if report.parent is None:
+                self.progress = report
+            if self.status == "queued":
+                self.status = "running"
+            if self._render is not None:
+                self._render(report)
+        elif kind in OUTPUT_EVENTS:
+            output = dict(header)
+            if frames:
+                output.update(serialize.loads_json(frames))
+            self.outputs.append(output)
+
+    # -- how it shows ----------------------------------------------------------------
+
+    def _progress_text(self) -> str:
+        return f" ({text_line(self.progress)})" if self.progress is not None else ""
+
+    def __repr__(self) -> str:
+        return f"<Job {self.id}: {self.what} on {self.backend!r}, {self.status}{self._progress_text()}>"
+
+    def _repr_html_(self) -> str:
+        bar = ""
+        if self.progress is not None and self.progress.total:
+            bar = (f" <progress value='{self.progress.n}' max='{self.progress.total}'></progress> "
+                   f"{html.escape(text_line(self.progress))}")
+        elif self.progress is not None:
+            bar = f" {html.escape(text_line(self.progress))}"
+        return (f"<div><b>job</b> <code>{html.escape(self.id)}</code>: {html.escape(self.what)} on "
+                f"<b>{html.escape(self.backend)}</b>, <i>{html.escape(self.status)}</i>{bar}, "
+                f"started {age(self.created)} ago</div>")
+
+
+def _decode(answer: dict):
+    from .client import decode_result  # the client imports this module for start(), jobs() and job()
+
+    return decode_result({"codec": answer["codec"]}, answer["frames"])
+
+
+def parse_id(job_id: str) -> tuple[str, bytes]:
+    """The backend and worker a job id names."""
+    parts = str(job_id).rsplit(":", 2)
+    if len(parts) == 3 and all(parts):
+        try:
+            return parts[0], bytes.fromhex(parts[1])
+        except ValueError:
+            pass
+    raise JobUnavailable(f"{str(job_id)[:80]!r} is not a job id (they look like backend:worker:token)")
+
+
+def is_job_id(text: str) -> bool:
+    try:
+        return bool(parse_id(text))
+    except JobUnavailable:
+        return False
+
+
+def start(client: Client, backend: str, member: str, args: tuple = (), kwargs: dict | None = None, *,
+          method: str | None = None, init: tuple[tuple, dict] | None = None,
+          on_progress: Callable[[Progress], None] | None = None, timeout: float | None = None) -> Job:
+    """Run a call of ``member`` (or ``method`` of a class built with ``init``) as a job; see :meth:`Client.start`."""
+    header = {"op": "job.start", "run": "call", "member": member, **identity()}
+    body = (tuple(args), dict(kwargs or {}))
+    if method is not None:
+        header["method"] = method
+        body += tuple(init or ((), {}))
+    head, frames = client.request(backend, header, serialize.dumps(body), timeout=timeout)
+    return Job(client, backend, bytes.fromhex(head["worker"]), serialize.loads(frames), on_progress)
+
+
+def start_cell(session: RemoteSession, code: str, push: dict, pull, colors: str = "NoColor") -> Job:
+    """Run a ``%%remote`` cell as a job in ``session``'s namespace (on its worker)."""
+    header = {"op": "job.start", "run": "exec", "code": code, "pull": list(pull), "colors": colors, **identity()}
+    head, frames = session.request(header, serialize.dumps(dict(push)))
+    return Job(session.client, session.backend, session.worker, serialize.loads(frames))
+
+
+def attach(client: Client, job_id: str, on_progress: Callable[[Progress], None] | None = None) -> Job:
+    """The job ``job_id`` of this caller, followed from here on (progress live, ``result()``, ``cancel()``)."""
+    backend, worker = parse_id(job_id)
+    worker, summary = locate(client, backend, job_id, worker)
+    return Job(client, backend, worker, summary, on_progress)
+
+
+def locate(client: Client, backend: str, job_id: str, worker: bytes, patience: float = 0.0) -> tuple[bytes, dict]:
+    """The worker holding the job and its summary: the one its id names, else (a restarted backend) any
+    other of the backend's workers that knows it; looking for up to ``patience`` seconds."""
+    deadline = time.monotonic() + patience
+    while True:
+        live = [bytes.fromhex(w["id"]) for w in _workers(client, backend)]
+        for candidate in sorted(live, key=lambda w: w != worker):  # the named worker first
+            try:
+                return candidate, _status(client, backend, candidate, job_id)
+            except JobUnavailable as exc:
+                if candidate == worker or not str(exc).startswith(NO_SUCH_JOB):
+                    raise  # the job's own worker, or the one holding it, has spoken
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(0.2)
+    raise JobUnavailable(f"{NO_SUCH_JOB} {job_id!r}: its worker of backend {backend!r} is gone (the backend "
+                         "stopped or restarted) and no other worker has it; a job that was running is lost, and a "
+                         "finished result outlives a restart only with --job-dir")
+
+
+def _workers(client: Client, backend: str) -> list[dict]:
+    try:
+        entry = client.listing(backend, api=False)["backends"].get(backend)
+    except BackendLost:  # the broker is away for a moment: no worker to ask now
+        return []
+    return entry["workers"] if entry else []
+
+
+def _status(client: Client, backend: str, worker: bytes, job_id: str) -> dict:
+    head, frames = client.request(backend, {"op": "job.status", "id": job_id, **identity()}, [], worker=worker,
+                                  timeout=client.liveness * client.heartbeat * 2)
+    return serialize.loads(frames)
+
+
+def list_jobs(client: Client) -> JobTable:
+    """This caller's jobs on every live backend that keeps jobs, as a table."""
+    jobs, silent = [], []
+    for name, entry in sorted(client.listing(api=False)["backends"].items()):
+        if entry.get("codec", serialize.PICKLE) != serialize.PICKLE:
+            continue  # a no-pickle backend serves plain calls only
+        for worker in entry["workers"]:
+            try:
+                head, frames = client.request(name, {"op": "job.list", **identity()}, [],
+                                              worker=bytes.fromhex(worker["id"]), timeout=10.0)
+            except DeMagicError:
+                silent.append(name)
+                continue
+            jobs += [{**job, "backend": name} for job in serialize.loads(frames)]
+    return JobTable(jobs, client.url, sorted(set(silent)))
