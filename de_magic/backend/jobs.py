@@ -48,6 +48,8 @@ SPILL_MIN = 1 << 20
 #: Records of gone jobs kept to say what became of them (oldest forgotten first).
 MAX_GONE = 10_000
 INDEX = "index.json"
+#: Why a job that was running when its backend stopped has no answer.
+STOPPED = "it was still running when the backend stopped, and its work was lost; start it again"
 #: What a watch waits for at most between two looks, so that a cancel (an asynchronous exception) lands.
 WATCH_TICK = 0.2
 
@@ -214,7 +216,10 @@ class JobStore:
             if acquired:
                 self._running.release()
         self.backend._calls.pop(call.key, None)
-        self._finish(job, answer)
+        if self.backend._stopped.is_set():  # interrupted by the backend stopping, not by its caller
+            self._lose(job)
+        else:
+            self._finish(job, answer)
 
     def _execute(self, call: JobCall) -> dict:
         """Run the job's operation here; its answer as the watch reply (result frames, or error)."""
@@ -255,13 +260,18 @@ class JobStore:
             job.size = serialize.nbytes(answer.get("frames", ())) + sum(
                 len(json.dumps(h)) + serialize.nbytes(f) for h, f in job.outputs)
             job.answer, job.outputs, job.call = answer, [], None
-            for watcher in job.watchers:
-                watcher.put(None)
-            job.watchers.clear()
+            _wake(job)
         if self.dir is not None:
             self._spill(job)
         with self._lock:
             self._expire()
+        self._save()
+
+    def _lose(self, job: Job) -> None:
+        with self._lock:
+            self._drop(job, LOST, STOPPED)
+            job.outputs, job.call = [], None
+            _wake(job)
         self._save()
 
     def _answer(self, job: Job) -> dict:
@@ -331,8 +341,7 @@ class JobStore:
                       finished=meta["finished"], reason=meta["reason"], size=meta["size"],
                       progress={bar.get("id", 0): bar for bar in meta["progress"]})
             if job.status not in FINISHED | GONE:
-                job.status, job.reason = LOST, ("it was still running when the backend stopped, and its work "
-                                                "was lost; start it again")
+                job.status, job.reason = LOST, STOPPED
             elif job.status in FINISHED and not (self.dir / f"{job.token}.frames").exists():
                 job.status, job.reason = LOST, "its result file is missing from the backend's job directory"
             self._jobs[job.token] = job
@@ -344,6 +353,13 @@ class JobStore:
 def owner_of(call: Call) -> str:
     """Whose the call's jobs are: the key the broker authenticated, else the user the client names itself."""
     return call.caller or f"user:{call.header.get('user', '')}"
+
+
+def _wake(job: Job) -> None:
+    """Tell the job's watchers that it ended (under the store's lock)."""
+    for watcher in job.watchers:
+        watcher.put(None)
+    job.watchers.clear()
 
 
 def _what(header: dict, run: str) -> str:

@@ -25,12 +25,12 @@ from typing import TYPE_CHECKING, Callable
 
 from ..wire import serialize
 from ..wire.errors import NO_SUCH_JOB, BackendLost, CallTimeout, DeMagicError, JobUnavailable, from_header
+from .session import RemoteSession, colors
 from .progress import Progress, default_progress, text_line
 from .tables import JobTable, age
 
 if TYPE_CHECKING:
     from .client import Client
-    from .session import RemoteSession
 
 #: Events of a ``%%remote`` job that are cell output, kept on the Job for replay.
 OUTPUT_EVENTS = frozenset({"stream", "display", "clear_output"})
@@ -187,9 +187,9 @@ def start(client: Client, backend: str, member: str, args: tuple = (), kwargs: d
     return Job(client, backend, bytes.fromhex(head["worker"]), serialize.loads(frames), on_progress)
 
 
-def start_cell(session: RemoteSession, code: str, push: dict, pull, colors: str = "NoColor") -> Job:
+def start_cell(session: RemoteSession, code: str, push: dict, pull) -> Job:
     """Run a ``%%remote`` cell as a job in ``session``'s namespace (on its worker)."""
-    header = {"op": "job.start", "run": "exec", "code": code, "pull": list(pull), "colors": colors, **identity()}
+    header = {"op": "job.start", "run": "exec", "code": code, "pull": list(pull), "colors": colors(), **identity()}
     head, frames = session.request(header, serialize.dumps(dict(push)))
     return Job(session.client, session.backend, session.worker, serialize.loads(frames))
 
