@@ -151,11 +151,13 @@ class JobStore:
         events: queue.SimpleQueue = queue.SimpleQueue()
         with self._lock:
             running = job.status not in FINISHED
-            replay = [({"event": "progress", **bar}, []) for bar in job.progress.values()] + list(job.outputs)
+            progress = [({"event": "progress", **bar}, []) for bar in job.progress.values()]
+            outputs = list(job.outputs)
             if running:
                 job.watchers.append(events)
         try:
-            for header, frames in replay:
+            answer = None if running else self._stored(job)
+            for header, frames in progress + (outputs if running else answer["outputs"]):
                 call.emit(header["event"], header, frames)
             while running:
                 try:
@@ -169,7 +171,10 @@ class JobStore:
             with self._lock:
                 if events in job.watchers:
                     job.watchers.remove(events)
-        return self._answer(job)
+        reply = {key: value for key, value in (answer or self._stored(job)).items() if key != "outputs"}
+        if "frames" in reply:  # out of band, as they arrived: no copy
+            reply["frames"] = [pickle.PickleBuffer(frame) for frame in reply["frames"]]
+        return reply
 
     def list(self, call: Call) -> list[dict]:
         """The caller's jobs here, oldest first."""
@@ -274,18 +279,15 @@ class JobStore:
             _wake(job)
         self._save()
 
-    def _answer(self, job: Job) -> dict:
-        """The watch reply of a finished job: frames go out of band, as they arrived (no copy)."""
+    def _stored(self, job: Job) -> dict:
+        """A finished job's answer (result frames or error, and its output), from memory or disk."""
         with self._lock:
             answer = job.answer
         if answer is None:
             if job.status in GONE:  # expired or evicted while the watch waited
                 raise JobUnavailable(f"job {job.id} on backend {self.backend.name!r}: {job.reason}")
             answer = _read_frames(self.dir / f"{job.token}.frames")
-        reply = {key: value for key, value in answer.items() if key != "outputs"}
-        if "frames" in reply:
-            reply["frames"] = [pickle.PickleBuffer(frame) for frame in reply["frames"]]
-        return reply
+        return answer
 
     # -- bounds and disk ---------------------------------------------------------------------
 

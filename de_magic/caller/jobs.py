@@ -210,6 +210,8 @@ def locate(client: Client, backend: str, job_id: str, worker: bytes, patience: f
         for candidate in sorted(live, key=lambda w: w != worker):  # the named worker first
             try:
                 return candidate, _status(client, backend, candidate, job_id)
+            except BackendLost:  # a worker that died and is still listed for a moment
+                continue
             except JobUnavailable as exc:
                 if candidate == worker or not str(exc).startswith(NO_SUCH_JOB):
                     raise  # the job's own worker, or the one holding it, has spoken
