@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from de_magic import Client
+from de_magic.wire import serialize
 from de_magic.wire.errors import Cancelled, JobUnavailable
 from de_magic.wire.security import Security
 
@@ -20,6 +21,7 @@ from kernel import Kernel
 ORPHAN = """
 import sys, time
 from de_magic import Client
+from de_magic.wire import serialize
 be = Client(sys.argv[1], timeout=20)["hello_world"]
 print(be.slow_sum.start(n=30, delay=0.05).id, be.slow_sum.start(n=600, delay=0.05).id, flush=True)
 time.sleep(120)
@@ -37,10 +39,14 @@ def test_a_killed_callers_jobs_are_found_again_with_live_progress_and_can_be_can
     orphan = caller(processes, ORPHAN, hello.url)
     finishing, endless = orphan.stdout.readline().split()
     os.kill(orphan.pid, signal.SIGKILL)  # no clean exit: the jobs are on their own
+    orphan.stdout.close()
 
     listed = {job["id"]: job for job in hello.client.jobs()}
     assert {finishing, endless} <= set(listed) and listed[finishing]["what"] == "slow_sum"
     assert finishing in repr(hello.client.jobs())
+    worker = bytes.fromhex(finishing.split(":")[1])
+    other_user = {"op": "job.list", "user": "someone-else"}  # on a plaintext broker the user is claimed
+    assert serialize.loads(hello.client.request("hello_world", other_user, [], worker=worker)[1]) == []
     reports = []
     job = hello.client.job(finishing, on_progress=reports.append)
     assert job.result(timeout=10) == sum(range(30))
