@@ -113,6 +113,7 @@ class JobStore:
         self.dir = Path(directory) if directory else None
         self._jobs: OrderedDict[str, Job] = OrderedDict()  # by token, oldest first
         self._lock = threading.Lock()
+        self._saving = threading.Lock()
         # jobs run beside the slots, as many at a time as the backend has slots; the rest wait
         self._running = threading.Semaphore(backend.max_workers)
         if self.dir is not None:
@@ -121,7 +122,7 @@ class JobStore:
 
     def operations(self) -> dict[str, Operation]:
         return {"job.start": Operation(self.start), "job.watch": Operation(self.watch),
-                "job.status": Operation(lambda call: self.find(call).summary()),
+                "job.status": Operation(self.status),
                 "job.list": Operation(self.list), "job.cancel": Operation(self.cancel)}
 
     # -- operations ----------------------------------------------------------------------
@@ -176,6 +177,11 @@ class JobStore:
             reply["frames"] = [pickle.PickleBuffer(frame) for frame in reply["frames"]]
         return reply
 
+    def status(self, call: Call) -> dict:
+        job = self.find(call)
+        with self._lock:
+            return job.summary()
+
     def list(self, call: Call) -> list[dict]:
         """The caller's jobs here, oldest first."""
         owner = owner_of(call)
@@ -186,9 +192,10 @@ class JobStore:
     def cancel(self, call: Call) -> bool:
         """Stop the job; False if it had finished already."""
         job = self.find(call)
-        if job.status in FINISHED:
+        running = job.call  # None once finished
+        if running is None:
             return False
-        self.backend._cancel(job.call.key)
+        self.backend._cancel(running.key)
         return True
 
     def find(self, call: Call) -> Job:
@@ -326,11 +333,12 @@ class JobStore:
         """Write the index: what a restarted backend knows of its jobs (atomically: a crash leaves the old one)."""
         if self.dir is None:
             return
-        with self._lock:
-            index = [job.meta() for job in self._jobs.values()]
-        temporary = self.dir / f".{INDEX}.{threading.get_ident()}"
-        temporary.write_text(json.dumps(index))
-        os.replace(temporary, self.dir / INDEX)
+        with self._saving:  # one writer at a time, so that an older index never replaces a newer one
+            with self._lock:
+                index = [job.meta() for job in self._jobs.values()]
+            temporary = self.dir / f".{INDEX}.partial"
+            temporary.write_text(json.dumps(index))
+            os.replace(temporary, self.dir / INDEX)
 
     def _load(self) -> None:
         """The jobs of an earlier process with this directory: finished ones keep their answers on disk,
