@@ -152,7 +152,8 @@ class JobStore:
         events: queue.SimpleQueue = queue.SimpleQueue()
         with self._lock:
             running = job.status not in FINISHED
-            progress = [({"event": "progress", **bar}, []) for bar in job.progress.values()]
+            progress = [({"event": "job", "status": job.status}, [])]
+            progress += [({"event": "progress", **bar}, []) for bar in job.progress.values()]
             outputs = list(job.outputs)
             if running:
                 job.watchers.append(events)
@@ -221,7 +222,8 @@ class JobStore:
             started = acquired and not call.done
             if started:
                 call.thread_id = threading.get_ident()
-                job.status = RUNNING
+        if started:
+            self._started(job)
         try:
             answer = self._execute(call) if started else _cancelled(job)
         finally:
@@ -252,6 +254,12 @@ class JobStore:
             return {"status": FAILED, "error": json.loads(error_header(exc))}
         finally:
             current_call.reset(token)
+
+    def _started(self, job: Job) -> None:
+        with self._lock:
+            job.status = RUNNING
+            for watcher in job.watchers:
+                watcher.put(({"event": "job", "status": RUNNING}, []))
 
     def record(self, job: Job, header: dict, frames: list) -> None:
         """An event of a running job: progress replaces the bar's last report, output is kept."""

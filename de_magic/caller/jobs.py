@@ -116,12 +116,12 @@ class Job:
 
     def _on_event(self, header: dict, frames: list) -> None:
         kind = header.get("event")
-        if kind == "progress":
+        if kind == "job":  # queued, then running
+            self.status = header.get("status", self.status)
+        elif kind == "progress":
             report = Progress.from_event(header)
             if report.parent is None:
                 self.progress = report
-            if self.status == "queued":
-                self.status = "running"
             if self._render is not None:
                 self._render(report)
         elif kind in OUTPUT_EVENTS:
