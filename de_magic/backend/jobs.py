@@ -2,10 +2,11 @@
 
 ``job.start`` answers at once with the job's id and runs the call (a member, or a ``%%remote``
 cell) in a thread of its own; its progress and output are recorded, and its answer is kept
-in the :class:`JobStore` whether or not anyone waits for it.  ``job.watch`` replays what was
-recorded, streams what follows, and ends with the answer; ``job.status``, ``job.list`` and
-``job.cancel`` do what they say.  So a caller that disappears (a killed kernel, a closed
-laptop) finds its result again from any later process: docs/jobs.md.
+in the :class:`JobStore` whether or not anyone waits for it.  ``job.poll`` sends what is new
+since the caller's last poll (as events) and, once the job finished, its answer; ``job.status``,
+``job.list`` and ``job.cancel`` do what they say.  Polls are short, so a followed job holds
+no slot of the worker: a caller that disappears (a killed kernel, a closed laptop) costs
+nothing, and finds its result again from any later process (docs/jobs.md).
 
 A job belongs to the caller that started it: the public key the broker authenticated under
 CURVE, else the local user name the client claims (a plaintext broker proves nothing).  To
@@ -22,7 +23,6 @@ import json
 import logging
 import os
 import pickle
-import queue
 import struct
 import threading
 import time
@@ -50,8 +50,10 @@ MAX_GONE = 10_000
 INDEX = "index.json"
 #: Why a job that was running when its backend stopped has no answer.
 STOPPED = "it was still running when the backend stopped, and its work was lost; start it again"
-#: What a watch waits for at most between two looks, so that a cancel (an asynchronous exception) lands.
-WATCH_TICK = 0.2
+#: Seconds a queued job waits for a free place between two looks at whether it was cancelled.
+QUEUE_TICK = 0.2
+#: Finished inner loops whose last report is kept for pollers (a loop in a loop makes a new one each time).
+MAX_DONE_BARS = 100
 
 
 @dataclass
@@ -66,10 +68,10 @@ class Job:
     finished: float | None = None
     reason: str = ""  #: why a gone job's answer is gone
     size: int = 0  #: bytes of the kept answer
-    progress: dict = field(default_factory=dict)  #: bar id -> its latest ``progress`` event
+    progress: dict = field(default_factory=dict)  #: bar id -> its latest ``progress`` event, with its ``seq``
+    seq: int = 0  #: how many progress reports there were: a poller says how many it has seen
     outputs: list = field(default_factory=list)  #: output events as (header, frames), in order
-    answer: dict | None = None  #: the watch reply once finished; None when gone or only on disk
-    watchers: list = field(default_factory=list)  #: a queue per watch in progress
+    answer: dict | None = None  #: once finished: result frames or error, and outputs; None when gone or on disk
     call: "JobCall | None" = None
 
     @property
@@ -77,15 +79,15 @@ class Job:
         return token_of(self.id)
 
     def summary(self) -> dict:
-        """What listings show (JSON)."""
-        bars = sorted(self.progress.values(), key=lambda bar: bar.get("parent") is not None)
+        """What listings show (JSON): the latest report of the outermost loop is the job's progress."""
+        outer = [bar for bar in self.progress.values() if bar.get("parent") is None]
         return {"id": self.id, "what": self.what, "status": self.status, "created": self.created,
-                "finished": self.finished, "size": self.size, "progress": bars[0] if bars else None,
-                "reason": self.reason}
+                "finished": self.finished, "size": self.size, "reason": self.reason,
+                "progress": max(outer, key=lambda bar: bar["seq"], default=None)}
 
     def meta(self) -> dict:
         """What the index on disk keeps of the job."""
-        return {**self.summary(), "owner": self.owner, "progress": list(self.progress.values())}
+        return {**self.summary(), "owner": self.owner, "progress": list(self.progress.values()), "seq": self.seq}
 
 
 def token_of(job_id: str) -> str:
@@ -95,7 +97,7 @@ def token_of(job_id: str) -> str:
 
 @dataclass
 class JobCall(Call):
-    """The call a job runs: its events are recorded on the job (and passed to its watchers)."""
+    """The call a job runs: its events are recorded on the job, for its pollers."""
 
     job: Job | None = None
     store: "JobStore | None" = None
@@ -121,7 +123,7 @@ class JobStore:
             self._load()
 
     def operations(self) -> dict[str, Operation]:
-        return {"job.start": Operation(self.start), "job.watch": Operation(self.watch),
+        return {"job.start": Operation(self.start), "job.poll": Operation(self.poll),
                 "job.status": Operation(self.status),
                 "job.list": Operation(self.list), "job.cancel": Operation(self.cancel)}
 
@@ -146,36 +148,26 @@ class JobStore:
         threading.Thread(target=self._run, args=(job,), name=f"de-magic-job-{job.token[:8]}", daemon=True).start()
         return job.summary()
 
-    def watch(self, call: Call) -> dict:
-        """Replay the job's progress and output, stream what follows, and answer as the job did."""
+    def poll(self, call: Call) -> dict:
+        """Send the progress reports and output the caller has not seen (header ``progress``: how many
+        reports it has seen, ``outputs``: how many outputs) as events; answer the job's status, and
+        once it finished its result frames (out of band: no copy) or error."""
         job = self.find(call)
-        events: queue.SimpleQueue = queue.SimpleQueue()
+        seen, shown = int(call.header.get("progress", 0)), int(call.header.get("outputs", 0))
         with self._lock:
-            running = job.status not in FINISHED
-            progress = [({"event": "job", "status": job.status}, [])]
-            progress += [({"event": "progress", **bar}, []) for bar in job.progress.values()]
-            outputs = list(job.outputs)
-            if running:
-                job.watchers.append(events)
-        try:
-            answer = None if running else self._stored(job)
-            for header, frames in progress + (outputs if running else answer["outputs"]):
-                call.emit(header["event"], header, frames)
-            while running:
-                try:
-                    item = events.get(timeout=WATCH_TICK)
-                except queue.Empty:
-                    continue
-                if item is None:  # the job finished
-                    break
-                call.emit(item[0]["event"], item[0], item[1])
-        finally:
-            with self._lock:
-                if events in job.watchers:
-                    job.watchers.remove(events)
-        reply = {key: value for key, value in (answer or self._stored(job)).items() if key != "outputs"}
-        if "frames" in reply:  # out of band, as they arrived: no copy
-            reply["frames"] = [pickle.PickleBuffer(frame) for frame in reply["frames"]]
+            status, seq = job.status, job.seq
+            bars = sorted((bar for bar in job.progress.values() if bar["seq"] > seen), key=lambda bar: bar["seq"])
+            outputs = job.outputs[shown:]
+        answer = self._stored(job) if status in FINISHED else None
+        for bar in bars:
+            call.emit("progress", bar)
+        for header, frames in answer["outputs"][shown:] if answer else outputs:
+            call.emit(header["event"], header, frames)
+        reply = {"status": status, "progress": seq}
+        if answer is not None:
+            reply.update((key, value) for key, value in answer.items() if key != "outputs")
+            if "frames" in reply:
+                reply["frames"] = [pickle.PickleBuffer(frame) for frame in reply["frames"]]
         return reply
 
     def status(self, call: Call) -> dict:
@@ -217,13 +209,14 @@ class JobStore:
         call = job.call
         acquired = False
         while not (acquired or call.done):  # a job cancelled while it waits for a free place ends at once
-            acquired = self._running.acquire(timeout=WATCH_TICK)
+            acquired = self._running.acquire(timeout=QUEUE_TICK)
         with call.lock:
             started = acquired and not call.done
             if started:
                 call.thread_id = threading.get_ident()
         if started:
-            self._started(job)
+            with self._lock:
+                job.status = RUNNING
         try:
             answer = self._execute(call) if started else _cancelled(job)
         finally:
@@ -236,7 +229,7 @@ class JobStore:
             self._finish(job, answer)
 
     def _execute(self, call: JobCall) -> dict:
-        """Run the job's operation here; its answer as the watch reply (result frames, or error)."""
+        """Run the job's operation here; its answer: result frames, or an error header."""
         from .server import error_header  # the server imports this module
 
         token = current_call.set(call)
@@ -255,23 +248,17 @@ class JobStore:
         finally:
             current_call.reset(token)
 
-    def _started(self, job: Job) -> None:
-        with self._lock:
-            job.status = RUNNING
-            for watcher in job.watchers:
-                watcher.put(({"event": "job", "status": RUNNING}, []))
-
     def record(self, job: Job, header: dict, frames: list) -> None:
-        """An event of a running job: progress replaces the bar's last report, output is kept."""
+        """An event of a running job: progress replaces the loop's last report, output is kept."""
         with self._lock:
-            if header["event"] == "progress" and header.get("done") and header.get("parent") is not None:
-                job.progress.pop(header.get("id", 0), None)  # a finished inner loop: its next one gets a new bar
-            elif header["event"] == "progress":
-                job.progress[header.get("id", 0)] = {k: v for k, v in header.items() if k != "event"}
-            else:
+            if header["event"] != "progress":
                 job.outputs.append((header, frames))
-            for watcher in job.watchers:
-                watcher.put((header, frames))
+                return
+            job.seq += 1
+            job.progress[header.get("id", 0)] = {**{k: v for k, v in header.items() if k != "event"}, "seq": job.seq}
+            done = [key for key, bar in job.progress.items() if bar.get("done") and bar.get("parent") is not None]
+            for key in done[:max(0, len(done) - MAX_DONE_BARS)]:
+                del job.progress[key]
 
     def _finish(self, job: Job, answer: dict) -> None:
         answer["outputs"] = job.outputs
@@ -280,7 +267,6 @@ class JobStore:
             job.size = serialize.nbytes(answer.get("frames", ())) + sum(
                 len(json.dumps(h)) + serialize.nbytes(f) for h, f in job.outputs)
             job.answer, job.outputs, job.call = answer, [], None
-            _wake(job)
         if self.dir is not None:
             self._spill(job)
         with self._lock:
@@ -291,7 +277,6 @@ class JobStore:
         with self._lock:
             self._drop(job, LOST, STOPPED)
             job.outputs, job.call = [], None
-            _wake(job)
         self._save()
 
     def _stored(self, job: Job) -> dict:
@@ -299,7 +284,7 @@ class JobStore:
         with self._lock:
             answer = job.answer
         if answer is None:
-            if job.status in GONE:  # expired or evicted while the watch waited
+            if job.status in GONE:  # expired or evicted since the poll looked
                 raise JobUnavailable(f"job {job.id} on backend {self.backend.name!r}: {job.reason}")
             answer = _read_frames(self.dir / f"{job.token}.frames")
         return answer
@@ -357,7 +342,7 @@ class JobStore:
         for meta in json.loads(path.read_text()):
             job = Job(meta["id"], meta["owner"], meta["what"], created=meta["created"], status=meta["status"],
                       finished=meta["finished"], reason=meta["reason"], size=meta["size"],
-                      progress={bar.get("id", 0): bar for bar in meta["progress"]})
+                      progress={bar.get("id", 0): bar for bar in meta["progress"]}, seq=meta["seq"])
             if job.status not in FINISHED | GONE:
                 job.status, job.reason = LOST, STOPPED
             elif job.status in FINISHED and not (self.dir / f"{job.token}.frames").exists():
@@ -371,13 +356,6 @@ class JobStore:
 def owner_of(call: Call) -> str:
     """Whose the call's jobs are: the key the broker authenticated, else the user the client names itself."""
     return call.caller or f"user:{call.header.get('user', '')}"
-
-
-def _wake(job: Job) -> None:
-    """Tell the job's watchers that it ended (under the store's lock)."""
-    for watcher in job.watchers:
-        watcher.put(None)
-    job.watchers.clear()
 
 
 def _what(header: dict, run: str) -> str:

@@ -6,17 +6,18 @@ backend and worker, so :func:`attach` (``client.job(id)``) knows whom to ask, fr
 or a later one; if that worker is gone (the backend restarted), the backend's other workers
 are asked, since a restarted backend keeps its finished results when it has a job directory.
 
-A :class:`Job` follows its job with one long-lived ``job.watch`` request in a thread of its own:
-progress shows live (a bar in the cell that made the Job, text on a terminal) and the request
-ends with the answer.  Every request names the local user: on a plaintext broker that is
-whose jobs they are (claimed, not proven); under CURVE the backend goes by the caller's key.
+A :class:`Job` follows its job from a thread of its own with short ``job.poll`` requests, each
+bringing the progress and output that are new (so no slot of the backend is held while the job
+runs): progress shows live (a bar in the cell that made the Job, text on a terminal), and the
+poll after the job's end brings the answer.  Every request names the local user: on a plaintext
+broker that is whose jobs they are (claimed, not proven); under CURVE the backend goes by the
+caller's key.
 """
 
 from __future__ import annotations
 
 import getpass
 import html
-import math
 import threading
 import time
 from concurrent.futures import Future
@@ -34,8 +35,12 @@ if TYPE_CHECKING:
 
 #: Events of a ``%%remote`` job that are cell output, kept on the Job for replay.
 OUTPUT_EVENTS = frozenset({"stream", "display", "clear_output"})
-#: Seconds to look for a job's worker after its watch was lost (a broker or backend restarting).
+#: Seconds to look for a job's worker after a poll was lost (a broker or backend restarting).
 RELOCATE_PATIENCE = 10.0
+#: Seconds between polls of a running job: progress is this fresh.
+POLL_INTERVAL = 0.5
+#: Statuses after which a job changes no more: its poll brought the answer.
+FINAL = frozenset({"done", "failed", "cancelled"})
 
 
 def identity() -> dict:
@@ -61,6 +66,7 @@ class Job:
         #: Output of a ``%%remote`` job (stream, display and clear_output events), in order.
         self.outputs: list[dict] = []
         self._render = on_progress or client.on_progress or default_progress()
+        self._seen = self._shown = 0  # progress reports and other events seen: a poll brings only newer ones
         self._future: Future = Future()
         threading.Thread(target=self._follow, name=f"de-magic-job-{self.id[-8:]}", daemon=True).start()
 
@@ -82,49 +88,51 @@ class Job:
 
     # -- following the job -----------------------------------------------------------
 
-    def _request(self, op: str, on_event=None, timeout: float | None = None):
-        head, frames = self.client.request(self.backend, {"op": op, "id": self.id, **identity()}, [],
-                                           timeout=timeout, on_event=on_event, worker=self.worker)
+    def _request(self, op: str, on_event=None, **fields):
+        head, frames = self.client.request(self.backend, {"op": op, "id": self.id, **fields, **identity()}, [],
+                                           on_event=on_event, worker=self.worker)
         return serialize.loads(frames)
 
     def _follow(self) -> None:
-        """Watch the job to its end; a lost watch (a restart) looks for the job again, then watches on."""
+        """Poll the job to its end; a lost poll (a restart) looks for the job again, then polls on."""
         while True:
             try:
-                answer = self._request("job.watch", on_event=self._on_event, timeout=math.inf)  # as long as it runs
-                break
+                reply = self._request("job.poll", self._on_event, progress=self._seen, outputs=self._shown)
             except BackendLost:
                 try:
                     self.worker, summary = locate(self.client, self.backend, self.id, self.worker, RELOCATE_PATIENCE)
                 except DeMagicError as exc:
                     self._fail(exc)
                     return
-                self.status = summary["status"]
+                continue
             except BaseException as exc:  # noqa: BLE001 - the job's end, as the caller will see it
                 self._fail(exc)
                 return
-        self.status = answer["status"]
-        if "error" in answer:
-            self._future.set_exception(from_header(answer["error"]))
+            self.status, self._seen = reply["status"], reply["progress"]
+            if self.status in FINAL:
+                break
+            time.sleep(POLL_INTERVAL)
+        if "error" in reply:
+            self._future.set_exception(from_header(reply["error"]))
         else:
-            self._future.set_result(_decode(answer))
+            self._future.set_result(_decode(reply))
 
     def _fail(self, exc: BaseException) -> None:
         if isinstance(exc, JobUnavailable):
-            self.status = "lost"
+            self.status = "gone"  # expired, evicted, or lost in a restart: result() says which
         self._future.set_exception(exc)
 
     def _on_event(self, header: dict, frames: list) -> None:
         kind = header.get("event")
-        if kind == "job":  # queued, then running
-            self.status = header.get("status", self.status)
-        elif kind == "progress":
+        if kind == "progress":
             report = Progress.from_event(header)
             if report.parent is None:
                 self.progress = report
             if self._render is not None:
                 self._render(report)
-        elif kind in OUTPUT_EVENTS:
+            return
+        self._shown += 1
+        if kind in OUTPUT_EVENTS:
             output = dict(header)
             if frames:
                 output.update(serialize.loads_json(frames))
