@@ -109,9 +109,14 @@ def refusal(client: Client, job_id: str) -> str:
     return ""
 
 
-def test_results_expire_by_time_and_are_evicted_by_bytes(cluster):
-    cluster.start_backend("de_magic.demo.hello", "hello_world", "--job-ttl", "1.5", "--job-bytes", "3000")
+def test_results_expire_by_time_and_are_evicted_by_bytes_and_a_followed_job_holds_no_slot(cluster):
+    cluster.start_backend("de_magic.demo.hello", "hello_world", "--job-ttl", "1.5", "--job-bytes", "3000",
+                          "--max-workers", "1")
     be = cluster.client["hello_world"]
+    running = be.slow_sum.start(n=20, delay=0.05)
+    wait_for(lambda: running.progress is not None, what="progress of the job")
+    assert be.echo("the one slot is free") == "the one slot is free" and running.status == "running"
+    assert running.result(timeout=10) == sum(range(20))
     first = be.echo.start("x" * 2000)
     assert first.result(timeout=10) == "x" * 2000
     second = be.echo.start("y" * 2000)
@@ -122,7 +127,7 @@ def test_results_expire_by_time_and_are_evicted_by_bytes(cluster):
     said = wait_for(lambda: refusal(cluster.client, second.id), timeout=5, what="the result to expire")
     assert said.endswith("its result expired: results are kept for 1.5 s")
     statuses = {job["id"]: job["status"] for job in cluster.client.jobs()}
-    assert statuses == {first.id: "evicted", second.id: "expired"}
+    assert statuses == {running.id: "evicted", first.id: "evicted", second.id: "expired"}  # oldest first
 
 
 def test_spilled_results_survive_a_restart_and_running_jobs_say_they_were_lost(cluster, tmp_path):
