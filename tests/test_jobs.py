@@ -11,8 +11,8 @@ import pytest
 
 from de_magic import Client
 from de_magic.wire import serialize
-from de_magic.wire.errors import Cancelled, JobUnavailable
-from de_magic.wire.security import Security
+from de_magic.wire.errors import Cancelled, JobUnavailable, Refused
+from de_magic.wire.security import Security, job_directory
 
 from conftest import HEARTBEAT, ROOT, Cluster, Processes, curve_keys, wait_for
 from kernel import Kernel
@@ -174,3 +174,18 @@ def test_remote_result_fetches_a_noblock_cell_after_a_kernel_restart(hello):
         assert bars, "the reattached job shows no progress bar"
     finally:
         second.close()
+
+
+def test_the_job_directory_comes_from_the_flag_then_the_environment_then_the_config_file(tmp_path, monkeypatch):
+    config = tmp_path / "de-magic.toml"
+    config.write_text('job_dir = "kept/jobs"\n')
+    monkeypatch.setenv("DE_MAGIC_CONFIG", str(config))
+    monkeypatch.delenv("DE_MAGIC_JOB_DIR", raising=False)
+    assert job_directory(None) == str(tmp_path / "kept" / "jobs")  # relative to the file
+    monkeypatch.setenv("DE_MAGIC_JOB_DIR", "/srv/jobs")
+    assert job_directory(None) == "/srv/jobs"
+    assert job_directory("/flag/jobs") == "/flag/jobs"
+    config.write_text("job_dir = 3\n")
+    monkeypatch.delenv("DE_MAGIC_JOB_DIR")
+    with pytest.raises(Refused, match="job_dir in .* must be a directory's path"):
+        job_directory(None)
