@@ -156,10 +156,13 @@ def test_remote_result_fetches_a_noblock_cell_after_a_kernel_restart(hello):
     try:
         first.execute("%load_ext de_magic\n%remote_connect")
         reply, outputs = first.run("%%remote hello_world --noblock --pull z\nimport time\nfrom de_magic import progress\n"
-                                   "for _ in progress(range(10), desc='steps'):\n    time.sleep(0.05)\nprint('made z')\nz = 42")
+                                   "for _ in progress(range(20), desc='steps'):\n    time.sleep(0.1)\nprint('made z')\nz = 42")
         assert reply["content"]["status"] == "ok"
         said = "".join(m["content"].get("text", "") for m in outputs if m["msg_type"] == "stream")
         job_id = said.split("as job ")[1].split(";")[0]
+        # the handle the cell returned shows the job, and its display follows the job's progress
+        first.wait_for(lambda m: m["msg_type"] == "update_display_data"
+                       and "running (steps: " in m["content"]["data"]["text/plain"], what="a live display of the job")
     finally:
         first.close()  # the kernel is gone; the cell runs on
     second = Kernel(env)

@@ -67,6 +67,7 @@ class Job:
         self.outputs: list[dict] = []
         self._render = on_progress or client.on_progress or default_progress()
         self._seen = self._shown = 0  # progress reports and other events seen: a poll brings only newer ones
+        self._displays: list = []  # where a notebook shows this job: updated as it goes on
         self._future: Future = Future()
         threading.Thread(target=self._follow, name=f"de-magic-job-{self.id[-8:]}", daemon=True).start()
 
@@ -108,7 +109,9 @@ class Job:
             except BaseException as exc:  # noqa: BLE001 - the job's end, as the caller will see it
                 self._fail(exc)
                 return
-            self.status, self._seen = reply["status"], reply["progress"]
+            if (self.status, self._seen) != (reply["status"], reply["progress"]):
+                self.status, self._seen = reply["status"], reply["progress"]
+                self._update_displays()
             if self.status in FINAL:
                 break
             time.sleep(POLL_INTERVAL)
@@ -120,6 +123,7 @@ class Job:
     def _fail(self, exc: BaseException) -> None:
         if isinstance(exc, JobUnavailable):
             self.status = "gone"  # expired, evicted, or lost in a restart: result() says which
+            self._update_displays()
         self._future.set_exception(exc)
 
     def _on_event(self, header: dict, frames: list) -> None:
@@ -145,6 +149,23 @@ class Job:
 
     def __repr__(self) -> str:
         return f"<Job {self.id}: {self.what} on {self.backend!r}, {self.status}{self._progress_text()}>"
+
+    def _ipython_display_(self) -> None:
+        """Show the job; in a notebook the display follows the job's status and progress."""
+        from IPython import get_ipython
+        from IPython.display import display
+
+        in_kernel = getattr(get_ipython(), "kernel", None) is not None
+        handle = display(self._bundle(), raw=True, display_id=in_kernel or None)
+        if in_kernel:
+            self._displays.append(handle)
+
+    def _bundle(self) -> dict:
+        return {"text/plain": repr(self), "text/html": self._repr_html_()}
+
+    def _update_displays(self) -> None:
+        for handle in self._displays:
+            handle.update(self._bundle(), raw=True)
 
     def _repr_html_(self) -> str:
         bar = ""
