@@ -67,7 +67,7 @@ class Job:
     status: str = QUEUED
     finished: float | None = None
     reason: str = ""  #: why a gone job's answer is gone
-    size: int = 0  #: bytes of the kept answer
+    size: int = 0  #: bytes of the kept answer (while it runs: of its output so far)
     progress: dict = field(default_factory=dict)  #: bar id -> its latest ``progress`` event, with its ``seq``
     seq: int = 0  #: how many progress reports there were: a poller says how many it has seen
     outputs: list = field(default_factory=list)  #: output events as (header, frames), in order
@@ -119,7 +119,7 @@ class JobStore:
         # jobs run beside the slots, as many at a time as the backend has slots; the rest wait
         self._running = threading.Semaphore(backend.max_workers)
         if self.dir is not None:
-            self.dir.mkdir(parents=True, exist_ok=True)
+            self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # pickles: whoever can write there runs code
             self._load()
 
     def operations(self) -> dict[str, Operation]:
@@ -252,7 +252,7 @@ class JobStore:
         """An event of a running job: progress replaces the loop's last report, output is kept."""
         with self._lock:
             if header["event"] != "progress":
-                job.outputs.append((header, frames))
+                self._keep_output(job, header, frames)
                 return
             job.seq += 1
             job.progress[header.get("id", 0)] = {**{k: v for k, v in header.items() if k != "event"}, "seq": job.seq}
@@ -260,12 +260,22 @@ class JobStore:
             for key in done[:max(0, len(done) - MAX_DONE_BARS)]:
                 del job.progress[key]
 
+    def _keep_output(self, job: Job, header: dict, frames: list) -> None:
+        """Keep an output event of a running job, within the byte budget: beyond it, one note says so."""
+        size = len(json.dumps(header)) + serialize.nbytes(frames)
+        if job.size + size <= self.max_bytes:
+            job.outputs.append((header, frames))
+        elif job.size <= self.max_bytes:
+            note = f"[de-magic: this job's further output is left out: over {self.max_bytes} bytes (--job-bytes)]\n"
+            job.outputs.append(({"event": "stream", "name": "stderr", "text": note}, []))
+        job.size += size  # while it runs: the bytes of its output
+
     def _finish(self, job: Job, answer: dict) -> None:
         answer["outputs"] = job.outputs
         with self._lock:
             job.status, job.finished = answer["status"], time.time()
             job.size = serialize.nbytes(answer.get("frames", ())) + sum(
-                len(json.dumps(h)) + serialize.nbytes(f) for h, f in job.outputs)
+                len(json.dumps(h)) + serialize.nbytes(f) for h, f in job.outputs)  # the output kept
             job.answer, job.outputs, job.call = answer, [], None
         if self.dir is not None:
             self._spill(job)
