@@ -24,6 +24,7 @@ from pathlib import Path
 from types import ModuleType
 
 from .backend.daskpool import DaskPool, cluster_address, cluster_info
+from .backend.direct import direct_address
 from .backend.lifeline import exit_with_parent
 from .backend.server import Backend
 from .broker.server import Broker
@@ -185,6 +186,10 @@ def _serve_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dask", default=None, metavar="ADDRESS",
                         help="run calls on a Dask cluster: a scheduler's tcp://HOST:PORT, or local[:N] for N worker "
                              "processes here (default: $DE_MAGIC_DASK, then the config file's dask; see docs/scale.md)")
+    parser.add_argument("--direct", default=None, metavar="tcp://HOST:PORT",
+                        help="also listen here for direct calls from callers that can reach this machine (port 0: "
+                             "any free port; beyond loopback CURVE keys are needed); default: $DE_MAGIC_DIRECT, then "
+                             "the config file's direct, else connect out only (see docs/deploy.md)")
     parser.add_argument("--heartbeat", type=float, default=DEFAULT_HEARTBEAT, help="heartbeat interval in seconds")
     parser.add_argument("--parent-pid", type=int, default=None,
                         help="stop when this process (the one that started us) is gone")
@@ -212,8 +217,8 @@ def _serve_backend(name: str, members: dict, args: argparse.Namespace, doc: str 
                           security=_security(args),
                           codec=JSON if args.no_pickle else PICKLE,
                           allow_clients=args.allow_clients.split(",") if args.allow_clients else None,
-                          session_lease=args.session_lease, job_ttl=args.job_ttl, job_bytes=args.job_bytes,
-                          job_dir=job_directory(args.job_dir))
+                          session_lease=args.session_lease, direct=direct_address(args.direct),
+                          job_ttl=args.job_ttl, job_bytes=args.job_bytes, job_dir=job_directory(args.job_dir))
     except ValueError as exc:  # contradictory options
         raise SystemExit(f"de-magic: {exc}") from None
     if attach is not None:  # e.g. DaskPool.attach: calls run elsewhere

@@ -23,10 +23,12 @@ from .caller.client import Client
 from .wire.errors import DeMagicError
 from .wire.security import CONFIG_ENV, ENV as SECURITY_ENV, Security
 
-#: Demo backends: name -> (module, extra ``de-magic serve`` arguments).
+#: Demo backends: name -> (module, extra ``de-magic serve`` arguments). They take direct calls on
+#: loopback, so the demo's calls skip the broker (docs/deploy.md), as a deployment's may.
+_DIRECT = ("--direct", "tcp://127.0.0.1:0")
 DEMO_BACKENDS = {
-    "hello_world": ("de_magic.demo.hello", ("--allow-code",)),
-    "ocean_model": ("de_magic.demo.ocean", ()),
+    "hello_world": ("de_magic.demo.hello", ("--allow-code", *_DIRECT)),
+    "ocean_model": ("de_magic.demo.ocean", _DIRECT),
 }
 
 

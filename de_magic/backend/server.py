@@ -50,6 +50,7 @@ from ..wire.security import Security, allowed_callers
 from ..wire.framing import PerThread, recv_frames, send_frames
 from . import shell
 from .callcontext import Call, Operation, current_call
+from .direct import DirectEndpoint
 from .execute import code_operations
 from .jobs import JobStore
 
@@ -89,6 +90,7 @@ class Backend:
         codec: str = serialize.PICKLE,
         allow_clients: list[str] | None = None,
         session_lease: float = DEFAULT_SESSION_LEASE,
+        direct: str | None = None,
         job_ttl: float = DEFAULT_JOB_TTL,
         job_bytes: int = DEFAULT_JOB_BYTES,
         job_dir: str | os.PathLike | None = None,
@@ -107,6 +109,8 @@ class Backend:
         self.allow_code = allow_code
         self._doors = [_Door(i, url, (security or Security.resolve(url=url)).check_peer())
                        for i, url in enumerate(self.brokers)]
+        #: Where slots take calls from: each broker, then the direct endpoint if there is one (see start).
+        self._slot_doors = list(self._doors)
         #: JSON: nothing from the wire is unpickled, arguments are validated against the schema.
         self.codec = codec
         #: Callers the broker lets use us (Z85 public keys, key names or .key files), None for all.
@@ -130,6 +134,10 @@ class Backend:
         #: Seconds a ``%%remote`` namespace outlives its caller's last request or renewal.
         self.session_lease = session_lease
         self.operations.update(code_operations(name, allow_code, session_lease))
+        #: Where to listen for direct calls (``tcp://HOST:PORT``, port 0 for any), None to connect out only.
+        self.direct_at = direct
+        #: The direct endpoint, once started: its ``url`` is what listings show.
+        self.direct: DirectEndpoint | None = None
         #: Calls that outlive their caller, and their kept results (see docs/jobs.md).
         self.jobs = JobStore(self, job_ttl, job_bytes, job_dir)
         self.operations.update(self.jobs.operations())
@@ -157,6 +165,12 @@ class Backend:
 
     def start(self) -> "Backend":
         """Connect and serve calls in background threads; main-thread work needs :meth:`run`."""
+        if self.direct_at is not None:  # first: a taken port or a refused address must stop us here
+            self.direct = DirectEndpoint(self, self.direct_at, len(self._doors), self._doors[0].security, self._ctx)
+            log.info("listening for direct calls at %s", self.direct.url)
+            door = _Door(self.direct.index, self.direct.url, self._doors[0].security)
+            door.welcomed = True  # always: slots tell it SLOT and BUSY like a broker
+            self._slot_doors.append(door)
         pull = self._ctx.socket(zmq.PULL)
         pull.bind(self._out_url)
         stop = self._ctx.socket(zmq.PAIR)
@@ -266,25 +280,28 @@ class Backend:
         self._main_jobs.put(None)
         return True
 
-    def _ready_frames(self) -> list:
+    def _ready_frames(self, door: _Door) -> list:
         info = {"api": self.api, "capacity": self.max_workers, "queue": self.max_queue,
                 "allow_code": self.allow_code, "pid": os.getpid(), "host": socket.gethostname(), "codec": self.codec,
                 "heartbeat": self.heartbeat}
         if self.allow_clients is not None:
             info["allow_clients"] = self.allow_clients
         info.update(self.extra_info)
+        if self.direct is not None and door.security.key == self._doors[0].security.key:
+            info["direct"] = self.direct.url  # the broker vouches for it with the key we connect with
         return P.ready(self.name, self.id, self._secret, info)
 
     def announce(self) -> None:
         """Register again, at every broker, with the current :attr:`extra_info` (from any thread; the I/O
         thread sends it)."""
         for door in self._doors:
-            send_frames(self._out.get(), [bytes([door.index]), *self._ready_frames()])
+            send_frames(self._out.get(), [bytes([door.index]), *self._ready_frames(door)])
 
     def _io_loop(self, pull: zmq.Socket, stop: zmq.Socket, slots: zmq.Socket) -> None:
         """Registration, heartbeats, cancels, and messages from threads that own no connection."""
         poller = zmq.Poller()
-        for sock in (pull, stop):
+        direct = self.direct
+        for sock in (pull, stop) if direct is None else (pull, stop, direct.sock, direct.link):
             poller.register(sock, zmq.POLLIN)
         for door in self._doors:
             self._register(door, poller)
@@ -301,6 +318,8 @@ class Backend:
                             self._on_control(door, slots, recv_frames(door.dealer))
                 if pull in events:
                     self._relay(pull)
+                if direct is not None:
+                    self._serve_direct(direct, events)
                 now = time.monotonic()
                 if now >= next_beat:
                     if any(self._refused(door) for door in self._doors):
@@ -324,8 +343,25 @@ class Backend:
                 door.dealer.close(linger=100)
             for sock in (pull, stop, slots):
                 sock.close()
+            if direct is not None:
+                direct.close()
             if self.failure is not None:
                 self._main_jobs.put(None)  # run() returns, and raises Refused with the reason
+
+    @staticmethod
+    def _serve_direct(direct: DirectEndpoint, events: dict) -> None:
+        """Calls from direct callers, and what the slots say about them; a burst at a time, like the broker."""
+        for _ in range(1000):
+            busy = False
+            if direct.link.poll(0) if direct.link not in events else True:
+                direct.on_slot(recv_frames(direct.link))
+                busy = True
+            if direct.sock.poll(0) if direct.sock not in events else True:
+                direct.on_caller(recv_frames(direct.sock))
+                busy = True
+            events = {}
+            if not busy:
+                break
 
     def _register(self, door: _Door, poller: zmq.Poller) -> None:
         """A fresh control connection to ``door``'s broker (closing the old one) that says READY."""
@@ -336,7 +372,7 @@ class Backend:
         door.dealer = self._connect(self._control_id, door, control=True)
         poller.register(door.dealer, zmq.POLLIN)
         door.expires = time.monotonic() + self.heartbeat * self.liveness
-        self._send_control(door, self._ready_frames(), zmq.NOBLOCK)
+        self._send_control(door, self._ready_frames(door), zmq.NOBLOCK)
 
     def _relay(self, pull: zmq.Socket) -> None:
         """Send what threads without a connection of their own queued, events before answers, each to the
@@ -350,8 +386,11 @@ class Backend:
             if not pull.poll(0):
                 break
             door, *frames = recv_frames(pull)
-            dealer = self._doors[door.bytes[0]].dealer
             msg = P.parse(frames, P.AT_BROKER)  # an answer, an event, or READY again (see announce)
+            if self.direct is not None and door.bytes[0] == self.direct.index:
+                self.direct.answer(msg)  # direct calls: events and answers go out in the order they came
+                continue
+            dealer = self._doors[door.bytes[0]].dealer
             if isinstance(msg, P.Answer) and msg.type == P.EVENT:
                 send_frames(dealer, frames)
             else:
@@ -368,6 +407,8 @@ class Backend:
         if isinstance(msg, P.Interrupt):
             self._cancel((door.index, msg.client, msg.rid))
         elif isinstance(msg, P.Welcome):
+            if self.direct is not None:
+                self.direct.gate.vouch(door.index, msg.info.get("callers"))
             limit = msg.info.get("max_message_size")
             if type(limit) is int and limit > 0:
                 self._limit = min(self.max_message_size, limit)
@@ -381,13 +422,19 @@ class Backend:
         elif isinstance(msg, P.Disconnect):
             log.info("broker %s asks to register again: %s", door.url, msg.reason)
             self._welcome(door, False)
-            self._send_control(door, self._ready_frames(), zmq.NOBLOCK)
+            self._send_control(door, self._ready_frames(door), zmq.NOBLOCK)
 
     # -- slots: one thread and one connection per concurrent call ----------------
 
     def _slot_loop(self, routing_id: bytes) -> None:
         """Receive calls on connections of our own (one per broker) and answer on them, with no hand-off."""
+        doors = self._slot_doors
         socks = self._local.slots = [self._connect(routing_id, door) for door in self._doors]
+        if self.direct is not None:  # the direct endpoint is one more door to a slot (see direct.py)
+            link = self._ctx.socket(zmq.DEALER)
+            link.linger = 0
+            link.connect(self.direct.slots_url)
+            socks.append(link)
         control = self._ctx.socket(zmq.SUB)
         control.subscribe(b"")
         control.connect(self._slots_url)
@@ -400,12 +447,12 @@ class Backend:
                 events = dict(poller.poll(self.heartbeat * 1000))
                 if control in events and control.recv() == _STOP:
                     break
-                calls = [door for door, sock in zip(self._doors, socks) if sock in events]
+                calls = [door for door, sock in zip(doors, socks) if sock in events]
                 for door in calls:  # one at a time: the others wait in their sockets
                     self._take_call(door, socks, recv_frames(socks[door.index]))
                 if not calls:
                     # welcomed (HELLO), or idle for a heartbeat: make sure the brokers know this slot
-                    self._tell(self._doors, socks, P.slot(self.id, self._secret))
+                    self._tell(doors, socks, P.slot(self.id, self._secret))
         finally:
             for sock in socks:
                 sock.close(linger=100)
@@ -413,7 +460,7 @@ class Backend:
 
     def _take_call(self, door: _Door, socks: list, frames: list) -> None:
         """Serve what ``door``'s broker sent this slot; other brokers hear that the slot is busy meanwhile."""
-        others = [d for d in self._doors if d is not door]
+        others = [d for d in self._slot_doors if d is not door]
         self._tell(others, socks, P.slot_busy(self.id, self._secret))
         self._on_slot_message(door, frames)
         self._tell(others, socks, P.slot(self.id, self._secret))

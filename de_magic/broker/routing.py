@@ -88,7 +88,7 @@ class Worker:
     """A registered backend process: a control connection, its slots, its calls."""
 
     __slots__ = ("id", "address", "secret", "key", "service", "capacity", "max_queue", "heartbeat", "idle", "slots",
-                 "inflight", "pinned", "expires", "since", "pid", "host", "calls", "dask")
+                 "inflight", "pinned", "expires", "since", "pid", "host", "calls", "dask", "direct")
 
     def __init__(self, msg: P.Ready, address: bytes, key: str | None, service: "Service", expires: float):
         info = msg.info
@@ -106,14 +106,23 @@ class Worker:
         self.pid, self.host = info.get("pid"), info.get("host")
         self.calls = 0
         self.dask = info.get("dask")  # the Dask cluster its calls run on (daskpool.cluster_info), if any
+        self.direct = info.get("direct")  # where it takes direct calls, if it does (backend/direct.py)
 
     def describe(self) -> dict:
         described = {"id": self.id.hex(), "pid": self.pid, "host": self.host, "since": self.since,
-                     "capacity": self.capacity, "slots": len(self.slots), "busy": len(self.inflight),
+                     "capacity": self.capacity, "slots": len(self.slots), "busy": self.busy,
                      "calls": self.calls}
         if self.dask is not None:
             described["dask"] = self.dask
+        if self.direct is not None:
+            # what a caller needs to call it directly, and to know it is this worker: the key we authenticated
+            described["direct"] = {"url": self.direct, "key": self.key}
         return described
+
+    @property
+    def busy(self) -> int:
+        """Calls running: those routed here, or more if slots said BUSY (direct calls, other brokers')."""
+        return max(len(self.inflight), len(self.slots) - len(self.idle))
 
     def where(self) -> str:
         return f"worker {self.id.hex()} (pid {self.pid} on {self.host})"
@@ -158,7 +167,7 @@ class Service:
         best, load = None, 2.0
         for worker in self.workers:
             if worker.idle:
-                busy = len(worker.inflight) / worker.capacity
+                busy = worker.busy / worker.capacity  # direct calls and other brokers' count too
                 if busy < load:
                     best, load = worker, busy
         return best
@@ -205,6 +214,7 @@ class Router:
         self.now = now
         self._out: list[list] = []
         self._arrivals = itertools.count()
+        self._callers: dict | None = None  # the allowed keys last told to direct workers
         self._handlers = {
             P.Call: self._on_call, P.Cancel: self._on_cancel, P.List: self._on_list, P.Query: self._on_query,
             P.Ready: self._on_ready, P.Slot: self._on_slot, P.SlotBusy: self._on_slot_busy,
@@ -241,6 +251,8 @@ class Router:
             self.next_beat = now + self.config.heartbeat
             self.bad.flush()
             out.extend(P.heartbeat_to(w.address) for w in self.workers.values())
+            if self.config.curve and self.key_names() is not self._callers:  # the allowed keys changed
+                out.extend(self._welcome(w) for w in self.workers.values() if w.direct is not None)
             for service in [s for s in self.services.values() if not s.workers]:
                 self._expire_waiting(service)
         return out
@@ -415,7 +427,7 @@ class Router:
         if len(msg.more) >= MAX_WAITING:
             raise P.ProtocolError(f"QUERY of more than {MAX_WAITING} requests", msg.rid)
         requests, states = self.requests, []
-        for rid in (msg.rid, *(frame.bytes if not isinstance(frame, bytes) else frame for frame in msg.more)):
+        for rid in msg.ids():
             states += (rid, P.PENDING if (client, rid) in requests else P.UNKNOWN)
         self._out.append(P.status(client, states))
 
@@ -467,14 +479,21 @@ class Router:
         if worker is not None:  # registering again (it lost us for a moment): its calls and slots stand
             self._rebind(worker, address)
             worker.dask = info.get("dask")  # a Dask backend registers again when its cluster scales
+            worker.direct = info.get("direct")
         else:
             worker = self._register(address, msg, key)
             if worker is None:
                 return
         worker.expires = self._expires(worker)
         self.next_reap = min(self.next_reap, worker.expires)
-        self._out.append(P.welcome(address, {"broker": self.id, "heartbeat": self.config.heartbeat,
-                                             "max_message_size": self.config.max_message_size}))
+        self._out.append(self._welcome(worker))
+
+    def _welcome(self, worker: Worker) -> list:
+        info = {"broker": self.id, "heartbeat": self.config.heartbeat, "max_message_size": self.config.max_message_size}
+        if worker.direct is not None and self.config.curve:
+            # the callers we let in, so that its direct endpoint lets in the same ones (docs/security.md)
+            info["callers"] = self._callers = self.key_names()
+        return P.welcome(worker.address, info)
 
     def _register(self, address: bytes, msg: P.Ready, key: str | None) -> Worker | None:
         service = self.services.get(msg.name)

@@ -4,8 +4,13 @@ Blocking calls use one DEALER socket per calling thread, so a call costs one
 send and one receive with no hand-off to a helper thread, and events a call
 produces (progress, streamed output, display data) are handled in the thread
 that made the call, which is what lets a notebook show them in the right
-cell.  ``submit()`` runs the same blocking call in a small thread pool and
-returns a future that is also awaitable.
+cell.  ``submit()`` hands the call to the client's one I/O thread, which
+carries any number of calls in flight, and returns a future that is also
+awaitable (:mod:`de_magic.caller.mux`).
+
+A call goes straight to a worker of the backend when the worker listens for
+direct calls and this client can reach it, and through the broker otherwise
+(:mod:`de_magic.caller.routes`); the API is the same either way.
 
 A call always ends: with the result, with the remote error, or with
 :class:`~de_magic.wire.errors.CallTimeout`.  While waiting, the client asks the
@@ -30,7 +35,7 @@ import logging
 import struct
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import TYPE_CHECKING, Callable
 
 import zmq
@@ -45,6 +50,8 @@ from ..wire.handshake import WatchedSocket
 from ..wire.security import Security
 from .progress import Progress, default_progress
 from .proxies import RemoteBackend
+from .mux import Multiplexer, settle
+from .routes import Endpoint, Routes
 from .tables import BackendTable
 
 if TYPE_CHECKING:
@@ -97,6 +104,7 @@ class Client:
         context: zmq.Context | None = None,
         security: Security | None = None,
         codec: str | None = None,
+        direct: bool = True,
     ):
         #: The equivalent brokers this client may use, in the order it tries them.
         self.urls = check_doors(url or default_url())
@@ -112,9 +120,13 @@ class Client:
         self.on_progress = on_progress
         self._ctx = context or zmq.Context.instance()
         self._sockets = PerThread(self._new_socket)
+        #: Direct endpoints of workers, and this client's sockets to them (see routes.py).
+        self.routes = Routes(self._ctx, heartbeat)
+        #: False: every call goes through the broker (for comparisons, or a network that drops direct traffic).
+        self.direct = direct
         self._busy: set[zmq.Socket] = set()  # sockets of calls in flight (see close)
         self._lock = threading.Lock()
-        self._pool: ThreadPoolExecutor | None = None
+        self._mux: Multiplexer | None = None
         self._apis: dict[str, tuple[str, dict]] = {}  # backend -> (api tag, api) seen in listings
         self._closed = False
         self._broker_limit: int | None = None  # the broker's maximum message size, once a listing said it
@@ -155,15 +167,17 @@ class Client:
         self.close()
 
     def close(self) -> None:
-        """Close this client: its sockets, its submit pool; calls in flight end with an error.
+        """Close this client: its sockets, its I/O thread; calls in flight end with an error.
 
         A socket in use by a call is closed by the thread making the call, within a
         heartbeat interval: closing it under that thread's feet is undefined in libzmq.
         """
-        self._closed = True
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+        with self._lock:
+            self._closed = True
+        if self._mux is not None:
+            self._mux.stop()
         self._sockets.close(keep=set(self._busy))
+        self.routes.close(keep=set(self._busy))
 
     def configure_socket(self, sock: zmq.Socket, url: str) -> None:
         """Hook for security settings (CURVE) before connecting to ``url``."""
@@ -173,10 +187,12 @@ class Client:
 
     # -- low level -------------------------------------------------------------
 
-    def _new_socket(self) -> WatchedSocket:
+    def _new_socket(self, unbounded: bool = False) -> WatchedSocket:
         url = self.url
         sock = self._ctx.socket(zmq.DEALER, socket_class=WatchedSocket)
         sock.linger = 0
+        if unbounded:  # no high-water mark: set before connecting, or it does not hold for the connection
+            sock.sndhwm = sock.rcvhwm = 0
         self.configure_socket(sock, url)
         # a refused handshake must not pass for a dead broker; with another broker to go to, a drop counts
         sock.watch(url, "client", self._securities[url], drops=len(self.urls) > 1)
@@ -220,8 +236,31 @@ class Client:
             raise PayloadTooLarge(f"call of {size} bytes exceeds the maximum message size of {limit} bytes "
                                   f"(the broker's at {self.url}, or this client's)")
         rid = struct.pack("!Q", next(_request_ids))
-        return self._exchange(rid, P.call(rid, backend, worker, P.dump_header(header), payload),
-                              self.timeout if timeout is None else timeout, on_event)
+        frames = P.call(rid, backend, worker, P.dump_header(header), payload)
+        timeout = self.timeout if timeout is None else timeout
+        endpoint = self._direct_endpoint(backend, worker)
+        if endpoint is not None:
+            sock = self.routes.socket(endpoint, self.security)
+            if sock is not None:
+                self.routes.started(endpoint)
+                try:
+                    return self._exchange(rid, frames, timeout, on_event, sock, endpoint)
+                except _NotSent:
+                    self.routes.lost(endpoint)  # it went away: this call and the next ones go via the broker
+                finally:
+                    self.routes.ended(endpoint)
+        return self._exchange(rid, frames, timeout, on_event)
+
+    def _direct_endpoint(self, backend: str, worker: bytes) -> Endpoint | None:
+        """The worker endpoint to call ``backend`` at directly, if any (learnt from a listing now and then)."""
+        if not self.direct or self._closed:
+            return None
+        if self.routes.stale(backend):
+            try:
+                self.listing(backend, api=False)  # every listing tells the routes
+            except DeMagicError:
+                return None  # the call through the broker will say what is wrong
+        return self.routes.pick(backend, worker, self.security)
 
     def _limit(self, size: int) -> int:
         """The largest call that may be sent. The broker's own limit is learnt from a listing, asked
@@ -230,15 +269,21 @@ class Client:
             self.listing(api=False)
         return min(self.max_message_size, self._broker_limit or self.max_message_size)
 
-    def _exchange(self, rid: bytes, frames: list, timeout: float | None, on_event) -> tuple[dict, list]:
-        """Send the request ``rid`` (its ``frames``) on this thread's socket and wait for the answer."""
-        sock = self._socket()
+    def _exchange(self, rid: bytes, frames: list, timeout: float | None, on_event,
+                  sock: WatchedSocket | None = None, endpoint: Endpoint | None = None) -> tuple[dict, list]:
+        """Send the request ``rid`` (its ``frames``) on this thread's socket (to the broker, or ``sock`` to a
+        worker's direct ``endpoint``) and wait for the answer."""
+        sock = sock or self._socket()
         self._busy.add(sock)
         try:
-            if sock.failed_before:  # e.g. a retry after a refusal: fail now, not after a heartbeat
-                _raise_if_refused(sock)
-            self._send(sock, frames)
-            return self._wait(sock, rid, timeout, on_event)
+            if endpoint is not None:
+                if not self.routes.send(sock, frames):  # not connected (ZMQ_IMMEDIATE): nothing was sent
+                    raise _NotSent
+            else:
+                if sock.failed_before:  # e.g. a retry after a refusal: fail now, not after a heartbeat
+                    _raise_if_refused(sock)
+                self._send(sock, frames)
+            return self._wait(sock, rid, timeout, on_event, endpoint)
         except zmq.ZMQError:
             if self._closed:
                 raise DeMagicError(f"{self!r} was closed during the call") from None
@@ -263,7 +308,8 @@ class Client:
             hint = " (CURVE: is this client's key allowed there, and the broker key right?)" if self._securities[url].curve else ""
             raise BackendLost(f"cannot reach the broker at {url}{hint}{self._fail_over(url)}") from None
 
-    def _wait(self, sock: zmq.Socket, rid: bytes, timeout: float | None, on_event) -> tuple[dict, list]:
+    def _wait(self, sock: zmq.Socket, rid: bytes, timeout: float | None, on_event,
+              endpoint: Endpoint | None = None) -> tuple[dict, list]:
         now = time.monotonic()
         deadline = None if timeout is None else now + timeout
         next_query = now + self.heartbeat
@@ -299,6 +345,10 @@ class Client:
                         raise BackendLost(f"the broker at {url} dropped the connection{self._fail_over(url)}")
                     if unanswered >= self.liveness:
                         url = sock.watched_url
+                        if endpoint is not None:
+                            self.routes.lost(endpoint)
+                            raise BackendLost(f"the worker at {url} (direct) is not answering; later calls go "
+                                              "through the broker")
                         raise BackendLost(f"the broker at {url} is not answering{self._fail_over(url)}")
                     self._send(sock, P.query(rid), zmq.NOBLOCK)
                     unanswered += 1
@@ -355,26 +405,9 @@ class Client:
         ``retries``: how many times to send the call again when it ends with ``BackendLost`` (its broker
         or worker was lost); only for idempotent members, since the lost attempt may have run.
         """
-        header = {"member": member}
-        body = (tuple(args), dict(kwargs or {}))
-        if method is not None:
-            header["method"] = method
-            body += tuple(init or ((), {}))
-        progress = on_progress or self.on_progress or default_progress()
-        codec = self.codec or self._codecs.get(backend, serialize.PICKLE)
-
-        def dispatch(event: dict, frames: list) -> None:
-            if event.get("event") == "progress":
-                if progress is not None:
-                    progress(Progress.from_event(event))
-            elif on_event is not None:
-                on_event(event, frames)
-
-        if codec == serialize.JSON:
-            header["codec"] = serialize.JSON
-            payload = serialize.dumps_json([list(part) if i % 2 == 0 else part for i, part in enumerate(body)])
-        else:
-            payload = serialize.dumps(body)
+        dispatch = _dispatcher(on_progress or self.on_progress or default_progress(), on_event)
+        codec = self._codec_of(backend)
+        header, payload = encode_call(member, args, kwargs, method, init, codec)
         try:
             head, frames = self._retrying(retries, lambda: self.request(backend, header, payload, timeout=timeout,
                                                                         on_event=dispatch))
@@ -384,6 +417,12 @@ class Client:
                 raise
             return self.call(backend, member, args, kwargs, method=method, init=init, timeout=timeout,
                              on_progress=on_progress, on_event=on_event, retries=retries)
+        return self._result(backend, head, frames)
+
+    def _codec_of(self, backend: str) -> str:
+        return self.codec or self._codecs.get(backend, serialize.PICKLE)
+
+    def _result(self, backend: str, head: dict, frames: list):
         if self.codec == serialize.JSON and head.get("codec") != serialize.JSON:
             raise Refused(f"backend {backend!r} answered with a pickle; this client unpickles nothing (codec='json')")
         return decode_result(head, frames)
@@ -401,27 +440,88 @@ class Client:
         self.listing(backend, api=False)  # every listing records the codecs it shows
         return self._codecs.get(backend, serialize.PICKLE)
 
-    def submit(self, backend: str, member: str, args: tuple = (), kwargs: dict | None = None, **options) -> CallFuture:
-        """Like :meth:`call`, but return a :class:`CallFuture` at once."""
+    def submit(
+        self,
+        backend: str,
+        member: str,
+        args: tuple = (),
+        kwargs: dict | None = None,
+        *,
+        method: str | None = None,
+        init: tuple[tuple, dict] | None = None,
+        timeout: float | None = None,
+        on_progress: Callable[[Progress], None] | None = None,
+        on_event: EventHandler | None = None,
+        retries: int = 0,
+    ) -> CallFuture:
+        """Like :meth:`call`, but return a :class:`CallFuture` at once (``await`` it in asyncio code).
+
+        Submitted calls take no thread each: one I/O thread of this client carries them all, so
+        thousands may be in flight (see :mod:`de_magic.caller.mux`). Cancelling the future
+        cancels the remote call.
+        """
+        if self._closed:
+            raise RuntimeError(f"{self!r} is closed")
+        # made here, not in the I/O thread, so that the bars belong to the cell that submitted
+        dispatch = _dispatcher(on_progress or self.on_progress or default_progress(), on_event)
         future = CallFuture()
-        # made here, not in the pool thread, so that the bars belong to the cell that submitted
-        options.setdefault("on_progress", self.on_progress or default_progress())
-        with self._lock:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(32, thread_name_prefix="de-magic-submit")
-
-        def run():
-            if future.set_running_or_notify_cancel():
-                try:
-                    future.set_result(self.call(backend, member, args, kwargs, **options))
-                except BaseException as exc:
-                    future.set_exception(exc)
-
-        started = self._pool.submit(run)
-        # close() drops calls still waiting for a pool thread: their futures must end too
-        started.add_done_callback(
-            lambda job: job.cancelled() and future.cancel() and future.set_running_or_notify_cancel())
+        call = (member, args, kwargs, method, init)
+        self._submit(future, backend, call, self.timeout if timeout is None else timeout, dispatch, retries)
         return future
+
+    def _submit(self, future: CallFuture, backend: str, call: tuple, timeout, dispatch, retries: int) -> None:
+        """Send one attempt of a submitted ``call``; its answer settles ``future``, or sends it again."""
+        codec = self._codec_of(backend)
+        try:
+            header, payload = encode_call(*call, codec)
+            size = serialize.nbytes(payload)
+            if size > self._limit(size):
+                raise PayloadTooLarge(f"call of {size} bytes exceeds the maximum message size of "
+                                      f"{self._limit(size)} bytes (the broker's at {self.url}, or this client's)")
+            rid = struct.pack("!Q", next(_request_ids))
+            frames = P.call(rid, backend, b"", P.dump_header(header), payload)
+            sent = self._calls().send(rid, frames, timeout, dispatch, self._direct_endpoint(backend, b""))
+        except BaseException as exc:  # noqa: BLE001 - the future carries it
+            return settle(future, exc=exc)
+        future.add_done_callback(lambda f: f.cancelled() and self._calls().cancel(rid))
+
+        def answered(attempt: Future) -> None:
+            exc = attempt.exception()
+            if isinstance(exc, BackendLost) and retries:
+                log.info("%s; sending the call again (%d retries left)", exc, retries - 1)
+                self._submit(future, backend, call, timeout, dispatch, retries - 1)
+            elif isinstance(exc, Refused) and codec != serialize.JSON:
+                # perhaps a no-pickle backend: learning that takes a listing, which is not for the I/O thread
+                threading.Thread(target=self._resubmit_json, args=(future, backend, call, timeout, dispatch,
+                                                                   retries, exc), daemon=True).start()
+            elif exc is not None:
+                settle(future, exc=exc)
+            else:
+                try:
+                    settle(future, self._result(backend, *attempt.result()))
+                except BaseException as error:  # noqa: BLE001
+                    settle(future, exc=error)
+
+        sent.add_done_callback(answered)
+
+    def _resubmit_json(self, future, backend, call, timeout, dispatch, retries, refusal: Refused) -> None:
+        try:
+            relearnt = self._learn_codec(backend) == serialize.JSON
+        except DeMagicError:
+            relearnt = False
+        if relearnt:
+            self._submit(future, backend, call, timeout, dispatch, retries)
+        else:
+            settle(future, exc=refusal)
+
+    def _calls(self) -> Multiplexer:
+        """The I/O thread of submitted calls, started on first use."""
+        with self._lock:
+            if self._closed:
+                raise RuntimeError(f"{self!r} is closed")
+            if self._mux is None:
+                self._mux = Multiplexer(self)
+            return self._mux
 
     # -- jobs: calls that outlive this process (jobs.py builds on this module, so it is imported here) --------
 
@@ -465,7 +565,11 @@ class Client:
         head, frames = self._list(rid, query, timeout)
         listing = decode_result(head, frames)
         self._broker_limit = listing["broker"].get("max_message_size")
+        if name is not None:
+            self.routes.learn(name, listing["backends"].get(name))
         for entry_name, entry in listing["backends"].items():
+            if name is None:
+                self.routes.learn(entry_name, entry)
             self._codecs[entry_name] = entry.get("codec", serialize.PICKLE)
             if api and "api" in entry:
                 self._apis[entry_name] = (entry["api_tag"], entry["api"])
@@ -517,6 +621,34 @@ class Client:
 
     def _ipython_key_completions_(self) -> list[str]:
         return sorted(self.listing(api=False)["backends"])
+
+
+class _NotSent(Exception):
+    """A direct call could not be sent (the endpoint is not connected): it goes through the broker."""
+
+
+def encode_call(member: str, args: tuple, kwargs: dict | None, method: str | None, init, codec: str) -> tuple[dict, list]:
+    """The header and payload frames of a call of ``member`` (or of its ``method``, with ``init``)."""
+    header = {"member": member}
+    body = (tuple(args), dict(kwargs or {}))
+    if method is not None:
+        header["method"] = method
+        body += tuple(init or ((), {}))
+    if codec == serialize.JSON:
+        header["codec"] = serialize.JSON
+        return header, serialize.dumps_json([list(part) if i % 2 == 0 else part for i, part in enumerate(body)])
+    return header, serialize.dumps(body)
+
+
+def _dispatcher(progress, on_event: EventHandler | None) -> EventHandler:
+    """A call's event handler: progress events to ``progress``, the others to ``on_event``."""
+    def dispatch(event: dict, frames: list) -> None:
+        if event.get("event") == "progress":
+            if progress is not None:
+                progress(Progress.from_event(event))
+        elif on_event is not None:
+            on_event(event, frames)
+    return dispatch
 
 
 def merge_listings(listings: dict[str, dict], down: list[str]) -> dict:

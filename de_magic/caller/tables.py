@@ -46,6 +46,8 @@ class BackendTable(dict):
             # a Dask backend's one worker is a front door: its calls run on the cluster's workers
             count = str(len(workers)) + "".join(f" (Dask: {w['dask']['workers']} workers, {w['dask']['threads']} "
                                                 f"threads)" for w in workers if w.get("dask"))
+            direct = sum(1 for w in workers if w.get("direct"))
+            count += f" ({direct} direct)" if direct else ""  # they take calls without the broker in between
             row = (name, count, f"{busy}/{slots}", "yes" if entry.get("allow_code") else "no", members)
             out.append(row + (", ".join(entry["brokers"]),) if "brokers" in entry else row)
         return out

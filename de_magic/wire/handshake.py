@@ -86,6 +86,10 @@ class WatchedSocket(zmq.Socket):
                     self._handshake_failure = described
         return self._handshake_failure
 
+    def name(self, url: str) -> None:
+        """Say, for messages, that this socket connects to ``url`` (when it is not watched)."""
+        self._handshake_url = url
+
     @property
     def watched_url(self) -> str:
         """The address this socket was told to :meth:`watch` (the one it connects to)."""

@@ -127,6 +127,10 @@ class Query(NamedTuple):  # client -> broker
     rid: bytes
     more: list  #: further request ids: a client waiting for many asks after all of them at once
 
+    def ids(self) -> list[bytes]:
+        """Every request id asked after."""
+        return [self.rid, *map(_bytes, self.more)]
+
 
 class Ready(NamedTuple):  # worker control -> broker
     name: str
@@ -181,6 +185,11 @@ class Status(NamedTuple):  # broker -> client
     rid: bytes
     state: bytes
     more: list  #: (request id, state) frame pairs answering a QUERY's further ids
+
+    def pairs(self) -> list[tuple[bytes, bytes]]:
+        """Every (request id, state) answered."""
+        frames = [self.rid, self.state, *map(_bytes, self.more)]
+        return list(zip(frames[::2], frames[1::2]))
 
 
 class Welcome(NamedTuple):  # broker -> worker control
@@ -399,6 +408,9 @@ def check_ready_info(info: dict) -> dict:
     for key in ("api", "dask"):  # dask: the cluster a Dask backend runs on, shown in listings
         if not isinstance(info.get(key, {}), dict):
             raise ProtocolError(f"READY info: {key!r} must be an object")
+    direct = info.get("direct")
+    if direct is not None and not (isinstance(direct, str) and direct.startswith("tcp://") and len(direct) < 300):
+        raise ProtocolError("READY info: 'direct' must be a tcp:// address")
     allowed = info.get("allow_clients")
     if allowed is not None and not (isinstance(allowed, list) and all(isinstance(k, str) for k in allowed)):
         raise ProtocolError("READY info: 'allow_clients' must be a list of strings")

@@ -317,7 +317,7 @@ def _read_config(url: str | None = None) -> dict[str, str]:
     data = _read_toml()
     path = config_file()
     # a typo here would silently turn encryption off
-    _check_names(data, {*SETTINGS, BROKER, OWNERS, BROKERS, DASK, JOB_DIR}, path, "")
+    _check_names(data, {*SETTINGS, BROKER, OWNERS, BROKERS, DASK, DIRECT, JOB_DIR}, path, "")
     tables = data.get(BROKERS, {})
     for name, table in tables.items():
         if not isinstance(table, dict):
@@ -371,6 +371,7 @@ def public_key(value: Path | str | None) -> bytes:
 
 OWNERS = "owners"
 DASK = "dask"  #: the Dask cluster backends run their calls on (see daskpool.py)
+DIRECT = "direct"  #: where backends listen for direct calls (see backend/direct.py)
 JOB_DIR = "job_dir"  #: where backends keep job results (see backend/jobs.py)
 
 

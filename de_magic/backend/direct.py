@@ -1,0 +1,239 @@
+"""A backend's direct endpoint: callers that can reach it leave the broker out of the data path.
+
+The broker stays where callers discover backends and where trust is decided;
+this endpoint only carries calls.  It speaks the client's half of the protocol
+(``CALL``, ``CANCEL``, ``QUERY``; answers as the broker would give them), so a
+client uses the same code for both paths.
+
+Who may call here is the broker's decision, made again: under CURVE a caller's
+key must be one a broker we are registered at lets in (each tells us in
+``WELCOME``) and, if the backend has ``allow_clients``, among those.  Without
+CURVE the endpoint must be on loopback, as a plaintext broker must.
+
+The endpoint is served by the backend's I/O thread: calls go to free slot
+threads over an in-process connection that a slot treats like one more
+broker, so a slot running a direct call tells the brokers ``BUSY`` (their
+view of the load stays right) and a broker's call to a busy slot waits there.
+Calls that find every slot busy wait here, up to the backend's ``max_queue``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections import deque
+from urllib.parse import urlsplit
+
+import zmq
+from zmq.auth.thread import ThreadAuthenticator
+
+from ..wire import protocol as P
+from ..wire.errors import BackendLost, Busy, Cancelled, PayloadTooLarge, Refused, UnknownBackend
+from ..wire.framing import send_frames
+from ..wire.security import Security, is_loopback, peer_key
+from ..wire.serialize import nbytes
+
+log = logging.getLogger("de_magic.backend.direct")
+
+ZAP_DOMAIN = "de-magic-direct"
+DIRECT_ENV = "DE_MAGIC_DIRECT"
+MAX_QUERY = 10_000  #: request ids one QUERY may ask after, as at a broker
+
+
+def direct_address(value: str | None) -> str | None:
+    """Where to listen for direct calls: ``value`` (a flag or main() option), else $DE_MAGIC_DIRECT, else the
+    config file's ``direct``; None: connect out only."""
+    from ..wire.security import DIRECT, _read_toml
+
+    return value or os.environ.get(DIRECT_ENV) or _read_toml().get(DIRECT) or None
+
+
+class Gate:
+    """Plain logic: which caller keys the direct endpoint admits (the brokers' and the backend's decision)."""
+
+    def __init__(self, allow_clients: list[str] | None):
+        self.allow_clients = None if allow_clients is None else frozenset(allow_clients)
+        self._vouched: dict[int, dict[str, str]] = {}  # broker index -> {caller key: its key file's name}
+
+    def vouch(self, door: int, callers: dict) -> None:
+        """The callers the broker ``door`` lets in, as its WELCOME said: {Z85 key: name}."""
+        if isinstance(callers, dict):
+            self._vouched[door] = {str(k): str(v) for k, v in callers.items()}
+
+    def admits(self, key: str) -> bool:
+        names = [vouched[key] for vouched in self._vouched.values() if key in vouched]
+        if not names:
+            return False
+        return self.allow_clients is None or key in self.allow_clients or any(n in self.allow_clients for n in names)
+
+
+class _GateKeeper(ThreadAuthenticator):
+    """ZAP for the direct endpoint, in its own context: a broker's handler may serve this process's other one."""
+
+    def __init__(self, context: zmq.Context, gate: Gate):
+        super().__init__(context, log=logging.getLogger("de_magic.backend.direct.zap"))
+        self.gate = gate
+        self.configure_curve_callback(ZAP_DOMAIN, self)
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        admitted = self.gate.admits(key.decode("ascii", "replace"))
+        if not admitted:
+            log.info("refused a direct connection: key %s is not a caller the broker vouches for",
+                     key.decode("ascii", "replace"))
+        return admitted
+
+
+class DirectEndpoint:
+    """The listening socket, the in-process link to the slots, and the calls that came this way.
+
+    ``index`` is the door number slots know this endpoint by (after the brokers').
+    Driven by the backend's I/O thread: :meth:`on_caller`, :meth:`on_slot`, :meth:`answer`.
+    """
+
+    def __init__(self, backend, url: str, index: int, security: Security, context: zmq.Context):
+        self.backend, self.index = backend, index
+        self.gate = Gate(backend.allow_clients)
+        self._ctx = zmq.Context()  # see _GateKeeper
+        self._auth: _GateKeeper | None = None
+        self.curve = security.curve
+        if not self.curve and not is_loopback(url):
+            raise Refused(f"refusing to listen for direct calls at {url} without encryption: give the backend a "
+                          "key pair (--key and --broker-key, as for a CURVE broker), or listen on 127.0.0.1")
+        self.sock = self._bind(url, security)
+        self.url = advertised(self.sock.last_endpoint.decode())
+        self.slots_url = f"inproc://de-magic-direct-{id(self)}"
+        self.link = context.socket(zmq.ROUTER)
+        self.link.bind(self.slots_url)
+        self.idle: dict[bytes, None] = {}  # free slots, oldest first
+        self.waiting: deque[tuple[bytes, bytes, str, list]] = deque()  # (caller, rid, key, body) for a free slot
+        self.calls: dict[tuple[bytes, bytes], bytes] = {}  # (caller, rid) -> slot, b"" while it waits
+
+    def _bind(self, url: str, security: Security) -> zmq.Socket:
+        sock = self._ctx.socket(zmq.ROUTER)
+        sock.linger = 0
+        sock.router_handover = False
+        sock.maxmsgsize = self.backend.max_message_size + (1 << 20)
+        if self.curve:
+            self._auth = _GateKeeper(self._ctx, self.gate)
+            self._auth.start()
+            sock.curve_publickey, sock.curve_secretkey = security.key_pair
+            sock.curve_server = True
+            sock.zap_domain = ZAP_DOMAIN.encode()
+        try:
+            sock.bind(url)
+        except zmq.ZMQError as exc:
+            self.close(sock)
+            raise Refused(f"cannot listen for direct calls at {url}: {exc.strerror}") from None
+        return sock
+
+    def close(self, sock: zmq.Socket | None = None) -> None:
+        for s in (sock or getattr(self, "sock", None), getattr(self, "link", None)):
+            if s is not None:
+                s.close(linger=0)
+        if self._auth is not None:
+            self._auth.stop()
+        self._ctx.term()
+
+    # -- from callers ---------------------------------------------------------------------------
+
+    def on_caller(self, frames: list) -> None:
+        caller, frames = frames[0].bytes, frames[1:]
+        try:
+            msg = P.parse(frames, P.AT_BROKER)
+            if type(msg) is P.Call:
+                self._on_call(caller, msg, peer_key(frames[0]) or "")
+            elif type(msg) is P.Cancel:
+                self._on_cancel(caller, msg.rid)
+            elif type(msg) is P.Query:
+                if len(msg.more) >= MAX_QUERY:
+                    raise P.ProtocolError(f"QUERY of more than {MAX_QUERY} requests", msg.rid)
+                states = []
+                for rid in msg.ids():
+                    states += [rid, P.PENDING if (caller, rid) in self.calls else P.UNKNOWN]
+                self._to_caller(P.status(caller, states))
+            else:
+                raise P.ProtocolError(f"a direct endpoint serves CALL, CANCEL and QUERY, not {type(msg).__name__}",
+                                      getattr(msg, "rid", None))
+        except P.ProtocolError as exc:
+            self.backend._bad.report("bad direct message from %s: %s", caller.hex(), exc)
+            if exc.rid is not None:
+                self._to_caller(P.error_to(caller, exc.rid, "protocol", str(exc)))
+
+    def _on_call(self, caller: bytes, msg: P.Call, key: str) -> None:
+        backend = self.backend
+        if (caller, msg.rid) in self.calls:
+            raise P.ProtocolError(f"request id {msg.rid.hex()} is already in use by this caller")
+        refusal = None
+        if msg.backend != backend.name:
+            refusal = UnknownBackend, f"this endpoint serves backend {backend.name!r}, not {msg.backend!r}"
+        elif msg.worker and msg.worker != backend.id:
+            refusal = BackendLost, f"worker {msg.worker.hex()} of backend {msg.backend!r} is gone"
+        elif (size := nbytes(msg.body)) > backend.max_message_size:
+            refusal = PayloadTooLarge, (f"call of {size} bytes exceeds backend {backend.name!r}'s maximum message "
+                                        f"size of {backend.max_message_size} bytes")
+        elif not self.idle and len(self.waiting) >= backend.max_queue:
+            refusal = Busy, (f"backend {backend.name!r} is busy: all {backend.max_workers} slots working and "
+                             f"{len(self.waiting)} direct calls queued")
+        if refusal is not None:
+            return self._to_caller(P.error_to(caller, msg.rid, refusal[0].kind, refusal[1]))
+        self.calls[(caller, msg.rid)] = b""
+        self.waiting.append((caller, msg.rid, key, msg.body))
+        self._dispatch()
+
+    def _on_cancel(self, caller: bytes, rid: bytes) -> None:
+        slot = self.calls.get((caller, rid))
+        if slot == b"":  # still waiting here: it never started
+            self.waiting = deque(w for w in self.waiting if w[:2] != (caller, rid))
+            del self.calls[(caller, rid)]
+            self._to_caller(P.error_to(caller, rid, Cancelled.kind, "cancelled before it started"))
+        elif slot is not None:
+            self.backend._cancel((self.index, caller, rid))
+
+    def _dispatch(self) -> None:
+        while self.waiting and self.idle:
+            slot = next(iter(self.idle))
+            del self.idle[slot]
+            caller, rid, key, body = self.waiting.popleft()
+            self.calls[(caller, rid)] = slot
+            send_frames(self.link, P.work(slot, caller, rid, key, body))
+
+    # -- from slots (and answers of work that ran elsewhere, via the I/O thread) ---------------
+
+    def on_slot(self, frames: list) -> None:
+        slot, frames = frames[0].bytes, frames[1:]
+        msg = P.parse(frames, P.AT_BROKER)  # from our own threads: well-formed
+        if type(msg) is P.Slot:
+            self.idle[slot] = None
+            self._dispatch()
+        elif type(msg) is P.SlotBusy:
+            self.idle.pop(slot, None)
+        elif type(msg) is P.Answer:
+            self.answer(msg)
+
+    def answer(self, msg: P.Answer) -> None:
+        """A REPLY, EVENT or ERROR for a direct call: to its caller; a final one frees the call's slot."""
+        key = (msg.client, msg.rid)
+        if key not in self.calls:
+            return  # cancelled while it waited, or a duplicate
+        if msg.type != P.EVENT:
+            slot = self.calls.pop(key)
+            if slot:
+                self.idle[slot] = None
+        self._to_caller(P.to_client(msg.client, msg.type, msg.rid, msg.body))
+        self._dispatch()
+
+    def _to_caller(self, frames: list) -> None:
+        try:
+            send_frames(self.sock, frames, zmq.NOBLOCK)
+        except zmq.Again:  # the caller is gone or not reading: as through a broker, the answer is lost
+            log.debug("dropped an answer for a direct caller that takes none")
+
+
+def advertised(endpoint: str) -> str:
+    """The address callers elsewhere reach a bound ``endpoint`` at (a wildcard becomes this host's name)."""
+    parts = urlsplit(endpoint)
+    host, _, port = parts.netloc.rpartition(":")
+    if host in ("0.0.0.0", "*", "[::]", "::"):
+        host = socket.getfqdn()
+    return f"{parts.scheme}://{host}:{port}"

@@ -1,0 +1,164 @@
+"""Which way a call goes: straight to a worker's direct endpoint when it can, else through the broker.
+
+Listings tell which workers listen for direct calls, and the key the broker
+authenticated for each (a caller trusts a worker's endpoint by that key and by
+nothing else).  Whether this client can reach an endpoint is learnt once per
+worker, by one short connection attempt, and cached: a worker that cannot be
+reached, or refuses us, costs that attempt and then its calls go through the
+broker.  Direct sockets are opened with ZMQ_IMMEDIATE, so a call to an endpoint
+that has gone away fails to send at once (and goes through the broker) instead
+of waiting for a connection; once sent, it ends like any call, with
+``BackendLost`` if the worker stops answering.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from ..wire.framing import send_frames
+from ..wire.handshake import WatchedSocket
+from ..wire.security import Security, is_loopback
+
+PROBE_TIMEOUT = 0.5  #: seconds one attempt to reach a direct endpoint may take
+CONNECTING = 0.2  #: seconds a connected direct socket may take to take a message
+RELEARN = 30.0  #: seconds after which a backend's direct endpoints are looked up again
+_PROBE_EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+                 | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A worker's direct endpoint as a listing vouched for it."""
+
+    worker: bytes
+    url: str
+    key: str | None  #: the worker's public key (Z85) as the broker authenticated it; None without CURVE
+
+
+def endpoints(entry: dict) -> list[Endpoint]:
+    """The direct endpoints of a backend's listing entry that may be used: CURVE-keyed, or on loopback."""
+    found = []
+    for worker in entry.get("workers", []):
+        direct = worker.get("direct")
+        if isinstance(direct, dict) and isinstance(direct.get("url"), str):
+            if direct.get("key") or is_loopback(direct["url"]):
+                found.append(Endpoint(bytes.fromhex(worker["id"]), direct["url"], direct.get("key")))
+    return found
+
+
+class Routes:
+    """What a client knows of direct endpoints, and its sockets to them (one per thread and endpoint)."""
+
+    def __init__(self, context: zmq.Context, heartbeat: float):
+        self._ctx, self.heartbeat = context, heartbeat
+        self._known: dict[str, tuple[float, list[Endpoint]]] = {}  # backend -> (learnt at, endpoints)
+        self._reached: set[bytes] = set()  # workers a direct connection worked with
+        self._unreachable: dict[bytes, float] = {}  # worker id -> until when its calls go via the broker
+        self._inflight: dict[bytes, int] = {}  # worker id -> this client's calls in flight there
+        self._local = threading.local()
+        self._sockets: list[zmq.Socket] = []
+        self._lock = threading.Lock()
+        self.closed = False
+
+    def learn(self, backend: str, entry: dict | None) -> None:
+        """A listing's entry for ``backend`` (None: it is not live)."""
+        self._known[backend] = (time.monotonic(), endpoints(entry) if entry else [])
+
+    def stale(self, backend: str) -> bool:
+        known = self._known.get(backend)
+        return known is None or time.monotonic() - known[0] > RELEARN
+
+    def pick(self, backend: str, worker: bytes, security: Security) -> Endpoint | None:
+        """The endpoint to call ``backend`` (pinned to ``worker`` if given) at directly, if there is one."""
+        candidates = [e for e in self._known.get(backend, (0, []))[1]
+                      if (not worker or e.worker == worker) and self._unreachable.get(e.worker, 0) < time.monotonic()
+                      and (e.key is None or security.curve)]
+        if not candidates:
+            return None
+        return min(candidates, key=lambda e: self._inflight.get(e.worker, 0))
+
+    def socket(self, endpoint: Endpoint, security: Security) -> WatchedSocket | None:
+        """This thread's socket to ``endpoint``, or None if it cannot be reached (then never tried again)."""
+        socks = self._local.__dict__.setdefault("socks", {})
+        sock = socks.get(endpoint.url)
+        if sock is not None and not sock.closed:
+            return sock
+        if self.closed:
+            raise RuntimeError("these sockets are closed")
+        sock = self._ctx.socket(zmq.DEALER, socket_class=WatchedSocket)
+        sock.name(endpoint.url)
+        sock.linger = 0
+        sock.immediate = True  # nothing is queued for an endpoint that is not connected: it goes via the broker
+        sock.sndhwm = sock.rcvhwm = 0  # a client's thousands of calls in flight (mux.py)
+        if endpoint.key is not None:
+            sock.curve_publickey, sock.curve_secretkey = security.key_pair
+            sock.curve_serverkey = endpoint.key.encode()
+        if endpoint.worker in self._reached:
+            sock.connect(endpoint.url)
+        elif self._probe(sock, endpoint):
+            self._reached.add(endpoint.worker)
+        else:
+            sock.close(linger=0)
+            self.lost(endpoint)
+            return None
+        socks[endpoint.url] = sock
+        with self._lock:
+            self._sockets.append(sock)
+        return sock
+
+    def _probe(self, sock: zmq.Socket, endpoint: Endpoint) -> bool:
+        """Connect ``sock`` and wait, briefly, for the handshake: whether it succeeded."""
+        monitor = sock.get_monitor_socket(_PROBE_EVENTS)
+        try:
+            sock.connect(endpoint.url)
+            deadline = time.monotonic() + PROBE_TIMEOUT
+            while (left := deadline - time.monotonic()) > 0 and monitor.poll(left * 1000):
+                # a failed handshake is a refusal (its caller keys are the broker's: the broker will say why)
+                return recv_monitor_message(monitor)["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED
+            return False
+        finally:
+            sock.disable_monitor()
+            monitor.close(linger=0)
+
+    @staticmethod
+    def send(sock: zmq.Socket, frames: list) -> bool:
+        """Send on a direct socket; False if it could not be sent (nothing was: see ZMQ_IMMEDIATE).
+
+        A connection just made may take a moment to take messages after its handshake.
+        """
+        for wait in (0, CONNECTING):
+            if wait and not sock.poll(wait * 1000, zmq.POLLOUT):
+                return False
+            try:
+                send_frames(sock, frames, zmq.NOBLOCK)
+                return True
+            except zmq.Again:
+                continue
+        return False
+
+    def lost(self, endpoint: Endpoint) -> None:
+        """It cannot be reached, or a call there got no answer: go through the broker for a while."""
+        self._reached.discard(endpoint.worker)
+        self._unreachable[endpoint.worker] = time.monotonic() + RELEARN
+        for backend, (_, found) in list(self._known.items()):
+            if endpoint in found:  # its backend may have restarted elsewhere: look again at the next call
+                self._known[backend] = (-RELEARN, found)
+
+    def started(self, endpoint: Endpoint) -> None:
+        self._inflight[endpoint.worker] = self._inflight.get(endpoint.worker, 0) + 1
+
+    def ended(self, endpoint: Endpoint) -> None:
+        self._inflight[endpoint.worker] -= 1
+
+    def close(self, keep: set = frozenset()) -> None:
+        with self._lock:
+            self.closed = True
+            for sock in self._sockets:
+                if sock not in keep:
+                    sock.close(linger=0)
+            self._sockets.clear()

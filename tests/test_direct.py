@@ -1,0 +1,244 @@
+"""The direct data path: calls go straight to a worker when they can, through the broker when they must.
+
+Which way a call went shows in the broker's books: a worker's ``calls`` counts only the calls the
+broker routed, while its ``busy`` count includes direct calls (the slot tells the broker BUSY).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import zmq
+
+from conftest import HEARTBEAT, Cluster, Processes, curve_keys, free_port, wait_for
+from de_magic import Client
+from de_magic.backend.server import Backend
+from de_magic.wire import protocol as P
+from de_magic.wire import serialize
+from de_magic.wire.errors import BackendLost, CallTimeout, Cancelled, Refused
+from de_magic.wire.security import Security
+
+DIRECT = ("--direct", "tcp://127.0.0.1:0")
+
+
+@pytest.fixture
+def direct(cluster):
+    """A broker with ``hello_world`` taking direct calls on loopback."""
+    cluster.start_backend("de_magic.demo.hello", "hello_world", "--allow-code", *DIRECT)
+    return cluster
+
+
+def the_worker(cluster: Cluster, name: str = "hello_world") -> dict:
+    (worker,) = cluster.workers(name)
+    return worker
+
+
+def test_a_direct_backend_is_listed_with_its_endpoint_and_called_without_the_broker(direct):
+    worker = the_worker(direct)
+    assert worker["direct"]["url"].startswith("tcp://127.0.0.1:") and worker["direct"]["key"] is None
+    hw = direct.client["hello_world"]
+    assert [hw.echo(i) for i in range(50)] == list(range(50))
+    assert the_worker(direct)["calls"] == 0  # not one of them crossed the broker
+    with Client(direct.url, heartbeat=HEARTBEAT, direct=False) as brokered:
+        assert brokered.call("hello_world", "echo", (3,)) == 3
+    assert the_worker(direct)["calls"] == 1
+    assert "direct" in repr(direct.client.backends())  # the table shows it
+
+
+def test_direct_calls_count_as_busy_at_the_broker(direct):
+    future = direct.client.submit("hello_world", "slow_sum", (), {"n": 20, "delay": 0.05})
+    wait_for(lambda: the_worker(direct)["busy"] == 1, what="the broker to see the direct call's slot busy")
+    assert future.result(timeout=10) == sum(range(20))
+    wait_for(lambda: the_worker(direct)["busy"] == 0, what="the slot to be free again")
+    assert the_worker(direct)["calls"] == 0
+
+
+def test_progress_errors_and_cancel_work_direct(direct):
+    seen = []
+    hw = direct.client["hello_world"]
+    assert hw.slow_sum.options(on_progress=seen.append)(n=5, delay=0.01) == 10
+    assert seen[-1].n == 5 and seen[-1].done
+    with pytest.raises(Exception, match="compute_sum"):
+        hw.compute_sum("not numbers")
+    future = direct.client.submit("hello_world", "slow_sum", (), {"n": 1000, "delay": 0.05})
+    wait_for(lambda: the_worker(direct)["busy"] == 1, what="the call to run")
+    future.cancel()
+    wait_for(lambda: the_worker(direct)["busy"] == 0, what="the cancelled call to stop on the backend")
+    with pytest.raises(CallTimeout):
+        hw.slow_sum.options(timeout=0.3)(n=100, delay=0.05)
+    wait_for(lambda: the_worker(direct)["busy"] == 0, what="the timed-out call to be cancelled")
+    assert the_worker(direct)["calls"] == 0
+
+
+def test_a_remote_session_is_pinned_to_its_worker_directly(direct):
+    from de_magic.caller.session import RemoteSession
+
+    session = RemoteSession(direct.client, "hello_world")
+    try:
+        session.execute("x = 41")
+        session.execute("y = x + 1")
+        assert session.pull("y") == 42
+    finally:
+        session.close()
+    assert the_worker(direct)["calls"] == 0
+
+
+def test_a_direct_worker_that_dies_mid_call_ends_the_call_and_the_next_goes_via_a_new_one(direct):
+    proc = next(p for p in direct.procs.procs if "serve" in p.args)
+    future = direct.client.submit("hello_world", "slow_sum", (), {"n": 1000, "delay": 0.05})
+    wait_for(lambda: the_worker(direct)["busy"] == 1, what="the call to run")
+    start = time.monotonic()
+    os.kill(proc.pid, signal.SIGKILL)
+    with pytest.raises(BackendLost, match="direct"):
+        future.result(timeout=10 * HEARTBEAT * 3)
+    assert time.monotonic() - start < 3 * HEARTBEAT * 3 + 1
+    proc.wait()
+    direct.start_backend("de_magic.demo.hello", "hello_world", *DIRECT)  # restarted: a new worker, a new port
+    assert direct.client.call("hello_world", "echo", (5,)) == 5
+    assert direct.client.call("hello_world", "echo", (6,)) == 6
+    assert the_worker(direct)["calls"] <= 1  # the first may have gone via the broker, the next went direct
+
+
+class Unreachable(Backend):
+    """A backend that advertises a direct endpoint nobody listens at (a firewall, a NAT, a wrong host name)."""
+
+    def _ready_frames(self, door):
+        frames = super()._ready_frames(door)
+        info = P.load_header(frames[-1])
+        info["direct"] = f"tcp://127.0.0.1:{free_port()}"
+        return [*frames[:-1], P.dump_header(info)]
+
+
+def test_an_unreachable_endpoint_costs_one_short_attempt_then_calls_go_via_the_broker(cluster):
+    def double(x: int) -> int:
+        return 2 * x
+
+    backend = Unreachable("far", {"double": double}, broker=cluster.url, heartbeat=HEARTBEAT).start()
+    try:
+        wait_for(lambda: the_worker(cluster, "far")["slots"] > 0, what="the backend to register")
+        with Client(cluster.url, heartbeat=HEARTBEAT) as client:
+            start = time.monotonic()
+            assert [client.call("far", "double", (i,)) for i in range(20)] == [2 * i for i in range(20)]
+            assert time.monotonic() - start < 3.0  # one probe of 0.5 s at most, not one per call
+        assert the_worker(cluster, "far")["calls"] == 20
+    finally:
+        backend.stop()
+
+
+def test_plain_direct_endpoint_beyond_loopback_is_refused(cluster):
+    done = subprocess.run([sys.executable, "-m", "de_magic", "serve", "de_magic.demo.hello", "--broker", cluster.url,
+                           "--direct", "tcp://0.0.0.0:0"], capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert "without encryption" in done.stderr and "--key" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_ten_thousand_calls_in_flight_on_one_client_thread(cluster):
+    cluster.start_backend("de_magic.demo.hello", "hello_world", "--max-workers", "50", "--max-queue", "20000")
+    threads = threading.active_count()
+    futures = [cluster.client.submit("hello_world", "echo", (i,)) for i in range(10_000)]
+    assert threading.active_count() <= threads + 1  # one I/O thread for all of them
+    assert [f.result(timeout=60) for f in futures] == list(range(10_000))
+
+
+# -- CURVE ------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def curve(tmp_path):
+    keys = curve_keys(tmp_path)
+    procs = Processes()
+    url = f"tcp://127.0.0.1:{free_port()}"
+    try:
+        procs.start("broker", "--bind", url, "--heartbeat", str(HEARTBEAT), "--key", str(keys["broker"]),
+                    "--allowed-keys", str(keys["allowed"]))
+        backend = procs.start("serve", "de_magic.demo.hello", "--broker", url, "--heartbeat", str(HEARTBEAT),
+                              "--key", str(keys["backend"]), "--broker-key", str(keys["broker.public"]),
+                              "--allow-clients", "alice", *DIRECT)
+        alice = Client(url, heartbeat=HEARTBEAT, security=Security(key=keys["alice"], broker_key=keys["broker.public"]))
+        wait_for(lambda: _workers(alice) and _workers(alice)[0]["slots"] > 0, what="the backend to register")
+        assert backend.poll() is None
+        yield keys, url, alice
+        alice.close()
+    finally:
+        procs.stop_all()
+
+
+def _workers(client: Client) -> list[dict]:
+    try:
+        entry = client.listing(api=False, timeout=1)["backends"].get("hello_world")
+    except Exception:  # noqa: BLE001 - not up yet
+        return []
+    return entry["workers"] if entry else []
+
+
+def test_curve_direct_calls_are_vouched_both_ways(curve):
+    keys, url, alice = curve
+    (worker,) = _workers(alice)
+    backend_key = keys["backend.public"].read_text().split('public-key = "')[1].split('"')[0]
+    assert worker["direct"]["key"] == backend_key  # the key the broker authenticated, not one it was told
+    assert alice.call("hello_world", "echo", (3,)) == 3
+    assert _workers(alice)[0]["calls"] == 0  # alice went direct
+
+
+def test_a_caller_the_broker_or_the_backend_refuses_is_refused_direct_too(curve):
+    keys, url, alice = curve
+    endpoint = _workers(alice)[0]["direct"]
+    # bob is let in by the broker but not by the backend's --allow-clients: refused either way
+    with Client(url, heartbeat=HEARTBEAT, security=Security(key=keys["bob"], broker_key=keys["broker.public"])) as bob:
+        with pytest.raises(Refused, match="does not accept calls from this caller"):
+            bob.call("hello_world", "echo", (3,))
+    for name in ("bob", "mallory"):  # mallory: unknown to the broker too
+        assert not _direct_handshake(keys[name], endpoint), f"{name} got through to the direct endpoint"
+    assert _direct_handshake(keys["alice"], endpoint)
+
+
+def _direct_handshake(key_file, endpoint: dict) -> bool:
+    """Whether a raw CURVE socket with ``key_file``'s pair completes a handshake with the endpoint."""
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.linger = 0
+    sock.curve_publickey, sock.curve_secretkey = Security(key=key_file).key_pair
+    sock.curve_serverkey = endpoint["key"].encode()
+    monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+                                      | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
+    try:
+        sock.connect(endpoint["url"])
+        assert monitor.poll(5000), "no handshake outcome"
+        from zmq.utils.monitor import recv_monitor_message
+
+        return recv_monitor_message(monitor)["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED
+    finally:
+        sock.disable_monitor()
+        monitor.close()
+        sock.close()
+
+
+def test_a_direct_endpoint_answers_bad_messages_and_unknown_requests(direct):
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.linger = 0
+    sock.connect(the_worker(direct)["direct"]["url"])
+    try:
+        sock.send_multipart([P.VERSION, P.LIST, b"r1", b"{}"])  # only the broker lists
+        assert P.parse(sock.recv_multipart(), P.AT_CLIENT).header["kind"] == "protocol"
+        sock.send_multipart(P.call(b"r2", "other", b"", b"{}", [b""]))
+        assert P.parse(sock.recv_multipart(), P.AT_CLIENT).header["kind"] == "unknown_backend"
+        sock.send_multipart(P.query(b"r3", b"r4"))
+        assert P.parse(sock.recv_multipart(), P.AT_CLIENT).pairs() == [(b"r3", P.UNKNOWN), (b"r4", P.UNKNOWN)]
+        sock.send_multipart(P.call(b"r5", "hello_world", b"", P.dump_header({"member": "echo"}),
+                                   serialize.dumps((("ok",), {}))))
+        assert serialize.loads(P.parse(sock.recv_multipart(), P.AT_CLIENT).payload) == "ok"
+        sock.send_multipart(P.call(b"r6", "hello_world", b"", P.dump_header({"member": "slow_sum"}),
+                                   serialize.dumps(((), {"n": 1000, "delay": 0.05}))))
+        wait_for(lambda: the_worker(direct)["busy"] == 1, what="the call to run")
+        sock.send_multipart(P.cancel(b"r6"))
+        answer = P.parse(sock.recv_multipart(), P.AT_CLIENT)
+        while type(answer) is P.Event:  # its progress reports, then the end
+            answer = P.parse(sock.recv_multipart(), P.AT_CLIENT)
+        assert answer.rid == b"r6" and answer.header["kind"] == Cancelled.kind
+    finally:
+        sock.close()
