@@ -10,6 +10,8 @@ import sys
 import pytest
 
 from de_magic import Client
+from de_magic.caller.jobs import start_cell
+from de_magic.caller.session import RemoteSession
 from de_magic.wire import serialize
 from de_magic.wire.errors import Cancelled, JobUnavailable, Refused
 from de_magic.wire.security import Security, job_directory
@@ -192,3 +194,12 @@ def test_the_job_directory_comes_from_the_flag_then_the_environment_then_the_con
     monkeypatch.delenv("DE_MAGIC_JOB_DIR")
     with pytest.raises(Refused, match="job_dir in .* must be a directory's path"):
         job_directory(None)
+
+
+def test_a_cell_job_keeps_its_output_within_the_byte_budget(cluster):
+    cluster.start_backend("de_magic.demo.hello", "hello_world", "--allow-code", "--job-bytes", "2000")
+    job = start_cell(RemoteSession(cluster.client, "hello_world"), "for i in range(100):\n    print('x' * 50)", {}, [])
+    assert job.result(timeout=10)["status"] == "ok"
+    text = "".join(output.get("text", "") for output in job.outputs)
+    assert 1000 < text.count("x") < 2000
+    assert text.endswith("[de-magic: this job's further output is left out: over 2000 bytes (--job-bytes)]\n")

@@ -52,6 +52,8 @@ INDEX = "index.json"
 STOPPED = "it was still running when the backend stopped, and its work was lost; start it again"
 #: Seconds a queued job waits for a free place between two looks at whether it was cancelled.
 QUEUE_TICK = 0.2
+#: Bytes of a running job's output budget kept for the note that says the rest was left out.
+OUTPUT_NOTE_ROOM = 200
 #: Finished inner loops whose last report is kept for pollers (a loop in a loop makes a new one each time).
 MAX_DONE_BARS = 100
 
@@ -261,21 +263,28 @@ class JobStore:
                 del job.progress[key]
 
     def _keep_output(self, job: Job, header: dict, frames: list) -> None:
-        """Keep an output event of a running job, within the byte budget: beyond it, one note says so."""
-        size = len(json.dumps(header)) + serialize.nbytes(frames)
-        if job.size + size <= self.max_bytes:
+        """Keep an output event of a running job within the byte budget: of text, the part that fits;
+        after the first event that did not fit, one note says so, and nothing more is kept."""
+        if job.size > self.max_bytes:
+            return
+        room = self.max_bytes - job.size - OUTPUT_NOTE_ROOM
+        size = _event_size(header, frames)
+        if size > room and header.get("event") == "stream":
+            header = _fit(header, room)
+        kept = _event_size(header, frames)
+        if kept <= room:
             job.outputs.append((header, frames))
-        elif job.size <= self.max_bytes:
+            job.size += kept
+        if size > room:
             note = f"[de-magic: this job's further output is left out: over {self.max_bytes} bytes (--job-bytes)]\n"
             job.outputs.append(({"event": "stream", "name": "stderr", "text": note}, []))
-        job.size += size  # while it runs: the bytes of its output
+            job.size = self.max_bytes + 1  # full: nothing more is kept
 
     def _finish(self, job: Job, answer: dict) -> None:
         answer["outputs"] = job.outputs
         with self._lock:
             job.status, job.finished = answer["status"], time.time()
-            job.size = serialize.nbytes(answer.get("frames", ())) + sum(
-                len(json.dumps(h)) + serialize.nbytes(f) for h, f in job.outputs)  # the output kept
+            job.size = serialize.nbytes(answer.get("frames", ())) + sum(_event_size(h, f) for h, f in job.outputs)
             job.answer, job.outputs, job.call = answer, [], None
         if self.dir is not None:
             self._spill(job)
@@ -366,6 +375,19 @@ class JobStore:
 def owner_of(call: Call) -> str:
     """Whose the call's jobs are: the key the broker authenticated, else the user the client names itself."""
     return call.caller or f"user:{call.header.get('user', '')}"
+
+
+def _event_size(header: dict, frames: list) -> int:
+    return len(json.dumps(header)) + serialize.nbytes(frames)
+
+
+def _fit(header: dict, room: int) -> dict:
+    """A stream event with as much of its text as fits in ``room`` bytes (as JSON, escapes included)."""
+    text = str(header.get("text", ""))
+    keep = len(text)
+    while keep > 0 and (excess := _event_size({**header, "text": text[:keep]}, []) - room) > 0:
+        keep -= excess  # an escaped character takes more than one byte: cut again until it fits
+    return {**header, "text": text[:max(0, keep)]}
 
 
 def _what(header: dict, run: str) -> str:
