@@ -523,7 +523,7 @@ class Client:
                 self._mux = Multiplexer(self)
             return self._mux
 
-    # -- jobs: calls that outlive this process (jobs.py builds on this module, so it is imported here) --------
+    # -- jobs: calls that outlive this process (jobs.py builds on this module, so it is imported when used) ----
 
     def start(self, backend: str, member: str, args: tuple = (), kwargs: dict | None = None, **options) -> "Job":
         """Run a call as a job on the backend and return its :class:`~de_magic.caller.jobs.Job` at once.

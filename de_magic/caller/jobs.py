@@ -22,16 +22,14 @@ import threading
 import time
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 from ..wire import serialize
 from ..wire.errors import NO_SUCH_JOB, BackendLost, CallTimeout, DeMagicError, JobUnavailable, from_header
-from .session import RemoteSession, colors
+from .client import LISTING_TIMEOUT, Client, decode_result
 from .progress import Progress, default_progress, text_line
+from .session import RemoteSession, colors
 from .tables import JobTable, age
-
-if TYPE_CHECKING:
-    from .client import Client
 
 #: Events of a ``%%remote`` job that are cell output, kept on the Job for replay.
 OUTPUT_EVENTS = frozenset({"stream", "display", "clear_output"})
@@ -118,7 +116,7 @@ class Job:
         if "error" in reply:
             self._future.set_exception(from_header(reply["error"]))
         else:
-            self._future.set_result(_decode(reply))
+            self._future.set_result(decode_result({"codec": reply["codec"]}, reply["frames"]))
 
     def _fail(self, exc: BaseException) -> None:
         if isinstance(exc, JobUnavailable):
@@ -179,12 +177,6 @@ class Job:
                 f"started {age(self.created)} ago</div>")
 
 
-def _decode(answer: dict):
-    from .client import decode_result  # the client imports this module for start(), jobs() and job()
-
-    return decode_result({"codec": answer["codec"]}, answer["frames"])
-
-
 def parse_id(job_id: str) -> tuple[str, bytes]:
     """The backend and worker a job id names."""
     parts = str(job_id).rsplit(":", 2)
@@ -198,9 +190,10 @@ def parse_id(job_id: str) -> tuple[str, bytes]:
 
 def is_job_id(text: str) -> bool:
     try:
-        return bool(parse_id(text))
+        parse_id(text)
     except JobUnavailable:
         return False
+    return True
 
 
 def start(client: Client, backend: str, member: str, args: tuple = (), kwargs: dict | None = None, *,
@@ -255,7 +248,7 @@ def locate(client: Client, backend: str, job_id: str, worker: bytes, patience: f
 def _workers(client: Client, backend: str) -> list[dict]:
     try:
         entry = client.listing(backend, api=False)["backends"].get(backend)
-    except BackendLost:  # the broker is away for a moment: no worker to ask now
+    except (BackendLost, CallTimeout):  # the broker is away for a moment: no worker to ask now
         return []
     return entry["workers"] if entry else []
 
@@ -275,7 +268,7 @@ def list_jobs(client: Client) -> JobTable:
         for worker in entry["workers"]:
             try:
                 head, frames = client.request(name, {"op": "job.list", **identity()}, [],
-                                              worker=bytes.fromhex(worker["id"]), timeout=10.0)
+                                              worker=bytes.fromhex(worker["id"]), timeout=LISTING_TIMEOUT)
             except DeMagicError:
                 silent.append(name)
                 continue
