@@ -142,7 +142,8 @@ class RemoteMagics(Magics):
     @argument("name", help="backend name (it must be started with --allow-code)")
     @argument("--push", help="comma-separated local variables to send first")
     @argument("--pull", help="comma-separated remote variables to bring back after")
-    @argument("--timeout", type=float, help="seconds before the execution is cancelled (default: none)")
+    @argument("--timeout", type=float,
+              help="seconds before the execution is cancelled (default: none; a --noblock job runs to its end)")
     @argument("--noblock", action="store_true",
               help="run it as a job and return at once; %%remote_result [ID] fetches it, also after a kernel restart")
     @argument("--session", help="namespace key on the backend (default: one per kernel)")
@@ -197,7 +198,12 @@ class RemoteMagics(Magics):
 
     def _job(self, argument: str) -> Job:
         """The job ``%remote_result`` names: a job id, a variable holding a Job, or this kernel's last."""
-        job = self.client.job(argument) if is_job_id(argument) else self.shell.ev(argument) if argument else self.last
+        if not argument:
+            job = self.last
+        elif is_job_id(argument):  # ids are no Python expressions: `backend:worker:token`
+            job = self.client.job(argument)
+        else:
+            job = self.shell.ev(argument)
         if not isinstance(job, Job):
             raise UsageError("no %%remote --noblock job to fetch: give its id (%remote_result ID)")
         return job
