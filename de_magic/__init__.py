@@ -32,10 +32,11 @@ _EXPORTS = {
     "Client": "de_magic.caller.client",
     "RemoteSession": "de_magic.caller.session",
     "RemoteRef": "de_magic.caller.refs",
+    "Job": "de_magic.caller.jobs",
     "Progress": "de_magic.caller.progress",
     **{name: "de_magic.wire.errors" for name in (
-        "BackendLost", "BadAddress", "Busy", "CallTimeout", "Cancelled", "DeMagicError", "PayloadTooLarge", "ProtocolMismatch",
-        "ReferenceGone", "Refused", "RemoteError", "UnknownBackend", "UnknownMethod")},
+        "BackendLost", "BadAddress", "Busy", "CallTimeout", "Cancelled", "DeMagicError", "JobUnavailable", "PayloadTooLarge",
+        "ProtocolMismatch", "ReferenceGone", "Refused", "RemoteError", "UnknownBackend", "UnknownMethod")},
 }
 #: names whose users in a kernel expect widgets (progress bars, forms, mirrored widgets)
 _UI_NAMES = {"Client", "RemoteSession"}

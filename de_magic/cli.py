@@ -32,11 +32,12 @@ from .caller.client import Client, no_broker_hint
 from .caller.generate import client_module
 from .caller.progress import TextProgress
 from .embedded import DEMO_BACKENDS, bind, start_local
-from .wire.defaults import (DEFAULT_HEARTBEAT, DEFAULT_MAX_MESSAGE, DEFAULT_MAX_QUEUED_BYTES, DEFAULT_REF_BYTES,
-                            DEFAULT_SESSION_LEASE, check_doors, check_url, default_url)
+from .wire.defaults import (DEFAULT_HEARTBEAT, DEFAULT_JOB_BYTES, DEFAULT_JOB_TTL, DEFAULT_MAX_MESSAGE,
+                            DEFAULT_MAX_QUEUED_BYTES, DEFAULT_REF_BYTES, DEFAULT_SESSION_LEASE, check_doors, check_url,
+                            default_url)
 from .schema import describe, members_of
 from .wire.errors import DeMagicError
-from .wire.security import Security, create_keys, owners
+from .wire.security import Security, create_keys, job_directory, owners
 from .wire.serialize import JSON, PICKLE
 
 # -- loading backend modules -------------------------------------------------
@@ -180,6 +181,13 @@ def _serve_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ref-bytes", type=int, default=DEFAULT_REF_BYTES, metavar="BYTES",
                         help="bytes of results a worker keeps for remote references (options(keep=True)); "
                              "default: 4 GiB")
+    parser.add_argument("--job-ttl", type=float, default=DEFAULT_JOB_TTL, metavar="SECONDS",
+                        help="keep a finished job's result this long (default: 7 days)")
+    parser.add_argument("--job-bytes", type=int, default=DEFAULT_JOB_BYTES, metavar="BYTES",
+                        help="bytes of kept job results, oldest evicted first (default: 1 GiB)")
+    parser.add_argument("--job-dir", default=None, metavar="DIR",
+                        help="write job results here, so that finished ones survive a restart; large ones live only "
+                             "here (default: $DE_MAGIC_JOB_DIR, then the config file's job_dir; else in memory)")
     parser.add_argument("--dask", default=None, metavar="ADDRESS",
                         help="run calls on a Dask cluster: a scheduler's tcp://HOST:PORT, or local[:N] for N worker "
                              "processes here (default: $DE_MAGIC_DASK, then the config file's dask; see docs/scale.md)")
@@ -215,7 +223,8 @@ def _serve_backend(name: str, members: dict, args: argparse.Namespace, doc: str 
                           codec=JSON if args.no_pickle else PICKLE,
                           allow_clients=args.allow_clients.split(",") if args.allow_clients else None,
                           session_lease=args.session_lease, ref_bytes=args.ref_bytes,
-                          direct=direct_address(args.direct))
+                          direct=direct_address(args.direct), job_ttl=args.job_ttl, job_bytes=args.job_bytes,
+                          job_dir=job_directory(args.job_dir))
     except ValueError as exc:  # contradictory options
         raise SystemExit(f"de-magic: {exc}") from None
     if attach is not None:  # e.g. DaskPool.attach: calls run elsewhere

@@ -267,6 +267,18 @@ def test_sidebar_browse_filter_insert_and_run(page, lab, hello, processes, tmp_p
     hello_pid = hello.workers("hello_world")[0]["pid"]
     expect(remote_cell.locator(".jp-OutputArea-output")).to_contain_text(f"pid {hello_pid}", timeout=20_000)
 
+    # The Jobs section lists this user's finished job; "Insert fetch" brings its result into the notebook.
+    job = hello.client["hello_world"].slow_sum.start(n=3, delay=0.01)
+    assert job.result(timeout=10) == 3
+    job_row = panel.locator(f'.jp-DeMagic-jobsBroker[data-broker="{hello.url}"] .jp-DeMagic-job[title="{job.id}"]')
+    expect(job_row).to_contain_text(re.compile(r"done\s*slow_sum on hello_world\s*adding: 3/3 it"), timeout=15_000)
+    job_row.get_by_role("button", name="Insert fetch").click()
+    expect(active.locator(".cm-content")).to_contain_text(f'result = client.job("{job.id}").result()')
+    run_active_cell(page)
+    fetched = page.locator(".jp-NotebookPanel .jp-CodeCell").filter(has_text="client.job(")
+    fetched = fetched.locator(".jp-OutputArea-executeResult .jp-OutputArea-output")
+    expect(fetched).to_have_text(re.compile(r"^\s*3\s*$"), timeout=20_000)
+
     # ocean_model does not accept code: no such button there.
     rows(page, "backend").filter(has_text="ocean_model").locator(".jp-DeMagic-caret").click()
     rows(page, "function").filter(has_text="model_info").click()

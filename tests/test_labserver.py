@@ -37,7 +37,8 @@ def server(tmp_path_factory):
 def test_endpoints_require_authentication(server, hello):
     for path, params in [("/de-magic/brokers", {}), ("/de-magic/listing", {"broker": hello.url}),
                          ("/de-magic/backends", {"broker": hello.url}),
-                         ("/de-magic/backends/hello_world", {"broker": hello.url})]:
+                         ("/de-magic/backends/hello_world", {"broker": hello.url}),
+                         ("/de-magic/jobs", {"broker": hello.url})]:
         response = server.get(path, auth=False, **params)
         assert response.status_code == 403, (path, response.status_code)
         assert "hello_world" not in response.text
@@ -126,6 +127,16 @@ def test_backends_without_and_with_api(server, hello):
     missing = server.get("/de-magic/backends/no_such_backend", broker=hello.url)
     assert missing.status_code == 404
     assert "no_such_backend" in missing.json()["message"]
+
+
+def test_jobs_lists_this_users_jobs_and_an_unreachable_broker_says_so(server, hello):
+    job = hello.client["hello_world"].echo.start(7)
+    assert job.result(timeout=10) == 7
+    answer = server.get("/de-magic/jobs", broker=hello.url).json()
+    assert answer["reachable"] is True
+    assert [(j["id"], j["backend"], j["status"]) for j in answer["jobs"]] == [(job.id, "hello_world", "done")]
+    down = server.get("/de-magic/jobs", broker=EXTRA).json()
+    assert down["reachable"] is False and "jobs" not in down
 
 
 def test_unreachable_broker_is_reported_quickly_without_blocking_the_server(server):

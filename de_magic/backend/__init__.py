@@ -2,7 +2,8 @@
 
 :mod:`.server` connects to the broker and runs calls in slot threads;
 :mod:`.callcontext` is the call being served, as code inside it sees it;
-:mod:`.progress` reports progress to the caller; :mod:`.execute`,
+:mod:`.progress` reports progress to the caller; :mod:`.jobs` runs calls that outlive
+their caller and keeps their results; :mod:`.execute`,
 :mod:`.shell`, :mod:`.capture` and :mod:`.relay` run ``%%remote`` cells,
 capture their output and relay their widgets.
 """

@@ -40,9 +40,8 @@ import zmq
 
 from ..wire import protocol as P
 from ..wire import serialize
-from ..wire.defaults import (DEFAULT_HEARTBEAT, DEFAULT_LIVENESS, DEFAULT_MAX_MESSAGE, DEFAULT_REF_BYTES, DEFAULT_SESSION_LEASE,
-                             check_doors,
-                             default_url)
+from ..wire.defaults import (DEFAULT_HEARTBEAT, DEFAULT_JOB_BYTES, DEFAULT_JOB_TTL, DEFAULT_LIVENESS, DEFAULT_MAX_MESSAGE,
+                             DEFAULT_REF_BYTES, DEFAULT_SESSION_LEASE, check_doors, default_url)
 from ..wire.badinput import BadInput
 from ..wire.errors import Cancelled, DeMagicError, PayloadTooLarge, ProtocolMismatch, Refused, RemoteError, UnknownMethod
 from ..wire.handshake import WatchedSocket
@@ -54,6 +53,7 @@ from . import refs, shell
 from .callcontext import Call, Operation, current_call
 from .direct import DirectEndpoint
 from .execute import code_operations
+from .jobs import JobStore
 from .usage import Reporter
 
 log = logging.getLogger("de_magic.backend")
@@ -94,6 +94,9 @@ class Backend:
         session_lease: float = DEFAULT_SESSION_LEASE,
         direct: str | None = None,
         ref_bytes: int = DEFAULT_REF_BYTES,
+        job_ttl: float = DEFAULT_JOB_TTL,
+        job_bytes: int = DEFAULT_JOB_BYTES,
+        job_dir: str | os.PathLike | None = None,
     ):
         _check_codec(codec, allow_code)
         self.name = name
@@ -142,6 +145,9 @@ class Backend:
         self.refs = refs.RefStore(name, ref_bytes, session_lease)
         self.operations.update(refs.operations(self.refs, self.operations["call"]))
         self._usage = Reporter(self.refs)
+        #: Calls that outlive their caller, and their kept results (see docs/jobs.md).
+        self.jobs = JobStore(self, job_ttl, job_bytes, job_dir)
+        self.operations.update(self.jobs.operations())
         self._init_plumbing(context)
 
     def _init_plumbing(self, context: zmq.Context | None) -> None:
@@ -711,7 +717,7 @@ def _invoke_here(target: Callable, args: tuple, kwargs: dict):
     return target(*args, **kwargs)
 
 
-_MACHINERY = {__name__, "de_magic.schema.arguments", "de_magic.wire.serialize", "de_magic.wire.jsoncodec"}
+_MACHINERY = {__name__, "de_magic.backend.jobs", "de_magic.schema.arguments", "de_magic.wire.serialize", "de_magic.wire.jsoncodec"}
 
 
 def error_header(exc: BaseException) -> bytes:

@@ -36,7 +36,7 @@ import struct
 import threading
 import time
 from concurrent.futures import Future
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import zmq
 
@@ -54,6 +54,10 @@ from .proxies import RemoteBackend
 from .mux import Multiplexer, settle
 from .routes import Endpoint, Routes
 from .tables import BackendTable
+
+if TYPE_CHECKING:
+    from .jobs import Job
+    from .tables import JobTable
 
 EventHandler = Callable[[dict, list], None]
 
@@ -524,6 +528,29 @@ class Client:
             if self._mux is None:
                 self._mux = Multiplexer(self)
             return self._mux
+
+    # -- jobs: calls that outlive this process (jobs.py builds on this module, so it is imported when used) ----
+
+    def start(self, backend: str, member: str, args: tuple = (), kwargs: dict | None = None, **options) -> "Job":
+        """Run a call as a job on the backend and return its :class:`~de_magic.caller.jobs.Job` at once.
+
+        ``options``: ``method``, ``init`` (a class's method), ``on_progress``, ``timeout`` (of the start).
+        """
+        from .jobs import start
+
+        return start(self, backend, member, args, kwargs, **options)
+
+    def jobs(self) -> "JobTable":
+        """This caller's jobs on every live backend, as a table (text in a terminal, HTML in a notebook)."""
+        from .jobs import list_jobs
+
+        return list_jobs(self)
+
+    def job(self, job_id: str, *, on_progress: Callable[[Progress], None] | None = None) -> "Job":
+        """Come back to one of this caller's jobs (from any process): progress live, ``result()``, ``cancel()``."""
+        from .jobs import attach
+
+        return attach(self, job_id, on_progress)
 
     # -- discovery -------------------------------------------------------------
 

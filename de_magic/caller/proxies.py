@@ -18,10 +18,13 @@ from ..wire.errors import UnknownMethod
 
 if TYPE_CHECKING:
     from .client import CallFuture, Client
+    from .jobs import Job
 
 #: ``FORM(client, backend, entry, member=..., **call options)`` builds a call form; a UI layer sets it
 #: (:mod:`de_magic.notebook` sets its ipywidgets form). This layer knows no UI toolkit.
 FORM: Callable | None = None
+#: The call options that apply to starting a job (a job has no timeout or retries of its own).
+JOB_OPTIONS = frozenset({"method", "init", "on_progress"})
 
 
 def _remote_function(client: Client, backend: str, entry: dict, qualname: str, **call_kw) -> Callable:
@@ -40,6 +43,10 @@ def _remote_function(client: Client, backend: str, entry: dict, qualname: str, *
         """Start the call and return a future (also awaitable)."""
         return client.submit(backend, member, args, kwargs, **call_kw)
 
+    def start(*args, **kwargs) -> Job:
+        """Run the call as a job that outlives this process; returns its :class:`Job` at once (docs/jobs.md)."""
+        return client.start(backend, member, args, kwargs, **{k: v for k, v in call_kw.items() if k in JOB_OPTIONS})
+
     def ui():
         """A form that makes this call, from the UI layer that registered one (the notebook's)."""
         if FORM is None:
@@ -54,6 +61,7 @@ def _remote_function(client: Client, backend: str, entry: dict, qualname: str, *
     remote.__module__ = f"de_magic.remote.{backend}"
     remote.options = options
     remote.submit = submit
+    remote.start = start
     remote.ui = ui
     remote.api = entry
     return remote

@@ -222,7 +222,7 @@ class RemoteSession:
         ``block=False`` the outputs are only recorded, for :meth:`Execution.display`.
         """
         execution = Execution(self, code)
-        header = {"op": "exec", "code": code, "pull": list(pull), "colors": _colors()}
+        header = {"op": "exec", "code": code, "pull": list(pull), "colors": colors()}
         payload = serialize.dumps(dict(push or {}))
         show = (on_output or render) if block else None
 
@@ -278,7 +278,7 @@ class RemoteSession:
 
     def eval(self, expression: str, *, timeout: float | None = None):
         """The value of ``expression`` evaluated in the remote namespace."""
-        head, frames = self.request({"op": "exec", "code": expression, "eval": True, "colors": _colors()},
+        head, frames = self.request({"op": "exec", "code": expression, "eval": True, "colors": colors()},
                                     serialize.dumps({}), timeout=timeout)
         reply = serialize.loads(frames)
         if reply["status"] == "error":
@@ -286,7 +286,7 @@ class RemoteSession:
         return reply["value"]
 
 
-def _colors() -> str:
+def colors() -> str:
     """The local IPython traceback colour scheme, so remote tracebacks look like local ones."""
     try:
         from IPython import get_ipython

@@ -1,8 +1,27 @@
-"""The live backends at a broker as a table: text in a terminal, HTML in a notebook."""
+"""Listings as tables: text in a terminal, HTML in a notebook (the live backends, a caller's jobs)."""
 
 from __future__ import annotations
 
 import html
+import time
+
+from .progress import Progress, text_line
+
+
+def text_table(head: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
+    """Columns padded to their widest cell, a rule under the head."""
+    rows = [head, *rows]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    text = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
+    text.insert(1, "  ".join("-" * w for w in widths))
+    return text
+
+
+def html_table(caption: str, head: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    """``caption`` is HTML already; the cells are text."""
+    th = "".join(f"<th>{h}</th>" for h in head)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><caption>{caption}</caption><tr>{th}</tr>{body}</table>"
 
 
 class BackendTable(dict):
@@ -37,19 +56,14 @@ class BackendTable(dict):
     _HEAD = ("backend", "workers", "busy", "code", "sessions", "refs", "members")
 
     def __repr__(self) -> str:
-        rows = [self._head, *self.rows()]
-        widths = [max(len(r[i]) for r in rows) for i in range(len(self._head))]
-        text = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
-        text.insert(1, "  ".join("-" * w for w in widths))
+        text = text_table(self._head, self.rows())
         if not self:
             text.append(f"(no live backends at {self.broker.get('url', '?')})")
         return "\n".join(text)
 
     def _repr_html_(self) -> str:
-        head = "".join(f"<th>{h}</th>" for h in self._head)
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in self.rows())
         url = html.escape(self.broker.get("url", "?"))
-        return f"<table><caption>de-magic backends at <code>{url}</code></caption><tr>{head}</tr>{body}</table>"
+        return html_table(f"de-magic backends at <code>{url}</code>", self._head, self.rows())
 
 
 def _held(workers: list[dict], kind: str) -> str:
@@ -66,3 +80,47 @@ def format_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if n >= 10 or unit == "B" else f"{n:.1f} {unit}"
         n /= 1000
     return f"{n:.1f} TB"
+
+
+class JobTable(list):
+    """A caller's jobs at a broker (summaries, each with its ``backend``), oldest first, as a table."""
+
+    HEAD = ("job", "backend", "what", "status", "progress", "age")
+
+    def __init__(self, jobs: list[dict], broker: str, silent: list[str] = ()):
+        super().__init__(sorted(jobs, key=lambda job: job["created"]))
+        self.broker = broker
+        #: Backends that did not answer (busy, or too old to keep jobs).
+        self.silent = list(silent)
+
+    def rows(self) -> list[tuple[str, ...]]:
+        return [(job["id"], job["backend"], job["what"], job["status"], progress_text(job.get("progress")),
+                 age(job["created"])) for job in self]
+
+    def _notes(self) -> list[str]:
+        notes = [] if self else [f"(no jobs of yours at {self.broker})"]
+        if self.silent:
+            notes.append(f"(no answer from {', '.join(self.silent)})")
+        return notes
+
+    def __repr__(self) -> str:
+        return "\n".join(text_table(self.HEAD, self.rows()) + self._notes())
+
+    def _repr_html_(self) -> str:
+        notes = "".join(f"<div>{html.escape(note)}</div>" for note in self._notes())
+        return html_table(f"your de-magic jobs at <code>{html.escape(self.broker)}</code>", self.HEAD,
+                          self.rows()) + notes
+
+
+def progress_text(event: dict | None) -> str:
+    """A job's latest progress report (a ``progress`` event's fields) as ``desc: n/total unit``."""
+    return text_line(Progress.from_event(event)) if event else ""
+
+
+def age(since: float) -> str:
+    """How long ago ``since`` (a ``time.time()``) was, in the largest fitting unit."""
+    seconds = max(0.0, time.time() - since)
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f} {unit}"
+    return f"{seconds:.0f} s"

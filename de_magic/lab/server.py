@@ -21,6 +21,10 @@ REST endpoints (all authenticated, all JSON, under ``{base_url}de-magic/``):
     The backends without their API (name, allow_code, since, workers): cheap to poll.
 ``GET backends/NAME?broker=URL``
     One backend with its full API; 404 when the broker does not have it.
+``GET jobs?broker=URL``
+    The jobs of this server's user (its key under CURVE) on the broker's backends:
+    ``{"broker", "reachable", "jobs": [summary + "backend", ...], "silent": [backend, ...], "checked"}``
+    (see docs/jobs.md); asked only of a broker whose listing answers.
 
 The core client is blocking (ZeroMQ request/reply), so every query runs in a thread of its
 broker's own with a short timeout (see :mod:`de_magic.lab.brokerpool`): a slow or dead broker
@@ -29,6 +33,7 @@ stalls neither the server's event loop nor the listings of other brokers.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from typing import TYPE_CHECKING, Any
@@ -176,6 +181,27 @@ class BackendsHandler(_BaseHandler):
         )
 
 
+class JobsHandler(_BaseHandler):
+    @tornado.web.authenticated
+    async def get(self) -> None:
+        url = self._broker_arg()
+        listing = await self._listing(url)  # a dead broker is answered from the pool's cool-down, at once
+        if not listing["reachable"]:
+            self.finish(json.dumps({k: listing[k] for k in ("broker", "reachable", "error", "needs_key", "checked")}))
+            return
+        table = await asyncio.to_thread(_jobs, url, self.demagic.timeout)
+        self.finish(json.dumps({"broker": listing["broker"], "reachable": True, "jobs": list(table),
+                                "silent": table.silent, "checked": time.time()}))
+
+
+def _jobs(url: str, timeout: float):
+    """This server user's jobs at the broker, with a client of their own (jobs are asked for seldom)."""
+    from ..caller.client import Client
+
+    with Client(url, timeout=timeout) as client:
+        return client.jobs()
+
+
 def setup_handlers(serverapp: Any) -> None:
     base = url_path_join(serverapp.web_app.settings["base_url"], "de-magic")
     from .brokerpool import BrokerPool  # imports zmq: only once the extension is loaded
@@ -189,6 +215,7 @@ def setup_handlers(serverapp: Any) -> None:
             (url_path_join(base, "listing"), ListingHandler, kwargs),
             (url_path_join(base, "backends"), BackendsHandler, kwargs),
             (url_path_join(base, r"backends/([^/]+)"), BackendsHandler, kwargs),
+            (url_path_join(base, "jobs"), JobsHandler, kwargs),
         ],
     )
 

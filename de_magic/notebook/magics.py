@@ -21,7 +21,8 @@ from IPython.display import display
 
 from ..caller.client import Client, no_broker_hint
 from ..caller.tables import BackendTable
-from ..caller.session import Execution, RemoteSession, render
+from ..caller.jobs import Job, is_job_id, start_cell
+from ..caller.session import CellError, RemoteSession, render
 from ..embedded import LocalCluster, answers, is_local, start_local
 from ..wire.defaults import default_url
 from ..wire.errors import DeMagicError, RemoteError
@@ -82,7 +83,7 @@ class RemoteMagics(Magics):
         self._client: Client | None = None
         self.local: LocalCluster | None = None
         self.sessions: dict[tuple[str, str, str], RemoteSession] = {}
-        self.last: Execution | None = None
+        self.last: Job | None = None
 
     @property
     def client(self) -> Client:
@@ -141,8 +142,10 @@ class RemoteMagics(Magics):
     @argument("name", help="backend name (it must be started with --allow-code)")
     @argument("--push", help="comma-separated local variables to send first")
     @argument("--pull", help="comma-separated remote variables to bring back after")
-    @argument("--timeout", type=float, help="seconds before the execution is cancelled (default: none)")
-    @argument("--noblock", action="store_true", help="return a handle at once; see %%remote_result")
+    @argument("--timeout", type=float,
+              help="seconds before the execution is cancelled (default: none; a --noblock job runs to its end)")
+    @argument("--noblock", action="store_true",
+              help="run it as a job and return at once; %%remote_result [ID] fetches it, also after a kernel restart")
     @argument("--session", help="namespace key on the backend (default: one per kernel)")
     @cell_magic
     def remote(self, line: str, cell: str):
@@ -157,15 +160,17 @@ class RemoteMagics(Magics):
         if missing:
             raise UsageError(f"--push: no local variable {', '.join(missing)}")
         push = {name: self.shell.user_ns[name] for name in _names(args.push)}
+        if args.noblock:
+            self.last = start_cell(session, cell, push, _names(args.pull))
+            print(f"de-magic: still running on {args.name!r} as job {self.last.id}; `%remote_result` (or "
+                  f"`%remote_result {self.last.id}`, also after a kernel restart) fetches it")
+            return self.last
         timeout = math.inf if args.timeout is None else args.timeout
         try:
-            execution = session.execute(cell, push, _names(args.pull), timeout=timeout, block=not args.noblock)
+            execution = session.execute(cell, push, _names(args.pull), timeout=timeout)
         except KeyboardInterrupt:
             print(f"de-magic: interrupted; the execution on {args.name!r} was stopped", file=sys.stderr)
             raise
-        self.last = execution
-        if args.noblock:
-            return execution
         self.shell.user_ns.update(execution.result())
         return None
 
@@ -179,14 +184,29 @@ class RemoteMagics(Magics):
 
     @line_magic
     def remote_result(self, line: str) -> None:
-        """Wait for a ``--noblock`` execution (the last one, or the handle named), show its output, pull."""
-        execution = self.shell.ev(_argument(line)) if _argument(line) else self.last
-        if not isinstance(execution, Execution):
-            raise UsageError("no %%remote --noblock execution to wait for")
-        execution.wait()
-        for output in execution.outputs:
+        """Wait for a ``%%remote --noblock`` job, show its output, pull: ``%remote_result [ID or handle]``.
+
+        Without an argument the last job of this kernel; an id works from any later kernel of the same caller.
+        """
+        job = self._job(_argument(line))
+        reply = job.result()
+        for output in job.outputs:
             render(output)
-        self.shell.user_ns.update(execution.result())
+        if reply["status"] == "error":
+            raise CellError(reply["error"], job.backend)
+        self.shell.user_ns.update(reply.get("pulled", {}))
+
+    def _job(self, argument: str) -> Job:
+        """The job ``%remote_result`` names: a job id, a variable holding a Job, or this kernel's last."""
+        if not argument:
+            job = self.last
+        elif is_job_id(argument):  # ids are no Python expressions: `backend:worker:token`
+            job = self.client.job(argument)
+        else:
+            job = self.shell.ev(argument)
+        if not isinstance(job, Job):
+            raise UsageError("no %%remote --noblock job to fetch: give its id (%remote_result ID)")
+        return job
 
     @line_magic
     def remote_ui(self, line: str):

@@ -27,6 +27,9 @@ DEFAULT_MAX_QUEUED_BYTES = 1 << 30
 DEFAULT_SESSION_LEASE = 2 * 3600.0
 #: Bytes of values a backend worker keeps for remote references (``options(keep=True)``), over all callers.
 DEFAULT_REF_BYTES = 4 << 30
+#: How long a backend keeps a finished job's result, and how many bytes of results at most (oldest go first).
+DEFAULT_JOB_TTL = 7 * 86400.0
+DEFAULT_JOB_BYTES = 1 << 30
 #: Seconds after a broker binds during which calls to unknown backends wait for them to register.
 STARTUP_GRACE = 2.0
 

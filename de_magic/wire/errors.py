@@ -83,6 +83,17 @@ class ReferenceGone(DeMagicError, LookupError):
     kind = "ref_gone"
 
 
+class JobUnavailable(DeMagicError, LookupError):
+    """No such job for this caller, or its result is gone (expired, evicted, lost in a restart)."""
+
+    kind = "job"
+
+
+#: How a backend's answer about a job starts when it has no such job for the caller (it may be
+#: someone else's: that is not said); a caller then asks the backend's other workers.
+NO_SUCH_JOB = "no such job"
+
+
 class RemoteError(DeMagicError):
     """An exception raised by the remote code.
 

@@ -317,7 +317,7 @@ def _read_config(url: str | None = None) -> dict[str, str]:
     data = _read_toml()
     path = config_file()
     # a typo here would silently turn encryption off
-    _check_names(data, {*SETTINGS, BROKER, OWNERS, BROKERS, DASK, DIRECT}, path, "")
+    _check_names(data, {*SETTINGS, BROKER, OWNERS, BROKERS, DASK, DIRECT, JOB_DIR}, path, "")
     tables = data.get(BROKERS, {})
     for name, table in tables.items():
         if not isinstance(table, dict):
@@ -372,6 +372,18 @@ def public_key(value: Path | str | None) -> bytes:
 OWNERS = "owners"
 DASK = "dask"  #: the Dask cluster backends run their calls on (see daskpool.py)
 DIRECT = "direct"  #: where backends listen for direct calls (see backend/direct.py)
+JOB_DIR = "job_dir"  #: where backends keep job results (see backend/jobs.py)
+
+
+def job_directory(value: str | None) -> str | None:
+    """Where a backend keeps job results: ``value`` (a flag or main() option), else $DE_MAGIC_JOB_DIR, else
+    the config file's ``job_dir`` (relative to the file); None keeps them in memory only."""
+    if value or os.environ.get("DE_MAGIC_JOB_DIR"):
+        return value or os.environ["DE_MAGIC_JOB_DIR"]
+    configured = _read_toml().get(JOB_DIR)
+    if configured is not None and not isinstance(configured, str):
+        raise Refused(f"{JOB_DIR} in {config_file()} must be a directory's path")
+    return str(config_file().parent / configured) if configured else None
 
 
 def configured_broker() -> str | None:

@@ -138,6 +138,39 @@ export function fetchListing(broker: string): Promise<IListing> {
   return requestAPI<IListing>('listing', { broker });
 }
 
+/** The latest report of a job's outermost progress loop. */
+export interface IProgress {
+  desc?: string | null;
+  n: number;
+  total?: number | null;
+  unit?: string;
+}
+
+/** One of the user's jobs (docs/jobs.md), as `GET de-magic/jobs` lists it. */
+export interface IJob {
+  id: string;
+  backend: string;
+  what: string;
+  status: string;
+  created: number;
+  finished?: number | null;
+  progress?: IProgress | null;
+  reason?: string;
+}
+
+/** The answer of `GET de-magic/jobs?broker=URL`. */
+export interface IJobs {
+  reachable: boolean;
+  error?: string;
+  jobs?: IJob[];
+  /** Backends that did not answer. */
+  silent?: string[];
+}
+
+export function fetchJobs(broker: string): Promise<IJobs> {
+  return requestAPI<IJobs>('jobs', { broker });
+}
+
 /** What the server stored for a broker whose key the user gave. */
 export interface ITrusted {
   url: string;

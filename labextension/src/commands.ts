@@ -45,7 +45,7 @@ export function addCommands(
       if (panel.model.serverError !== null) {
         await brokers.loadServer();
       }
-      await panel.model.refresh();
+      await Promise.all([panel.model.refresh(), panel.jobs.refresh()]);
     }
   });
   app.commands.addCommand(CommandIDs.addBroker, {

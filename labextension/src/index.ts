@@ -18,6 +18,7 @@ import { BackendsPanel, PANEL_ID } from './panel';
 import {
   ITarget,
   callSnippet,
+  fetchSnippet,
   formSnippet,
   magicsSetup,
   remoteCellSnippet
@@ -79,6 +80,8 @@ function panelActions(
       void cells.insert(remoteCellSnippet(backend), setup(broker)),
     openForm: (target: ITarget) =>
       void cells.insert(formSnippet(target), setup(target.broker)),
+    insertFetch: (broker: string, id: string) =>
+      void cells.insert(sources => fetchSnippet(broker, id, sources)),
     removeBroker: (url: string) => void brokers().remove(url),
     addBrokerKey: (url: string) =>
       void app.commands.execute(CommandIDs.addBroker, { url })

@@ -10,6 +10,7 @@ import { AccordionPanel, Widget } from '@lumino/widgets';
 import { IDetailsActions, MemberDetails } from './details';
 import { h } from './dom';
 import { brokerIcon } from './icons';
+import { IJobsActions, JobsView } from './jobs';
 import { BrokersModel } from './model';
 import { BackendsTree, ITreeActions } from './tree';
 
@@ -18,7 +19,7 @@ export const PANEL_ID = 'de-magic-backends';
 
 export namespace BackendsPanel {
   export interface IOptions {
-    actions: ITreeActions & IDetailsActions;
+    actions: ITreeActions & IDetailsActions & IJobsActions;
     commands: CommandRegistry;
     /** Commands shown as toolbar buttons, e.g. refresh and add broker. */
     toolbarCommands: string[];
@@ -59,8 +60,11 @@ export class BackendsPanel extends SidePanel {
     this.tree.title.label = trans.__('Brokers');
     this.details = new MemberDetails(this.model, options.actions);
     this.details.title.label = trans.__('Details');
+    this.jobs = new JobsView(this.model, options.actions);
+    this.jobs.title.label = trans.__('Jobs');
     this.addWidget(this.tree);
     this.addWidget(this.details);
+    this.addWidget(this.jobs);
 
     this.tree.selectionChanged.connect((_, selection) => {
       this.details.selection = selection;
@@ -78,6 +82,7 @@ export class BackendsPanel extends SidePanel {
   readonly model: BrokersModel;
   readonly tree: BackendsTree;
   readonly details: MemberDetails;
+  readonly jobs: JobsView;
 
   dispose(): void {
     if (this.isDisposed) {
@@ -90,8 +95,8 @@ export class BackendsPanel extends SidePanel {
   protected onAfterAttach(msg: Message): void {
     super.onAfterAttach(msg);
     if (!this._sized) {
-      // Half for the tree, half for the details of the selection.
-      (this.content as AccordionPanel).setRelativeSizes([1, 1]);
+      // The tree and the details of the selection share most of the height; the jobs get a fifth.
+      (this.content as AccordionPanel).setRelativeSizes([2, 2, 1]);
       this._sized = true;
     }
   }
@@ -100,6 +105,7 @@ export class BackendsPanel extends SidePanel {
     super.onAfterShow(msg);
     // Polls stood by while hidden: catch up at once rather than at the next tick.
     void this.model.refresh();
+    void this.jobs.refresh();
     this.tree.render();
   }
 

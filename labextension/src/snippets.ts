@@ -210,3 +210,22 @@ export function remoteCellSnippet(backend: string): string {
 export function formSnippet(target: ITarget): string {
   return `%remote_ui ${dottedName(target)}`;
 }
+
+/**
+ * A cell that fetches the result of the job `id` through the notebook's client for `broker`:
+ *
+ *     result = client.job("backend:worker:token").result()
+ *     result
+ */
+export function fetchSnippet(
+  broker: string,
+  id: string,
+  sources: string[] = []
+): string {
+  const client = clientFor(broker, sources);
+  return [
+    ...client.setup,
+    `result = ${client.name}.job(${pyString(id)}).result()`,
+    'result'
+  ].join('\n');
+}

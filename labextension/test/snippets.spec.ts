@@ -2,6 +2,7 @@ import { IMember, IParameter } from '../src/api';
 import {
   callSnippet,
   clientFor,
+  fetchSnippet,
   formatCall,
   magicsSetup,
   missingSetup
@@ -165,5 +166,21 @@ describe('magics setup', () => {
       `%remote_connect ${URL}`
     ]);
     expect(missingSetup(setup, [])).toEqual(setup);
+  });
+});
+
+describe('fetchSnippet', () => {
+  it('fetches a job through the notebook client of its broker', () => {
+    const sources = [`from de_magic import Client\nclient = Client("${URL}")`];
+    expect(fetchSnippet(URL, 'hello_world:ab12:cd34', sources)).toBe(
+      'result = client.job("hello_world:ab12:cd34").result()\nresult'
+    );
+  });
+
+  it('makes a client when the notebook has none', () => {
+    expect(fetchSnippet(URL, 'b:w:t')).toBe(
+      `from de_magic import Client\n\nclient = Client("${URL}")\n` +
+        'result = client.job("b:w:t").result()\nresult'
+    );
   });
 });

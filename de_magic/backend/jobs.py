@@ -1,0 +1,428 @@
+"""Jobs: calls that run on the backend independently of their caller, their answers kept for a while.
+
+``job.start`` answers at once with the job's id and runs the call (a member, or a ``%%remote``
+cell) in a thread of its own; its progress and output are recorded, and its answer is kept
+in the :class:`JobStore` whether or not anyone waits for it.  ``job.poll`` sends what is new
+since the caller's last poll (as events) and, once the job finished, its answer; ``job.status``,
+``job.list`` and ``job.cancel`` do what they say.  Polls are short, so a followed job holds
+no slot of the worker: a caller that disappears (a killed kernel, a closed laptop) costs
+nothing, and finds its result again from any later process (docs/jobs.md).
+
+A job belongs to the caller that started it: the public key the broker authenticated under
+CURVE, else the local user name the client claims (a plaintext broker proves nothing).  To
+anyone else a job does not exist, with the same words as an id that never did.
+
+Kept answers are bounded by a time (``ttl``) and a byte budget, oldest evicted first.  With a
+directory, answers (and an index) are written there as pickle-5 frames, so finished jobs
+survive a restart; large ones live only there.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+import struct
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..wire import serialize
+from ..wire.errors import NO_SUCH_JOB, Busy, JobUnavailable
+from .callcontext import Call, Operation, current_call
+
+log = logging.getLogger("de_magic.backend.jobs")
+
+QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
+#: Statuses of jobs whose answer is gone; the record stays to say why.
+EXPIRED, EVICTED, LOST = "expired", "evicted", "lost"
+FINISHED = frozenset({DONE, FAILED, CANCELLED})
+GONE = frozenset({EXPIRED, EVICTED, LOST})
+#: The operations a job may run: a member call, or a ``%%remote`` cell.
+RUNNABLE = ("call", "exec")
+#: Answers at least this large live only on disk, when the store has a directory.
+SPILL_MIN = 1 << 20
+#: Records of gone jobs kept to say what became of them (oldest forgotten first).
+MAX_GONE = 10_000
+INDEX = "index.json"
+#: Why a job that was running when its backend stopped has no answer.
+STOPPED = "it was still running when the backend stopped, and its work was lost; start it again"
+#: Seconds a queued job waits for a free place between two looks at whether it was cancelled.
+QUEUE_TICK = 0.2
+#: Bytes of a running job's output budget kept for the note that says the rest was left out.
+OUTPUT_NOTE_ROOM = 200
+#: Finished inner loops whose last report is kept for pollers (a loop in a loop makes a new one each time).
+MAX_DONE_BARS = 100
+
+
+@dataclass
+class Job:
+    """One job: what it runs, whose it is, what it has reported, and once finished its answer."""
+
+    id: str  #: ``backend:worker:token``: where it was started, so a caller knows whom to ask
+    owner: str
+    what: str  #: ``member``, ``Class.method`` or ``%%remote``, for listings
+    created: float = field(default_factory=time.time)
+    status: str = QUEUED
+    finished: float | None = None
+    reason: str = ""  #: why a gone job's answer is gone
+    size: int = 0  #: bytes of the kept answer (while it runs: of its output so far)
+    progress: dict = field(default_factory=dict)  #: bar id -> its latest ``progress`` event, with its ``seq``
+    seq: int = 0  #: how many progress reports there were: a poller says how many it has seen
+    outputs: list = field(default_factory=list)  #: output events as (header, frames), in order
+    answer: dict | None = None  #: once finished: result frames or error, and outputs; None when gone or on disk
+    call: "JobCall | None" = None
+
+    @property
+    def token(self) -> str:
+        return token_of(self.id)
+
+    def summary(self) -> dict:
+        """What listings show (JSON): the latest report of the outermost loop is the job's progress."""
+        outer = [bar for bar in self.progress.values() if bar.get("parent") is None]
+        return {"id": self.id, "what": self.what, "status": self.status, "created": self.created,
+                "finished": self.finished, "size": self.size, "reason": self.reason,
+                "progress": max(outer, key=lambda bar: bar["seq"], default=None)}
+
+    def meta(self) -> dict:
+        """What the index on disk keeps of the job."""
+        return {**self.summary(), "owner": self.owner, "progress": list(self.progress.values()), "seq": self.seq}
+
+
+def token_of(job_id: str) -> str:
+    """The part of an id that names the job on whichever worker of its backend holds it."""
+    return str(job_id).rpartition(":")[2]
+
+
+@dataclass
+class JobCall(Call):
+    """The call a job runs: its events are recorded on the job, for its pollers."""
+
+    job: Job | None = None
+    store: "JobStore | None" = None
+
+    def emit(self, event: str, data: dict | None = None, payload: list | None = None) -> None:
+        self.store.record(self.job, {"event": event, **(data or {})}, [bytes(memoryview(f)) for f in payload or ()])
+
+
+class JobStore:
+    """The jobs of one backend worker, their answers bounded by ``ttl`` seconds and ``max_bytes``."""
+
+    def __init__(self, backend, ttl: float, max_bytes: int, directory: str | os.PathLike | None = None):
+        self.backend = backend
+        self.ttl, self.max_bytes = ttl, max_bytes
+        self.dir = Path(directory) if directory else None
+        self._jobs: OrderedDict[str, Job] = OrderedDict()  # by token, oldest first
+        self._lock = threading.Lock()
+        self._saving = threading.Lock()
+        # jobs run beside the slots, as many at a time as the backend has slots; the rest wait
+        self._running = threading.Semaphore(backend.max_workers)
+        if self.dir is not None:
+            self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # pickles: whoever can write there runs code
+            self._load()
+
+    def operations(self) -> dict[str, Operation]:
+        return {"job.start": Operation(self.start), "job.poll": Operation(self.poll),
+                "job.status": Operation(self.status),
+                "job.list": Operation(self.list), "job.cancel": Operation(self.cancel)}
+
+    # -- operations ----------------------------------------------------------------------
+
+    def start(self, call: Call) -> dict:
+        """Start the job the header describes (``run``: ``call`` or ``exec``, and that op's fields)."""
+        run = call.header.get("run", "call")
+        if run not in RUNNABLE:
+            raise ValueError(f"a job runs one of {', '.join(RUNNABLE)}, not {str(run)[:40]!r}")
+        with self._lock:
+            waiting = sum(job.status == QUEUED for job in self._jobs.values())
+            if waiting >= self.backend.max_queue:
+                raise Busy(f"backend {self.backend.name!r} has {waiting} jobs waiting already; try again later")
+            job = Job(f"{self.backend.name}:{self.backend.id.hex()}:{os.urandom(9).hex()}", owner_of(call),
+                      _what(call.header, run))
+            self._jobs[job.token] = job
+        job.call = JobCall(self.backend, -1, b"job", job.token.encode(), {**call.header, "op": run}, call.payload,
+                           call.caller, job=job, store=self)
+        self.backend._calls[job.call.key] = job.call  # so that a cancel, or the backend stopping, interrupts it
+        self._save()
+        threading.Thread(target=self._run, args=(job,), name=f"de-magic-job-{job.token[:8]}", daemon=True).start()
+        return job.summary()
+
+    def poll(self, call: Call) -> dict:
+        """Send the progress reports and output the caller has not seen (header ``progress``: how many
+        reports it has seen, ``outputs``: how many outputs) as events; answer the job's status, and
+        once it finished its result frames (out of band: no copy) or error."""
+        job = self.find(call)
+        seen, shown = int(call.header.get("progress", 0)), int(call.header.get("outputs", 0))
+        with self._lock:
+            status, seq = job.status, job.seq
+            bars = sorted((bar for bar in job.progress.values() if bar["seq"] > seen), key=lambda bar: bar["seq"])
+            outputs = job.outputs[shown:]
+        answer = self._stored(job) if status in FINISHED else None
+        for bar in bars:
+            call.emit("progress", bar)
+        for header, frames in answer["outputs"][shown:] if answer else outputs:
+            call.emit(header["event"], header, frames)
+        reply = {"status": status, "progress": seq}
+        if answer is not None:
+            reply.update((key, value) for key, value in answer.items() if key != "outputs")
+            if "frames" in reply:
+                reply["frames"] = [pickle.PickleBuffer(frame) for frame in reply["frames"]]
+        return reply
+
+    def status(self, call: Call) -> dict:
+        job = self.find(call)
+        with self._lock:
+            return job.summary()
+
+    def list(self, call: Call) -> list[dict]:
+        """The caller's jobs here, oldest first."""
+        owner = owner_of(call)
+        with self._lock:
+            self._expire()
+            return [job.summary() for job in self._jobs.values() if job.owner == owner]
+
+    def cancel(self, call: Call) -> bool:
+        """Stop the job; False if it had finished already."""
+        job = self.find(call)
+        running = job.call  # None once finished
+        if running is None:
+            return False
+        self.backend._cancel(running.key)
+        return True
+
+    def find(self, call: Call) -> Job:
+        """The caller's job that the header's ``id`` names; gone jobs and everyone else's raise."""
+        job_id = str(call.header.get("id", ""))
+        with self._lock:
+            self._expire()
+            job = self._jobs.get(token_of(job_id))
+        if job is None or job.owner != owner_of(call):
+            raise JobUnavailable(f"{NO_SUCH_JOB} {job_id[:80]!r} on backend {self.backend.name!r}")
+        if job.status in GONE:
+            raise JobUnavailable(f"job {job.id} on backend {self.backend.name!r}: {job.reason}")
+        return job
+
+    # -- running ---------------------------------------------------------------------------
+
+    def _run(self, job: Job) -> None:
+        call = job.call
+        acquired = False
+        while not (acquired or call.done):  # a job cancelled while it waits for a free place ends at once
+            acquired = self._running.acquire(timeout=QUEUE_TICK)
+        with call.lock:
+            started = acquired and not call.done
+            if started:
+                call.thread_id = threading.get_ident()
+        if started:
+            with self._lock:
+                job.status = RUNNING
+        try:
+            answer = self._execute(call) if started else _cancelled(job)
+        finally:
+            if acquired:
+                self._running.release()
+        self.backend._calls.pop(call.key, None)
+        if self.backend._stopped.is_set():  # interrupted by the backend stopping, not by its caller
+            self._lose(job)
+        else:
+            self._finish(job, answer)
+
+    def _execute(self, call: JobCall) -> dict:
+        """Run the job's operation here; its answer: result frames, or an error header."""
+        from .server import error_header  # the server imports this module
+
+        token = current_call.set(call)
+        try:
+            try:
+                result = self.backend.operations[call.header["op"]].run(call)
+            finally:
+                with call.lock:
+                    call.done = True
+            frames = serialize.dumps(result)
+            return {"status": DONE, "codec": serialize.PICKLE, "frames": frames}
+        except KeyboardInterrupt:
+            return _cancelled(call.job)
+        except BaseException as exc:  # noqa: BLE001 - whatever the job raised is its answer
+            return {"status": FAILED, "error": json.loads(error_header(exc))}
+        finally:
+            current_call.reset(token)
+
+    def record(self, job: Job, header: dict, frames: list) -> None:
+        """An event of a running job: progress replaces the loop's last report, output is kept."""
+        with self._lock:
+            if header["event"] != "progress":
+                self._keep_output(job, header, frames)
+                return
+            job.seq += 1
+            job.progress[header.get("id", 0)] = {**{k: v for k, v in header.items() if k != "event"}, "seq": job.seq}
+            done = [key for key, bar in job.progress.items() if bar.get("done") and bar.get("parent") is not None]
+            for key in done[:max(0, len(done) - MAX_DONE_BARS)]:
+                del job.progress[key]
+
+    def _keep_output(self, job: Job, header: dict, frames: list) -> None:
+        """Keep an output event of a running job within the byte budget: of text, the part that fits;
+        after the first event that did not fit, one note says so, and nothing more is kept."""
+        if job.size > self.max_bytes:
+            return
+        room = self.max_bytes - job.size - OUTPUT_NOTE_ROOM
+        size = _event_size(header, frames)
+        if size > room and header.get("event") == "stream":
+            header = _fit(header, room)
+        kept = _event_size(header, frames)
+        if kept <= room:
+            job.outputs.append((header, frames))
+            job.size += kept
+        if size > room:
+            note = f"[de-magic: this job's further output is left out: over {self.max_bytes} bytes (--job-bytes)]\n"
+            job.outputs.append(({"event": "stream", "name": "stderr", "text": note}, []))
+            job.size = self.max_bytes + 1  # full: nothing more is kept
+
+    def _finish(self, job: Job, answer: dict) -> None:
+        answer["outputs"] = job.outputs
+        with self._lock:
+            job.status, job.finished = answer["status"], time.time()
+            job.size = serialize.nbytes(answer.get("frames", ())) + sum(_event_size(h, f) for h, f in job.outputs)
+            job.answer, job.outputs, job.call = answer, [], None
+        if self.dir is not None:
+            self._spill(job)
+        with self._lock:
+            self._expire()
+        self._save()
+
+    def _lose(self, job: Job) -> None:
+        with self._lock:
+            self._drop(job, LOST, STOPPED)
+            job.outputs, job.call = [], None
+        self._save()
+
+    def _stored(self, job: Job) -> dict:
+        """A finished job's answer (result frames or error, and its output), from memory or disk."""
+        with self._lock:
+            answer = job.answer
+        if answer is None:
+            if job.status in GONE:  # expired or evicted since the poll looked
+                raise JobUnavailable(f"job {job.id} on backend {self.backend.name!r}: {job.reason}")
+            answer = _read_frames(self.dir / f"{job.token}.frames")
+        return answer
+
+    # -- bounds and disk ---------------------------------------------------------------------
+
+    def _expire(self) -> None:
+        """Forget answers past their time, then the oldest while over the byte budget (under the lock)."""
+        now = time.time()
+        kept = [job for job in self._jobs.values() if job.status in FINISHED]
+        for job in kept:
+            if now - job.finished > self.ttl:
+                self._drop(job, EXPIRED, f"its result expired: results are kept for {_duration(self.ttl)}")
+        total = sum(job.size for job in kept if job.status in FINISHED)
+        for job in sorted((j for j in kept if j.status in FINISHED), key=lambda j: j.finished):
+            if total <= self.max_bytes:
+                break
+            total -= job.size
+            self._drop(job, EVICTED, f"its result was evicted to keep the backend's kept results within "
+                                     f"{self.max_bytes} bytes (--job-bytes)")
+        gone = [token for token, job in self._jobs.items() if job.status in GONE]
+        for token in gone[:max(0, len(gone) - MAX_GONE)]:
+            del self._jobs[token]
+
+    def _drop(self, job: Job, status: str, reason: str) -> None:
+        log.info("job %s: %s", job.id, reason)
+        job.status, job.reason, job.answer, job.size = status, reason, None, 0
+        if self.dir is not None:
+            (self.dir / f"{job.token}.frames").unlink(missing_ok=True)
+
+    def _spill(self, job: Job) -> None:
+        """Write the answer to the directory; a large one is then kept only there."""
+        _write_frames(self.dir / f"{job.token}.frames", job.answer)
+        if job.size >= SPILL_MIN:
+            with self._lock:
+                job.answer = None
+
+    def _save(self) -> None:
+        """Write the index: what a restarted backend knows of its jobs (atomically: a crash leaves the old one)."""
+        if self.dir is None:
+            return
+        with self._saving:  # one writer at a time, so that an older index never replaces a newer one
+            with self._lock:
+                index = [job.meta() for job in self._jobs.values()]
+            temporary = self.dir / f".{INDEX}.partial"
+            temporary.write_text(json.dumps(index))
+            os.replace(temporary, self.dir / INDEX)
+
+    def _load(self) -> None:
+        """The jobs of an earlier process with this directory: finished ones keep their answers on disk,
+        and those that were still running are lost with that process."""
+        path = self.dir / INDEX
+        if not path.exists():
+            return
+        for meta in json.loads(path.read_text()):
+            job = Job(meta["id"], meta["owner"], meta["what"], created=meta["created"], status=meta["status"],
+                      finished=meta["finished"], reason=meta["reason"], size=meta["size"],
+                      progress={bar.get("id", 0): bar for bar in meta["progress"]}, seq=meta["seq"])
+            if job.status not in FINISHED | GONE:
+                job.status, job.reason = LOST, STOPPED
+            elif job.status in FINISHED and not (self.dir / f"{job.token}.frames").exists():
+                job.status, job.reason = LOST, "its result file is missing from the backend's job directory"
+            self._jobs[job.token] = job
+        with self._lock:
+            self._expire()
+        self._save()
+
+
+def owner_of(call: Call) -> str:
+    """Whose the call's jobs are: the key the broker authenticated, else the user the client names itself."""
+    return call.caller or f"user:{call.header.get('user', '')}"
+
+
+def _event_size(header: dict, frames: list) -> int:
+    return len(json.dumps(header)) + serialize.nbytes(frames)
+
+
+def _fit(header: dict, room: int) -> dict:
+    """A stream event with as much of its text as fits in ``room`` bytes (as JSON, escapes included)."""
+    text = str(header.get("text", ""))
+    keep = len(text)
+    while keep > 0 and (excess := _event_size({**header, "text": text[:keep]}, []) - room) > 0:
+        keep -= excess  # an escaped character takes more than one byte: cut again until it fits
+    return {**header, "text": text[:max(0, keep)]}
+
+
+def _what(header: dict, run: str) -> str:
+    if run == "exec":
+        return "%%remote"
+    member = str(header.get("member", "?"))
+    return f"{member}.{header['method']}" if header.get("method") else member
+
+
+def _cancelled(job: Job) -> dict:
+    return {"status": CANCELLED, "error": {"kind": "cancelled", "message": f"job {job.id} was cancelled"}}
+
+
+def _duration(seconds: float) -> str:
+    for unit, size in (("days", 86400), ("hours", 3600), ("minutes", 60)):
+        if seconds >= size:
+            return f"{seconds / size:g} {unit}"
+    return f"{seconds:g} s"
+
+
+def _write_frames(path: Path, answer: dict) -> None:
+    """An answer as pickle-5 frames (its result frames out of band), each with its length before it."""
+    frames = serialize.dumps({**answer, "frames": [pickle.PickleBuffer(f) for f in answer.get("frames", ())]})
+    temporary = path.with_suffix(".partial")
+    with open(temporary, "wb") as out:
+        out.write(struct.pack("!Q", len(frames)))
+        for frame in frames:
+            view = memoryview(frame).cast("B")
+            out.write(struct.pack("!Q", view.nbytes))
+            out.write(view)
+    os.replace(temporary, path)
+
+
+def _read_frames(path: Path) -> dict:
+    with open(path, "rb") as source:
+        (count,) = struct.unpack("!Q", source.read(8))
+        frames = [source.read(struct.unpack("!Q", source.read(8))[0]) for _ in range(count)]
+    return serialize.loads(frames)

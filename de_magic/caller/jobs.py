@@ -1,0 +1,276 @@
+"""Jobs seen from the caller: start one, list yours, and come back to one from any later process.
+
+``client.start(...)`` (or ``be.f.start(...)``) asks the backend to run a call as a job
+(:mod:`de_magic.backend.jobs`) and returns a :class:`Job` at once.  The job's id names its
+backend and worker, so :func:`attach` (``client.job(id)``) knows whom to ask, from this process
+or a later one; if that worker is gone (the backend restarted), the backend's other workers
+are asked, since a restarted backend keeps its finished results when it has a job directory.
+
+A :class:`Job` follows its job from a thread of its own with short ``job.poll`` requests, each
+bringing the progress and output that are new (so no slot of the backend is held while the job
+runs): progress shows live (a bar in the cell that made the Job, text on a terminal), and the
+poll after the job's end brings the answer.  Every request names the local user: on a plaintext
+broker that is whose jobs they are (claimed, not proven); under CURVE the backend goes by the
+caller's key.
+"""
+
+from __future__ import annotations
+
+import getpass
+import html
+import threading
+import time
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Callable
+
+from ..wire import serialize
+from ..wire.errors import NO_SUCH_JOB, BackendLost, CallTimeout, DeMagicError, JobUnavailable, from_header
+from .client import LISTING_TIMEOUT, Client, decode_result
+from .progress import Progress, default_progress, text_line
+from .session import RemoteSession, colors
+from .tables import JobTable, age
+
+#: Events of a ``%%remote`` job that are cell output, kept on the Job for replay.
+OUTPUT_EVENTS = frozenset({"stream", "display", "clear_output"})
+#: Seconds to look for a job's worker after a poll was lost (a broker or backend restarting).
+RELOCATE_PATIENCE = 10.0
+#: Seconds between polls of a running job: progress is this fresh.
+POLL_INTERVAL = 0.5
+#: Statuses after which a job changes no more: its poll brought the answer.
+FINAL = frozenset({"done", "failed", "cancelled"})
+
+
+def identity() -> dict:
+    """What every job request says of its caller: who owns jobs on a plaintext broker."""
+    return {"user": getpass.getuser()}
+
+
+class Job:
+    """A call running on a backend independently of this process (see :mod:`de_magic.caller.jobs`).
+
+    ``status`` is queued, running, done, failed or cancelled; ``progress`` the latest report
+    of its outermost loop; ``result()`` waits for the value; ``cancel()`` stops it.
+    """
+
+    def __init__(self, client: Client, backend: str, worker: bytes, summary: dict,
+                 on_progress: Callable[[Progress], None] | None = None):
+        self.client, self.backend, self.worker = client, backend, worker
+        self.id: str = summary["id"]
+        self.what: str = summary["what"]
+        self.created: float = summary["created"]
+        self.status: str = summary["status"]
+        self.progress: Progress | None = None
+        #: Output of a ``%%remote`` job (stream, display and clear_output events), in order.
+        self.outputs: list[dict] = []
+        self._render = on_progress or client.on_progress or default_progress()
+        self._seen = self._shown = 0  # progress reports and other events seen: a poll brings only newer ones
+        self._displays: list = []  # where a notebook shows this job: updated as it goes on
+        self._future: Future = Future()
+        threading.Thread(target=self._follow, name=f"de-magic-job-{self.id[-8:]}", daemon=True).start()
+
+    # -- what a user calls -----------------------------------------------------------
+
+    def result(self, timeout: float | None = None):
+        """The job's value, once it is done (waits up to ``timeout`` seconds, default: as long as it runs)."""
+        try:
+            return self._future.result(timeout)
+        except FutureTimeout:
+            raise CallTimeout(f"job {self.id} is still {self.status} after {timeout:g} s") from None
+
+    def done(self) -> bool:
+        return self._future.done()
+
+    def cancel(self) -> bool:
+        """Stop the job on the backend; False if it had finished already."""
+        return bool(self._request("job.cancel"))
+
+    # -- following the job -----------------------------------------------------------
+
+    def _request(self, op: str, on_event=None, **fields):
+        head, frames = self.client.request(self.backend, {"op": op, "id": self.id, **fields, **identity()}, [],
+                                           on_event=on_event, worker=self.worker)
+        return serialize.loads(frames)
+
+    def _follow(self) -> None:
+        """Poll the job to its end; a lost poll (a restart) looks for the job again, then polls on."""
+        while True:
+            try:
+                reply = self._request("job.poll", self._on_event, progress=self._seen, outputs=self._shown)
+            except BackendLost:
+                try:
+                    self.worker, summary = locate(self.client, self.backend, self.id, self.worker, RELOCATE_PATIENCE)
+                except DeMagicError as exc:
+                    self._fail(exc)
+                    return
+                continue
+            except BaseException as exc:  # noqa: BLE001 - the job's end, as the caller will see it
+                self._fail(exc)
+                return
+            if (self.status, self._seen) != (reply["status"], reply["progress"]):
+                self.status, self._seen = reply["status"], reply["progress"]
+                self._update_displays()
+            if self.status in FINAL:
+                break
+            time.sleep(POLL_INTERVAL)
+        if "error" in reply:
+            self._future.set_exception(from_header(reply["error"]))
+        else:
+            self._future.set_result(decode_result({"codec": reply["codec"]}, reply["frames"]))
+
+    def _fail(self, exc: BaseException) -> None:
+        if isinstance(exc, JobUnavailable):
+            self.status = "gone"  # expired, evicted, or lost in a restart: result() says which
+            self._update_displays()
+        self._future.set_exception(exc)
+
+    def _on_event(self, header: dict, frames: list) -> None:
+        kind = header.get("event")
+        if kind == "progress":
+            report = Progress.from_event(header)
+            if report.parent is None:
+                self.progress = report
+            if self._render is not None:
+                self._render(report)
+            return
+        self._shown += 1
+        if kind in OUTPUT_EVENTS:
+            output = dict(header)
+            if frames:
+                output.update(serialize.loads_json(frames))
+            self.outputs.append(output)
+
+    # -- how it shows ----------------------------------------------------------------
+
+    def _progress_text(self) -> str:
+        return f" ({text_line(self.progress)})" if self.progress is not None else ""
+
+    def __repr__(self) -> str:
+        return f"<Job {self.id}: {self.what} on {self.backend!r}, {self.status}{self._progress_text()}>"
+
+    def _ipython_display_(self) -> None:
+        """Show the job; in a notebook the display follows the job's status and progress."""
+        from IPython import get_ipython
+        from IPython.display import display
+
+        in_kernel = getattr(get_ipython(), "kernel", None) is not None
+        handle = display(self._bundle(), raw=True, display_id=in_kernel or None)
+        if in_kernel:
+            self._displays.append(handle)
+
+    def _bundle(self) -> dict:
+        return {"text/plain": repr(self), "text/html": self._repr_html_()}
+
+    def _update_displays(self) -> None:
+        for handle in self._displays:
+            handle.update(self._bundle(), raw=True)
+
+    def _repr_html_(self) -> str:
+        bar = ""
+        if self.progress is not None and self.progress.total:
+            bar = (f" <progress value='{self.progress.n}' max='{self.progress.total}'></progress> "
+                   f"{html.escape(text_line(self.progress))}")
+        elif self.progress is not None:
+            bar = f" {html.escape(text_line(self.progress))}"
+        return (f"<div><b>job</b> <code>{html.escape(self.id)}</code>: {html.escape(self.what)} on "
+                f"<b>{html.escape(self.backend)}</b>, <i>{html.escape(self.status)}</i>{bar}, "
+                f"started {age(self.created)} ago</div>")
+
+
+def parse_id(job_id: str) -> tuple[str, bytes]:
+    """The backend and worker a job id names."""
+    parts = str(job_id).rsplit(":", 2)
+    if len(parts) == 3 and all(parts):
+        try:
+            return parts[0], bytes.fromhex(parts[1])
+        except ValueError:
+            pass
+    raise JobUnavailable(f"{str(job_id)[:80]!r} is not a job id (they look like backend:worker:token)")
+
+
+def is_job_id(text: str) -> bool:
+    try:
+        parse_id(text)
+    except JobUnavailable:
+        return False
+    return True
+
+
+def start(client: Client, backend: str, member: str, args: tuple = (), kwargs: dict | None = None, *,
+          method: str | None = None, init: tuple[tuple, dict] | None = None,
+          on_progress: Callable[[Progress], None] | None = None, timeout: float | None = None) -> Job:
+    """Run a call of ``member`` (or ``method`` of a class built with ``init``) as a job; see :meth:`Client.start`."""
+    header = {"op": "job.start", "run": "call", "member": member, **identity()}
+    body = (tuple(args), dict(kwargs or {}))
+    if method is not None:
+        header["method"] = method
+        body += tuple(init or ((), {}))
+    head, frames = client.request(backend, header, serialize.dumps(body), timeout=timeout)
+    return Job(client, backend, bytes.fromhex(head["worker"]), serialize.loads(frames), on_progress)
+
+
+def start_cell(session: RemoteSession, code: str, push: dict, pull) -> Job:
+    """Run a ``%%remote`` cell as a job in ``session``'s namespace (on its worker)."""
+    header = {"op": "job.start", "run": "exec", "code": code, "pull": list(pull), "colors": colors(), **identity()}
+    head, frames = session.request(header, serialize.dumps(dict(push)))
+    return Job(session.client, session.backend, session.worker, serialize.loads(frames))
+
+
+def attach(client: Client, job_id: str, on_progress: Callable[[Progress], None] | None = None) -> Job:
+    """The job ``job_id`` of this caller, followed from here on (progress live, ``result()``, ``cancel()``)."""
+    backend, worker = parse_id(job_id)
+    worker, summary = locate(client, backend, job_id, worker)
+    return Job(client, backend, worker, summary, on_progress)
+
+
+def locate(client: Client, backend: str, job_id: str, worker: bytes, patience: float = 0.0) -> tuple[bytes, dict]:
+    """The worker holding the job and its summary: the one its id names, else (a restarted backend) any
+    other of the backend's workers that knows it; looking for up to ``patience`` seconds."""
+    deadline = time.monotonic() + patience
+    while True:
+        live = [bytes.fromhex(w["id"]) for w in _workers(client, backend)]
+        for candidate in sorted(live, key=lambda w: w != worker):  # the named worker first
+            try:
+                return candidate, _status(client, backend, candidate, job_id)
+            except BackendLost:  # a worker that died and is still listed for a moment
+                continue
+            except JobUnavailable as exc:
+                if candidate == worker or not str(exc).startswith(NO_SUCH_JOB):
+                    raise  # the job's own worker, or the one holding it, has spoken
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(0.2)
+    raise JobUnavailable(f"{NO_SUCH_JOB} {job_id!r}: its worker of backend {backend!r} is gone (the backend "
+                         "stopped or restarted) and no other worker has it; a job that was running is lost, and a "
+                         "finished result outlives a restart only with --job-dir")
+
+
+def _workers(client: Client, backend: str) -> list[dict]:
+    try:
+        entry = client.listing(backend, api=False)["backends"].get(backend)
+    except (BackendLost, CallTimeout):  # the broker is away for a moment: no worker to ask now
+        return []
+    return entry["workers"] if entry else []
+
+
+def _status(client: Client, backend: str, worker: bytes, job_id: str) -> dict:
+    head, frames = client.request(backend, {"op": "job.status", "id": job_id, **identity()}, [], worker=worker,
+                                  timeout=client.liveness * client.heartbeat * 2)
+    return serialize.loads(frames)
+
+
+def list_jobs(client: Client) -> JobTable:
+    """This caller's jobs on every live backend that keeps jobs, as a table."""
+    jobs, silent = [], []
+    for name, entry in sorted(client.listing(api=False)["backends"].items()):
+        if entry.get("codec", serialize.PICKLE) != serialize.PICKLE:
+            continue  # a no-pickle backend serves plain calls only
+        for worker in entry["workers"]:
+            try:
+                head, frames = client.request(name, {"op": "job.list", **identity()}, [],
+                                              worker=bytes.fromhex(worker["id"]), timeout=LISTING_TIMEOUT)
+            except DeMagicError:
+                silent.append(name)
+                continue
+            jobs += [{**job, "backend": name} for job in serialize.loads(frames)]
+    return JobTable(jobs, client.url, sorted(set(silent)))

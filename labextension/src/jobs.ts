@@ -1,0 +1,119 @@
+/**
+ * The "Jobs" section of the sidebar: the user's jobs on each broker (status, progress, age),
+ * with "Insert fetch" for a finished one. Polled while the panel is visible, like the tree.
+ */
+import { Poll } from '@lumino/polling';
+import { Widget } from '@lumino/widgets';
+
+import { IJob, IJobs, fetchJobs } from './api';
+import { h } from './dom';
+import { age, progressText } from './jobtext';
+import { BrokersModel } from './model';
+
+export interface IJobsActions {
+  insertFetch(broker: string, id: string): void;
+}
+
+/** Seconds between polls of the jobs; a job's progress changes more often than the listing. */
+const INTERVAL = 3000;
+
+export class JobsView extends Widget {
+  constructor(
+    private _model: BrokersModel,
+    private _actions: IJobsActions
+  ) {
+    super({ node: h('div', { class: 'jp-DeMagic-jobs' }) });
+    this._poll = new Poll({
+      factory: () => this._fetch(),
+      frequency: { interval: INTERVAL, backoff: true, max: 10 * INTERVAL },
+      name: 'de-magic:jobs',
+      standby: () => _model.standby()
+    });
+  }
+
+  dispose(): void {
+    this._poll.dispose();
+    super.dispose();
+  }
+
+  /** Ask every broker again now. */
+  refresh(): Promise<void> {
+    return this._poll.refresh();
+  }
+
+  private async _fetch(): Promise<void> {
+    const urls = this._model.brokers.map(entry => entry.url);
+    const answers = await Promise.all(
+      urls.map(url =>
+        fetchJobs(url).catch((reason: Error): IJobs => ({
+          reachable: false,
+          error: reason.message
+        }))
+      )
+    );
+    this._render(urls, answers);
+  }
+
+  private _render(urls: string[], answers: IJobs[]): void {
+    const sections = urls.map((url, i) => this._broker(url, answers[i]));
+    this.node.replaceChildren(...sections);
+  }
+
+  private _broker(url: string, answer: IJobs): HTMLElement {
+    const jobs = answer.jobs ?? [];
+    let body: HTMLElement;
+    if (!answer.reachable) {
+      body = h('div', { class: 'jp-DeMagic-jobsNote' }, answer.error ?? '');
+    } else if (!jobs.length) {
+      body = h('div', { class: 'jp-DeMagic-jobsNote' }, 'No jobs of yours.');
+    } else {
+      body = h(
+        'table',
+        { class: 'jp-DeMagic-jobsTable' },
+        h(
+          'tr',
+          {},
+          ...['status', 'what', 'progress', 'age', ''].map(head =>
+            h('th', {}, head)
+          )
+        ),
+        ...jobs.map(job => this._row(url, job))
+      );
+    }
+    return h(
+      'section',
+      { class: 'jp-DeMagic-jobsBroker', 'data-broker': url },
+      h('h3', {}, url),
+      body
+    );
+  }
+
+  private _row(url: string, job: IJob): HTMLElement {
+    let action: HTMLElement | null = null;
+    if (job.status === 'done') {
+      action = h(
+        'button',
+        { class: 'jp-Button jp-mod-minimal', title: 'Insert fetch' },
+        'Insert fetch'
+      );
+      action.addEventListener('click', () =>
+        this._actions.insertFetch(url, job.id)
+      );
+    }
+    return h(
+      'tr',
+      {
+        class: 'jp-DeMagic-job',
+        'data-status': job.status,
+        title: job.reason || job.id
+      },
+      h('td', {}, job.status),
+      h('td', {}, `${job.what} on ${job.backend}`),
+      h('td', {}, progressText(job.progress)),
+      h('td', {}, age(job.created)),
+      h('td', {}, action)
+    );
+  }
+
+  private _poll: Poll;
+}
