@@ -21,7 +21,7 @@ from de_magic import Client
 from de_magic.backend.server import Backend
 from de_magic.wire import protocol as P
 from de_magic.wire import serialize
-from de_magic.wire.errors import BackendLost, CallTimeout, Cancelled, Refused
+from de_magic.wire.errors import BackendLost, CallTimeout, Cancelled, PayloadTooLarge, Refused
 from de_magic.wire.security import Security
 
 DIRECT = ("--direct", "tcp://127.0.0.1:0")
@@ -240,5 +240,48 @@ def test_a_direct_endpoint_answers_bad_messages_and_unknown_requests(direct):
         while type(answer) is P.Event:  # its progress reports, then the end
             answer = P.parse(sock.recv_multipart(), P.AT_CLIENT)
         assert answer.rid == b"r6" and answer.header["kind"] == Cancelled.kind
+    finally:
+        sock.close()
+
+
+def test_a_no_pickle_backend_and_its_size_limit_hold_direct(cluster):
+    def double(x: int) -> int:
+        return 2 * x
+
+    backend = Backend("strict", {"double": double}, broker=cluster.url, heartbeat=HEARTBEAT, codec="json",
+                      max_message_size=10_000, direct="tcp://127.0.0.1:0").start()
+    try:
+        wait_for(lambda: the_worker(cluster, "strict")["slots"] > 0, what="the backend to register")
+        with Client(cluster.url, heartbeat=HEARTBEAT) as client:
+            assert client.call("strict", "double", (21,)) == 42
+            with pytest.raises(PayloadTooLarge, match="maximum message size of 10000"):
+                client.call("strict", "double", ("x" * 20_000,))
+            with pytest.raises(TypeError, match="expected int"):  # validated against the schema, as through the broker
+                client.call("strict", "double", ("not a number",))
+        assert the_worker(cluster, "strict")["calls"] == 0
+    finally:
+        backend.stop()
+
+
+def test_cancelled_waiting_calls_do_not_pile_up_at_a_direct_endpoint(cluster):
+    cluster.start_backend("de_magic.demo.hello", "hello_world", "--max-workers", "1", "--max-queue", "5", *DIRECT)
+    endpoint = the_worker(cluster)["direct"]["url"]
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.linger = 0
+    sock.connect(endpoint)
+    try:
+        slow = P.dump_header({"member": "slow_sum"})
+        sock.send_multipart(P.call(b"long", "hello_world", b"", slow, serialize.dumps(((), {"n": 100, "delay": 0.05}))))
+        wait_for(lambda: the_worker(cluster)["busy"] == 1, what="the one slot to be busy")
+        for i in range(2000):  # call and cancel, over and over, while the slot is busy: always room for more
+            rid = b"c%d" % i
+            sock.send_multipart(P.call(rid, "hello_world", b"", slow, serialize.dumps(((), {"n": 1}))))
+            sock.send_multipart(P.cancel(rid))
+        kinds = []
+        while len(kinds) < 2000:
+            msg = P.parse(sock.recv_multipart(), P.AT_CLIENT)
+            if msg.rid != b"long":
+                kinds.append(msg.header["kind"])
+        assert set(kinds) == {Cancelled.kind}  # never "busy": cancelled calls left the queue
     finally:
         sock.close()

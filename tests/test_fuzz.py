@@ -370,3 +370,54 @@ def test_a_malformed_registration_changes_nothing(hello):
         assert "compute_sum" in hello.client.listing()["backends"]["hello_world"]["api"]["members"]
     finally:
         sock.close()
+
+
+def test_a_direct_endpoint_survives_a_fuzz_storm(processes, tmp_path):
+    """The same storm at a backend's direct endpoint, which speaks the client's half of the protocol as a broker
+    does; a legitimate caller calls directly all the while."""
+    cluster = Cluster(processes)
+    cluster.start_broker()
+    log = tmp_path / "backend.log"
+    backend = start_logged(processes, "serve", "de_magic.demo.hello", "--broker", cluster.url, "--heartbeat",
+                           str(HEARTBEAT), "--no-pickle", "--direct", "tcp://127.0.0.1:0", log=log, env=STEADY_MALLOC)
+    wait_for(lambda: any(w["slots"] == w["capacity"] for w in cluster.workers("hello_world")), what="the backend")
+    (worker,) = cluster.workers("hello_world")
+    ctx = zmq.Context.instance()
+    socks = [ctx.socket(zmq.DEALER) for _ in range(4)]
+    for sock in socks:
+        sock.linger = 0
+        sock.connect(worker["direct"]["url"])
+    fuzzer = Fuzzer(seed=11, backend="hello_world", workers=[bytes.fromhex(worker["id"])])
+    senders: dict[bytes, zmq.Socket] = {}
+    answers: dict[bytes, list] = {}
+
+    def storm(count: int) -> None:
+        for _batch in range(0, count, 100):
+            for _ in range(100):
+                frames = fuzzer.message()
+                sock = fuzzer.rng.choice(socks)
+                sock.send_multipart(frames)
+                rid = expects_answer(frames)
+                if rid is not None:
+                    senders[rid] = sock
+            collect(socks, answers, time.monotonic() + 0.01, {b"not yet"})
+        collect(socks, answers, time.monotonic() + 15, set(senders))
+
+    try:
+        storm(MESSAGES)
+        rss_before = rss_kib(backend.pid)
+        with LegitimateCaller(cluster.url) as legit:
+            storm(5 * MESSAGES)
+        assert legit.calls >= 20 and not legit.failures, (legit.calls, legit.failures[:3])
+        assert cluster.workers("hello_world")[0]["calls"] == 0  # the legitimate caller went direct throughout
+        missing = set(senders) - answers.keys()
+        assert not missing, f"{len(missing)} messages with a return address got no answer"
+        twice = {rid: a for rid, a in answers.items() if len(a) > 1}
+        assert not twice, f"{len(twice)} answered more than once, e.g. {next(iter(twice))!r}"
+        assert all(a[0][0] is senders[rid] for rid, a in answers.items() if rid in senders), "answer to a wrong peer"
+        assert cluster.client.call("hello_world", "echo", ("after the storm",)) == "after the storm"
+        assert backend.poll() is None and rss_kib(backend.pid) < rss_before * 1.2
+        assert wait_for(lambda: bad_input_logged(log.read_text(), "backend"), timeout=5, what="bad input logged")
+    finally:
+        for sock in socks:
+            sock.close()

@@ -111,8 +111,9 @@ class DirectEndpoint:
         self.link = context.socket(zmq.ROUTER)
         self.link.bind(self.slots_url)
         self.idle: dict[bytes, None] = {}  # free slots, oldest first
-        self.waiting: deque[tuple[bytes, bytes, str, list]] = deque()  # (caller, rid, key, body) for a free slot
-        self.calls: dict[tuple[bytes, bytes], bytes] = {}  # (caller, rid) -> slot, b"" while it waits
+        self.waiting: deque[list] = deque()  # [caller, rid, key, body] for a free slot (cancelled: gone from calls)
+        self.calls: dict[tuple[bytes, bytes], bytes | list] = {}  # (caller, rid) -> slot, or its waiting entry
+        self.waiting_cancelled = 0  # entries of ``waiting`` to skip
         self.running: dict[bytes, float] = {}  # slot -> when its direct call started, until the brokers hear
         self.reported: set[bytes] = set()  # slots the brokers were told are busy with a direct call
         self.freed: list[bytes] = []  # reported slots whose call ended: the brokers are to hear they are free
@@ -161,8 +162,9 @@ class DirectEndpoint:
                     states += [rid, P.PENDING if (caller, rid) in self.calls else P.UNKNOWN]
                 self._to_caller(P.status(caller, states))
             else:
+                # a LIST is answered (it is a caller's request); a worker's messages are not, as at a broker
                 raise P.ProtocolError(f"a direct endpoint serves CALL, CANCEL and QUERY, not {type(msg).__name__}",
-                                      getattr(msg, "rid", None))
+                                      msg.rid if type(msg) is P.List else None)
         except P.ProtocolError as exc:
             self.backend._bad.report("bad direct message from %s: %s", caller.hex(), exc)
             if exc.rid is not None:
@@ -180,29 +182,37 @@ class DirectEndpoint:
         elif (size := nbytes(msg.body)) > backend.max_message_size:
             refusal = PayloadTooLarge, (f"call of {size} bytes exceeds backend {backend.name!r}'s maximum message "
                                         f"size of {backend.max_message_size} bytes")
-        elif not self.idle and len(self.waiting) >= backend.max_queue:
+        elif not self.idle and len(self.waiting) - self.waiting_cancelled >= backend.max_queue:
             refusal = Busy, (f"backend {backend.name!r} is busy: all {backend.max_workers} slots working and "
-                             f"{len(self.waiting)} direct calls queued")
+                             f"{len(self.waiting) - self.waiting_cancelled} direct calls queued")
         if refusal is not None:
             return self._to_caller(P.error_to(caller, msg.rid, refusal[0].kind, refusal[1]))
-        self.calls[(caller, msg.rid)] = b""
-        self.waiting.append((caller, msg.rid, key, msg.body))
+        entry = [caller, msg.rid, key, msg.body]
+        self.calls[(caller, msg.rid)] = entry
+        self.waiting.append(entry)
         self._dispatch()
 
     def _on_cancel(self, caller: bytes, rid: bytes) -> None:
-        slot = self.calls.get((caller, rid))
-        if slot == b"":  # still waiting here: it never started
-            self.waiting = deque(w for w in self.waiting if w[:2] != (caller, rid))
+        held = self.calls.get((caller, rid))
+        if isinstance(held, list):  # still waiting here: it never started (its queue entry is skipped)
             del self.calls[(caller, rid)]
+            self.waiting_cancelled += 1
+            if self.waiting_cancelled > 64 + len(self.waiting) // 2:  # compact: cancels must not pile up
+                self.waiting = deque(w for w in self.waiting if self.calls.get((w[0], w[1])) is w)
+                self.waiting_cancelled = 0
             self._to_caller(P.error_to(caller, rid, Cancelled.kind, "cancelled before it started"))
-        elif slot is not None:
+        elif held is not None:
             self.backend._cancel((self.index, caller, rid))
 
     def _dispatch(self) -> None:
         while self.waiting and self.idle:
+            entry = self.waiting.popleft()
+            caller, rid, key, body = entry
+            if self.calls.get((caller, rid)) is not entry:  # cancelled while it waited
+                self.waiting_cancelled -= 1
+                continue
             slot = next(reversed(self.idle))  # the last freed: its thread and memory are warm
             del self.idle[slot]
-            caller, rid, key, body = self.waiting.popleft()
             self.calls[(caller, rid)] = slot
             self.running[slot] = time.monotonic()
             send_frames(self.link, P.work(slot, caller, rid, key, body))
@@ -227,7 +237,7 @@ class DirectEndpoint:
             return  # cancelled while it waited, or a duplicate
         if msg.type != P.EVENT:
             slot = self.calls.pop(key)
-            if slot:
+            if isinstance(slot, bytes):
                 self.idle[slot] = None
                 self._ended(slot)
         self._to_caller(P.to_client(msg.client, msg.type, msg.rid, msg.body))

@@ -717,7 +717,8 @@ def _invoke_here(target: Callable, args: tuple, kwargs: dict):
     return target(*args, **kwargs)
 
 
-_MACHINERY = {__name__, "de_magic.backend.jobs", "de_magic.schema.arguments", "de_magic.wire.serialize", "de_magic.wire.jsoncodec"}
+_MACHINERY = {__name__, "de_magic.backend.jobs", "de_magic.backend.refs", "de_magic.schema.arguments",
+              "de_magic.wire.serialize", "de_magic.wire.jsoncodec"}
 
 
 def error_header(exc: BaseException) -> bytes:
