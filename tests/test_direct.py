@@ -285,3 +285,36 @@ def test_cancelled_waiting_calls_do_not_pile_up_at_a_direct_endpoint(cluster):
         assert set(kinds) == {Cancelled.kind}  # never "busy": cancelled calls left the queue
     finally:
         sock.close()
+
+
+def test_a_quick_member_runs_inline_and_a_long_call_of_it_holds_up_nothing(cluster):
+    from de_magic.backend.direct import QUICK_STREAK
+
+    def nap(seconds: float) -> float:
+        for _ in range(int(seconds * 100)):  # short sleeps: a cancel lands between them
+            time.sleep(0.01)
+        return seconds
+
+    def echo(value: int) -> int:
+        return value
+
+    backend = Backend("napper", {"nap": nap, "echo": echo}, broker=cluster.url, heartbeat=HEARTBEAT,
+                      direct="tcp://127.0.0.1:0").start()
+    try:
+        wait_for(lambda: the_worker(cluster, "napper")["slots"] > 0, what="the backend to register")
+        with Client(cluster.url, heartbeat=HEARTBEAT) as client:
+            for _ in range(QUICK_STREAK + 1):
+                assert client.call("napper", "nap", (0.0,)) == 0.0
+            assert backend.direct.quick[("nap", None)] > QUICK_STREAK  # from now on it runs inline
+            long_call = client.submit("napper", "nap", (5.0,))
+            wait_for(lambda: backend.direct.inline_since and backend.direct.relieving, what="the relief thread")
+            start = time.monotonic()
+            assert [client.call("napper", "echo", (i,)) for i in range(5)] == list(range(5))  # via the slots
+            assert time.monotonic() - start < 1.0 and not long_call.done()
+            long_call.cancel()  # the relief thread takes the cancel to the call running inline
+            wait_for(lambda: not backend.direct.inline_since, what="the inline call to stop")
+            assert ("nap", None) not in backend.direct.quick  # it was not quick after all
+            assert client.call("napper", "nap", (0.01,)) == 0.01
+        assert the_worker(cluster, "napper")["calls"] == 0
+    finally:
+        backend.stop()

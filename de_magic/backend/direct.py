@@ -18,6 +18,14 @@ to the brokers (``BUSY`` for its slot, from the control connection, then
 is over before anyone could act on the news, and costs the brokers nothing.
 A broker's call to a slot that is busy meanwhile waits there and runs next.
 Calls that find every slot busy wait here, up to the backend's ``max_queue``.
+
+Handing a call to a slot and its answer back costs two thread switches, as
+much as the broker's hop it saves.  So a member whose last calls each took
+under :data:`QUICK` runs *inline*, on the endpoint's own thread, like a plain
+REQ/REP server.  In case such a call runs long after all, the endpoint's
+socket is left free while it runs: after :data:`RELIEF_AFTER` another thread
+(:meth:`Backend._relieve`) serves it meanwhile (queries, cancels, other calls
+for the slots), so a mispredicted call delays nothing for more than that.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import time
 from collections import deque
 from urllib.parse import urlsplit
@@ -44,6 +53,9 @@ ZAP_DOMAIN = "de-magic-direct"
 DIRECT_ENV = "DE_MAGIC_DIRECT"
 MAX_QUERY = 10_000  #: request ids one QUERY may ask after, as at a broker
 BUSY_AFTER = 0.02  #: seconds a direct call runs before the brokers hear that its slot is busy
+QUICK = 0.001  #: seconds under which a call counts as quick
+QUICK_STREAK = 3  #: quick calls in a row after which a member's calls run inline
+RELIEF_AFTER = 0.05  #: seconds an inline call may hold the endpoint before another thread serves it
 
 
 def direct_address(value: str | None) -> str | None:
@@ -117,6 +129,13 @@ class DirectEndpoint:
         self.running: dict[bytes, float] = {}  # slot -> when its direct call started, until the brokers hear
         self.reported: set[bytes] = set()  # slots the brokers were told are busy with a direct call
         self.freed: list[bytes] = []  # reported slots whose call ended: the brokers are to hear they are free
+        #: Held by the thread that uses the sockets: the endpoint's own, or (see RELIEF_AFTER) the relief thread.
+        self.lock = threading.Lock()
+        self.inline_since = 0.0  # when the inline call running now started (0: none runs)
+        self.relieving = False  # the relief thread serves the sockets: nothing runs inline
+        self.thread_id: int | None = None  # the endpoint's own thread (which runs quick calls inline)
+        self.quick: dict[tuple, int] = {}  # member -> its quick calls in a row
+        self.timing: dict[tuple[bytes, bytes], tuple[tuple, float]] = {}  # call -> (member, start)
 
     def _bind(self, url: str, security: Security) -> zmq.Socket:
         sock = self._ctx.socket(zmq.ROUTER)
@@ -147,6 +166,12 @@ class DirectEndpoint:
     # -- from callers ---------------------------------------------------------------------------
 
     def on_caller(self, frames: list) -> None:
+        try:
+            self._on_caller(frames)
+        except Exception:  # noqa: BLE001 - whatever arrives, the endpoint must live on
+            self.backend._bad.report("failed to handle a direct message", exc_info=True)
+
+    def _on_caller(self, frames: list) -> None:
         caller, frames = frames[0].bytes, frames[1:]
         try:
             msg = P.parse(frames, P.AT_BROKER)
@@ -205,17 +230,62 @@ class DirectEndpoint:
             self.backend._cancel((self.index, caller, rid))
 
     def _dispatch(self) -> None:
-        while self.waiting and self.idle:
-            entry = self.waiting.popleft()
+        while self.waiting:
+            entry = self.waiting[0]
             caller, rid, key, body = entry
             if self.calls.get((caller, rid)) is not entry:  # cancelled while it waited
+                self.waiting.popleft()
                 self.waiting_cancelled -= 1
                 continue
+            member = self._member(body)
+            if member is not None and self.quick.get(member, 0) >= QUICK_STREAK and not self.relieving:
+                self.waiting.popleft()
+                self._inline(entry, member)
+                continue
+            if not self.idle:
+                return
+            self.waiting.popleft()
             slot = next(reversed(self.idle))  # the last freed: its thread and memory are warm
             del self.idle[slot]
             self.calls[(caller, rid)] = slot
-            self.running[slot] = time.monotonic()
+            self.running[slot] = now = time.monotonic()
+            if member is not None:
+                self.timing[(caller, rid)] = (member, now)
             send_frames(self.link, P.work(slot, caller, rid, key, body))
+
+    # -- quick calls, inline ---------------------------------------------------------------------
+
+    def _member(self, body: list) -> tuple | None:
+        """The member a plain call is for, if it is one of ours (what quickness is learnt for), else None."""
+        try:
+            header = P.load_header(body[0])
+        except P.ProtocolError:
+            return None  # the slot will answer it
+        name, method = header.get("member"), header.get("method")
+        if header.get("op", "call") != "call" or header.get("keep") or not isinstance(name, str) \
+                or name not in self.backend.members:
+            return None
+        methods = self.backend.api["members"][name].get("methods", {})
+        return name, method if isinstance(method, str) and method in methods else None
+
+    def _learn(self, member: tuple, seconds: float) -> None:
+        if seconds < QUICK:
+            self.quick[member] = self.quick.get(member, 0) + 1
+        else:
+            self.quick.pop(member, None)
+
+    def _inline(self, entry: list, member: tuple) -> None:
+        """Run a quick member's call here; its answer comes back through the link, like a slot's."""
+        caller, rid, key, body = entry
+        self.calls[(caller, rid)] = b""
+        start = self.inline_since = time.monotonic()
+        self.lock.release()  # for the relief thread, should the call run long
+        try:
+            self.backend.run_inline(self.index, P.work(b"", caller, rid, key, body)[1:])
+        finally:
+            self.inline_since = 0.0
+            self.lock.acquire()
+        self._learn(member, time.monotonic() - start)
 
     # -- from slots (and answers of work that ran elsewhere, via the I/O thread) ---------------
 
@@ -230,18 +300,33 @@ class DirectEndpoint:
         elif type(msg) is P.Answer:
             self.answer(msg)
 
-    def answer(self, msg: P.Answer) -> None:
+    def deliver(self, msg: P.Answer) -> bool:
+        """An inline call's answer or event, sent by the thread running it: out at once, unless the relief
+        thread has the sockets now (False: send it through the link)."""
+        if threading.get_ident() != self.thread_id or not self.lock.acquire(blocking=False):
+            return False
+        try:
+            self.answer(msg, dispatch=False)  # not from inside a call: the loop dispatches when it is over
+        finally:
+            self.lock.release()
+        return True
+
+    def answer(self, msg: P.Answer, dispatch: bool = True) -> None:
         """A REPLY, EVENT or ERROR for a direct call: to its caller; a final one frees the call's slot."""
         key = (msg.client, msg.rid)
         if key not in self.calls:
             return  # cancelled while it waited, or a duplicate
         if msg.type != P.EVENT:
             slot = self.calls.pop(key)
-            if isinstance(slot, bytes):
+            if isinstance(slot, bytes) and slot:  # b"": it ran inline
                 self.idle[slot] = None
                 self._ended(slot)
+            timed = self.timing.pop(key, None)
+            if timed is not None:
+                self._learn(timed[0], time.monotonic() - timed[1])
         self._to_caller(P.to_client(msg.client, msg.type, msg.rid, msg.body))
-        self._dispatch()
+        if dispatch:
+            self._dispatch()
 
     # -- what the brokers hear of the load -----------------------------------------------------
 
