@@ -122,7 +122,7 @@ class Client:
         self._ctx = context or zmq.Context.instance()
         self._sockets = PerThread(self._new_socket)
         #: Direct endpoints of workers, and this client's sockets to them (see routes.py).
-        self.routes = Routes(self._ctx, heartbeat)
+        self.routes = Routes(self._ctx)
         #: False: every call goes through the broker (for comparisons, or a network that drops direct traffic).
         self.direct = direct
         self._busy: set[zmq.Socket] = set()  # sockets of calls in flight (see close)

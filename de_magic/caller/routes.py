@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from ..wire.framing import send_frames
+from ..wire.framing import Sockets, send_frames
 from ..wire.handshake import WatchedSocket
 from ..wire.security import Security, is_loopback
 
@@ -51,19 +51,17 @@ def endpoints(entry: dict) -> list[Endpoint]:
     return found
 
 
-class Routes:
+class Routes(Sockets):
     """What a client knows of direct endpoints, and its sockets to them (one per thread and endpoint)."""
 
-    def __init__(self, context: zmq.Context, heartbeat: float):
-        self._ctx, self.heartbeat = context, heartbeat
+    def __init__(self, context: zmq.Context):
+        super().__init__()
+        self._ctx = context
         self._known: dict[str, tuple[float, list[Endpoint]]] = {}  # backend -> (learnt at, endpoints)
         self._reached: set[bytes] = set()  # workers a direct connection worked with
         self._unreachable: dict[bytes, float] = {}  # worker id -> until when its calls go via the broker
         self._inflight: dict[bytes, int] = {}  # worker id -> this client's calls in flight there
         self._local = threading.local()
-        self._sockets: list[zmq.Socket] = []
-        self._lock = threading.Lock()
-        self.closed = False
 
     def learn(self, backend: str, entry: dict | None) -> None:
         """A listing's entry for ``backend`` (None: it is not live)."""
@@ -106,9 +104,7 @@ class Routes:
             sock.close(linger=0)
             self.lost(endpoint)
             return None
-        socks[endpoint.url] = sock
-        with self._lock:
-            self._sockets.append(sock)
+        socks[endpoint.url] = self.add(sock)
         return sock
 
     def _probe(self, sock: zmq.Socket, endpoint: Endpoint) -> bool:
@@ -154,11 +150,3 @@ class Routes:
 
     def ended(self, endpoint: Endpoint) -> None:
         self._inflight[endpoint.worker] -= 1
-
-    def close(self, keep: set = frozenset()) -> None:
-        with self._lock:
-            self.closed = True
-            for sock in self._sockets:
-                if sock not in keep:
-                    sock.close(linger=0)
-            self._sockets.clear()

@@ -42,40 +42,23 @@ def recv_frames(sock: zmq.Socket, flags: int = 0) -> list:
     return frames
 
 
-class PerThread:
-    """One socket per thread, made on first use by ``make()``, all closed together by :meth:`close`.
+class Sockets:
+    """Sockets that several threads made, each for its own use, all closed together by :meth:`close`."""
 
-    ZeroMQ sockets must not be shared between threads; clients call from any thread and
-    backend code may emit events from threads of its own.
-    """
-
-    def __init__(self, make: Callable[[], zmq.Socket]):
-        self._make = make
-        self._local = threading.local()
+    def __init__(self):
         self._sockets: list[zmq.Socket] = []
         self._lock = threading.Lock()
         self.closed = False
 
-    def get(self) -> zmq.Socket:
-        sock = getattr(self._local, "socket", None)
-        if sock is None or sock.closed:
-            if self.closed:
-                raise RuntimeError("these sockets are closed")
-            sock = self._local.socket = self._make()
-            with self._lock:
-                self._sockets.append(sock)
+    def add(self, sock: zmq.Socket) -> zmq.Socket:
+        with self._lock:
+            self._sockets.append(sock)
         return sock
 
-    def renew(self) -> zmq.Socket:
-        """Close this thread's socket and make a new one (e.g. for another address)."""
-        old = getattr(self._local, "socket", None)
-        if old is not None:
-            with self._lock:
-                if old in self._sockets:
-                    self._sockets.remove(old)
-            old.close(linger=0)
-            self._local.socket = None
-        return self.get()
+    def discard(self, sock: zmq.Socket) -> None:
+        with self._lock:
+            if sock in self._sockets:
+                self._sockets.remove(sock)
 
     def close(self, keep: set = frozenset()) -> None:
         """Close every socket but those in ``keep`` (their threads close them), and make no more."""
@@ -85,3 +68,33 @@ class PerThread:
                 if sock not in keep:
                     sock.close(linger=0)
             self._sockets.clear()
+
+
+class PerThread(Sockets):
+    """One socket per thread, made on first use by ``make()``.
+
+    ZeroMQ sockets must not be shared between threads; clients call from any thread and
+    backend code may emit events from threads of its own.
+    """
+
+    def __init__(self, make: Callable[[], zmq.Socket]):
+        super().__init__()
+        self._make = make
+        self._local = threading.local()
+
+    def get(self) -> zmq.Socket:
+        sock = getattr(self._local, "socket", None)
+        if sock is None or sock.closed:
+            if self.closed:
+                raise RuntimeError("these sockets are closed")
+            sock = self._local.socket = self.add(self._make())
+        return sock
+
+    def renew(self) -> zmq.Socket:
+        """Close this thread's socket and make a new one (e.g. for another address)."""
+        old = getattr(self._local, "socket", None)
+        if old is not None:
+            self.discard(old)
+            old.close(linger=0)
+            self._local.socket = None
+        return self.get()
