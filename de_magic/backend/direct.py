@@ -176,7 +176,7 @@ class DirectEndpoint:
         try:
             msg = P.parse(frames, P.AT_BROKER)
             if type(msg) is P.Call:
-                self._on_call(caller, msg, peer_key(frames[0]) or "")
+                self._on_call(caller, msg, (peer_key(frames[0]) or "") if self.curve else "")
             elif type(msg) is P.Cancel:
                 self._on_cancel(caller, msg.rid)
             elif type(msg) is P.Query:
@@ -237,10 +237,10 @@ class DirectEndpoint:
                 self.waiting.popleft()
                 self.waiting_cancelled -= 1
                 continue
-            member = self._member(body)
+            header, member = self._member(body)
             if member is not None and self.quick.get(member, 0) >= QUICK_STREAK and not self.relieving:
                 self.waiting.popleft()
-                self._inline(entry, member)
+                self._inline(entry, header, member)
                 continue
             if not self.idle:
                 return
@@ -255,18 +255,19 @@ class DirectEndpoint:
 
     # -- quick calls, inline ---------------------------------------------------------------------
 
-    def _member(self, body: list) -> tuple | None:
-        """The member a plain call is for, if it is one of ours (what quickness is learnt for), else None."""
+    def _member(self, body: list) -> tuple[dict | None, tuple | None]:
+        """A call's header, and the member it calls if it is a plain call of one of ours (what quickness is
+        learnt for)."""
         try:
             header = P.load_header(body[0])
         except P.ProtocolError:
-            return None  # the slot will answer it
+            return None, None  # the slot will answer it
         name, method = header.get("member"), header.get("method")
         if header.get("op", "call") != "call" or header.get("keep") or not isinstance(name, str) \
                 or name not in self.backend.members:
-            return None
+            return header, None
         methods = self.backend.api["members"][name].get("methods", {})
-        return name, method if isinstance(method, str) and method in methods else None
+        return header, (name, method if isinstance(method, str) and method in methods else None)
 
     def _learn(self, member: tuple, seconds: float) -> None:
         if seconds < QUICK:
@@ -274,14 +275,14 @@ class DirectEndpoint:
         else:
             self.quick.pop(member, None)
 
-    def _inline(self, entry: list, member: tuple) -> None:
-        """Run a quick member's call here; its answer comes back through the link, like a slot's."""
+    def _inline(self, entry: list, header: dict, member: tuple) -> None:
+        """Run a quick member's call here (its answer goes out from here too: see :meth:`deliver`)."""
         caller, rid, key, body = entry
         self.calls[(caller, rid)] = b""
         start = self.inline_since = time.monotonic()
         self.lock.release()  # for the relief thread, should the call run long
         try:
-            self.backend.run_inline(self.index, P.work(b"", caller, rid, key, body)[1:])
+            self.backend.run_inline(self.index, P.Work(caller, rid, key, header, body[1:]))
         finally:
             self.inline_since = 0.0
             self.lock.acquire()

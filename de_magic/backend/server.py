@@ -58,6 +58,7 @@ from .usage import Reporter
 
 log = logging.getLogger("de_magic.backend")
 
+_EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)  # plain ints: enum arithmetic costs a microsecond a time
 # what the I/O thread tells the slot threads (HELLO: a broker welcomed us, say SLOT there)
 _HELLO, _STOP = b"hello", b"stop"
 
@@ -408,9 +409,12 @@ class Backend:
                 direct.relieving = False
                 direct.lock.release()
 
-    def run_inline(self, door: int, frames: list) -> None:
+    def run_inline(self, door: int, msg: P.Work) -> None:
         """Serve a call in this thread (the direct endpoint's: see direct.py), as a slot would."""
-        self._on_slot_message(self._slot_doors[door], frames)
+        try:
+            self.serve(door, msg)
+        except Exception:  # noqa: BLE001 - whatever arrives, the endpoint's thread must live on
+            self._bad.report("failed to serve a direct call", exc_info=True)
 
     @staticmethod
     def _serve_direct(direct: DirectEndpoint) -> None:
@@ -418,10 +422,10 @@ class Backend:
         go of the GIL, and the slot thread just sent a call would take it, and then this one waits for it."""
         for _ in range(1000):
             busy = False
-            if direct.link.get(zmq.EVENTS) & zmq.POLLIN:
+            if direct.link.get(_EVENTS) & _POLLIN:
                 direct.on_slot(recv_frames(direct.link, zmq.NOBLOCK))
                 busy = True
-            if direct.sock.get(zmq.EVENTS) & zmq.POLLIN:
+            if direct.sock.get(_EVENTS) & _POLLIN:
                 direct.on_caller(recv_frames(direct.sock, zmq.NOBLOCK))
                 busy = True
             if not busy:
@@ -563,8 +567,11 @@ class Backend:
             if exc.rid is not None and exc.client is not None:
                 self._send(P.ERROR, door, exc.client, exc.rid, P.error_header(ProtocolMismatch.kind, str(exc)))
             return
-        if not isinstance(msg, P.Work):
-            return  # e.g. DISCONNECT after a broker restart: the control connection registers again
+        if isinstance(msg, P.Work):  # not e.g. DISCONNECT after a broker restart: the control connection
+            self.serve(door, msg)      # registers again
+
+    def serve(self, door: int, msg: P.Work) -> None:
+        """Serve a call that came through ``door`` (a broker, or the direct endpoint), in this thread."""
         try:
             op = self._operation(msg.header)
         except (P.ProtocolError, Refused) as exc:

@@ -409,7 +409,9 @@ class Client:
         ``keep``: leave the result on the worker and return a :class:`~de_magic.caller.refs.RemoteRef` to it.
         Arguments that are such references are used in place, on the worker that holds them.
         """
-        dispatch = _dispatcher(on_progress or self.on_progress or default_progress(), on_event)
+        # made when the first report comes, in this thread (which handles the call's events): most calls send none
+        dispatch = _dispatcher(on_progress or self.on_progress or default_progress, on_event,
+                               lazy=not (on_progress or self.on_progress))
         codec = self._codec_of(backend)
         header, payload, worker = encode_call(backend, member, args, kwargs, method, init, keep, codec)
         try:
@@ -649,12 +651,19 @@ def encode_call(backend: str, member: str, args: tuple, kwargs: dict | None, met
     return header, payload, worker
 
 
-def _dispatcher(progress, on_event: EventHandler | None) -> EventHandler:
-    """A call's event handler: progress events to ``progress``, the others to ``on_event``."""
+def _dispatcher(progress, on_event: EventHandler | None, lazy: bool = False) -> EventHandler:
+    """A call's event handler: progress events to ``progress``, the others to ``on_event``.
+
+    ``lazy``: ``progress`` is a factory of the renderer (or None), called at the first report.
+    """
+    renderer = [] if lazy else [progress]
+
     def dispatch(event: dict, frames: list) -> None:
         if event.get("event") == "progress":
-            if progress is not None:
-                progress(Progress.from_event(event))
+            if not renderer:
+                renderer.append(progress())
+            if renderer[0] is not None:
+                renderer[0](Progress.from_event(event))
         elif on_event is not None:
             on_event(event, frames)
     return dispatch
