@@ -28,10 +28,18 @@ pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's ch
                                 "(apt-get install -y chromium)")
 
 
+def screenshot(page, tmp_path: Path, name: str) -> None:
+    """A picture of the page, for the docs when $DE_MAGIC_SCREENSHOT is set (else kept with the test's files)."""
+    shot = (DOCS_SCREENSHOT.parent if os.environ.get("DE_MAGIC_SCREENSHOT") else tmp_path) / name
+    shot.parent.mkdir(exist_ok=True)
+    page.screenshot(path=str(shot))
+    assert shot.stat().st_size > 50_000
+
+
 @pytest.fixture
 def lab(hello, tmp_path):
     """JupyterLab whose default broker is ``hello``'s, plus a user-added broker that is down."""
-    hello.start_backend("de_magic.demo.ocean", "ocean_model")
+    hello.start_backend("de_magic.demo.ocean", "ocean_model", "--direct", "tcp://127.0.0.1:0")
     down = f"tcp://127.0.0.1:{free_port()}"
     jupyter = Jupyter(
         tmp_path,
@@ -171,6 +179,9 @@ def test_sidebar_browse_filter_insert_and_run(page, lab, hello, processes, tmp_p
     expect(panel.locator(".jp-DeMagic-details .jp-DeMagic-sessions")).to_have_text(re.compile(r"^1 \(\d+(\.\d)? kB\)$"))
     expect(panel.locator(".jp-DeMagic-details .jp-DeMagic-refs")).to_have_text(re.compile(r"^1 \(\d+(\.\d)? kB\)$"))
     expect(panel.locator(".jp-DeMagic-details")).to_contain_text("1 %%remote session")
+    expect(panel.locator(".jp-DeMagic-details .jp-DeMagic-path")).to_have_text("broker")
+    panel.locator(".jp-DeMagic-details .jp-DeMagic-path").scroll_into_view_if_needed()
+    screenshot(page, tmp_path, "sidebar-backend.png")  # a backend's workers: what they hold, their path
     session.close()
     kept.release()
     expect(hello_row).to_have_class(re.compile("jp-mod-selected"))
@@ -220,10 +231,7 @@ def test_sidebar_browse_filter_insert_and_run(page, lab, hello, processes, tmp_p
 
     # A screenshot for the docs: a backend open, a function selected with its doc, its call run.
     rows(page, "function").filter(has_text="slow_sum").hover()
-    shot = DOCS_SCREENSHOT if os.environ.get("DE_MAGIC_SCREENSHOT") else tmp_path / "sidebar.png"
-    shot.parent.mkdir(exist_ok=True)
-    page.screenshot(path=str(shot))
-    assert shot.stat().st_size > 50_000
+    screenshot(page, tmp_path, DOCS_SCREENSHOT.name)
 
     # A method of a class: the class is built with its defaults through the notebook's client,
     # the required argument is a variable of its name to fill in.
@@ -279,6 +287,12 @@ def test_sidebar_browse_filter_insert_and_run(page, lab, hello, processes, tmp_p
     fetched = fetched.locator(".jp-OutputArea-executeResult .jp-OutputArea-output")
     expect(fetched).to_have_text(re.compile(r"^\s*3\s*$"), timeout=20_000)
 
+    screenshot(page, tmp_path, "sidebar-jobs.png")  # the Jobs section
+    # ocean_model takes direct calls: its worker's path says so, with the endpoint in the tooltip.
+    rows(page, "backend").filter(has_text="ocean_model").click()
+    path = details.locator(".jp-DeMagic-path")
+    expect(path).to_have_text("direct")
+    assert "Takes direct calls at tcp://127.0.0.1:" in path.get_attribute("title")
     # ocean_model does not accept code: no such button there.
     rows(page, "backend").filter(has_text="ocean_model").locator(".jp-DeMagic-caret").click()
     rows(page, "function").filter(has_text="model_info").click()
