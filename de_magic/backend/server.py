@@ -48,7 +48,7 @@ from ..wire.handshake import WatchedSocket
 from ..schema import describe
 from ..schema.arguments import check_arguments, validate_arguments
 from ..wire.security import Security, allowed_callers
-from ..wire.framing import PerThread, recv_frames, send_frames
+from ..wire.framing import PerThread, readable, recv_frames, send_frames
 from . import refs, shell
 from .callcontext import Call, Operation, current_call
 from .direct import RELIEF_AFTER, DirectEndpoint
@@ -58,7 +58,6 @@ from .usage import Reporter
 
 log = logging.getLogger("de_magic.backend")
 
-_EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)  # plain ints: enum arithmetic costs a microsecond a time
 # what the I/O thread tells the slot threads (HELLO: a broker welcomed us, say SLOT there)
 _HELLO, _STOP = b"hello", b"stop"
 
@@ -418,14 +417,13 @@ class Backend:
 
     @staticmethod
     def _serve_direct(direct: DirectEndpoint) -> None:
-        """A burst of messages, like the broker's. Readiness is read from ZMQ_EVENTS, not polled: a poll lets
-        go of the GIL, and the slot thread just sent a call would take it, and then this one waits for it."""
+        """A burst of messages, like the broker's (see :func:`~de_magic.wire.framing.readable`)."""
         for _ in range(1000):
             busy = False
-            if direct.link.get(_EVENTS) & _POLLIN:
+            if readable(direct.link):
                 direct.on_slot(recv_frames(direct.link, zmq.NOBLOCK))
                 busy = True
-            if direct.sock.get(_EVENTS) & _POLLIN:
+            if readable(direct.sock):
                 direct.on_caller(recv_frames(direct.sock, zmq.NOBLOCK))
                 busy = True
             if not busy:

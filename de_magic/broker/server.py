@@ -24,9 +24,9 @@ import zmq
 
 from ..wire.defaults import (DEFAULT_HEARTBEAT, DEFAULT_LIVENESS, DEFAULT_MAX_MESSAGE, DEFAULT_MAX_QUEUED_BYTES,
                        check_url, default_url)
-from .routing import Config, Router
+from .routing import Config, Router, no_key
 from ..wire.security import Security, peer_key
-from ..wire.framing import recv_frames, send_frames
+from ..wire.framing import readable, recv_frames, send_frames
 
 log = logging.getLogger("de_magic.broker")
 
@@ -96,7 +96,9 @@ class Broker:
         self.url = sock.last_endpoint.decode().replace("0.0.0.0", "127.0.0.1")
         self._socket = sock
         self.config.url, self.config.curve = self.url, self._auth is not None
-        self.router = Router(self.config, now=time.monotonic(), key_of=peer_key, key_names=self._key_names)
+        # without CURVE no frame carries a key: asking each one would cost an exception per message
+        self.router = Router(self.config, now=time.monotonic(), key_of=peer_key if self._auth is not None else no_key,
+                             key_names=self._key_names)
         return self.url
 
     def _key_names(self) -> dict[str, str]:
@@ -134,7 +136,7 @@ class Broker:
                 if self._stopper in events:
                     break
                 for _ in range(BATCH):
-                    if not sock.get(zmq.EVENTS) & zmq.POLLIN:
+                    if not readable(sock):
                         break
                     frames = recv_frames(sock)
                     self._send_all(router.handle(frames[0].bytes, frames[1:], time.monotonic()))
