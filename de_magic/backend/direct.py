@@ -10,7 +10,7 @@ key must be one a broker we are registered at lets in (each tells us in
 ``WELCOME``) and, if the backend has ``allow_clients``, among those.  Without
 CURVE the endpoint must be on loopback, as a plaintext broker must.
 
-The endpoint is served by the backend's I/O thread: calls go to free slot
+The endpoint is served by a thread of its own: calls go to free slot
 threads over an in-process connection that a slot treats like one more
 broker.  A direct call that runs for more than :data:`BUSY_AFTER` is reported
 to the brokers (``BUSY`` for its slot, from the control connection, then
@@ -104,8 +104,9 @@ class _GateKeeper(ThreadAuthenticator):
 class DirectEndpoint:
     """The listening socket, the in-process link to the slots, and the calls that came this way.
 
-    ``index`` is the door number slots know this endpoint by (after the brokers').
-    Driven by the backend's I/O thread: :meth:`on_caller`, :meth:`on_slot`, :meth:`answer`.
+    ``index`` is the door number slots know this endpoint by (after the brokers'). Driven by a thread
+    of the backend's own (:meth:`Backend._direct_loop`, or while it runs a call inline for long,
+    :meth:`Backend._relieve`), whichever holds :attr:`lock`: :meth:`on_caller`, :meth:`on_slot`, :meth:`news`.
     """
 
     def __init__(self, backend, url: str, index: int, security: Security, context: zmq.Context):
@@ -288,7 +289,7 @@ class DirectEndpoint:
             self.lock.acquire()
         self._learn(member, time.monotonic() - start)
 
-    # -- from slots (and answers of work that ran elsewhere, via the I/O thread) ---------------
+    # -- from slots (and answers of work that ran in other threads, through the link) ------------
 
     def on_slot(self, frames: list) -> None:
         slot, frames = frames[0].bytes, frames[1:]
