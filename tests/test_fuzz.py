@@ -166,38 +166,17 @@ def test_broker_survives_a_fuzz_storm(processes, tmp_path):
         sock.linger = 0
         sock.connect(cluster.url)
     workers = [bytes.fromhex(w["id"]) for w in cluster.workers("hello_world")]
-    fuzzer = Fuzzer(seed=5, backend="hello_world", workers=workers)
-    senders: dict[bytes, zmq.Socket] = {}
-    answers: dict[bytes, list] = {}
-
-    def storm(count: int) -> float:
-        start = time.monotonic()
-        for _batch in range(0, count, 100):  # drain between batches: the broker drops answers past its HWM
-            for _ in range(100):
-                frames = fuzzer.message()
-                sock = fuzzer.rng.choice(socks)
-                sock.send_multipart(frames)
-                rid = expects_answer(frames)
-                if rid is not None:
-                    senders[rid] = sock
-            collect(socks, answers, time.monotonic() + 0.01, {b"not yet"})
-        elapsed = time.monotonic() - start
-        collect(socks, answers, time.monotonic() + 15, set(senders))
-        return elapsed
+    storm = Storm(Fuzzer(seed=5, backend="hello_world", workers=workers), socks)
 
     try:
-        storm(MESSAGES)  # warm up: first-use allocations and the allocator's pools are not leaks
+        storm.run(MESSAGES)  # warm up: first-use allocations and the allocator's pools are not leaks
         rss_before = rss_kib(cluster.broker.pid)
         with LegitimateCaller(cluster.url) as legit:  # calls on, with correct answers, through it all
-            elapsed = storm(STORM)
+            elapsed = storm.run(STORM)
         assert legit.calls >= 20 and not legit.failures, (legit.calls, legit.failures[:3])
         rss_after = rss_kib(cluster.broker.pid)
-        missing = set(senders) - answers.keys()
-        assert not missing, f"{len(missing)} messages with a return address got no answer"
-        twice = {rid: a for rid, a in answers.items() if len(a) > 1}
-        assert not twice, f"{len(twice)} answered more than once, e.g. {next(iter(twice))!r}"
-        assert all(a[0][0] is senders[rid] for rid, a in answers.items() if rid in senders), "answer to a wrong peer"
-        kinds = [a[0][1] for a in answers.values()]
+        storm.check_answers()
+        kinds = [a[0][1] for a in storm.answers.values()]
         # a socket-level limit: a frame past it drops that connection, but not the broker
         huge = ctx.socket(zmq.DEALER)
         huge.linger = 0
@@ -212,7 +191,7 @@ def test_broker_survives_a_fuzz_storm(processes, tmp_path):
                  what="the log to account for every bad message")
         print(f"\nbroker fuzz: {MESSAGES} + {STORM} messages, the second round in {elapsed:.2f} s "
               f"({STORM / elapsed:.0f}/s) beside {legit.calls} legitimate calls; "
-              f"{len(senders)} with a return address, all answered once "
+              f"{len(storm.senders)} with a return address, all answered once "
               f"({kinds.count(P.ERROR)} errors, {kinds.count(P.REPLY)} replies, {kinds.count(P.STATUS)} statuses); "
               f"{counted['bad_messages']} bad messages logged; RSS {rss_before} -> {rss_after} KiB")
         assert counted["bad_messages"] >= STORM // 4
@@ -221,6 +200,40 @@ def test_broker_survives_a_fuzz_storm(processes, tmp_path):
     finally:
         for sock in socks:
             sock.close()
+
+
+class Storm:
+    """Fuzz messages from several sockets, and the answers they got."""
+
+    def __init__(self, fuzzer: Fuzzer, socks: list[zmq.Socket]):
+        self.fuzzer, self.socks = fuzzer, socks
+        self.senders: dict[bytes, zmq.Socket] = {}  # request id -> the socket that sent it
+        self.answers: dict[bytes, list] = {}
+
+    def run(self, count: int) -> float:
+        """Send ``count`` messages, then wait for every answer due; the seconds the sending took."""
+        start = time.monotonic()
+        for _batch in range(0, count, 100):  # drain between batches: a ROUTER drops answers past its HWM
+            for _ in range(100):
+                frames = self.fuzzer.message()
+                sock = self.fuzzer.rng.choice(self.socks)
+                sock.send_multipart(frames)
+                rid = expects_answer(frames)
+                if rid is not None:
+                    self.senders[rid] = sock
+            collect(self.socks, self.answers, time.monotonic() + 0.01, {b"not yet"})
+        elapsed = time.monotonic() - start
+        collect(self.socks, self.answers, time.monotonic() + 15, set(self.senders))
+        return elapsed
+
+    def check_answers(self) -> None:
+        """Every message with a return address answered, once, to the socket that sent it."""
+        missing = set(self.senders) - self.answers.keys()
+        assert not missing, f"{len(missing)} messages with a return address got no answer"
+        twice = {rid: a for rid, a in self.answers.items() if len(a) > 1}
+        assert not twice, f"{len(twice)} answered more than once, e.g. {next(iter(twice))!r}"
+        assert all(a[0][0] is self.senders[rid] for rid, a in self.answers.items() if rid in self.senders), \
+            "answer to a wrong peer"
 
 
 class LegitimateCaller(threading.Thread):
@@ -387,34 +400,15 @@ def test_a_direct_endpoint_survives_a_fuzz_storm(processes, tmp_path):
     for sock in socks:
         sock.linger = 0
         sock.connect(worker["direct"]["url"])
-    fuzzer = Fuzzer(seed=11, backend="hello_world", workers=[bytes.fromhex(worker["id"])])
-    senders: dict[bytes, zmq.Socket] = {}
-    answers: dict[bytes, list] = {}
-
-    def storm(count: int) -> None:
-        for _batch in range(0, count, 100):
-            for _ in range(100):
-                frames = fuzzer.message()
-                sock = fuzzer.rng.choice(socks)
-                sock.send_multipart(frames)
-                rid = expects_answer(frames)
-                if rid is not None:
-                    senders[rid] = sock
-            collect(socks, answers, time.monotonic() + 0.01, {b"not yet"})
-        collect(socks, answers, time.monotonic() + 15, set(senders))
-
+    storm = Storm(Fuzzer(seed=11, backend="hello_world", workers=[bytes.fromhex(worker["id"])]), socks)
     try:
-        storm(MESSAGES)
+        storm.run(MESSAGES)
         rss_before = rss_kib(backend.pid)
         with LegitimateCaller(cluster.url) as legit:
-            storm(5 * MESSAGES)
+            storm.run(5 * MESSAGES)
         assert legit.calls >= 20 and not legit.failures, (legit.calls, legit.failures[:3])
         assert cluster.workers("hello_world")[0]["calls"] == 0  # the legitimate caller went direct throughout
-        missing = set(senders) - answers.keys()
-        assert not missing, f"{len(missing)} messages with a return address got no answer"
-        twice = {rid: a for rid, a in answers.items() if len(a) > 1}
-        assert not twice, f"{len(twice)} answered more than once, e.g. {next(iter(twice))!r}"
-        assert all(a[0][0] is senders[rid] for rid, a in answers.items() if rid in senders), "answer to a wrong peer"
+        storm.check_answers()
         assert cluster.client.call("hello_world", "echo", ("after the storm",)) == "after the storm"
         assert backend.poll() is None and rss_kib(backend.pid) < rss_before * 1.2
         assert wait_for(lambda: bad_input_logged(log.read_text(), "backend"), timeout=5, what="bad input logged")
