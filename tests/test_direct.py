@@ -318,3 +318,29 @@ def test_a_quick_member_runs_inline_and_a_long_call_of_it_holds_up_nothing(clust
         assert the_worker(cluster, "napper")["calls"] == 0
     finally:
         backend.stop()
+
+
+def test_an_endpoint_taken_over_by_another_backend_sends_the_call_via_the_broker(cluster):
+    def which() -> str:
+        return "alpha"
+
+    def other() -> str:
+        return "beta"
+
+    alpha = Backend("alpha", {"which": which}, broker=cluster.url, heartbeat=HEARTBEAT,
+                    direct="tcp://127.0.0.1:0").start()
+    wait_for(lambda: the_worker(cluster, "alpha")["slots"] > 0, what="alpha to register")
+    url = alpha.direct.url
+    with Client(cluster.url, heartbeat=HEARTBEAT) as client:
+        assert client.call("alpha", "which") == "alpha"  # direct: the client now knows alpha's endpoint
+        alpha.stop()
+        beta = Backend("beta", {"which": other}, broker=cluster.url, heartbeat=HEARTBEAT, direct=url).start()
+        alpha = Backend("alpha", {"which": which}, broker=cluster.url, heartbeat=HEARTBEAT).start()
+        try:
+            wait_for(lambda: the_worker(cluster, "alpha")["slots"] > 0, what="alpha to register again")
+            assert client.call("alpha", "which") == "alpha"  # beta refused it unrun: it went via the broker
+            assert client.submit("alpha", "which").result(timeout=10) == "alpha"
+            assert the_worker(cluster, "alpha")["calls"] == 2
+        finally:
+            beta.stop()
+            alpha.stop()

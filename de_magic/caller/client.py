@@ -246,8 +246,10 @@ class Client:
                 self.routes.started(endpoint)
                 try:
                     return self._exchange(rid, frames, timeout, on_event, sock, endpoint)
-                except _NotSent:
-                    self.routes.lost(endpoint)  # it went away: this call and the next ones go via the broker
+                except (_NotSent, UnknownBackend):  # it went away, or another backend listens there now
+                    self.routes.lost(endpoint)  # nothing ran: this call and the next ones go via the broker
+                    rid = struct.pack("!Q", next(_request_ids))
+                    frames = P.call(rid, backend, worker, P.dump_header(header), payload)
                 finally:
                     self.routes.ended(endpoint)
         return self._exchange(rid, frames, timeout, on_event)
@@ -488,7 +490,8 @@ class Client:
                                       f"{self._limit(size)} bytes (the broker's at {self.url}, or this client's)")
             rid = struct.pack("!Q", next(_request_ids))
             frames = P.call(rid, backend, worker, P.dump_header(header), payload)
-            sent = self._calls().send(rid, frames, timeout, dispatch, self._direct_endpoint(backend, worker))
+            endpoint = self._direct_endpoint(backend, worker)
+            sent = self._calls().send(rid, frames, timeout, dispatch, endpoint)
         except BaseException as exc:  # noqa: BLE001 - the future carries it
             return settle(future, exc=exc)
         future.add_done_callback(lambda f: f.cancelled() and self._calls().cancel(rid))
@@ -498,6 +501,9 @@ class Client:
             if isinstance(exc, BackendLost) and retries:
                 log.info("%s; sending the call again (%d retries left)", exc, retries - 1)
                 self._submit(future, backend, call, timeout, dispatch, retries - 1)
+            elif isinstance(exc, UnknownBackend) and endpoint is not None:
+                self.routes.lost(endpoint)  # another backend listens there now: nothing ran; go via the broker
+                self._submit(future, backend, call, timeout, dispatch, retries)
             elif isinstance(exc, Refused) and codec != serialize.JSON:
                 # perhaps a no-pickle backend: learning that takes a listing, which is not for the I/O thread
                 threading.Thread(target=self._resubmit_json, args=(future, backend, call, timeout, dispatch,
