@@ -282,13 +282,14 @@ class JobStore:
 
     def _finish(self, job: Job, answer: dict) -> None:
         answer["outputs"] = job.outputs
+        size = serialize.nbytes(answer.get("frames", ())) + sum(_event_size(h, f) for h, f in job.outputs)
+        if self.dir is not None:  # on disk before anyone hears it finished: a crash right after loses nothing
+            _write_frames(self.dir / f"{job.token}.frames", answer)
         with self._lock:
-            job.status, job.finished = answer["status"], time.time()
-            job.size = serialize.nbytes(answer.get("frames", ())) + sum(_event_size(h, f) for h, f in job.outputs)
-            job.answer, job.outputs, job.call = answer, [], None
-        if self.dir is not None:
-            self._spill(job)
-        with self._lock:
+            job.status, job.finished, job.size = answer["status"], time.time(), size
+            # a large answer is kept only on disk
+            job.answer = None if self.dir is not None and size >= SPILL_MIN else answer
+            job.outputs, job.call = [], None
             self._expire()
         self._save()
 
@@ -333,13 +334,6 @@ class JobStore:
         job.status, job.reason, job.answer, job.size = status, reason, None, 0
         if self.dir is not None:
             (self.dir / f"{job.token}.frames").unlink(missing_ok=True)
-
-    def _spill(self, job: Job) -> None:
-        """Write the answer to the directory; a large one is then kept only there."""
-        _write_frames(self.dir / f"{job.token}.frames", job.answer)
-        if job.size >= SPILL_MIN:
-            with self._lock:
-                job.answer = None
 
     def _save(self) -> None:
         """Write the index: what a restarted backend knows of its jobs (atomically: a crash leaves the old one)."""
