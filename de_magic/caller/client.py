@@ -254,11 +254,12 @@ class Client:
                     self.routes.ended(endpoint)
         return self._exchange(rid, frames, timeout, on_event)
 
-    def _direct_endpoint(self, backend: str, worker: bytes) -> Endpoint | None:
-        """The worker endpoint to call ``backend`` at directly, if any (learnt from a listing now and then)."""
+    def _direct_endpoint(self, backend: str, worker: bytes, learn: bool = True) -> Endpoint | None:
+        """The worker endpoint to call ``backend`` at directly, if any (learnt from a listing now and then,
+        unless not ``learn``: the I/O thread of submitted calls does not wait for listings)."""
         if not self.direct or self._closed:
             return None
-        if self.routes.stale(backend):
+        if learn and self.routes.stale(backend):
             try:
                 self.listing(backend, api=False)  # every listing tells the routes
             except DeMagicError:
@@ -479,7 +480,8 @@ class Client:
         self._submit(future, backend, call, self.timeout if timeout is None else timeout, dispatch, retries)
         return future
 
-    def _submit(self, future: CallFuture, backend: str, call: tuple, timeout, dispatch, retries: int) -> None:
+    def _submit(self, future: CallFuture, backend: str, call: tuple, timeout, dispatch, retries: int,
+                learn: bool = True) -> None:
         """Send one attempt of a submitted ``call``; its answer settles ``future``, or sends it again."""
         codec = self._codec_of(backend)
         try:
@@ -490,7 +492,7 @@ class Client:
                                       f"{self._limit(size)} bytes (the broker's at {self.url}, or this client's)")
             rid = struct.pack("!Q", next(_request_ids))
             frames = P.call(rid, backend, worker, P.dump_header(header), payload)
-            endpoint = self._direct_endpoint(backend, worker)
+            endpoint = self._direct_endpoint(backend, worker, learn)
             sent = self._calls().send(rid, frames, timeout, dispatch, endpoint)
         except BaseException as exc:  # noqa: BLE001 - the future carries it
             return settle(future, exc=exc)
@@ -500,10 +502,10 @@ class Client:
             exc = attempt.exception()
             if isinstance(exc, BackendLost) and retries:
                 log.info("%s; sending the call again (%d retries left)", exc, retries - 1)
-                self._submit(future, backend, call, timeout, dispatch, retries - 1)
+                self._submit(future, backend, call, timeout, dispatch, retries - 1, learn=False)
             elif isinstance(exc, UnknownBackend) and endpoint is not None:
                 self.routes.lost(endpoint)  # another backend listens there now: nothing ran; go via the broker
-                self._submit(future, backend, call, timeout, dispatch, retries)
+                self._submit(future, backend, call, timeout, dispatch, retries, learn=False)
             elif isinstance(exc, Refused) and codec != serialize.JSON:
                 # perhaps a no-pickle backend: learning that takes a listing, which is not for the I/O thread
                 threading.Thread(target=self._resubmit_json, args=(future, backend, call, timeout, dispatch,
