@@ -40,6 +40,12 @@ class Call:
         self.backend._send(P.EVENT, self.door, self.client, self.rid, P.dump_header(header), *(payload or ()))
 
     @property
+    def owner(self) -> str:
+        """Whose jobs and references the call may touch: the key the broker (or the direct endpoint)
+        authenticated, else, on a plaintext broker, the account the caller claims (nothing is proven there)."""
+        return self.caller or f"user:{self.header.get('user', '')}"
+
+    @property
     def key(self) -> tuple[int, bytes, bytes]:
         """What identifies the call: its broker, the caller's address there, and the request id."""
         return self.door, self.client, self.rid

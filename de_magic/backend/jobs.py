@@ -140,7 +140,7 @@ class JobStore:
             waiting = sum(job.status == QUEUED for job in self._jobs.values())
             if waiting >= self.backend.max_queue:
                 raise Busy(f"backend {self.backend.name!r} has {waiting} jobs waiting already; try again later")
-            job = Job(f"{self.backend.name}:{self.backend.id.hex()}:{os.urandom(9).hex()}", owner_of(call),
+            job = Job(f"{self.backend.name}:{self.backend.id.hex()}:{os.urandom(9).hex()}", call.owner,
                       _what(call.header, run))
             self._jobs[job.token] = job
         job.call = JobCall(self.backend, -1, b"job", job.token.encode(), {**call.header, "op": run}, call.payload,
@@ -179,7 +179,7 @@ class JobStore:
 
     def list(self, call: Call) -> list[dict]:
         """The caller's jobs here, oldest first."""
-        owner = owner_of(call)
+        owner = call.owner
         with self._lock:
             self._expire()
             return [job.summary() for job in self._jobs.values() if job.owner == owner]
@@ -199,7 +199,7 @@ class JobStore:
         with self._lock:
             self._expire()
             job = self._jobs.get(token_of(job_id))
-        if job is None or job.owner != owner_of(call):
+        if job is None or job.owner != call.owner:
             raise JobUnavailable(f"{NO_SUCH_JOB} {job_id[:80]!r} on backend {self.backend.name!r}")
         if job.status in GONE:
             raise JobUnavailable(f"job {job.id} on backend {self.backend.name!r}: {job.reason}")
@@ -364,11 +364,6 @@ class JobStore:
         with self._lock:
             self._expire()
         self._save()
-
-
-def owner_of(call: Call) -> str:
-    """Whose the call's jobs are: the key the broker authenticated, else the user the client names itself."""
-    return call.caller or f"user:{call.header.get('user', '')}"
 
 
 def _event_size(header: dict, frames: list) -> int:

@@ -40,13 +40,8 @@ class _Lease:
     ids: set[str] = field(default_factory=set)
 
 
-def owner_of(call: Call) -> str:
-    """Who a call comes from: the key the broker authenticated, else the user the caller names (plaintext)."""
-    return call.caller or f"user:{call.header.get('user', '')}"
-
-
 def _lease_of(call: Call) -> tuple[str, str]:
-    return owner_of(call), str(call.header.get("lease", ""))
+    return call.owner, str(call.header.get("lease", ""))
 
 
 class RefStore:
@@ -87,7 +82,7 @@ class RefStore:
         if held is None:
             raise ReferenceGone(f"reference {ref[:8]} on backend {self.backend!r} was released, or its lease ran "
                                 "out (its caller was silent too long)")
-        if held.lease[0] != owner_of(call):
+        if held.lease[0] != call.owner:
             raise Refused(f"reference {ref[:8]} on backend {self.backend!r} belongs to another caller")
         return held.value
 
@@ -102,7 +97,7 @@ class RefStore:
 
     def release(self, call: Call, refs: list) -> int:
         """Drop the caller's references among ``refs``; how many there were."""
-        owner = owner_of(call)
+        owner = call.owner
         with self._lock:
             mine = [ref for ref in refs if isinstance(ref, str) and ref in self._held
                     and self._held[ref].lease[0] == owner]

@@ -16,7 +16,6 @@ caller's key.
 
 from __future__ import annotations
 
-import getpass
 import html
 import threading
 import time
@@ -26,6 +25,7 @@ from typing import Callable
 
 from ..wire import serialize
 from ..wire.errors import NO_SUCH_JOB, BackendLost, CallTimeout, DeMagicError, JobUnavailable, from_header
+from ..wire.security import local_user
 from .client import LISTING_TIMEOUT, Client, decode_result
 from .progress import Progress, default_progress, text_line
 from .session import RemoteSession, colors
@@ -43,7 +43,7 @@ FINAL = frozenset({"done", "failed", "cancelled"})
 
 def identity() -> dict:
     """What every job request says of its caller: who owns jobs on a plaintext broker."""
-    return {"user": getpass.getuser()}
+    return {"user": local_user()}
 
 
 class Job:

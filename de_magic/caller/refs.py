@@ -15,10 +15,7 @@ process on one worker are renewed together (:class:`Tenancy`, renewed by :mod:`.
 
 from __future__ import annotations
 
-import functools
-import getpass
 import html
-import os
 import queue
 import secrets
 import threading
@@ -28,6 +25,7 @@ from typing import TYPE_CHECKING
 
 from ..wire import serialize
 from ..wire.errors import DeMagicError, Refused
+from ..wire.security import local_user
 from .leases import LEASES
 
 if TYPE_CHECKING:
@@ -42,15 +40,7 @@ RELEASE_TIMEOUT = 10.0
 def claims() -> dict:
     """Header fields of a request that keeps or uses references: this process's lease, and its user (the
     owner on a plaintext broker; under CURVE the backend knows the caller by its key instead)."""
-    return {"lease": PROCESS_LEASE, "user": _user()}
-
-
-@functools.cache
-def _user() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):  # an account without a name (some containers)
-        return f"uid {os.getuid()}"
+    return {"lease": PROCESS_LEASE, "user": local_user()}
 
 
 class Tenancy:

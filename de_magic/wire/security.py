@@ -33,6 +33,8 @@ machine must be visible on the command line that does it.
 from __future__ import annotations
 
 import asyncio
+import functools
+import getpass
 import ipaddress
 import json
 import logging
@@ -259,6 +261,15 @@ class Authenticator(ThreadAuthenticator):
     def _flush(self) -> None:
         self._flush_scheduled = False
         self._refusals.flush()
+
+
+@functools.cache
+def local_user() -> str:
+    """The account name a caller claims: whose jobs and references are whose on a plaintext broker."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # an account without a name (some containers)
+        return f"uid {os.getuid()}"
 
 
 def peer_key(frame) -> str | None:
