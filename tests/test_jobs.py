@@ -203,3 +203,12 @@ def test_a_cell_job_keeps_its_output_within_the_byte_budget(cluster):
     text = "".join(output.get("text", "") for output in job.outputs)
     assert 1000 < text.count("x") < 2000
     assert text.endswith("[de-magic: this job's further output is left out: over 2000 bytes (--job-bytes)]\n")
+
+
+def test_a_job_takes_remote_references_in_place_on_their_worker(hello):
+    be = hello.client["hello_world"]
+    table = be.describe_table.options(keep=True)(n_rows=7)
+    job = be.echo.start(table)  # the reference travels as its id; the job runs on the worker holding it
+    assert job.worker == table.worker
+    assert job.result(timeout=10).equals(table.fetch())
+    table.release()

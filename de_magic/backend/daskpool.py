@@ -29,15 +29,11 @@ import uuid
 from dataclasses import dataclass, field, replace
 
 from ..wire.errors import BackendLost, Cancelled
-from . import server as _backend
 from . import shell
 from .callcontext import current_call
 from .server import Backend
 
 log = logging.getLogger("de_magic.daskpool")
-
-# an error's traceback, as the caller sees it, starts at the member: not in this module or Dask's client
-_backend._MACHINERY.update({__name__, "distributed.client"})
 
 #: How often the front door looks at the cluster's size, to keep its listing current.
 WATCH_INTERVAL = 2.0

@@ -33,6 +33,7 @@ from pathlib import Path
 from ..wire import serialize
 from ..wire.errors import NO_SUCH_JOB, Busy, JobUnavailable
 from .callcontext import Call, Operation, current_call
+from .failure import error_header
 
 log = logging.getLogger("de_magic.backend.jobs")
 
@@ -232,8 +233,6 @@ class JobStore:
 
     def _execute(self, call: JobCall) -> dict:
         """Run the job's operation here; its answer: result frames, or an error header."""
-        from .server import error_header  # the server imports this module
-
         token = current_call.set(call)
         try:
             try:

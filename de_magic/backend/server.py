@@ -33,7 +33,6 @@ import signal
 import socket
 import threading
 import time
-import traceback
 from typing import Callable
 
 import zmq
@@ -43,7 +42,7 @@ from ..wire import serialize
 from ..wire.defaults import (DEFAULT_HEARTBEAT, DEFAULT_JOB_BYTES, DEFAULT_JOB_TTL, DEFAULT_LIVENESS, DEFAULT_MAX_MESSAGE,
                              DEFAULT_REF_BYTES, DEFAULT_SESSION_LEASE, check_doors, default_url)
 from ..wire.badinput import BadInput
-from ..wire.errors import Cancelled, DeMagicError, PayloadTooLarge, ProtocolMismatch, Refused, RemoteError, UnknownMethod
+from ..wire.errors import Cancelled, PayloadTooLarge, ProtocolMismatch, Refused, UnknownMethod
 from ..wire.handshake import WatchedSocket
 from ..schema import describe
 from ..schema.arguments import check_arguments, validate_arguments
@@ -52,6 +51,7 @@ from ..wire.framing import PerThread, readable, recv_frames, send_frames
 from . import refs, shell
 from .callcontext import Call, Operation, current_call
 from .direct import RELIEF_AFTER, DirectEndpoint
+from .failure import error_header
 from .execute import code_operations
 from .jobs import JobStore
 from .usage import Reporter
@@ -750,22 +750,3 @@ def _check_codec(codec: str, allow_code: bool) -> None:
 
 def _invoke_here(target: Callable, args: tuple, kwargs: dict):
     return target(*args, **kwargs)
-
-
-_MACHINERY = {__name__, "de_magic.backend.jobs", "de_magic.backend.refs", "de_magic.schema.arguments",
-              "de_magic.wire.serialize", "de_magic.wire.jsoncodec"}
-
-
-def error_header(exc: BaseException) -> bytes:
-    """ERROR header for an exception raised while serving a call."""
-    if isinstance(exc, DeMagicError) and not isinstance(exc, RemoteError):
-        return P.error_header(exc.kind, str(exc))
-    cls = type(exc)
-    qualname = cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
-    # drop the backend's own frames: the caller wants to see the user code
-    tb = exc.__traceback__
-    while tb is not None and tb.tb_frame.f_globals.get("__name__") in _MACHINERY:
-        tb = tb.tb_next
-    text = "".join(traceback.format_exception(cls, exc, tb))
-    return P.error_header(RemoteError.kind, str(exc), type=qualname, traceback=text)
-

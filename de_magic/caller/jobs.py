@@ -26,7 +26,7 @@ from typing import Callable
 from ..wire import serialize
 from ..wire.errors import NO_SUCH_JOB, BackendLost, CallTimeout, DeMagicError, JobUnavailable, from_header
 from ..wire.security import local_user
-from .client import LISTING_TIMEOUT, Client, decode_result
+from .client import LISTING_TIMEOUT, Client, decode_result, encode_call
 from .progress import Progress, default_progress, text_line
 from .session import RemoteSession, colors
 from .tables import JobTable, age
@@ -200,12 +200,10 @@ def start(client: Client, backend: str, member: str, args: tuple = (), kwargs: d
           method: str | None = None, init: tuple[tuple, dict] | None = None,
           on_progress: Callable[[Progress], None] | None = None, timeout: float | None = None) -> Job:
     """Run a call of ``member`` (or ``method`` of a class built with ``init``) as a job; see :meth:`Client.start`."""
-    header = {"op": "job.start", "run": "call", "member": member, **identity()}
-    body = (tuple(args), dict(kwargs or {}))
-    if method is not None:
-        header["method"] = method
-        body += tuple(init or ((), {}))
-    head, frames = client.request(backend, header, serialize.dumps(body), timeout=timeout)
+    # encoded as a plain call is: remote references among the arguments pin the job to their worker
+    header, payload, worker = encode_call(backend, member, args, kwargs, method, init, False, serialize.PICKLE)
+    header.update(op="job.start", run="call", **identity())
+    head, frames = client.request(backend, header, payload, timeout=timeout, worker=worker)
     return Job(client, backend, bytes.fromhex(head["worker"]), serialize.loads(frames), on_progress)
 
 
