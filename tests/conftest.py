@@ -136,6 +136,14 @@ def demo(cluster):
 # -- helpers for the security, fault and soak tests --------------------------------
 
 
+def start_script(procs: Processes, script: str, *args: str) -> subprocess.Popen:
+    """A Python ``script`` (a caller to kill, say) in a process of its own, its stdout readable as text."""
+    proc = subprocess.Popen([sys.executable, "-c", script, *args], cwd=ROOT, stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, start_new_session=True)
+    procs.procs.append(proc)
+    return proc
+
+
 def start_logged(procs: Processes, *args: str, log: Path, env: dict | None = None) -> subprocess.Popen:
     """Like ``procs.start`` but with stdout and stderr in ``log``, so a test can read what was logged."""
     out = open(log, "ab")

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 
 import pytest
 
@@ -16,7 +14,7 @@ from de_magic.wire import serialize
 from de_magic.wire.errors import Cancelled, JobUnavailable, Refused
 from de_magic.wire.security import Security, job_directory
 
-from conftest import HEARTBEAT, ROOT, Cluster, Processes, curve_keys, wait_for
+from conftest import HEARTBEAT, Cluster, curve_keys, start_script, wait_for
 from kernel import Kernel
 
 # starts a job to finish and one to cancel, says their ids, then waits to be killed
@@ -30,15 +28,8 @@ time.sleep(120)
 """
 
 
-def caller(processes: Processes, script: str, *args: str) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-c", script, *args], cwd=ROOT, stdout=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)}, start_new_session=True)
-    processes.procs.append(proc)
-    return proc
-
-
 def test_a_killed_callers_jobs_are_found_again_with_live_progress_and_can_be_cancelled(hello, processes):
-    orphan = caller(processes, ORPHAN, hello.url)
+    orphan = start_script(processes, ORPHAN, hello.url)
     finishing, endless = orphan.stdout.readline().split()
     os.kill(orphan.pid, signal.SIGKILL)  # no clean exit: the jobs are on their own
     orphan.stdout.close()

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 
 from de_magic.caller.session import RemoteSession
 
-from conftest import HEARTBEAT, ROOT, Cluster, rss_kib, start_logged, wait_for
+from conftest import HEARTBEAT, Cluster, rss_kib, start_logged, start_script, wait_for
 
 LEASE = 2.0
 
@@ -31,9 +29,7 @@ def test_a_session_whose_caller_is_killed_ends_after_its_lease_and_a_live_one_st
     backend = start_logged(processes, "serve", "de_magic.demo.hello", "--name", "hello_world", "--broker", cluster.url,
                            "--heartbeat", str(HEARTBEAT), "--allow-code", "--session-lease", str(LEASE), log=log)
     wait_for(lambda: any(w["pid"] == backend.pid for w in cluster.workers("hello_world")), what="the backend")
-    caller = subprocess.Popen([sys.executable, "-c", ORPHAN, cluster.url], cwd=ROOT, stdout=subprocess.PIPE,
-                              text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    processes.procs.append(caller)
+    caller = start_script(processes, ORPHAN, cluster.url)
     assert caller.stdout.readline().strip() == "ready"
     kept = RemoteSession(cluster.client, "hello_world")
     kept.execute("y = 'still here'").result()  # this process renews it

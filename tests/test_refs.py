@@ -6,8 +6,6 @@ import gc
 import os
 import re
 import signal
-import subprocess
-import sys
 
 import pytest
 
@@ -15,7 +13,7 @@ from de_magic import ReferenceGone, Refused
 from de_magic.caller.refs import RemoteRef, tenancy
 from de_magic.caller.tables import BackendTable
 
-from conftest import HEARTBEAT, ROOT, Cluster, Processes, curve_keys, rss_kib, start_logged, wait_for
+from conftest import HEARTBEAT, Cluster, Processes, curve_keys, rss_kib, start_logged, start_script, wait_for
 
 MB = 1 << 20
 LEASE = 2.0
@@ -112,8 +110,7 @@ def test_a_killed_callers_reference_and_session_expire_and_their_memory_is_retur
     wait_for(lambda: any(w["pid"] == backend.pid for w in cluster.workers("refs")), what="the backend")
     kept = cluster.client["refs"].open_dataset.options(keep=True)(1)  # this process renews it
     baseline = rss_kib(backend.pid)
-    caller = subprocess.Popen([sys.executable, "-c", ORPHAN, cluster.url], cwd=ROOT, stdout=subprocess.PIPE, text=True)
-    processes.procs.append(caller)
+    caller = start_script(processes, ORPHAN, cluster.url)
     assert caller.stdout.readline().strip() == "ready"
     worker = wait_for(lambda: _worker(cluster).get("sessions", {}).get("bytes", 0) >= 200 * MB and _worker(cluster),
                       timeout=5, what="the session's memory in the listing")
