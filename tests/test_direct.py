@@ -21,7 +21,7 @@ from de_magic import Client
 from de_magic.backend.server import Backend
 from de_magic.wire import protocol as P
 from de_magic.wire import serialize
-from de_magic.wire.errors import BackendLost, CallTimeout, Cancelled, PayloadTooLarge, Refused
+from de_magic.wire.errors import BackendLost, BadAddress, CallTimeout, Cancelled, PayloadTooLarge, Refused
 from de_magic.wire.security import Security
 
 DIRECT = ("--direct", "tcp://127.0.0.1:0")
@@ -137,6 +137,11 @@ def test_plain_direct_endpoint_beyond_loopback_is_refused(cluster):
     assert done.returncode != 0
     assert "without encryption" in done.stderr and "--key" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_a_bad_direct_address_is_one_line_before_anything_starts():
+    with pytest.raises(BadAddress, match=r"'tcp://nohost' \(from --direct\) is not a direct endpoint address"):
+        Backend("x", {}, broker="tcp://127.0.0.1:1", direct="tcp://nohost")
 
 
 def test_ten_thousand_calls_in_flight_on_one_client_thread(cluster):

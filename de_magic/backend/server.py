@@ -40,7 +40,7 @@ import zmq
 from ..wire import protocol as P
 from ..wire import serialize
 from ..wire.defaults import (DEFAULT_HEARTBEAT, DEFAULT_JOB_BYTES, DEFAULT_JOB_TTL, DEFAULT_LIVENESS, DEFAULT_MAX_MESSAGE,
-                             DEFAULT_REF_BYTES, DEFAULT_SESSION_LEASE, check_doors, default_url)
+                             DEFAULT_REF_BYTES, DEFAULT_SESSION_LEASE, check_doors, check_url, default_url)
 from ..wire.badinput import BadInput
 from ..wire.errors import Cancelled, PayloadTooLarge, ProtocolMismatch, Refused, UnknownMethod
 from ..wire.handshake import WatchedSocket
@@ -138,7 +138,7 @@ class Backend:
         self.session_lease = session_lease
         self.operations.update(code_operations(name, allow_code, session_lease))
         #: Where to listen for direct calls (``tcp://HOST:PORT``, port 0 for any), None to connect out only.
-        self.direct_at = direct
+        self.direct_at = check_url(direct, "--direct", "direct endpoint") if direct else None
         #: The direct endpoint, once started: its ``url`` is what listings show.
         self.direct: DirectEndpoint | None = None
         #: Results kept for their callers (``options(keep=True)``), within ``ref_bytes``.

@@ -58,13 +58,14 @@ def check_doors(urls, source: str = "") -> list[str]:
 _URL = re.compile(r"tcp://(\[[0-9a-fA-F:.]+\]|[^\s:/\[\]]+):(\d{1,5}|\*)|(ipc|inproc)://\S+")
 
 
-def check_url(url: str, source: str = "") -> str:
-    """``url`` if it is a ZeroMQ address a broker can have; else BadAddress, saying which form is expected.
+def check_url(url: str, source: str = "", what: str = "broker") -> str:
+    """``url`` if it is a ZeroMQ address a broker (or ``what``) can have; else BadAddress, saying which form is
+    expected.
 
     The one place addresses are checked, so that a typo reads as one line, not as a ZMQError from deep inside.
     """
     match = _URL.fullmatch(url.strip())
     if match is None or (match[2] not in (None, "*") and int(match[2]) > 65535):
         given = f"{url!r} (from {source})" if source else repr(url)
-        raise BadAddress(f"{given} is not a broker address: expected tcp://HOST:PORT, e.g. {DEFAULT_URL}")
+        raise BadAddress(f"{given} is not a {what} address: expected tcp://HOST:PORT, e.g. {DEFAULT_URL}")
     return url.strip()
