@@ -93,6 +93,7 @@ class Routes(Sockets):
         sock.linger = 0
         sock.immediate = True  # nothing is queued for an endpoint that is not connected: it goes via the broker
         sock.sndhwm = sock.rcvhwm = 0  # a client's thousands of calls in flight (mux.py)
+        sock.reconnect_ivl_max = 10_000  # a worker that went away is tried again ever more rarely, not 10 times a second
         if endpoint.key is not None:
             sock.curve_publickey, sock.curve_secretkey = security.key_pair
             sock.curve_serverkey = endpoint.key.encode()
