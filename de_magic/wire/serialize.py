@@ -50,9 +50,7 @@ def dumps(obj, persistent_id: Callable | None = None) -> list:
     if persistent_id is None:
         return [cloudpickle.dumps(obj, protocol=5, buffer_callback=keep), *buffers]
     stream = io.BytesIO()
-    pickler = cloudpickle.Pickler(stream, protocol=5, buffer_callback=keep)
-    pickler.persistent_id = persistent_id
-    pickler.dump(obj)
+    _NamingPickler(stream, persistent_id, protocol=5, buffer_callback=keep).dump(obj)
     return [stream.getvalue(), *buffers]
 
 
@@ -64,9 +62,27 @@ def loads(frames, persistent_load: Callable | None = None):
     views = [_view(b) for b in buffers]
     if persistent_load is None:
         return pickle.loads(_view(head), buffers=views)
-    unpickler = pickle.Unpickler(io.BytesIO(_view(head)), buffers=views)
-    unpickler.persistent_load = persistent_load
-    return unpickler.load()
+    return _NamedUnpickler(io.BytesIO(_view(head)), persistent_load, buffers=views).load()
+
+
+# Persistent ids are methods of subclasses, the documented way: Python 3.13's C pickler no longer lets an
+# instance attribute stand in for them ("'_pickle.Unpickler' object attribute 'persistent_load' is read-only").
+class _NamingPickler(cloudpickle.Pickler):
+    def __init__(self, stream, name: Callable, **kwargs):
+        super().__init__(stream, **kwargs)
+        self._name = name
+
+    def persistent_id(self, obj):
+        return self._name(obj)
+
+
+class _NamedUnpickler(pickle.Unpickler):
+    def __init__(self, stream, load: Callable, **kwargs):
+        super().__init__(stream, **kwargs)
+        self._load = load
+
+    def persistent_load(self, pid):
+        return self._load(pid)
 
 
 def _view(frame):
