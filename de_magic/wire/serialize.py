@@ -50,7 +50,9 @@ def dumps(obj, persistent_id: Callable | None = None) -> list:
     if persistent_id is None:
         return [cloudpickle.dumps(obj, protocol=5, buffer_callback=keep), *buffers]
     stream = io.BytesIO()
-    _NamingPickler(stream, persistent_id, protocol=5, buffer_callback=keep).dump(obj)
+    pickler = _NamingPickler(stream, protocol=5, buffer_callback=keep)
+    pickler.name = persistent_id
+    pickler.dump(obj)
     return [stream.getvalue(), *buffers]
 
 
@@ -62,27 +64,26 @@ def loads(frames, persistent_load: Callable | None = None):
     views = [_view(b) for b in buffers]
     if persistent_load is None:
         return pickle.loads(_view(head), buffers=views)
-    return _NamedUnpickler(io.BytesIO(_view(head)), persistent_load, buffers=views).load()
+    unpickler = _NamedUnpickler(io.BytesIO(_view(head)), buffers=views)
+    unpickler.load_named = persistent_load
+    return unpickler.load()
 
 
 # Persistent ids are methods of subclasses, the documented way: Python 3.13's C pickler no longer lets an
 # instance attribute stand in for them ("'_pickle.Unpickler' object attribute 'persistent_load' is read-only").
+# The callables are plain attributes set after construction: a Python-level __init__ costs more than the rest.
 class _NamingPickler(cloudpickle.Pickler):
-    def __init__(self, stream, name: Callable, **kwargs):
-        super().__init__(stream, **kwargs)
-        self._name = name
+    name: Callable
 
     def persistent_id(self, obj):
-        return self._name(obj)
+        return self.name(obj)
 
 
 class _NamedUnpickler(pickle.Unpickler):
-    def __init__(self, stream, load: Callable, **kwargs):
-        super().__init__(stream, **kwargs)
-        self._load = load
+    load_named: Callable
 
     def persistent_load(self, pid):
-        return self._load(pid)
+        return self.load_named(pid)
 
 
 def _view(frame):
