@@ -169,8 +169,8 @@ class DirectEndpoint:
     def on_caller(self, frames: list) -> None:
         try:
             self._on_caller(frames)
-        except Exception:  # noqa: BLE001 - whatever arrives, the endpoint must live on
-            self.backend._bad.report("failed to handle a direct message", exc_info=True)
+        except Exception as exc:  # noqa: BLE001 - whatever arrives, the endpoint must live on
+            self.backend._bad.failed("a direct message", exc)
 
     def _on_caller(self, frames: list) -> None:
         caller, frames = frames[0].bytes, frames[1:]

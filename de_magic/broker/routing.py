@@ -238,6 +238,8 @@ class Router:
             self.bad.report("bad message from %s: %s", sender.hex(), exc)
             if exc.rid is not None:
                 out.append(P.error_to(sender, exc.rid, ProtocolMismatch.kind, str(exc)))
+        except Exception as exc:  # noqa: BLE001 - no message may stop the broker: it is bad input, and we live on
+            self.bad.failed(f"a message from {sender.hex()}", exc)
         return out
 
     @property

@@ -1,0 +1,82 @@
+"""Issue 18's holes, each as a hostile or careless peer found it: real processes on loopback."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from de_magic.wire import protocol as P
+from de_magic.wire.errors import RemoteError
+
+from conftest import wait_for
+from test_hostile import answers, raw_peer
+
+HOSTILE_BACKEND = str(Path(__file__).with_name("hostile_backend.py"))
+
+
+@pytest.fixture
+def hostile(cluster):
+    """A broker with tests/hostile_backend.py registered as ``hostile``, three slots."""
+    cluster.start_backend(HOSTILE_BACKEND, "hostile", "--max-workers", "3")
+    return cluster
+
+
+def test_an_exception_whose_str_fails_is_answered_and_frees_its_slot(hostile):
+    be = hostile.client["hostile"]
+    for _ in range(4):  # more than the slots: each one must come back
+        with pytest.raises(RemoteError, match="_BadStr: str\\(\\) of this exception failed") as caught:
+            be.bad_str.options(timeout=10)()
+    assert "'broken'" in str(caught.value)
+    job = be.bad_str.start()
+    wait_for(lambda: job.status != "running" and job.status != "queued", timeout=10, what="the job to end")
+    assert job.status == "failed"
+    assert be.nap(0.01) == 0.01
+
+
+def test_a_members_own_keyboard_interrupt_is_an_error_not_a_cancel(hostile):
+    be = hostile.client["hostile"]
+    with pytest.raises(RemoteError, match="KeyboardInterrupt") as caught:
+        be.interrupt.options(timeout=10)()
+    assert "the member's own" in str(caught.value)
+    job = be.interrupt.start()
+    wait_for(lambda: job.status not in ("running", "queued"), timeout=10, what="the job to end")
+    assert job.status == "failed"
+
+
+def _nested(depth: int) -> str:
+    """JSON text of a list nested ``depth`` deep (json.dumps itself would run out of recursion)."""
+    return "[" * depth + '"deep"' + "]" * depth
+
+
+def test_a_header_nested_982_deep_is_refused_and_the_broker_lives(hello):
+    sock = raw_peer(hello.url)
+    try:
+        deep = _nested(982)
+        for field, value in (("host", deep), ("dask", '{"x":%s}' % deep), ("api", '{"x":%s}' % deep),
+                             ("extra", deep)):
+            info = '{"capacity":1,"%s":%s}' % (field, value)
+            sock.send_multipart(P.ready("deep_" + field, os.urandom(8), os.urandom(32), {})[:-1] + [info.encode()])
+        sock.send_multipart([P.VERSION, P.LIST, b"deep-list", b'{"name":%s}' % deep.encode()])
+        (answer,) = answers(sock, 1)
+        assert isinstance(answer, P.Error) and "more than 64 deep" in answer.header["message"]
+    finally:
+        sock.close()
+    listing = hello.client.listing(api=False)
+    assert set(listing["backends"]) == {"hello_world"} and listing["broker"]["bad_messages"] >= 5
+    assert hello.client["hello_world"].echo("alive") == "alive"
+    assert hello.broker.poll() is None
+
+
+def test_an_exception_in_the_router_is_counted_logged_once_and_the_router_lives(caplog):
+    from de_magic.broker.routing import Config, Router
+
+    router = Router(Config(), now=0.0)
+    for i in range(50):  # a frame that is not bytes: no parser expects it, and nothing may escape
+        assert router.handle(b"peer", [P.VERSION, P.LIST, i, b"{}"], float(i)) == []
+    tracebacks = [r for r in caplog.records if r.exc_info]
+    assert len(tracebacks) == 1 and "logged once" in tracebacks[0].getMessage()
+    assert router.describe()["bad_messages"] == 50
+    (listing,) = router.handle(b"peer", P.list_query(b"ok", {}), 60.0)
+    assert listing[2] == P.REPLY
