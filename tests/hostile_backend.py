@@ -34,3 +34,11 @@ def nap(seconds: float) -> float:
     """Sleep, letting other threads run."""
     time.sleep(seconds)
     return seconds
+
+
+def nested_bytes(mib: int, depth: int = 4) -> list:
+    """``mib`` MiB of bytes, nested ``depth`` lists deep, in 1 MiB pieces."""
+    value: list = [bytes(1 << 20) for _ in range(mib)]
+    for _ in range(depth - 1):
+        value = [value]
+    return value

@@ -80,3 +80,17 @@ def test_an_exception_in_the_router_is_counted_logged_once_and_the_router_lives(
     assert router.describe()["bad_messages"] == 50
     (listing,) = router.handle(b"peer", P.list_query(b"ok", {}), 60.0)
     assert listing[2] == P.REPLY
+
+
+def test_the_reference_budget_counts_50_mib_nested_four_lists_deep(cluster):
+    from de_magic.wire.errors import Refused
+
+    cluster.start_backend(HOSTILE_BACKEND, "hostile", "--ref-bytes", str(100 * 1000 * 1000))
+    be = cluster.client["hostile"]
+    kept = be.nested_bytes.options(keep=True)(50)
+    assert 50 << 20 <= kept.nbytes < (50 << 20) + (1 << 20)
+    with pytest.raises(Refused, match="cannot keep a list of 5[0-9,]+ bytes: its references hold 5[0-9,]+ of "
+                                      "100,000,000 bytes"):
+        be.nested_bytes.options(keep=True)(50)
+    kept.release()
+    assert be.nested_bytes.options(keep=True)(50).nbytes == kept.nbytes
