@@ -94,3 +94,78 @@ def test_the_reference_budget_counts_50_mib_nested_four_lists_deep(cluster):
         be.nested_bytes.options(keep=True)(50)
     kept.release()
     assert be.nested_bytes.options(keep=True)(50).nbytes == kept.nbytes
+
+
+# The first values libzmq's generate_random() returns in a process that never seeded rand() (glibc):
+# where a ROUTER's made-up peer names (b"\x00" + uint32) start counting.
+UNSEEDED_STARTS = """
+import ctypes
+libc = ctypes.CDLL(None)
+libc.srand(1)
+for _ in range(20):
+    low, high = libc.rand(), libc.rand()
+    print((low | (high << 31)) & 0xFFFFFFFF)
+"""
+
+
+def claim_made_up_names(url: str, count: int = 300) -> list:
+    """``count`` sockets that declare the names libzmq would make up next, each checked in (answered)."""
+    import subprocess
+    import sys
+
+    import zmq
+
+    starts = [int(line) for line in subprocess.check_output([sys.executable, "-c", UNSEEDED_STARTS]).split()]
+    names = [b"\x00" + ((start + step) & 0xFFFFFFFF).to_bytes(4, "big")
+             for step in range(count // len(starts)) for start in starts]
+    socks = []
+    for name in names:
+        sock = raw_peer_named(url, name)
+        sock.send_multipart(P.query(b"hello"))
+        socks.append(sock)
+    # a name some peer had made up for it already is ignored (no handover): the rest are checked in
+    answered = sum(1 for sock in socks if sock.poll(2000) and sock.recv_multipart())
+    assert answered >= len(socks) - 10, f"only {answered} of {len(socks)} claiming sockets were answered"
+    return socks
+
+
+def raw_peer_named(url: str, name: bytes | None):
+    import zmq
+
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.linger = 0
+    if name is not None:
+        sock.routing_id = name
+    sock.connect(url)
+    return sock
+
+
+def _plain_peer_is_answered(url: str) -> None:
+    """A peer of another program, which declares no routing id, asks and is answered."""
+    sock = raw_peer_named(url, None)
+    try:
+        sock.send_multipart(P.query(b"plain"))
+        assert sock.poll(10_000), f"no answer at {url}"
+        assert P.parse(sock.recv_multipart(), P.AT_CLIENT).rid == b"plain"
+    finally:
+        sock.close()
+
+
+def test_300_sockets_claiming_made_up_routing_ids_abort_neither_broker_nor_direct_endpoint(cluster):
+    from de_magic import Client
+    from conftest import HEARTBEAT
+
+    proc = cluster.start_backend("de_magic.demo.hello", "hello_world", "--direct", "tcp://127.0.0.1:0")
+    (worker,) = cluster.workers("hello_world")
+    direct_url = worker["direct"]["url"]
+    claims = claim_made_up_names(cluster.url) + claim_made_up_names(direct_url)
+    try:
+        for url in (cluster.url, direct_url, cluster.url, direct_url):
+            _plain_peer_is_answered(url)
+        for direct in (True, False):
+            with Client(cluster.url, heartbeat=HEARTBEAT, timeout=20, direct=direct) as client:
+                assert client["hello_world"].echo(direct) is direct
+        assert cluster.broker.poll() is None and proc.poll() is None
+    finally:
+        for sock in claims:
+            sock.close()
