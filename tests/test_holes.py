@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import zmq
 
+from de_magic import Client
+from de_magic.broker.routing import Config, Router
 from de_magic.wire import protocol as P
-from de_magic.wire.errors import RemoteError
+from de_magic.wire.errors import Refused, RemoteError
 
-from conftest import wait_for
+from conftest import HEARTBEAT, wait_for
 from test_hostile import answers, raw_peer
 
 HOSTILE_BACKEND = str(Path(__file__).with_name("hostile_backend.py"))
@@ -70,8 +75,6 @@ def test_a_header_nested_982_deep_is_refused_and_the_broker_lives(hello):
 
 
 def test_an_exception_in_the_router_is_counted_logged_once_and_the_router_lives(caplog):
-    from de_magic.broker.routing import Config, Router
-
     router = Router(Config(), now=0.0)
     for i in range(50):  # a frame that is not bytes: no parser expects it, and nothing may escape
         assert router.handle(b"peer", [P.VERSION, P.LIST, i, b"{}"], float(i)) == []
@@ -83,8 +86,6 @@ def test_an_exception_in_the_router_is_counted_logged_once_and_the_router_lives(
 
 
 def test_the_reference_budget_counts_50_mib_nested_four_lists_deep(cluster):
-    from de_magic.wire.errors import Refused
-
     cluster.start_backend(HOSTILE_BACKEND, "hostile", "--ref-bytes", str(100 * 1000 * 1000))
     be = cluster.client["hostile"]
     kept = be.nested_bytes.options(keep=True)(50)
@@ -110,11 +111,6 @@ for _ in range(20):
 
 def claim_made_up_names(url: str, count: int = 300) -> list:
     """``count`` sockets that declare the names libzmq would make up next, each checked in (answered)."""
-    import subprocess
-    import sys
-
-    import zmq
-
     starts = [int(line) for line in subprocess.check_output([sys.executable, "-c", UNSEEDED_STARTS]).split()]
     names = [b"\x00" + ((start + step) & 0xFFFFFFFF).to_bytes(4, "big")
              for step in range(count // len(starts)) for start in starts]
@@ -130,8 +126,6 @@ def claim_made_up_names(url: str, count: int = 300) -> list:
 
 
 def raw_peer_named(url: str, name: bytes | None):
-    import zmq
-
     sock = zmq.Context.instance().socket(zmq.DEALER)
     sock.linger = 0
     if name is not None:
@@ -152,9 +146,6 @@ def _plain_peer_is_answered(url: str) -> None:
 
 
 def test_300_sockets_claiming_made_up_routing_ids_abort_neither_broker_nor_direct_endpoint(cluster):
-    from de_magic import Client
-    from conftest import HEARTBEAT
-
     proc = cluster.start_backend("de_magic.demo.hello", "hello_world", "--direct", "tcp://127.0.0.1:0")
     (worker,) = cluster.workers("hello_world")
     direct_url = worker["direct"]["url"]
