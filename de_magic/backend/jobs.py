@@ -242,9 +242,9 @@ class JobStore:
                     call.done = True
             frames = serialize.dumps(result)
             return {"status": DONE, "codec": serialize.PICKLE, "frames": frames}
-        except KeyboardInterrupt:
-            return _cancelled(call.job)
         except BaseException as exc:  # noqa: BLE001 - whatever the job raised is its answer
+            if isinstance(exc, KeyboardInterrupt) and call.cancelled:
+                return _cancelled(call.job)
             return {"status": FAILED, "error": json.loads(error_header(exc))}
         finally:
             current_call.reset(token)
