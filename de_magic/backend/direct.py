@@ -42,6 +42,7 @@ import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
 from ..wire import protocol as P
+from ..wire import routingids
 from ..wire.errors import BackendLost, Busy, Cancelled, PayloadTooLarge, Refused, UnknownBackend
 from ..wire.framing import send_frames
 from ..wire.security import Security, is_loopback, peer_key
@@ -139,9 +140,8 @@ class DirectEndpoint:
         self.timing: dict[tuple[bytes, bytes], tuple[tuple, float]] = {}  # call -> (member, start)
 
     def _bind(self, url: str, security: Security) -> zmq.Socket:
-        sock = self._ctx.socket(zmq.ROUTER)
+        sock = routingids.router(self._ctx)  # no peer can take another's name, or make libzmq abort
         sock.linger = 0
-        sock.router_handover = False
         sock.maxmsgsize = self.backend.max_message_size + (1 << 20)
         if self.curve:
             self._auth = _GateKeeper(self._ctx, self.gate)
@@ -169,8 +169,8 @@ class DirectEndpoint:
     def on_caller(self, frames: list) -> None:
         try:
             self._on_caller(frames)
-        except Exception:  # noqa: BLE001 - whatever arrives, the endpoint must live on
-            self.backend._bad.report("failed to handle a direct message", exc_info=True)
+        except Exception as exc:  # noqa: BLE001 - whatever arrives, the endpoint must live on
+            self.backend._bad.failed("a direct message", exc)
 
     def _on_caller(self, frames: list) -> None:
         caller, frames = frames[0].bytes, frames[1:]

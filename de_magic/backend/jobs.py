@@ -245,9 +245,9 @@ class JobStore:
             if call.header.get("codec") == serialize.JSON:  # started in JSON: its caller unpickles nothing
                 return {"status": DONE, "codec": serialize.JSON, "frames": serialize.dumps_json(result)}
             return {"status": DONE, "codec": serialize.PICKLE, "frames": serialize.dumps(result)}
-        except KeyboardInterrupt:
-            return _cancelled(call.job)
         except BaseException as exc:  # noqa: BLE001 - whatever the job raised is its answer
+            if isinstance(exc, KeyboardInterrupt) and call.cancelled:
+                return _cancelled(call.job)
             return {"status": FAILED, "error": json.loads(error_header(exc))}
         finally:
             current_call.reset(token)

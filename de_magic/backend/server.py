@@ -414,8 +414,8 @@ class Backend:
         """Serve a call in this thread (the direct endpoint's: see direct.py), as a slot would."""
         try:
             self.serve(door, msg)
-        except Exception:  # noqa: BLE001 - whatever arrives, the endpoint's thread must live on
-            self._bad.report("failed to serve a direct call", exc_info=True)
+        except Exception as exc:  # noqa: BLE001 - whatever arrives, the endpoint's thread must live on
+            self._bad.failed("serving a direct call", exc)
 
     @staticmethod
     def _serve_direct(direct: DirectEndpoint) -> None:
@@ -474,10 +474,13 @@ class Backend:
 
     def _on_control(self, door: _Door, slots: zmq.Socket, frames: list) -> None:
         try:
-            msg = P.parse(frames, P.AT_WORKER)
+            self._handle_control(door, slots, P.parse(frames, P.AT_WORKER))
         except P.ProtocolError as exc:
             self._bad.report("bad message from broker: %s", exc)
-            return
+        except Exception as exc:  # noqa: BLE001 - whatever a broker sends, the I/O thread must live on
+            self._bad.failed("a message from the broker", exc)
+
+    def _handle_control(self, door: _Door, slots: zmq.Socket, msg) -> None:
         if isinstance(msg, P.Interrupt):
             self._cancel((door.index, msg.client, msg.rid))
         elif isinstance(msg, P.Welcome):
@@ -556,8 +559,8 @@ class Backend:
     def _on_slot_message(self, door: _Door, frames: list) -> None:
         try:
             self._handle_slot_message(door.index, frames)
-        except Exception:  # noqa: BLE001 - whatever arrives, the slot thread must live on
-            self._bad.report("failed to handle a message from the broker", exc_info=True)
+        except Exception as exc:  # noqa: BLE001 - whatever arrives, the slot thread must live on
+            self._bad.failed("a call from the broker", exc)
 
     def _handle_slot_message(self, door: int, frames: list) -> None:
         try:
@@ -608,6 +611,7 @@ class Backend:
                 # not started yet: _execute sees ``done`` and answers "cancelled"
                 call.done = True
                 return
+            call.cancelled = True
             if call.thread_id == threading.main_thread().ident:
                 signal.pthread_kill(call.thread_id, signal.SIGUSR1)
             else:
@@ -677,9 +681,9 @@ class Backend:
                 self._calls.pop(call.key, None)
             header, frames = self._encode_result(call, result)
             self._send(P.REPLY, call.door, call.client, call.rid, header, *frames)
-        except KeyboardInterrupt:
-            self._send(P.ERROR, call.door, call.client, call.rid,
-                       P.error_header(Cancelled.kind, "interrupted on the backend"))
+        except KeyboardInterrupt as exc:
+            header = P.error_header(Cancelled.kind, "interrupted on the backend") if call.cancelled else error_header(exc)
+            self._send(P.ERROR, call.door, call.client, call.rid, header)
         except BaseException as exc:
             self._send(P.ERROR, call.door, call.client, call.rid, error_header(exc))
         finally:

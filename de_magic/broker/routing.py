@@ -70,7 +70,7 @@ class Request:
     """A call the broker holds: waiting in a queue, or running on a worker's slot."""
 
     __slots__ = ("client", "rid", "body", "size", "service", "pinned", "worker", "slot", "queued", "seq",
-                 "deadline", "key")
+                 "deadline", "key", "alias")
 
     def __init__(self, client: bytes, rid: bytes, body: list, size: int, service: "Service",
                  pinned: "Worker | None", deadline: float | None = None, key: str | None = None):
@@ -82,6 +82,7 @@ class Request:
         self.queued = False
         self.deadline = deadline  # set while it waits for a backend to (re)register
         self.key = key  # the caller's key: checked against the backend's rules, and told to the worker
+        self.alias = b""  # what the worker knows the caller by: never the caller's routing id (see _forward)
 
 
 class Worker:
@@ -99,7 +100,7 @@ class Worker:
         self.heartbeat = min(info.get("heartbeat", 0.0), MAX_HEARTBEAT)
         self.idle: list[bytes] = []  # slot addresses ready for a call
         self.slots: set[bytes] = set()
-        self.inflight: dict[tuple[bytes, bytes], Request] = {}
+        self.inflight: dict[bytes, Request] = {}  # by the alias the worker knows the call's caller by
         self.pinned: deque[Request] = deque()  # calls waiting for this worker in particular
         self.expires = expires
         self.since = time.time()
@@ -217,6 +218,7 @@ class Router:
         self.now = now
         self._out: list[list] = []
         self._arrivals = itertools.count()
+        self._aliases = itertools.count(int.from_bytes(os.urandom(7), "big"))
         self._callers: dict | None = None  # the allowed keys last told to direct workers
         self._handlers = {
             P.Call: self._on_call, P.Cancel: self._on_cancel, P.List: self._on_list, P.Query: self._on_query,
@@ -238,6 +240,8 @@ class Router:
             self.bad.report("bad message from %s: %s", sender.hex(), exc)
             if exc.rid is not None:
                 out.append(P.error_to(sender, exc.rid, ProtocolMismatch.kind, str(exc)))
+        except Exception as exc:  # noqa: BLE001 - no message may stop the broker: it is bad input, and we live on
+            self.bad.failed(f"a message from {sender.hex()}", exc)
         return out
 
     @property
@@ -377,10 +381,12 @@ class Router:
         self._enqueue(service, Request(client, msg.rid, msg.body, size, service, None, self.grace_until, key))
 
     def _forward(self, worker: Worker, request: Request) -> None:
-        request.worker, request.slot = worker, worker.idle.pop()
-        worker.inflight[(request.client, request.rid)] = request
+        # The worker knows the caller by an alias of this call alone: a caller's routing id is a name a
+        # hostile backend could claim for itself at this broker (see wire/routingids.py).
+        request.worker, request.slot, request.alias = worker, worker.idle.pop(), next(self._aliases).to_bytes(8, "big")
+        worker.inflight[request.alias] = request
         worker.calls += 1
-        self._out.append(P.work(request.slot, request.client, request.rid, request.key, request.body))
+        self._out.append(P.work(request.slot, request.alias, request.rid, request.key, request.body))
 
     def _drain(self, worker: Worker) -> None:
         """Fill the worker's free slots with the oldest calls that may run there."""
@@ -422,7 +428,7 @@ class Router:
         if request is None:
             return
         if request.worker is not None:
-            self._out.append(P.interrupt(request.worker.address, client, msg.rid))
+            self._out.append(P.interrupt(request.worker.address, request.alias, msg.rid))
             return
         self._unqueue(request.service, request)  # never started: it ends here
         self._error(client, msg.rid, Cancelled, "cancelled before it started")
@@ -633,21 +639,20 @@ class Router:
         worker = self._peer(address)
         if worker is None:
             return
-        key = (msg.client, msg.rid)
-        request = worker.inflight.get(key)
-        if request is None or address not in (worker.address, request.slot):
+        request = worker.inflight.get(msg.client)
+        if request is None or request.rid != msg.rid or address not in (worker.address, request.slot):
             # answered already (e.g. as lost), or not this connection's: exactly one answer per request
             self.bad.report("worker %s sent %s for request %s it does not hold", worker.id.hex(), msg.type.decode(),
                             msg.rid.hex())
             return
         self.routed_bytes += nbytes(msg.body)
         if msg.type == P.EVENT:
-            self._out.append(P.to_client(msg.client, P.EVENT, msg.rid, msg.body))
+            self._out.append(P.to_client(request.client, P.EVENT, msg.rid, msg.body))
             return
-        del worker.inflight[key]
-        del self.requests[key]
+        del worker.inflight[msg.client]
+        del self.requests[(request.client, request.rid)]
         worker.idle.append(request.slot)
-        self._out.append(P.to_client(msg.client, msg.type, msg.rid, msg.body))
+        self._out.append(P.to_client(request.client, msg.type, msg.rid, msg.body))
         if worker.service.waiting:
             self._drain(worker)
 
@@ -671,9 +676,9 @@ class Router:
         for slot in worker.slots:
             del self.slots[slot]
         service.workers.remove(worker)
-        for client, rid in worker.inflight:
-            del self.requests[(client, rid)]
-            self._error(client, rid, BackendLost, f"backend {service.name!r} {worker.where()} {why} during the call")
+        for request in worker.inflight.values():
+            del self.requests[(request.client, request.rid)]
+            self._error(request.client, request.rid, BackendLost, f"backend {service.name!r} {worker.where()} {why} during the call")
         worker.inflight.clear()
         lost = [r for r in worker.pinned if r.queued]
         if not service.workers:

@@ -25,6 +25,7 @@ import zmq
 from ..wire.defaults import (DEFAULT_HEARTBEAT, DEFAULT_LIVENESS, DEFAULT_MAX_MESSAGE, DEFAULT_MAX_QUEUED_BYTES,
                        check_url, default_url)
 from .routing import Config, Router, no_key
+from ..wire import routingids
 from ..wire.security import Security, peer_key
 from ..wire.framing import readable, recv_frames, send_frames
 
@@ -77,10 +78,8 @@ class Broker:
 
     def bind(self) -> str:
         """Bind the socket; returns the URL (with the real port if ``:0``/``*`` was asked)."""
-        sock = self._ctx.socket(zmq.ROUTER)
+        sock = routingids.router(self._ctx)  # no peer can take another's name, or make libzmq abort
         sock.linger = 0
-        # No handover: a peer that connects with a routing id in use is turned away, never given its traffic.
-        sock.router_handover = False
         # A frame larger than this is cut off by libzmq before it reaches Python; the
         # configured limit itself is checked per message by the router, with an answer.
         sock.maxmsgsize = self.config.max_message_size + (1 << 20)

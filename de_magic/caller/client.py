@@ -45,6 +45,7 @@ from ..wire import serialize
 from ..wire.defaults import DEFAULT_HEARTBEAT, DEFAULT_LIVENESS, DEFAULT_MAX_MESSAGE, check_doors, default_url
 from ..wire.errors import (BackendLost, CallTimeout, DeMagicError, PayloadTooLarge, ProtocolMismatch, Refused,
                            UnknownBackend, from_header)
+from ..wire import routingids
 from ..wire.framing import PerThread, recv_frames, send_frames
 from ..wire.handshake import WatchedSocket
 from ..wire.security import Security
@@ -190,7 +191,7 @@ class Client:
 
     def _new_socket(self, unbounded: bool = False) -> WatchedSocket:
         url = self.url
-        sock = self._ctx.socket(zmq.DEALER, socket_class=WatchedSocket)
+        sock = routingids.declare(self._ctx.socket(zmq.DEALER, socket_class=WatchedSocket))
         sock.linger = 0
         if unbounded:  # no high-water mark: set before connecting, or it does not hold for the connection
             sock.sndhwm = sock.rcvhwm = 0

@@ -65,6 +65,7 @@ class Multiplexer:
         self._inbox: deque = deque()  # Pending to send, or request ids to cancel
         self._links: dict[zmq.Socket, Link] = {}
         self._deadlines: list[tuple[float, int, Pending]] = []
+        self._finished_early = 0  # entries of _deadlines whose call ended before its deadline
         self._order = itertools.count()
         self._stopped = False
         self._thread = threading.Thread(target=self._run, name="de-magic-calls", daemon=True)
@@ -236,10 +237,25 @@ class Multiplexer:
     def _expire(self, now: float) -> None:
         while self._deadlines and self._deadlines[0][0] <= now:
             _, _, call = heapq.heappop(self._deadlines)
+            if call.future is None:
+                self._finished_early -= 1
+                continue
             link = self._links.get(call.sock)
             if link is not None and link.calls.get(call.rid) is call:
                 _try_send(link.sock, P.cancel(call.rid))
                 self._finish(link, call, exc=CallTimeout(f"no answer from {_where(link)} within the call's timeout"))
+
+    def _release(self, call: Pending) -> None:
+        """Forget a call that ended: its deadline entry is skipped when due, and once most entries are such, the
+        heap is rebuilt without them, so a finished call costs nothing until its timeout would have passed."""
+        call.future, call.on_event = None, None
+        if call.deadline is None:
+            return
+        self._finished_early += 1
+        if self._finished_early > 64 and 2 * self._finished_early > len(self._deadlines):
+            self._deadlines = [entry for entry in self._deadlines if entry[2].future is not None]
+            heapq.heapify(self._deadlines)
+            self._finished_early = 0
 
     def _cancel(self, rid: bytes) -> None:
         for link in self._links.values():
@@ -247,6 +263,7 @@ class Multiplexer:
             if call is not None:
                 _try_send(link.sock, P.cancel(rid))
                 link.calls.pop(rid)
+                self._release(call)
                 if call.endpoint is not None:
                     self.client.routes.ended(call.endpoint)
 
@@ -255,7 +272,8 @@ class Multiplexer:
             return
         if call.endpoint is not None:
             self.client.routes.ended(call.endpoint)
-        future, call.future, call.on_event = call.future, None, None  # a deadline may hold it: not its result
+        future = call.future
+        self._release(call)
         settle(future, result, exc)
 
     def _drop(self, link: Link, poller: zmq.Poller) -> None:

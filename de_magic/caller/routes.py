@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from ..wire import routingids
 from ..wire.framing import Sockets, send_frames
 from ..wire.handshake import WatchedSocket
 from ..wire.security import Security, is_loopback
@@ -88,7 +89,7 @@ class Routes(Sockets):
             return sock
         if self.closed:
             raise RuntimeError("these sockets are closed")
-        sock = self._ctx.socket(zmq.DEALER, socket_class=WatchedSocket)
+        sock = routingids.declare(self._ctx.socket(zmq.DEALER, socket_class=WatchedSocket))
         sock.name(endpoint.url)
         sock.linger = 0
         sock.immediate = True  # nothing is queued for an endpoint that is not connected: it goes via the broker

@@ -1,0 +1,28 @@
+"""One client at scale: finished calls release their memory, and many jobs share the client's one I/O thread."""
+
+from __future__ import annotations
+
+import os
+
+from de_magic import Client
+
+from conftest import HEARTBEAT, rss_kib
+
+
+def _echo_batches(client: Client, batches: int, size: int = 1000) -> None:
+    for _ in range(batches):
+        futures = [client.submit("hello_world", "echo", (i,)) for i in range(size)]
+        assert [future.result(60) for future in futures] == list(range(size))
+
+
+def test_finished_calls_release_their_memory_whatever_their_timeout(cluster):
+    cluster.start_backend("de_magic.demo.hello", "hello_world")
+    # timeout=30 outlives the test: a finished call kept until its deadline (about 250 B each) would add up
+    with Client(cluster.url, timeout=30, heartbeat=HEARTBEAT) as client:
+        _echo_batches(client, 10)  # warm up: sockets, buffers, the allocator's arenas
+        before = rss_kib(os.getpid())
+        _echo_batches(client, 100)
+        grown = (rss_kib(os.getpid()) - before) / 1024
+        print(f"\nRSS grew {grown:.1f} MB over 100,000 submitted calls with timeout=30")
+        assert grown < 8, f"RSS grew {grown:.1f} MB over 100,000 finished calls"
+        assert len(client._calls()._deadlines) <= 64  # ended calls leave the deadline heap, not only their memory

@@ -1,0 +1,162 @@
+"""Issue 18's holes, each as a hostile or careless peer found it: real processes on loopback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import zmq
+
+from de_magic import Client
+from de_magic.broker.routing import Config, Router
+from de_magic.wire import protocol as P
+from de_magic.wire.errors import Refused, RemoteError
+
+from conftest import HEARTBEAT, wait_for
+from test_hostile import answers, raw_peer
+
+HOSTILE_BACKEND = str(Path(__file__).with_name("hostile_backend.py"))
+
+
+@pytest.fixture
+def hostile(cluster):
+    """A broker with tests/hostile_backend.py registered as ``hostile``, three slots."""
+    cluster.start_backend(HOSTILE_BACKEND, "hostile", "--max-workers", "3")
+    return cluster
+
+
+def test_an_exception_whose_str_fails_is_answered_and_frees_its_slot(hostile):
+    be = hostile.client["hostile"]
+    for _ in range(4):  # more than the slots: each one must come back
+        with pytest.raises(RemoteError, match="_BadStr: str\\(\\) of this exception failed") as caught:
+            be.bad_str.options(timeout=10)()
+    assert "'broken'" in str(caught.value)
+    job = be.bad_str.start()
+    wait_for(lambda: job.status != "running" and job.status != "queued", timeout=10, what="the job to end")
+    assert job.status == "failed"
+    assert be.nap(0.01) == 0.01
+
+
+def test_a_members_own_keyboard_interrupt_is_an_error_not_a_cancel(hostile):
+    be = hostile.client["hostile"]
+    with pytest.raises(RemoteError, match="KeyboardInterrupt") as caught:
+        be.interrupt.options(timeout=10)()
+    assert "the member's own" in str(caught.value)
+    job = be.interrupt.start()
+    wait_for(lambda: job.status not in ("running", "queued"), timeout=10, what="the job to end")
+    assert job.status == "failed"
+
+
+def _nested(depth: int) -> str:
+    """JSON text of a list nested ``depth`` deep (json.dumps itself would run out of recursion)."""
+    return "[" * depth + '"deep"' + "]" * depth
+
+
+def test_a_header_nested_982_deep_is_refused_and_the_broker_lives(hello):
+    sock = raw_peer(hello.url)
+    try:
+        deep = _nested(982)
+        for field, value in (("host", deep), ("dask", '{"x":%s}' % deep), ("api", '{"x":%s}' % deep),
+                             ("extra", deep)):
+            info = '{"capacity":1,"%s":%s}' % (field, value)
+            sock.send_multipart(P.ready("deep_" + field, os.urandom(8), os.urandom(32), {})[:-1] + [info.encode()])
+        sock.send_multipart([P.VERSION, P.LIST, b"deep-list", b'{"name":%s}' % deep.encode()])
+        (answer,) = answers(sock, 1)
+        assert isinstance(answer, P.Error) and "more than 64 deep" in answer.header["message"]
+    finally:
+        sock.close()
+    listing = hello.client.listing(api=False)
+    assert set(listing["backends"]) == {"hello_world"} and listing["broker"]["bad_messages"] >= 5
+    assert hello.client["hello_world"].echo("alive") == "alive"
+    assert hello.broker.poll() is None
+
+
+def test_an_exception_in_the_router_is_counted_logged_once_and_the_router_lives(caplog):
+    router = Router(Config(), now=0.0)
+    for i in range(50):  # a frame that is not bytes: no parser expects it, and nothing may escape
+        assert router.handle(b"peer", [P.VERSION, P.LIST, i, b"{}"], float(i)) == []
+    tracebacks = [r for r in caplog.records if r.exc_info]
+    assert len(tracebacks) == 1 and "logged once" in tracebacks[0].getMessage()
+    assert router.describe()["bad_messages"] == 50
+    (listing,) = router.handle(b"peer", P.list_query(b"ok", {}), 60.0)
+    assert listing[2] == P.REPLY
+
+
+def test_the_reference_budget_counts_50_mib_nested_four_lists_deep(cluster):
+    cluster.start_backend(HOSTILE_BACKEND, "hostile", "--ref-bytes", str(100 * 1000 * 1000))
+    be = cluster.client["hostile"]
+    kept = be.nested_bytes.options(keep=True)(50)
+    assert 50 << 20 <= kept.nbytes < (50 << 20) + (1 << 20)
+    with pytest.raises(Refused, match="cannot keep a list of 5[0-9,]+ bytes: its references hold 5[0-9,]+ of "
+                                      "100,000,000 bytes"):
+        be.nested_bytes.options(keep=True)(50)
+    kept.release()
+    assert be.nested_bytes.options(keep=True)(50).nbytes == kept.nbytes
+
+
+# The first values libzmq's generate_random() returns in a process that never seeded rand() (glibc):
+# where a ROUTER's made-up peer names (b"\x00" + uint32) start counting.
+UNSEEDED_STARTS = """
+import ctypes
+libc = ctypes.CDLL(None)
+libc.srand(1)
+for _ in range(20):
+    low, high = libc.rand(), libc.rand()
+    print((low | (high << 31)) & 0xFFFFFFFF)
+"""
+
+
+def claim_made_up_names(url: str, count: int = 300) -> list:
+    """``count`` sockets that declare the names libzmq would make up next, each checked in (answered)."""
+    starts = [int(line) for line in subprocess.check_output([sys.executable, "-c", UNSEEDED_STARTS]).split()]
+    names = [b"\x00" + ((start + step) & 0xFFFFFFFF).to_bytes(4, "big")
+             for step in range(count // len(starts)) for start in starts]
+    socks = []
+    for name in names:
+        sock = raw_peer_named(url, name)
+        sock.send_multipart(P.query(b"hello"))
+        socks.append(sock)
+    # a name some peer had made up for it already is ignored (no handover): the rest are checked in
+    answered = sum(1 for sock in socks if sock.poll(2000) and sock.recv_multipart())
+    assert answered >= len(socks) - 10, f"only {answered} of {len(socks)} claiming sockets were answered"
+    return socks
+
+
+def raw_peer_named(url: str, name: bytes | None):
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.linger = 0
+    if name is not None:
+        sock.routing_id = name
+    sock.connect(url)
+    return sock
+
+
+def _plain_peer_is_answered(url: str) -> None:
+    """A peer of another program, which declares no routing id, asks and is answered."""
+    sock = raw_peer_named(url, None)
+    try:
+        sock.send_multipart(P.query(b"plain"))
+        assert sock.poll(10_000), f"no answer at {url}"
+        assert P.parse(sock.recv_multipart(), P.AT_CLIENT).rid == b"plain"
+    finally:
+        sock.close()
+
+
+def test_300_sockets_claiming_made_up_routing_ids_abort_neither_broker_nor_direct_endpoint(cluster):
+    proc = cluster.start_backend("de_magic.demo.hello", "hello_world", "--direct", "tcp://127.0.0.1:0")
+    (worker,) = cluster.workers("hello_world")
+    direct_url = worker["direct"]["url"]
+    claims = claim_made_up_names(cluster.url) + claim_made_up_names(direct_url)
+    try:
+        for url in (cluster.url, direct_url, cluster.url, direct_url):
+            _plain_peer_is_answered(url)
+        for direct in (True, False):
+            with Client(cluster.url, heartbeat=HEARTBEAT, timeout=20, direct=direct) as client:
+                assert client["hello_world"].echo(direct) is direct
+        assert cluster.broker.poll() is None and proc.poll() is None
+    finally:
+        for sock in claims:
+            sock.close()
