@@ -511,3 +511,23 @@ class RouterMachine(RuleBasedStateMachine):
 
 TestRouterInterleavings = RouterMachine.TestCase
 TestRouterInterleavings.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
+
+
+def test_a_queued_call_of_a_caller_silent_for_its_lease_is_dropped_not_run():
+    net = Net()
+    net.register()
+    net.call(rid=b"running")
+    running = net.alias(rid=b"running")
+    net.take(b"slot", P.AT_WORKER)
+    net.call(client=b"gone", rid=b"g1")
+    net.call(client=b"alive", rid=b"a1")
+    lease = net.router.caller_lease
+    for _ in range(int(lease) + 2):  # "alive" asks after its call every second, "gone" says nothing
+        net.advance(1.0)
+        net.send(b"alive", P.query(b"a1"))
+        net.send(b"ctl", P.heartbeat())
+    net.send(b"slot", P.answer(P.REPLY, running, b"running", b"{}"))
+    (dropped,) = net.take(b"gone")
+    assert dropped.rid == b"g1" and dropped.header["kind"] == "cancelled" and "did not ask" in dropped.header["message"]
+    assert [m.rid for m in net.take(b"slot", P.AT_WORKER)] == [b"a1"]
+    assert net.router.queued_bytes == 0 and set(net.router.requests) == {(b"alive", b"a1")}

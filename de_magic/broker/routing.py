@@ -48,6 +48,9 @@ MAX_WAITING = 10_000
 MAX_HEARTBEAT = 20.0
 #: Shortest secret a worker may choose (bytes): its slots prove with it that they are the worker's.
 MIN_SECRET = 16
+#: Shortest caller lease (seconds): a caller asks after its waiting calls every heartbeat of its own (QUERY), and a
+#: queued call whose caller was silent for longer than its lease is dropped, not run (the caller is gone).
+MIN_CALLER_LEASE = 10.0
 
 
 @dataclass
@@ -219,6 +222,9 @@ class Router:
         self._out: list[list] = []
         self._arrivals = itertools.count()
         self._aliases = itertools.count(int.from_bytes(os.urandom(7), "big"))
+        self.heard: dict[bytes, float] = {}  # caller address -> when it last sent anything (its lease)
+        self.caller_lease = max(MIN_CALLER_LEASE, config.heartbeat * config.liveness)
+        self.next_lease_sweep = now + self.caller_lease
         self._callers: dict | None = None  # the allowed keys last told to direct workers
         self._handlers = {
             P.Call: self._on_call, P.Cancel: self._on_cancel, P.List: self._on_list, P.Query: self._on_query,
@@ -262,6 +268,9 @@ class Router:
                 out.extend(self._welcome(w) for w in self.workers.values() if w.direct is not None)
             for service in [s for s in self.services.values() if not s.workers]:
                 self._expire_waiting(service)
+            if now >= self.next_lease_sweep:  # forget callers gone for a lease: the table stays bounded
+                self.next_lease_sweep = now + self.caller_lease
+                self.heard = {c: t for c, t in self.heard.items() if now - t <= self.caller_lease}
         return out
 
     def shutdown(self) -> list[list]:
@@ -295,6 +304,7 @@ class Router:
 
     def _on_call(self, client: bytes, msg: P.Call, frames: list) -> None:
         rid, name = msg.rid, msg.backend
+        self.heard[client] = self.now
         if (client, rid) in self.requests:
             # not answered: an answer would give that id two final answers (logged as bad input)
             raise P.ProtocolError(f"request id {rid.hex()} is already in use by this caller")
@@ -403,6 +413,12 @@ class Router:
             else:
                 return
             self._settle(service, request)
+            if self.now - self.heard.get(request.client, -self.caller_lease) > self.caller_lease:
+                # its caller has gone (or stopped asking after it): were it run, live callers would wait behind it
+                del self.requests[(request.client, request.rid)]
+                self._error(request.client, request.rid, Cancelled, "dropped before it started: its caller "
+                            f"did not ask after it for {self.caller_lease:g} s")
+                continue
             self._forward(worker, request)
 
     def _refuse(self, client: bytes, rid: bytes, service: Service, key: str | None) -> None:
@@ -424,6 +440,7 @@ class Router:
             self.services.pop(service.name, None)
 
     def _on_cancel(self, client: bytes, msg: P.Cancel, frames: list) -> None:
+        self.heard[client] = self.now
         request = self.requests.get((client, msg.rid))
         if request is None:
             return
@@ -436,6 +453,7 @@ class Router:
     def _on_query(self, client: bytes, msg: P.Query, frames: list) -> None:
         if len(msg.more) >= MAX_WAITING:
             raise P.ProtocolError(f"QUERY of more than {MAX_WAITING} requests", msg.rid)
+        self.heard[client] = self.now
         requests, states = self.requests, []
         for rid in msg.ids():
             states += (rid, P.PENDING if (client, rid) in requests else P.UNKNOWN)
