@@ -196,3 +196,15 @@ def test_the_queued_calls_of_a_caller_that_has_gone_are_dropped_not_run(cluster,
     assert cluster.client["hello_world"].echo.options(timeout=bound)("served") == "served"
     waited = time.monotonic() - start
     assert cluster.client.listing(api=False)["backends"]["hello_world"]["queued"] == 0, waited
+
+
+def test_a_call_holding_the_gil_for_10_s_loses_neither_its_worker_nor_a_call_on_another_slot(cluster):
+    proc = cluster.start_backend(HOSTILE_BACKEND, "hostile", "--max-workers", "2")
+    (worker,) = cluster.workers("hostile")
+    be = cluster.client["hostile"]
+    healthy = be.nap.submit(1.0)
+    wait_for(lambda: cluster.workers("hostile")[0]["busy"] == 1, what="the healthy call to run")
+    held = be.hold_gil.submit(10.0)
+    assert held.result(30) >= 10.0 and healthy.result(30) == 1.0
+    assert [w["id"] for w in cluster.workers("hostile")] == [worker["id"]] and proc.poll() is None
+    assert cluster.client.listing(api=False)["broker"]["bad_messages"] == 0

@@ -51,6 +51,9 @@ MIN_SECRET = 16
 #: Shortest caller lease (seconds): a caller asks after its waiting calls every heartbeat of its own (QUERY), and a
 #: queued call whose caller was silent for longer than its lease is dropped, not run (the caller is gone).
 MIN_CALLER_LEASE = 10.0
+#: Longest a worker whose connection is up may be silent (seconds): a call may hold its Python GIL that long
+#: (its heartbeats wait for the GIL; libzmq's own, in libzmq's I/O thread, do not). Longer: it counts as hung.
+CONNECTED_SILENCE = 60.0
 
 
 @dataclass
@@ -67,6 +70,10 @@ class Config:
 
 def no_key(frame) -> str | None:
     return None
+
+
+def not_known(address: bytes) -> bool:
+    return False
 
 
 class Request:
@@ -92,7 +99,7 @@ class Worker:
     """A registered backend process: a control connection, its slots, its calls."""
 
     __slots__ = ("id", "address", "secret", "key", "service", "capacity", "max_queue", "heartbeat", "idle", "slots",
-                 "inflight", "pinned", "expires", "since", "pid", "host", "calls", "dask", "direct", "usage")
+                 "inflight", "pinned", "expires", "heard", "since", "pid", "host", "calls", "dask", "direct", "usage")
 
     def __init__(self, msg: P.Ready, address: bytes, key: str | None, service: "Service", expires: float):
         info = msg.info
@@ -105,7 +112,7 @@ class Worker:
         self.slots: set[bytes] = set()
         self.inflight: dict[bytes, Request] = {}  # by the alias the worker knows the call's caller by
         self.pinned: deque[Request] = deque()  # calls waiting for this worker in particular
-        self.expires = expires
+        self.expires = self.heard = expires  # heard: when it last said anything
         self.since = time.time()
         self.pid, self.host = info.get("pid"), info.get("host")
         self.calls = 0
@@ -196,12 +203,14 @@ class Router:
     ``key_of(frame)`` tells the authenticated public key (Z85) of the peer that
     sent a received frame, or None without CURVE; ``key_names()`` maps keys to
     the names of their key files (for ``allow_clients`` and logs).
+    ``connected(address)`` tells whether a peer's connection is up (libzmq's ZMTP
+    heartbeats keep that true of a process whose Python is busy); unknown: False.
     """
 
     def __init__(self, config: Config, *, now: float, key_of: Callable = no_key,
-                 key_names: Callable[[], dict[str, str]] = dict):
+                 key_names: Callable[[], dict[str, str]] = dict, connected: Callable[[bytes], bool] = not_known):
         self.config = config
-        self.key_of, self.key_names = key_of, key_names
+        self.key_of, self.key_names, self.connected = key_of, key_names, connected
         self.id = uuid.uuid4().hex[:12]
         self.since = time.time()
         self.host = socket.gethostname()  # for listings: asked once, not per LIST
@@ -281,7 +290,9 @@ class Router:
     # -- helpers ------------------------------------------------------------------------------
 
     def _expires(self, worker: Worker) -> float:
-        """When ``worker`` counts as gone if silent: liveness intervals of its heartbeat or ours, the longer."""
+        """When ``worker`` counts as gone if silent: liveness intervals of its heartbeat or ours, the longer
+        (it was heard from now)."""
+        worker.heard = self.now
         return self.now + max(self.config.heartbeat, worker.heartbeat) * self.config.liveness
 
     def _error(self, client: bytes, rid: bytes, error_cls, message: str) -> None:
@@ -682,6 +693,10 @@ class Router:
         if self.now < self.next_reap:
             return
         for worker in [w for w in self.workers.values() if w.expires < self.now]:
+            if self.now - worker.heard < CONNECTED_SILENCE and self.connected(worker.address):
+                # silent, but its process answers libzmq's heartbeats: a call holds its GIL; ask again in a beat
+                worker.expires = self.now + self.config.heartbeat
+                continue
             log.warning("%s of %r stopped heartbeating", worker.where(), worker.service.name)
             self._remove(worker, "stopped heartbeating")
         # a lower bound: heartbeats move expiries later, and then this wakes early and looks again
