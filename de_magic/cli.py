@@ -37,7 +37,7 @@ from .wire.defaults import (DEFAULT_HEARTBEAT, DEFAULT_JOB_BYTES, DEFAULT_JOB_TT
                             default_url)
 from .schema import describe, members_of
 from .wire.errors import DeMagicError
-from .wire.security import Security, create_keys, job_directory, owners
+from .wire.security import Security, config_file, create_keys, job_directory, owners
 from .wire.serialize import JSON, PICKLE
 
 # -- loading backend modules -------------------------------------------------
@@ -389,6 +389,24 @@ def _plain_json(obj):
     return repr(obj)
 
 
+def cmd_gateway(args) -> None:
+    from .gateway import app, config, tokens  # Tornado and jsonschema only for this command
+
+    if args.new_token:
+        token = tokens.new_token()
+        print(f"de-magic: a new token for {args.new_token!r}; give it to them, it is shown only now:\n\n    {token}\n\n"
+              f"and add its hash to the config file ({config_file()}), with the key pair its calls present:\n\n"
+              f"[gateway.tokens.{json.dumps(args.new_token)}]\nhash = \"{tokens.hash_token(token)}\"\n"
+              f"key = \"{args.new_token}.key_secret\"   # optional: else the gateway's own key")
+        return
+    _logging(args.verbose)
+    try:
+        settings = config.load(args.bind, args.broker, args.timeout)
+    except ValueError as exc:
+        raise SystemExit(f"de-magic: {exc}") from None
+    app.serve(settings, _security(args))
+
+
 def cmd_keys(args) -> None:
     public, secret = create_keys(args.name, args.dir)
     print(f"de-magic: wrote {public} (public: give it to the broker's operator, or to clients if this is "
@@ -470,6 +488,18 @@ def build_parser() -> argparse.ArgumentParser:
     _broker_arg(p)
     _security_args(p)
     p.set_defaults(func=cmd_call)
+
+    p = sub.add_parser("gateway", help="serve the live backends over HTTP, with an OpenAPI document (docs/gateway.md)")
+    _broker_arg(p)
+    p.add_argument("--bind", default=None, metavar="HOST:PORT",
+                   help="where to listen (default: the config file's [gateway] bind, else 127.0.0.1:8080); "
+                        "beyond loopback only with tokens")
+    p.add_argument("--timeout", type=float, default=None, help="seconds a call may take (default 60; ?timeout= per call)")
+    p.add_argument("--new-token", metavar="NAME", default=None,
+                   help="print a new token for NAME and the config lines holding its hash, then exit")
+    p.add_argument("-v", "--verbose", action="store_true")
+    _security_args(p)
+    p.set_defaults(func=cmd_gateway)
 
     p = sub.add_parser("demo", help="start a local broker and the demo backends")
     p.add_argument("--broker", default=None, help="address to bind (default: $DE_MAGIC_BROKER or tcp://127.0.0.1:5555)")

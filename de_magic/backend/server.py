@@ -133,6 +133,8 @@ class Backend:
         #: More to say on registering (e.g. ``"dask"``: the cluster's size); see :meth:`announce`.
         self.extra_info: dict = {}
         self._reply_header = P.dump_header({"codec": codec, "worker": self.id.hex()})
+        # a caller that sent JSON unpickles nothing (the HTTP gateway, other languages): it is answered in JSON
+        self._json_reply_header = P.dump_header({"codec": serialize.JSON, "worker": self.id.hex()})
         self.operations: dict[str, Operation] = {"call": Operation(self._call_member)}
         #: Seconds a ``%%remote`` namespace, or a remote reference, outlives its caller's last request or renewal.
         self.session_lease = session_lease
@@ -589,8 +591,9 @@ class Backend:
     def _operation(self, header: dict) -> Operation:
         """The operation a call header asks for, if this backend serves it to this caller."""
         op_name = header.get("op", "call")
-        if self.codec == serialize.JSON and op_name != "call":
-            raise Refused(f"backend {self.name!r} serves only JSON calls of its members (no-pickle mode)")
+        if self.codec == serialize.JSON and op_name != "call" and not (
+                str(op_name).startswith("job.") and header.get("codec") == serialize.JSON):
+            raise Refused(f"backend {self.name!r} serves only JSON calls and jobs of its members (no-pickle mode)")
         op = self.operations.get(op_name) if isinstance(op_name, str) else None
         if op is None:
             raise P.ProtocolError(f"backend {self.name!r} does not serve {str(op_name)[:40]!r} requests")
@@ -687,12 +690,13 @@ class Backend:
             current_call.reset(token)
 
     def _encode_result(self, call: Call, result) -> tuple[bytes, list]:
-        frames = serialize.dumps_json(result) if self.codec == serialize.JSON else serialize.dumps(result)
+        in_json = self.codec == serialize.JSON or call.header.get("codec") == serialize.JSON
+        frames = serialize.dumps_json(result) if in_json else serialize.dumps(result)
         size = serialize.nbytes(frames)
         if size > self._limit:
             raise PayloadTooLarge(f"the result is {size} bytes, over the maximum message size of {self._limit} bytes "
                                   "(the broker's or this backend's)")
-        return self._reply_header, frames
+        return (self._json_reply_header if in_json else self._reply_header), frames
 
     # -- the "call" operation ------------------------------------------------
 

@@ -35,7 +35,7 @@ import logging
 import struct
 import threading
 import time
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Callable
 
 import zmq
@@ -67,6 +67,7 @@ log = logging.getLogger("de_magic.client")
 LISTING_TIMEOUT = 10.0  # seconds, unless a listing is given a timeout of its own
 SMALL_CALL = 1 << 20  # bytes: below this no broker's size limit is in question
 HANDSHAKE_CHECK = 0.25  # seconds between looks for a refused handshake while the broker has said nothing
+HELPER_THREADS = 4  # threads a client has for work its I/O thread must not wait for (see Client.in_background)
 
 _request_ids = itertools.count(1)
 
@@ -129,6 +130,7 @@ class Client:
         self._busy: set[zmq.Socket] = set()  # sockets of calls in flight (see close)
         self._lock = threading.Lock()
         self._mux: Multiplexer | None = None
+        self._helpers: ThreadPoolExecutor | None = None  # see in_background
         self._apis: dict[str, tuple[str, dict]] = {}  # backend -> (api tag, api) seen in listings
         self._closed = False
         self._broker_limit: int | None = None  # the broker's maximum message size, once a listing said it
@@ -178,6 +180,8 @@ class Client:
             self._closed = True
         if self._mux is not None:
             self._mux.stop()
+        if self._helpers is not None:
+            self._helpers.shutdown(wait=False, cancel_futures=True)
         self._sockets.close(keep=set(self._busy))
         self.routes.close(keep=set(self._busy))
 
@@ -487,30 +491,22 @@ class Client:
         codec = self._codec_of(backend)
         try:
             header, payload, worker = encode_call(backend, *call, codec)
-            size = serialize.nbytes(payload)
-            if size > self._limit(size):
-                raise PayloadTooLarge(f"call of {size} bytes exceeds the maximum message size of "
-                                      f"{self._limit(size)} bytes (the broker's at {self.url}, or this client's)")
-            rid = struct.pack("!Q", next(_request_ids))
-            frames = P.call(rid, backend, worker, P.dump_header(header), payload)
-            endpoint = self._direct_endpoint(backend, worker, learn)
-            sent = self._calls().send(rid, frames, timeout, dispatch, endpoint)
+            sent = self.send_request(backend, header, payload, timeout=timeout, on_event=dispatch, worker=worker,
+                                     learn=learn)
         except BaseException as exc:  # noqa: BLE001 - the future carries it
             return settle(future, exc=exc)
-        future.add_done_callback(lambda f: f.cancelled() and self._calls().cancel(rid))
+        future.add_done_callback(lambda f: f.cancelled() and sent.cancel())
 
         def answered(attempt: Future) -> None:
+            if attempt.cancelled():
+                return
             exc = attempt.exception()
             if isinstance(exc, BackendLost) and retries:
                 log.info("%s; sending the call again (%d retries left)", exc, retries - 1)
                 self._submit(future, backend, call, timeout, dispatch, retries - 1, learn=False)
-            elif isinstance(exc, UnknownBackend) and endpoint is not None:
-                self.routes.lost(endpoint)  # another backend listens there now: nothing ran; go via the broker
-                self._submit(future, backend, call, timeout, dispatch, retries, learn=False)
             elif isinstance(exc, Refused) and codec != serialize.JSON:
                 # perhaps a no-pickle backend: learning that takes a listing, which is not for the I/O thread
-                threading.Thread(target=self._resubmit_json, args=(future, backend, call, timeout, dispatch,
-                                                                   retries, exc), daemon=True).start()
+                self.in_background(self._resubmit_json, future, backend, call, timeout, dispatch, retries, exc)
             elif exc is not None:
                 settle(future, exc=exc)
             else:
@@ -520,6 +516,61 @@ class Client:
                     settle(future, exc=error)
 
         sent.add_done_callback(answered)
+
+    def send_request(self, backend: str, header: dict, payload: list, *, timeout: float | None = None,
+                     on_event: EventHandler | None = None, worker: bytes = b"", learn: bool = True) -> CallFuture:
+        """Like :meth:`request`, without waiting: the client's I/O thread carries it, and the future ends with
+        ``(header, frames)`` or the error; cancelling it cancels the request.
+
+        ``learn``: a direct endpoint may be looked up with a listing first (not from the I/O thread, which
+        must not wait for one).
+        """
+        outcome = CallFuture()
+        self._send_attempt(outcome, backend, header, payload, worker, self.timeout if timeout is None else timeout,
+                           on_event, learn)
+        return outcome
+
+    def _send_attempt(self, outcome: CallFuture, backend: str, header: dict, payload: list, worker: bytes,
+                      timeout: float | None, on_event, learn: bool) -> None:
+        size = serialize.nbytes(payload)
+        if size > self._limit(size):
+            raise PayloadTooLarge(f"call of {size} bytes exceeds the maximum message size of "
+                                  f"{self._limit(size)} bytes (the broker's at {self.url}, or this client's)")
+        rid = struct.pack("!Q", next(_request_ids))
+        frames = P.call(rid, backend, worker, P.dump_header(header), payload)
+        endpoint = self._direct_endpoint(backend, worker, learn)
+        calls = self._calls()
+        sent = calls.send(rid, frames, timeout, on_event, endpoint)
+        outcome.add_done_callback(lambda f: f.cancelled() and calls.cancel(rid))
+
+        def answered(attempt: Future) -> None:
+            exc = attempt.exception()
+            if isinstance(exc, UnknownBackend) and endpoint is not None:
+                self.routes.lost(endpoint)  # another backend listens there now: nothing ran; go via the broker
+                try:
+                    self._send_attempt(outcome, backend, header, payload, worker, timeout, on_event, False)
+                except BaseException as error:  # noqa: BLE001 - the future carries it
+                    settle(outcome, exc=error)
+            elif exc is not None:
+                settle(outcome, exc=exc)
+            else:
+                settle(outcome, attempt.result())
+
+        sent.add_done_callback(answered)
+
+    def later(self, delay: float, work: Callable[[], None]) -> None:
+        """Run ``work()`` in the client's I/O thread after ``delay`` seconds; it must not block."""
+        self._calls().later(delay, work)
+
+    def in_background(self, work: Callable, *args) -> None:
+        """Run ``work(*args)`` on one of the client's few helper threads: for what the I/O thread must not wait
+        for (a listing, looking for a job's worker), whatever the number of calls and jobs needing it."""
+        with self._lock:
+            if self._closed:
+                raise RuntimeError(f"{self!r} is closed")
+            if self._helpers is None:
+                self._helpers = ThreadPoolExecutor(HELPER_THREADS, thread_name_prefix="de-magic-helper")
+            self._helpers.submit(work, *args)
 
     def _resubmit_json(self, future, backend, call, timeout, dispatch, retries, refusal: Refused) -> None:
         try:

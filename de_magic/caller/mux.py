@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import logging
 import threading
 import time
 from collections import deque
 from concurrent.futures import Future, InvalidStateError
+from typing import Callable
 
 import zmq
 
@@ -25,6 +27,8 @@ from ..wire import protocol as P
 from ..wire.errors import BackendLost, CallTimeout, DeMagicError, ProtocolMismatch, Refused, from_header
 from ..wire.framing import PerThread, recv_frames, send_frames
 from .routes import Endpoint
+
+log = logging.getLogger("de_magic.client")
 
 CANCEL_LINGER = 500  #: ms a closed client's socket has to send the cancels of its calls in flight
 QUERY_BATCH = 10_000  #: request ids per QUERY, the most a broker answers at once
@@ -67,6 +71,7 @@ class Multiplexer:
         self._links: dict[zmq.Socket, Link] = {}
         self._deadlines: list[tuple[float, int, Pending]] = []
         self._finished_early = 0  # entries of _deadlines whose call ended before its deadline
+        self._timers: list[tuple[float, int, Callable[[], None]]] = []  # work for later in this thread (later())
         self._order = itertools.count()
         self._stopped = False
         self._thread = threading.Thread(target=self._run, name="de-magic-calls", daemon=True)
@@ -82,6 +87,10 @@ class Multiplexer:
 
     def cancel(self, rid: bytes) -> None:
         self._post(rid)
+
+    def later(self, delay: float, work: Callable[[], None]) -> None:
+        """Run ``work()`` in the I/O thread after ``delay`` seconds (e.g. a job's next poll); it must not block."""
+        self._post((time.monotonic() + delay, work))
 
     def stop(self, timeout: float = 5.0) -> None:
         """End the I/O thread (calls in flight end with an error); it closes its sockets before this returns."""
@@ -109,6 +118,8 @@ class Multiplexer:
                 wait = next_beat - time.monotonic()
                 if self._deadlines:
                     wait = min(wait, self._deadlines[0][0] - time.monotonic())
+                if self._timers:
+                    wait = min(wait, self._timers[0][0] - time.monotonic())
                 for sock, _ in poller.poll(max(0.0, wait) * 1000):
                     if sock is self._wake:
                         while self._wake.poll(0):
@@ -118,6 +129,7 @@ class Multiplexer:
                         self._read(self._links[sock])
                 now = time.monotonic()
                 self._expire(now)
+                self._run_timers(now)
                 if now >= next_beat:
                     next_beat = now + heartbeat
                     for link in list(self._links.values()):
@@ -132,6 +144,8 @@ class Multiplexer:
                 return
             if isinstance(item, bytes):
                 self._cancel(item)
+            elif isinstance(item, tuple):
+                heapq.heappush(self._timers, (item[0], next(self._order), item[1]))
             else:
                 self._start(item, poller)
 
@@ -246,6 +260,14 @@ class Multiplexer:
                 _try_send(link.sock, P.cancel(call.rid))
                 self._finish(link, call, exc=CallTimeout(f"no answer from {_where(link)} within the call's timeout"))
 
+    def _run_timers(self, now: float) -> None:
+        while self._timers and self._timers[0][0] <= now:
+            _, _, work = heapq.heappop(self._timers)
+            try:
+                work()
+            except Exception:  # noqa: BLE001 - one piece of work failing must not stop every call's thread
+                log.exception("work in the I/O thread of %r failed", self.client)
+
     def _release(self, call: Pending) -> None:
         """Forget a call that ended: its deadline entry is skipped when due, and once most entries are such, the
         heap is rebuilt without them, so a finished call costs nothing until its timeout would have passed."""
@@ -294,6 +316,9 @@ class Multiplexer:
             item = self._inbox.popleft()
             if isinstance(item, Pending):
                 settle(item.future, exc=error)
+            elif isinstance(item, tuple):
+                heapq.heappush(self._timers, (item[0], next(self._order), item[1]))
+        self._run_timers(float("inf"))  # work waiting for later finds the client closed, and says so to its caller
         self._wake.close(linger=0)
         self._pokes.close()
 

@@ -328,7 +328,7 @@ def _read_config(url: str | None = None) -> dict[str, str]:
     data = _read_toml()
     path = config_file()
     # a typo here would silently turn encryption off
-    _check_names(data, {*SETTINGS, BROKER, OWNERS, BROKERS, DASK, DIRECT, JOB_DIR}, path, "")
+    _check_names(data, {*SETTINGS, BROKER, OWNERS, BROKERS, DASK, DIRECT, JOB_DIR, GATEWAY}, path, "")
     tables = data.get(BROKERS, {})
     for name, table in tables.items():
         if not isinstance(table, dict):
@@ -384,6 +384,16 @@ OWNERS = "owners"
 DASK = "dask"  #: the Dask cluster backends run their calls on (see daskpool.py)
 DIRECT = "direct"  #: where backends listen for direct calls (see backend/direct.py)
 JOB_DIR = "job_dir"  #: where backends keep job results (see backend/jobs.py)
+GATEWAY = "gateway"  #: the HTTP gateway's table: bind, tokens... (see gateway/config.py)
+
+
+def config_table(name: str) -> tuple[dict, Path]:
+    """The config file's table ``name`` ({} without one) and the file, whose folder relative paths start from."""
+    _read_config()  # unknown top-level settings are reported first
+    table = _read_toml().get(name, {})
+    if not isinstance(table, dict):
+        raise Refused(f"{name} in {config_file()} must be a table, e.g. [{name}]")
+    return table, config_file()
 
 
 def job_directory(value: str | None) -> str | None:
