@@ -400,6 +400,7 @@ def cmd_gateway(args) -> None:
               f"key = \"{args.new_token}.key_secret\"   # optional: else the gateway's own key")
         return
     _logging(args.verbose)
+    logging.getLogger("tornado.access").setLevel(logging.INFO if args.verbose else logging.WARNING)  # a line a call
     try:
         settings = config.load(args.bind, args.broker, args.timeout)
     except ValueError as exc:

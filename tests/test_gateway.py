@@ -13,6 +13,7 @@ import requests
 from openapi_spec_validator import validate
 
 from conftest import HEARTBEAT, Cluster, Processes, curve_keys, free_port, start_logged, wait_for
+from test_lab_browser import ARGS, CHROMIUM
 from test_security import client_for
 
 from de_magic.gateway.tokens import hash_token
@@ -162,7 +163,7 @@ def test_a_job_is_followed_to_its_end_through_server_sent_events(gw):
             elif line.startswith("data: "):
                 events.append((name, json.loads(line[6:])))
     names = [name for name, _ in events]
-    assert names[-1] == "end" and "progress" in names and names[0] == "status"
+    assert names[-1] == "end" and names[-2] == "status" and events[-2][1] == {"status": "done"} and "progress" in names
     assert events[-1][1]["status"] == "done" and events[-1][1]["result"] == sum(range(6))
     assert max(data["n"] for name, data in events if name == "progress") == 6
     document = requests.get(gw.base + f"/jobs/{job['id']}", timeout=30).json()
@@ -242,3 +243,37 @@ def test_tokens_refused_accepted_and_judged_by_allow_clients(curve_gw):
     doc = requests.get(base + "/openapi.json", headers=bearer(tokens["bob"]), timeout=30).json()
     validate(doc)
     assert doc["security"] == [{"bearer": []}]
+
+
+# -- from JavaScript in a real browser --------------------------------------------------------------
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium (apt-get install -y chromium)")
+def test_javascript_fetch_in_chromium_and_the_docs_page(gw):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(20_000)
+            errors = []
+            page.on("pageerror", lambda e: errors.append(str(e)))  # the page's script fails nowhere
+            page.goto(gw.base + "/docs")
+            # the page renders the live document with its bundled script: a route per member
+            page.wait_for_selector("code:text-is(\"/backends/hello_world/scale\")")
+            assert "routes" in page.inner_text("#status")
+            # a web page calls a demo member with fetch, and reads a problem document
+            result = page.evaluate("""async () => {
+                const ok = await fetch("/backends/hello_world/scale", {method: "POST",
+                    headers: {"Content-Type": "application/json"}, body: JSON.stringify({values: [1, 2], factor: 4})});
+                const bad = await fetch("/backends/hello_world/scale", {method: "POST", body: "{}"});
+                return {status: ok.status, value: await ok.json(), problem: await bad.json(),
+                        type: bad.headers.get("Content-Type")};
+            }""")
+            assert result["status"] == 200 and result["value"] == [4.0, 8.0]
+            assert result["problem"]["status"] == 422 and result["problem"]["field"] == "values"
+            assert result["type"] == PROBLEM
+            assert not errors, errors
+        finally:
+            browser.close()

@@ -72,9 +72,9 @@ class Follower:
 
         reply = self.calls.job(self.grant, self.id, "job.poll", on_event, progress=self.seen, outputs=self.shown)
         self.seen = reply["progress"]
-        if reply["status"] != self.status:
+        if reply["status"] != self.status:  # after the reports the poll brought: it is the state at their end
             self.status = reply["status"]
-            events.insert(0, event("status", {"status": self.status}))
+            events.append(event("status", {"status": self.status}))
         if self.status in FINAL:
             summary = self.calls.job(self.grant, self.id, "job.status")
             events.append(event("end", document(summary, reply)))
