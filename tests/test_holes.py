@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,7 @@ from de_magic.broker.routing import Config, Router
 from de_magic.wire import protocol as P
 from de_magic.wire.errors import Refused, RemoteError
 
-from conftest import HEARTBEAT, wait_for
+from conftest import HEARTBEAT, start_script, wait_for
 from test_hostile import answers, raw_peer
 
 HOSTILE_BACKEND = str(Path(__file__).with_name("hostile_backend.py"))
@@ -160,3 +162,49 @@ def test_300_sockets_claiming_made_up_routing_ids_abort_neither_broker_nor_direc
     finally:
         for sock in claims:
             sock.close()
+
+
+# queues slow calls on a one-slot backend, says so, then waits to be killed or closes its client
+QUEUER = """
+import sys, time
+from de_magic import Client
+client = Client(sys.argv[1], timeout=600, heartbeat=0.2)
+futures = [client["hello_world"].slow_sum.submit(n=2, delay=0.05) for _ in range(int(sys.argv[2]))]
+print("queued", flush=True)
+if sys.argv[3] == "close":
+    client.close()
+    print("closed", flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.parametrize("how", ["killed", "closed"])
+def test_the_queued_calls_of_a_caller_that_has_gone_are_dropped_not_run(cluster, processes, how):
+    cluster.start_backend("de_magic.demo.hello", "hello_world", "--max-workers", "1")
+    queuer = start_script(processes, QUEUER, cluster.url, "800", "close" if how == "closed" else "wait")
+    assert queuer.stdout.readline().strip() == "queued"
+    wait_for(lambda: cluster.client.listing(api=False)["backends"]["hello_world"]["queued"] >= 700,
+             what="the calls to be queued")
+    if how == "killed":
+        queuer.send_signal(signal.SIGKILL)
+        bound = 30.0  # a caller lease (10 s) and the call running: not 800 calls of 0.1 s
+    else:
+        assert queuer.stdout.readline().strip() == "closed"
+        bound = 10.0  # a closed client cancels its calls at once
+    queuer.stdout.close()
+    start = time.monotonic()
+    assert cluster.client["hello_world"].echo.options(timeout=bound)("served") == "served"
+    waited = time.monotonic() - start
+    assert cluster.client.listing(api=False)["backends"]["hello_world"]["queued"] == 0, waited
+
+
+def test_a_call_holding_the_gil_for_10_s_loses_neither_its_worker_nor_a_call_on_another_slot(cluster):
+    proc = cluster.start_backend(HOSTILE_BACKEND, "hostile", "--max-workers", "2")
+    (worker,) = cluster.workers("hostile")
+    be = cluster.client["hostile"]
+    healthy = be.nap.submit(1.0)
+    wait_for(lambda: cluster.workers("hostile")[0]["busy"] == 1, what="the healthy call to run")
+    held = be.hold_gil.submit(10.0)
+    assert held.result(30) >= 10.0 and healthy.result(30) == 1.0
+    assert [w["id"] for w in cluster.workers("hostile")] == [worker["id"]] and proc.poll() is None
+    assert cluster.client.listing(api=False)["broker"]["bad_messages"] == 0

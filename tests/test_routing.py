@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from de_magic.wire import protocol as P
-from de_magic.broker.routing import MAX_WAITING, Config, Router
+from de_magic.broker.routing import CONNECTED_SILENCE, MAX_WAITING, Config, Router
 
 HEADER = P.dump_header({"member": "f"})
 API = {"members": {"f": {"kind": "function"}}}
@@ -511,3 +511,39 @@ class RouterMachine(RuleBasedStateMachine):
 
 TestRouterInterleavings = RouterMachine.TestCase
 TestRouterInterleavings.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
+
+
+def test_a_queued_call_of_a_caller_silent_for_its_lease_is_dropped_not_run():
+    net = Net()
+    net.register()
+    net.call(rid=b"running")
+    running = net.alias(rid=b"running")
+    net.take(b"slot", P.AT_WORKER)
+    net.call(client=b"gone", rid=b"g1")
+    net.call(client=b"alive", rid=b"a1")
+    lease = net.router.caller_lease
+    for _ in range(int(lease) + 2):  # "alive" asks after its call every second, "gone" says nothing
+        net.advance(1.0)
+        net.send(b"alive", P.query(b"a1"))
+        net.send(b"ctl", P.heartbeat())
+    net.send(b"slot", P.answer(P.REPLY, running, b"running", b"{}"))
+    (dropped,) = net.take(b"gone")
+    assert dropped.rid == b"g1" and dropped.header["kind"] == "cancelled" and "did not ask" in dropped.header["message"]
+    assert [m.rid for m in net.take(b"slot", P.AT_WORKER)] == [b"a1"]
+    assert net.router.queued_bytes == 0 and set(net.router.requests) == {(b"alive", b"a1")}
+
+
+def test_a_silent_worker_whose_connection_is_up_is_kept_for_a_while_then_lost():
+    net = Net(heartbeat=1.0, liveness=3)
+    up = {b"ctl"}
+    net.router.connected = lambda address: address in up  # what libzmq's own heartbeats tell the broker
+    net.register()
+    net.call(rid=b"running")
+    net.advance(10)  # its Python holds the GIL: no HEARTBEAT, but its libzmq answers
+    assert set(net.router.by_id) == {b"W" * 8} and net.take(b"cli") == []
+    net.advance(CONNECTED_SILENCE)  # silent that long, connected or not: hung
+    assert [m.header["kind"] for m in net.take(b"cli")] == ["lost"] and not net.router.workers
+    net.register(control=b"ctl2", worker=b"V" * 8, slots=(b"s2",))
+    net.call(rid=b"r2")
+    net.advance(3.5)  # its connection is gone: lost within liveness, as without libzmq's word
+    assert [m.header["kind"] for m in net.take(b"cli")] == ["lost"] and not net.router.workers

@@ -48,6 +48,12 @@ MAX_WAITING = 10_000
 MAX_HEARTBEAT = 20.0
 #: Shortest secret a worker may choose (bytes): its slots prove with it that they are the worker's.
 MIN_SECRET = 16
+#: Shortest caller lease (seconds): a caller asks after its waiting calls every heartbeat of its own (QUERY), and a
+#: queued call whose caller was silent for longer than its lease is dropped, not run (the caller is gone).
+MIN_CALLER_LEASE = 10.0
+#: Longest a worker whose connection is up may be silent (seconds): a call may hold its Python GIL that long
+#: (its heartbeats wait for the GIL; libzmq's own, in libzmq's I/O thread, do not). Longer: it counts as hung.
+CONNECTED_SILENCE = 60.0
 
 
 @dataclass
@@ -64,6 +70,10 @@ class Config:
 
 def no_key(frame) -> str | None:
     return None
+
+
+def not_known(address: bytes) -> bool:
+    return False
 
 
 class Request:
@@ -89,7 +99,7 @@ class Worker:
     """A registered backend process: a control connection, its slots, its calls."""
 
     __slots__ = ("id", "address", "secret", "key", "service", "capacity", "max_queue", "heartbeat", "idle", "slots",
-                 "inflight", "pinned", "expires", "since", "pid", "host", "calls", "dask", "direct", "usage")
+                 "inflight", "pinned", "expires", "heard", "since", "pid", "host", "calls", "dask", "direct", "usage")
 
     def __init__(self, msg: P.Ready, address: bytes, key: str | None, service: "Service", expires: float):
         info = msg.info
@@ -102,7 +112,7 @@ class Worker:
         self.slots: set[bytes] = set()
         self.inflight: dict[bytes, Request] = {}  # by the alias the worker knows the call's caller by
         self.pinned: deque[Request] = deque()  # calls waiting for this worker in particular
-        self.expires = expires
+        self.expires = self.heard = expires  # heard: when it last said anything
         self.since = time.time()
         self.pid, self.host = info.get("pid"), info.get("host")
         self.calls = 0
@@ -193,12 +203,14 @@ class Router:
     ``key_of(frame)`` tells the authenticated public key (Z85) of the peer that
     sent a received frame, or None without CURVE; ``key_names()`` maps keys to
     the names of their key files (for ``allow_clients`` and logs).
+    ``connected(address)`` tells whether a peer's connection is up (libzmq's ZMTP
+    heartbeats keep that true of a process whose Python is busy); unknown: False.
     """
 
     def __init__(self, config: Config, *, now: float, key_of: Callable = no_key,
-                 key_names: Callable[[], dict[str, str]] = dict):
+                 key_names: Callable[[], dict[str, str]] = dict, connected: Callable[[bytes], bool] = not_known):
         self.config = config
-        self.key_of, self.key_names = key_of, key_names
+        self.key_of, self.key_names, self.connected = key_of, key_names, connected
         self.id = uuid.uuid4().hex[:12]
         self.since = time.time()
         self.host = socket.gethostname()  # for listings: asked once, not per LIST
@@ -219,6 +231,9 @@ class Router:
         self._out: list[list] = []
         self._arrivals = itertools.count()
         self._aliases = itertools.count(int.from_bytes(os.urandom(7), "big"))
+        self.heard: dict[bytes, float] = {}  # caller address -> when it last sent anything (its lease)
+        self.caller_lease = max(MIN_CALLER_LEASE, config.heartbeat * config.liveness)
+        self.next_lease_sweep = now + self.caller_lease
         self._callers: dict | None = None  # the allowed keys last told to direct workers
         self._handlers = {
             P.Call: self._on_call, P.Cancel: self._on_cancel, P.List: self._on_list, P.Query: self._on_query,
@@ -262,6 +277,9 @@ class Router:
                 out.extend(self._welcome(w) for w in self.workers.values() if w.direct is not None)
             for service in [s for s in self.services.values() if not s.workers]:
                 self._expire_waiting(service)
+            if now >= self.next_lease_sweep:  # forget callers gone for a lease: the table stays bounded
+                self.next_lease_sweep = now + self.caller_lease
+                self.heard = {c: t for c, t in self.heard.items() if now - t <= self.caller_lease}
         return out
 
     def shutdown(self) -> list[list]:
@@ -272,7 +290,9 @@ class Router:
     # -- helpers ------------------------------------------------------------------------------
 
     def _expires(self, worker: Worker) -> float:
-        """When ``worker`` counts as gone if silent: liveness intervals of its heartbeat or ours, the longer."""
+        """When ``worker`` counts as gone if silent: liveness intervals of its heartbeat or ours, the longer
+        (it was heard from now)."""
+        worker.heard = self.now
         return self.now + max(self.config.heartbeat, worker.heartbeat) * self.config.liveness
 
     def _error(self, client: bytes, rid: bytes, error_cls, message: str) -> None:
@@ -295,6 +315,7 @@ class Router:
 
     def _on_call(self, client: bytes, msg: P.Call, frames: list) -> None:
         rid, name = msg.rid, msg.backend
+        self.heard[client] = self.now
         if (client, rid) in self.requests:
             # not answered: an answer would give that id two final answers (logged as bad input)
             raise P.ProtocolError(f"request id {rid.hex()} is already in use by this caller")
@@ -403,6 +424,12 @@ class Router:
             else:
                 return
             self._settle(service, request)
+            if self.now - self.heard.get(request.client, -self.caller_lease) > self.caller_lease:
+                # its caller has gone (or stopped asking after it): were it run, live callers would wait behind it
+                del self.requests[(request.client, request.rid)]
+                self._error(request.client, request.rid, Cancelled, "dropped before it started: its caller "
+                            f"did not ask after it for {self.caller_lease:g} s")
+                continue
             self._forward(worker, request)
 
     def _refuse(self, client: bytes, rid: bytes, service: Service, key: str | None) -> None:
@@ -424,6 +451,7 @@ class Router:
             self.services.pop(service.name, None)
 
     def _on_cancel(self, client: bytes, msg: P.Cancel, frames: list) -> None:
+        self.heard[client] = self.now
         request = self.requests.get((client, msg.rid))
         if request is None:
             return
@@ -436,6 +464,7 @@ class Router:
     def _on_query(self, client: bytes, msg: P.Query, frames: list) -> None:
         if len(msg.more) >= MAX_WAITING:
             raise P.ProtocolError(f"QUERY of more than {MAX_WAITING} requests", msg.rid)
+        self.heard[client] = self.now
         requests, states = self.requests, []
         for rid in msg.ids():
             states += (rid, P.PENDING if (client, rid) in requests else P.UNKNOWN)
@@ -664,6 +693,10 @@ class Router:
         if self.now < self.next_reap:
             return
         for worker in [w for w in self.workers.values() if w.expires < self.now]:
+            if self.now - worker.heard < CONNECTED_SILENCE and self.connected(worker.address):
+                # silent, but its process answers libzmq's heartbeats: a call holds its GIL; ask again in a beat
+                worker.expires = self.now + self.config.heartbeat
+                continue
             log.warning("%s of %r stopped heartbeating", worker.where(), worker.service.name)
             self._remove(worker, "stopped heartbeating")
         # a lower bound: heartbeats move expiries later, and then this wakes early and looks again

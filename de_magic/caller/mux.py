@@ -30,6 +30,7 @@ from .routes import Endpoint
 
 log = logging.getLogger("de_magic.client")
 
+CANCEL_LINGER = 500  #: ms a closed client's socket has to send the cancels of its calls in flight
 QUERY_BATCH = 10_000  #: request ids per QUERY, the most a broker answers at once
 
 
@@ -307,9 +308,10 @@ class Multiplexer:
         error = DeMagicError(f"{self.client!r} was closed during the call")
         for link in list(self._links.values()):
             for call in list(link.calls.values()):
+                _try_send(link.sock, P.cancel(call.rid))  # no one waits for it now: let it not run
                 self._finish(link, call, exc=error)
             if link.endpoint is None:  # direct sockets belong to the client's routes, which close them
-                link.sock.close(linger=0)
+                link.sock.close(linger=CANCEL_LINGER)
         while self._inbox:
             item = self._inbox.popleft()
             if isinstance(item, Pending):
