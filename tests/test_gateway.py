@@ -13,7 +13,8 @@ import requests
 from openapi_spec_validator import validate
 
 from conftest import HEARTBEAT, Cluster, Processes, curve_keys, free_port, start_logged, wait_for
-from test_lab_browser import ARGS, CHROMIUM
+from labtools import Jupyter
+from test_lab_browser import CHROMIUM, open_page, rows
 from test_security import client_for
 
 from de_magic.gateway.tokens import hash_token
@@ -250,30 +251,48 @@ def test_tokens_refused_accepted_and_judged_by_allow_clients(curve_gw):
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium (apt-get install -y chromium)")
 def test_javascript_fetch_in_chromium_and_the_docs_page(gw):
-    from playwright.sync_api import sync_playwright
+    with open_page() as page:
+        errors = []
+        page.on("pageerror", lambda e: errors.append(str(e)))  # the page's script fails nowhere
+        page.goto(gw.base + "/docs")
+        # the page renders the live document with its bundled script: a route per member
+        page.wait_for_selector("code:text-is(\"/backends/hello_world/scale\")")
+        assert "routes" in page.inner_text("#status")
+        # a web page calls a demo member with fetch, and reads a problem document
+        result = page.evaluate("""async () => {
+            const ok = await fetch("/backends/hello_world/scale", {method: "POST",
+                headers: {"Content-Type": "application/json"}, body: JSON.stringify({values: [1, 2], factor: 4})});
+            const bad = await fetch("/backends/hello_world/scale", {method: "POST", body: "{}"});
+            return {status: ok.status, value: await ok.json(), problem: await bad.json(),
+                    type: bad.headers.get("Content-Type")};
+        }""")
+        assert result["status"] == 200 and result["value"] == [4.0, 8.0]
+        assert result["problem"]["status"] == 422 and result["problem"]["field"] == "values"
+        assert result["type"] == PROBLEM
+        assert not errors, errors
 
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        try:
-            page = browser.new_page()
-            page.set_default_timeout(20_000)
-            errors = []
-            page.on("pageerror", lambda e: errors.append(str(e)))  # the page's script fails nowhere
-            page.goto(gw.base + "/docs")
-            # the page renders the live document with its bundled script: a route per member
-            page.wait_for_selector("code:text-is(\"/backends/hello_world/scale\")")
-            assert "routes" in page.inner_text("#status")
-            # a web page calls a demo member with fetch, and reads a problem document
-            result = page.evaluate("""async () => {
-                const ok = await fetch("/backends/hello_world/scale", {method: "POST",
-                    headers: {"Content-Type": "application/json"}, body: JSON.stringify({values: [1, 2], factor: 4})});
-                const bad = await fetch("/backends/hello_world/scale", {method: "POST", body: "{}"});
-                return {status: ok.status, value: await ok.json(), problem: await bad.json(),
-                        type: bad.headers.get("Content-Type")};
-            }""")
-            assert result["status"] == 200 and result["value"] == [4.0, 8.0]
-            assert result["problem"]["status"] == 422 and result["problem"]["field"] == "values"
-            assert result["type"] == PROBLEM
-            assert not errors, errors
-        finally:
-            browser.close()
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium (apt-get install -y chromium)")
+def test_sidebar_shows_the_http_route_and_a_curl_line_that_works(gw, tmp_path):
+    from playwright.sync_api import expect
+
+    config = tmp_path / "config.toml"
+    config.write_text(f'[gateway]\nbind = "{gw.base.removeprefix("http://")}"\n')
+    with Jupyter(tmp_path, lab=True, env={"DE_MAGIC_BROKER": gw.url, "DE_MAGIC_CONFIG": str(config)}) as lab, \
+            open_page() as page:
+        page.goto(lab.lab_url())
+        page.locator('.jp-SideBar [data-id="de-magic-backends"]').click()
+        hello_row = rows(page, "backend").filter(has_text="hello_world")
+        hello_row.click()
+        details = page.locator("#de-magic-backends .jp-DeMagic-details")
+        # a backend's details: its route, with a curl line of its first function
+        expect(details.locator(".jp-DeMagic-http")).to_have_text(f"POST {gw.base}/backends/hello_world/compute_sum")
+        hello_row.locator(".jp-DeMagic-caret").click()
+        rows(page, "function").filter(has_text="scale").click()
+        expect(details.locator(".jp-DeMagic-http")).to_have_text(f"POST {gw.base}/backends/hello_world/scale")
+        expect(details.get_by_role("button", name="Copy curl")).to_be_visible()
+        curl = details.locator(".jp-DeMagic-curl").inner_text()
+    # the line as a user pastes it: the required arguments filled in, and it calls the member
+    assert curl.startswith("curl ") and '{"values":[]}' in curl
+    done = subprocess.run(["bash", "-c", curl], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0 and json.loads(done.stdout) == [], done.stdout + done.stderr
