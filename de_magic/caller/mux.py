@@ -37,12 +37,12 @@ QUERY_BATCH = 10_000  #: request ids per QUERY, the most a broker answers at onc
 class Pending:
     """A call in flight: where it went, and the future its answer settles."""
 
-    __slots__ = ("rid", "frames", "future", "on_event", "deadline", "endpoint", "sock")
+    __slots__ = ("rid", "frames", "future", "on_event", "deadline", "endpoint", "url", "sock")
 
     def __init__(self, rid: bytes, frames: list, future: Future, on_event, deadline: float | None,
-                 endpoint: Endpoint | None):
+                 endpoint: Endpoint | None, url: str | None = None):
         self.rid, self.frames, self.future, self.on_event = rid, frames, future, on_event
-        self.deadline, self.endpoint = deadline, endpoint
+        self.deadline, self.endpoint, self.url = deadline, endpoint, url
         self.sock: zmq.Socket | None = None
 
 
@@ -79,10 +79,13 @@ class Multiplexer:
 
     # -- from any thread ----------------------------------------------------------------------
 
-    def send(self, rid: bytes, frames: list, timeout: float | None, on_event, endpoint: Endpoint | None) -> Future:
+    def send(self, rid: bytes, frames: list, timeout: float | None, on_event, endpoint: Endpoint | None,
+             url: str | None = None) -> Future:
+        """Send a request: to ``endpoint`` (direct) if given, else to the broker at ``url`` (default: the one in
+        use); the future ends with ``(header, frames)`` or the error."""
         future = Future()
         deadline = None if timeout is None else time.monotonic() + timeout
-        self._post(Pending(rid, frames, future, on_event, deadline, endpoint))
+        self._post(Pending(rid, frames, future, on_event, deadline, endpoint, url))
         return future
 
     def cancel(self, rid: bytes) -> None:
@@ -158,7 +161,7 @@ class Multiplexer:
             link = None
         if link is None:
             call.endpoint = None
-            link = self._broker_link(poller)
+            link = self._broker_link(poller, call.url)
             if not _try_send(link.sock, call.frames):
                 return settle(call.future, exc=BackendLost(f"cannot send to the broker at {link.url}"))
         call.frames = None  # sent: the payload is libzmq's now
@@ -175,14 +178,15 @@ class Multiplexer:
             return None
         return self._links.get(sock) or self._add_link(sock, endpoint.url, endpoint, poller)
 
-    def _broker_link(self, poller: zmq.Poller) -> Link:
-        """The link to the broker in use; a new one when the client moved to another broker."""
-        url = self.client.url
+    def _broker_link(self, poller: zmq.Poller, url: str | None = None) -> Link:
+        """The link to the broker at ``url`` (default: the one in use), made on first use and kept: listings ask
+        every broker of the client, and a client that moved on may come back."""
+        url = url or self.client.url
         for link in self._links.values():
             if link.endpoint is None and link.url == url:
                 return link
         # thousands of calls and answers in flight: libzmq holds them all
-        return self._add_link(self.client._new_socket(unbounded=True), url, None, poller)
+        return self._add_link(self.client._new_socket(unbounded=True, url=url), url, None, poller)
 
     def _add_link(self, sock: zmq.Socket, url: str, endpoint: Endpoint | None, poller: zmq.Poller) -> Link:
         link = self._links[sock] = Link(sock, url, endpoint)
@@ -228,8 +232,7 @@ class Multiplexer:
     def _beat(self, link: Link, poller: zmq.Poller) -> None:
         """A heartbeat: ask after every call waiting on ``link``; fail them all if it went silent."""
         if not link.calls:
-            if link.endpoint is None and link.url != self.client.url:
-                self._drop(link, poller)  # the client moved on to another broker
+            link.unanswered = 0  # silence while nothing was asked says nothing
             return
         refusal = link.sock.handshake_failure() if link.endpoint is None else None
         if refusal is not None or link.unanswered >= self.client.liveness:
@@ -298,11 +301,6 @@ class Multiplexer:
         future = call.future
         self._release(call)
         settle(future, result, exc)
-
-    def _drop(self, link: Link, poller: zmq.Poller) -> None:
-        poller.unregister(link.sock)
-        del self._links[link.sock]
-        link.sock.close(linger=0)
 
     def _close(self, poller: zmq.Poller) -> None:
         error = DeMagicError(f"{self.client!r} was closed during the call")
