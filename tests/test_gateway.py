@@ -50,7 +50,8 @@ def problem(response: requests.Response, status: int, kind: str) -> dict:
 
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory):
-    """A broker with the demo backends, a raising one and a busy one, and a gateway (1 MB body limit)."""
+    """A broker with the demo backends, a raising one, a busy one and a no-pickle one, and a gateway
+    (1 MB body limit)."""
     from de_magic.embedded import DEMO_BACKENDS
 
     tmp = tmp_path_factory.mktemp("gateway")
@@ -62,6 +63,7 @@ def gw(tmp_path_factory):
             cluster.start_backend(module, name, *extra)
         cluster.start_backend("tests/raising_backend.py", "raising")
         cluster.start_backend("de_magic.demo.hello", "full", "--max-queue", "0")
+        cluster.start_backend("de_magic.demo.hello", "strict", "--no-pickle")
         cluster.base = start_gateway(procs, cluster.url, tmp, "[gateway]\nmax_body = 1000000\ntimeout = 30\n")
         yield cluster
     finally:
@@ -170,6 +172,15 @@ def test_a_job_is_followed_to_its_end_through_server_sent_events(gw):
     document = requests.get(gw.base + f"/jobs/{job['id']}", timeout=30).json()
     assert document["status"] == "done" and document["result"] == 15
     assert requests.delete(gw.base + f"/jobs/{job['id']}", timeout=30).json() == {"id": job["id"], "cancelled": False}
+
+
+def test_a_no_pickle_backend_serves_calls_and_jobs(gw):
+    assert post(gw, "/backends/strict/scale", {"values": [2], "mode": "divide"}).json() == [1.0]
+    job = post(gw, "/backends/strict/Stats/mean/jobs", {"args": {"values": [1, 2, 6]}})
+    assert job.status_code == 202
+    location = gw.base + job.headers["Location"]
+    wait_for(lambda: requests.get(location, timeout=30).json()["status"] == "done", timeout=10, what="the job")
+    assert requests.get(location, timeout=30).json()["result"] == 3.0
 
 
 def test_a_running_job_is_cancelled(gw):
