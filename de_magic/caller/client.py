@@ -53,6 +53,7 @@ from . import refs
 from .progress import Progress, default_progress
 from .proxies import RemoteBackend
 from .mux import Multiplexer, settle
+from .naming import called, knower, place
 from .routes import Endpoint, Routes
 from .tables import BackendTable
 
@@ -327,19 +328,20 @@ class Client:
         frames = P.call(rid, backend, worker, P.dump_header(header), payload)
         timeout = self.timeout if timeout is None else timeout
         endpoint = self._direct_endpoint(backend, worker)
+        what = called(backend, header)
         if endpoint is not None:
             sock = self.routes.socket(endpoint, self.security)
             if sock is not None:
                 self.routes.started(endpoint)
                 try:
-                    return self._exchange(rid, frames, timeout, on_event, sock, endpoint)
+                    return self._exchange(rid, frames, timeout, on_event, sock, endpoint, what)
                 except (_NotSent, UnknownBackend):  # it went away, or another backend listens there now
                     self.routes.lost(endpoint)  # nothing ran: this call and the next ones go via the broker
                     rid = struct.pack("!Q", next(_request_ids))
                     frames = P.call(rid, backend, worker, P.dump_header(header), payload)
                 finally:
                     self.routes.ended(endpoint)
-        return self._exchange(rid, frames, timeout, on_event)
+        return self._exchange(rid, frames, timeout, on_event, what=what)
 
     def _direct_endpoint(self, backend: str, worker: bytes, learn: bool = True) -> Endpoint | None:
         """The worker endpoint to call ``backend`` at directly, if any (learnt from a listing now and then,
@@ -361,9 +363,10 @@ class Client:
         return min(self.max_message_size, self._broker_limit or self.max_message_size)
 
     def _exchange(self, rid: bytes, frames: list, timeout: float | None, on_event,
-                  sock: WatchedSocket | None = None, endpoint: Endpoint | None = None) -> tuple[dict, list]:
+                  sock: WatchedSocket | None = None, endpoint: Endpoint | None = None,
+                  what: str = "a listing") -> tuple[dict, list]:
         """Send the request ``rid`` (its ``frames``) on this thread's socket (to the broker, or ``sock`` to a
-        worker's direct ``endpoint``) and wait for the answer."""
+        worker's direct ``endpoint``) and wait for the answer; errors name ``what`` the user called."""
         sock = sock or self._socket()
         self._busy.add(sock)
         try:
@@ -374,7 +377,7 @@ class Client:
                 if sock.failed_before:  # e.g. a retry after a refusal: fail now, not after a heartbeat
                     _raise_if_refused(sock)
                 self._send(sock, frames)
-            return self._wait(sock, rid, timeout, on_event, endpoint)
+            return self._wait(sock, rid, timeout, on_event, endpoint, what)
         except zmq.ZMQError:
             if self._closed:
                 raise DeMagicError(f"{self!r} was closed during the call") from None
@@ -400,7 +403,7 @@ class Client:
             raise BackendLost(f"cannot reach the broker at {url}{hint}{self._fail_over(url)}") from None
 
     def _wait(self, sock: zmq.Socket, rid: bytes, timeout: float | None, on_event,
-              endpoint: Endpoint | None = None) -> tuple[dict, list]:
+              endpoint: Endpoint | None = None, what: str = "a listing") -> tuple[dict, list]:
         now = time.monotonic()
         deadline = None if timeout is None else now + timeout
         next_query = now + self.heartbeat
@@ -419,7 +422,7 @@ class Client:
                     unanswered, heard = 0, True
                     if type(msg) is P.Reply:
                         return msg.header, msg.payload
-                    self._on_progress_of(sock, rid, msg, on_event)
+                    self._on_progress_of(sock, rid, msg, on_event, endpoint, what)
                     continue
                 now = time.monotonic()
                 if not heard:
@@ -429,7 +432,8 @@ class Client:
                 if deadline is not None and now >= deadline:
                     _raise_if_refused(sock)  # a refusal says more than a timeout, however short the timeout
                     self._send(sock, P.cancel(rid), zmq.NOBLOCK)
-                    raise CallTimeout(f"no answer from {sock.watched_url} within {timeout:g} s")
+                    raise CallTimeout(f"no answer from {what} within {timeout:g} s "
+                                      f"({place(sock.watched_url, endpoint)})")
                 if now >= next_query:
                     if sock.dropped and len(self.urls) > 1:  # with another broker to go to, don't wait it out
                         url = sock.watched_url
@@ -438,9 +442,9 @@ class Client:
                         url = sock.watched_url
                         if endpoint is not None:
                             self.routes.lost(endpoint)
-                            raise BackendLost(f"the worker at {url} (direct) is not answering; later calls go "
-                                              "through the broker")
-                        raise BackendLost(f"the broker at {url} is not answering{self._fail_over(url)}")
+                            raise BackendLost(f"{what}: its worker is not answering ({place(url, endpoint)}); later "
+                                              "calls go through the broker")
+                        raise BackendLost(f"{what}: the broker at {url} is not answering{self._fail_over(url)}")
                     self._send(sock, P.query(rid), zmq.NOBLOCK)
                     unanswered += 1
                     next_query = now + self.heartbeat
@@ -460,7 +464,8 @@ class Client:
             raise ProtocolMismatch(f"broker at {sock.watched_url}: {exc}") from None
         return msg if msg.rid == rid else None
 
-    def _on_progress_of(self, sock: zmq.Socket, rid: bytes, msg, on_event) -> None:
+    def _on_progress_of(self, sock: zmq.Socket, rid: bytes, msg, on_event, endpoint: Endpoint | None,
+                        what: str) -> None:
         """An event, status or error of a request still running: handled here, or raised."""
         if type(msg) is P.Event:
             if on_event is not None:
@@ -472,7 +477,7 @@ class Client:
         elif type(msg) is P.Error:
             raise from_header(msg.header)
         elif msg.state == P.UNKNOWN:
-            raise BackendLost(f"the broker at {sock.watched_url} no longer knows this request "
+            raise BackendLost(f"{what}: {knower(sock.watched_url, endpoint)} no longer knows this request "
                               "(it restarted, or the backend was lost)")
 
     # -- calls -----------------------------------------------------------------
@@ -624,7 +629,7 @@ class Client:
         frames = P.call(rid, backend, worker, P.dump_header(header), payload)
         endpoint = self._direct_endpoint(backend, worker, learn)
         calls = self._calls()
-        sent = calls.send(rid, frames, timeout, on_event, endpoint)
+        sent = calls.send(rid, frames, timeout, on_event, endpoint, what=called(backend, header))
         outcome.add_done_callback(lambda f: f.cancelled() and calls.cancel(rid))
 
         def answered(attempt: Future) -> None:

@@ -26,6 +26,7 @@ import zmq
 from ..wire import protocol as P
 from ..wire.errors import BackendLost, CallTimeout, DeMagicError, ProtocolMismatch, Refused, from_header
 from ..wire.framing import PerThread, recv_frames, send_frames
+from .naming import knower, place
 from .routes import Endpoint
 
 log = logging.getLogger("de_magic.client")
@@ -37,12 +38,12 @@ QUERY_BATCH = 10_000  #: request ids per QUERY, the most a broker answers at onc
 class Pending:
     """A call in flight: where it went, and the future its answer settles."""
 
-    __slots__ = ("rid", "frames", "future", "on_event", "deadline", "endpoint", "url", "sock")
+    __slots__ = ("rid", "frames", "future", "on_event", "deadline", "endpoint", "url", "what", "sock")
 
     def __init__(self, rid: bytes, frames: list, future: Future, on_event, deadline: float | None,
-                 endpoint: Endpoint | None, url: str | None = None):
+                 endpoint: Endpoint | None, url: str | None = None, what: str = "a listing"):
         self.rid, self.frames, self.future, self.on_event = rid, frames, future, on_event
-        self.deadline, self.endpoint, self.url = deadline, endpoint, url
+        self.deadline, self.endpoint, self.url, self.what = deadline, endpoint, url, what
         self.sock: zmq.Socket | None = None
 
 
@@ -80,12 +81,12 @@ class Multiplexer:
     # -- from any thread ----------------------------------------------------------------------
 
     def send(self, rid: bytes, frames: list, timeout: float | None, on_event, endpoint: Endpoint | None,
-             url: str | None = None) -> Future:
+             url: str | None = None, what: str = "a listing") -> Future:
         """Send a request: to ``endpoint`` (direct) if given, else to the broker at ``url`` (default: the one in
-        use); the future ends with ``(header, frames)`` or the error."""
+        use); the future ends with ``(header, frames)`` or the error, which names ``what`` the user called."""
         future = Future()
         deadline = None if timeout is None else time.monotonic() + timeout
-        self._post(Pending(rid, frames, future, on_event, deadline, endpoint, url))
+        self._post(Pending(rid, frames, future, on_event, deadline, endpoint, url, what))
         return future
 
     def cancel(self, rid: bytes) -> None:
@@ -227,7 +228,8 @@ class Multiplexer:
                 lost = link.calls.get(rid) if state == P.UNKNOWN else None
                 if lost is not None:
                     self._finish(link, lost, exc=BackendLost(
-                        f"{_where(link)} no longer knows this request (it restarted, or the backend was lost)"))
+                        f"{lost.what}: {knower(link.url, link.endpoint)} no longer knows this request (it restarted, "
+                        "or the backend was lost)"))
 
     def _beat(self, link: Link, poller: zmq.Poller) -> None:
         """A heartbeat: ask after every call waiting on ``link``; fail them all if it went silent."""
@@ -236,15 +238,19 @@ class Multiplexer:
             return
         refusal = link.sock.handshake_failure() if link.endpoint is None else None
         if refusal is not None or link.unanswered >= self.client.liveness:
-            if refusal is not None:
-                error: DeMagicError = Refused(refusal)
-            elif link.endpoint is not None:
+            if link.endpoint is not None:
                 self.client.routes.lost(link.endpoint)
-                error = BackendLost(f"the worker at {link.url} (direct) is not answering; later calls go through "
-                                    "the broker")
+                fail_over = ""
             else:
-                error = BackendLost(f"the broker at {link.url} is not answering{self.client._fail_over(link.url)}")
+                fail_over = self.client._fail_over(link.url) if refusal is None else ""
             for call in list(link.calls.values()):
+                if refusal is not None:
+                    error: DeMagicError = Refused(refusal)
+                elif link.endpoint is not None:
+                    error = BackendLost(f"{call.what}: its worker is not answering ({place(link.url, link.endpoint)}); "
+                                        "later calls go through the broker")
+                else:
+                    error = BackendLost(f"{call.what}: the broker at {link.url} is not answering{fail_over}")
                 self._finish(link, call, exc=error)
             return
         rids = list(link.calls)
@@ -261,7 +267,8 @@ class Multiplexer:
             link = self._links.get(call.sock)
             if link is not None and link.calls.get(call.rid) is call:
                 _try_send(link.sock, P.cancel(call.rid))
-                self._finish(link, call, exc=CallTimeout(f"no answer from {_where(link)} within the call's timeout"))
+                self._finish(link, call, exc=CallTimeout(
+                    f"no answer from {call.what} within its timeout ({place(link.url, link.endpoint)})"))
 
     def _run_timers(self, now: float) -> None:
         while self._timers and self._timers[0][0] <= now:
@@ -338,10 +345,6 @@ def _try_send(sock: zmq.Socket, frames: list) -> bool:
         return True
     except zmq.Again:
         return False
-
-
-def _where(link: Link) -> str:
-    return f"the worker at {link.url} (direct)" if link.endpoint is not None else f"the broker at {link.url}"
 
 
 def _pusher(ctx: zmq.Context, url: str) -> zmq.Socket:
