@@ -51,6 +51,8 @@ from ..wire.framing import PerThread, recv_frames, send_frames
 from ..wire.handshake import WatchedSocket
 from ..wire.security import Security
 from . import refs
+from .calls import decode_result, encode_call
+from .jobs import Job, attach, list_jobs, start
 from .progress import Progress, default_progress
 from .proxies import RemoteBackend
 from .mux import Multiplexer, settle
@@ -59,7 +61,6 @@ from .routes import Endpoint, Routes
 from .tables import BackendTable
 
 if TYPE_CHECKING:
-    from .jobs import Job
     from .tables import JobTable
 
 EventHandler = Callable[[dict, list], None]
@@ -683,27 +684,21 @@ class Client:
             self._mux = Multiplexer(self)
         return self._mux
 
-    # -- jobs: calls that outlive this process (jobs.py builds on this module, so it is imported when used) ----
+    # -- jobs: calls that outlive this process (jobs.py) --------------------------------------------------------
 
     def start(self, backend: str, member: str, args: tuple = (), kwargs: dict | None = None, **options) -> "Job":
         """Run a call as a job on the backend and return its :class:`~de_magic.caller.jobs.Job` at once.
 
         ``options``: ``method``, ``init`` (a class's method), ``on_progress``, ``timeout`` (of the start).
         """
-        from .jobs import start
-
         return start(self, backend, member, args, kwargs, **options)
 
     def jobs(self) -> "JobTable":
         """This caller's jobs on every live backend, as a table (text in a terminal, HTML in a notebook)."""
-        from .jobs import list_jobs
-
         return list_jobs(self)
 
     def job(self, job_id: str, *, on_progress: Callable[[Progress], None] | None = None) -> "Job":
         """Come back to one of this caller's jobs (from any process): progress live, ``result()``, ``cancel()``."""
-        from .jobs import attach
-
         return attach(self, job_id, on_progress)
 
     # -- discovery -------------------------------------------------------------
@@ -821,22 +816,6 @@ class _NotSent(Exception):
     """A direct call could not be sent (the endpoint is not connected): it goes through the broker."""
 
 
-def encode_call(backend: str, member: str, args: tuple, kwargs: dict | None, method: str | None, init, keep: bool,
-                codec: str) -> tuple[dict, list, bytes]:
-    """The header and payload frames of a call of ``member`` (or of its ``method``, with ``init``), and the worker
-    the remote references among its arguments pin it to (b"": any); ``keep``: the result stays there."""
-    header = {"member": member}
-    body = (tuple(args), dict(kwargs or {}))
-    if method is not None:
-        header["method"] = method
-        body += tuple(init or ((), {}))
-    if codec == serialize.JSON:
-        header["codec"] = serialize.JSON
-        return header, serialize.dumps_json([list(part) if i % 2 == 0 else part for i, part in enumerate(body)]), b""
-    payload, worker = refs.pack(backend, header, body, keep)
-    return header, payload, worker
-
-
 def _dispatcher(progress, on_event: EventHandler | None, lazy: bool = False) -> EventHandler:
     """A call's event handler: progress events to ``progress``, the others to ``on_event``.
 
@@ -879,9 +858,3 @@ def no_broker_hint(url: str) -> str:
     """What to do when no broker answers at ``url``."""
     return (f"Is a broker running there? Start one with `de-magic broker --bind {url}` "
             "(or `de-magic demo`), or give the address of another")
-
-
-def decode_result(header: dict, frames: list):
-    if header.get("codec") == serialize.JSON:
-        return serialize.loads_json(frames)
-    return serialize.loads(frames)

@@ -21,17 +21,20 @@ import html
 import time
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from ..wire import serialize
 from ..wire.errors import NO_SUCH_JOB, BackendLost, CallTimeout, DeMagicError, JobUnavailable, from_header
 from ..wire.security import local_user
 from ..wire.defaults import DEFAULT_LISTING_TIMEOUT
-from .client import Client, decode_result, encode_call
+from .calls import decode_result, encode_call
 from . import ui
 from .progress import Progress, default_progress, text_line
 from .session import RemoteSession, colors
 from .tables import JobTable, age
+
+if TYPE_CHECKING:
+    from .client import Client
 
 #: Events of a ``%%remote`` job that are cell output, kept on the Job for replay.
 OUTPUT_EVENTS = frozenset({"stream", "display", "clear_output"})

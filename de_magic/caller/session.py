@@ -21,13 +21,15 @@ import threading
 import time
 import uuid
 from concurrent.futures import Future
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from ..wire import serialize
 from ..wire.errors import BackendLost, DeMagicError, Refused, RemoteError
 from . import progress, ui
-from .client import Client
 from .leases import LEASES
+
+if TYPE_CHECKING:
+    from .client import Client
 
 #: Event kind (``header["event"]``) -> ``handler(header, frames, session)`` for the events of a
 #: session's requests that are not output: progress bars and widget messages register here.
