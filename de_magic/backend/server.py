@@ -40,7 +40,7 @@ import zmq
 from ..wire import protocol as P
 from ..wire import serialize
 from ..wire.defaults import (DEFAULT_HEARTBEAT, DEFAULT_JOB_BYTES, DEFAULT_JOB_TTL, DEFAULT_LIVENESS, DEFAULT_MAX_MESSAGE,
-                             DEFAULT_REF_BYTES, DEFAULT_SESSION_LEASE, check_doors, check_url, default_url)
+                             DEFAULT_MAX_QUEUE, DEFAULT_REF_BYTES, DEFAULT_SESSION_LEASE, check_doors, check_url, default_url)
 from ..wire.badinput import BadInput
 from ..wire.errors import Cancelled, PayloadTooLarge, ProtocolMismatch, Refused, UnknownMethod
 from ..wire.handshake import WatchedSocket
@@ -81,7 +81,7 @@ class Backend:
         *,
         broker: str | list[str] | None = None,
         max_workers: int | None = None,
-        max_queue: int = 1000,
+        max_queue: int = DEFAULT_MAX_QUEUE,
         heartbeat: float = DEFAULT_HEARTBEAT,
         liveness: int = DEFAULT_LIVENESS,
         max_message_size: int = DEFAULT_MAX_MESSAGE,
