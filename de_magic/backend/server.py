@@ -51,7 +51,7 @@ from ..wire.framing import PerThread, readable, recv_frames, send_frames
 from . import refs, shell
 from .callcontext import Call, Operation, current_call
 from .direct import RELIEF_AFTER, DirectEndpoint
-from .failure import error_header
+from .failure import checking_arguments, error_header
 from .execute import code_operations
 from .jobs import JobStore
 from .usage import Reporter
@@ -735,16 +735,19 @@ class Backend:
 
     def _call_json(self, target: Callable, call: Call):
         """A call whose arguments came as JSON: ``[args, kwargs]`` or ``[args, kwargs, init_args, init_kwargs]``."""
-        body = serialize.loads_json(call.payload)
-        if not (isinstance(body, list) and len(body) in (2, 4) and all(
-                isinstance(part, list if i % 2 == 0 else dict) for i, part in enumerate(body))):
-            raise TypeError("JSON arguments must be [args, kwargs] or [args, kwargs, init_args, init_kwargs]")
-        args, kwargs, *init = body
-        if init:
-            cls = self.members[call.header["member"]]
-            init_args, init_kwargs = validate_arguments(cls, tuple(init[0]), init[1])
+        with checking_arguments():
+            body = serialize.loads_json(call.payload)
+            if not (isinstance(body, list) and len(body) in (2, 4) and all(
+                    isinstance(part, list if i % 2 == 0 else dict) for i, part in enumerate(body))):
+                raise TypeError("JSON arguments must be [args, kwargs] or [args, kwargs, init_args, init_kwargs]")
+            args, kwargs, *init = body
+            if init:
+                cls = self.members[call.header["member"]]
+                init_args, init_kwargs = validate_arguments(cls, tuple(init[0]), init[1])
+        if init:  # the constructor is the member's own code: its errors are its own
             target = getattr(cls(*init_args, **init_kwargs), call.header["method"])
-        args, kwargs = validate_arguments(target, tuple(args), kwargs)
+        with checking_arguments():
+            args, kwargs = validate_arguments(target, tuple(args), kwargs)
         return self.invoke(target, args, kwargs)
 
 
