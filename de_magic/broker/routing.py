@@ -78,10 +78,6 @@ def not_known(address: bytes) -> bool:
     return False
 
 
-def forget(entry: Remembered) -> None:
-    """Without a state directory nothing outlives the broker."""
-
-
 class Request:
     """A call the broker holds: waiting in a queue, or running on a worker's slot."""
 
@@ -213,12 +209,13 @@ class Router:
     heartbeats keep that true of a process whose Python is busy); unknown: False.
     ``remembered`` are the backends a broker with a state directory served before (by name), and
     ``remember(entry)`` writes a changed one there: such a backend is listed while offline, its name stays
-    its owner's, and a call of it says since when it is offline.
+    its owner's, and a call of it says since when it is offline.  Without ``remember`` (no state directory)
+    nothing is remembered: a name is free once its last worker left.
     """
 
     def __init__(self, config: Config, *, now: float, key_of: Callable = no_key,
                  key_names: Callable[[], dict[str, str]] = dict, connected: Callable[[bytes], bool] = not_known,
-                 remembered: dict[str, Remembered] | None = None, remember: Callable[[Remembered], None] = forget):
+                 remembered: dict[str, Remembered] | None = None, remember: Callable[[Remembered], None] | None = None):
         self.config = config
         self.remembered = remembered if remembered is not None else {}
         self.remember = remember
@@ -453,6 +450,8 @@ class Router:
 
     def _remember(self, entry: Remembered) -> None:
         """Keep ``entry`` here and in the state directory; a full disk must not stop the broker (it is logged)."""
+        if self.remember is None:
+            return
         self.remembered[entry.name] = entry
         try:
             self.remember(entry)

@@ -112,7 +112,7 @@ class Broker:
         self.router = Router(self.config, now=time.monotonic(), key_of=peer_key if self._auth is not None else no_key,
                              key_names=self._key_names, connected=self._connected,
                              remembered=store.backends() if store else None,
-                             **({"remember": store.remember} if store else {}))
+                             remember=store.remember if store else None)
         return self.url
 
     def _key_names(self) -> dict[str, str]:
