@@ -345,3 +345,19 @@ def test_an_endpoint_taken_over_by_another_backend_sends_the_call_via_the_broker
         finally:
             beta.stop()
             alpha.stop()
+
+
+def test_a_timeout_names_what_was_called_and_the_direct_endpoint_only_as_a_detail(direct):
+    endpoint = the_worker(direct)["direct"]["url"]
+    hw = direct.client["hello_world"]
+    with pytest.raises(CallTimeout) as blocking:
+        hw.slow_sum.options(timeout=0.3, on_progress=lambda progress: None)(n=100, delay=0.05)
+    assert str(blocking.value).startswith("no answer from hello_world.slow_sum within 0.3 s")
+    assert str(blocking.value).endswith(f"(sent straight to its worker's direct endpoint {endpoint})")
+    submitted = direct.client.submit("hello_world", "slow_sum", (), {"n": 100, "delay": 0.05}, timeout=0.3,
+                                     on_progress=lambda progress: None)
+    with pytest.raises(CallTimeout) as later:
+        submitted.result(10)
+    assert str(later.value) == (f"no answer from hello_world.slow_sum within its timeout (sent straight to its "
+                                f"worker's direct endpoint {endpoint})")
+    wait_for(lambda: the_worker(direct)["busy"] == 0, what="the timed-out calls to be cancelled")

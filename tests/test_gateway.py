@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -13,7 +14,8 @@ import requests
 from openapi_spec_validator import validate
 
 from conftest import HEARTBEAT, Cluster, Processes, curve_keys, free_port, start_logged, wait_for
-from test_lab_browser import ARGS, CHROMIUM
+from labtools import Jupyter
+from test_lab_browser import CHROMIUM, open_page, rows
 from test_security import client_for
 
 from de_magic.gateway.tokens import hash_token
@@ -49,7 +51,8 @@ def problem(response: requests.Response, status: int, kind: str) -> dict:
 
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory):
-    """A broker with the demo backends, a raising one and a busy one, and a gateway (1 MB body limit)."""
+    """A broker with the demo backends, a raising one, a busy one and a no-pickle one, and a gateway
+    (1 MB body limit)."""
     from de_magic.embedded import DEMO_BACKENDS
 
     tmp = tmp_path_factory.mktemp("gateway")
@@ -61,6 +64,7 @@ def gw(tmp_path_factory):
             cluster.start_backend(module, name, *extra)
         cluster.start_backend("tests/raising_backend.py", "raising")
         cluster.start_backend("de_magic.demo.hello", "full", "--max-queue", "0")
+        cluster.start_backend("de_magic.demo.hello", "strict", "--no-pickle")
         cluster.base = start_gateway(procs, cluster.url, tmp, "[gateway]\nmax_body = 1000000\ntimeout = 30\n")
         yield cluster
     finally:
@@ -171,6 +175,15 @@ def test_a_job_is_followed_to_its_end_through_server_sent_events(gw):
     assert requests.delete(gw.base + f"/jobs/{job['id']}", timeout=30).json() == {"id": job["id"], "cancelled": False}
 
 
+def test_a_no_pickle_backend_serves_calls_and_jobs(gw):
+    assert post(gw, "/backends/strict/scale", {"values": [2], "mode": "divide"}).json() == [1.0]
+    job = post(gw, "/backends/strict/Stats/mean/jobs", {"args": {"values": [1, 2, 6]}})
+    assert job.status_code == 202
+    location = gw.base + job.headers["Location"]
+    wait_for(lambda: requests.get(location, timeout=30).json()["status"] == "done", timeout=10, what="the job")
+    assert requests.get(location, timeout=30).json()["result"] == 3.0
+
+
 def test_a_running_job_is_cancelled(gw):
     job = post(gw, "/backends/hello_world/slow_sum/jobs", {"n": 200, "delay": 0.05}).json()
     assert requests.delete(gw.base + f"/jobs/{job['id']}", timeout=30).json()["cancelled"] is True
@@ -250,30 +263,81 @@ def test_tokens_refused_accepted_and_judged_by_allow_clients(curve_gw):
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium (apt-get install -y chromium)")
 def test_javascript_fetch_in_chromium_and_the_docs_page(gw):
-    from playwright.sync_api import sync_playwright
+    with open_page() as page:
+        errors = []
+        page.on("pageerror", lambda e: errors.append(str(e)))  # the page's script fails nowhere
+        page.goto(gw.base + "/docs")
+        # the page renders the live document with its bundled script: a route per member
+        page.wait_for_selector("code:text-is(\"/backends/hello_world/scale\")")
+        assert "routes" in page.inner_text("#status")
+        # a web page calls a demo member with fetch, and reads a problem document
+        result = page.evaluate("""async () => {
+            const ok = await fetch("/backends/hello_world/scale", {method: "POST",
+                headers: {"Content-Type": "application/json"}, body: JSON.stringify({values: [1, 2], factor: 4})});
+            const bad = await fetch("/backends/hello_world/scale", {method: "POST", body: "{}"});
+            return {status: ok.status, value: await ok.json(), problem: await bad.json(),
+                    type: bad.headers.get("Content-Type")};
+        }""")
+        assert result["status"] == 200 and result["value"] == [4.0, 8.0]
+        assert result["problem"]["status"] == 422 and result["problem"]["field"] == "values"
+        assert result["type"] == PROBLEM
+        assert not errors, errors
 
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        try:
-            page = browser.new_page()
-            page.set_default_timeout(20_000)
-            errors = []
-            page.on("pageerror", lambda e: errors.append(str(e)))  # the page's script fails nowhere
-            page.goto(gw.base + "/docs")
-            # the page renders the live document with its bundled script: a route per member
-            page.wait_for_selector("code:text-is(\"/backends/hello_world/scale\")")
-            assert "routes" in page.inner_text("#status")
-            # a web page calls a demo member with fetch, and reads a problem document
-            result = page.evaluate("""async () => {
-                const ok = await fetch("/backends/hello_world/scale", {method: "POST",
-                    headers: {"Content-Type": "application/json"}, body: JSON.stringify({values: [1, 2], factor: 4})});
-                const bad = await fetch("/backends/hello_world/scale", {method: "POST", body: "{}"});
-                return {status: ok.status, value: await ok.json(), problem: await bad.json(),
-                        type: bad.headers.get("Content-Type")};
-            }""")
-            assert result["status"] == 200 and result["value"] == [4.0, 8.0]
-            assert result["problem"]["status"] == 422 and result["problem"]["field"] == "values"
-            assert result["type"] == PROBLEM
-            assert not errors, errors
-        finally:
-            browser.close()
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium (apt-get install -y chromium)")
+def test_sidebar_shows_the_http_route_and_a_curl_line_that_works(gw, tmp_path):
+    from playwright.sync_api import expect
+
+    config = tmp_path / "config.toml"
+    config.write_text(f'[gateway]\nbind = "{gw.base.removeprefix("http://")}"\n')
+    with Jupyter(tmp_path, lab=True, env={"DE_MAGIC_BROKER": gw.url, "DE_MAGIC_CONFIG": str(config)}) as lab, \
+            open_page() as page:
+        page.goto(lab.lab_url())
+        page.locator('.jp-SideBar [data-id="de-magic-backends"]').click()
+        hello_row = rows(page, "backend").filter(has_text="hello_world")
+        hello_row.click()
+        details = page.locator("#de-magic-backends .jp-DeMagic-details")
+        # a backend's details: its route, with a curl line of its first function
+        expect(details.locator(".jp-DeMagic-http")).to_have_text(f"POST {gw.base}/backends/hello_world/compute_sum")
+        hello_row.locator(".jp-DeMagic-caret").click()
+        rows(page, "function").filter(has_text="scale").click()
+        expect(details.locator(".jp-DeMagic-http")).to_have_text(f"POST {gw.base}/backends/hello_world/scale")
+        expect(details.get_by_role("button", name="Copy curl")).to_be_visible()
+        curl = details.locator(".jp-DeMagic-curl").inner_text()
+    # the line as a user pastes it: the required arguments filled in, and it calls the member
+    assert curl.startswith("curl ") and '{"values":[]}' in curl
+    done = subprocess.run(["bash", "-c", curl], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0 and json.loads(done.stdout) == [], done.stdout + done.stderr
+
+
+def test_new_token_prints_a_token_and_its_hash(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "de_magic", "gateway", "--new-token", "carol"], capture_output=True,
+                          text=True, timeout=60, env={**os.environ, "DE_MAGIC_CONFIG": str(tmp_path / "c.toml")})
+    assert done.returncode == 0, done.stderr
+    lines = [line.strip() for line in done.stdout.splitlines()]
+    token = lines[lines.index("") + 1]
+    assert f'hash = "{hash_token(token)}"' in lines and "[gateway.tokens.\"carol\"]" in lines
+
+
+@pytest.mark.skipif(not shutil.which("openssl"), reason="needs openssl to make a certificate")
+def test_https_by_the_gateway_itself(gw, tmp_path):
+    cert, key = tmp_path / "gw.pem", tmp_path / "gw-key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True, timeout=60)
+    procs = Processes()
+    try:
+        port = free_port()
+        config = tmp_path / "config.toml"
+        config.write_text(f'[gateway]\ncertfile = "{cert.name}"\nkeyfile = "{key.name}"\n')
+        procs.start("gateway", "--broker", gw.url, "--bind", f"127.0.0.1:{port}", env={"DE_MAGIC_CONFIG": str(config)})
+
+        def answers():
+            try:
+                return requests.post(f"https://127.0.0.1:{port}/backends/hello_world/scale", json={"values": [1]},
+                                     verify=str(cert), timeout=5).json()
+            except requests.ConnectionError:
+                return None
+        assert wait_for(answers, what="the gateway over HTTPS") == [2.0]
+    finally:
+        procs.stop_all()

@@ -59,11 +59,13 @@ class BackendTable(dict):
         text = text_table(self._head, self.rows())
         if not self:
             text.append(f"(no live backends at {self.broker.get('url', '?')})")
+        text += [f"(the broker at {url} is down: not answering)" for url in self.broker.get("down", [])]
         return "\n".join(text)
 
     def _repr_html_(self) -> str:
         url = html.escape(self.broker.get("url", "?"))
-        return html_table(f"de-magic backends at <code>{url}</code>", self._head, self.rows())
+        down = "".join(f"; <b>down</b>: <code>{html.escape(url)}</code>" for url in self.broker.get("down", []))
+        return html_table(f"de-magic backends at <code>{url}</code>{down}", self._head, self.rows())
 
 
 def _held(workers: list[dict], kind: str) -> str:

@@ -23,6 +23,8 @@ import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..wire.defaults import check_doors
+from ..wire.errors import Refused
 from ..wire.security import GATEWAY, config_table
 from .tokens import Tokens, grant
 
@@ -69,6 +71,23 @@ def load(bind: str | None = None, broker: str | None = None, timeout: float | No
     if bool(config.certfile) != bool(config.keyfile):
         raise ValueError(f"[{GATEWAY}] in {path}: HTTPS needs both certfile and keyfile")
     return config
+
+
+def advertised(broker: str) -> dict | None:
+    """Where the config file's gateway serves ``broker``'s backends, for the sidebar's curl lines:
+    ``{"url": ..., "tokens": bool}``; None without a ``[gateway]`` table, or when it serves another broker."""
+    try:
+        table, _ = config_table(GATEWAY)
+        served = table.get("broker")
+        if not table or (served and broker not in check_doors(served)):
+            return None
+        host, port = parse_bind(table.get("bind") or DEFAULT_BIND)
+    except (Refused, ValueError):  # a broken table is for the gateway to report when it starts, not the sidebar
+        return None
+    if host in ("0.0.0.0", "::"):  # every interface: this machine reaches it on loopback
+        host = "127.0.0.1"
+    config = GatewayConfig(host, port, certfile=Path("tls") if table.get("certfile") else None)
+    return {"url": config.base_url, "tokens": bool(table.get("tokens"))}
 
 
 def parse_bind(text: str) -> tuple[str, int]:
