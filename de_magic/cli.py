@@ -32,7 +32,8 @@ from .caller.client import Client, no_broker_hint
 from .caller.generate import client_module
 from .caller.progress import TextProgress
 from .embedded import DEMO_BACKENDS, bind, start_local
-from .wire.defaults import (DEFAULT_HEARTBEAT, DEFAULT_JOB_BYTES, DEFAULT_JOB_TTL, DEFAULT_MAX_MESSAGE,
+from .wire.defaults import (DEFAULT_HEARTBEAT, DEFAULT_JOB_BYTES, DEFAULT_JOB_TTL, DEFAULT_LISTING_TIMEOUT,
+                            DEFAULT_MAX_MESSAGE, DEFAULT_MAX_QUEUE,
                             DEFAULT_MAX_QUEUED_BYTES, DEFAULT_REF_BYTES, DEFAULT_SESSION_LEASE, check_doors, check_url,
                             default_url)
 from .schema import describe, members_of
@@ -173,7 +174,7 @@ def _serve_args(parser: argparse.ArgumentParser) -> None:
                         help="comma-separated public keys (Z85, key names at the broker, or .key files) "
                              "that may call this backend; default: every caller the broker lets in")
     parser.add_argument("--max-workers", type=int, default=None, help="threads that run calls (default: CPUs + 4)")
-    parser.add_argument("--max-queue", type=int, default=1000, help="calls that may wait before 'busy' is answered")
+    parser.add_argument("--max-queue", type=int, default=DEFAULT_MAX_QUEUE, help="calls that may wait before 'busy' is answered")
     parser.add_argument("--allow-code", action="store_true", help="accept %%%%remote code cells (runs arbitrary code!)")
     parser.add_argument("--session-lease", type=float, default=DEFAULT_SESSION_LEASE, metavar="SECONDS",
                         help="end a %%%%remote namespace, or release a remote reference, whose caller has been gone "
@@ -479,7 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("list", help="list the live backends")
     _broker_arg(p)
     p.add_argument("--json", action="store_true", help="print the full listing as JSON")
-    p.add_argument("--timeout", type=float, default=10.0)
+    p.add_argument("--timeout", type=float, default=DEFAULT_LISTING_TIMEOUT)
     _security_args(p)
     p.set_defaults(func=cmd_list)
 

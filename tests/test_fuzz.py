@@ -19,7 +19,7 @@ from de_magic import Client
 from de_magic.wire import serialize
 from de_magic.wire import protocol as P
 
-from conftest import HEARTBEAT, Cluster, Processes, free_port, rss_kib, start_logged, wait_for
+from conftest import HEARTBEAT, Cluster, Processes, direct_peer, free_port, rss_kib, start_logged, wait_for
 
 MESSAGES = 4000
 STORM = 100_000  # the long round at the broker, while a legitimate caller keeps calling
@@ -395,11 +395,7 @@ def test_a_direct_endpoint_survives_a_fuzz_storm(processes, tmp_path):
                            str(HEARTBEAT), "--no-pickle", "--direct", "tcp://127.0.0.1:0", log=log, env=STEADY_MALLOC)
     wait_for(lambda: any(w["slots"] == w["capacity"] for w in cluster.workers("hello_world")), what="the backend")
     (worker,) = cluster.workers("hello_world")
-    ctx = zmq.Context.instance()
-    socks = [ctx.socket(zmq.DEALER) for _ in range(4)]
-    for sock in socks:
-        sock.linger = 0
-        sock.connect(worker["direct"]["url"])
+    socks = [direct_peer(worker["direct"]) for _ in range(4)]
     storm = Storm(Fuzzer(seed=11, backend="hello_world", workers=[bytes.fromhex(worker["id"])]), socks)
     try:
         storm.run(MESSAGES)

@@ -40,7 +40,7 @@ import zmq
 from ..wire import protocol as P
 from ..wire import serialize
 from ..wire.defaults import (DEFAULT_HEARTBEAT, DEFAULT_JOB_BYTES, DEFAULT_JOB_TTL, DEFAULT_LIVENESS, DEFAULT_MAX_MESSAGE,
-                             DEFAULT_REF_BYTES, DEFAULT_SESSION_LEASE, check_doors, check_url, default_url)
+                             DEFAULT_MAX_QUEUE, DEFAULT_REF_BYTES, DEFAULT_SESSION_LEASE, check_doors, check_url, default_url)
 from ..wire.badinput import BadInput
 from ..wire.errors import Cancelled, PayloadTooLarge, ProtocolMismatch, Refused, UnknownMethod
 from ..wire.handshake import WatchedSocket
@@ -51,7 +51,7 @@ from ..wire.framing import PerThread, readable, recv_frames, send_frames
 from . import refs, shell
 from .callcontext import Call, Operation, current_call
 from .direct import RELIEF_AFTER, DirectEndpoint
-from .failure import error_header
+from .failure import checking_arguments, error_header
 from .execute import code_operations
 from .jobs import JobStore
 from .usage import Reporter
@@ -81,7 +81,7 @@ class Backend:
         *,
         broker: str | list[str] | None = None,
         max_workers: int | None = None,
-        max_queue: int = 1000,
+        max_queue: int = DEFAULT_MAX_QUEUE,
         heartbeat: float = DEFAULT_HEARTBEAT,
         liveness: int = DEFAULT_LIVENESS,
         max_message_size: int = DEFAULT_MAX_MESSAGE,
@@ -309,6 +309,8 @@ class Backend:
         info.update(self.extra_info)
         if self.direct is not None and door.security.key == self._doors[0].security.key:
             info["direct"] = self.direct.url  # the broker vouches for it with the key we connect with
+            if self.direct.key is not None:  # or without CURVE, with the endpoint's own key, which it passes on
+                info["direct_key"] = self.direct.key
         return P.ready(self.name, self.id, self._secret, info)
 
     def announce(self) -> None:
@@ -735,16 +737,19 @@ class Backend:
 
     def _call_json(self, target: Callable, call: Call):
         """A call whose arguments came as JSON: ``[args, kwargs]`` or ``[args, kwargs, init_args, init_kwargs]``."""
-        body = serialize.loads_json(call.payload)
-        if not (isinstance(body, list) and len(body) in (2, 4) and all(
-                isinstance(part, list if i % 2 == 0 else dict) for i, part in enumerate(body))):
-            raise TypeError("JSON arguments must be [args, kwargs] or [args, kwargs, init_args, init_kwargs]")
-        args, kwargs, *init = body
-        if init:
-            cls = self.members[call.header["member"]]
-            init_args, init_kwargs = validate_arguments(cls, tuple(init[0]), init[1])
+        with checking_arguments():
+            body = serialize.loads_json(call.payload)
+            if not (isinstance(body, list) and len(body) in (2, 4) and all(
+                    isinstance(part, list if i % 2 == 0 else dict) for i, part in enumerate(body))):
+                raise TypeError("JSON arguments must be [args, kwargs] or [args, kwargs, init_args, init_kwargs]")
+            args, kwargs, *init = body
+            if init:
+                cls = self.members[call.header["member"]]
+                init_args, init_kwargs = validate_arguments(cls, tuple(init[0]), init[1])
+        if init:  # the constructor is the member's own code: its errors are its own
             target = getattr(cls(*init_args, **init_kwargs), call.header["method"])
-        args, kwargs = validate_arguments(target, tuple(args), kwargs)
+        with checking_arguments():
+            args, kwargs = validate_arguments(target, tuple(args), kwargs)
         return self.invoke(target, args, kwargs)
 
 

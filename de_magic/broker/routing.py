@@ -101,7 +101,8 @@ class Worker:
     """A registered backend process: a control connection, its slots, its calls."""
 
     __slots__ = ("id", "address", "secret", "key", "service", "capacity", "max_queue", "heartbeat", "idle", "slots",
-                 "inflight", "pinned", "expires", "heard", "since", "pid", "host", "calls", "dask", "direct", "usage")
+                 "inflight", "pinned", "expires", "heard", "since", "pid", "host", "calls", "dask", "direct", "direct_key",
+                 "usage")
 
     def __init__(self, msg: P.Ready, address: bytes, key: str | None, service: "Service", expires: float):
         info = msg.info
@@ -120,6 +121,7 @@ class Worker:
         self.calls = 0
         self.dask = info.get("dask")  # the Dask cluster its calls run on (daskpool.cluster_info), if any
         self.direct = info.get("direct")  # where it takes direct calls, if it does (backend/direct.py)
+        self.direct_key = info.get("direct_key")  # the direct endpoint's own key, without CURVE
         self.usage: dict = {}  # what its sessions and references hold, as its last USAGE said
 
     def describe(self) -> dict:
@@ -130,7 +132,7 @@ class Worker:
             described["dask"] = self.dask
         if self.direct is not None:
             # what a caller needs to call it directly, and to know it is this worker: the key we authenticated
-            described["direct"] = {"url": self.direct, "key": self.key}
+            described["direct"] = {"url": self.direct, "key": self.key or self.direct_key}
         described.update(self.usage)
         return described
 
@@ -547,7 +549,7 @@ class Router:
         if worker is not None:  # registering again (it lost us for a moment): its calls and slots stand
             self._rebind(worker, address)
             worker.dask = info.get("dask")  # a Dask backend registers again when its cluster scales
-            worker.direct = info.get("direct")
+            worker.direct, worker.direct_key = info.get("direct"), info.get("direct_key")
         else:
             worker = self._register(address, msg, key)
             if worker is None:

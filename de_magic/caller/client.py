@@ -42,7 +42,8 @@ import zmq
 
 from ..wire import protocol as P
 from ..wire import serialize
-from ..wire.defaults import DEFAULT_HEARTBEAT, DEFAULT_LIVENESS, DEFAULT_MAX_MESSAGE, check_doors, default_url
+from ..wire.defaults import (DEFAULT_HEARTBEAT, DEFAULT_LISTING_TIMEOUT, DEFAULT_LIVENESS, DEFAULT_MAX_MESSAGE,
+                             check_doors, default_url)
 from ..wire.errors import (BackendLost, CallTimeout, DeMagicError, PayloadTooLarge, ProtocolMismatch, Refused,
                            UnknownBackend, from_header)
 from ..wire import routingids
@@ -65,7 +66,6 @@ EventHandler = Callable[[dict, list], None]
 
 log = logging.getLogger("de_magic.client")
 
-LISTING_TIMEOUT = 10.0  # seconds, unless a listing is given a timeout of its own
 SMALL_CALL = 1 << 20  # bytes: below this no broker's size limit is in question
 HANDSHAKE_CHECK = 0.25  # seconds between looks for a refused handshake while the broker has said nothing
 PREFER_GRACE = 0.5  # seconds a fresh client waits for a preferred broker once a later one answered
@@ -725,7 +725,7 @@ class Client:
 
     def _listing_timeout(self, timeout: float | None) -> float:
         # a listing is quick: don't inherit a call timeout of hours
-        return min(self.timeout or LISTING_TIMEOUT, LISTING_TIMEOUT) if timeout is None else timeout
+        return min(self.timeout or DEFAULT_LISTING_TIMEOUT, DEFAULT_LISTING_TIMEOUT) if timeout is None else timeout
 
     def _absorb(self, listing: dict, name: str | None, api: bool, in_use: bool = True) -> dict:
         """Learn from a listing (of the broker in use, unless not ``in_use``) what it tells: routes, codecs, APIs
