@@ -81,7 +81,7 @@ def test_an_exception_in_the_router_is_counted_logged_once_and_the_router_lives(
     for i in range(50):  # a frame that is not bytes: no parser expects it, and nothing may escape
         assert router.handle(b"peer", [P.VERSION, P.LIST, i, b"{}"], float(i)) == []
     tracebacks = [r for r in caplog.records if r.exc_info]
-    assert len(tracebacks) == 1 and "logged once" in tracebacks[0].getMessage()
+    assert len(tracebacks) == 1 and "traceback logged once" in tracebacks[0].getMessage()
     assert router.describe()["bad_messages"] == 50
     (listing,) = router.handle(b"peer", P.list_query(b"ok", {}), 60.0)
     assert listing[2] == P.REPLY
