@@ -38,7 +38,7 @@ from .wire.defaults import (DEFAULT_HEARTBEAT, DEFAULT_JOB_BYTES, DEFAULT_JOB_TT
                             default_url)
 from .schema import describe, members_of
 from .wire.errors import DeMagicError
-from .wire.security import Security, config_file, create_keys, job_directory, owners
+from .wire.security import Security, config_file, create_keys, job_directory, owners, state_directory
 from .wire.serialize import JSON, PICKLE
 
 # -- loading backend modules -------------------------------------------------
@@ -309,7 +309,8 @@ def _test_connect(url: str | None, security: Security | None) -> None:
 def cmd_broker(args) -> None:
     _logging(args.verbose)
     broker = Broker(check_url(args.bind or default_url(), "--bind"), heartbeat=args.heartbeat, max_message_size=args.max_message_size,
-                    max_queued_bytes=args.max_queued_bytes, owners=owners(), security=_security(args))
+                    max_queued_bytes=args.max_queued_bytes, owners=owners(), security=_security(args),
+                    state_dir=state_directory(args.state_dir))
     url = bind(broker)
     print(f"de-magic: broker listening on {url}", flush=True)
     signal.signal(signal.SIGTERM, lambda *_: broker.stop())
@@ -450,6 +451,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="largest call accepted, in bytes")
     p.add_argument("--max-queued-bytes", type=int, default=DEFAULT_MAX_QUEUED_BYTES,
                    help="bytes of calls held in queues, over all backends, before callers get 'busy'")
+    p.add_argument("--state-dir", default=None, metavar="DIR",
+                   help="remember the backends served (name, owner key, last API) across restarts in DIR, created "
+                        "readable by you only (default: the config file's state_dir; none: remember nothing)")
     p.add_argument("-v", "--verbose", action="store_true")
     _security_args(p, broker=True)
     p.set_defaults(func=cmd_broker)

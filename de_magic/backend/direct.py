@@ -116,6 +116,8 @@ class DirectEndpoint:
         self._ctx = zmq.Context()  # see _GateKeeper
         self._auth: _GateKeeper | None = None
         self.curve = security.curve
+        #: the public key callers check this endpoint by, where the broker does not vouch for it (no CURVE)
+        self.key: str | None = None
         if not self.curve and not is_loopback(url):
             raise Refused(f"refusing to listen for direct calls at {url} without encryption: give the backend a "
                           "key pair (--key and --broker-key, as for a CURVE broker), or listen on 127.0.0.1")
@@ -147,8 +149,15 @@ class DirectEndpoint:
             self._auth = _GateKeeper(self._ctx, self.gate)
             self._auth.start()
             sock.curve_publickey, sock.curve_secretkey = security.key_pair
-            sock.curve_server = True
             sock.zap_domain = ZAP_DOMAIN.encode()
+        else:
+            # A key pair of this endpoint's own, told to callers through the broker (READY's direct_key): a
+            # process that takes the port after we are gone cannot complete a handshake as us, so its
+            # answers never reach a caller. Any caller key is let in, as a plaintext loopback broker lets in all.
+            public, secret = zmq.curve_keypair()
+            sock.curve_publickey, sock.curve_secretkey = public, secret
+            self.key = public.decode()
+        sock.curve_server = True
         try:
             sock.bind(url)
         except zmq.ZMQError as exc:

@@ -309,6 +309,8 @@ class Backend:
         info.update(self.extra_info)
         if self.direct is not None and door.security.key == self._doors[0].security.key:
             info["direct"] = self.direct.url  # the broker vouches for it with the key we connect with
+            if self.direct.key is not None:  # or without CURVE, with the endpoint's own key, which it passes on
+                info["direct_key"] = self.direct.key
         return P.ready(self.name, self.id, self._secret, info)
 
     def announce(self) -> None:
