@@ -15,7 +15,7 @@ from de_magic import Client
 from de_magic.backend.server import Backend
 from de_magic.wire import protocol as P
 from de_magic.wire import serialize
-from de_magic.wire.errors import Busy, Refused
+from de_magic.wire.errors import Refused
 from de_magic.wire.security import Security
 from test_direct import _workers, curve, the_worker  # noqa: F401 - curve is a fixture
 
@@ -31,12 +31,13 @@ def echo(x):
     return x
 
 
-def _raw(url: str, security: Security | None = None, server_key: str | None = None) -> zmq.Socket:
+def _raw(url: str, server_key: str, security: Security | None = None) -> zmq.Socket:
+    """A bare socket at a direct endpoint (always CURVE: a plaintext one has a key of its own), with the
+    caller's key pair, or without one (as a plaintext caller) a throwaway pair."""
     sock = zmq.Context.instance().socket(zmq.DEALER)
     sock.linger = 0
-    if security is not None:
-        sock.curve_publickey, sock.curve_secretkey = security.key_pair
-        sock.curve_serverkey = server_key.encode()
+    sock.curve_publickey, sock.curve_secretkey = security.key_pair if security is not None else zmq.curve_keypair()
+    sock.curve_serverkey = server_key.encode()
     sock.connect(url)
     return sock
 
@@ -57,7 +58,7 @@ def test_direct_calls_waiting_for_a_slot_are_bounded_by_bytes(cluster):
     """Before: 60 waiting calls of 20 MiB were all queued direct (+1.2 GB); a broker refused most."""
     backend = Backend("budget", {"nap": nap, "echo": echo}, broker=cluster.url, heartbeat=HEARTBEAT, max_workers=1,
                       max_queued_bytes=50 * MiB, direct="tcp://127.0.0.1:0").start()
-    sock = _raw(backend.direct.url)
+    sock = _raw(backend.direct.url, backend.direct.key)
     try:
         wait_for(lambda: the_worker(cluster, "budget")["slots"] > 0, what="the backend to register")
         _call(sock, b"nap", "budget", "nap", 1.0)
@@ -80,7 +81,7 @@ def test_a_plaintext_direct_endpoint_of_a_backend_that_names_its_callers_admits_
     """Before: a raw socket got a result from the endpoint that the broker path refused."""
     backend = Backend("picky", {"echo": echo}, broker=cluster.url, heartbeat=HEARTBEAT, allow_clients=["alice"],
                       direct="tcp://127.0.0.1:0").start()
-    sock = _raw(backend.direct.url)
+    sock = _raw(backend.direct.url, backend.direct.key)
     try:
         wait_for(lambda: backend.registered.is_set(), what="the backend to register")
         _call(sock, b"r1", "picky", "echo", "secret")
@@ -103,7 +104,7 @@ def test_a_revoked_key_is_refused_on_open_connections_within_two_seconds(curve):
     """Before: a key deleted from the allowed directory was admitted direct for about 26 s."""
     keys, url, alice = curve
     endpoint = _workers(alice)[0]["direct"]
-    sock = _raw(endpoint["url"], Security(key=keys["alice"]), endpoint["key"])
+    sock = _raw(endpoint["url"], endpoint["key"], Security(key=keys["alice"]))
     brokered = Client(url, heartbeat=HEARTBEAT, direct=False,
                       security=Security(key=keys["alice"], broker_key=keys["broker.public"]))
     try:

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from de_magic.wire import protocol as P
-from de_magic.broker.routing import MAX_WAITING, Config, Router
+from de_magic.broker.routing import CONNECTED_SILENCE, MAX_WAITING, Config, Router
 
 HEADER = P.dump_header({"member": "f"})
 API = {"members": {"f": {"kind": "function"}}}
@@ -74,14 +74,21 @@ class Net:
     def call(self, client=b"cli", rid=b"r1", name="svc", worker=b"", body=(HEADER, b"payload"), key=None) -> None:
         self.send(client, P.call(rid, name, worker, body[0], body[1:]), key)
 
+    def alias(self, client=b"cli", rid=b"r1") -> bytes:
+        """What the worker running that call knows its caller by."""
+        return self.router.requests[(client, rid)].alias
+
 
 def test_a_call_reaches_a_free_slot_and_its_reply_the_caller():
     net = Net()
     assert [type(m) for m in net.register()] == [P.Welcome]
     net.call()
     work = net.take(b"slot", P.AT_WORKER)
-    assert work == [P.Work(b"cli", b"r1", "", {"member": "f"}, [b"payload"])]
-    net.send(b"slot", P.answer(P.REPLY, b"cli", b"r1", b'{"codec":"pickle"}', [b"result"]))
+    alias = net.alias()  # never the caller's routing id, which a hostile worker could claim for itself
+    assert work == [P.Work(alias, b"r1", "", {"member": "f"}, [b"payload"])] and alias != b"cli"
+    net.send(b"slot", P.answer(P.REPLY, b"cli", b"r1", b"{}", [b"by the caller's name"]))
+    assert net.take(b"cli") == [] and net.router.bad.count == 1
+    net.send(b"slot", P.answer(P.REPLY, alias, b"r1", b'{"codec":"pickle"}', [b"result"]))
     assert net.take(b"cli") == [P.Reply(b"r1", {"codec": "pickle"}, [b"result"])]
     assert not net.router.requests
 
@@ -94,7 +101,7 @@ def test_usage_from_a_worker_shows_in_the_listing_and_bytes_routed_are_counted()
     net.send(b"slot", P.usage(usage))  # only the control connection speaks for the worker
     assert net.router.bad.count == 1
     net.call()
-    net.send(b"slot", P.answer(P.REPLY, b"cli", b"r1", b"{}", [b"result"]))
+    net.send(b"slot", P.answer(P.REPLY, net.alias(), b"r1", b"{}", [b"result"]))
     net.send(b"cli", P.list_query(b"l1", {"api": False}))
     listing = json.loads(net.take(b"cli")[-1].payload[0])
     worker = listing["backends"]["svc"]["workers"][0]
@@ -151,11 +158,12 @@ def test_a_squatter_without_the_secret_gets_no_call_and_cannot_answer():
     for i in range(5):
         net.call(rid=b"r%d" % i)
     assert not net.inbox[b"squat"]
-    net.send(b"squat", P.answer(P.REPLY, b"cli", b"r0", b"{}", [b"forged"]))
+    alias = net.alias(rid=b"r0")
+    net.send(b"squat", P.answer(P.REPLY, alias, b"r0", b"{}", [b"forged"]))
     assert net.take(b"cli") == []
     # a stranger's answer earns it only the request to register, which it cannot do as that worker
     assert [type(m) for m in net.take(b"squat", P.AT_WORKER)] == [P.Disconnect]
-    net.send(b"slot", P.answer(P.REPLY, b"cli", b"r0", b"{}", [b"real"]))
+    net.send(b"slot", P.answer(P.REPLY, alias, b"r0", b"{}", [b"real"]))
     assert net.take(b"cli") == [P.Reply(b"r0", {}, [b"real"])]
     assert net.router.bad.count == 1
 
@@ -166,7 +174,7 @@ def test_another_slot_of_the_same_worker_cannot_answer_for_a_call_it_does_not_ho
     net.call()
     holder = b"slot-a" if net.inbox[b"slot-a"] else b"slot-b"
     other = b"slot-b" if holder == b"slot-a" else b"slot-a"
-    net.send(other, P.answer(P.REPLY, b"cli", b"r1", b"{}", [b"x"]))
+    net.send(other, P.answer(P.REPLY, net.alias(), b"r1", b"{}", [b"x"]))
     assert net.take(b"cli") == []
 
 
@@ -232,7 +240,7 @@ def test_a_worker_that_reconnects_keeps_its_calls():
     net.call()
     net.send(b"ctl-new", P.ready("svc", b"W" * 8, b"s" * 16, {"api": API, "capacity": 1}))
     assert isinstance(net.take(b"ctl-new", P.AT_WORKER)[0], P.Welcome)
-    net.send(b"slot", P.answer(P.REPLY, b"cli", b"r1", b"{}", []))
+    net.send(b"slot", P.answer(P.REPLY, net.alias(), b"r1", b"{}", []))
     assert net.take(b"cli") == [P.Reply(b"r1", {}, [])]
 
 
@@ -255,7 +263,7 @@ def test_cancel_of_a_queued_call_answers_it_and_of_a_running_one_interrupts_the_
     net.send(b"cli", P.cancel(b"queued"))
     assert [(m.rid, m.header["kind"]) for m in net.take(b"cli")] == [(b"queued", "cancelled")]
     net.send(b"cli", P.cancel(b"running"))
-    assert net.take(b"ctl", P.AT_WORKER) == [P.Interrupt(b"cli", b"running")]
+    assert net.take(b"ctl", P.AT_WORKER) == [P.Interrupt(net.alias(rid=b"running"), b"running")]
     assert net.router.queued_bytes == 0
 
 
@@ -503,3 +511,39 @@ class RouterMachine(RuleBasedStateMachine):
 
 TestRouterInterleavings = RouterMachine.TestCase
 TestRouterInterleavings.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
+
+
+def test_a_queued_call_of_a_caller_silent_for_its_lease_is_dropped_not_run():
+    net = Net()
+    net.register()
+    net.call(rid=b"running")
+    running = net.alias(rid=b"running")
+    net.take(b"slot", P.AT_WORKER)
+    net.call(client=b"gone", rid=b"g1")
+    net.call(client=b"alive", rid=b"a1")
+    lease = net.router.caller_lease
+    for _ in range(int(lease) + 2):  # "alive" asks after its call every second, "gone" says nothing
+        net.advance(1.0)
+        net.send(b"alive", P.query(b"a1"))
+        net.send(b"ctl", P.heartbeat())
+    net.send(b"slot", P.answer(P.REPLY, running, b"running", b"{}"))
+    (dropped,) = net.take(b"gone")
+    assert dropped.rid == b"g1" and dropped.header["kind"] == "cancelled" and "did not ask" in dropped.header["message"]
+    assert [m.rid for m in net.take(b"slot", P.AT_WORKER)] == [b"a1"]
+    assert net.router.queued_bytes == 0 and set(net.router.requests) == {(b"alive", b"a1")}
+
+
+def test_a_silent_worker_whose_connection_is_up_is_kept_for_a_while_then_lost():
+    net = Net(heartbeat=1.0, liveness=3)
+    up = {b"ctl"}
+    net.router.connected = lambda address: address in up  # what libzmq's own heartbeats tell the broker
+    net.register()
+    net.call(rid=b"running")
+    net.advance(10)  # its Python holds the GIL: no HEARTBEAT, but its libzmq answers
+    assert set(net.router.by_id) == {b"W" * 8} and net.take(b"cli") == []
+    net.advance(CONNECTED_SILENCE)  # silent that long, connected or not: hung
+    assert [m.header["kind"] for m in net.take(b"cli")] == ["lost"] and not net.router.workers
+    net.register(control=b"ctl2", worker=b"V" * 8, slots=(b"s2",))
+    net.call(rid=b"r2")
+    net.advance(3.5)  # its connection is gone: lost within liveness, as without libzmq's word
+    assert [m.header["kind"] for m in net.take(b"cli")] == ["lost"] and not net.router.workers

@@ -184,7 +184,8 @@ class BothPaths(RuleBasedStateMachine):
             self.core.slot_free(slot)
         self.worker_key = worker_key
         self.other = set()  # slots busy with another broker's call (told BUSY, both sides)
-        self.routed: dict[bytes, bytes] = {}  # running call (rid) -> its slot at the broker
+        self.routed: dict[bytes, tuple[bytes, bytes]] = {}  # running call (rid) -> its slot at the broker, and
+        # the alias the worker knows its caller by there (never the caller's routing id)
         self.direct: dict[bytes, bytes] = {}  # running call (rid) -> its slot at the endpoint
         self.rids = 0
 
@@ -199,7 +200,7 @@ class BothPaths(RuleBasedStateMachine):
             if address in self.slots:
                 work = P.parse(rest, P.AT_WORKER)
                 starts.append(work.rid)
-                self.routed[work.rid] = address
+                self.routed[work.rid] = address, work.client
             elif address == b"cli":  # not an interrupt for the worker's control connection
                 msg = P.parse(rest, P.AT_CLIENT)
                 if type(msg) is P.Error:
@@ -243,8 +244,8 @@ class BothPaths(RuleBasedStateMachine):
     def answer(self, data, final):
         rid = data.draw(st.sampled_from(sorted(self.routed)))
         kind = P.REPLY if final else P.EVENT
-        slot = self.routed.pop(rid) if final else self.routed[rid]
-        routed = self._router_outcome(self._to_router(slot, P.answer(kind, b"cli", rid, b"{}", ()), self.worker_key))
+        slot, alias = self.routed.pop(rid) if final else self.routed[rid]
+        routed = self._router_outcome(self._to_router(slot, P.answer(kind, alias, rid, b"{}", ()), self.worker_key))
         assert self.core.on_answer(b"cli", rid, final) is not None
         if final:
             del self.direct[rid]
@@ -265,7 +266,7 @@ class BothPaths(RuleBasedStateMachine):
     @rule(data=st.data())
     def slot_taken_elsewhere(self, data):
         """A slot takes another broker's call: neither path sends it one until it is free again."""
-        free = [s for s in self.slots if s not in self.other and s not in self.routed.values()]
+        free = [s for s in self.slots if s not in self.other and s not in {slot for slot, _ in self.routed.values()}]
         if not free:
             return
         slot = data.draw(st.sampled_from(free))

@@ -32,6 +32,8 @@ class Call:
     caller: str = ""
     thread_id: int | None = None
     done: bool = False
+    #: a cancel interrupted it: a KeyboardInterrupt it raises then means "cancelled", else it is the member's own
+    cancelled: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def emit(self, event: str, data: dict | None = None, payload: list | None = None) -> None:

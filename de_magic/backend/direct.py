@@ -45,6 +45,7 @@ import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
 from ..wire import protocol as P
+from ..wire import routingids
 from ..wire.errors import Refused
 from ..wire.framing import send_frames
 from ..wire.security import Security, is_loopback, peer_key
@@ -100,6 +101,8 @@ class DirectEndpoint:
                                allow_clients=backend.allow_clients, curve=self.curve, inline=self._runs_inline)
         self._ctx = zmq.Context()  # see _GateKeeper
         self._auth: _GateKeeper | None = None
+        #: the public key callers check this endpoint by, where the broker does not vouch for it (no CURVE)
+        self.key: str | None = None
         if not self.curve and not is_loopback(url):
             raise Refused(f"refusing to listen for direct calls at {url} without encryption: give the backend a "
                           "key pair (--key and --broker-key, as for a CURVE broker), or listen on 127.0.0.1")
@@ -120,16 +123,22 @@ class DirectEndpoint:
         self.timing: dict[tuple[bytes, bytes], tuple[tuple, float]] = {}  # call -> (member, start)
 
     def _bind(self, url: str, security: Security) -> zmq.Socket:
-        sock = self._ctx.socket(zmq.ROUTER)
+        sock = routingids.router(self._ctx)  # no peer can take another's name, or make libzmq abort
         sock.linger = 0
-        sock.router_handover = False
         sock.maxmsgsize = self.backend.max_message_size + (1 << 20)
         if self.curve:
             self._auth = _GateKeeper(self._ctx, self.core)
             self._auth.start()
             sock.curve_publickey, sock.curve_secretkey = security.key_pair
-            sock.curve_server = True
             sock.zap_domain = ZAP_DOMAIN.encode()
+        else:
+            # A key pair of this endpoint's own, told to callers through the broker (READY's direct_key): a
+            # process that takes the port after we are gone cannot complete a handshake as us, so its
+            # answers never reach a caller. Any caller key is let in, as a plaintext loopback broker lets in all.
+            public, secret = zmq.curve_keypair()
+            sock.curve_publickey, sock.curve_secretkey = public, secret
+            self.key = public.decode()
+        sock.curve_server = True
         try:
             sock.bind(url)
         except zmq.ZMQError as exc:
@@ -150,8 +159,8 @@ class DirectEndpoint:
     def on_caller(self, frames: list) -> None:
         try:
             self._on_caller(frames)
-        except Exception:  # noqa: BLE001 - whatever arrives, the endpoint must live on
-            self.backend.bad.report("failed to handle a direct message", exc_info=True)
+        except Exception as exc:  # noqa: BLE001 - whatever arrives, the endpoint must live on
+            self.backend.bad.failed("a direct message", exc)
 
     def _on_caller(self, frames: list) -> None:
         caller, frames = frames[0].bytes, frames[1:]

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..wire import serialize
-from ..wire.errors import NO_SUCH_JOB, Busy, JobUnavailable
+from ..wire.errors import NO_SUCH_JOB, Busy, JobUnavailable, Refused
 from .callcontext import Call, Operation, current_call
 from .failure import error_header
 
@@ -169,7 +169,9 @@ class JobStore:
         reply = {"status": status, "progress": seq}
         if answer is not None:
             reply.update((key, value) for key, value in answer.items() if key != "outputs")
-            if "frames" in reply:
+            if "frames" in reply and call.header.get("codec") == serialize.JSON:
+                reply["result"] = _json_result(job, reply.pop("frames"), reply.pop("codec"))
+            elif "frames" in reply:
                 reply["frames"] = [pickle.PickleBuffer(frame) for frame in reply["frames"]]
         return reply
 
@@ -240,11 +242,12 @@ class JobStore:
             finally:
                 with call.lock:
                     call.done = True
-            frames = serialize.dumps(result)
-            return {"status": DONE, "codec": serialize.PICKLE, "frames": frames}
-        except KeyboardInterrupt:
-            return _cancelled(call.job)
+            if call.header.get("codec") == serialize.JSON:  # started in JSON: its caller unpickles nothing
+                return {"status": DONE, "codec": serialize.JSON, "frames": serialize.dumps_json(result)}
+            return {"status": DONE, "codec": serialize.PICKLE, "frames": serialize.dumps(result)}
         except BaseException as exc:  # noqa: BLE001 - whatever the job raised is its answer
+            if isinstance(exc, KeyboardInterrupt) and call.cancelled:
+                return _cancelled(call.job)
             return {"status": FAILED, "error": json.loads(error_header(exc))}
         finally:
             current_call.reset(token)
@@ -383,6 +386,14 @@ def _what(header: dict, run: str) -> str:
         return "%%remote"
     member = str(header.get("member", "?"))
     return f"{member}.{header['method']}" if header.get("method") else member
+
+
+def _json_result(job: Job, frames: list, codec: str):
+    """A finished job's result for a poll made in JSON: the JSON value, tagged values left as they are."""
+    if codec != serialize.JSON:
+        raise Refused(f"job {job.id} was started with pickles and its result is a pickle; a caller in JSON "
+                      "gets the results of jobs it started in JSON")
+    return json.loads(bytes(memoryview(frames[0])))
 
 
 def _cancelled(job: Job) -> dict:

@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from ..wire.errors import ReferenceGone, Refused
-from ..wire.serialize import REF_TAG
+from ..wire.serialize import REF_TAG, size_of
 from .callcontext import Call, Operation
-from .usage import deep_size
+from .usage import walked_size
 
 @dataclass
 class _Held:
@@ -62,7 +62,7 @@ class RefStore:
 
     def keep(self, call: Call, value) -> dict:
         """Keep ``value`` for the caller of ``call``; the descriptor its ``RemoteRef`` is made from."""
-        size, kind = deep_size(value), _qualname(type(value))
+        size, kind = _measure(value), _qualname(type(value))
         lease = _lease_of(call)
         with self._lock:
             if self.bytes + size > self.budget:
@@ -130,6 +130,15 @@ class RefStore:
             del self._leases[held.lease]
         self.bytes -= held.nbytes
         self.generation += 1
+
+
+def _measure(value) -> int:
+    """What ``value`` costs against the budget: the bytes it would travel as (pickle stream and buffers,
+    however deep its data nest), or for a value that cannot travel, every object it holds, walked."""
+    try:
+        return size_of(value)
+    except Exception:  # noqa: BLE001 - unpicklable (a lock, an open file): kept all the same, and measured
+        return walked_size(value)
 
 
 def _qualname(cls: type) -> str:

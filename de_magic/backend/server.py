@@ -40,7 +40,8 @@ import zmq
 from ..wire import protocol as P
 from ..wire import serialize
 from ..wire.defaults import (DEFAULT_HEARTBEAT, DEFAULT_JOB_BYTES, DEFAULT_JOB_TTL, DEFAULT_LIVENESS, DEFAULT_MAX_MESSAGE,
-                             DEFAULT_MAX_QUEUED_BYTES, DEFAULT_REF_BYTES, DEFAULT_SESSION_LEASE, check_doors, check_url, default_url)
+                             DEFAULT_MAX_QUEUE, DEFAULT_MAX_QUEUED_BYTES, DEFAULT_REF_BYTES, DEFAULT_SESSION_LEASE,
+                             check_doors, check_url, default_url)
 from ..wire.badinput import BadInput
 from ..wire.errors import Cancelled, PayloadTooLarge, ProtocolMismatch, Refused, UnknownMethod
 from ..wire.handshake import WatchedSocket
@@ -51,7 +52,7 @@ from ..wire.framing import PerThread, readable, recv_frames, send_frames
 from . import refs, shell
 from .callcontext import Call, Operation, current_call
 from .direct import RELIEF_AFTER, DirectEndpoint
-from .failure import error_header
+from .failure import checking_arguments, error_header
 from .execute import code_operations
 from .jobs import JobStore
 from .usage import Reporter
@@ -81,7 +82,7 @@ class Backend:
         *,
         broker: str | list[str] | None = None,
         max_workers: int | None = None,
-        max_queue: int = 1000,
+        max_queue: int = DEFAULT_MAX_QUEUE,
         heartbeat: float = DEFAULT_HEARTBEAT,
         liveness: int = DEFAULT_LIVENESS,
         max_message_size: int = DEFAULT_MAX_MESSAGE,
@@ -137,6 +138,8 @@ class Backend:
         #: More to say on registering (e.g. ``"dask"``: the cluster's size); see :meth:`announce`.
         self.extra_info: dict = {}
         self._reply_header = P.dump_header({"codec": codec, "worker": self.id.hex()})
+        # a caller that sent JSON unpickles nothing (the HTTP gateway, other languages): it is answered in JSON
+        self._json_reply_header = P.dump_header({"codec": serialize.JSON, "worker": self.id.hex()})
         self.operations: dict[str, Operation] = {"call": Operation(self._call_member)}
         #: Seconds a ``%%remote`` namespace, or a remote reference, outlives its caller's last request or renewal.
         self.session_lease = session_lease
@@ -311,6 +314,8 @@ class Backend:
         info.update(self.extra_info)
         if self.direct is not None and door.security.key == self._doors[0].security.key:
             info["direct"] = self.direct.url  # the broker vouches for it with the key we connect with
+            if self.direct.key is not None:  # or without CURVE, with the endpoint's own key, which it passes on
+                info["direct_key"] = self.direct.key
         return P.ready(self.name, self.id, self._secret, info)
 
     def announce(self) -> None:
@@ -416,8 +421,8 @@ class Backend:
         """Serve a call in this thread (the direct endpoint's: see direct.py), as a slot would."""
         try:
             self.serve(door, msg)
-        except Exception:  # noqa: BLE001 - whatever arrives, the endpoint's thread must live on
-            self.bad.report("failed to serve a direct call", exc_info=True)
+        except Exception as exc:  # noqa: BLE001 - whatever arrives, the endpoint's thread must live on
+            self.bad.failed("serving a direct call", exc)
 
     @staticmethod
     def _serve_direct(direct: DirectEndpoint) -> None:
@@ -476,10 +481,13 @@ class Backend:
 
     def _on_control(self, door: _Door, slots: zmq.Socket, frames: list) -> None:
         try:
-            msg = P.parse(frames, P.AT_WORKER)
+            self._handle_control(door, slots, P.parse(frames, P.AT_WORKER))
         except P.ProtocolError as exc:
             self.bad.report("bad message from broker: %s", exc)
-            return
+        except Exception as exc:  # noqa: BLE001 - whatever a broker sends, the I/O thread must live on
+            self.bad.failed("a message from the broker", exc)
+
+    def _handle_control(self, door: _Door, slots: zmq.Socket, msg) -> None:
         if isinstance(msg, P.Interrupt):
             self.cancel((door.index, msg.client, msg.rid))
         elif isinstance(msg, P.Welcome):
@@ -560,8 +568,8 @@ class Backend:
     def _on_slot_message(self, door: _Door, frames: list) -> None:
         try:
             self._handle_slot_message(door.index, frames)
-        except Exception:  # noqa: BLE001 - whatever arrives, the slot thread must live on
-            self.bad.report("failed to handle a message from the broker", exc_info=True)
+        except Exception as exc:  # noqa: BLE001 - whatever arrives, the slot thread must live on
+            self.bad.failed("a call from the broker", exc)
 
     def _handle_slot_message(self, door: int, frames: list) -> None:
         try:
@@ -592,8 +600,9 @@ class Backend:
     def _operation(self, header: dict) -> Operation:
         """The operation a call header asks for, if this backend serves it to this caller."""
         op_name = header.get("op", "call")
-        if self.codec == serialize.JSON and op_name != "call":
-            raise Refused(f"backend {self.name!r} serves only JSON calls of its members (no-pickle mode)")
+        if self.codec == serialize.JSON and op_name != "call" and not (
+                str(op_name).startswith("job.") and header.get("codec") == serialize.JSON):
+            raise Refused(f"backend {self.name!r} serves only JSON calls and jobs of its members (no-pickle mode)")
         op = self.operations.get(op_name) if isinstance(op_name, str) else None
         if op is None:
             raise P.ProtocolError(f"backend {self.name!r} does not serve {str(op_name)[:40]!r} requests")
@@ -611,6 +620,7 @@ class Backend:
                 # not started yet: _execute sees ``done`` and answers "cancelled"
                 call.done = True
                 return
+            call.cancelled = True
             if call.thread_id == threading.main_thread().ident:
                 signal.pthread_kill(call.thread_id, signal.SIGUSR1)
             else:
@@ -680,21 +690,22 @@ class Backend:
                 self._calls.pop(call.key, None)
             header, frames = self._encode_result(call, result)
             self._send(P.REPLY, call.door, call.client, call.rid, header, *frames)
-        except KeyboardInterrupt:
-            self._send(P.ERROR, call.door, call.client, call.rid,
-                       P.error_header(Cancelled.kind, "interrupted on the backend"))
+        except KeyboardInterrupt as exc:
+            header = P.error_header(Cancelled.kind, "interrupted on the backend") if call.cancelled else error_header(exc)
+            self._send(P.ERROR, call.door, call.client, call.rid, header)
         except BaseException as exc:
             self._send(P.ERROR, call.door, call.client, call.rid, error_header(exc))
         finally:
             current_call.reset(token)
 
     def _encode_result(self, call: Call, result) -> tuple[bytes, list]:
-        frames = serialize.dumps_json(result) if self.codec == serialize.JSON else serialize.dumps(result)
+        in_json = self.codec == serialize.JSON or call.header.get("codec") == serialize.JSON
+        frames = serialize.dumps_json(result) if in_json else serialize.dumps(result)
         size = serialize.nbytes(frames)
         if size > self._limit:
             raise PayloadTooLarge(f"the result is {size} bytes, over the maximum message size of {self._limit} bytes "
                                   "(the broker's or this backend's)")
-        return self._reply_header, frames
+        return (self._json_reply_header if in_json else self._reply_header), frames
 
     # -- the "call" operation ------------------------------------------------
 
@@ -733,16 +744,19 @@ class Backend:
 
     def _call_json(self, target: Callable, call: Call):
         """A call whose arguments came as JSON: ``[args, kwargs]`` or ``[args, kwargs, init_args, init_kwargs]``."""
-        body = serialize.loads_json(call.payload)
-        if not (isinstance(body, list) and len(body) in (2, 4) and all(
-                isinstance(part, list if i % 2 == 0 else dict) for i, part in enumerate(body))):
-            raise TypeError("JSON arguments must be [args, kwargs] or [args, kwargs, init_args, init_kwargs]")
-        args, kwargs, *init = body
-        if init:
-            cls = self.members[call.header["member"]]
-            init_args, init_kwargs = validate_arguments(cls, tuple(init[0]), init[1])
+        with checking_arguments():
+            body = serialize.loads_json(call.payload)
+            if not (isinstance(body, list) and len(body) in (2, 4) and all(
+                    isinstance(part, list if i % 2 == 0 else dict) for i, part in enumerate(body))):
+                raise TypeError("JSON arguments must be [args, kwargs] or [args, kwargs, init_args, init_kwargs]")
+            args, kwargs, *init = body
+            if init:
+                cls = self.members[call.header["member"]]
+                init_args, init_kwargs = validate_arguments(cls, tuple(init[0]), init[1])
+        if init:  # the constructor is the member's own code: its errors are its own
             target = getattr(cls(*init_args, **init_kwargs), call.header["method"])
-        args, kwargs = validate_arguments(target, tuple(args), kwargs)
+        with checking_arguments():
+            args, kwargs = validate_arguments(target, tuple(args), kwargs)
         return self.invoke(target, args, kwargs)
 
 

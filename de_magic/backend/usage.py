@@ -36,6 +36,33 @@ def deep_size(obj, depth: int = DEPTH) -> int:
         return 0
 
 
+def walked_size(obj) -> int:
+    """The bytes ``obj`` holds, every container and object attribute followed however deep (each object once):
+    for values that cannot be pickled, whose size :func:`~de_magic.wire.serialize.size_of` cannot tell."""
+    total, seen, stack = 0, set(), [obj]
+    while stack:
+        item = stack.pop()
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
+        try:
+            held = _buffer_bytes(item)
+            if held is not None:
+                total += held
+                continue
+            total += sys.getsizeof(item)
+            if isinstance(item, dict):
+                stack.extend(item.keys())
+                stack.extend(item.values())
+            elif isinstance(item, (list, tuple, set, frozenset)):
+                stack.extend(item)
+            elif not isinstance(item, type) and isinstance(getattr(item, "__dict__", None), dict):
+                stack.append(item.__dict__)
+        except (RuntimeError, TypeError, ValueError):  # changed while measured (another thread), or unsized
+            continue
+    return total
+
+
 def _buffer_bytes(obj) -> int | None:
     """Bytes of the data buffers of an array-like (pandas first: its ``nbytes`` leaves the index out)."""
     if isinstance(obj, type):

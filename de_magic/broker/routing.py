@@ -38,8 +38,10 @@ from ..wire import protocol as P
 from ..wire.badinput import BadInput
 from ..wire.defaults import (DEFAULT_HEARTBEAT, DEFAULT_LIVENESS, DEFAULT_MAX_MESSAGE, DEFAULT_MAX_QUEUED_BYTES,
                        STARTUP_GRACE)
-from ..wire.errors import BackendLost, Busy, Cancelled, PayloadTooLarge, ProtocolMismatch, Refused, UnknownBackend
+from ..wire.errors import (BackendLost, BackendOffline, Busy, Cancelled, PayloadTooLarge, ProtocolMismatch, Refused,
+                           UnknownBackend)
 from ..wire.serialize import nbytes
+from .state import Remembered, remembered_info
 
 log = logging.getLogger("de_magic.broker")
 
@@ -49,6 +51,12 @@ MAX_WAITING = 10_000
 MAX_HEARTBEAT = 20.0
 #: Shortest secret a worker may choose (bytes): its slots prove with it that they are the worker's.
 MIN_SECRET = 16
+#: Shortest caller lease (seconds): a caller asks after its waiting calls every heartbeat of its own (QUERY), and a
+#: queued call whose caller was silent for longer than its lease is dropped, not run (the caller is gone).
+MIN_CALLER_LEASE = 10.0
+#: Longest a worker whose connection is up may be silent (seconds): a call may hold its Python GIL that long
+#: (its heartbeats wait for the GIL; libzmq's own, in libzmq's I/O thread, do not). Longer: it counts as hung.
+CONNECTED_SILENCE = 60.0
 
 
 @dataclass
@@ -67,11 +75,15 @@ def no_key(frame) -> str | None:
     return None
 
 
+def not_known(address: bytes) -> bool:
+    return False
+
+
 class Request:
     """A call the broker holds: waiting in a queue, or running on a worker's slot."""
 
     __slots__ = ("client", "rid", "body", "size", "service", "pinned", "worker", "slot", "queued", "seq",
-                 "deadline", "key")
+                 "deadline", "key", "alias")
 
     def __init__(self, client: bytes, rid: bytes, body: list, size: int, service: "Service",
                  pinned: "Worker | None", deadline: float | None = None, key: str | None = None):
@@ -83,13 +95,15 @@ class Request:
         self.queued = False
         self.deadline = deadline  # set while it waits for a backend to (re)register
         self.key = key  # the caller's key: checked against the backend's rules, and told to the worker
+        self.alias = b""  # what the worker knows the caller by: never the caller's routing id (see _forward)
 
 
 class Worker:
     """A registered backend process: a control connection, its slots, its calls."""
 
     __slots__ = ("id", "address", "secret", "key", "service", "capacity", "max_queue", "heartbeat", "idle", "slots",
-                 "inflight", "pinned", "expires", "since", "pid", "host", "calls", "dask", "direct", "usage")
+                 "inflight", "pinned", "expires", "heard", "since", "pid", "host", "calls", "dask", "direct", "direct_key",
+                 "usage")
 
     def __init__(self, msg: P.Ready, address: bytes, key: str | None, service: "Service", expires: float):
         info = msg.info
@@ -100,14 +114,15 @@ class Worker:
         self.heartbeat = min(info.get("heartbeat", 0.0), MAX_HEARTBEAT)
         self.idle: list[bytes] = []  # slot addresses ready for a call
         self.slots: set[bytes] = set()
-        self.inflight: dict[tuple[bytes, bytes], Request] = {}
+        self.inflight: dict[bytes, Request] = {}  # by the alias the worker knows the call's caller by
         self.pinned: deque[Request] = deque()  # calls waiting for this worker in particular
-        self.expires = expires
+        self.expires = self.heard = expires  # heard: when it last said anything
         self.since = time.time()
         self.pid, self.host = info.get("pid"), info.get("host")
         self.calls = 0
         self.dask = info.get("dask")  # the Dask cluster its calls run on (daskpool.cluster_info), if any
         self.direct = info.get("direct")  # where it takes direct calls, if it does (backend/direct.py)
+        self.direct_key = info.get("direct_key")  # the direct endpoint's own key, without CURVE
         self.usage: dict = {}  # what its sessions and references hold, as its last USAGE said
 
     def describe(self) -> dict:
@@ -118,7 +133,7 @@ class Worker:
             described["dask"] = self.dask
         if self.direct is not None:
             # what a caller needs to call it directly, and to know it is this worker: the key we authenticated
-            described["direct"] = {"url": self.direct, "key": self.key}
+            described["direct"] = {"url": self.direct, "key": self.key or self.direct_key}
         described.update(self.usage)
         return described
 
@@ -193,12 +208,21 @@ class Router:
     ``key_of(frame)`` tells the authenticated public key (Z85) of the peer that
     sent a received frame, or None without CURVE; ``key_names()`` maps keys to
     the names of their key files (for ``allow_clients`` and logs).
+    ``connected(address)`` tells whether a peer's connection is up (libzmq's ZMTP
+    heartbeats keep that true of a process whose Python is busy); unknown: False.
+    ``remembered`` are the backends a broker with a state directory served before (by name), and
+    ``remember(entry)`` writes a changed one there: such a backend is listed while offline, its name stays
+    its owner's, and a call of it says since when it is offline.  Without ``remember`` (no state directory)
+    nothing is remembered: a name is free once its last worker left.
     """
 
     def __init__(self, config: Config, *, now: float, key_of: Callable = no_key,
-                 key_names: Callable[[], dict[str, str]] = dict):
+                 key_names: Callable[[], dict[str, str]] = dict, connected: Callable[[bytes], bool] = not_known,
+                 remembered: dict[str, Remembered] | None = None, remember: Callable[[Remembered], None] | None = None):
         self.config = config
-        self.key_of, self.key_names = key_of, key_names
+        self.remembered = remembered if remembered is not None else {}
+        self.remember = remember
+        self.key_of, self.key_names, self.connected = key_of, key_names, connected
         self.id = uuid.uuid4().hex[:12]
         self.since = time.time()
         self.host = socket.gethostname()  # for listings: asked once, not per LIST
@@ -218,6 +242,10 @@ class Router:
         self.now = now
         self._out: list[list] = []
         self._arrivals = itertools.count()
+        self._aliases = itertools.count(int.from_bytes(os.urandom(7), "big"))
+        self.heard: dict[bytes, float] = {}  # caller address -> when it last sent anything (its lease)
+        self.caller_lease = max(MIN_CALLER_LEASE, config.heartbeat * config.liveness)
+        self.next_lease_sweep = now + self.caller_lease
         self._callers: dict | None = None  # the allowed keys last told to direct workers
         self._handlers = {
             P.Call: self._on_call, P.Cancel: self._on_cancel, P.List: self._on_list, P.Query: self._on_query,
@@ -239,6 +267,8 @@ class Router:
             self.bad.report("bad message from %s: %s", sender.hex(), exc)
             if exc.rid is not None:
                 out.append(P.error_to(sender, exc.rid, ProtocolMismatch.kind, str(exc)))
+        except Exception as exc:  # noqa: BLE001 - no message may stop the broker: it is bad input, and we live on
+            self.bad.failed(f"a message from {sender.hex()}", exc)
         return out
 
     @property
@@ -259,6 +289,9 @@ class Router:
                 out.extend(self._welcome(w) for w in self.workers.values() if w.direct is not None)
             for service in [s for s in self.services.values() if not s.workers]:
                 self._expire_waiting(service)
+            if now >= self.next_lease_sweep:  # forget callers gone for a lease: the table stays bounded
+                self.next_lease_sweep = now + self.caller_lease
+                self.heard = {c: t for c, t in self.heard.items() if now - t <= self.caller_lease}
         return out
 
     def shutdown(self) -> list[list]:
@@ -269,15 +302,21 @@ class Router:
     # -- helpers ------------------------------------------------------------------------------
 
     def _expires(self, worker: Worker) -> float:
-        """When ``worker`` counts as gone if silent: liveness intervals of its heartbeat or ours, the longer."""
+        """When ``worker`` counts as gone if silent: liveness intervals of its heartbeat or ours, the longer
+        (it was heard from now)."""
+        worker.heard = self.now
         return self.now + max(self.config.heartbeat, worker.heartbeat) * self.config.liveness
 
     def _error(self, client: bytes, rid: bytes, error_cls, message: str) -> None:
         self._out.append(P.error_to(client, rid, error_cls.kind, message))
 
     def _allows(self, service: Service, key: str | None) -> bool:
-        """Whether the caller with ``key`` may see and call ``service`` (see :func:`.admission.admits`)."""
-        return admission.admits(service.allowed, key, self.key_names(), self.config.curve)
+        """Whether the caller with ``key`` may see and call ``service`` (its allow_clients)."""
+        return self._admits(service.allowed, key)
+
+    def _admits(self, allowed, key: str | None) -> bool:
+        """See :func:`.admission.admits`: one rule for the broker path and the direct endpoint."""
+        return admission.admits(allowed, key, self.key_names(), self.config.curve)
 
     def _who(self, key: str | None) -> str:
         if key is None:
@@ -289,6 +328,7 @@ class Router:
 
     def _on_call(self, client: bytes, msg: P.Call, frames: list) -> None:
         rid, name = msg.rid, msg.backend
+        self.heard[client] = self.now
         if (client, rid) in self.requests:
             raise admission.duplicate(rid)  # logged as bad input
         size = nbytes(msg.body)
@@ -369,10 +409,12 @@ class Router:
         self._enqueue(service, Request(client, msg.rid, msg.body, size, service, None, self.grace_until, key))
 
     def _forward(self, worker: Worker, request: Request) -> None:
-        request.worker, request.slot = worker, worker.idle.pop()
-        worker.inflight[(request.client, request.rid)] = request
+        # The worker knows the caller by an alias of this call alone: a caller's routing id is a name a
+        # hostile backend could claim for itself at this broker (see wire/routingids.py).
+        request.worker, request.slot, request.alias = worker, worker.idle.pop(), next(self._aliases).to_bytes(8, "big")
+        worker.inflight[request.alias] = request
         worker.calls += 1
-        self._out.append(P.work(request.slot, request.client, request.rid, request.key, request.body))
+        self._out.append(P.work(request.slot, request.alias, request.rid, request.key, request.body))
 
     def _drain(self, worker: Worker) -> None:
         """Fill the worker's free slots with the oldest calls that may run there."""
@@ -389,6 +431,12 @@ class Router:
             else:
                 return
             self._settle(service, request)
+            if self.now - self.heard.get(request.client, -self.caller_lease) > self.caller_lease:
+                # its caller has gone (or stopped asking after it): were it run, live callers would wait behind it
+                del self.requests[(request.client, request.rid)]
+                self._error(request.client, request.rid, Cancelled, "dropped before it started: its caller "
+                            f"did not ask after it for {self.caller_lease:g} s")
+                continue
             self._forward(worker, request)
 
     def _refuse(self, client: bytes, rid: bytes, service: Service, key: str | None) -> None:
@@ -396,7 +444,21 @@ class Router:
                         service.name, self._who(key), client.hex())
         self._error(client, rid, Refused, admission.refusal(service.name, key))
 
+    def _remember(self, entry: Remembered) -> None:
+        """Keep ``entry`` here and in the state directory; a full disk must not stop the broker (it is logged)."""
+        if self.remember is None:
+            return
+        self.remembered[entry.name] = entry
+        try:
+            self.remember(entry)
+        except Exception as exc:  # noqa: BLE001 - sqlite3/OSError: the broker serves on, from memory
+            self.bad.failed(f"remembering backend {entry.name!r}", exc)
+
     def _unknown(self, client: bytes, rid: bytes, name: str, key: str | None) -> None:
+        entry = self.remembered.get(name)
+        if entry is not None and entry.last_seen is not None and self._admits(_allowed(entry), key):
+            return self._error(client, rid, BackendOffline, f"backend {name!r} at {self.config.url} is offline since "
+                               f"{_when(entry.last_seen)}; `.start()` queues it as a job")
         # only what this caller may see: a restricted backend's name is not for everyone
         live = sorted(n for n, s in self.services.items() if s.workers and self._allows(s, key))
         self._error(client, rid, UnknownBackend,
@@ -410,16 +472,18 @@ class Router:
             self.services.pop(service.name, None)
 
     def _on_cancel(self, client: bytes, msg: P.Cancel, frames: list) -> None:
+        self.heard[client] = self.now
         request = self.requests.get((client, msg.rid))
         if request is None:
             return
         if request.worker is not None:
-            self._out.append(P.interrupt(request.worker.address, client, msg.rid))
+            self._out.append(P.interrupt(request.worker.address, request.alias, msg.rid))
             return
         self._unqueue(request.service, request)  # never started: it ends here
         self._error(client, msg.rid, Cancelled, "cancelled before it started")
 
     def _on_query(self, client: bytes, msg: P.Query, frames: list) -> None:
+        self.heard[client] = self.now
         requests = self.requests
         self._out.append(P.status(client, admission.query_states(msg, lambda rid: (client, rid) in requests)))
 
@@ -431,8 +495,12 @@ class Router:
         key = self.key_of(frames[0])
         services = [s for s in self.services.values()
                     if s.workers and (only is None or s.name == only) and self._allows(s, key)]
-        body = b",".join(json.dumps(s.name).encode() + b":" + s.describe(with_api, known.get(s.name))
-                         for s in services)
+        entries = [json.dumps(s.name).encode() + b":" + s.describe(with_api, known.get(s.name)) for s in services]
+        entries += [json.dumps(name).encode() + b":" + _describe_offline(entry, with_api, known.get(name))
+                    for name, entry in self.remembered.items()
+                    if (only is None or name == only) and entry.last_seen is not None
+                    and self._admits(_allowed(entry), key)]
+        body = b",".join(entries)
         listing = b'{"broker":' + json.dumps(self.describe()).encode() + b',"backends":{' + body + b"}}"
         self._out.append(P.to_client(client, P.REPLY, msg.rid, (b'{"codec":"json"}', listing)))
 
@@ -471,7 +539,7 @@ class Router:
         if worker is not None:  # registering again (it lost us for a moment): its calls and slots stand
             self._rebind(worker, address)
             worker.dask = info.get("dask")  # a Dask backend registers again when its cluster scales
-            worker.direct = info.get("direct")
+            worker.direct, worker.direct_key = info.get("direct"), info.get("direct_key")
         else:
             worker = self._register(address, msg, key)
             if worker is None:
@@ -500,6 +568,7 @@ class Router:
         if not service.workers:
             service.adopt(msg.info, key)
             self._refuse_waiting(service)
+            self._remember(Remembered(msg.name, key, remembered_info(msg.info)))
         worker = Worker(msg, address, key, service, self.now)
         worker.expires = self._expires(worker)
         service.workers.append(worker)
@@ -516,6 +585,10 @@ class Router:
         owners = self.config.owners.get(name)
         if owners is not None and not (key in owners or self.key_names().get(key) in owners):
             return f"backend name {name!r} is reserved at {url} for other keys; choose another name (--name)"
+        known = self.remembered.get(name)
+        if owners is None and known is not None and known.owner != key:
+            seen = "up now" if known.last_seen is None else f"last seen {_when(known.last_seen)}"
+            return (f"backend name {name!r} belongs at {url} to another key ({seen}); choose another name (--name)")
         if service is None or not service.workers:
             return ""
         if owners is None and service.owner != key:
@@ -621,21 +694,20 @@ class Router:
         worker = self._peer(address)
         if worker is None:
             return
-        key = (msg.client, msg.rid)
-        request = worker.inflight.get(key)
-        if request is None or address not in (worker.address, request.slot):
+        request = worker.inflight.get(msg.client)
+        if request is None or request.rid != msg.rid or address not in (worker.address, request.slot):
             # answered already (e.g. as lost), or not this connection's: exactly one answer per request
             self.bad.report("worker %s sent %s for request %s it does not hold", worker.id.hex(), msg.type.decode(),
                             msg.rid.hex())
             return
         self.routed_bytes += nbytes(msg.body)
         if msg.type == P.EVENT:
-            self._out.append(P.to_client(msg.client, P.EVENT, msg.rid, msg.body))
+            self._out.append(P.to_client(request.client, P.EVENT, msg.rid, msg.body))
             return
-        del worker.inflight[key]
-        del self.requests[key]
+        del worker.inflight[msg.client]
+        del self.requests[(request.client, request.rid)]
         worker.idle.append(request.slot)
-        self._out.append(P.to_client(msg.client, msg.type, msg.rid, msg.body))
+        self._out.append(P.to_client(request.client, msg.type, msg.rid, msg.body))
         if worker.service.waiting:
             self._drain(worker)
 
@@ -647,6 +719,10 @@ class Router:
         if self.now < self.next_reap:
             return
         for worker in [w for w in self.workers.values() if w.expires < self.now]:
+            if self.now - worker.heard < CONNECTED_SILENCE and self.connected(worker.address):
+                # silent, but its process answers libzmq's heartbeats: a call holds its GIL; ask again in a beat
+                worker.expires = self.now + self.config.heartbeat
+                continue
             log.warning("%s of %r stopped heartbeating", worker.where(), worker.service.name)
             self._remove(worker, "stopped heartbeating")
         # a lower bound: heartbeats move expiries later, and then this wakes early and looks again
@@ -659,9 +735,9 @@ class Router:
         for slot in worker.slots:
             del self.slots[slot]
         service.workers.remove(worker)
-        for client, rid in worker.inflight:
-            del self.requests[(client, rid)]
-            self._error(client, rid, BackendLost, f"backend {service.name!r} {worker.where()} {why} during the call")
+        for request in worker.inflight.values():
+            del self.requests[(request.client, request.rid)]
+            self._error(request.client, request.rid, BackendLost, f"backend {service.name!r} {worker.where()} {why} during the call")
         worker.inflight.clear()
         lost = [r for r in worker.pinned if r.queued]
         if not service.workers:
@@ -670,10 +746,34 @@ class Router:
             self._unqueue(service, request)
             self._error(request.client, request.rid, BackendLost,
                         f"backend {service.name!r} {worker.where()} {why} before the call started")
-        if not service.workers and not service.waiting:
-            del self.services[service.name]
+        if not service.workers:
+            entry = self.remembered.get(service.name)
+            if entry is not None:
+                entry.last_seen = time.time()
+                self._remember(entry)
+            if not service.waiting:
+                del self.services[service.name]
 
 
 def _older(a: Request, b: Request) -> bool:
     """Whether ``a`` was queued before ``b``; queue entries are compared by arrival order."""
     return a.seq < b.seq
+
+
+def _allowed(entry: Remembered) -> frozenset[str] | None:
+    allowed = entry.info.get("allow_clients")
+    return None if allowed is None else frozenset(allowed)
+
+
+def _when(seen: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seen))
+
+
+def _describe_offline(entry: Remembered, with_api: bool, known_tag: str | None) -> bytes:
+    """A remembered backend with no worker up, as listing JSON: its last API, and since when it is offline."""
+    tag, codec, allow_code, _ = contract(entry.info)
+    head = {"name": entry.name, "allow_code": allow_code, "codec": codec, "since": entry.last_seen,
+            "offline": entry.last_seen, "api_tag": tag, "queued": 0, "workers": []}
+    if with_api and known_tag != tag:
+        head["api"] = entry.info.get("api", {})
+    return json.dumps(head, separators=(",", ":")).encode()

@@ -25,6 +25,9 @@ import zmq
 from ..wire.defaults import (DEFAULT_HEARTBEAT, DEFAULT_LIVENESS, DEFAULT_MAX_MESSAGE, DEFAULT_MAX_QUEUED_BYTES,
                        check_url, default_url)
 from .routing import Config, Router, no_key
+from .state import StateStore
+from ..wire import protocol as P
+from ..wire import routingids
 from ..wire.security import Security, peer_key
 from ..wire.framing import readable, recv_frames, send_frames
 
@@ -40,7 +43,8 @@ class Broker:
     ``run()`` serves in the calling thread until ``stop()`` (from any thread) or
     Ctrl-C; ``start()`` runs it in a thread of its own for embedding (tests, the
     notebook's embedded default).  ``owners`` maps backend names to the keys
-    that may register them (the config file's ``[owners]``).
+    that may register them (the config file's ``[owners]``).  With ``state_dir`` the
+    broker remembers the backends it served across restarts (:mod:`.state`).
     """
 
     def __init__(
@@ -54,6 +58,7 @@ class Broker:
         owners: dict[str, list[str]] | None = None,
         context: zmq.Context | None = None,
         security: Security | None = None,
+        state_dir: str | None = None,
     ):
         self.url = check_url(url, "the broker's address") if url else default_url()
         self.security = security or Security.resolve()
@@ -68,6 +73,7 @@ class Broker:
         self._stopper = self._ctx.socket(zmq.PAIR)
         self._stopper.bind(self._stop_url)
         self._thread: threading.Thread | None = None
+        self._store = StateStore(state_dir) if state_dir else None
 
     @property
     def id(self) -> str:
@@ -77,10 +83,15 @@ class Broker:
 
     def bind(self) -> str:
         """Bind the socket; returns the URL (with the real port if ``:0``/``*`` was asked)."""
-        sock = self._ctx.socket(zmq.ROUTER)
+        sock = routingids.router(self._ctx)  # no peer can take another's name, or make libzmq abort
         sock.linger = 0
-        # No handover: a peer that connects with a routing id in use is turned away, never given its traffic.
-        sock.router_handover = False
+        # A send to a routing id without a connection fails (EHOSTUNREACH) instead of vanishing: that is how
+        # a silent worker's connection is asked after (see _connected).
+        sock.router_mandatory = True
+        # libzmq's own heartbeats (ZMTP PING/PONG, answered by the peer's libzmq I/O thread, whatever its
+        # Python does) close a connection whose peer is frozen or unreachable within liveness intervals.
+        sock.heartbeat_ivl = int(self.config.heartbeat * 1000)
+        sock.heartbeat_timeout = int(self.config.heartbeat * self.config.liveness * 1000)
         # A frame larger than this is cut off by libzmq before it reaches Python; the
         # configured limit itself is checked per message by the router, with an answer.
         sock.maxmsgsize = self.config.max_message_size + (1 << 20)
@@ -97,8 +108,11 @@ class Broker:
         self._socket = sock
         self.config.url, self.config.curve = self.url, self._auth is not None
         # without CURVE no frame carries a key: asking each one would cost an exception per message
+        store = self._store
         self.router = Router(self.config, now=time.monotonic(), key_of=peer_key if self._auth is not None else no_key,
-                             key_names=self._key_names)
+                             key_names=self._key_names, connected=self._connected,
+                             remembered=store.backends() if store else None,
+                             remember=store.remember if store else None)
         return self.url
 
     def _key_names(self) -> dict[str, str]:
@@ -149,15 +163,30 @@ class Broker:
             self._shutdown()
 
     def _send_all(self, messages: list[list]) -> None:
-        # a ROUTER never blocks: a message to a gone peer, or past a peer's high-water mark, is dropped
+        # never blocks: a message to a gone peer, or past a peer's high-water mark, is dropped
         for frames in messages:
-            send_frames(self._socket, frames)
+            try:
+                send_frames(self._socket, frames, zmq.NOBLOCK)
+            except zmq.ZMQError as exc:
+                if exc.errno not in (zmq.EHOSTUNREACH, zmq.EAGAIN):
+                    raise
+
+    def _connected(self, address: bytes) -> bool:
+        """Whether the peer at ``address`` still has a connection: libzmq keeps it while the peer answers
+        its heartbeats. The question is a HEARTBEAT, which a worker takes as one."""
+        try:
+            send_frames(self._socket, P.heartbeat_to(address), zmq.NOBLOCK)
+        except zmq.ZMQError as exc:
+            return exc.errno != zmq.EHOSTUNREACH  # EAGAIN: connected, its queue full
+        return True
 
     def _shutdown(self) -> None:
         if self.router is not None:
             self._send_all(self.router.shutdown())
         self._socket.close(linger=200)  # let the DISCONNECTs go out: backends then re-register at once
         self._stopper.close()
+        if self._store is not None:
+            self._store.close()
         if self._auth is not None:
             self._auth.stop()
         _wait_until_free(self.url)

@@ -35,37 +35,42 @@ import logging
 import struct
 import threading
 import time
-from concurrent.futures import Future
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Callable
 
 import zmq
 
 from ..wire import protocol as P
 from ..wire import serialize
-from ..wire.defaults import DEFAULT_HEARTBEAT, DEFAULT_LIVENESS, DEFAULT_MAX_MESSAGE, check_doors, default_url
+from ..wire.defaults import (DEFAULT_HEARTBEAT, DEFAULT_LISTING_TIMEOUT, DEFAULT_LIVENESS, DEFAULT_MAX_MESSAGE,
+                             check_doors, default_url)
 from ..wire.errors import (BackendLost, CallTimeout, DeMagicError, PayloadTooLarge, ProtocolMismatch, Refused,
                            UnknownBackend, from_header)
+from ..wire import routingids
 from ..wire.framing import PerThread, recv_frames, send_frames
 from ..wire.handshake import WatchedSocket
 from ..wire.security import Security
 from . import refs
+from .calls import decode_result, encode_call
+from .jobs import Job, attach, list_jobs, start
 from .progress import Progress, default_progress
 from .proxies import RemoteBackend
 from .mux import Multiplexer, settle
+from .naming import called, knower, place
 from .routes import Endpoint, Routes
 from .tables import BackendTable
 
 if TYPE_CHECKING:
-    from .jobs import Job
     from .tables import JobTable
 
 EventHandler = Callable[[dict, list], None]
 
 log = logging.getLogger("de_magic.client")
 
-LISTING_TIMEOUT = 10.0  # seconds, unless a listing is given a timeout of its own
 SMALL_CALL = 1 << 20  # bytes: below this no broker's size limit is in question
 HANDSHAKE_CHECK = 0.25  # seconds between looks for a refused handshake while the broker has said nothing
+PREFER_GRACE = 0.5  # seconds a fresh client waits for a preferred broker once a later one answered
+HELPER_THREADS = 4  # threads a client has for work its I/O thread must not wait for (see Client.in_background)
 
 _request_ids = itertools.count(1)
 
@@ -128,6 +133,11 @@ class Client:
         self._busy: set[zmq.Socket] = set()  # sockets of calls in flight (see close)
         self._lock = threading.Lock()
         self._mux: Multiplexer | None = None
+        self._helpers: ThreadPoolExecutor | None = None  # see in_background
+        self._door_chosen = False  # the first use asks every broker at once (see _choose_door)
+        self._door_lock = threading.Lock()
+        self._failing_back = False  # a return to a more preferred broker is being looked for (see _fail_back)
+        self._down: dict[str, float] = {}  # brokers that did not answer a listing (url -> since when)
         self._apis: dict[str, tuple[str, dict]] = {}  # backend -> (api tag, api) seen in listings
         self._closed = False
         self._broker_limit: int | None = None  # the broker's maximum message size, once a listing said it
@@ -177,6 +187,8 @@ class Client:
             self._closed = True
         if self._mux is not None:
             self._mux.stop()
+        if self._helpers is not None:
+            self._helpers.shutdown(wait=False, cancel_futures=True)
         self._sockets.close(keep=set(self._busy))
         self.routes.close(keep=set(self._busy))
 
@@ -188,9 +200,10 @@ class Client:
 
     # -- low level -------------------------------------------------------------
 
-    def _new_socket(self, unbounded: bool = False) -> WatchedSocket:
-        url = self.url
-        sock = self._ctx.socket(zmq.DEALER, socket_class=WatchedSocket)
+    def _new_socket(self, unbounded: bool = False, url: str | None = None) -> WatchedSocket:
+        """A socket to the broker at ``url`` (default: the one in use)."""
+        url = url or self.url
+        sock = routingids.declare(self._ctx.socket(zmq.DEALER, socket_class=WatchedSocket))
         sock.linger = 0
         if unbounded:  # no high-water mark: set before connecting, or it does not hold for the connection
             sock.sndhwm = sock.rcvhwm = 0
@@ -203,6 +216,7 @@ class Client:
     def _socket(self) -> WatchedSocket:
         if self._closed:
             raise RuntimeError(f"{self!r} is closed")
+        self._choose_door()
         sock = self._sockets.get()
         if sock.watched_url != self.url:  # the client moved to another broker since this thread's last call
             sock = self._sockets.renew()
@@ -214,7 +228,82 @@ class Client:
             if len(self.urls) > 1 and self.url == url:
                 self._door = (self._door + 1) % len(self.urls)
                 log.warning("the broker at %s is not answering; using %s now", url, self.url)
+        self._fail_over_to(self._door)
         return f"; this client now uses the broker at {self.url}" if self.url != url else ""
+
+    def _probe_time(self) -> float:
+        """Seconds a live broker takes at most to answer a listing (it answers at once), and between probes."""
+        return self.heartbeat * self.liveness
+
+    def _choose_door(self) -> None:
+        """At first use: ask every broker at once, and use the first in order that answers, waiting at most
+        PREFER_GRACE for an earlier one once a later one did; so a first broker that is down costs no wait."""
+        if self._door_chosen:
+            return
+        with self._door_lock:
+            if self._door_chosen or len(self.urls) == 1:
+                self._door_chosen = True
+                return
+            asked = [self._ask(url, {"api": False}, self._probe_time()) for url in self.urls]
+            began = time.monotonic()
+            while True:
+                answered = [i for i, f in enumerate(asked) if f.done() and f.exception() is None]
+                waited = time.monotonic() - began
+                chosen = next((i for i in answered if waited >= PREFER_GRACE or all(f.done() for f in asked[:i])),
+                              None)
+                if chosen is not None or all(f.done() for f in asked) or waited >= self._probe_time():
+                    break
+                pending = [f for f in asked if not f.done()]
+                wait(pending, timeout=max(0.0, (PREFER_GRACE if answered else self._probe_time()) - waited),
+                     return_when=FIRST_COMPLETED)
+            if chosen is not None:
+                with self._lock:
+                    self._door = chosen
+                self._absorb(asked[chosen].result(), None, False)  # api=False: no API to fill in
+                if chosen:
+                    log.warning("the broker at %s is not answering; using %s", self.urls[0], self.url)
+                    self._fail_over_to(chosen)
+            self._door_chosen = True
+
+    def _fail_over_to(self, door: int) -> None:
+        """Start looking for a return to a more preferred broker than ``door`` (see _fail_back)."""
+        with self._lock:
+            if door and not self._closed and not self._failing_back:
+                self._failing_back = True
+                self._calls_locked().later(self._probe_time(), self._fail_back)
+
+    def _fail_back(self) -> None:
+        """In the I/O thread, while a more preferred broker than the one in use is away: ask it and the one in
+        use for a listing; go back to it once it answers and knows every backend the one in use knows (backends
+        register again within a few heartbeats of a broker's return)."""
+        door = self._door
+        if door == 0 or self._closed:
+            self._failing_back = False
+            return
+        query = {"api": False}
+        current = self._ask(self.urls[door], query, self._probe_time())
+        preferred = [(i, self._ask(self.urls[i], query, self._probe_time())) for i in range(door)]
+
+        judged = []
+
+        def judge(_=None) -> None:
+            if judged or not current.done() or not all(f.done() for _, f in preferred):
+                return
+            judged.append(True)  # once: every future's callback comes here
+            live = set(current.result()["backends"]) if current.exception() is None else set()
+            for i, f in preferred:
+                if f.exception() is None and live <= set(f.result()["backends"]):
+                    with self._lock:
+                        if i < self._door:
+                            log.warning("the broker at %s answers again; using it again", self.urls[i])
+                            self._door = i
+                    break
+            with self._lock:
+                self._failing_back = False
+            self._fail_over_to(self._door)
+
+        for future in [current, *(f for _, f in preferred)]:
+            future.add_done_callback(judge)
 
     def request(
         self,
@@ -240,19 +329,20 @@ class Client:
         frames = P.call(rid, backend, worker, P.dump_header(header), payload)
         timeout = self.timeout if timeout is None else timeout
         endpoint = self._direct_endpoint(backend, worker)
+        what = called(backend, header)
         if endpoint is not None:
             sock = self.routes.socket(endpoint, self.security)
             if sock is not None:
                 self.routes.started(endpoint)
                 try:
-                    return self._exchange(rid, frames, timeout, on_event, sock, endpoint)
+                    return self._exchange(rid, frames, timeout, on_event, sock, endpoint, what)
                 except (_NotSent, UnknownBackend):  # it went away, or another backend listens there now
                     self.routes.lost(endpoint)  # nothing ran: this call and the next ones go via the broker
                     rid = struct.pack("!Q", next(_request_ids))
                     frames = P.call(rid, backend, worker, P.dump_header(header), payload)
                 finally:
                     self.routes.ended(endpoint)
-        return self._exchange(rid, frames, timeout, on_event)
+        return self._exchange(rid, frames, timeout, on_event, what=what)
 
     def _direct_endpoint(self, backend: str, worker: bytes, learn: bool = True) -> Endpoint | None:
         """The worker endpoint to call ``backend`` at directly, if any (learnt from a listing now and then,
@@ -274,9 +364,10 @@ class Client:
         return min(self.max_message_size, self._broker_limit or self.max_message_size)
 
     def _exchange(self, rid: bytes, frames: list, timeout: float | None, on_event,
-                  sock: WatchedSocket | None = None, endpoint: Endpoint | None = None) -> tuple[dict, list]:
+                  sock: WatchedSocket | None = None, endpoint: Endpoint | None = None,
+                  what: str = "a listing") -> tuple[dict, list]:
         """Send the request ``rid`` (its ``frames``) on this thread's socket (to the broker, or ``sock`` to a
-        worker's direct ``endpoint``) and wait for the answer."""
+        worker's direct ``endpoint``) and wait for the answer; errors name ``what`` the user called."""
         sock = sock or self._socket()
         self._busy.add(sock)
         try:
@@ -287,7 +378,7 @@ class Client:
                 if sock.failed_before:  # e.g. a retry after a refusal: fail now, not after a heartbeat
                     _raise_if_refused(sock)
                 self._send(sock, frames)
-            return self._wait(sock, rid, timeout, on_event, endpoint)
+            return self._wait(sock, rid, timeout, on_event, endpoint, what)
         except zmq.ZMQError:
             if self._closed:
                 raise DeMagicError(f"{self!r} was closed during the call") from None
@@ -313,7 +404,7 @@ class Client:
             raise BackendLost(f"cannot reach the broker at {url}{hint}{self._fail_over(url)}") from None
 
     def _wait(self, sock: zmq.Socket, rid: bytes, timeout: float | None, on_event,
-              endpoint: Endpoint | None = None) -> tuple[dict, list]:
+              endpoint: Endpoint | None = None, what: str = "a listing") -> tuple[dict, list]:
         now = time.monotonic()
         deadline = None if timeout is None else now + timeout
         next_query = now + self.heartbeat
@@ -332,7 +423,7 @@ class Client:
                     unanswered, heard = 0, True
                     if type(msg) is P.Reply:
                         return msg.header, msg.payload
-                    self._on_progress_of(sock, rid, msg, on_event)
+                    self._on_progress_of(sock, rid, msg, on_event, endpoint, what)
                     continue
                 now = time.monotonic()
                 if not heard:
@@ -342,7 +433,8 @@ class Client:
                 if deadline is not None and now >= deadline:
                     _raise_if_refused(sock)  # a refusal says more than a timeout, however short the timeout
                     self._send(sock, P.cancel(rid), zmq.NOBLOCK)
-                    raise CallTimeout(f"no answer from {sock.watched_url} within {timeout:g} s")
+                    raise CallTimeout(f"no answer from {what} within {timeout:g} s "
+                                      f"({place(sock.watched_url, endpoint)})")
                 if now >= next_query:
                     if sock.dropped and len(self.urls) > 1:  # with another broker to go to, don't wait it out
                         url = sock.watched_url
@@ -351,9 +443,9 @@ class Client:
                         url = sock.watched_url
                         if endpoint is not None:
                             self.routes.lost(endpoint)
-                            raise BackendLost(f"the worker at {url} (direct) is not answering; later calls go "
-                                              "through the broker")
-                        raise BackendLost(f"the broker at {url} is not answering{self._fail_over(url)}")
+                            raise BackendLost(f"{what}: its worker is not answering ({place(url, endpoint)}); later "
+                                              "calls go through the broker")
+                        raise BackendLost(f"{what}: the broker at {url} is not answering{self._fail_over(url)}")
                     self._send(sock, P.query(rid), zmq.NOBLOCK)
                     unanswered += 1
                     next_query = now + self.heartbeat
@@ -373,7 +465,8 @@ class Client:
             raise ProtocolMismatch(f"broker at {sock.watched_url}: {exc}") from None
         return msg if msg.rid == rid else None
 
-    def _on_progress_of(self, sock: zmq.Socket, rid: bytes, msg, on_event) -> None:
+    def _on_progress_of(self, sock: zmq.Socket, rid: bytes, msg, on_event, endpoint: Endpoint | None,
+                        what: str) -> None:
         """An event, status or error of a request still running: handled here, or raised."""
         if type(msg) is P.Event:
             if on_event is not None:
@@ -385,7 +478,7 @@ class Client:
         elif type(msg) is P.Error:
             raise from_header(msg.header)
         elif msg.state == P.UNKNOWN:
-            raise BackendLost(f"the broker at {sock.watched_url} no longer knows this request "
+            raise BackendLost(f"{what}: {knower(sock.watched_url, endpoint)} no longer knows this request "
                               "(it restarted, or the backend was lost)")
 
     # -- calls -----------------------------------------------------------------
@@ -486,30 +579,22 @@ class Client:
         codec = self._codec_of(backend)
         try:
             header, payload, worker = encode_call(backend, *call, codec)
-            size = serialize.nbytes(payload)
-            if size > self._limit(size):
-                raise PayloadTooLarge(f"call of {size} bytes exceeds the maximum message size of "
-                                      f"{self._limit(size)} bytes (the broker's at {self.url}, or this client's)")
-            rid = struct.pack("!Q", next(_request_ids))
-            frames = P.call(rid, backend, worker, P.dump_header(header), payload)
-            endpoint = self._direct_endpoint(backend, worker, learn)
-            sent = self._calls().send(rid, frames, timeout, dispatch, endpoint)
+            sent = self.send_request(backend, header, payload, timeout=timeout, on_event=dispatch, worker=worker,
+                                     learn=learn)
         except BaseException as exc:  # noqa: BLE001 - the future carries it
             return settle(future, exc=exc)
-        future.add_done_callback(lambda f: f.cancelled() and self._calls().cancel(rid))
+        future.add_done_callback(lambda f: f.cancelled() and sent.cancel())
 
         def answered(attempt: Future) -> None:
+            if attempt.cancelled():
+                return
             exc = attempt.exception()
             if isinstance(exc, BackendLost) and retries:
                 log.info("%s; sending the call again (%d retries left)", exc, retries - 1)
                 self._submit(future, backend, call, timeout, dispatch, retries - 1, learn=False)
-            elif isinstance(exc, UnknownBackend) and endpoint is not None:
-                self.routes.lost(endpoint)  # another backend listens there now: nothing ran; go via the broker
-                self._submit(future, backend, call, timeout, dispatch, retries, learn=False)
             elif isinstance(exc, Refused) and codec != serialize.JSON:
                 # perhaps a no-pickle backend: learning that takes a listing, which is not for the I/O thread
-                threading.Thread(target=self._resubmit_json, args=(future, backend, call, timeout, dispatch,
-                                                                   retries, exc), daemon=True).start()
+                self.in_background(self._resubmit_json, future, backend, call, timeout, dispatch, retries, exc)
             elif exc is not None:
                 settle(future, exc=exc)
             else:
@@ -519,6 +604,63 @@ class Client:
                     settle(future, exc=error)
 
         sent.add_done_callback(answered)
+
+    def send_request(self, backend: str, header: dict, payload: list, *, timeout: float | None = None,
+                     on_event: EventHandler | None = None, worker: bytes = b"", learn: bool = True) -> CallFuture:
+        """Like :meth:`request`, without waiting: the client's I/O thread carries it, and the future ends with
+        ``(header, frames)`` or the error; cancelling it cancels the request.
+
+        ``learn``: a direct endpoint may be looked up with a listing first (not from the I/O thread, which
+        must not wait for one).
+        """
+        if learn:
+            self._choose_door()
+        outcome = CallFuture()
+        self._send_attempt(outcome, backend, header, payload, worker, self.timeout if timeout is None else timeout,
+                           on_event, learn)
+        return outcome
+
+    def _send_attempt(self, outcome: CallFuture, backend: str, header: dict, payload: list, worker: bytes,
+                      timeout: float | None, on_event, learn: bool) -> None:
+        size = serialize.nbytes(payload)
+        if size > self._limit(size):
+            raise PayloadTooLarge(f"call of {size} bytes exceeds the maximum message size of "
+                                  f"{self._limit(size)} bytes (the broker's at {self.url}, or this client's)")
+        rid = struct.pack("!Q", next(_request_ids))
+        frames = P.call(rid, backend, worker, P.dump_header(header), payload)
+        endpoint = self._direct_endpoint(backend, worker, learn)
+        calls = self._calls()
+        sent = calls.send(rid, frames, timeout, on_event, endpoint, what=called(backend, header))
+        outcome.add_done_callback(lambda f: f.cancelled() and calls.cancel(rid))
+
+        def answered(attempt: Future) -> None:
+            exc = attempt.exception()
+            if isinstance(exc, UnknownBackend) and endpoint is not None:
+                self.routes.lost(endpoint)  # another backend listens there now: nothing ran; go via the broker
+                try:
+                    self._send_attempt(outcome, backend, header, payload, worker, timeout, on_event, False)
+                except BaseException as error:  # noqa: BLE001 - the future carries it
+                    settle(outcome, exc=error)
+            elif exc is not None:
+                settle(outcome, exc=exc)
+            else:
+                settle(outcome, attempt.result())
+
+        sent.add_done_callback(answered)
+
+    def later(self, delay: float, work: Callable[[], None]) -> None:
+        """Run ``work()`` in the client's I/O thread after ``delay`` seconds; it must not block."""
+        self._calls().later(delay, work)
+
+    def in_background(self, work: Callable, *args) -> None:
+        """Run ``work(*args)`` on one of the client's few helper threads: for what the I/O thread must not wait
+        for (a listing, looking for a job's worker), whatever the number of calls and jobs needing it."""
+        with self._lock:
+            if self._closed:
+                raise RuntimeError(f"{self!r} is closed")
+            if self._helpers is None:
+                self._helpers = ThreadPoolExecutor(HELPER_THREADS, thread_name_prefix="de-magic-helper")
+            self._helpers.submit(work, *args)
 
     def _resubmit_json(self, future, backend, call, timeout, dispatch, retries, refusal: Refused) -> None:
         try:
@@ -533,33 +675,30 @@ class Client:
     def _calls(self) -> Multiplexer:
         """The I/O thread of submitted calls, started on first use."""
         with self._lock:
-            if self._closed:
-                raise RuntimeError(f"{self!r} is closed")
-            if self._mux is None:
-                self._mux = Multiplexer(self)
-            return self._mux
+            return self._calls_locked()
 
-    # -- jobs: calls that outlive this process (jobs.py builds on this module, so it is imported when used) ----
+    def _calls_locked(self) -> Multiplexer:
+        if self._closed:
+            raise RuntimeError(f"{self!r} is closed")
+        if self._mux is None:
+            self._mux = Multiplexer(self)
+        return self._mux
+
+    # -- jobs: calls that outlive this process (jobs.py) --------------------------------------------------------
 
     def start(self, backend: str, member: str, args: tuple = (), kwargs: dict | None = None, **options) -> "Job":
         """Run a call as a job on the backend and return its :class:`~de_magic.caller.jobs.Job` at once.
 
         ``options``: ``method``, ``init`` (a class's method), ``on_progress``, ``timeout`` (of the start).
         """
-        from .jobs import start
-
         return start(self, backend, member, args, kwargs, **options)
 
     def jobs(self) -> "JobTable":
         """This caller's jobs on every live backend, as a table (text in a terminal, HTML in a notebook)."""
-        from .jobs import list_jobs
-
         return list_jobs(self)
 
     def job(self, job_id: str, *, on_progress: Callable[[Progress], None] | None = None) -> "Job":
         """Come back to one of this caller's jobs (from any process): progress live, ``result()``, ``cancel()``."""
-        from .jobs import attach
-
         return attach(self, job_id, on_progress)
 
     # -- discovery -------------------------------------------------------------
@@ -576,11 +715,18 @@ class Client:
             query["name"] = name
         if api:
             query["known"] = {n: tag for n, (tag, _) in self._apis.items() if name is None or n == name}
-        if timeout is None:  # a listing is quick: don't inherit a call timeout of hours
-            timeout = min(self.timeout or LISTING_TIMEOUT, LISTING_TIMEOUT)
-        head, frames = self._list(rid, query, timeout)
-        listing = decode_result(head, frames)
-        self._broker_limit = listing["broker"].get("max_message_size")
+        head, frames = self._list(rid, query, self._listing_timeout(timeout))
+        return self._absorb(decode_result(head, frames), name, api)
+
+    def _listing_timeout(self, timeout: float | None) -> float:
+        # a listing is quick: don't inherit a call timeout of hours
+        return min(self.timeout or DEFAULT_LISTING_TIMEOUT, DEFAULT_LISTING_TIMEOUT) if timeout is None else timeout
+
+    def _absorb(self, listing: dict, name: str | None, api: bool, in_use: bool = True) -> dict:
+        """Learn from a listing (of the broker in use, unless not ``in_use``) what it tells: routes, codecs, APIs
+        (the cached one filled in where the broker left it out), the broker's size limit."""
+        if in_use:
+            self._broker_limit = listing["broker"].get("max_message_size")
         if name is not None:
             self.routes.learn(name, listing["backends"].get(name))
         for entry_name, entry in listing["backends"].items():
@@ -606,27 +752,54 @@ class Client:
                     self._fail_over(url)
         raise AssertionError("a client has one broker at least")
 
+    def _ask(self, url: str, query: dict, timeout: float) -> Future:
+        """A listing query to the broker at ``url`` through the I/O thread (its connection there is kept); the
+        future ends with the decoded listing, and the broker counts as down, or up again, by its outcome."""
+        rid = struct.pack("!Q", next(_request_ids))
+        asked = self._calls().send(rid, P.list_query(rid, query), timeout, None, None, url)
+        listing = Future()
+
+        def answered(attempt: Future) -> None:
+            exc = attempt.exception()
+            if exc is None:
+                try:
+                    exc, value = None, decode_result(*attempt.result())
+                except BaseException as error:  # noqa: BLE001 - the future carries it
+                    exc = error
+            if exc is None:
+                self._down.pop(url, None)
+                settle(listing, value)
+            else:
+                self._down.setdefault(url, time.monotonic())
+                settle(listing, exc=exc)
+
+        asked.add_done_callback(answered)
+        return listing
+
     def backends(self) -> BackendTable:
         """The live backends, as a table (text in a terminal, HTML in a notebook).
 
-        With several brokers, every broker is asked, and each backend says which of them it is
-        reachable through (its ``"brokers"``); brokers that do not answer are listed as ``"down"``.
+        With several brokers, every broker is asked at once over this client's own connections, and each
+        backend says which of them it is reachable through (its ``"brokers"``); brokers that do not answer are
+        listed as ``"down"``. A broker found down costs one probe: later listings wait for it no longer than
+        for the others, and show it again once it answers.
         """
         if len(self.urls) == 1:
             return BackendTable(self.listing())
+        query = {"api": True, "known": {n: tag for n, (tag, _) in self._apis.items()}}
+        timeout = self._listing_timeout(None)
+        probe = min(timeout, self.heartbeat * self.liveness)  # a live broker answers a listing at once
+        asked = {url: self._ask(url, query, timeout) for url in self.urls}
+        known_down = {url for url in self.urls if url in self._down}
+        wait({asked[url] for url in self.urls if url not in known_down} or set(asked.values()), timeout=probe)
         listings, down = {}, []
-        for url in self.urls:
-            try:
-                listings[url] = self._listing_at(url)  # not self.listing(): that would move on to another
-            except DeMagicError:
+        for url, listing in asked.items():
+            if listing.done() and listing.exception() is None:
+                listings[url] = self._absorb(listing.result(), None, True, in_use=url == self.url)
+            else:
+                self._down.setdefault(url, time.monotonic())  # its answer, if it comes, marks it up again
                 down.append(url)
         return BackendTable(merge_listings(listings, down))
-
-    def _listing_at(self, url: str) -> dict:
-        """A listing of the broker at ``url`` alone, wherever this client is."""
-        with Client(url, timeout=self.timeout, heartbeat=self.heartbeat, liveness=self.liveness,
-                    context=self._ctx, security=self._securities[url]) as other:
-            return other.listing()
 
     def __getitem__(self, name: str) -> RemoteBackend:
         entry = self.listing(name)["backends"].get(name)
@@ -641,22 +814,6 @@ class Client:
 
 class _NotSent(Exception):
     """A direct call could not be sent (the endpoint is not connected): it goes through the broker."""
-
-
-def encode_call(backend: str, member: str, args: tuple, kwargs: dict | None, method: str | None, init, keep: bool,
-                codec: str) -> tuple[dict, list, bytes]:
-    """The header and payload frames of a call of ``member`` (or of its ``method``, with ``init``), and the worker
-    the remote references among its arguments pin it to (b"": any); ``keep``: the result stays there."""
-    header = {"member": member}
-    body = (tuple(args), dict(kwargs or {}))
-    if method is not None:
-        header["method"] = method
-        body += tuple(init or ((), {}))
-    if codec == serialize.JSON:
-        header["codec"] = serialize.JSON
-        return header, serialize.dumps_json([list(part) if i % 2 == 0 else part for i, part in enumerate(body)]), b""
-    payload, worker = refs.pack(backend, header, body, keep)
-    return header, payload, worker
 
 
 def _dispatcher(progress, on_event: EventHandler | None, lazy: bool = False) -> EventHandler:
@@ -701,9 +858,3 @@ def no_broker_hint(url: str) -> str:
     """What to do when no broker answers at ``url``."""
     return (f"Is a broker running there? Start one with `de-magic broker --bind {url}` "
             "(or `de-magic demo`), or give the address of another")
-
-
-def decode_result(header: dict, frames: list):
-    if header.get("codec") == serialize.JSON:
-        return serialize.loads_json(frames)
-    return serialize.loads(frames)

@@ -6,9 +6,10 @@ backend and worker, so :func:`attach` (``client.job(id)``) knows whom to ask, fr
 or a later one; if that worker is gone (the backend restarted), the backend's other workers
 are asked, since a restarted backend keeps its finished results when it has a job directory.
 
-A :class:`Job` follows its job from a thread of its own with short ``job.poll`` requests, each
-bringing the progress and output that are new (so no slot of the backend is held while the job
-runs): progress shows live (a bar in the cell that made the Job, text on a terminal), and the
+A :class:`Job` follows its job with short ``job.poll`` requests, each bringing the progress and
+output that are new (so no slot of the backend is held while the job runs).  The polls go through
+the client's one I/O thread, which also times the next one: a Job holds no thread and no socket,
+so one client follows thousands.  Progress shows live (a bar in the cell that made the Job, text on a terminal), and the
 poll after the job's end brings the answer.  Every request names the local user: on a plaintext
 broker that is whose jobs they are (claimed, not proven); under CURVE the backend goes by the
 caller's key.
@@ -17,19 +18,23 @@ caller's key.
 from __future__ import annotations
 
 import html
-import threading
 import time
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from ..wire import serialize
 from ..wire.errors import NO_SUCH_JOB, BackendLost, CallTimeout, DeMagicError, JobUnavailable, from_header
 from ..wire.security import local_user
-from .client import LISTING_TIMEOUT, Client, decode_result, encode_call
+from ..wire.defaults import DEFAULT_LISTING_TIMEOUT
+from .calls import decode_result, encode_call
+from . import ui
 from .progress import Progress, default_progress, text_line
 from .session import RemoteSession, colors
 from .tables import JobTable, age
+
+if TYPE_CHECKING:
+    from .client import Client
 
 #: Events of a ``%%remote`` job that are cell output, kept on the Job for replay.
 OUTPUT_EVENTS = frozenset({"stream", "display", "clear_output"})
@@ -65,9 +70,9 @@ class Job:
         self.outputs: list[dict] = []
         self._render = on_progress or client.on_progress or default_progress()
         self._seen = self._shown = 0  # progress reports and other events seen: a poll brings only newer ones
-        self._displays: list = []  # where a notebook shows this job: updated as it goes on
+        self._displays: list[Callable[[dict], None]] = []  # where a UI shows this job: see add_display
         self._future: Future = Future()
-        threading.Thread(target=self._follow, name=f"de-magic-job-{self.id[-8:]}", daemon=True).start()
+        self._poll(learn=True)
 
     # -- what a user calls -----------------------------------------------------------
 
@@ -92,31 +97,51 @@ class Job:
                                            on_event=on_event, worker=self.worker)
         return serialize.loads(frames)
 
-    def _follow(self) -> None:
-        """Poll the job to its end; a lost poll (a restart) looks for the job again, then polls on."""
-        while True:
+    def _poll(self, learn: bool = False) -> None:
+        """Ask for what is new; the answer comes to :meth:`_polled` in the client's I/O thread."""
+        try:
+            sent = self.client.send_request(self.backend, {"op": "job.poll", "id": self.id, "progress": self._seen,
+                                                           "outputs": self._shown, **identity()}, [],
+                                            on_event=self._on_event, worker=self.worker, learn=learn)
+        except BaseException as exc:  # noqa: BLE001 - the job's end, as the caller will see it (a closed client)
+            return self._fail(exc)
+        sent.add_done_callback(self._polled)
+
+    def _polled(self, sent: Future) -> None:
+        exc = sent.exception()
+        if isinstance(exc, BackendLost):  # a restart: look for the job again, off the I/O thread
             try:
-                reply = self._request("job.poll", self._on_event, progress=self._seen, outputs=self._shown)
-            except BackendLost:
-                try:
-                    self.worker, summary = locate(self.client, self.backend, self.id, self.worker, RELOCATE_PATIENCE)
-                except DeMagicError as exc:
-                    self._fail(exc)
-                    return
-                continue
-            except BaseException as exc:  # noqa: BLE001 - the job's end, as the caller will see it
-                self._fail(exc)
-                return
-            if (self.status, self._seen) != (reply["status"], reply["progress"]):
-                self.status, self._seen = reply["status"], reply["progress"]
-                self._update_displays()
-            if self.status in FINAL:
-                break
-            time.sleep(POLL_INTERVAL)
+                return self.client.in_background(self._relocate)
+            except RuntimeError as closed:
+                return self._fail(DeMagicError(f"{closed}: job {self.id} is no longer followed here"))
+        if exc is not None:
+            return self._fail(exc)
+        try:
+            reply = serialize.loads(sent.result()[1])
+        except BaseException as error:  # noqa: BLE001
+            return self._fail(error)
+        if (self.status, self._seen) != (reply["status"], reply["progress"]):
+            self.status, self._seen = reply["status"], reply["progress"]
+            self._update_displays()
+        if self.status not in FINAL:
+            try:
+                return self.client.later(POLL_INTERVAL, self._poll)
+            except RuntimeError as closed:
+                return self._fail(DeMagicError(f"{closed}: job {self.id} is no longer followed here"))
         if "error" in reply:
             self._future.set_exception(from_header(reply["error"]))
-        else:
+            return
+        try:
             self._future.set_result(decode_result({"codec": reply["codec"]}, reply["frames"]))
+        except BaseException as error:  # noqa: BLE001 - e.g. a class this process cannot unpickle
+            self._future.set_exception(error)
+
+    def _relocate(self) -> None:
+        try:
+            self.worker, _ = locate(self.client, self.backend, self.id, self.worker, RELOCATE_PATIENCE)
+        except BaseException as exc:  # noqa: BLE001
+            return self._fail(exc)
+        self._poll(learn=True)
 
     def _fail(self, exc: BaseException) -> None:
         if isinstance(exc, JobUnavailable):
@@ -149,21 +174,23 @@ class Job:
         return f"<Job {self.id}: {self.what} on {self.backend!r}, {self.status}{self._progress_text()}>"
 
     def _ipython_display_(self) -> None:
-        """Show the job; in a notebook the display follows the job's status and progress."""
-        from IPython import get_ipython
-        from IPython.display import display
+        """Show the job: live where a UI layer registered how (a notebook), else as text."""
+        show = ui.hook("show_job")
+        if show is not None:
+            show(self)
+        else:
+            print(repr(self))
 
-        in_kernel = getattr(get_ipython(), "kernel", None) is not None
-        handle = display(self._bundle(), raw=True, display_id=in_kernel or None)
-        if in_kernel:
-            self._displays.append(handle)
-
-    def _bundle(self) -> dict:
+    def _repr_mimebundle_(self, include=None, exclude=None) -> dict:
         return {"text/plain": repr(self), "text/html": self._repr_html_()}
 
+    def add_display(self, update: Callable[[dict], None]) -> None:
+        """Call ``update(bundle)`` with the job's new MIME bundle whenever its status or progress changes."""
+        self._displays.append(update)
+
     def _update_displays(self) -> None:
-        for handle in self._displays:
-            handle.update(self._bundle(), raw=True)
+        for update in self._displays:
+            update(self._repr_mimebundle_())
 
     def _repr_html_(self) -> str:
         bar = ""
@@ -266,7 +293,7 @@ def list_jobs(client: Client) -> JobTable:
         for worker in entry["workers"]:
             try:
                 head, frames = client.request(name, {"op": "job.list", **identity()}, [],
-                                              worker=bytes.fromhex(worker["id"]), timeout=LISTING_TIMEOUT)
+                                              worker=bytes.fromhex(worker["id"]), timeout=DEFAULT_LISTING_TIMEOUT)
             except DeMagicError:
                 silent.append(name)
                 continue

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from ..wire import routingids
 from ..wire.framing import Sockets, send_frames
 from ..wire.handshake import WatchedSocket
 from ..wire.security import Security, is_loopback
@@ -37,7 +38,9 @@ class Endpoint:
 
     worker: bytes
     url: str
-    key: str | None  #: the worker's public key (Z85) as the broker authenticated it; None without CURVE
+    #: the endpoint's public key (Z85): the worker's as a CURVE broker authenticated it, else the key the worker
+    #: told the broker its endpoint has (None from a worker that tells none)
+    key: str | None
 
 
 def endpoints(entry: dict) -> list[Endpoint]:
@@ -62,6 +65,7 @@ class Routes(Sockets):
         self._unreachable: dict[bytes, float] = {}  # worker id -> until when its calls go via the broker
         self._inflight: dict[bytes, int] = {}  # worker id -> this client's calls in flight there
         self._local = threading.local()
+        self._own_pair: tuple[bytes, bytes] | None = None  # a key pair for endpoints of plaintext brokers
 
     def learn(self, backend: str, entry: dict | None) -> None:
         """A listing's entry for ``backend`` (None: it is not live)."""
@@ -75,7 +79,7 @@ class Routes(Sockets):
         """The endpoint to call ``backend`` (pinned to ``worker`` if given) at directly, if there is one."""
         candidates = [e for e in self._known.get(backend, (0, []))[1]
                       if (not worker or e.worker == worker) and self._unreachable.get(e.worker, 0) < time.monotonic()
-                      and (e.key is None or security.curve)]
+                      and (e.key is None or security.curve or is_loopback(e.url))]
         if not candidates:
             return None
         return min(candidates, key=lambda e: self._inflight.get(e.worker, 0))
@@ -88,14 +92,20 @@ class Routes(Sockets):
             return sock
         if self.closed:
             raise RuntimeError("these sockets are closed")
-        sock = self._ctx.socket(zmq.DEALER, socket_class=WatchedSocket)
+        sock = routingids.declare(self._ctx.socket(zmq.DEALER, socket_class=WatchedSocket))
         sock.name(endpoint.url)
         sock.linger = 0
         sock.immediate = True  # nothing is queued for an endpoint that is not connected: it goes via the broker
         sock.sndhwm = sock.rcvhwm = 0  # a client's thousands of calls in flight (mux.py)
         sock.reconnect_ivl_max = 10_000  # a worker that went away is tried again ever more rarely, not 10 times a second
         if endpoint.key is not None:
-            sock.curve_publickey, sock.curve_secretkey = security.key_pair
+            # the handshake proves the endpoint is the worker the listing named: a process that took its port
+            # after it went cannot answer in its place
+            if security.curve:
+                sock.curve_publickey, sock.curve_secretkey = security.key_pair
+            else:
+                self._own_pair = self._own_pair or zmq.curve_keypair()
+                sock.curve_publickey, sock.curve_secretkey = self._own_pair
             sock.curve_serverkey = endpoint.key.encode()
         if endpoint.worker in self._reached:
             sock.connect(endpoint.url)

@@ -13,7 +13,9 @@ REST endpoints (all authenticated, all JSON, under ``{base_url}de-magic/``):
     400 with a message for a bad address or something that is not a public key.
 ``GET listing?broker=URL``
     Everything the broker offers: the core client's listing (broker, backends, workers,
-    full API) plus liveness (``reachable``, ``latency_ms``, ``checked``). An unreachable
+    full API) plus liveness (``reachable``, ``latency_ms``, ``checked``), and ``gateway``
+    (``{"url", "tokens"}``) when the config file's ``[gateway]`` serves this broker over HTTP, so
+    the details show each member's HTTP route and a curl line (docs/gateway.md). An unreachable
     broker still answers 200, with ``{"broker": {"url": url}, "reachable": false, "error": "..."}``
     (so do the two below): being down is a state the panel shows, not a failed request.
     ``"needs_key": true`` says that the broker uses CURVE and its key is not known here (``POST brokers``).
@@ -43,6 +45,8 @@ from jupyter_server.base.handlers import APIHandler
 from jupyter_server.utils import url_path_join
 from traitlets import Float, List, Unicode
 from traitlets.config import Configurable
+
+from ..gateway import config as gateway
 
 if TYPE_CHECKING:
     from .brokerpool import BrokerPool
@@ -109,6 +113,7 @@ class _BaseHandler(APIHandler):
                 "checked": time.time(),
             }
         listing = dict(listing)
+        listing["gateway"] = gateway.advertised(url.split(",")[0])
         listing["reachable"] = True
         listing["latency_ms"] = round((time.monotonic() - start) * 1000, 1)
         listing["checked"] = time.time()

@@ -26,6 +26,7 @@ class BadInput:
         self._logged = 0
         self._suppressed = 0
         self._lock = threading.Lock()  # a backend's slot threads report concurrently
+        self._failures: set[tuple] = set()  # where handling a message raised, so far: each traceback is logged once
 
     def report(self, message: str, *args, exc_info: bool = False) -> None:
         """Count one bad message; log it unless this interval's quota is used up."""
@@ -41,6 +42,25 @@ class BadInput:
                 self._suppressed += 1
         if log:
             self.logger.warning("bad input: " + message, *args, exc_info=exc_info)
+
+    def failed(self, what: str, exc: BaseException) -> None:
+        """Handling a peer's message raised ``exc`` (a bug its input found): count it like bad input, with the
+        traceback logged the first time this kind of failure happens here, so that a peer repeating it
+        cannot flood the log with tracebacks."""
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        kind = (type(exc), tb.tb_frame.f_code.co_filename if tb else "", tb.tb_lineno if tb else 0)
+        with self._lock:
+            first = kind not in self._failures and len(self._failures) < 1000
+            if first:
+                self._failures.add(kind)
+        if first:
+            self.count += 1
+            self.logger.warning("bad input: %s raised %s (traceback logged once; later ones are counted)", what,
+                              type(exc).__name__, exc_info=exc)
+        else:
+            self.report("%s raised %s", what, type(exc).__name__)
 
     def flush(self) -> None:
         """Log how many bad messages were not logged one by one, and start a new interval."""

@@ -54,6 +54,9 @@ MAX_NAME = 200
 MAX_USAGE = 64 << 10
 #: Most sessions a USAGE lists one by one (the largest); the count covers them all.
 MAX_USAGE_SESSIONS = 100
+#: Deepest nesting of lists and objects a header may have: deeper ones are refused when decoded, so that
+#: logging, listing or re-encoding a header can never run out of recursion.
+MAX_DEPTH = 64
 
 
 class ProtocolError(ValueError):
@@ -101,7 +104,20 @@ def load_header(frame, limit: int | None = None) -> dict:
         raise ProtocolError(f"header frame is not JSON: {type(exc).__name__}") from None
     if not isinstance(value, dict):
         raise ProtocolError("header frame must be a JSON object")
+    if _bytes(frame).count(b"[") + _bytes(frame).count(b"{") > MAX_DEPTH and _depth(value) > MAX_DEPTH:
+        raise ProtocolError(f"header frame nests lists and objects more than {MAX_DEPTH} deep")
     return value
+
+
+def _depth(value) -> int:
+    """How deep lists and objects nest in a decoded JSON value (without recursion: it may be very deep)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, depth)
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
 
 
 def dump_header(header: dict) -> bytes:
@@ -427,12 +443,17 @@ def check_ready_info(info: dict) -> dict:
     heartbeat = info.get("heartbeat", 0.0)
     if type(heartbeat) not in (int, float) or not 0 <= heartbeat < float("inf"):
         raise ProtocolError("READY info: 'heartbeat' must be a non-negative number of seconds")
+    if not (type(info.get("pid", 0)) is int and isinstance(info.get("host", ""), str) and len(info.get("host", "")) < 300):
+        raise ProtocolError("READY info: 'pid' must be an integer and 'host' a name")
     for key in ("api", "dask"):  # dask: the cluster a Dask backend runs on, shown in listings
         if not isinstance(info.get(key, {}), dict):
             raise ProtocolError(f"READY info: {key!r} must be an object")
     direct = info.get("direct")
     if direct is not None and not (isinstance(direct, str) and direct.startswith("tcp://") and len(direct) < 300):
         raise ProtocolError("READY info: 'direct' must be a tcp:// address")
+    key = info.get("direct_key")
+    if key is not None and not (isinstance(key, str) and len(key) == 40 and key.isascii() and key.isprintable()):
+        raise ProtocolError("READY info: 'direct_key' must be a Z85 public key (40 characters)")
     allowed = info.get("allow_clients")
     if allowed is not None and not (isinstance(allowed, list) and all(isinstance(k, str) for k in allowed)):
         raise ProtocolError("READY info: 'allow_clients' must be a list of strings")

@@ -56,6 +56,31 @@ def dumps(obj, persistent_id: Callable | None = None) -> list:
     return [stream.getvalue(), *buffers]
 
 
+def size_of(obj) -> int:
+    """The bytes :func:`dumps` would make of ``obj`` (pickle stream and out-of-band buffers), however deeply
+    its data nest, counted as they are written: nothing is kept or copied. Raises as pickling would."""
+    counter = _Counter()
+
+    def count(buf: pickle.PickleBuffer) -> bool:
+        counter.n += buf.raw().nbytes
+        return False  # out of band: counted, never copied
+
+    cloudpickle.Pickler(counter, protocol=5, buffer_callback=count).dump(obj)
+    return counter.n
+
+
+class _Counter:
+    """A file that only counts what is written to it."""
+
+    def __init__(self):
+        self.n = 0
+
+    def write(self, data) -> int:
+        size = memoryview(data).nbytes
+        self.n += size
+        return size
+
+
 def loads(frames, persistent_load: Callable | None = None):
     """Inverse of :func:`dumps`; ``frames`` may be ``bytes`` or ``zmq.Frame`` objects."""
     if not frames:

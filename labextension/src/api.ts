@@ -83,6 +83,13 @@ export interface IBackend {
   };
 }
 
+/** Where the config file's HTTP gateway serves a broker's backends (docs/gateway.md). */
+export interface IGateway {
+  url: string;
+  /** Whether the gateway wants a bearer token. */
+  tokens: boolean;
+}
+
 /** The answer of `GET de-magic/listing?broker=URL`. */
 export interface IListing {
   reachable: boolean;
@@ -94,6 +101,8 @@ export interface IListing {
   backends?: { [name: string]: IBackend };
   latency_ms?: number;
   checked?: number;
+  /** Set when a gateway serves this broker: the details then show HTTP routes and curl lines. */
+  gateway?: IGateway | null;
 }
 
 export interface IBrokers {

@@ -1,11 +1,13 @@
 /**
  * The lower section: the selected method's signature, docstring, parameters and actions.
  */
+import { Clipboard } from '@jupyterlab/apputils';
 import { Widget } from '@lumino/widgets';
 
-import { IBackend, IDask, IMember, IParameter, IWorker } from './api';
+import { IBackend, IDask, IGateway, IMember, IParameter, IWorker } from './api';
 import { inline, renderDocstring } from './docstring';
 import { age, badge, bytes, dateOf, h, held, plural } from './dom';
+import { curlLine, httpRoute } from './http';
 import { BrokersModel, ISelection } from './model';
 import { ITarget } from './snippets';
 
@@ -113,6 +115,69 @@ function daskFacts(dask: IDask): HTMLElement {
   );
 }
 
+/**
+ * Where the gateway serves a member (or, for a backend, its first function) over HTTP, with a
+ * curl line to copy; null when no gateway serves this broker.
+ */
+function httpSection(
+  gateway: IGateway | null | undefined,
+  backend: IBackend,
+  member?: IMember,
+  owner?: IMember
+): HTMLElement | null {
+  if (!gateway) {
+    return null;
+  }
+  const docs = `${gateway.url.replace(/\/+$/, '')}/docs`;
+  const intro = h(
+    'p',
+    { class: 'jp-DeMagic-facts' },
+    'Also callable over HTTP through the gateway; all routes at ',
+    h('a', { href: docs, target: '_blank', rel: 'noopener noreferrer' }, docs),
+    '.'
+  );
+  const members = backend.api?.members ?? {};
+  const example =
+    member ??
+    Object.values(members)
+      .filter(m => m.kind === 'function')
+      .sort((a, b) => a.name.localeCompare(b.name))[0];
+  if (!example || example.kind === 'class') {
+    const route = `${httpRoute(gateway, backend.name, { name: member?.name ?? 'MEMBER' } as IMember)}${
+      member ? '/METHOD' : ''
+    }`;
+    return section(
+      'HTTP',
+      intro,
+      h('pre', { class: 'jp-DeMagic-http' }, `POST ${route}`)
+    );
+  }
+  const curl = curlLine(gateway, backend.name, example, owner);
+  return section(
+    'HTTP',
+    intro,
+    h(
+      'pre',
+      { class: 'jp-DeMagic-http' },
+      `POST ${httpRoute(gateway, backend.name, example, owner)}`
+    ),
+    h('pre', { class: 'jp-DeMagic-curl' }, curl),
+    h(
+      'div',
+      { class: 'jp-DeMagic-actions' },
+      h(
+        'button',
+        {
+          class: 'jp-Button jp-mod-styled jp-mod-reject',
+          'data-action': 'copy-curl',
+          'data-curl': curl
+        },
+        'Copy curl'
+      )
+    )
+  );
+}
+
 function button(
   label: string,
   action: string,
@@ -149,9 +214,14 @@ export class MemberDetails extends Widget {
   }
 
   handleEvent(event: Event): void {
-    const action = (event.target as HTMLElement).closest<HTMLElement>(
+    const clicked = (event.target as HTMLElement).closest<HTMLElement>(
       '[data-action]'
-    )?.dataset.action;
+    );
+    const action = clicked?.dataset.action;
+    if (action === 'copy-curl' && clicked?.dataset.curl) {
+      Clipboard.copyToSystem(clicked.dataset.curl);
+      return;
+    }
     const resolved = this._model.resolve(this._selection);
     if (!action || !resolved || !this._selection) {
       return;
@@ -197,6 +267,17 @@ export class MemberDetails extends Widget {
       content = this._backend(resolved.backend, resolved.entry.url);
     } else {
       content = this._member(resolved.backend, resolved.member, resolved.owner);
+    }
+    const http = resolved
+      ? httpSection(
+          resolved.entry.listing?.gateway,
+          resolved.backend,
+          resolved.member,
+          resolved.owner
+        )
+      : null;
+    if (http) {
+      content.push(http);
     }
     this.node.replaceChildren(...content);
   }
