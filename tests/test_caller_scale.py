@@ -35,7 +35,7 @@ def test_finished_calls_release_their_memory_whatever_their_timeout(cluster):
         grown = (_live_rss_kib() - before) / 1024
         print(f"\nRSS grew {grown:.1f} MB over 100,000 submitted calls with timeout=30")
         assert grown < 8, f"RSS grew {grown:.1f} MB over 100,000 finished calls"
-        assert len(client._calls()._deadlines) <= 64  # ended calls leave the deadline heap, not only their memory
+        assert len(client._core._deadlines) <= 64  # ended calls leave the deadline heap, not only their memory
 
 
 def test_one_client_follows_a_thousand_jobs_with_a_bounded_number_of_threads_and_sockets(cluster):
@@ -49,7 +49,7 @@ def test_one_client_follows_a_thousand_jobs_with_a_bounded_number_of_threads_and
         assert [job.result(120) for job in jobs] == [sum(range(i % 7)) for i in range(1000)]
         assert {job.status for job in jobs} == {"done"}
         added = threading.active_count() - threads_before
-        sockets = len(client._sockets._sockets) + len(client.routes._sockets) + len(client._calls()._links)
+        sockets = client._calls().sockets
         print(f"\n1,000 jobs followed with {added} more threads and {sockets} sockets")
         assert added <= 6, f"{added} threads for 1,000 jobs"  # the I/O thread, and at most the helpers
         assert sockets <= 4, f"{sockets} sockets for 1,000 jobs"

@@ -63,7 +63,6 @@ class Routes(Sockets):
         self._known: dict[str, tuple[float, list[Endpoint]]] = {}  # backend -> (learnt at, endpoints)
         self._reached: set[bytes] = set()  # workers a direct connection worked with
         self._unreachable: dict[bytes, float] = {}  # worker id -> until when its calls go via the broker
-        self._inflight: dict[bytes, int] = {}  # worker id -> this client's calls in flight there
         self._local = threading.local()
         self._own_pair: tuple[bytes, bytes] | None = None  # a key pair for endpoints of plaintext brokers
 
@@ -75,14 +74,15 @@ class Routes(Sockets):
         known = self._known.get(backend)
         return known is None or time.monotonic() - known[0] > RELEARN
 
-    def pick(self, backend: str, worker: bytes, security: Security) -> Endpoint | None:
-        """The endpoint to call ``backend`` (pinned to ``worker`` if given) at directly, if there is one."""
+    def pick(self, backend: str, worker: bytes, security: Security, inflight: dict[bytes, int]) -> Endpoint | None:
+        """The endpoint to call ``backend`` (pinned to ``worker`` if given) at directly, if there is one: the one
+        with the fewest of this client's calls in flight (``inflight``: worker id -> calls)."""
         candidates = [e for e in self._known.get(backend, (0, []))[1]
                       if (not worker or e.worker == worker) and self._unreachable.get(e.worker, 0) < time.monotonic()
                       and (e.key is None or security.curve or is_loopback(e.url))]
         if not candidates:
             return None
-        return min(candidates, key=lambda e: self._inflight.get(e.worker, 0))
+        return min(candidates, key=lambda e: inflight.get(e.worker, 0))
 
     def socket(self, endpoint: Endpoint, security: Security) -> WatchedSocket | None:
         """This thread's socket to ``endpoint``, or None if it cannot be reached (then never tried again)."""
@@ -155,9 +155,3 @@ class Routes(Sockets):
         for backend, (_, found) in list(self._known.items()):
             if endpoint in found:  # its backend may have restarted elsewhere: look again at the next call
                 self._known[backend] = (-RELEARN, found)
-
-    def started(self, endpoint: Endpoint) -> None:
-        self._inflight[endpoint.worker] = self._inflight.get(endpoint.worker, 0) + 1
-
-    def ended(self, endpoint: Endpoint) -> None:
-        self._inflight[endpoint.worker] -= 1
