@@ -131,6 +131,10 @@ def test_error_statuses_are_problem_documents(gw):
     assert problem(post(gw, "/backends/hello_world/scale", {"values": [1], "x": 1}), 422, "invalid")["field"] == "x"
     assert problem(post(gw, "/backends/hello_world/Stats/std", {"init": {"ddof": "a"}, "args": {"values": []}}),
                    422, "invalid")["field"] == "init/ddof"
+    # a value the schema lets through (any JSON) that the backend cannot decode: the member never ran
+    bad_array = {"__de_magic__": "ndarray", "dtype": "<f8", "shape": [1], "data": "not base64"}
+    assert "malformed ndarray" in problem(post(gw, "/backends/hello_world/echo", {"value": bad_array}), 422,
+                                          "invalid")["detail"]
     raised = problem(post(gw, "/backends/raising/fail_with_code", {"code": 7}), 502, "remote")
     assert raised["remote_type"].endswith("NeedsKeywords") and "fail_with_code" in raised["traceback"]
     problem(post(gw, "/backends/full/slow_sum/jobs", {"n": 1}), 503, "busy")
