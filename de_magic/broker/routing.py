@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from hmac import compare_digest
 from typing import Callable
 
+from ..wire import admission
 from ..wire import protocol as P
 from ..wire.badinput import BadInput
 from ..wire.defaults import (DEFAULT_HEARTBEAT, DEFAULT_LIVENESS, DEFAULT_MAX_MESSAGE, DEFAULT_MAX_QUEUED_BYTES,
@@ -314,9 +315,8 @@ class Router:
         return self._admits(service.allowed, key)
 
     def _admits(self, allowed, key: str | None) -> bool:
-        if allowed is None:
-            return True
-        return key is not None and (key in allowed or self.key_names().get(key) in allowed)
+        """See :func:`.admission.admits`: one rule for the broker path and the direct endpoint."""
+        return admission.admits(allowed, key, self.key_names(), self.config.curve)
 
     def _who(self, key: str | None) -> str:
         if key is None:
@@ -330,24 +330,22 @@ class Router:
         rid, name = msg.rid, msg.backend
         self.heard[client] = self.now
         if (client, rid) in self.requests:
-            # not answered: an answer would give that id two final answers (logged as bad input)
-            raise P.ProtocolError(f"request id {rid.hex()} is already in use by this caller")
+            raise admission.duplicate(rid)  # logged as bad input
         size = nbytes(msg.body)
-        if size > self.config.max_message_size:
-            return self._error(client, rid, PayloadTooLarge, f"call of {size} bytes exceeds the broker's maximum "
-                                                             f"message size of {self.config.max_message_size} bytes")
+        too_large = admission.too_large(size, self.config.max_message_size, "the broker's")
+        if too_large:
+            return self._error(client, rid, PayloadTooLarge, too_large)
         service = self.services.get(name)
         key = self.key_of(frames[0])
         if service is None or not service.workers:
             return self._wait_for_backend(client, msg, size, key)
-        if service.allowed is not None and not self._allows(service, key):
+        if not self._allows(service, key):
             return self._refuse(client, rid, service, key)
         pinned = None
         if msg.worker:
             pinned = self.by_id.get(msg.worker)
             if pinned is None or pinned.service is not service:
-                return self._error(client, rid, BackendLost, f"worker {msg.worker.hex()} of backend {name!r} is gone "
-                                                             "(it held this call's session or references)")
+                return self._error(client, rid, BackendLost, admission.gone(msg.worker, name))
         request = Request(client, rid, msg.body, size, service, pinned, key=key)
         self.routed_bytes += size
         worker = pinned if pinned is not None else service.pick()
@@ -360,15 +358,11 @@ class Router:
     def _admit(self, client: bytes, rid: bytes, service: Service, size: int) -> bool:
         """Whether a call may wait in the queue: bounded by count per backend, and by bytes overall."""
         room = sum(w.max_queue for w in service.workers) if service.workers else MAX_WAITING
-        if service.waiting >= room:
-            self._error(client, rid, Busy, f"backend {service.name!r} is busy: all "
-                        f"{sum(w.capacity for w in service.workers)} slots working and {service.waiting} calls queued")
-            return False
-        if self.queued_bytes + size > self.config.max_queued_bytes:
-            self._error(client, rid, Busy, f"the broker is busy: {self.queued_bytes} bytes of calls wait in its "
-                        f"queues (limit {self.config.max_queued_bytes}); try again soon")
-            return False
-        return True
+        busy = admission.queue_refusal(service.name, service.waiting, room, sum(w.capacity for w in service.workers),
+                                       self.queued_bytes, size, self.config.max_queued_bytes, "the broker")
+        if busy:
+            self._error(client, rid, Busy, busy)
+        return not busy
 
     def _enqueue(self, service: Service, request: Request) -> None:
         request.queued = True
@@ -392,7 +386,7 @@ class Router:
         self._settle(service, request)
         service.dead += 1
         del self.requests[(request.client, request.rid)]
-        if service.dead > 64 + 2 * service.waiting:  # compact, so cancelled calls cannot pile up
+        if admission.compact_due(service.dead, service.waiting):  # compact, so cancelled calls cannot pile up
             service.queue = deque(r for r in service.queue if r.queued)
             for worker in service.workers:
                 worker.pinned = deque(r for r in worker.pinned if r.queued)
@@ -448,7 +442,7 @@ class Router:
     def _refuse(self, client: bytes, rid: bytes, service: Service, key: str | None) -> None:
         self.bad.report("refused a call of %r from %s (%s): not among the backend's allowed callers",
                         service.name, self._who(key), client.hex())
-        self._error(client, rid, Refused, f"backend {service.name!r} does not accept calls from this caller's key")
+        self._error(client, rid, Refused, admission.refusal(service.name, key))
 
     def _remember(self, entry: Remembered) -> None:
         """Keep ``entry`` here and in the state directory; a full disk must not stop the broker (it is logged)."""
@@ -489,13 +483,9 @@ class Router:
         self._error(client, msg.rid, Cancelled, "cancelled before it started")
 
     def _on_query(self, client: bytes, msg: P.Query, frames: list) -> None:
-        if len(msg.more) >= MAX_WAITING:
-            raise P.ProtocolError(f"QUERY of more than {MAX_WAITING} requests", msg.rid)
         self.heard[client] = self.now
-        requests, states = self.requests, []
-        for rid in msg.ids():
-            states += (rid, P.PENDING if (client, rid) in requests else P.UNKNOWN)
-        self._out.append(P.status(client, states))
+        requests = self.requests
+        self._out.append(P.status(client, admission.query_states(msg, lambda rid: (client, rid) in requests)))
 
     def _on_list(self, client: bytes, msg: P.List, frames: list) -> None:
         query = msg.query

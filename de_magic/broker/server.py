@@ -156,6 +156,8 @@ class Broker:
                     self._send_all(router.handle(frames[0].bytes, frames[1:], time.monotonic()))
                 now = time.monotonic()
                 if now >= router.wake_at:
+                    if self._auth is not None:
+                        self._auth.refresh()  # a key deleted from the allowed directory stops working within a beat
                     self._send_all(router.tick(now))
         finally:
             self._shutdown()

@@ -220,6 +220,11 @@ class Authenticator(ThreadAuthenticator):
         self._flush_scheduled = False
         self.configure_curve_callback(ZAP_DOMAIN, self)
 
+    def refresh(self) -> None:
+        """Re-read the directory if it changed, between handshakes too: the broker calls this each beat, so a
+        key deleted from it is refused on open connections (and at direct endpoints) within a beat or two."""
+        self._reload()
+
     def _reload(self) -> None:
         stamp = self.directory.stat().st_mtime_ns
         if stamp == self._stamp:
