@@ -35,7 +35,8 @@ _EXPORTS = {
     "Job": "de_magic.caller.jobs",
     "Progress": "de_magic.caller.progress",
     **{name: "de_magic.wire.errors" for name in (
-        "BackendLost", "BadAddress", "Busy", "CallTimeout", "Cancelled", "DeMagicError", "JobUnavailable", "PayloadTooLarge",
+        "BackendLost", "BackendOffline", "BadAddress", "Busy", "CallTimeout", "Cancelled", "DeMagicError", "JobUnavailable",
+        "PayloadTooLarge",
         "ProtocolMismatch", "ReferenceGone", "Refused", "RemoteError", "UnknownBackend", "UnknownMethod")},
 }
 #: names whose users in a kernel expect widgets (progress bars, forms, mirrored widgets)

@@ -32,12 +32,13 @@ from .caller.client import Client, no_broker_hint
 from .caller.generate import client_module
 from .caller.progress import TextProgress
 from .embedded import DEMO_BACKENDS, bind, start_local
-from .wire.defaults import (DEFAULT_HEARTBEAT, DEFAULT_JOB_BYTES, DEFAULT_JOB_TTL, DEFAULT_MAX_MESSAGE,
+from .wire.defaults import (DEFAULT_HEARTBEAT, DEFAULT_JOB_BYTES, DEFAULT_JOB_TTL, DEFAULT_LISTING_TIMEOUT,
+                            DEFAULT_MAX_MESSAGE, DEFAULT_MAX_QUEUE,
                             DEFAULT_MAX_QUEUED_BYTES, DEFAULT_REF_BYTES, DEFAULT_SESSION_LEASE, check_doors, check_url,
                             default_url)
 from .schema import describe, members_of
 from .wire.errors import DeMagicError
-from .wire.security import Security, config_file, create_keys, job_directory, owners
+from .wire.security import Security, config_file, create_keys, job_directory, owners, state_directory
 from .wire.serialize import JSON, PICKLE
 
 # -- loading backend modules -------------------------------------------------
@@ -173,7 +174,7 @@ def _serve_args(parser: argparse.ArgumentParser) -> None:
                         help="comma-separated public keys (Z85, key names at the broker, or .key files) "
                              "that may call this backend; default: every caller the broker lets in")
     parser.add_argument("--max-workers", type=int, default=None, help="threads that run calls (default: CPUs + 4)")
-    parser.add_argument("--max-queue", type=int, default=1000, help="calls that may wait before 'busy' is answered")
+    parser.add_argument("--max-queue", type=int, default=DEFAULT_MAX_QUEUE, help="calls that may wait before 'busy' is answered")
     parser.add_argument("--allow-code", action="store_true", help="accept %%%%remote code cells (runs arbitrary code!)")
     parser.add_argument("--session-lease", type=float, default=DEFAULT_SESSION_LEASE, metavar="SECONDS",
                         help="end a %%%%remote namespace, or release a remote reference, whose caller has been gone "
@@ -308,7 +309,8 @@ def _test_connect(url: str | None, security: Security | None) -> None:
 def cmd_broker(args) -> None:
     _logging(args.verbose)
     broker = Broker(check_url(args.bind or default_url(), "--bind"), heartbeat=args.heartbeat, max_message_size=args.max_message_size,
-                    max_queued_bytes=args.max_queued_bytes, owners=owners(), security=_security(args))
+                    max_queued_bytes=args.max_queued_bytes, owners=owners(), security=_security(args),
+                    state_dir=state_directory(args.state_dir))
     url = bind(broker)
     print(f"de-magic: broker listening on {url}", flush=True)
     signal.signal(signal.SIGTERM, lambda *_: broker.stop())
@@ -449,6 +451,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="largest call accepted, in bytes")
     p.add_argument("--max-queued-bytes", type=int, default=DEFAULT_MAX_QUEUED_BYTES,
                    help="bytes of calls held in queues, over all backends, before callers get 'busy'")
+    p.add_argument("--state-dir", default=None, metavar="DIR",
+                   help="remember the backends served (name, owner key, last API) across restarts in DIR, created "
+                        "readable by you only (default: the config file's state_dir; none: remember nothing)")
     p.add_argument("-v", "--verbose", action="store_true")
     _security_args(p, broker=True)
     p.set_defaults(func=cmd_broker)
@@ -475,7 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("list", help="list the live backends")
     _broker_arg(p)
     p.add_argument("--json", action="store_true", help="print the full listing as JSON")
-    p.add_argument("--timeout", type=float, default=10.0)
+    p.add_argument("--timeout", type=float, default=DEFAULT_LISTING_TIMEOUT)
     _security_args(p)
     p.set_defaults(func=cmd_list)
 

@@ -177,3 +177,16 @@ def rss_kib(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise AssertionError(f"no VmRSS for pid {pid}")
+
+
+def direct_peer(endpoint: dict):
+    """A raw DEALER connected to a worker's direct endpoint (``{"url", "key"}`` from a listing): the endpoint
+    always runs CURVE with the key the listing names, so a raw peer takes a key pair of its own."""
+    import zmq
+
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.linger = 0
+    sock.curve_publickey, sock.curve_secretkey = zmq.curve_keypair()
+    sock.curve_serverkey = endpoint["key"].encode()
+    sock.connect(endpoint["url"])
+    return sock

@@ -16,7 +16,7 @@ import time
 import pytest
 import zmq
 
-from conftest import HEARTBEAT, Cluster, Processes, curve_keys, free_port, wait_for
+from conftest import HEARTBEAT, Cluster, Processes, curve_keys, direct_peer, free_port, wait_for
 from de_magic import Client
 from de_magic.backend.server import Backend
 from de_magic.wire import protocol as P
@@ -41,7 +41,8 @@ def the_worker(cluster: Cluster, name: str = "hello_world") -> dict:
 
 def test_a_direct_backend_is_listed_with_its_endpoint_and_called_without_the_broker(direct):
     worker = the_worker(direct)
-    assert worker["direct"]["url"].startswith("tcp://127.0.0.1:") and worker["direct"]["key"] is None
+    # without CURVE at the broker, the endpoint has a key of its own: callers check it is the worker
+    assert worker["direct"]["url"].startswith("tcp://127.0.0.1:") and len(worker["direct"]["key"]) == 40
     hw = direct.client["hello_world"]
     assert [hw.echo(i) for i in range(50)] == list(range(50))
     assert the_worker(direct)["calls"] == 0  # not one of them crossed the broker
@@ -121,7 +122,7 @@ def test_an_unreachable_endpoint_costs_one_short_attempt_then_calls_go_via_the_b
 
     backend = Unreachable("far", {"double": double}, broker=cluster.url, heartbeat=HEARTBEAT).start()
     try:
-        wait_for(lambda: the_worker(cluster, "far")["slots"] > 0, what="the backend to register")
+        wait_for(lambda: any(w["slots"] > 0 for w in cluster.workers("far")), what="the backend to register")
         with Client(cluster.url, heartbeat=HEARTBEAT) as client:
             start = time.monotonic()
             assert [client.call("far", "double", (i,)) for i in range(20)] == [2 * i for i in range(20)]
@@ -224,9 +225,7 @@ def _direct_handshake(key_file, endpoint: dict) -> bool:
 
 
 def test_a_direct_endpoint_answers_bad_messages_and_unknown_requests(direct):
-    sock = zmq.Context.instance().socket(zmq.DEALER)
-    sock.linger = 0
-    sock.connect(the_worker(direct)["direct"]["url"])
+    sock = direct_peer(the_worker(direct)["direct"])
     try:
         sock.send_multipart([P.VERSION, P.LIST, b"r1", b"{}"])  # only the broker lists
         assert P.parse(sock.recv_multipart(), P.AT_CLIENT).header["kind"] == "protocol"
@@ -256,7 +255,7 @@ def test_a_no_pickle_backend_and_its_size_limit_hold_direct(cluster):
     backend = Backend("strict", {"double": double}, broker=cluster.url, heartbeat=HEARTBEAT, codec="json",
                       max_message_size=10_000, direct="tcp://127.0.0.1:0").start()
     try:
-        wait_for(lambda: the_worker(cluster, "strict")["slots"] > 0, what="the backend to register")
+        wait_for(lambda: any(w["slots"] > 0 for w in cluster.workers("strict")), what="the backend to register")
         with Client(cluster.url, heartbeat=HEARTBEAT) as client:
             assert client.call("strict", "double", (21,)) == 42
             with pytest.raises(PayloadTooLarge, match="maximum message size of 10000"):
@@ -270,10 +269,7 @@ def test_a_no_pickle_backend_and_its_size_limit_hold_direct(cluster):
 
 def test_cancelled_waiting_calls_do_not_pile_up_at_a_direct_endpoint(cluster):
     cluster.start_backend("de_magic.demo.hello", "hello_world", "--max-workers", "1", "--max-queue", "5", *DIRECT)
-    endpoint = the_worker(cluster)["direct"]["url"]
-    sock = zmq.Context.instance().socket(zmq.DEALER)
-    sock.linger = 0
-    sock.connect(endpoint)
+    sock = direct_peer(the_worker(cluster)["direct"])
     try:
         slow = P.dump_header({"member": "slow_sum"})
         sock.send_multipart(P.call(b"long", "hello_world", b"", slow, serialize.dumps(((), {"n": 100, "delay": 0.05}))))
@@ -306,7 +302,7 @@ def test_a_quick_member_runs_inline_and_a_long_call_of_it_holds_up_nothing(clust
     backend = Backend("napper", {"nap": nap, "echo": echo}, broker=cluster.url, heartbeat=HEARTBEAT,
                       direct="tcp://127.0.0.1:0").start()
     try:
-        wait_for(lambda: the_worker(cluster, "napper")["slots"] > 0, what="the backend to register")
+        wait_for(lambda: any(w["slots"] > 0 for w in cluster.workers("napper")), what="the backend to register")
         with Client(cluster.url, heartbeat=HEARTBEAT) as client:
             # a busy machine can stretch one call past QUICK and restart the streak: call until it is long enough
             wait_for(lambda: client.call("napper", "nap", (0.0,)) == 0.0
@@ -335,7 +331,7 @@ def test_an_endpoint_taken_over_by_another_backend_sends_the_call_via_the_broker
 
     alpha = Backend("alpha", {"which": which}, broker=cluster.url, heartbeat=HEARTBEAT,
                     direct="tcp://127.0.0.1:0").start()
-    wait_for(lambda: the_worker(cluster, "alpha")["slots"] > 0, what="alpha to register")
+    wait_for(lambda: any(w["slots"] > 0 for w in cluster.workers("alpha")), what="alpha to register")
     url = alpha.direct.url
     with Client(cluster.url, heartbeat=HEARTBEAT) as client:
         assert client.call("alpha", "which") == "alpha"  # direct: the client now knows alpha's endpoint
@@ -343,10 +339,25 @@ def test_an_endpoint_taken_over_by_another_backend_sends_the_call_via_the_broker
         beta = Backend("beta", {"which": other}, broker=cluster.url, heartbeat=HEARTBEAT, direct=url).start()
         alpha = Backend("alpha", {"which": which}, broker=cluster.url, heartbeat=HEARTBEAT).start()
         try:
-            wait_for(lambda: the_worker(cluster, "alpha")["slots"] > 0, what="alpha to register again")
+            wait_for(lambda: any(w["slots"] > 0 for w in cluster.workers("alpha")), what="alpha to register again")
             assert client.call("alpha", "which") == "alpha"  # beta refused it unrun: it went via the broker
             assert client.submit("alpha", "which").result(timeout=10) == "alpha"
             assert the_worker(cluster, "alpha")["calls"] == 2
         finally:
             beta.stop()
             alpha.stop()
+
+
+def test_a_timeout_names_what_was_called_and_the_direct_endpoint_only_as_a_detail(direct):
+    endpoint = the_worker(direct)["direct"]["url"]
+    hw = direct.client["hello_world"]
+    with pytest.raises(CallTimeout) as blocking:
+        hw.slow_sum.options(timeout=0.3, on_progress=lambda progress: None)(n=100, delay=0.05)
+    assert str(blocking.value).startswith("no answer from hello_world.slow_sum within 0.3 s")
+    assert str(blocking.value).endswith(f"(sent straight to its worker's direct endpoint {endpoint})")
+    submitted = direct.client.submit("hello_world", "slow_sum", (), {"n": 100, "delay": 0.05}, timeout=0.3,
+                                     on_progress=lambda progress: None)
+    with pytest.raises(CallTimeout) as later:
+        submitted.result(10)
+    assert str(later.value) == str(blocking.value)  # one core decides for both, and says it alike
+    wait_for(lambda: the_worker(direct)["busy"] == 0, what="the timed-out calls to be cancelled")

@@ -19,7 +19,7 @@ from de_magic import Client
 from de_magic.wire import serialize
 from de_magic.wire import protocol as P
 
-from conftest import HEARTBEAT, Cluster, Processes, free_port, rss_kib, start_logged, wait_for
+from conftest import HEARTBEAT, Cluster, Processes, direct_peer, free_port, rss_kib, start_logged, wait_for
 
 MESSAGES = 4000
 STORM = 100_000  # the long round at the broker, while a legitimate caller keeps calling
@@ -402,11 +402,7 @@ def test_a_direct_endpoint_survives_a_fuzz_storm(processes, tmp_path):
                            str(HEARTBEAT), "--no-pickle", "--direct", "tcp://127.0.0.1:0", log=log, env=STEADY_MALLOC)
     wait_for(lambda: any(w["slots"] == w["capacity"] for w in cluster.workers("hello_world")), what="the backend")
     (worker,) = cluster.workers("hello_world")
-    ctx = zmq.Context.instance()
-    socks = [ctx.socket(zmq.DEALER) for _ in range(4)]
-    for sock in socks:
-        sock.linger = 0
-        sock.connect(worker["direct"]["url"])
+    socks = [direct_peer(worker["direct"]) for _ in range(4)]
     storm = Storm(Fuzzer(seed=11, backend="hello_world", workers=[bytes.fromhex(worker["id"])]), socks)
     try:
         storm.run(MESSAGES)
@@ -422,3 +418,105 @@ def test_a_direct_endpoint_survives_a_fuzz_storm(processes, tmp_path):
     finally:
         for sock in socks:
             sock.close()
+
+
+class HostileBroker:
+    """A ROUTER a backend registers at, which then sends its control and slot connections fuzz, and real
+    calls in between: what a backend takes from a broker it must survive, whoever runs that broker."""
+
+    def __init__(self, keys: dict | None = None):
+        self.sock = zmq.Context.instance().socket(zmq.ROUTER)
+        self.sock.linger = 0
+        if keys is not None:  # CURVE, with the broker's key pair (no ZAP here: any backend key is let in)
+            from de_magic.wire.security import Security
+
+            self.sock.curve_publickey, self.sock.curve_secretkey = Security(key=keys["broker"]).key_pair
+            self.sock.curve_server = True
+        self.url = f"tcp://127.0.0.1:{self.sock.bind_to_random_port('tcp://127.0.0.1')}"
+        self.control, self.slots = b"", set()
+        self.answers: dict[bytes, list] = {}
+
+    def serve(self, until: float) -> None:
+        """Welcome the backend and note its connections; keep answers to our calls."""
+        while self.sock.poll(max(0, until - time.monotonic()) * 1000):
+            address, *frames = self.sock.recv_multipart()
+            try:
+                msg = P.parse(frames, P.AT_BROKER)
+            except P.ProtocolError:
+                continue
+            if isinstance(msg, P.Ready):
+                self.control = address
+                self.sock.send_multipart(P.welcome(address, {"broker": "hostile", "heartbeat": HEARTBEAT,
+                                                             "max_message_size": MAX_MESSAGE}))
+            elif isinstance(msg, P.Slot) and not msg.slots:
+                self.slots.add(address)
+            elif isinstance(msg, P.Answer) and msg.type != P.EVENT:
+                self.answers[msg.rid] = [msg.type, *msg.body]
+            elif isinstance(msg, P.Heartbeat):
+                self.sock.send_multipart(P.heartbeat_to(address))
+
+    def fuzz(self, rng: random.Random, fuzzer: Fuzzer) -> list:
+        """One hostile message for the control connection or a slot: client fuzz, or a worker's messages
+        made wrong (a REJECT is left out: it is a broker's word to stop, and the backend obeys it)."""
+        target = rng.choice([self.control, *self.slots])
+        kind = rng.randrange(4)
+        if kind == 0:
+            return [target, *fuzzer.message()]
+        if kind == 1:
+            return [target, P.VERSION, P.CALL, fuzzer.junk(0, 8), fuzzer.rid(), fuzzer.junk(0, 44),
+                    rng.choice([b"{}", b"[", b'{"op":"job.status","job":7}', b'{"member":"echo"}', fuzzer.junk()]),
+                    *[fuzzer.junk(0, 100) for _ in range(rng.randint(0, 3))]]
+        if kind == 2:
+            return [target, P.VERSION, rng.choice([P.WELCOME, P.CANCEL, P.DISCONNECT, P.HEARTBEAT]),
+                    *[rng.choice([fuzzer.junk(), b'{"callers":[1]}', b'{"max_message_size":-1}', b"[" * 5000])
+                      for _ in range(rng.randint(0, 3))]]
+        return [target, *fuzzer.junk(1, 30).split(b"\x00")]
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _storm_a_backend_from_its_broker(processes: Processes, tmp_path, curve: bool) -> dict:
+    tmp_path.mkdir()
+    keys, env = None, dict(STEADY_MALLOC)
+    if curve:
+        from conftest import curve_keys
+
+        keys = curve_keys(tmp_path)
+        env.update(DE_MAGIC_KEY=str(keys["backend"]), DE_MAGIC_BROKER_KEY=str(keys["broker.public"]))
+    broker = HostileBroker(keys)
+    log = tmp_path / "backend.log"
+    backend = start_logged(processes, "serve", "de_magic.demo.hello", "--name", "hello_world", "--broker",
+                           broker.url, "--heartbeat", str(HEARTBEAT), "--max-workers", "2", log=log, env=env)
+    try:
+        deadline = time.monotonic() + 20
+        while len(broker.slots) < 2 and time.monotonic() < deadline:
+            broker.serve(time.monotonic() + 0.2)
+        assert broker.control and len(broker.slots) == 2, "the backend did not register"
+        rng, fuzzer = random.Random(5), Fuzzer(seed=5, backend="hello_world")
+        sent, legit = 0, []
+        for round_ in range(30):
+            for _ in range(100):
+                broker.sock.send_multipart(broker.fuzz(rng, fuzzer))
+                sent += 1
+            rid = b"legit%d" % round_
+            legit.append(rid)
+            slot = rng.choice(sorted(broker.slots))
+            broker.sock.send_multipart(P.work(slot, b"alias" + rid, rid, None, [P.dump_header({"member": "echo"}),
+                                                                               *serialize.dumps(((rid,), {}))]))
+            broker.serve(time.monotonic() + 0.05)
+        deadline = time.monotonic() + 20
+        while not all(rid in broker.answers for rid in legit) and time.monotonic() < deadline:
+            broker.serve(time.monotonic() + 0.2)
+        lost = [rid for rid in legit if broker.answers.get(rid, [None])[0] != P.REPLY
+                or serialize.loads(broker.answers[rid][2:]) != rid]
+        return {"sent": sent, "legit": len(legit), "lost": len(lost), "died": backend.poll() is not None}
+    finally:
+        broker.close()
+
+
+def test_a_backend_survives_fuzz_on_its_control_and_slot_connections_plain_and_curve(processes, tmp_path):
+    for curve in (False, True):
+        figures = _storm_a_backend_from_its_broker(processes, tmp_path / ("curve" if curve else "plain"), curve)
+        print(f"hostile broker ({'CURVE' if curve else 'plaintext'}): {figures}")
+        assert figures["sent"] == 3000 and figures["lost"] == 0 and not figures["died"], figures

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -130,6 +131,10 @@ def test_error_statuses_are_problem_documents(gw):
     assert problem(post(gw, "/backends/hello_world/scale", {"values": [1], "x": 1}), 422, "invalid")["field"] == "x"
     assert problem(post(gw, "/backends/hello_world/Stats/std", {"init": {"ddof": "a"}, "args": {"values": []}}),
                    422, "invalid")["field"] == "init/ddof"
+    # a value the schema lets through (any JSON) that the backend cannot decode: the member never ran
+    bad_array = {"__de_magic__": "ndarray", "dtype": "<f8", "shape": [1], "data": "not base64"}
+    assert "malformed ndarray" in problem(post(gw, "/backends/hello_world/echo", {"value": bad_array}), 422,
+                                          "invalid")["detail"]
     raised = problem(post(gw, "/backends/raising/fail_with_code", {"code": 7}), 502, "remote")
     assert raised["remote_type"].endswith("NeedsKeywords") and "fail_with_code" in raised["traceback"]
     problem(post(gw, "/backends/full/slow_sum/jobs", {"n": 1}), 503, "busy")
@@ -307,3 +312,36 @@ def test_sidebar_shows_the_http_route_and_a_curl_line_that_works(gw, tmp_path):
     assert curl.startswith("curl ") and '{"values":[]}' in curl
     done = subprocess.run(["bash", "-c", curl], capture_output=True, text=True, timeout=30)
     assert done.returncode == 0 and json.loads(done.stdout) == [], done.stdout + done.stderr
+
+
+def test_new_token_prints_a_token_and_its_hash(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "de_magic", "gateway", "--new-token", "carol"], capture_output=True,
+                          text=True, timeout=60, env={**os.environ, "DE_MAGIC_CONFIG": str(tmp_path / "c.toml")})
+    assert done.returncode == 0, done.stderr
+    lines = [line.strip() for line in done.stdout.splitlines()]
+    token = lines[lines.index("") + 1]
+    assert f'hash = "{hash_token(token)}"' in lines and "[gateway.tokens.\"carol\"]" in lines
+
+
+@pytest.mark.skipif(not shutil.which("openssl"), reason="needs openssl to make a certificate")
+def test_https_by_the_gateway_itself(gw, tmp_path):
+    cert, key = tmp_path / "gw.pem", tmp_path / "gw-key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True, timeout=60)
+    procs = Processes()
+    try:
+        port = free_port()
+        config = tmp_path / "config.toml"
+        config.write_text(f'[gateway]\ncertfile = "{cert.name}"\nkeyfile = "{key.name}"\n')
+        procs.start("gateway", "--broker", gw.url, "--bind", f"127.0.0.1:{port}", env={"DE_MAGIC_CONFIG": str(config)})
+
+        def answers():
+            try:
+                return requests.post(f"https://127.0.0.1:{port}/backends/hello_world/scale", json={"values": [1]},
+                                     verify=str(cert), timeout=5).json()
+            except requests.ConnectionError:
+                return None
+        assert wait_for(answers, what="the gateway over HTTPS") == [2.0]
+    finally:
+        procs.stop_all()

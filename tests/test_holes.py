@@ -15,9 +15,9 @@ import zmq
 from de_magic import Client
 from de_magic.broker.routing import Config, Router
 from de_magic.wire import protocol as P
-from de_magic.wire.errors import Refused, RemoteError
+from de_magic.wire.errors import DeMagicError, Refused, RemoteError
 
-from conftest import HEARTBEAT, start_script, wait_for
+from conftest import HEARTBEAT, free_port, start_script, wait_for
 from test_hostile import answers, raw_peer
 
 HOSTILE_BACKEND = str(Path(__file__).with_name("hostile_backend.py"))
@@ -81,7 +81,7 @@ def test_an_exception_in_the_router_is_counted_logged_once_and_the_router_lives(
     for i in range(50):  # a frame that is not bytes: no parser expects it, and nothing may escape
         assert router.handle(b"peer", [P.VERSION, P.LIST, i, b"{}"], float(i)) == []
     tracebacks = [r for r in caplog.records if r.exc_info]
-    assert len(tracebacks) == 1 and "logged once" in tracebacks[0].getMessage()
+    assert len(tracebacks) == 1 and "traceback logged once" in tracebacks[0].getMessage()
     assert router.describe()["bad_messages"] == 50
     (listing,) = router.handle(b"peer", P.list_query(b"ok", {}), 60.0)
     assert listing[2] == P.REPLY
@@ -111,14 +111,14 @@ for _ in range(20):
 """
 
 
-def claim_made_up_names(url: str, count: int = 300) -> list:
+def claim_made_up_names(url: str, count: int = 300, key: str | None = None) -> list:
     """``count`` sockets that declare the names libzmq would make up next, each checked in (answered)."""
     starts = [int(line) for line in subprocess.check_output([sys.executable, "-c", UNSEEDED_STARTS]).split()]
     names = [b"\x00" + ((start + step) & 0xFFFFFFFF).to_bytes(4, "big")
              for step in range(count // len(starts)) for start in starts]
     socks = []
     for name in names:
-        sock = raw_peer_named(url, name)
+        sock = raw_peer_named(url, name, key)
         sock.send_multipart(P.query(b"hello"))
         socks.append(sock)
     # a name some peer had made up for it already is ignored (no handover): the rest are checked in
@@ -127,18 +127,21 @@ def claim_made_up_names(url: str, count: int = 300) -> list:
     return socks
 
 
-def raw_peer_named(url: str, name: bytes | None):
+def raw_peer_named(url: str, name: bytes | None, key: str | None = None):
     sock = zmq.Context.instance().socket(zmq.DEALER)
     sock.linger = 0
+    if key is not None:  # a direct endpoint's: it always runs CURVE
+        sock.curve_publickey, sock.curve_secretkey = zmq.curve_keypair()
+        sock.curve_serverkey = key.encode()
     if name is not None:
         sock.routing_id = name
     sock.connect(url)
     return sock
 
 
-def _plain_peer_is_answered(url: str) -> None:
+def _plain_peer_is_answered(url: str, key: str | None) -> None:
     """A peer of another program, which declares no routing id, asks and is answered."""
-    sock = raw_peer_named(url, None)
+    sock = raw_peer_named(url, None, key)
     try:
         sock.send_multipart(P.query(b"plain"))
         assert sock.poll(10_000), f"no answer at {url}"
@@ -150,11 +153,11 @@ def _plain_peer_is_answered(url: str) -> None:
 def test_300_sockets_claiming_made_up_routing_ids_abort_neither_broker_nor_direct_endpoint(cluster):
     proc = cluster.start_backend("de_magic.demo.hello", "hello_world", "--direct", "tcp://127.0.0.1:0")
     (worker,) = cluster.workers("hello_world")
-    direct_url = worker["direct"]["url"]
-    claims = claim_made_up_names(cluster.url) + claim_made_up_names(direct_url)
+    direct_url, key = worker["direct"]["url"], worker["direct"]["key"]
+    claims = claim_made_up_names(cluster.url) + claim_made_up_names(direct_url, key=key)
     try:
-        for url in (cluster.url, direct_url, cluster.url, direct_url):
-            _plain_peer_is_answered(url)
+        for url, server_key in ((cluster.url, None), (direct_url, key)) * 2:
+            _plain_peer_is_answered(url, server_key)
         for direct in (True, False):
             with Client(cluster.url, heartbeat=HEARTBEAT, timeout=20, direct=direct) as client:
                 assert client["hello_world"].echo(direct) is direct
@@ -208,3 +211,51 @@ def test_a_call_holding_the_gil_for_10_s_loses_neither_its_worker_nor_a_call_on_
     assert held.result(30) >= 10.0 and healthy.result(30) == 1.0
     assert [w["id"] for w in cluster.workers("hostile")] == [worker["id"]] and proc.poll() is None
     assert cluster.client.listing(api=False)["broker"]["bad_messages"] == 0
+
+
+def _rogue(url: str, stop, seen: list) -> None:
+    """A process that took a dead worker's direct port: it answers every call with a pickle of its own."""
+    from de_magic.wire import serialize
+
+    sock = zmq.Context.instance().socket(zmq.ROUTER)
+    sock.linger = 0
+    sock.bind(url)
+    try:
+        while not stop.is_set():
+            if sock.poll(50):
+                address, *frames = sock.recv_multipart()
+                seen.append(frames)
+                msg = P.parse(frames, P.AT_BROKER)
+                if isinstance(msg, P.Call):
+                    sock.send_multipart([address, *P.to_client(b"", P.REPLY, msg.rid, [b'{"codec":"pickle"}',
+                                                                                     *serialize.dumps("rogue")])[1:]])
+    finally:
+        sock.close()
+
+
+def test_a_rogue_on_a_dead_workers_direct_port_never_answers_a_call(cluster):
+    import threading
+
+    port = free_port()
+    proc = cluster.start_backend("de_magic.demo.hello", "hello_world", "--direct", f"tcp://127.0.0.1:{port}")
+    hw = cluster.client["hello_world"]
+    assert [hw.echo(i) for i in range(5)] == list(range(5))
+    assert cluster.workers("hello_world")[0]["calls"] == 0  # direct: the client knows the endpoint
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    stop, seen = threading.Event(), []
+    rogue = threading.Thread(target=_rogue, args=(f"tcp://127.0.0.1:{port}", stop, seen))
+    rogue.start()
+    try:
+        outcomes = []
+        for i in range(20):
+            try:
+                outcomes.append(hw.echo.options(timeout=5)(i))
+            except DeMagicError as exc:
+                outcomes.append(type(exc).__name__)
+        assert "rogue" not in outcomes and not seen, (outcomes, seen[:2])
+        cluster.start_backend("de_magic.demo.hello", "hello_world")
+        assert hw.echo("after") == "after"
+    finally:
+        stop.set()
+        rogue.join()

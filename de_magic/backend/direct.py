@@ -5,10 +5,13 @@ this endpoint only carries calls.  It speaks the client's half of the protocol
 (``CALL``, ``CANCEL``, ``QUERY``; answers as the broker would give them), so a
 client uses the same code for both paths.
 
-Who may call here is the broker's decision, made again: under CURVE a caller's
-key must be one a broker we are registered at lets in (each tells us in
-``WELCOME``) and, if the backend has ``allow_clients``, among those.  Without
-CURVE the endpoint must be on loopback, as a plaintext broker must.
+Who may call here, what waits and what is refused is decided by
+:class:`~de_magic.backend.core.DirectCore` with the broker's own rules: under
+CURVE a caller's key must be one a broker we are registered at lets in (each
+tells us in ``WELCOME``, and again when its allowed keys change) and, if the
+backend has ``allow_clients``, among those, checked at the handshake and on
+every call.  Without CURVE the endpoint must be on loopback, as a plaintext
+broker must, and a backend with ``allow_clients`` admits nobody here.
 
 The endpoint is served by a thread of its own: calls go to free slot
 threads over an in-process connection that a slot treats like one more
@@ -17,7 +20,8 @@ to the brokers (``BUSY`` for its slot, from the control connection, then
 ``SLOT`` when it ends), so their view of the load stays right; a shorter one
 is over before anyone could act on the news, and costs the brokers nothing.
 A broker's call to a slot that is busy meanwhile waits there and runs next.
-Calls that find every slot busy wait here, up to the backend's ``max_queue``.
+Calls that find every slot busy wait here, up to the backend's ``max_queue``
+and ``max_queued_bytes``.
 
 Handing a call to a slot and its answer back costs two thread switches, as
 much as the broker's hop it saves.  So a member whose last calls each took
@@ -35,7 +39,6 @@ import os
 import socket
 import threading
 import time
-from collections import deque
 from urllib.parse import urlsplit
 
 import zmq
@@ -43,16 +46,15 @@ from zmq.auth.thread import ThreadAuthenticator
 
 from ..wire import protocol as P
 from ..wire import routingids
-from ..wire.errors import BackendLost, Busy, Cancelled, PayloadTooLarge, Refused, UnknownBackend
+from ..wire.errors import Refused
 from ..wire.framing import send_frames
 from ..wire.security import Security, is_loopback, peer_key
-from ..wire.serialize import nbytes
+from .core import DirectCore, Entry
 
 log = logging.getLogger("de_magic.backend.direct")
 
 ZAP_DOMAIN = "de-magic-direct"
 DIRECT_ENV = "DE_MAGIC_DIRECT"
-MAX_QUERY = 10_000  #: request ids one QUERY may ask after, as at a broker
 BUSY_AFTER = 0.02  #: seconds a direct call runs before the brokers hear that its slot is busy
 QUICK = 0.001  #: seconds under which a call counts as quick
 QUICK_STREAK = 3  #: quick calls in a row after which a member's calls run inline
@@ -67,35 +69,16 @@ def direct_address(value: str | None) -> str | None:
     return value or os.environ.get(DIRECT_ENV) or _read_toml().get(DIRECT) or None
 
 
-class Gate:
-    """Plain logic: which caller keys the direct endpoint admits (the brokers' and the backend's decision)."""
-
-    def __init__(self, allow_clients: list[str] | None):
-        self.allow_clients = None if allow_clients is None else frozenset(allow_clients)
-        self._vouched: dict[int, dict[str, str]] = {}  # broker index -> {caller key: its key file's name}
-
-    def vouch(self, door: int, callers: dict) -> None:
-        """The callers the broker ``door`` lets in, as its WELCOME said: {Z85 key: name}."""
-        if isinstance(callers, dict):
-            self._vouched[door] = {str(k): str(v) for k, v in callers.items()}
-
-    def admits(self, key: str) -> bool:
-        names = [vouched[key] for vouched in self._vouched.values() if key in vouched]
-        if not names:
-            return False
-        return self.allow_clients is None or key in self.allow_clients or any(n in self.allow_clients for n in names)
-
-
 class _GateKeeper(ThreadAuthenticator):
     """ZAP for the direct endpoint, in its own context: a broker's handler may serve this process's other one."""
 
-    def __init__(self, context: zmq.Context, gate: Gate):
+    def __init__(self, context: zmq.Context, core: DirectCore):
         super().__init__(context, log=logging.getLogger("de_magic.backend.direct.zap"))
-        self.gate = gate
+        self.core = core
         self.configure_curve_callback(ZAP_DOMAIN, self)
 
     def callback(self, domain: str, key: bytes) -> bool:
-        admitted = self.gate.admits(key.decode("ascii", "replace"))
+        admitted = self.core.admits(key.decode("ascii", "replace"))
         if not admitted:
             log.info("refused a direct connection: key %s is not a caller the broker vouches for",
                      key.decode("ascii", "replace"))
@@ -112,10 +95,14 @@ class DirectEndpoint:
 
     def __init__(self, backend, url: str, index: int, security: Security, context: zmq.Context):
         self.backend, self.index = backend, index
-        self.gate = Gate(backend.allow_clients)
+        self.curve = security.curve
+        self.core = DirectCore(backend.name, backend.id, backend.max_workers, max_queue=backend.max_queue,
+                               max_message_size=backend.max_message_size, max_queued_bytes=backend.max_queued_bytes,
+                               allow_clients=backend.allow_clients, curve=self.curve, inline=self._runs_inline)
         self._ctx = zmq.Context()  # see _GateKeeper
         self._auth: _GateKeeper | None = None
-        self.curve = security.curve
+        #: the public key callers check this endpoint by, where the broker does not vouch for it (no CURVE)
+        self.key: str | None = None
         if not self.curve and not is_loopback(url):
             raise Refused(f"refusing to listen for direct calls at {url} without encryption: give the backend a "
                           "key pair (--key and --broker-key, as for a CURVE broker), or listen on 127.0.0.1")
@@ -124,10 +111,6 @@ class DirectEndpoint:
         self.slots_url = f"inproc://de-magic-direct-{id(self)}"
         self.link = context.socket(zmq.ROUTER)
         self.link.bind(self.slots_url)
-        self.idle: dict[bytes, None] = {}  # free slots, oldest first
-        self.waiting: deque[list] = deque()  # [caller, rid, key, body] for a free slot (cancelled: gone from calls)
-        self.calls: dict[tuple[bytes, bytes], bytes | list] = {}  # (caller, rid) -> slot, or its waiting entry
-        self.waiting_cancelled = 0  # entries of ``waiting`` to skip
         self.running: dict[bytes, float] = {}  # slot -> when its direct call started, until the brokers hear
         self.reported: set[bytes] = set()  # slots the brokers were told are busy with a direct call
         self.freed: list[bytes] = []  # reported slots whose call ended: the brokers are to hear they are free
@@ -144,11 +127,18 @@ class DirectEndpoint:
         sock.linger = 0
         sock.maxmsgsize = self.backend.max_message_size + (1 << 20)
         if self.curve:
-            self._auth = _GateKeeper(self._ctx, self.gate)
+            self._auth = _GateKeeper(self._ctx, self.core)
             self._auth.start()
             sock.curve_publickey, sock.curve_secretkey = security.key_pair
-            sock.curve_server = True
             sock.zap_domain = ZAP_DOMAIN.encode()
+        else:
+            # A key pair of this endpoint's own, told to callers through the broker (READY's direct_key): a
+            # process that takes the port after we are gone cannot complete a handshake as us, so its
+            # answers never reach a caller. Any caller key is let in, as a plaintext loopback broker lets in all.
+            public, secret = zmq.curve_keypair()
+            sock.curve_publickey, sock.curve_secretkey = public, secret
+            self.key = public.decode()
+        sock.curve_server = True
         try:
             sock.bind(url)
         except zmq.ZMQError as exc:
@@ -170,91 +160,40 @@ class DirectEndpoint:
         try:
             self._on_caller(frames)
         except Exception as exc:  # noqa: BLE001 - whatever arrives, the endpoint must live on
-            self.backend._bad.failed("a direct message", exc)
+            self.backend.bad.failed("a direct message", exc)
 
     def _on_caller(self, frames: list) -> None:
         caller, frames = frames[0].bytes, frames[1:]
         try:
             msg = P.parse(frames, P.AT_BROKER)
-            if type(msg) is P.Call:
-                self._on_call(caller, msg, (peer_key(frames[0]) or "") if self.curve else "")
-            elif type(msg) is P.Cancel:
-                self._on_cancel(caller, msg.rid)
-            elif type(msg) is P.Query:
-                if len(msg.more) >= MAX_QUERY:
-                    raise P.ProtocolError(f"QUERY of more than {MAX_QUERY} requests", msg.rid)
-                states = []
-                for rid in msg.ids():
-                    states += [rid, P.PENDING if (caller, rid) in self.calls else P.UNKNOWN]
-                self._to_caller(P.status(caller, states))
-            else:
-                # a LIST is answered (it is a caller's request); a worker's messages are not, as at a broker
-                raise P.ProtocolError(f"a direct endpoint serves CALL, CANCEL and QUERY, not {type(msg).__name__}",
-                                      msg.rid if type(msg) is P.List else None)
+            if type(msg) is P.Cancel and self.core.started(caller, msg.rid):
+                self.backend.cancel((self.index, caller, msg.rid))
+            for answer in self.core.on_caller(caller, msg, peer_key(frames[0]) if self.curve else None):
+                self._to_caller(answer)
         except P.ProtocolError as exc:
-            self.backend._bad.report("bad direct message from %s: %s", caller.hex(), exc)
+            self.backend.bad.report("bad direct message from %s: %s", caller.hex(), exc)
             if exc.rid is not None:
                 self._to_caller(P.error_to(caller, exc.rid, "protocol", str(exc)))
-
-    def _on_call(self, caller: bytes, msg: P.Call, key: str) -> None:
-        backend = self.backend
-        if (caller, msg.rid) in self.calls:
-            raise P.ProtocolError(f"request id {msg.rid.hex()} is already in use by this caller")
-        refusal = None
-        if msg.backend != backend.name:
-            refusal = UnknownBackend, f"this endpoint serves backend {backend.name!r}, not {msg.backend!r}"
-        elif msg.worker and msg.worker != backend.id:
-            refusal = BackendLost, f"worker {msg.worker.hex()} of backend {msg.backend!r} is gone"
-        elif (size := nbytes(msg.body)) > backend.max_message_size:
-            refusal = PayloadTooLarge, (f"call of {size} bytes exceeds backend {backend.name!r}'s maximum message "
-                                        f"size of {backend.max_message_size} bytes")
-        elif not self.idle and len(self.waiting) - self.waiting_cancelled >= backend.max_queue:
-            refusal = Busy, (f"backend {backend.name!r} is busy: all {backend.max_workers} slots working and "
-                             f"{len(self.waiting) - self.waiting_cancelled} direct calls queued")
-        if refusal is not None:
-            return self._to_caller(P.error_to(caller, msg.rid, refusal[0].kind, refusal[1]))
-        entry = [caller, msg.rid, key, msg.body]
-        self.calls[(caller, msg.rid)] = entry
-        self.waiting.append(entry)
         self._dispatch()
 
-    def _on_cancel(self, caller: bytes, rid: bytes) -> None:
-        held = self.calls.get((caller, rid))
-        if isinstance(held, list):  # still waiting here: it never started (its queue entry is skipped)
-            del self.calls[(caller, rid)]
-            self.waiting_cancelled += 1
-            if self.waiting_cancelled > 64 + len(self.waiting) // 2:  # compact: cancels must not pile up
-                self.waiting = deque(w for w in self.waiting if self.calls.get((w[0], w[1])) is w)
-                self.waiting_cancelled = 0
-            self._to_caller(P.error_to(caller, rid, Cancelled.kind, "cancelled before it started"))
-        elif held is not None:
-            self.backend._cancel((self.index, caller, rid))
-
     def _dispatch(self) -> None:
-        while self.waiting:
-            entry = self.waiting[0]
-            caller, rid, key, body = entry
-            if self.calls.get((caller, rid)) is not entry:  # cancelled while it waited
-                self.waiting.popleft()
-                self.waiting_cancelled -= 1
+        """Start what the core says may start: on a free slot, or inline (see QUICK)."""
+        while (entry := self.core.next()) is not None:
+            if not entry.slot:
+                self._inline(entry)
                 continue
-            header, member = self._member(body)
-            if member is not None and self.quick.get(member, 0) >= QUICK_STREAK and not self.relieving:
-                self.waiting.popleft()
-                self._inline(entry, header, member)
-                continue
-            if not self.idle:
-                return
-            self.waiting.popleft()
-            slot = next(reversed(self.idle))  # the last freed: its thread and memory are warm
-            del self.idle[slot]
-            self.calls[(caller, rid)] = slot
-            self.running[slot] = now = time.monotonic()
-            if member is not None:
-                self.timing[(caller, rid)] = (member, now)
-            send_frames(self.link, P.work(slot, caller, rid, key, body))
+            self.running[entry.slot] = now = time.monotonic()
+            if entry.member is not None:
+                self.timing[(entry.caller, entry.rid)] = (entry.member, now)
+            send_frames(self.link, P.work(entry.slot, entry.caller, entry.rid, entry.key, entry.body))
 
     # -- quick calls, inline ---------------------------------------------------------------------
+
+    def _runs_inline(self, entry: Entry) -> bool:
+        """Whether a call is of a member whose last calls were all quick (the core asks, for its queue's head)."""
+        if entry.member is ...:
+            entry.header, entry.member = self._member(entry.body)
+        return entry.member is not None and self.quick.get(entry.member, 0) >= QUICK_STREAK and not self.relieving
 
     def _member(self, body: list) -> tuple[dict | None, tuple | None]:
         """A call's header, and the member it calls if it is a plain call of one of ours (what quickness is
@@ -276,18 +215,17 @@ class DirectEndpoint:
         else:
             self.quick.pop(member, None)
 
-    def _inline(self, entry: list, header: dict, member: tuple) -> None:
+    def _inline(self, entry: Entry) -> None:
         """Run a quick member's call here (its answer goes out from here too: see :meth:`deliver`)."""
-        caller, rid, key, body = entry
-        self.calls[(caller, rid)] = b""
         start = self.inline_since = time.monotonic()
         self.lock.release()  # for the relief thread, should the call run long
         try:
-            self.backend.run_inline(self.index, P.Work(caller, rid, key, header, body[1:]))
+            self.backend.run_inline(self.index, P.Work(entry.caller, entry.rid, entry.key or "", entry.header,
+                                                       entry.body[1:]))
         finally:
             self.inline_since = 0.0
             self.lock.acquire()
-        self._learn(member, time.monotonic() - start)
+        self._learn(entry.member, time.monotonic() - start)
 
     # -- from slots (and answers of work that ran in other threads, through the link) ------------
 
@@ -295,10 +233,10 @@ class DirectEndpoint:
         slot, frames = frames[0].bytes, frames[1:]
         msg = P.parse(frames, P.AT_BROKER)  # from our own threads: well-formed
         if type(msg) is P.Slot:
-            self.idle[slot] = None
+            self.core.slot_free(slot)
             self._dispatch()
         elif type(msg) is P.SlotBusy:
-            self.idle.pop(slot, None)
+            self.core.slot_busy(slot)
         elif type(msg) is P.Answer:
             self.answer(msg)
 
@@ -315,15 +253,13 @@ class DirectEndpoint:
 
     def answer(self, msg: P.Answer, dispatch: bool = True) -> None:
         """A REPLY, EVENT or ERROR for a direct call: to its caller; a final one frees the call's slot."""
-        key = (msg.client, msg.rid)
-        if key not in self.calls:
+        entry = self.core.on_answer(msg.client, msg.rid, final=msg.type != P.EVENT)
+        if entry is None:
             return  # cancelled while it waited, or a duplicate
         if msg.type != P.EVENT:
-            slot = self.calls.pop(key)
-            if isinstance(slot, bytes) and slot:  # b"": it ran inline
-                self.idle[slot] = None
-                self._ended(slot)
-            timed = self.timing.pop(key, None)
+            if entry.slot:  # b"": it ran inline
+                self._ended(entry.slot)
+            timed = self.timing.pop((msg.client, msg.rid), None)
             if timed is not None:
                 self._learn(timed[0], time.monotonic() - timed[1])
         self._to_caller(P.to_client(msg.client, msg.type, msg.rid, msg.body))

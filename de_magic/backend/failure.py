@@ -6,6 +6,7 @@ The server answers its calls' errors with it, and the job store keeps it as a fa
 
 from __future__ import annotations
 
+import contextlib
 import traceback
 
 from ..wire import protocol as P
@@ -15,6 +16,21 @@ from ..wire.errors import DeMagicError, RemoteError
 #: the traceback a caller sees: it starts at the member.
 _MACHINERY = {"de_magic.backend.server", "de_magic.backend.jobs", "de_magic.backend.refs", "de_magic.backend.daskpool",
               "distributed.client", "de_magic.schema.arguments", "de_magic.wire.serialize", "de_magic.wire.jsoncodec"}
+
+
+#: Set on an exception that refused the caller's arguments (before the member ran), so the answer says so.
+_ARGUMENTS = "de_magic_arguments"
+
+
+@contextlib.contextmanager
+def checking_arguments():
+    """Errors in here are the caller's arguments (decoding, validation), not the member's: the answer
+    carries ``arguments: true``, which lets the HTTP gateway answer 422 rather than 502."""
+    try:
+        yield
+    except (TypeError, ValueError) as exc:
+        setattr(exc, _ARGUMENTS, True)
+        raise
 
 
 def error_header(exc: BaseException) -> bytes:
@@ -33,7 +49,8 @@ def error_header(exc: BaseException) -> bytes:
         text = "".join(traceback.format_exception(cls, exc, tb))
     except Exception:  # noqa: BLE001 - e.g. a __str__ of a chained exception that fails differently
         text = f"{qualname}: {message}\n(the traceback could not be formatted)\n"
-    return P.error_header(RemoteError.kind, message, type=qualname, traceback=text)
+    extra = {"arguments": True} if getattr(exc, _ARGUMENTS, False) else {}
+    return P.error_header(RemoteError.kind, message, type=qualname, traceback=text, **extra)
 
 
 def describe(exc: BaseException) -> str:

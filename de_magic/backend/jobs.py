@@ -193,7 +193,7 @@ class JobStore:
         running = job.call  # None once finished
         if running is None:
             return False
-        self.backend._cancel(running.key)
+        self.backend.cancel(running.key)
         return True
 
     def find(self, call: Call) -> Job:

@@ -40,7 +40,8 @@ import zmq
 from ..wire import protocol as P
 from ..wire import serialize
 from ..wire.defaults import (DEFAULT_HEARTBEAT, DEFAULT_JOB_BYTES, DEFAULT_JOB_TTL, DEFAULT_LIVENESS, DEFAULT_MAX_MESSAGE,
-                             DEFAULT_REF_BYTES, DEFAULT_SESSION_LEASE, check_doors, check_url, default_url)
+                             DEFAULT_MAX_QUEUE, DEFAULT_MAX_QUEUED_BYTES, DEFAULT_REF_BYTES, DEFAULT_SESSION_LEASE,
+                             check_doors, check_url, default_url)
 from ..wire.badinput import BadInput
 from ..wire.errors import Cancelled, PayloadTooLarge, ProtocolMismatch, Refused, UnknownMethod
 from ..wire.handshake import WatchedSocket
@@ -51,7 +52,7 @@ from ..wire.framing import PerThread, readable, recv_frames, send_frames
 from . import refs, shell
 from .callcontext import Call, Operation, current_call
 from .direct import RELIEF_AFTER, DirectEndpoint
-from .failure import error_header
+from .failure import checking_arguments, error_header
 from .execute import code_operations
 from .jobs import JobStore
 from .usage import Reporter
@@ -81,10 +82,11 @@ class Backend:
         *,
         broker: str | list[str] | None = None,
         max_workers: int | None = None,
-        max_queue: int = 1000,
+        max_queue: int = DEFAULT_MAX_QUEUE,
         heartbeat: float = DEFAULT_HEARTBEAT,
         liveness: int = DEFAULT_LIVENESS,
         max_message_size: int = DEFAULT_MAX_MESSAGE,
+        max_queued_bytes: int = DEFAULT_MAX_QUEUED_BYTES,
         allow_code: bool = False,
         doc: str = "",
         context: zmq.Context | None = None,
@@ -109,6 +111,8 @@ class Backend:
         self.heartbeat = heartbeat
         self.liveness = liveness
         self.max_message_size = max_message_size
+        #: Bytes of direct calls that may wait for a slot (a broker bounds its queues the same way).
+        self.max_queued_bytes = max_queued_bytes
         self.allow_code = allow_code
         self._doors = [_Door(i, url, (security or Security.resolve(url=url)).check_peer())
                        for i, url in enumerate(self.brokers)]
@@ -118,7 +122,8 @@ class Backend:
         self.codec = codec
         #: Callers the broker lets use us (Z85 public keys, key names or .key files), None for all.
         self.allow_clients = allowed_callers(allow_clients)
-        self._bad = BadInput(log)
+        #: Bad input from peers, counted and logged at a bounded rate (the direct endpoint reports here too).
+        self.bad = BadInput(log)
         #: Our public id: listings show it, sessions pin to it.
         self.id = os.urandom(8)
         #: Proves to the broker that a slot connection is ours; nobody else ever sees it (docs/protocol.md).
@@ -248,7 +253,7 @@ class Backend:
             poke.send(b"stop")
             poke.close()
             for key in list(self._calls):  # the broker has told their callers: stop them, don't wait for them
-                self._cancel(key)
+                self.cancel(key)
             deadline = time.monotonic() + timeout
             for thread in self._threads:
                 if thread is not threading.current_thread():
@@ -309,6 +314,8 @@ class Backend:
         info.update(self.extra_info)
         if self.direct is not None and door.security.key == self._doors[0].security.key:
             info["direct"] = self.direct.url  # the broker vouches for it with the key we connect with
+            if self.direct.key is not None:  # or without CURVE, with the endpoint's own key, which it passes on
+                info["direct_key"] = self.direct.key
         return P.ready(self.name, self.id, self._secret, info)
 
     def announce(self) -> None:
@@ -347,7 +354,7 @@ class Backend:
                         if usage is not None and door.welcomed:
                             self._send_control(door, usage, zmq.NOBLOCK)
                     next_beat = now + self.heartbeat
-                    self._bad.flush()
+                    self.bad.flush()
                 for door in self._doors:
                     if now >= door.expires:
                         if door.welcomed:
@@ -415,7 +422,7 @@ class Backend:
         try:
             self.serve(door, msg)
         except Exception as exc:  # noqa: BLE001 - whatever arrives, the endpoint's thread must live on
-            self._bad.failed("serving a direct call", exc)
+            self.bad.failed("serving a direct call", exc)
 
     @staticmethod
     def _serve_direct(direct: DirectEndpoint) -> None:
@@ -476,19 +483,21 @@ class Backend:
         try:
             self._handle_control(door, slots, P.parse(frames, P.AT_WORKER))
         except P.ProtocolError as exc:
-            self._bad.report("bad message from broker: %s", exc)
+            self.bad.report("bad message from broker: %s", exc)
         except Exception as exc:  # noqa: BLE001 - whatever a broker sends, the I/O thread must live on
-            self._bad.failed("a message from the broker", exc)
+            self.bad.failed("a message from the broker", exc)
 
     def _handle_control(self, door: _Door, slots: zmq.Socket, msg) -> None:
         if isinstance(msg, P.Interrupt):
-            self._cancel((door.index, msg.client, msg.rid))
+            self.cancel((door.index, msg.client, msg.rid))
         elif isinstance(msg, P.Welcome):
             if self.direct is not None:
-                self.direct.gate.vouch(door.index, msg.info.get("callers"))
+                self.direct.core.vouch(door.index, msg.info.get("callers"))
             limit = msg.info.get("max_message_size")
             if type(limit) is int and limit > 0:
                 self._limit = min(self.max_message_size, limit)
+                if self.direct is not None:  # a call the broker would refuse as too large is refused direct too
+                    self.direct.core.limit = self._limit
             if not door.welcomed:
                 log.info("registered %r at %s", self.name, door.url)
                 self._usage.resend()
@@ -560,13 +569,13 @@ class Backend:
         try:
             self._handle_slot_message(door.index, frames)
         except Exception as exc:  # noqa: BLE001 - whatever arrives, the slot thread must live on
-            self._bad.failed("a call from the broker", exc)
+            self.bad.failed("a call from the broker", exc)
 
     def _handle_slot_message(self, door: int, frames: list) -> None:
         try:
             msg = P.parse(frames, P.AT_WORKER)
         except P.ProtocolError as exc:
-            self._bad.report("bad call: %s", exc)
+            self.bad.report("bad call: %s", exc)
             if exc.rid is not None and exc.client is not None:
                 self._send(P.ERROR, door, exc.client, exc.rid, P.error_header(ProtocolMismatch.kind, str(exc)))
             return
@@ -602,7 +611,7 @@ class Backend:
                           "serves them only within Backend.run() (it was started with start() alone)")
         return op
 
-    def _cancel(self, key: tuple[int, bytes, bytes]) -> None:
+    def cancel(self, key: tuple[int, bytes, bytes]) -> None:
         call = self._calls.get(key)
         if call is None:
             return
@@ -735,16 +744,19 @@ class Backend:
 
     def _call_json(self, target: Callable, call: Call):
         """A call whose arguments came as JSON: ``[args, kwargs]`` or ``[args, kwargs, init_args, init_kwargs]``."""
-        body = serialize.loads_json(call.payload)
-        if not (isinstance(body, list) and len(body) in (2, 4) and all(
-                isinstance(part, list if i % 2 == 0 else dict) for i, part in enumerate(body))):
-            raise TypeError("JSON arguments must be [args, kwargs] or [args, kwargs, init_args, init_kwargs]")
-        args, kwargs, *init = body
-        if init:
-            cls = self.members[call.header["member"]]
-            init_args, init_kwargs = validate_arguments(cls, tuple(init[0]), init[1])
+        with checking_arguments():
+            body = serialize.loads_json(call.payload)
+            if not (isinstance(body, list) and len(body) in (2, 4) and all(
+                    isinstance(part, list if i % 2 == 0 else dict) for i, part in enumerate(body))):
+                raise TypeError("JSON arguments must be [args, kwargs] or [args, kwargs, init_args, init_kwargs]")
+            args, kwargs, *init = body
+            if init:
+                cls = self.members[call.header["member"]]
+                init_args, init_kwargs = validate_arguments(cls, tuple(init[0]), init[1])
+        if init:  # the constructor is the member's own code: its errors are its own
             target = getattr(cls(*init_args, **init_kwargs), call.header["method"])
-        args, kwargs = validate_arguments(target, tuple(args), kwargs)
+        with checking_arguments():
+            args, kwargs = validate_arguments(target, tuple(args), kwargs)
         return self.invoke(target, args, kwargs)
 
 

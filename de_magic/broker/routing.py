@@ -33,12 +33,15 @@ from dataclasses import dataclass, field
 from hmac import compare_digest
 from typing import Callable
 
+from ..wire import admission
 from ..wire import protocol as P
 from ..wire.badinput import BadInput
 from ..wire.defaults import (DEFAULT_HEARTBEAT, DEFAULT_LIVENESS, DEFAULT_MAX_MESSAGE, DEFAULT_MAX_QUEUED_BYTES,
                        STARTUP_GRACE)
-from ..wire.errors import BackendLost, Busy, Cancelled, PayloadTooLarge, ProtocolMismatch, Refused, UnknownBackend
+from ..wire.errors import (BackendLost, BackendOffline, Busy, Cancelled, PayloadTooLarge, ProtocolMismatch, Refused,
+                           UnknownBackend)
 from ..wire.serialize import nbytes
+from .state import Remembered, remembered_info
 
 log = logging.getLogger("de_magic.broker")
 
@@ -99,7 +102,8 @@ class Worker:
     """A registered backend process: a control connection, its slots, its calls."""
 
     __slots__ = ("id", "address", "secret", "key", "service", "capacity", "max_queue", "heartbeat", "idle", "slots",
-                 "inflight", "pinned", "expires", "heard", "since", "pid", "host", "calls", "dask", "direct", "usage")
+                 "inflight", "pinned", "expires", "heard", "since", "pid", "host", "calls", "dask", "direct", "direct_key",
+                 "usage")
 
     def __init__(self, msg: P.Ready, address: bytes, key: str | None, service: "Service", expires: float):
         info = msg.info
@@ -118,6 +122,7 @@ class Worker:
         self.calls = 0
         self.dask = info.get("dask")  # the Dask cluster its calls run on (daskpool.cluster_info), if any
         self.direct = info.get("direct")  # where it takes direct calls, if it does (backend/direct.py)
+        self.direct_key = info.get("direct_key")  # the direct endpoint's own key, without CURVE
         self.usage: dict = {}  # what its sessions and references hold, as its last USAGE said
 
     def describe(self) -> dict:
@@ -128,7 +133,7 @@ class Worker:
             described["dask"] = self.dask
         if self.direct is not None:
             # what a caller needs to call it directly, and to know it is this worker: the key we authenticated
-            described["direct"] = {"url": self.direct, "key": self.key}
+            described["direct"] = {"url": self.direct, "key": self.key or self.direct_key}
         described.update(self.usage)
         return described
 
@@ -205,11 +210,18 @@ class Router:
     the names of their key files (for ``allow_clients`` and logs).
     ``connected(address)`` tells whether a peer's connection is up (libzmq's ZMTP
     heartbeats keep that true of a process whose Python is busy); unknown: False.
+    ``remembered`` are the backends a broker with a state directory served before (by name), and
+    ``remember(entry)`` writes a changed one there: such a backend is listed while offline, its name stays
+    its owner's, and a call of it says since when it is offline.  Without ``remember`` (no state directory)
+    nothing is remembered: a name is free once its last worker left.
     """
 
     def __init__(self, config: Config, *, now: float, key_of: Callable = no_key,
-                 key_names: Callable[[], dict[str, str]] = dict, connected: Callable[[bytes], bool] = not_known):
+                 key_names: Callable[[], dict[str, str]] = dict, connected: Callable[[bytes], bool] = not_known,
+                 remembered: dict[str, Remembered] | None = None, remember: Callable[[Remembered], None] | None = None):
         self.config = config
+        self.remembered = remembered if remembered is not None else {}
+        self.remember = remember
         self.key_of, self.key_names, self.connected = key_of, key_names, connected
         self.id = uuid.uuid4().hex[:12]
         self.since = time.time()
@@ -300,10 +312,11 @@ class Router:
 
     def _allows(self, service: Service, key: str | None) -> bool:
         """Whether the caller with ``key`` may see and call ``service`` (its allow_clients)."""
-        allowed = service.allowed
-        if allowed is None:
-            return True
-        return key is not None and (key in allowed or self.key_names().get(key) in allowed)
+        return self._admits(service.allowed, key)
+
+    def _admits(self, allowed, key: str | None) -> bool:
+        """See :func:`.admission.admits`: one rule for the broker path and the direct endpoint."""
+        return admission.admits(allowed, key, self.key_names(), self.config.curve)
 
     def _who(self, key: str | None) -> str:
         if key is None:
@@ -317,24 +330,22 @@ class Router:
         rid, name = msg.rid, msg.backend
         self.heard[client] = self.now
         if (client, rid) in self.requests:
-            # not answered: an answer would give that id two final answers (logged as bad input)
-            raise P.ProtocolError(f"request id {rid.hex()} is already in use by this caller")
+            raise admission.duplicate(rid)  # logged as bad input
         size = nbytes(msg.body)
-        if size > self.config.max_message_size:
-            return self._error(client, rid, PayloadTooLarge, f"call of {size} bytes exceeds the broker's maximum "
-                                                             f"message size of {self.config.max_message_size} bytes")
+        too_large = admission.too_large(size, self.config.max_message_size, "the broker's")
+        if too_large:
+            return self._error(client, rid, PayloadTooLarge, too_large)
         service = self.services.get(name)
         key = self.key_of(frames[0])
         if service is None or not service.workers:
             return self._wait_for_backend(client, msg, size, key)
-        if service.allowed is not None and not self._allows(service, key):
+        if not self._allows(service, key):
             return self._refuse(client, rid, service, key)
         pinned = None
         if msg.worker:
             pinned = self.by_id.get(msg.worker)
             if pinned is None or pinned.service is not service:
-                return self._error(client, rid, BackendLost, f"worker {msg.worker.hex()} of backend {name!r} is gone "
-                                                             "(it held this call's session or references)")
+                return self._error(client, rid, BackendLost, admission.gone(msg.worker, name))
         request = Request(client, rid, msg.body, size, service, pinned, key=key)
         self.routed_bytes += size
         worker = pinned if pinned is not None else service.pick()
@@ -347,15 +358,11 @@ class Router:
     def _admit(self, client: bytes, rid: bytes, service: Service, size: int) -> bool:
         """Whether a call may wait in the queue: bounded by count per backend, and by bytes overall."""
         room = sum(w.max_queue for w in service.workers) if service.workers else MAX_WAITING
-        if service.waiting >= room:
-            self._error(client, rid, Busy, f"backend {service.name!r} is busy: all "
-                        f"{sum(w.capacity for w in service.workers)} slots working and {service.waiting} calls queued")
-            return False
-        if self.queued_bytes + size > self.config.max_queued_bytes:
-            self._error(client, rid, Busy, f"the broker is busy: {self.queued_bytes} bytes of calls wait in its "
-                        f"queues (limit {self.config.max_queued_bytes}); try again soon")
-            return False
-        return True
+        busy = admission.queue_refusal(service.name, service.waiting, room, sum(w.capacity for w in service.workers),
+                                       self.queued_bytes, size, self.config.max_queued_bytes, "the broker")
+        if busy:
+            self._error(client, rid, Busy, busy)
+        return not busy
 
     def _enqueue(self, service: Service, request: Request) -> None:
         request.queued = True
@@ -379,7 +386,7 @@ class Router:
         self._settle(service, request)
         service.dead += 1
         del self.requests[(request.client, request.rid)]
-        if service.dead > 64 + 2 * service.waiting:  # compact, so cancelled calls cannot pile up
+        if admission.compact_due(service.dead, service.waiting):  # compact, so cancelled calls cannot pile up
             service.queue = deque(r for r in service.queue if r.queued)
             for worker in service.workers:
                 worker.pinned = deque(r for r in worker.pinned if r.queued)
@@ -435,9 +442,23 @@ class Router:
     def _refuse(self, client: bytes, rid: bytes, service: Service, key: str | None) -> None:
         self.bad.report("refused a call of %r from %s (%s): not among the backend's allowed callers",
                         service.name, self._who(key), client.hex())
-        self._error(client, rid, Refused, f"backend {service.name!r} does not accept calls from this caller's key")
+        self._error(client, rid, Refused, admission.refusal(service.name, key))
+
+    def _remember(self, entry: Remembered) -> None:
+        """Keep ``entry`` here and in the state directory; a full disk must not stop the broker (it is logged)."""
+        if self.remember is None:
+            return
+        self.remembered[entry.name] = entry
+        try:
+            self.remember(entry)
+        except Exception as exc:  # noqa: BLE001 - sqlite3/OSError: the broker serves on, from memory
+            self.bad.failed(f"remembering backend {entry.name!r}", exc)
 
     def _unknown(self, client: bytes, rid: bytes, name: str, key: str | None) -> None:
+        entry = self.remembered.get(name)
+        if entry is not None and entry.last_seen is not None and self._admits(_allowed(entry), key):
+            return self._error(client, rid, BackendOffline, f"backend {name!r} at {self.config.url} is offline since "
+                               f"{_when(entry.last_seen)}; `.start()` queues it as a job")
         # only what this caller may see: a restricted backend's name is not for everyone
         live = sorted(n for n, s in self.services.items() if s.workers and self._allows(s, key))
         self._error(client, rid, UnknownBackend,
@@ -462,13 +483,9 @@ class Router:
         self._error(client, msg.rid, Cancelled, "cancelled before it started")
 
     def _on_query(self, client: bytes, msg: P.Query, frames: list) -> None:
-        if len(msg.more) >= MAX_WAITING:
-            raise P.ProtocolError(f"QUERY of more than {MAX_WAITING} requests", msg.rid)
         self.heard[client] = self.now
-        requests, states = self.requests, []
-        for rid in msg.ids():
-            states += (rid, P.PENDING if (client, rid) in requests else P.UNKNOWN)
-        self._out.append(P.status(client, states))
+        requests = self.requests
+        self._out.append(P.status(client, admission.query_states(msg, lambda rid: (client, rid) in requests)))
 
     def _on_list(self, client: bytes, msg: P.List, frames: list) -> None:
         query = msg.query
@@ -478,8 +495,12 @@ class Router:
         key = self.key_of(frames[0])
         services = [s for s in self.services.values()
                     if s.workers and (only is None or s.name == only) and self._allows(s, key)]
-        body = b",".join(json.dumps(s.name).encode() + b":" + s.describe(with_api, known.get(s.name))
-                         for s in services)
+        entries = [json.dumps(s.name).encode() + b":" + s.describe(with_api, known.get(s.name)) for s in services]
+        entries += [json.dumps(name).encode() + b":" + _describe_offline(entry, with_api, known.get(name))
+                    for name, entry in self.remembered.items()
+                    if (only is None or name == only) and entry.last_seen is not None
+                    and self._admits(_allowed(entry), key)]
+        body = b",".join(entries)
         listing = b'{"broker":' + json.dumps(self.describe()).encode() + b',"backends":{' + body + b"}}"
         self._out.append(P.to_client(client, P.REPLY, msg.rid, (b'{"codec":"json"}', listing)))
 
@@ -518,7 +539,7 @@ class Router:
         if worker is not None:  # registering again (it lost us for a moment): its calls and slots stand
             self._rebind(worker, address)
             worker.dask = info.get("dask")  # a Dask backend registers again when its cluster scales
-            worker.direct = info.get("direct")
+            worker.direct, worker.direct_key = info.get("direct"), info.get("direct_key")
         else:
             worker = self._register(address, msg, key)
             if worker is None:
@@ -547,6 +568,7 @@ class Router:
         if not service.workers:
             service.adopt(msg.info, key)
             self._refuse_waiting(service)
+            self._remember(Remembered(msg.name, key, remembered_info(msg.info)))
         worker = Worker(msg, address, key, service, self.now)
         worker.expires = self._expires(worker)
         service.workers.append(worker)
@@ -563,6 +585,10 @@ class Router:
         owners = self.config.owners.get(name)
         if owners is not None and not (key in owners or self.key_names().get(key) in owners):
             return f"backend name {name!r} is reserved at {url} for other keys; choose another name (--name)"
+        known = self.remembered.get(name)
+        if owners is None and known is not None and known.owner != key:
+            seen = "up now" if known.last_seen is None else f"last seen {_when(known.last_seen)}"
+            return (f"backend name {name!r} belongs at {url} to another key ({seen}); choose another name (--name)")
         if service is None or not service.workers:
             return ""
         if owners is None and service.owner != key:
@@ -720,10 +746,34 @@ class Router:
             self._unqueue(service, request)
             self._error(request.client, request.rid, BackendLost,
                         f"backend {service.name!r} {worker.where()} {why} before the call started")
-        if not service.workers and not service.waiting:
-            del self.services[service.name]
+        if not service.workers:
+            entry = self.remembered.get(service.name)
+            if entry is not None:
+                entry.last_seen = time.time()
+                self._remember(entry)
+            if not service.waiting:
+                del self.services[service.name]
 
 
 def _older(a: Request, b: Request) -> bool:
     """Whether ``a`` was queued before ``b``; queue entries are compared by arrival order."""
     return a.seq < b.seq
+
+
+def _allowed(entry: Remembered) -> frozenset[str] | None:
+    allowed = entry.info.get("allow_clients")
+    return None if allowed is None else frozenset(allowed)
+
+
+def _when(seen: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seen))
+
+
+def _describe_offline(entry: Remembered, with_api: bool, known_tag: str | None) -> bytes:
+    """A remembered backend with no worker up, as listing JSON: its last API, and since when it is offline."""
+    tag, codec, allow_code, _ = contract(entry.info)
+    head = {"name": entry.name, "allow_code": allow_code, "codec": codec, "since": entry.last_seen,
+            "offline": entry.last_seen, "api_tag": tag, "queued": 0, "workers": []}
+    if with_api and known_tag != tag:
+        head["api"] = entry.info.get("api", {})
+    return json.dumps(head, separators=(",", ":")).encode()

@@ -25,6 +25,7 @@ import zmq
 from ..wire.defaults import (DEFAULT_HEARTBEAT, DEFAULT_LIVENESS, DEFAULT_MAX_MESSAGE, DEFAULT_MAX_QUEUED_BYTES,
                        check_url, default_url)
 from .routing import Config, Router, no_key
+from .state import StateStore
 from ..wire import protocol as P
 from ..wire import routingids
 from ..wire.security import Security, peer_key
@@ -42,7 +43,8 @@ class Broker:
     ``run()`` serves in the calling thread until ``stop()`` (from any thread) or
     Ctrl-C; ``start()`` runs it in a thread of its own for embedding (tests, the
     notebook's embedded default).  ``owners`` maps backend names to the keys
-    that may register them (the config file's ``[owners]``).
+    that may register them (the config file's ``[owners]``).  With ``state_dir`` the
+    broker remembers the backends it served across restarts (:mod:`.state`).
     """
 
     def __init__(
@@ -56,6 +58,7 @@ class Broker:
         owners: dict[str, list[str]] | None = None,
         context: zmq.Context | None = None,
         security: Security | None = None,
+        state_dir: str | None = None,
     ):
         self.url = check_url(url, "the broker's address") if url else default_url()
         self.security = security or Security.resolve()
@@ -70,6 +73,7 @@ class Broker:
         self._stopper = self._ctx.socket(zmq.PAIR)
         self._stopper.bind(self._stop_url)
         self._thread: threading.Thread | None = None
+        self._store = StateStore(state_dir) if state_dir else None
 
     @property
     def id(self) -> str:
@@ -104,8 +108,11 @@ class Broker:
         self._socket = sock
         self.config.url, self.config.curve = self.url, self._auth is not None
         # without CURVE no frame carries a key: asking each one would cost an exception per message
+        store = self._store
         self.router = Router(self.config, now=time.monotonic(), key_of=peer_key if self._auth is not None else no_key,
-                             key_names=self._key_names, connected=self._connected)
+                             key_names=self._key_names, connected=self._connected,
+                             remembered=store.backends() if store else None,
+                             remember=store.remember if store else None)
         return self.url
 
     def _key_names(self) -> dict[str, str]:
@@ -149,6 +156,8 @@ class Broker:
                     self._send_all(router.handle(frames[0].bytes, frames[1:], time.monotonic()))
                 now = time.monotonic()
                 if now >= router.wake_at:
+                    if self._auth is not None:
+                        self._auth.refresh()  # a key deleted from the allowed directory stops working within a beat
                     self._send_all(router.tick(now))
         finally:
             self._shutdown()
@@ -176,6 +185,8 @@ class Broker:
             self._send_all(self.router.shutdown())
         self._socket.close(linger=200)  # let the DISCONNECTs go out: backends then re-register at once
         self._stopper.close()
+        if self._store is not None:
+            self._store.close()
         if self._auth is not None:
             self._auth.stop()
         _wait_until_free(self.url)

@@ -1,12 +1,12 @@
 """The client: find backends at a broker and call them like local functions.
 
-Blocking calls use one DEALER socket per calling thread, so a call costs one
-send and one receive with no hand-off to a helper thread, and events a call
-produces (progress, streamed output, display data) are handled in the thread
-that made the call, which is what lets a notebook show them in the right
-cell.  ``submit()`` hands the call to the client's one I/O thread, which
-carries any number of calls in flight, and returns a future that is also
-awaitable (:mod:`de_magic.caller.mux`).
+Every request goes through the client's one I/O thread (:mod:`de_magic.caller.mux`),
+around a socket-free core that decides everything about requests in flight
+(:mod:`de_magic.caller.core`): deadlines, heartbeats, retries and fallbacks.  A
+blocking call's thread waits for its answer and handles the call's events
+(progress, streamed output, display data) itself, which is what lets a notebook
+show them in the right cell; ``submit()`` returns a future that is also
+awaitable, whose events are handled in the I/O thread.
 
 A call goes straight to a worker of the backend when the worker listens for
 direct calls and this client can reach it, and through the broker otherwise
@@ -30,9 +30,8 @@ late answer is never taken for another's, so nothing is answered twice.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
-import struct
+import queue
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -40,37 +39,34 @@ from typing import TYPE_CHECKING, Callable
 
 import zmq
 
-from ..wire import protocol as P
 from ..wire import serialize
-from ..wire.defaults import DEFAULT_HEARTBEAT, DEFAULT_LIVENESS, DEFAULT_MAX_MESSAGE, check_doors, default_url
-from ..wire.errors import (BackendLost, CallTimeout, DeMagicError, PayloadTooLarge, ProtocolMismatch, Refused,
-                           UnknownBackend, from_header)
+from ..wire.defaults import (DEFAULT_HEARTBEAT, DEFAULT_LISTING_TIMEOUT, DEFAULT_LIVENESS, DEFAULT_MAX_MESSAGE,
+                             check_doors, default_url)
+from ..wire.errors import BackendLost, CallTimeout, DeMagicError, PayloadTooLarge, Refused, UnknownBackend
 from ..wire import routingids
-from ..wire.framing import PerThread, recv_frames, send_frames
 from ..wire.handshake import WatchedSocket
 from ..wire.security import Security
 from . import refs
+from .calls import decode_result, encode_call
+from .core import Core, Request
+from .jobs import Job, attach, list_jobs, start
 from .progress import Progress, default_progress
 from .proxies import RemoteBackend
 from .mux import Multiplexer, settle
+from .naming import called
 from .routes import Endpoint, Routes
 from .tables import BackendTable
 
 if TYPE_CHECKING:
-    from .jobs import Job
     from .tables import JobTable
 
 EventHandler = Callable[[dict, list], None]
 
 log = logging.getLogger("de_magic.client")
 
-LISTING_TIMEOUT = 10.0  # seconds, unless a listing is given a timeout of its own
 SMALL_CALL = 1 << 20  # bytes: below this no broker's size limit is in question
-HANDSHAKE_CHECK = 0.25  # seconds between looks for a refused handshake while the broker has said nothing
 PREFER_GRACE = 0.5  # seconds a fresh client waits for a preferred broker once a later one answered
 HELPER_THREADS = 4  # threads a client has for work its I/O thread must not wait for (see Client.in_background)
-
-_request_ids = itertools.count(1)
 
 
 class CallFuture(Future):
@@ -112,7 +108,6 @@ class Client:
     ):
         #: The equivalent brokers this client may use, in the order it tries them.
         self.urls = check_doors(url or default_url())
-        self._door = 0  # index of the broker in use
         self._securities = {door: (security or Security.resolve(url=door)).check_peer() for door in self.urls}
         #: None: pickle, or JSON for backends that take no pickles; "json": never send or unpickle pickles.
         self.codec = codec
@@ -123,18 +118,17 @@ class Client:
         self.max_message_size = max_message_size
         self.on_progress = on_progress
         self._ctx = context or zmq.Context.instance()
-        self._sockets = PerThread(self._new_socket)
+        #: The decisions about requests in flight, and the broker in use (driven by the I/O thread).
+        self._core = Core(self.urls, heartbeat=heartbeat, liveness=liveness, now=time.monotonic())
         #: Direct endpoints of workers, and this client's sockets to them (see routes.py).
         self.routes = Routes(self._ctx)
         #: False: every call goes through the broker (for comparisons, or a network that drops direct traffic).
         self.direct = direct
-        self._busy: set[zmq.Socket] = set()  # sockets of calls in flight (see close)
         self._lock = threading.Lock()
         self._mux: Multiplexer | None = None
         self._helpers: ThreadPoolExecutor | None = None  # see in_background
         self._door_chosen = False  # the first use asks every broker at once (see _choose_door)
         self._door_lock = threading.Lock()
-        self._failing_back = False  # a return to a more preferred broker is being looked for (see _fail_back)
         self._down: dict[str, float] = {}  # brokers that did not answer a listing (url -> since when)
         self._apis: dict[str, tuple[str, dict]] = {}  # backend -> (api tag, api) seen in listings
         self._closed = False
@@ -143,7 +137,7 @@ class Client:
     @property
     def url(self) -> str:
         """The address of the broker in use."""
-        return self.urls[self._door]
+        return self.urls[self._core.door]
 
     @property
     def security(self) -> Security:
@@ -176,58 +170,33 @@ class Client:
         self.close()
 
     def close(self) -> None:
-        """Close this client: its sockets, its I/O thread; calls in flight end with an error.
-
-        A socket in use by a call is closed by the thread making the call, within a
-        heartbeat interval: closing it under that thread's feet is undefined in libzmq.
-        """
+        """Close this client: its sockets, its I/O thread; calls in flight end with an error."""
         with self._lock:
             self._closed = True
         if self._mux is not None:
             self._mux.stop()
         if self._helpers is not None:
             self._helpers.shutdown(wait=False, cancel_futures=True)
-        self._sockets.close(keep=set(self._busy))
-        self.routes.close(keep=set(self._busy))
+        self.routes.close()
 
     def configure_socket(self, sock: zmq.Socket, url: str) -> None:
         """Hook for security settings (CURVE) before connecting to ``url``."""
         self._securities[url].connect(sock)
-        # A refused handshake leaves the socket without a peer, where a send would block for ever.
-        sock.sndtimeo = int(self.heartbeat * self.liveness * 1000)
 
     # -- low level -------------------------------------------------------------
 
-    def _new_socket(self, unbounded: bool = False, url: str | None = None) -> WatchedSocket:
-        """A socket to the broker at ``url`` (default: the one in use)."""
-        url = url or self.url
+    def _new_socket(self, url: str) -> WatchedSocket:
+        """A socket to the broker at ``url``, for the I/O thread."""
         sock = routingids.declare(self._ctx.socket(zmq.DEALER, socket_class=WatchedSocket))
         sock.linger = 0
-        if unbounded:  # no high-water mark: set before connecting, or it does not hold for the connection
-            sock.sndhwm = sock.rcvhwm = 0
+        # thousands of calls and answers in flight: libzmq holds them all (set before connecting, or it does not
+        # hold for the connection)
+        sock.sndhwm = sock.rcvhwm = 0
         self.configure_socket(sock, url)
         # a refused handshake must not pass for a dead broker; with another broker to go to, a drop counts
         sock.watch(url, "client", self._securities[url], drops=len(self.urls) > 1)
         sock.connect(url)
         return sock
-
-    def _socket(self) -> WatchedSocket:
-        if self._closed:
-            raise RuntimeError(f"{self!r} is closed")
-        self._choose_door()
-        sock = self._sockets.get()
-        if sock.watched_url != self.url:  # the client moved to another broker since this thread's last call
-            sock = self._sockets.renew()
-        return sock
-
-    def _fail_over(self, url: str) -> str:
-        """The broker at ``url`` does not answer: move to the next (unless another thread did); a sentence."""
-        with self._lock:
-            if len(self.urls) > 1 and self.url == url:
-                self._door = (self._door + 1) % len(self.urls)
-                log.warning("the broker at %s is not answering; using %s now", url, self.url)
-        self._fail_over_to(self._door)
-        return f"; this client now uses the broker at {self.url}" if self.url != url else ""
 
     def _probe_time(self) -> float:
         """Seconds a live broker takes at most to answer a listing (it answers at once), and between probes."""
@@ -255,53 +224,32 @@ class Client:
                 wait(pending, timeout=max(0.0, (PREFER_GRACE if answered else self._probe_time()) - waited),
                      return_when=FIRST_COMPLETED)
             if chosen is not None:
-                with self._lock:
-                    self._door = chosen
+                self._calls().run(lambda now: self._core.choose(chosen, now)).result()
                 self._absorb(asked[chosen].result(), None, False)  # api=False: no API to fill in
                 if chosen:
                     log.warning("the broker at %s is not answering; using %s", self.urls[0], self.url)
-                    self._fail_over_to(chosen)
             self._door_chosen = True
 
-    def _fail_over_to(self, door: int) -> None:
-        """Start looking for a return to a more preferred broker than ``door`` (see _fail_back)."""
-        with self._lock:
-            if door and not self._closed and not self._failing_back:
-                self._failing_back = True
-                self._calls_locked().later(self._probe_time(), self._fail_back)
+    def _direct_endpoint(self, backend: str, worker: bytes, learn: bool = True) -> Endpoint | None:
+        """The worker endpoint to call ``backend`` at directly, if any (learnt from a listing now and then,
+        unless not ``learn``: the I/O thread of submitted calls does not wait for listings)."""
+        if not self.direct or self._closed:
+            return None
+        if learn and self.routes.stale(backend):
+            try:
+                self.listing(backend, api=False)  # every listing tells the routes
+            except DeMagicError:
+                return None  # the call through the broker will say what is wrong
+        return self.routes.pick(backend, worker, self.security, self._core.inflight)
 
-    def _fail_back(self) -> None:
-        """In the I/O thread, while a more preferred broker than the one in use is away: ask it and the one in
-        use for a listing; go back to it once it answers and knows every backend the one in use knows (backends
-        register again within a few heartbeats of a broker's return)."""
-        door = self._door
-        if door == 0 or self._closed:
-            self._failing_back = False
-            return
-        query = {"api": False}
-        current = self._ask(self.urls[door], query, self._probe_time())
-        preferred = [(i, self._ask(self.urls[i], query, self._probe_time())) for i in range(door)]
+    def _limit(self, size: int) -> int:
+        """The largest call that may be sent. The broker's own limit is learnt from a listing, asked
+        for only when a call is large enough to matter: libzmq would cut a larger call off in transit."""
+        if self._broker_limit is None and size > SMALL_CALL:
+            self.listing(api=False)
+        return min(self.max_message_size, self._broker_limit or self.max_message_size)
 
-        judged = []
-
-        def judge(_=None) -> None:
-            if judged or not current.done() or not all(f.done() for _, f in preferred):
-                return
-            judged.append(True)  # once: every future's callback comes here
-            live = set(current.result()["backends"]) if current.exception() is None else set()
-            for i, f in preferred:
-                if f.exception() is None and live <= set(f.result()["backends"]):
-                    with self._lock:
-                        if i < self._door:
-                            log.warning("the broker at %s answers again; using it again", self.urls[i])
-                            self._door = i
-                    break
-            with self._lock:
-                self._failing_back = False
-            self._fail_over_to(self._door)
-
-        for future in [current, *(f for _, f in preferred)]:
-            future.add_done_callback(judge)
+    # -- requests --------------------------------------------------------------
 
     def request(
         self,
@@ -315,165 +263,84 @@ class Client:
     ) -> tuple[dict, list]:
         """Send one request to ``backend`` and wait for its answer: ``(header, frames)``.
 
-        Events the backend sends meanwhile go to ``on_event(header, frames)``.
+        Events the backend sends meanwhile go to ``on_event(header, frames)``, in this thread.
         Raises the error the answer carries, :class:`CallTimeout` or :class:`BackendLost`.
         """
+        return self._carry(self._prepared(backend, header, payload, worker, timeout), on_event)
+
+    def send_request(self, backend: str, header: dict, payload: list, *, timeout: float | None = None,
+                     on_event: EventHandler | None = None, worker: bytes = b"", learn: bool = True) -> CallFuture:
+        """Like :meth:`request`, without waiting: the future ends with ``(header, frames)`` or the error, and
+        events go to ``on_event`` in the I/O thread; cancelling the future cancels the request.
+
+        ``learn``: a direct endpoint may be looked up with a listing first (not from the I/O thread, which
+        must not wait for one).
+        """
+        request = self._prepared(backend, header, payload, worker, timeout, learn=learn)
+        request.on_event = on_event
+        return self._future_of(request)
+
+    def _prepared(self, backend: str, header: dict, payload: list, worker: bytes, timeout: float | None, *,
+                  learn: bool = True, retries: int = 0, reencode: Callable | None = None,
+                  codec: str = serialize.PICKLE) -> Request:
+        """A request to ``backend`` for the core: checked for size, and sent straight to a worker if it can."""
+        if self._closed:
+            raise RuntimeError(f"{self!r} is closed")
+        if learn:
+            self._choose_door()
         size = serialize.nbytes(payload)
         limit = self._limit(size)
         if size > limit:
             raise PayloadTooLarge(f"call of {size} bytes exceeds the maximum message size of {limit} bytes "
                                   f"(the broker's at {self.url}, or this client's)")
-        rid = struct.pack("!Q", next(_request_ids))
-        frames = P.call(rid, backend, worker, P.dump_header(header), payload)
-        timeout = self.timeout if timeout is None else timeout
-        endpoint = self._direct_endpoint(backend, worker)
-        if endpoint is not None:
-            sock = self.routes.socket(endpoint, self.security)
-            if sock is not None:
-                self.routes.started(endpoint)
+        return Request(None, backend, header, payload, worker, endpoint=self._direct_endpoint(backend, worker, learn),
+                       timeout=self.timeout if timeout is None else timeout, what=called(backend, header),
+                       retries=retries, reencode=reencode, codec=codec)
+
+    def _carry(self, request: Request, on_event: EventHandler | None = None) -> tuple[dict, list]:
+        """Hand ``request`` to the I/O thread and wait for its answer in this thread, which handles its events."""
+        events: queue.SimpleQueue = queue.SimpleQueue()
+        answer: Future = Future()
+        request.token = answer
+        if on_event is not None:
+            request.on_event = lambda header, frames: events.put((header, frames))
+        answer.add_done_callback(lambda _: events.put(None))
+        mux = self._calls()
+        mux.start(request)
+        try:
+            while (event := events.get()) is not None:
                 try:
-                    return self._exchange(rid, frames, timeout, on_event, sock, endpoint)
-                except (_NotSent, UnknownBackend):  # it went away, or another backend listens there now
-                    self.routes.lost(endpoint)  # nothing ran: this call and the next ones go via the broker
-                    rid = struct.pack("!Q", next(_request_ids))
-                    frames = P.call(rid, backend, worker, P.dump_header(header), payload)
-                finally:
-                    self.routes.ended(endpoint)
-        return self._exchange(rid, frames, timeout, on_event)
-
-    def _direct_endpoint(self, backend: str, worker: bytes, learn: bool = True) -> Endpoint | None:
-        """The worker endpoint to call ``backend`` at directly, if any (learnt from a listing now and then,
-        unless not ``learn``: the I/O thread of submitted calls does not wait for listings)."""
-        if not self.direct or self._closed:
-            return None
-        if learn and self.routes.stale(backend):
-            try:
-                self.listing(backend, api=False)  # every listing tells the routes
-            except DeMagicError:
-                return None  # the call through the broker will say what is wrong
-        return self.routes.pick(backend, worker, self.security)
-
-    def _limit(self, size: int) -> int:
-        """The largest call that may be sent. The broker's own limit is learnt from a listing, asked
-        for only when a call is large enough to matter: libzmq would cut a larger call off in transit."""
-        if self._broker_limit is None and size > SMALL_CALL:
-            self.listing(api=False)
-        return min(self.max_message_size, self._broker_limit or self.max_message_size)
-
-    def _exchange(self, rid: bytes, frames: list, timeout: float | None, on_event,
-                  sock: WatchedSocket | None = None, endpoint: Endpoint | None = None) -> tuple[dict, list]:
-        """Send the request ``rid`` (its ``frames``) on this thread's socket (to the broker, or ``sock`` to a
-        worker's direct ``endpoint``) and wait for the answer."""
-        sock = sock or self._socket()
-        self._busy.add(sock)
-        try:
-            if endpoint is not None:
-                if not self.routes.send(sock, frames):  # not connected (ZMQ_IMMEDIATE): nothing was sent
-                    raise _NotSent
-            else:
-                if sock.failed_before:  # e.g. a retry after a refusal: fail now, not after a heartbeat
-                    _raise_if_refused(sock)
-                self._send(sock, frames)
-            return self._wait(sock, rid, timeout, on_event, endpoint)
-        except zmq.ZMQError:
-            if self._closed:
-                raise DeMagicError(f"{self!r} was closed during the call") from None
-            raise
-        finally:
-            self._busy.discard(sock)
-            if self._closed:  # close() left this socket to the thread using it
-                sock.close(linger=0)
-
-    def _send(self, sock: zmq.Socket, frames: list, flags: int = 0) -> None:
-        try:
-            send_frames(sock, frames, flags | zmq.NOBLOCK)
-            return
-        except zmq.Again:
-            if flags & zmq.NOBLOCK:
-                return  # a query or cancel: the unanswered count takes care of a dead broker
-            _raise_if_refused(sock)  # a refused connection has no peer: waiting would not help
-        try:
-            send_frames(sock, frames, flags)  # blocks for at most sndtimeo
-        except zmq.Again:
-            url = sock.watched_url
-            hint = " (CURVE: is this client's key allowed there, and the broker key right?)" if self._securities[url].curve else ""
-            raise BackendLost(f"cannot reach the broker at {url}{hint}{self._fail_over(url)}") from None
-
-    def _wait(self, sock: zmq.Socket, rid: bytes, timeout: float | None, on_event,
-              endpoint: Endpoint | None = None) -> tuple[dict, list]:
-        now = time.monotonic()
-        deadline = None if timeout is None else now + timeout
-        next_query = now + self.heartbeat
-        unanswered, heard = 0, False
-        try:
-            while True:
-                wait = next_query - time.monotonic()
-                if deadline is not None:
-                    wait = min(wait, deadline - time.monotonic())
-                if not heard:  # a refused handshake shows within moments: look often until the broker answers
-                    wait = min(wait, HANDSHAKE_CHECK)
-                if sock.poll(max(0.0, wait) * 1000):
-                    msg = self._receive(sock, rid)
-                    if msg is None:
-                        continue  # a late answer to an earlier, abandoned request
-                    unanswered, heard = 0, True
-                    if type(msg) is P.Reply:
-                        return msg.header, msg.payload
-                    self._on_progress_of(sock, rid, msg, on_event)
-                    continue
-                now = time.monotonic()
-                if not heard:
-                    _raise_if_refused(sock)
-                if self._closed:
-                    raise DeMagicError(f"{self!r} was closed during the call")
-                if deadline is not None and now >= deadline:
-                    _raise_if_refused(sock)  # a refusal says more than a timeout, however short the timeout
-                    self._send(sock, P.cancel(rid), zmq.NOBLOCK)
-                    raise CallTimeout(f"no answer from {sock.watched_url} within {timeout:g} s")
-                if now >= next_query:
-                    if sock.dropped and len(self.urls) > 1:  # with another broker to go to, don't wait it out
-                        url = sock.watched_url
-                        raise BackendLost(f"the broker at {url} dropped the connection{self._fail_over(url)}")
-                    if unanswered >= self.liveness:
-                        url = sock.watched_url
-                        if endpoint is not None:
-                            self.routes.lost(endpoint)
-                            raise BackendLost(f"the worker at {url} (direct) is not answering; later calls go "
-                                              "through the broker")
-                        raise BackendLost(f"the broker at {url} is not answering{self._fail_over(url)}")
-                    self._send(sock, P.query(rid), zmq.NOBLOCK)
-                    unanswered += 1
-                    next_query = now + self.heartbeat
-        except KeyboardInterrupt:
-            # the kernel's stop button: stop the remote work too
-            self._send(sock, P.cancel(rid), zmq.NOBLOCK)
-            raise
-
-    @staticmethod
-    def _receive(sock: zmq.Socket, rid: bytes):
-        """The next message on ``sock`` if it is about request ``rid``, else None (a late one for another)."""
-        try:
-            msg = P.parse(recv_frames(sock), P.AT_CLIENT)
-        except P.ProtocolError as exc:
-            if exc.rid is not None and exc.rid != rid:
-                return None
-            raise ProtocolMismatch(f"broker at {sock.watched_url}: {exc}") from None
-        return msg if msg.rid == rid else None
-
-    def _on_progress_of(self, sock: zmq.Socket, rid: bytes, msg, on_event) -> None:
-        """An event, status or error of a request still running: handled here, or raised."""
-        if type(msg) is P.Event:
-            if on_event is not None:
-                try:
-                    on_event(msg.header, msg.payload)
+                    on_event(*event)
                 except Exception:  # the caller gives up on the call: stop the remote work too
-                    self._send(sock, P.cancel(rid), zmq.NOBLOCK)
+                    mux.cancel(request)
                     raise
-        elif type(msg) is P.Error:
-            raise from_header(msg.header)
-        elif msg.state == P.UNKNOWN:
-            raise BackendLost(f"the broker at {sock.watched_url} no longer knows this request "
-                              "(it restarted, or the backend was lost)")
+        except KeyboardInterrupt:  # the kernel's stop button: stop the remote work too
+            mux.cancel(request)
+            raise
+        return answer.result()
+
+    def _future_of(self, request: Request, decode: Callable | None = None) -> CallFuture:
+        """Hand ``request`` to the I/O thread; the future ends with its answer (``decode``d, if given)."""
+        future = CallFuture()
+        mux = self._calls()
+        future.add_done_callback(lambda f: f.cancelled() and mux.cancel(request))
+        if decode is None:
+            request.token = future
+        else:
+            request.token = attempt = Future()
+
+            def answered(attempt: Future) -> None:
+                exc = attempt.exception()
+                if exc is not None:
+                    return settle(future, exc=exc)
+                try:
+                    settle(future, decode(*attempt.result()))
+                except BaseException as error:  # noqa: BLE001 - the future carries it
+                    settle(future, exc=error)
+
+            attempt.add_done_callback(answered)
+        mux.start(request)
+        return future
 
     # -- calls -----------------------------------------------------------------
 
@@ -502,18 +369,18 @@ class Client:
         # made when the first report comes, in this thread (which handles the call's events): most calls send none
         dispatch = _dispatcher(on_progress or self.on_progress or default_progress, on_event,
                                lazy=not (on_progress or self.on_progress))
-        codec = self._codec_of(backend)
-        header, payload, worker = encode_call(backend, member, args, kwargs, method, init, keep, codec)
-        try:
-            head, frames = self._retrying(retries, lambda: self.request(backend, header, payload, timeout=timeout,
-                                                                        on_event=dispatch, worker=worker))
-        except Refused:
-            # a no-pickle backend refuses pickles before reading them: learn its codec and go again
-            if codec == serialize.JSON or self._learn_codec(backend) != serialize.JSON:
-                raise
-            return self.call(backend, member, args, kwargs, method=method, init=init, timeout=timeout,
-                             on_progress=on_progress, on_event=on_event, retries=retries, keep=keep)
+        request = self._call_request(backend, (member, args, kwargs, method, init, keep), timeout, retries)
+        head, frames = self._carry(request, dispatch)
         return self._result(backend, head, frames, keep)
+
+    def _call_request(self, backend: str, call: tuple, timeout: float | None, retries: int) -> Request:
+        """The request of a call (member, args, kwargs, method, init, keep), in the codec the backend takes; a
+        pickled one may go again as JSON if the backend refuses pickles (see core.py)."""
+        codec = self._codec_of(backend)
+        header, payload, worker = encode_call(backend, *call, codec)
+        reencode = None if codec == serialize.JSON else (lambda to: encode_call(backend, *call, to))
+        return self._prepared(backend, header, payload, worker, timeout, retries=retries, reencode=reencode,
+                              codec=codec)
 
     def _codec_of(self, backend: str) -> str:
         return self.codec or self._codecs.get(backend, serialize.PICKLE)
@@ -523,19 +390,6 @@ class Client:
             raise Refused(f"backend {backend!r} answered with a pickle; this client unpickles nothing (codec='json')")
         result = decode_result(head, frames)
         return refs.RemoteRef.adopt(self, backend, head, result) if keep else result
-
-    @staticmethod
-    def _retrying(retries: int, attempt: Callable[[], tuple[dict, list]]) -> tuple[dict, list]:
-        for retry in range(1, retries + 1):
-            try:
-                return attempt()
-            except BackendLost as exc:
-                log.info("%s; sending the call again (retry %d of %d)", exc, retry, retries)
-        return attempt()
-
-    def _learn_codec(self, backend: str) -> str:
-        self.listing(backend, api=False)  # every listing records the codecs it shows
-        return self._codecs.get(backend, serialize.PICKLE)
 
     def submit(
         self,
@@ -562,85 +416,14 @@ class Client:
             raise RuntimeError(f"{self!r} is closed")
         # made here, not in the I/O thread, so that the bars belong to the cell that submitted
         dispatch = _dispatcher(on_progress or self.on_progress or default_progress(), on_event)
-        future = CallFuture()
-        call = (member, args, kwargs, method, init, keep)
-        self._submit(future, backend, call, self.timeout if timeout is None else timeout, dispatch, retries)
-        return future
-
-    def _submit(self, future: CallFuture, backend: str, call: tuple, timeout, dispatch, retries: int,
-                learn: bool = True) -> None:
-        """Send one attempt of a submitted ``call``; its answer settles ``future``, or sends it again."""
-        codec = self._codec_of(backend)
         try:
-            header, payload, worker = encode_call(backend, *call, codec)
-            sent = self.send_request(backend, header, payload, timeout=timeout, on_event=dispatch, worker=worker,
-                                     learn=learn)
+            request = self._call_request(backend, (member, args, kwargs, method, init, keep), timeout, retries)
         except BaseException as exc:  # noqa: BLE001 - the future carries it
-            return settle(future, exc=exc)
-        future.add_done_callback(lambda f: f.cancelled() and sent.cancel())
-
-        def answered(attempt: Future) -> None:
-            if attempt.cancelled():
-                return
-            exc = attempt.exception()
-            if isinstance(exc, BackendLost) and retries:
-                log.info("%s; sending the call again (%d retries left)", exc, retries - 1)
-                self._submit(future, backend, call, timeout, dispatch, retries - 1, learn=False)
-            elif isinstance(exc, Refused) and codec != serialize.JSON:
-                # perhaps a no-pickle backend: learning that takes a listing, which is not for the I/O thread
-                self.in_background(self._resubmit_json, future, backend, call, timeout, dispatch, retries, exc)
-            elif exc is not None:
-                settle(future, exc=exc)
-            else:
-                try:
-                    settle(future, self._result(backend, *attempt.result(), keep=call[-1]))
-                except BaseException as error:  # noqa: BLE001
-                    settle(future, exc=error)
-
-        sent.add_done_callback(answered)
-
-    def send_request(self, backend: str, header: dict, payload: list, *, timeout: float | None = None,
-                     on_event: EventHandler | None = None, worker: bytes = b"", learn: bool = True) -> CallFuture:
-        """Like :meth:`request`, without waiting: the client's I/O thread carries it, and the future ends with
-        ``(header, frames)`` or the error; cancelling it cancels the request.
-
-        ``learn``: a direct endpoint may be looked up with a listing first (not from the I/O thread, which
-        must not wait for one).
-        """
-        if learn:
-            self._choose_door()
-        outcome = CallFuture()
-        self._send_attempt(outcome, backend, header, payload, worker, self.timeout if timeout is None else timeout,
-                           on_event, learn)
-        return outcome
-
-    def _send_attempt(self, outcome: CallFuture, backend: str, header: dict, payload: list, worker: bytes,
-                      timeout: float | None, on_event, learn: bool) -> None:
-        size = serialize.nbytes(payload)
-        if size > self._limit(size):
-            raise PayloadTooLarge(f"call of {size} bytes exceeds the maximum message size of "
-                                  f"{self._limit(size)} bytes (the broker's at {self.url}, or this client's)")
-        rid = struct.pack("!Q", next(_request_ids))
-        frames = P.call(rid, backend, worker, P.dump_header(header), payload)
-        endpoint = self._direct_endpoint(backend, worker, learn)
-        calls = self._calls()
-        sent = calls.send(rid, frames, timeout, on_event, endpoint)
-        outcome.add_done_callback(lambda f: f.cancelled() and calls.cancel(rid))
-
-        def answered(attempt: Future) -> None:
-            exc = attempt.exception()
-            if isinstance(exc, UnknownBackend) and endpoint is not None:
-                self.routes.lost(endpoint)  # another backend listens there now: nothing ran; go via the broker
-                try:
-                    self._send_attempt(outcome, backend, header, payload, worker, timeout, on_event, False)
-                except BaseException as error:  # noqa: BLE001 - the future carries it
-                    settle(outcome, exc=error)
-            elif exc is not None:
-                settle(outcome, exc=exc)
-            else:
-                settle(outcome, attempt.result())
-
-        sent.add_done_callback(answered)
+            failed = CallFuture()
+            failed.set_exception(exc)
+            return failed
+        request.on_event = dispatch
+        return self._future_of(request, lambda head, frames: self._result(backend, head, frames, keep))
 
     def later(self, delay: float, work: Callable[[], None]) -> None:
         """Run ``work()`` in the client's I/O thread after ``delay`` seconds; it must not block."""
@@ -656,18 +439,8 @@ class Client:
                 self._helpers = ThreadPoolExecutor(HELPER_THREADS, thread_name_prefix="de-magic-helper")
             self._helpers.submit(work, *args)
 
-    def _resubmit_json(self, future, backend, call, timeout, dispatch, retries, refusal: Refused) -> None:
-        try:
-            relearnt = self._learn_codec(backend) == serialize.JSON
-        except DeMagicError:
-            relearnt = False
-        if relearnt:
-            self._submit(future, backend, call, timeout, dispatch, retries)
-        else:
-            settle(future, exc=refusal)
-
     def _calls(self) -> Multiplexer:
-        """The I/O thread of submitted calls, started on first use."""
+        """The client's I/O thread, started on first use."""
         with self._lock:
             return self._calls_locked()
 
@@ -675,30 +448,24 @@ class Client:
         if self._closed:
             raise RuntimeError(f"{self!r} is closed")
         if self._mux is None:
-            self._mux = Multiplexer(self)
+            self._mux = Multiplexer(self, self._core)
         return self._mux
 
-    # -- jobs: calls that outlive this process (jobs.py builds on this module, so it is imported when used) ----
+    # -- jobs: calls that outlive this process (jobs.py) --------------------------------------------------------
 
     def start(self, backend: str, member: str, args: tuple = (), kwargs: dict | None = None, **options) -> "Job":
         """Run a call as a job on the backend and return its :class:`~de_magic.caller.jobs.Job` at once.
 
         ``options``: ``method``, ``init`` (a class's method), ``on_progress``, ``timeout`` (of the start).
         """
-        from .jobs import start
-
         return start(self, backend, member, args, kwargs, **options)
 
     def jobs(self) -> "JobTable":
         """This caller's jobs on every live backend, as a table (text in a terminal, HTML in a notebook)."""
-        from .jobs import list_jobs
-
         return list_jobs(self)
 
     def job(self, job_id: str, *, on_progress: Callable[[Progress], None] | None = None) -> "Job":
         """Come back to one of this caller's jobs (from any process): progress live, ``result()``, ``cancel()``."""
-        from .jobs import attach
-
         return attach(self, job_id, on_progress)
 
     # -- discovery -------------------------------------------------------------
@@ -709,18 +476,23 @@ class Client:
         APIs rarely change, so the client keeps those it has seen and the broker
         sends only the ones whose tag differs: a repeated listing stays small.
         """
-        rid = struct.pack("!Q", next(_request_ids))
         query: dict = {"api": api}
         if name is not None:
             query["name"] = name
         if api:
             query["known"] = {n: tag for n, (tag, _) in self._apis.items() if name is None or n == name}
-        head, frames = self._list(rid, query, self._listing_timeout(timeout))
+        self._choose_door()
+        # a live broker answers a listing at once: one that does not is gone, and the next one is asked
+        request = Request(None, query=query, timeout=self._listing_timeout(timeout), retries=len(self.urls) - 1)
+        try:
+            head, frames = self._carry(request)
+        except (CallTimeout, BackendLost) as exc:  # a listing is what tells that no broker is there
+            raise type(exc)(f"{exc}. {no_broker_hint(self.url)}") from None
         return self._absorb(decode_result(head, frames), name, api)
 
     def _listing_timeout(self, timeout: float | None) -> float:
         # a listing is quick: don't inherit a call timeout of hours
-        return min(self.timeout or LISTING_TIMEOUT, LISTING_TIMEOUT) if timeout is None else timeout
+        return min(self.timeout or DEFAULT_LISTING_TIMEOUT, DEFAULT_LISTING_TIMEOUT) if timeout is None else timeout
 
     def _absorb(self, listing: dict, name: str | None, api: bool, in_use: bool = True) -> dict:
         """Learn from a listing (of the broker in use, unless not ``in_use``) what it tells: routes, codecs, APIs
@@ -739,24 +511,10 @@ class Client:
                 entry["api"] = self._apis[entry_name][1]
         return listing
 
-    def _list(self, rid: bytes, query: dict, timeout: float) -> tuple[dict, list]:
-        """Ask the broker in use for a listing; if it does not answer, the next one, until each was asked."""
-        for tries_left in reversed(range(len(self.urls))):
-            url = self.url
-            try:
-                return self._exchange(rid, P.list_query(rid, query), timeout, None)
-            except (CallTimeout, BackendLost) as exc:
-                if not tries_left:  # a listing is what tells that no broker is there
-                    raise type(exc)(f"{exc}. {no_broker_hint(url)}") from None
-                if isinstance(exc, CallTimeout):  # a live broker answers a listing at once: this one is gone
-                    self._fail_over(url)
-        raise AssertionError("a client has one broker at least")
-
     def _ask(self, url: str, query: dict, timeout: float) -> Future:
         """A listing query to the broker at ``url`` through the I/O thread (its connection there is kept); the
         future ends with the decoded listing, and the broker counts as down, or up again, by its outcome."""
-        rid = struct.pack("!Q", next(_request_ids))
-        asked = self._calls().send(rid, P.list_query(rid, query), timeout, None, None, url)
+        asked = self._future_of(Request(None, url=url, query=query, timeout=timeout))
         listing = Future()
 
         def answered(attempt: Future) -> None:
@@ -812,26 +570,6 @@ class Client:
         return sorted(self.listing(api=False)["backends"])
 
 
-class _NotSent(Exception):
-    """A direct call could not be sent (the endpoint is not connected): it goes through the broker."""
-
-
-def encode_call(backend: str, member: str, args: tuple, kwargs: dict | None, method: str | None, init, keep: bool,
-                codec: str) -> tuple[dict, list, bytes]:
-    """The header and payload frames of a call of ``member`` (or of its ``method``, with ``init``), and the worker
-    the remote references among its arguments pin it to (b"": any); ``keep``: the result stays there."""
-    header = {"member": member}
-    body = (tuple(args), dict(kwargs or {}))
-    if method is not None:
-        header["method"] = method
-        body += tuple(init or ((), {}))
-    if codec == serialize.JSON:
-        header["codec"] = serialize.JSON
-        return header, serialize.dumps_json([list(part) if i % 2 == 0 else part for i, part in enumerate(body)]), b""
-    payload, worker = refs.pack(backend, header, body, keep)
-    return header, payload, worker
-
-
 def _dispatcher(progress, on_event: EventHandler | None, lazy: bool = False) -> EventHandler:
     """A call's event handler: progress events to ``progress``, the others to ``on_event``.
 
@@ -863,20 +601,7 @@ def merge_listings(listings: dict[str, dict], down: list[str]) -> dict:
     return {"broker": {"url": ", ".join(listings) or "none answering", "down": down}, "backends": backends}
 
 
-def _raise_if_refused(sock: WatchedSocket) -> None:
-    """Raise :class:`Refused` if the broker refused the connection (else it looks like a dead broker)."""
-    reason = sock.handshake_failure()
-    if reason is not None:
-        raise Refused(reason) from None
-
-
 def no_broker_hint(url: str) -> str:
     """What to do when no broker answers at ``url``."""
     return (f"Is a broker running there? Start one with `de-magic broker --bind {url}` "
             "(or `de-magic demo`), or give the address of another")
-
-
-def decode_result(header: dict, frames: list):
-    if header.get("codec") == serialize.JSON:
-        return serialize.loads_json(frames)
-    return serialize.loads(frames)

@@ -21,15 +21,20 @@ import html
 import time
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from ..wire import serialize
 from ..wire.errors import NO_SUCH_JOB, BackendLost, CallTimeout, DeMagicError, JobUnavailable, from_header
 from ..wire.security import local_user
-from .client import LISTING_TIMEOUT, Client, decode_result, encode_call
+from ..wire.defaults import DEFAULT_LISTING_TIMEOUT
+from .calls import decode_result, encode_call
+from . import ui
 from .progress import Progress, default_progress, text_line
 from .session import RemoteSession, colors
 from .tables import JobTable, age
+
+if TYPE_CHECKING:
+    from .client import Client
 
 #: Events of a ``%%remote`` job that are cell output, kept on the Job for replay.
 OUTPUT_EVENTS = frozenset({"stream", "display", "clear_output"})
@@ -65,7 +70,7 @@ class Job:
         self.outputs: list[dict] = []
         self._render = on_progress or client.on_progress or default_progress()
         self._seen = self._shown = 0  # progress reports and other events seen: a poll brings only newer ones
-        self._displays: list = []  # where a notebook shows this job: updated as it goes on
+        self._displays: list[Callable[[dict], None]] = []  # where a UI shows this job: see add_display
         self._future: Future = Future()
         self._poll(learn=True)
 
@@ -169,21 +174,23 @@ class Job:
         return f"<Job {self.id}: {self.what} on {self.backend!r}, {self.status}{self._progress_text()}>"
 
     def _ipython_display_(self) -> None:
-        """Show the job; in a notebook the display follows the job's status and progress."""
-        from IPython import get_ipython
-        from IPython.display import display
+        """Show the job: live where a UI layer registered how (a notebook), else as text."""
+        show = ui.hook("show_job")
+        if show is not None:
+            show(self)
+        else:
+            print(repr(self))
 
-        in_kernel = getattr(get_ipython(), "kernel", None) is not None
-        handle = display(self._bundle(), raw=True, display_id=in_kernel or None)
-        if in_kernel:
-            self._displays.append(handle)
-
-    def _bundle(self) -> dict:
+    def _repr_mimebundle_(self, include=None, exclude=None) -> dict:
         return {"text/plain": repr(self), "text/html": self._repr_html_()}
 
+    def add_display(self, update: Callable[[dict], None]) -> None:
+        """Call ``update(bundle)`` with the job's new MIME bundle whenever its status or progress changes."""
+        self._displays.append(update)
+
     def _update_displays(self) -> None:
-        for handle in self._displays:
-            handle.update(self._bundle(), raw=True)
+        for update in self._displays:
+            update(self._repr_mimebundle_())
 
     def _repr_html_(self) -> str:
         bar = ""
@@ -286,7 +293,7 @@ def list_jobs(client: Client) -> JobTable:
         for worker in entry["workers"]:
             try:
                 head, frames = client.request(name, {"op": "job.list", **identity()}, [],
-                                              worker=bytes.fromhex(worker["id"]), timeout=LISTING_TIMEOUT)
+                                              worker=bytes.fromhex(worker["id"]), timeout=DEFAULT_LISTING_TIMEOUT)
             except DeMagicError:
                 silent.append(name)
                 continue

@@ -1,13 +1,14 @@
-"""Calls in flight without a thread each: one I/O thread per client carries every submitted call.
+"""The client's one I/O thread: every request of a client, whatever waits for it, goes through here.
 
-``Client.submit`` hands a call's frames to this thread and returns a future at
-once; the thread sends it (to a worker's direct endpoint, or to the broker),
-and settles the future when the answer comes.  Any number of calls may be in
-flight: each costs an entry in a dict, and the thread asks after all the calls
-waiting on one connection in one ``QUERY`` per heartbeat (the broker answers
-for up to 10,000 at once), so 10,000 waiting calls cost the broker about what
-one does.  Events (progress) are handled in this thread, as a submitted call's
-were in its pool thread before.
+Blocking calls (whose thread waits on its future and handles the call's events itself), submitted
+calls' futures, Jobs' polls, ``%%remote`` sessions and listings alike are handed to this thread,
+which drives the client's socket-free :class:`~de_magic.caller.core.Core`: it sends what the core
+says on the connection the core names (the broker's, made on first use and kept, or a worker's
+direct endpoint), feeds it what comes back and the time, and settles futures as it says.  Any number
+of requests may be in flight: each costs an entry in a dict, and the core asks after all those
+waiting on one connection in one ``QUERY`` per heartbeat, so 10,000 waiting calls cost the broker
+about what one does.  The thread also runs short work for later (:meth:`Multiplexer.later`: a Job's
+next poll), so a Job holds no thread and no socket.
 """
 
 from __future__ import annotations
@@ -23,54 +24,32 @@ from typing import Callable
 
 import zmq
 
-from ..wire import protocol as P
-from ..wire.errors import BackendLost, CallTimeout, DeMagicError, ProtocolMismatch, Refused, from_header
+from ..wire.errors import DeMagicError
 from ..wire.framing import PerThread, recv_frames, send_frames
+from .core import Core, Event, Listed, Lost, Request, Send, Settle
 from .routes import Endpoint
 
 log = logging.getLogger("de_magic.client")
 
 CANCEL_LINGER = 500  #: ms a closed client's socket has to send the cancels of its calls in flight
-QUERY_BATCH = 10_000  #: request ids per QUERY, the most a broker answers at once
-
-
-class Pending:
-    """A call in flight: where it went, and the future its answer settles."""
-
-    __slots__ = ("rid", "frames", "future", "on_event", "deadline", "endpoint", "url", "sock")
-
-    def __init__(self, rid: bytes, frames: list, future: Future, on_event, deadline: float | None,
-                 endpoint: Endpoint | None, url: str | None = None):
-        self.rid, self.frames, self.future, self.on_event = rid, frames, future, on_event
-        self.deadline, self.endpoint, self.url = deadline, endpoint, url
-        self.sock: zmq.Socket | None = None
-
-
-class Link:
-    """One connection's books: the calls waiting on it, and how many heartbeats went unanswered."""
-
-    __slots__ = ("sock", "url", "endpoint", "calls", "unanswered")
-
-    def __init__(self, sock: zmq.Socket, url: str, endpoint: Endpoint | None):
-        self.sock, self.url, self.endpoint = sock, url, endpoint
-        self.calls: dict[bytes, Pending] = {}
-        self.unanswered = 0
+HANDSHAKE_CHECK = 0.25  #: seconds between looks for a refused handshake or a dropped connection
+READS_PER_TURN = 1000  #: messages taken from one connection before the others get a turn
 
 
 class Multiplexer:
-    """The I/O thread of a :class:`~de_magic.caller.client.Client`'s submitted calls."""
+    """The I/O thread of a :class:`~de_magic.caller.client.Client`, around its :class:`Core`."""
 
-    def __init__(self, client):
-        self.client = client
+    def __init__(self, client, core: Core):
+        self.client, self.core = client, core
         ctx = client._ctx
         self._wake_url = f"inproc://de-magic-mux-{id(self)}"
         self._wake = ctx.socket(zmq.PULL)
         self._wake.bind(self._wake_url)
         self._pokes = PerThread(lambda: _pusher(ctx, self._wake_url))
-        self._inbox: deque = deque()  # Pending to send, or request ids to cancel
-        self._links: dict[zmq.Socket, Link] = {}
-        self._deadlines: list[tuple[float, int, Pending]] = []
-        self._finished_early = 0  # entries of _deadlines whose call ended before its deadline
+        self._inbox: deque = deque()  # (what, *args) to do in the thread; None: stop
+        self._brokers: dict[str, zmq.Socket] = {}  # url -> this thread's socket to that broker
+        self._ways: dict[zmq.Socket, object] = {}  # socket -> the way (url or Endpoint) it carries
+        self._poller = zmq.Poller()
         self._timers: list[tuple[float, int, Callable[[], None]]] = []  # work for later in this thread (later())
         self._order = itertools.count()
         self._stopped = False
@@ -79,21 +58,22 @@ class Multiplexer:
 
     # -- from any thread ----------------------------------------------------------------------
 
-    def send(self, rid: bytes, frames: list, timeout: float | None, on_event, endpoint: Endpoint | None,
-             url: str | None = None) -> Future:
-        """Send a request: to ``endpoint`` (direct) if given, else to the broker at ``url`` (default: the one in
-        use); the future ends with ``(header, frames)`` or the error."""
-        future = Future()
-        deadline = None if timeout is None else time.monotonic() + timeout
-        self._post(Pending(rid, frames, future, on_event, deadline, endpoint, url))
-        return future
+    def start(self, request: Request) -> None:
+        """Send ``request``; its token (a future) is settled with ``(header, frames)`` or the error."""
+        self._post(("start", request))
 
-    def cancel(self, rid: bytes) -> None:
-        self._post(rid)
+    def cancel(self, request: Request) -> None:
+        self._post(("cancel", request))
+
+    def run(self, work: Callable[[float], list]) -> Future:
+        """Run ``work(now)`` in the I/O thread and carry out the core's actions it returns; the future ends then."""
+        done = Future()
+        self._post(("run", work, done))
+        return done
 
     def later(self, delay: float, work: Callable[[], None]) -> None:
         """Run ``work()`` in the I/O thread after ``delay`` seconds (e.g. a job's next poll); it must not block."""
-        self._post((time.monotonic() + delay, work))
+        self._post(("later", time.monotonic() + delay, work))
 
     def stop(self, timeout: float = 5.0) -> None:
         """End the I/O thread (calls in flight end with an error); it closes its sockets before this returns."""
@@ -101,6 +81,11 @@ class Multiplexer:
         self._post(None)
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout)
+
+    @property
+    def sockets(self) -> int:
+        """Connections this thread holds (to brokers and direct endpoints)."""
+        return len(self._ways)
 
     def _post(self, item) -> None:
         self._inbox.append(item)
@@ -112,156 +97,123 @@ class Multiplexer:
     # -- the I/O thread --------------------------------------------------------------------------
 
     def _run(self) -> None:
-        poller = zmq.Poller()
-        poller.register(self._wake, zmq.POLLIN)
-        heartbeat = self.client.heartbeat
-        next_beat = time.monotonic() + heartbeat
+        self._poller.register(self._wake, zmq.POLLIN)
+        next_check = time.monotonic() + HANDSHAKE_CHECK
         try:
             while not self._stopped:
-                wait = next_beat - time.monotonic()
-                if self._deadlines:
-                    wait = min(wait, self._deadlines[0][0] - time.monotonic())
+                wake = min(self.core.wake_at(), next_check)
                 if self._timers:
-                    wait = min(wait, self._timers[0][0] - time.monotonic())
-                for sock, _ in poller.poll(max(0.0, wait) * 1000):
+                    wake = min(wake, self._timers[0][0])
+                for sock, _ in self._poller.poll(max(0.0, wake - time.monotonic()) * 1000):
                     if sock is self._wake:
                         while self._wake.poll(0):
                             self._wake.recv()
-                        self._take_inbox(poller)
-                    else:
-                        self._read(self._links[sock])
+                        self._take_inbox()
+                    elif sock in self._ways:
+                        self._read(sock)
                 now = time.monotonic()
-                self._expire(now)
+                self._do(self.core.tick(now))
                 self._run_timers(now)
-                if now >= next_beat:
-                    next_beat = now + heartbeat
-                    for link in list(self._links.values()):
-                        self._beat(link, poller)
+                if now >= next_check:
+                    next_check = now + HANDSHAKE_CHECK
+                    self._check_brokers(now)
         finally:
-            self._close(poller)
+            self._close()
 
-    def _take_inbox(self, poller: zmq.Poller) -> None:
+    def _take_inbox(self) -> None:
         while self._inbox:
             item = self._inbox.popleft()
             if item is None:
                 return
-            if isinstance(item, bytes):
-                self._cancel(item)
-            elif isinstance(item, tuple):
-                heapq.heappush(self._timers, (item[0], next(self._order), item[1]))
+            what = item[0]
+            if what == "start":
+                self._do(self.core.start(item[1], time.monotonic()))
+            elif what == "cancel":
+                self._do(self.core.cancel(item[1]))
+            elif what == "run":
+                self._do(item[1](time.monotonic()))
+                settle(item[2])
             else:
-                self._start(item, poller)
+                heapq.heappush(self._timers, (item[1], next(self._order), item[2]))
 
-    def _start(self, call: Pending, poller: zmq.Poller) -> None:
-        if call.future.cancelled():
-            return
-        link = self._direct_link(call.endpoint, poller) if call.endpoint is not None else None
-        if link is not None and not self.client.routes.send(link.sock, call.frames):
-            self.client.routes.lost(call.endpoint)  # not connected: nothing was sent, the broker carries it
-            link = None
-        if link is None:
-            call.endpoint = None
-            link = self._broker_link(poller, call.url)
-            if not _try_send(link.sock, call.frames):
-                return settle(call.future, exc=BackendLost(f"cannot send to the broker at {link.url}"))
-        call.frames = None  # sent: the payload is libzmq's now
-        call.sock = link.sock
-        link.calls[call.rid] = call
-        if call.endpoint is not None:
-            self.client.routes.started(call.endpoint)
-        if call.deadline is not None:
-            heapq.heappush(self._deadlines, (call.deadline, next(self._order), call))
-
-    def _direct_link(self, endpoint: Endpoint, poller: zmq.Poller) -> Link | None:
-        sock = self.client.routes.socket(endpoint, self.client.security)
-        if sock is None:
-            return None
-        return self._links.get(sock) or self._add_link(sock, endpoint.url, endpoint, poller)
-
-    def _broker_link(self, poller: zmq.Poller, url: str | None = None) -> Link:
-        """The link to the broker at ``url`` (default: the one in use), made on first use and kept: listings ask
-        every broker of the client, and a client that moved on may come back."""
-        url = url or self.client.url
-        for link in self._links.values():
-            if link.endpoint is None and link.url == url:
-                return link
-        # thousands of calls and answers in flight: libzmq holds them all
-        return self._add_link(self.client._new_socket(unbounded=True, url=url), url, None, poller)
-
-    def _add_link(self, sock: zmq.Socket, url: str, endpoint: Endpoint | None, poller: zmq.Poller) -> Link:
-        link = self._links[sock] = Link(sock, url, endpoint)
-        poller.register(sock, zmq.POLLIN)
-        return link
-
-    def _read(self, link: Link) -> None:
-        link.unanswered = 0
-        for _ in range(1000):
-            if not link.sock.poll(0):
+    def _read(self, sock: zmq.Socket) -> None:
+        way = self._ways[sock]
+        for _ in range(READS_PER_TURN):
+            if not sock.poll(0):
                 return
-            try:
-                msg = P.parse(recv_frames(link.sock), P.AT_CLIENT)
-            except P.ProtocolError as exc:
-                call = link.calls.get(exc.rid) if exc.rid is not None else None
-                if call is not None:
-                    self._finish(link, call, exc=ProtocolMismatch(f"{link.url}: {exc}"))
+            self._do(self.core.received(way, recv_frames(sock), time.monotonic()))
+
+    def _check_brokers(self, now: float) -> None:
+        """A refused handshake ends its broker's requests at once; a dropped connection, with another broker to go
+        to, is not waited out."""
+        for url, sock in list(self._brokers.items()):
+            if not self.core.links.get(url) or not self.core.links[url].requests:
                 continue
-            call = link.calls.get(msg.rid)
-            if call is not None:
-                self._on_message(link, call, msg)
+            reason = sock.handshake_failure()
+            if reason is not None:
+                self._do(self.core.refused(url, reason))
+            elif sock.dropped and len(self.core.doors) > 1:
+                self._do(self.core.silent(url, now, "dropped the connection"))
 
-    def _on_message(self, link: Link, call: Pending, msg) -> None:
-        kind = type(msg)
-        if kind is P.Reply:
-            self._finish(link, call, result=(msg.header, msg.payload))
-        elif kind is P.Event:
-            if call.on_event is not None:
-                try:
-                    call.on_event(msg.header, msg.payload)
-                except Exception as exc:  # noqa: BLE001 - the caller's handler gave up on the call
-                    _try_send(link.sock, P.cancel(call.rid))
-                    self._finish(link, call, exc=exc)
-        elif kind is P.Error:
-            self._finish(link, call, exc=from_header(msg.header))
-        elif kind is P.Status:
-            for rid, state in msg.pairs():
-                lost = link.calls.get(rid) if state == P.UNKNOWN else None
-                if lost is not None:
-                    self._finish(link, lost, exc=BackendLost(
-                        f"{_where(link)} no longer knows this request (it restarted, or the backend was lost)"))
+    def _do(self, actions: list) -> None:
+        """Carry out what the core said, and what it says to that, until it says nothing more."""
+        pending = deque(actions)
+        while pending:
+            action = pending.popleft()
+            kind = type(action)
+            if kind is Send:
+                pending.extend(self._send(action))
+            elif kind is Settle:
+                settle(action.token, action.result, action.exc)
+            elif kind is Event:
+                handler = action.request.on_event
+                if handler is not None:
+                    try:
+                        handler(action.header, action.frames)
+                    except Exception as exc:  # noqa: BLE001 - the caller's handler gave up on the call
+                        pending.extend(self.core.abandon(action.request, exc))
+            elif kind is Lost:
+                self.client.routes.lost(action.endpoint)
+            elif kind is Listed:
+                self.client._absorb(action.listing, action.name, False, in_use=action.url == self.core.url)
 
-    def _beat(self, link: Link, poller: zmq.Poller) -> None:
-        """A heartbeat: ask after every call waiting on ``link``; fail them all if it went silent."""
-        if not link.calls:
-            link.unanswered = 0  # silence while nothing was asked says nothing
-            return
-        refusal = link.sock.handshake_failure() if link.endpoint is None else None
-        if refusal is not None or link.unanswered >= self.client.liveness:
-            if refusal is not None:
-                error: DeMagicError = Refused(refusal)
-            elif link.endpoint is not None:
-                self.client.routes.lost(link.endpoint)
-                error = BackendLost(f"the worker at {link.url} (direct) is not answering; later calls go through "
-                                    "the broker")
-            else:
-                error = BackendLost(f"the broker at {link.url} is not answering{self.client._fail_over(link.url)}")
-            for call in list(link.calls.values()):
-                self._finish(link, call, exc=error)
-            return
-        rids = list(link.calls)
-        for start in range(0, len(rids), QUERY_BATCH):
-            _try_send(link.sock, P.query(*rids[start:start + QUERY_BATCH]))
-        link.unanswered += 1
+    def _send(self, action: Send) -> list:
+        way, request = action.way, action.request
+        if isinstance(way, Endpoint):
+            sock = self._direct_socket(way)
+            if sock is None or not self.client.routes.send(sock, action.frames):
+                # not connected: nothing was sent; the broker carries it
+                return self.core.unsent(request, time.monotonic()) if request is not None else []
+            return []
+        sock = self._broker_socket(way)
+        try:
+            send_frames(sock, action.frames, zmq.NOBLOCK)
+        except zmq.Again:
+            if request is not None:  # no high-water mark: only a connection without a peer refuses a message
+                reason = sock.handshake_failure()
+                if reason is not None:
+                    return self.core.refused(way, reason)
+                return self.core.silent(way, time.monotonic(), "cannot be reached")
+        return []
 
-    def _expire(self, now: float) -> None:
-        while self._deadlines and self._deadlines[0][0] <= now:
-            _, _, call = heapq.heappop(self._deadlines)
-            if call.future is None:
-                self._finished_early -= 1
-                continue
-            link = self._links.get(call.sock)
-            if link is not None and link.calls.get(call.rid) is call:
-                _try_send(link.sock, P.cancel(call.rid))
-                self._finish(link, call, exc=CallTimeout(f"no answer from {_where(link)} within the call's timeout"))
+    def _direct_socket(self, endpoint: Endpoint) -> zmq.Socket | None:
+        sock = self.client.routes.socket(endpoint, self.client.security)
+        if sock is not None and sock not in self._ways:
+            self._add(sock, endpoint)
+        return sock
+
+    def _broker_socket(self, url: str) -> zmq.Socket:
+        """This thread's socket to the broker at ``url``, made on first use and kept: listings ask every broker
+        of the client, and a client that moved on may come back."""
+        sock = self._brokers.get(url)
+        if sock is None:
+            sock = self._brokers[url] = self.client._new_socket(url)
+            self._add(sock, url)
+        return sock
+
+    def _add(self, sock: zmq.Socket, way) -> None:
+        self._ways[sock] = way
+        self._poller.register(sock, zmq.POLLIN)
 
     def _run_timers(self, now: float) -> None:
         while self._timers and self._timers[0][0] <= now:
@@ -271,51 +223,19 @@ class Multiplexer:
             except Exception:  # noqa: BLE001 - one piece of work failing must not stop every call's thread
                 log.exception("work in the I/O thread of %r failed", self.client)
 
-    def _release(self, call: Pending) -> None:
-        """Forget a call that ended: its deadline entry is skipped when due, and once most entries are such, the
-        heap is rebuilt without them, so a finished call costs nothing until its timeout would have passed."""
-        call.future, call.on_event = None, None
-        if call.deadline is None:
-            return
-        self._finished_early += 1
-        if self._finished_early > 64 and 2 * self._finished_early > len(self._deadlines):
-            self._deadlines = [entry for entry in self._deadlines if entry[2].future is not None]
-            heapq.heapify(self._deadlines)
-            self._finished_early = 0
-
-    def _cancel(self, rid: bytes) -> None:
-        for link in self._links.values():
-            call = link.calls.get(rid)
-            if call is not None:
-                _try_send(link.sock, P.cancel(rid))
-                link.calls.pop(rid)
-                self._release(call)
-                if call.endpoint is not None:
-                    self.client.routes.ended(call.endpoint)
-
-    def _finish(self, link: Link, call: Pending, result=None, exc: BaseException | None = None) -> None:
-        if link.calls.pop(call.rid, None) is None:
-            return
-        if call.endpoint is not None:
-            self.client.routes.ended(call.endpoint)
-        future = call.future
-        self._release(call)
-        settle(future, result, exc)
-
-    def _close(self, poller: zmq.Poller) -> None:
+    def _close(self) -> None:
         error = DeMagicError(f"{self.client!r} was closed during the call")
-        for link in list(self._links.values()):
-            for call in list(link.calls.values()):
-                _try_send(link.sock, P.cancel(call.rid))  # no one waits for it now: let it not run
-                self._finish(link, call, exc=error)
-            if link.endpoint is None:  # direct sockets belong to the client's routes, which close them
-                link.sock.close(linger=CANCEL_LINGER)
+        self._do(self.core.shutdown(error))  # the remote sides are told (CANCEL): no one waits for them now
+        for sock in self._brokers.values():  # direct sockets belong to the client's routes, which close them
+            sock.close(linger=CANCEL_LINGER)
         while self._inbox:
             item = self._inbox.popleft()
-            if isinstance(item, Pending):
-                settle(item.future, exc=error)
-            elif isinstance(item, tuple):
-                heapq.heappush(self._timers, (item[0], next(self._order), item[1]))
+            if item is not None and item[0] == "start":
+                settle(item[1].token, exc=error)
+            elif item is not None and item[0] == "run":
+                settle(item[2], exc=error)
+            elif item is not None and item[0] == "later":
+                heapq.heappush(self._timers, (item[1], next(self._order), item[2]))
         self._run_timers(float("inf"))  # work waiting for later finds the client closed, and says so to its caller
         self._wake.close(linger=0)
         self._pokes.close()
@@ -332,22 +252,9 @@ def settle(future: Future, result=None, exc: BaseException | None = None) -> Non
         pass
 
 
-def _try_send(sock: zmq.Socket, frames: list) -> bool:
-    try:
-        send_frames(sock, frames, zmq.NOBLOCK)
-        return True
-    except zmq.Again:
-        return False
-
-
-def _where(link: Link) -> str:
-    return f"the worker at {link.url} (direct)" if link.endpoint is not None else f"the broker at {link.url}"
-
-
 def _pusher(ctx: zmq.Context, url: str) -> zmq.Socket:
     sock = ctx.socket(zmq.PUSH)
     sock.linger = 0
     sock.sndhwm = 1  # pokes only wake the thread: one waiting is enough
     sock.connect(url)
     return sock
-

@@ -14,6 +14,8 @@ import weakref
 from dataclasses import dataclass, fields
 from typing import Callable, TextIO
 
+from . import ui
+
 
 @dataclass(frozen=True)
 class Progress:
@@ -54,7 +56,8 @@ RENDERERS: list[Callable[[], Callable[[Progress], None] | None]] = []
 
 def current_cell() -> str | None:
     """The cell running now, as a UI layer knows it (a notebook's request id); None without one."""
-    return None
+    cell = ui.hook("cell")
+    return cell() if cell is not None else None
 
 
 def default_progress() -> Callable[[Progress], None] | None:

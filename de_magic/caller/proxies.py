@@ -15,14 +15,12 @@ from typing import TYPE_CHECKING, Callable
 
 from ..schema.signatures import signature_from
 from ..wire.errors import UnknownMethod
+from .ui import hook as ui_hook
 
 if TYPE_CHECKING:
     from .client import CallFuture, Client
     from .jobs import Job
 
-#: ``FORM(client, backend, entry, member=..., **call options)`` builds a call form; a UI layer sets it
-#: (:mod:`de_magic.notebook` sets its ipywidgets form). This layer knows no UI toolkit.
-FORM: Callable | None = None
 #: The call options that apply to starting a job (a job has no timeout or retries of its own).
 JOB_OPTIONS = frozenset({"method", "init", "on_progress"})
 
@@ -49,10 +47,11 @@ def _remote_function(client: Client, backend: str, entry: dict, qualname: str, *
 
     def ui():
         """A form that makes this call, from the UI layer that registered one (the notebook's)."""
-        if FORM is None:
+        form = ui_hook("form")  # the notebook layer registers its ipywidgets form
+        if form is None:
             raise RuntimeError("call forms need the notebook layer: run `%load_ext de_magic` "
                                "or `import de_magic.notebook` first")
-        return FORM(client, backend, entry, member=member, **call_kw)
+        return form(client, backend, entry, member=member, **call_kw)
 
     remote.__name__ = entry["name"]
     remote.__qualname__ = qualname

@@ -38,7 +38,9 @@ class Endpoint:
 
     worker: bytes
     url: str
-    key: str | None  #: the worker's public key (Z85) as the broker authenticated it; None without CURVE
+    #: the endpoint's public key (Z85): the worker's as a CURVE broker authenticated it, else the key the worker
+    #: told the broker its endpoint has (None from a worker that tells none)
+    key: str | None
 
 
 def endpoints(entry: dict) -> list[Endpoint]:
@@ -61,8 +63,8 @@ class Routes(Sockets):
         self._known: dict[str, tuple[float, list[Endpoint]]] = {}  # backend -> (learnt at, endpoints)
         self._reached: set[bytes] = set()  # workers a direct connection worked with
         self._unreachable: dict[bytes, float] = {}  # worker id -> until when its calls go via the broker
-        self._inflight: dict[bytes, int] = {}  # worker id -> this client's calls in flight there
         self._local = threading.local()
+        self._own_pair: tuple[bytes, bytes] | None = None  # a key pair for endpoints of plaintext brokers
 
     def learn(self, backend: str, entry: dict | None) -> None:
         """A listing's entry for ``backend`` (None: it is not live)."""
@@ -72,14 +74,15 @@ class Routes(Sockets):
         known = self._known.get(backend)
         return known is None or time.monotonic() - known[0] > RELEARN
 
-    def pick(self, backend: str, worker: bytes, security: Security) -> Endpoint | None:
-        """The endpoint to call ``backend`` (pinned to ``worker`` if given) at directly, if there is one."""
+    def pick(self, backend: str, worker: bytes, security: Security, inflight: dict[bytes, int]) -> Endpoint | None:
+        """The endpoint to call ``backend`` (pinned to ``worker`` if given) at directly, if there is one: the one
+        with the fewest of this client's calls in flight (``inflight``: worker id -> calls)."""
         candidates = [e for e in self._known.get(backend, (0, []))[1]
                       if (not worker or e.worker == worker) and self._unreachable.get(e.worker, 0) < time.monotonic()
-                      and (e.key is None or security.curve)]
+                      and (e.key is None or security.curve or is_loopback(e.url))]
         if not candidates:
             return None
-        return min(candidates, key=lambda e: self._inflight.get(e.worker, 0))
+        return min(candidates, key=lambda e: inflight.get(e.worker, 0))
 
     def socket(self, endpoint: Endpoint, security: Security) -> WatchedSocket | None:
         """This thread's socket to ``endpoint``, or None if it cannot be reached (then never tried again)."""
@@ -96,7 +99,13 @@ class Routes(Sockets):
         sock.sndhwm = sock.rcvhwm = 0  # a client's thousands of calls in flight (mux.py)
         sock.reconnect_ivl_max = 10_000  # a worker that went away is tried again ever more rarely, not 10 times a second
         if endpoint.key is not None:
-            sock.curve_publickey, sock.curve_secretkey = security.key_pair
+            # the handshake proves the endpoint is the worker the listing named: a process that took its port
+            # after it went cannot answer in its place
+            if security.curve:
+                sock.curve_publickey, sock.curve_secretkey = security.key_pair
+            else:
+                self._own_pair = self._own_pair or zmq.curve_keypair()
+                sock.curve_publickey, sock.curve_secretkey = self._own_pair
             sock.curve_serverkey = endpoint.key.encode()
         if endpoint.worker in self._reached:
             sock.connect(endpoint.url)
@@ -146,9 +155,3 @@ class Routes(Sockets):
         for backend, (_, found) in list(self._known.items()):
             if endpoint in found:  # its backend may have restarted elsewhere: look again at the next call
                 self._known[backend] = (-RELEARN, found)
-
-    def started(self, endpoint: Endpoint) -> None:
-        self._inflight[endpoint.worker] = self._inflight.get(endpoint.worker, 0) + 1
-
-    def ended(self, endpoint: Endpoint) -> None:
-        self._inflight[endpoint.worker] -= 1

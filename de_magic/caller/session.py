@@ -21,13 +21,15 @@ import threading
 import time
 import uuid
 from concurrent.futures import Future
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from ..wire import serialize
 from ..wire.errors import BackendLost, DeMagicError, Refused, RemoteError
-from . import progress
-from .client import Client
+from . import progress, ui
 from .leases import LEASES
+
+if TYPE_CHECKING:
+    from .client import Client
 
 #: Event kind (``header["event"]``) -> ``handler(header, frames, session)`` for the events of a
 #: session's requests that are not output: progress bars and widget messages register here.
@@ -65,21 +67,23 @@ def output_of(header: dict, frames: list) -> dict:
 
 
 def render(output: dict) -> None:
-    """Show one output in the current IPython cell (or on stdout/stderr outside IPython)."""
+    """Show one output in the current cell, through the UI layer's hooks (or on stdout/stderr without one)."""
     kind = output["event"]
     if kind == "stream":
         stream = sys.stderr if output.get("name") == "stderr" else sys.stdout
         stream.write(output.get("text", ""))
         stream.flush()
     elif kind == "display":
-        from IPython.display import publish_display_data
-
-        publish_display_data(output.get("data", {}), output.get("metadata") or {},
-                             transient=output.get("transient"), update=output.get("update", False))
+        publish = ui.hook("publish")
+        if publish is not None:
+            publish(output.get("data", {}), output.get("metadata") or {}, output.get("transient"),
+                    output.get("update", False))
+        elif "text/plain" in output.get("data", {}):  # no UI layer: the text form, as a terminal shows it
+            print(output["data"]["text/plain"], flush=True)
     elif kind == "clear_output":
-        from IPython.display import clear_output
-
-        clear_output(wait=output.get("wait", False))
+        clear = ui.hook("clear_output")
+        if clear is not None:
+            clear(output.get("wait", False))
 
 
 class Execution:
@@ -287,13 +291,9 @@ class RemoteSession:
 
 
 def colors() -> str:
-    """The local IPython traceback colour scheme, so remote tracebacks look like local ones."""
-    try:
-        from IPython import get_ipython
-    except ImportError:
-        return "NoColor"
-    shell = get_ipython()
-    return getattr(shell, "colors", "Neutral") if shell is not None else "NoColor"
+    """The local traceback colour scheme (a UI layer's), so remote tracebacks look like local ones."""
+    scheme = ui.hook("colors")
+    return scheme() if scheme is not None else "NoColor"
 
 
 __all__ = ["EVENT_HANDLERS", "CellError", "Execution", "RemoteSession", "render", "output_of"]

@@ -48,6 +48,8 @@ class BackendTable(dict):
                                                 f"threads)" for w in workers if w.get("dask"))
             direct = sum(1 for w in workers if w.get("direct"))
             count += f" ({direct} direct)" if direct else ""  # they take calls without the broker in between
+            if entry.get("offline") is not None:  # a broker with a state directory remembers it
+                count = f"offline since {offline_since(entry['offline'])}"
             row = (name, count, f"{busy}/{slots}", "yes" if entry.get("allow_code") else "no",
                    _held(workers, "sessions"), _held(workers, "refs"), members)
             out.append(row + (", ".join(entry["brokers"]),) if "brokers" in entry else row)
@@ -117,6 +119,11 @@ class JobTable(list):
 def progress_text(event: dict | None) -> str:
     """A job's latest progress report (a ``progress`` event's fields) as ``desc: n/total unit``."""
     return text_line(Progress.from_event(event)) if event else ""
+
+
+def offline_since(seen: float) -> str:
+    """When a backend was last up: the local clock time, and how long ago."""
+    return f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(seen))} ({age(seen)} ago)"
 
 
 def age(since: float) -> str:

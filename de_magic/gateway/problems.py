@@ -8,6 +8,7 @@ in the remote code without reading the text.
 
 from __future__ import annotations
 
+import re
 from http import HTTPStatus
 
 from ..wire.errors import DeMagicError, RemoteError
@@ -46,6 +47,9 @@ def from_error(exc: DeMagicError) -> Problem:
     """The problem a de-magic error is over HTTP; the remote code's exception keeps its type and traceback."""
     if isinstance(exc, RemoteError):
         message = exc.args[0] if exc.args else ""
+        if exc.info.get("arguments"):  # the backend's decoding or validation refused them: the member never ran
+            named = re.search(r"argument '([^']+)'", message)
+            return Problem("invalid", f"the backend refused the arguments: {message}", field=named[1] if named else "")
         return Problem(exc.kind, f"the remote code raised {exc.remote_type}: {message}",
                        remote_type=exc.remote_type, traceback=exc.remote_traceback)
     return Problem(exc.kind, str(exc))

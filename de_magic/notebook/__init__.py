@@ -6,10 +6,8 @@ progress bars for calls made in a kernel, ipywidgets call forms for
 ``%load_ext de_magic`` imports it, and so does ``import de_magic`` inside a kernel.
 """
 
-from ..caller import proxies
-from . import mirror, progress
-from .forms import CallForm
+from . import displays, mirror, progress
 
 progress.register()
 mirror.register()
-proxies.FORM = CallForm
+displays.register()

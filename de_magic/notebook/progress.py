@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from ..caller import progress
+from ..caller import progress, ui
 from ..caller.progress import Progress, count
 
 
@@ -25,7 +25,7 @@ def register() -> None:
     """Widget bars for calls made in a kernel, each in the cell that made the call (idempotent)."""
     if _kernel_bars not in progress.RENDERERS:
         progress.RENDERERS.insert(0, _kernel_bars)
-    progress.current_cell = _cell_id
+    ui.register(cell=_cell_id)
 
 
 def _kernel_bars() -> "WidgetProgress | None":

@@ -57,7 +57,7 @@ class BadInput:
                 self._failures.add(kind)
         if first:
             self.count += 1
-            self.logger.error("bad input: %s raised %s (logged once; later ones are counted)", what,
+            self.logger.warning("bad input: %s raised %s (traceback logged once; later ones are counted)", what,
                               type(exc).__name__, exc_info=exc)
         else:
             self.report("%s raised %s", what, type(exc).__name__)

@@ -19,6 +19,10 @@ BROKER_ENV = "DE_MAGIC_BROKER"
 #: Seconds between heartbeats; a peer silent for ``liveness`` intervals is counted as gone.
 DEFAULT_HEARTBEAT = 1.0
 DEFAULT_LIVENESS = 3
+#: Calls (and jobs) a backend lets wait for a free slot before it answers Busy.
+DEFAULT_MAX_QUEUE = 1000
+#: Seconds a listing may take, unless it is given a timeout of its own (a live broker answers at once).
+DEFAULT_LISTING_TIMEOUT = 10.0
 #: Largest message (call arguments, a result, an event) in bytes.
 DEFAULT_MAX_MESSAGE = 1 << 30
 #: Bytes of calls a broker holds in its queues, over all backends, before it answers Busy.

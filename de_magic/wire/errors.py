@@ -35,6 +35,12 @@ class UnknownBackend(DeMagicError, LookupError):
     kind = "unknown_backend"
 
 
+class BackendOffline(UnknownBackend):
+    """The backend is known at the broker (it remembers its API) but no worker of it is up now."""
+
+    kind = "backend_offline"
+
+
 class UnknownMethod(DeMagicError, AttributeError):
     """The backend has no member of that name."""
 
@@ -130,7 +136,7 @@ def _rebuild(remote_type, message, traceback, info):
     return remote_error({"type": remote_type, "message": message, "traceback": traceback, **info})
 
 
-_BY_KIND = {cls.kind: cls for cls in DeMagicError.__subclasses__()}
+_BY_KIND = {cls.kind: cls for cls in (*DeMagicError.__subclasses__(), BackendOffline)}
 _MIXINS: dict[type, type] = {}
 
 

@@ -451,6 +451,9 @@ def check_ready_info(info: dict) -> dict:
     direct = info.get("direct")
     if direct is not None and not (isinstance(direct, str) and direct.startswith("tcp://") and len(direct) < 300):
         raise ProtocolError("READY info: 'direct' must be a tcp:// address")
+    key = info.get("direct_key")
+    if key is not None and not (isinstance(key, str) and len(key) == 40 and key.isascii() and key.isprintable()):
+        raise ProtocolError("READY info: 'direct_key' must be a Z85 public key (40 characters)")
     allowed = info.get("allow_clients")
     if allowed is not None and not (isinstance(allowed, list) and all(isinstance(k, str) for k in allowed)):
         raise ProtocolError("READY info: 'allow_clients' must be a list of strings")

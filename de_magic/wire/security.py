@@ -220,6 +220,11 @@ class Authenticator(ThreadAuthenticator):
         self._flush_scheduled = False
         self.configure_curve_callback(ZAP_DOMAIN, self)
 
+    def refresh(self) -> None:
+        """Re-read the directory if it changed, between handshakes too: the broker calls this each beat, so a
+        key deleted from it is refused on open connections (and at direct endpoints) within a beat or two."""
+        self._reload()
+
     def _reload(self) -> None:
         stamp = self.directory.stat().st_mtime_ns
         if stamp == self._stamp:
@@ -328,7 +333,7 @@ def _read_config(url: str | None = None) -> dict[str, str]:
     data = _read_toml()
     path = config_file()
     # a typo here would silently turn encryption off
-    _check_names(data, {*SETTINGS, BROKER, OWNERS, BROKERS, DASK, DIRECT, JOB_DIR, GATEWAY}, path, "")
+    _check_names(data, {*SETTINGS, BROKER, OWNERS, BROKERS, DASK, DIRECT, JOB_DIR, STATE_DIR, GATEWAY}, path, "")
     tables = data.get(BROKERS, {})
     for name, table in tables.items():
         if not isinstance(table, dict):
@@ -384,6 +389,7 @@ OWNERS = "owners"
 DASK = "dask"  #: the Dask cluster backends run their calls on (see daskpool.py)
 DIRECT = "direct"  #: where backends listen for direct calls (see backend/direct.py)
 JOB_DIR = "job_dir"  #: where backends keep job results (see backend/jobs.py)
+STATE_DIR = "state_dir"  #: where a broker remembers the backends it served (see broker/state.py)
 GATEWAY = "gateway"  #: the HTTP gateway's table: bind, tokens... (see gateway/config.py)
 
 
@@ -405,6 +411,17 @@ def job_directory(value: str | None) -> str | None:
     if configured is not None and not isinstance(configured, str):
         raise Refused(f"{JOB_DIR} in {config_file()} must be a directory's path")
     return str(config_file().parent / configured) if configured else None
+
+
+def state_directory(value: str | None) -> str | None:
+    """Where a broker keeps its state: ``value`` (--state-dir), else the config file's ``state_dir`` (relative to
+    the file); None: it remembers nothing across restarts."""
+    if value:
+        return value
+    configured = _read_toml().get(STATE_DIR)
+    if configured is not None and not isinstance(configured, str):
+        raise Refused(f"{STATE_DIR} in {config_file()} must be a directory's path")
+    return str(config_file().parent / Path(configured).expanduser()) if configured else None
 
 
 def configured_broker() -> str | None:
