@@ -6,6 +6,7 @@ missing, ``allow_clients`` that a plaintext endpoint did not enforce, a revoked 
 
 from __future__ import annotations
 
+import threading
 import time
 
 import zmq
@@ -20,11 +21,6 @@ from de_magic.wire.security import Security
 from test_direct import _workers, curve, the_worker  # noqa: F401 - curve is a fixture
 
 MiB = 1 << 20
-
-
-def nap(seconds: float) -> float:
-    time.sleep(seconds)
-    return seconds
 
 
 def echo(x):
@@ -56,23 +52,34 @@ def _final(sock: zmq.Socket, timeout: float = 10.0):
 
 def test_direct_calls_waiting_for_a_slot_are_bounded_by_bytes(cluster):
     """Before: 60 waiting calls of 20 MiB were all queued direct (+1.2 GB); a broker refused most."""
-    backend = Backend("budget", {"nap": nap, "echo": echo}, broker=cluster.url, heartbeat=HEARTBEAT, max_workers=1,
+    release = threading.Event()
+
+    def hold():  # keeps the one slot busy until the test has seen what was queued and what refused
+        return release.wait(30)
+
+    backend = Backend("budget", {"hold": hold, "echo": echo}, broker=cluster.url, heartbeat=HEARTBEAT, max_workers=1,
                       max_queued_bytes=50 * MiB, direct="tcp://127.0.0.1:0").start()
     sock = _raw(backend.direct.url, backend.direct.key)
     try:
-        wait_for(lambda: the_worker(cluster, "budget")["slots"] > 0, what="the backend to register")
-        _call(sock, b"nap", "budget", "nap", 1.0)
+        wait_for(lambda: cluster.workers("budget") and the_worker(cluster, "budget")["slots"] > 0,
+                 what="the backend to register")
+        _call(sock, b"hold", "budget", "hold")
         wait_for(lambda: the_worker(cluster, "budget")["busy"] == 1, what="the one slot to be busy")
         big = b"x" * (20 * MiB)
         for i in range(6):
             _call(sock, b"big%d" % i, "budget", "echo", big)
         answers = {}
+        while len(answers) < 4:  # the refusals come while the slot is held
+            msg = _final(sock)
+            answers[msg.rid] = msg.header.get("kind", "reply") if type(msg) is P.Error else "reply"
+        release.set()
         while len(answers) < 7:
             msg = _final(sock)
             answers[msg.rid] = msg.header.get("kind", "reply") if type(msg) is P.Error else "reply"
-        assert answers.pop(b"nap") == "reply"
+        assert answers.pop(b"hold") == "reply"
         assert sorted(answers.values()) == ["busy"] * 4 + ["reply"] * 2  # 2 x 20 MiB fit in 50 MiB, no more
     finally:
+        release.set()
         sock.close()
         backend.stop()
 

@@ -311,3 +311,20 @@ def test_remote_widgets_say_when_their_backend_is_gone(kernel, hello):
         (state,) = updates([state], comm_id)
         assert state["description"] == description
         assert state["tooltip"].startswith("disconnected from the backend: ")
+
+
+def test_the_last_value_of_fast_slider_changes_is_the_one_shown(kernel, hello):
+    code = "import ipywidgets as w\nshown = w.interact(lambda x: print('x =', x), x=(0, 50))"
+    msgs = kernel.execute(f"from de_magic import Client\n"
+                          f"from de_magic.caller.session import RemoteSession\n"
+                          f"fast = RemoteSession(Client({hello.url!r}), 'hello_world')\n"
+                          f"fast.execute({code!r}).result()")
+    (x_slider,) = (m["content"]["comm_id"] for m in opened(msgs, "IntSliderModel"))
+    (out_id,) = (m["content"]["comm_id"] for m in opened(msgs, "OutputModel"))
+    # a drag: many updates without waiting for the kernel, as a frontend sends them
+    for value in range(1, 31):
+        last = kernel.send_comm_msg(x_slider, {"method": "update", "state": {"value": value}, "buffer_paths": []})
+    kernel.wait_for(lambda m: parent(m) == last and m["msg_type"] == "status"
+                    and m["content"]["execution_state"] == "idle", what="the last update handled")
+    shown = [text_of(state["outputs"]) for m in kernel.log for state in updates([m], out_id) if "outputs" in state]
+    assert shown[-1] == "x = 30\n", shown[-5:]
