@@ -29,7 +29,8 @@ from typing import TYPE_CHECKING, Callable
 
 from ..wire import serialize
 from ..wire.protocol import BROKER_HELD
-from ..wire.errors import NO_SUCH_JOB, BackendLost, CallTimeout, DeMagicError, JobUnavailable, from_header
+from ..wire.errors import (NO_SUCH_JOB, BackendLost, CallTimeout, DeMagicError, Interrupted, JobUnavailable,
+                           from_header)
 from ..wire.security import local_user
 from ..wire.defaults import DEFAULT_LISTING_TIMEOUT
 from .calls import decode_result, encode_call
@@ -88,6 +89,9 @@ class Job:
             return self._future.result(timeout)
         except FutureTimeout:
             raise CallTimeout(f"job {self.id} is still {self.status} after {timeout:g} s") from None
+        except KeyboardInterrupt:  # only the waiting here stops: the job is the backend's to run
+            raise Interrupted(f"interrupted; job {self.id} goes on on {self.backend!r} "
+                              f"(client.job({self.id!r}) comes back to it, .cancel() stops it)") from None
 
     def done(self) -> bool:
         return self._future.done()
