@@ -266,10 +266,11 @@ def start(client: Client, backend: str, member: str, args: tuple = (), kwargs: d
 
 
 def start_cell(session: RemoteSession, code: str, push: dict, pull) -> Job:
-    """Run a ``%%remote`` cell as a job in ``session``'s namespace (on its worker)."""
+    """Run a ``%%remote`` cell as a job in ``session``'s namespace (on its worker; held by the broker while the
+    backend is offline)."""
     header = {"op": "job.start", "run": "exec", "code": code, "pull": list(pull), "colors": colors(), **identity()}
     head, frames = session.request(header, serialize.dumps(dict(push)))
-    return Job(session.client, session.backend, session.worker, serialize.loads(frames))
+    return Job(session.client, session.backend, bytes.fromhex(head["worker"]), serialize.loads(frames))
 
 
 def attach(client: Client, job_id: str, on_progress: Callable[[Progress], None] | None = None) -> Job:

@@ -185,7 +185,8 @@ class RemoteMagics(Magics):
         push = {name: self.shell.user_ns[name] for name in _names(args.push)}
         if args.noblock:
             self.last = start_cell(session, cell, push, _names(args.pull))
-            print(f"de-magic: still running on {args.name!r} as job {self.last.id}; `%remote_result` (or "
+            where = ("waits for offline backend" if self.last.status == "waiting" else "still running on")
+            print(f"de-magic: {where} {args.name!r} as job {self.last.id}; `%remote_result` (or "
                   f"`%remote_result {self.last.id}`, also after a kernel restart) fetches it")
             return self.last
         timeout = math.inf if args.timeout is None else args.timeout
