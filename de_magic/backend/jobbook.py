@@ -23,7 +23,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
 from ..wire import admission
-from ..wire.errors import Busy
+from ..wire.errors import Busy, Refused, duration
 
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 #: Statuses of jobs whose answer is gone; the record stays to say why.
@@ -96,7 +96,10 @@ class JobBook:
     # -- starting ------------------------------------------------------------------------------
 
     def admit(self, job: Job) -> None:
-        """A new job: it waits for its turn (see :meth:`take`), or raises Busy if too many wait already."""
+        """A new job: it waits for its turn (see :meth:`take`), or raises Busy if too many wait already
+        (Refused if its token is in use: a job a broker held while we were offline is not started twice)."""
+        if job.token in self.jobs:
+            raise Refused(f"a job with token {job.token} exists here already; it is not started twice")
         free = max(0, self.capacity - self.running)  # places that the jobs admitted so far will take
         if self.waiting - free >= self.max_queue:
             raise Busy(f"backend {self.name!r} has {self.waiting - free} jobs waiting already; try again later")
@@ -172,7 +175,7 @@ class JobBook:
         while kept:
             job = next(iter(kept.values()))
             if now - job.finished > self.ttl:
-                reason = f"its result expired: results are kept for {_duration(self.ttl)}"
+                reason = f"its result expired: results are kept for {duration(self.ttl)}"
                 status = EXPIRED
             elif self.kept_bytes > self.max_bytes:
                 reason = (f"its result was evicted to keep the backend's kept results within {self.max_bytes} "
@@ -210,10 +213,3 @@ class JobBook:
             self.kept_bytes += job.size
         while len(self.gone) > MAX_GONE:
             del self.jobs[self.gone.popitem(last=False)[0]]
-
-
-def _duration(seconds: float) -> str:
-    for unit, size in (("days", 86400), ("hours", 3600), ("minutes", 60)):
-        if seconds >= size:
-            return f"{seconds / size:g} {unit}"
-    return f"{seconds:g} s"

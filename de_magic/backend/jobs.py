@@ -94,7 +94,7 @@ class JobStore:
         if run not in RUNNABLE:
             raise ValueError(f"a job runs one of {', '.join(RUNNABLE)}, not {str(run)[:40]!r}")
         backend = self.backend
-        job = Job(f"{backend.name}:{backend.id.hex()}:{os.urandom(9).hex()}", call.owner, _what(call.header, run))
+        job = Job(f"{backend.name}:{backend.id.hex()}:{_token(call.header)}", call.owner, _what(call.header, run))
         job.call = JobCall(backend, -1, b"job", job.token.encode(), {**call.header, "op": run}, call.payload,
                            call.caller, job=job, store=self)
         with self._lock:
@@ -353,6 +353,17 @@ def _json_result(job: Job, frames: list, codec: str):
         raise Refused(f"job {job.id} was started with pickles and its result is a pickle; a caller in JSON "
                       "gets the results of jobs it started in JSON")
     return json.loads(bytes(memoryview(frames[0])))
+
+
+def _token(header: dict) -> str:
+    """A new job's token: the one a broker gave a job it held while this backend was offline (so that the
+    caller's id names it here too; the book refuses it if it is in use), else a new one."""
+    token = header.get("token")
+    if token is None:
+        return os.urandom(9).hex()
+    if not (isinstance(token, str) and len(token) == 18 and all(c in "0123456789abcdef" for c in token)):
+        raise ValueError("a job's token is 18 lowercase hex digits")
+    return token
 
 
 def _cancelled(job: Job) -> dict:

@@ -225,9 +225,12 @@ class Multiplexer:
 
     def _close(self) -> None:
         error = DeMagicError(f"{self.client!r} was closed during the call")
-        self._do(self.core.shutdown(error))  # the remote sides are told (CANCEL): no one waits for them now
-        for sock in self._brokers.values():  # direct sockets belong to the client's routes, which close them
-            sock.close(linger=CANCEL_LINGER)
+        shutdown = self.core.shutdown(error)  # the remote sides are told (CANCEL): no one waits for them now
+        cancelling = {action.way for action in shutdown if type(action) is Send}
+        self._do(shutdown)
+        for url, sock in self._brokers.items():  # direct sockets belong to the client's routes, which close them
+            # lingering only to deliver those cancels: a socket kept open longer holds a file descriptor
+            sock.close(linger=CANCEL_LINGER if url in cancelling else 0)
         while self._inbox:
             item = self._inbox.popleft()
             if item is not None and item[0] == "start":

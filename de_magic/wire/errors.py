@@ -100,6 +100,14 @@ class JobUnavailable(DeMagicError, LookupError):
 NO_SUCH_JOB = "no such job"
 
 
+def duration(seconds: float) -> str:
+    """A span of time as an error message says it: ``7 days``, ``1.5 hours``, ``30 s``."""
+    for unit, size in (("days", 86400), ("hours", 3600), ("minutes", 60)):
+        if seconds >= size:
+            return f"{seconds / size:g} {unit}"
+    return f"{seconds:g} s"
+
+
 class RemoteError(DeMagicError):
     """An exception raised by the remote code.
 
