@@ -14,6 +14,8 @@ import pytest
 from de_magic.broker.routing import Config, Router
 from de_magic.broker.state import Remembered, StateStore
 from de_magic.broker.waiting import Bounds
+from de_magic.caller.jobs import start_cell
+from de_magic.caller.session import RemoteSession
 from de_magic.wire import protocol as P
 from de_magic.wire import serialize
 from de_magic.wire.errors import BackendOffline, UnknownBackend
@@ -33,7 +35,7 @@ def test_api_is_remembered_across_a_kill_9_of_the_broker(processes, tmp_path):
     try:
         broker = cluster.start_broker("--state-dir", str(state))
         assert stat.S_IMODE(os.stat(state).st_mode) == 0o700  # it names every backend and its owner
-        backend = cluster.start_backend("de_magic.demo.hello", "hello_world")
+        backend = cluster.start_backend("de_magic.demo.hello", "hello_world", "--allow-code")
         assert cluster.client.call("hello_world", "echo", (5,)) == 5
         backend.send_signal(signal.SIGTERM)
         backend.wait(10)
@@ -53,8 +55,14 @@ def test_api_is_remembered_across_a_kill_9_of_the_broker(processes, tmp_path):
         with pytest.raises(BackendOffline, match=r"offline since .*`\.start\(\)` queues it as a job"):
             proxy.echo(1)
 
-        cluster.start_backend("de_magic.demo.hello", "hello_world")  # its owner again: it is live
+        # a %%remote NAME --noblock cell waits the same way, and runs in the session's namespace once it is back
+        cell = start_cell(RemoteSession(cluster.client, "hello_world"), "z = 5\nprint('done')", {}, ["z"])
+        assert cell.status == "waiting"
+
+        cluster.start_backend("de_magic.demo.hello", "hello_world", "--allow-code")  # its owner again: it is live
         assert cluster.client.call("hello_world", "echo", (7,)) == 7
+        reply = cell.result(timeout=30)
+        assert reply["pulled"] == {"z": 5} and [o["text"] for o in cell.outputs] == ["done\n"]
         assert not cluster.client.listing()["backends"]["hello_world"].get("offline")
     finally:
         cluster.client.close()

@@ -29,7 +29,8 @@ from typing import TYPE_CHECKING, Callable
 
 from ..wire import serialize
 from ..wire.protocol import BROKER_HELD
-from ..wire.errors import NO_SUCH_JOB, BackendLost, CallTimeout, DeMagicError, JobUnavailable, from_header
+from ..wire.errors import (NO_SUCH_JOB, BackendLost, CallTimeout, DeMagicError, Interrupted, JobUnavailable,
+                           from_header)
 from ..wire.security import local_user
 from ..wire.defaults import DEFAULT_LISTING_TIMEOUT
 from .calls import decode_result, encode_call
@@ -88,6 +89,9 @@ class Job:
             return self._future.result(timeout)
         except FutureTimeout:
             raise CallTimeout(f"job {self.id} is still {self.status} after {timeout:g} s") from None
+        except KeyboardInterrupt:  # only the waiting here stops: the job is the backend's to run
+            raise Interrupted(f"interrupted; job {self.id} goes on on {self.backend!r} "
+                              f"(client.job({self.id!r}) comes back to it, .cancel() stops it)") from None
 
     def done(self) -> bool:
         return self._future.done()
@@ -262,10 +266,11 @@ def start(client: Client, backend: str, member: str, args: tuple = (), kwargs: d
 
 
 def start_cell(session: RemoteSession, code: str, push: dict, pull) -> Job:
-    """Run a ``%%remote`` cell as a job in ``session``'s namespace (on its worker)."""
+    """Run a ``%%remote`` cell as a job in ``session``'s namespace (on its worker; held by the broker while the
+    backend is offline)."""
     header = {"op": "job.start", "run": "exec", "code": code, "pull": list(pull), "colors": colors(), **identity()}
     head, frames = session.request(header, serialize.dumps(dict(push)))
-    return Job(session.client, session.backend, session.worker, serialize.loads(frames))
+    return Job(session.client, session.backend, bytes.fromhex(head["worker"]), serialize.loads(frames))
 
 
 def attach(client: Client, job_id: str, on_progress: Callable[[Progress], None] | None = None) -> Job:

@@ -83,6 +83,12 @@ class Cancelled(DeMagicError):
     kind = "cancelled"
 
 
+class Interrupted(KeyboardInterrupt):
+    """The caller stopped waiting (Ctrl-C, a notebook's stop button); the message says what became of the
+    remote work.  A ``KeyboardInterrupt`` still, so code that stops on one stops here too; a notebook shows
+    it as its one line, not as the frames of de-magic's client that were waiting."""
+
+
 class ReferenceGone(DeMagicError, LookupError):
     """A remote reference that was released, whose lease ran out, or whose worker is gone."""
 
