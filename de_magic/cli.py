@@ -28,6 +28,7 @@ from .backend.direct import direct_address
 from .backend.lifeline import exit_with_parent
 from .backend.server import Backend
 from .broker.server import Broker
+from .broker.waiting import Bounds
 from .caller.client import Client, no_broker_hint
 from .caller.generate import client_module
 from .caller.progress import TextProgress
@@ -310,7 +311,8 @@ def cmd_broker(args) -> None:
     _logging(args.verbose)
     broker = Broker(check_url(args.bind or default_url(), "--bind"), heartbeat=args.heartbeat, max_message_size=args.max_message_size,
                     max_queued_bytes=args.max_queued_bytes, owners=owners(), security=_security(args),
-                    state_dir=state_directory(args.state_dir))
+                    state_dir=state_directory(args.state_dir),
+                    waiting=Bounds(args.max_waiting_jobs, args.max_waiting_bytes, args.waiting_ttl))
     url = bind(broker)
     print(f"de-magic: broker listening on {url}", flush=True)
     signal.signal(signal.SIGTERM, lambda *_: broker.stop())
@@ -453,7 +455,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bytes of calls held in queues, over all backends, before callers get 'busy'")
     p.add_argument("--state-dir", default=None, metavar="DIR",
                    help="remember the backends served (name, owner key, last API) across restarts in DIR, created "
-                        "readable by you only (default: the config file's state_dir; none: remember nothing)")
+                        "readable by you only (default: the config file's state_dir; none: remember nothing); "
+                        "jobs started for an offline backend wait there for it")
+    bounds = Bounds()
+    p.add_argument("--max-waiting-jobs", type=int, default=bounds.jobs, metavar="N",
+                   help="jobs one caller may keep waiting for offline backends")
+    p.add_argument("--max-waiting-bytes", type=int, default=bounds.bytes, metavar="BYTES",
+                   help="bytes of arguments one caller's waiting jobs may hold")
+    p.add_argument("--waiting-ttl", type=float, default=bounds.ttl, metavar="SECONDS",
+                   help="how long a job waits for its backend before it expires (default: 7 days)")
     p.add_argument("-v", "--verbose", action="store_true")
     _security_args(p, broker=True)
     p.set_defaults(func=cmd_broker)

@@ -155,11 +155,33 @@ def test_interrupt_stops_the_remote_execution(kernel):
     kernel.manager.interrupt_kernel()
     reply, outputs = kernel.collect(msg_id, timeout=10)
     assert time.monotonic() - start < 3
-    assert reply["content"]["status"] == "error" and reply["content"]["ename"] == "KeyboardInterrupt"
-    assert "interrupted" in text(outputs, "stderr")
+    assert reply["content"]["status"] == "error" and reply["content"]["ename"] == "Interrupted"
+    assert shown_lines(outputs) == ["interrupted; the execution on 'hello_world' was stopped"]
     # the backend's main thread is free again
     reply, outputs = kernel.run("%%remote hello_world\nprint('alive')", timeout=10)
     assert text(outputs) == "alive\n"
+
+
+def test_interrupting_a_plain_call_says_so_in_one_line_and_stops_it(kernel, code_cluster):
+    msg_id = kernel.send(f"from de_magic import Client\nhw = Client({code_cluster.url!r})['hello_world']\n"
+                         "print('calling', flush=True)\nhw.slow_sum(n=400, delay=0.1)")
+    kernel.wait_for(lambda m: parent(m) == msg_id and m["msg_type"] == "stream", 20, "the cell's first output")
+    busy = lambda: any(w["busy"] for w in code_cluster.workers("hello_world"))  # noqa: E731
+    wait_for(busy, what="the call to run")
+    kernel.manager.interrupt_kernel()
+    reply, outputs = kernel.collect(msg_id, timeout=10)
+    assert reply["content"]["ename"] == "Interrupted"
+    assert shown_lines(outputs) == ["interrupted; the remote work was stopped (hello_world.slow_sum)"]
+    wait_for(lambda: not busy(), timeout=5, what="the backend to stop the call")  # it would run 40 s
+
+
+def shown_lines(outputs: list[dict]) -> list[str]:
+    """What an interrupted cell shows besides its own output: the error's lines and any traceback text."""
+    lines = [line for msg in outputs if msg["msg_type"] == "error" for line in msg["content"]["traceback"]]
+    lines += [line for line in text(outputs, "stderr").splitlines() if line]
+    assert not any("de_magic" in line or "File " in line for line in lines), lines  # none of our frames
+    assert len(lines) <= 3, lines
+    return lines
 
 
 def test_namespaces_are_isolated_between_kernels(kernel, code_cluster, tmp_path):

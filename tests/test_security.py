@@ -433,3 +433,34 @@ def test_json_encoding_of_pandas_and_xarray():
 def test_json_decoding_refuses_anything_else(text, needle):
     with pytest.raises(ValueError, match=needle):
         serialize.loads_json([json.dumps(text).encode()])
+
+
+MONITOR_FLOOD = '''
+import time, zmq
+from de_magic.wire.handshake import WatchedSocket
+from de_magic.wire.security import Security
+ctx = zmq.Context()
+router = ctx.socket(zmq.ROUTER)
+url = f"tcp://127.0.0.1:{router.bind_to_random_port('tcp://127.0.0.1')}"
+sock = ctx.socket(zmq.DEALER, socket_class=WatchedSocket)
+sock.watch(url, "client", Security.resolve(), drops=True)
+for _ in range(EVENTS):  # one handshake event each, none read: more than the monitor holds
+    sock.connect(url)
+    time.sleep(0.002)
+    sock.disconnect(url)
+time.sleep(0.5)
+started = time.monotonic()
+sock.close()
+router.close()
+ctx.term()
+print(f"closed in {time.monotonic() - started:.2f} s")
+'''
+
+
+def test_a_socket_whose_monitor_nobody_read_still_closes():
+    # libzmq blocks its I/O thread on a full monitor while holding the lock disable_monitor waits for; the
+    # hang holds the GIL, so only another process can time it out
+    done = subprocess.run([sys.executable, "-c", MONITOR_FLOOD.replace("EVENTS", "2500")],
+                          capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert "closed in" in done.stdout

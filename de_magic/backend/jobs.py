@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..wire import serialize
-from ..wire.errors import NO_SUCH_JOB, Busy, JobUnavailable, Refused
+from ..wire.errors import NO_SUCH_JOB, Busy, JobUnavailable, Refused, duration
 from .callcontext import Call, Operation, current_call
 from .failure import error_header
 
@@ -141,7 +141,7 @@ class JobStore:
             waiting = sum(job.status == QUEUED for job in self._jobs.values())
             if waiting >= self.backend.max_queue:
                 raise Busy(f"backend {self.backend.name!r} has {waiting} jobs waiting already; try again later")
-            job = Job(f"{self.backend.name}:{self.backend.id.hex()}:{os.urandom(9).hex()}", call.owner,
+            job = Job(f"{self.backend.name}:{self.backend.id.hex()}:{self._token(call.header)}", call.owner,
                       _what(call.header, run))
             self._jobs[job.token] = job
         job.call = JobCall(self.backend, -1, b"job", job.token.encode(), {**call.header, "op": run}, call.payload,
@@ -150,6 +150,18 @@ class JobStore:
         self._save()
         threading.Thread(target=self._run, args=(job,), name=f"de-magic-job-{job.token[:8]}", daemon=True).start()
         return job.summary()
+
+    def _token(self, header: dict) -> str:
+        """A new job's token: the one a broker gave a job it held while this backend was offline (so that the
+        caller's id names it here too), else a new one (under the lock)."""
+        token = header.get("token")
+        if token is None:
+            return os.urandom(9).hex()
+        if not (isinstance(token, str) and len(token) == 18 and all(c in "0123456789abcdef" for c in token)):
+            raise ValueError("a job's token is 18 lowercase hex digits")
+        if token in self._jobs:
+            raise Refused(f"a job with token {token} exists here already; it is not started twice")
+        return token
 
     def poll(self, call: Call) -> dict:
         """Send the progress reports and output the caller has not seen (header ``progress``: how many
@@ -319,7 +331,7 @@ class JobStore:
         kept = [job for job in self._jobs.values() if job.status in FINISHED]
         for job in kept:
             if now - job.finished > self.ttl:
-                self._drop(job, EXPIRED, f"its result expired: results are kept for {_duration(self.ttl)}")
+                self._drop(job, EXPIRED, f"its result expired: results are kept for {duration(self.ttl)}")
         total = sum(job.size for job in kept if job.status in FINISHED)
         for job in sorted((j for j in kept if j.status in FINISHED), key=lambda j: j.finished):
             if total <= self.max_bytes:
@@ -398,13 +410,6 @@ def _json_result(job: Job, frames: list, codec: str):
 
 def _cancelled(job: Job) -> dict:
     return {"status": CANCELLED, "error": {"kind": "cancelled", "message": f"job {job.id} was cancelled"}}
-
-
-def _duration(seconds: float) -> str:
-    for unit, size in (("days", 86400), ("hours", 3600), ("minutes", 60)):
-        if seconds >= size:
-            return f"{seconds / size:g} {unit}"
-    return f"{seconds:g} s"
 
 
 def _write_frames(path: Path, answer: dict) -> None:

@@ -26,6 +26,7 @@ from ..wire.defaults import (DEFAULT_HEARTBEAT, DEFAULT_LIVENESS, DEFAULT_MAX_ME
                        check_url, default_url)
 from .routing import Config, Router, no_key
 from .state import StateStore
+from .waiting import Bounds
 from ..wire import protocol as P
 from ..wire import routingids
 from ..wire.security import Security, peer_key
@@ -44,7 +45,8 @@ class Broker:
     Ctrl-C; ``start()`` runs it in a thread of its own for embedding (tests, the
     notebook's embedded default).  ``owners`` maps backend names to the keys
     that may register them (the config file's ``[owners]``).  With ``state_dir`` the
-    broker remembers the backends it served across restarts (:mod:`.state`).
+    broker remembers the backends it served across restarts (:mod:`.state`), and jobs started for one that is
+    offline wait there for it, each caller's within ``waiting`` (:mod:`.waiting`).
     """
 
     def __init__(
@@ -59,13 +61,15 @@ class Broker:
         context: zmq.Context | None = None,
         security: Security | None = None,
         state_dir: str | None = None,
+        waiting: Bounds | None = None,
     ):
         self.url = check_url(url, "the broker's address") if url else default_url()
         self.security = security or Security.resolve()
         self._auth = None  # the ZAP authenticator thread, with CURVE
         self.config = Config(heartbeat=heartbeat, liveness=liveness, max_message_size=max_message_size,
                              max_queued_bytes=max_queued_bytes,
-                             owners={name: frozenset(keys) for name, keys in (owners or {}).items()})
+                             owners={name: frozenset(keys) for name, keys in (owners or {}).items()},
+                             waiting=waiting or Bounds())
         self.router: Router | None = None
         self._ctx = context or zmq.Context.instance()
         self._socket: zmq.Socket | None = None
@@ -108,11 +112,8 @@ class Broker:
         self._socket = sock
         self.config.url, self.config.curve = self.url, self._auth is not None
         # without CURVE no frame carries a key: asking each one would cost an exception per message
-        store = self._store
         self.router = Router(self.config, now=time.monotonic(), key_of=peer_key if self._auth is not None else no_key,
-                             key_names=self._key_names, connected=self._connected,
-                             remembered=store.backends() if store else None,
-                             remember=store.remember if store else None)
+                             key_names=self._key_names, connected=self._connected, state=self._store)
         return self.url
 
     def _key_names(self) -> dict[str, str]:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Callable
 
 from ..wire import serialize
 from ..wire.errors import BackendLost, DeMagicError, Refused, RemoteError
+from ..wire.protocol import BROKER_HELD
 from . import progress, ui
 from .leases import LEASES
 
@@ -193,7 +194,8 @@ class RemoteSession:
             if self.worker:
                 raise BackendLost(f"{exc}; {self._fate()}") from None
             raise
-        if not self.worker and head.get("worker"):
+        if not self.worker and head.get("worker") not in (None, BROKER_HELD.hex()):
+            # (a job held for the offline backend names the broker: the namespace has no worker yet)
             self.worker = bytes.fromhex(head["worker"])
         return head, frames
 

@@ -129,9 +129,21 @@ class WatchedSocket(zmq.Socket):
         return None  # nothing a person could act on: treated like a broker that does not answer
 
     def close(self, linger: int | None = None) -> None:
-        if self._handshake_monitor is not None:
+        monitor, self._handshake_monitor = self._handshake_monitor, None
+        if monitor is not None:
             if not self.closed:
+                # libzmq's I/O thread hands events to the monitor with a blocking send, holding the lock that
+                # disable_monitor takes: with the monitor full (events nobody read), both wait for ever
+                _drain(monitor)
                 self.disable_monitor()
-            self._handshake_monitor.close()
-            self._handshake_monitor = None
+            monitor.close()
         super().close(linger)
+
+
+def _drain(monitor: zmq.Socket) -> None:
+    """Read and drop every event waiting on ``monitor``, without blocking."""
+    while True:
+        try:
+            monitor.recv(zmq.NOBLOCK)
+        except zmq.Again:
+            return
