@@ -216,6 +216,40 @@ def test_session_is_pinned_to_the_worker_holding_its_namespace(hello):
     assert session.worker.hex() == next(w["id"] for w in hello.workers("hello_world") if w["pid"] == second.pid)
 
 
+def test_a_backend_dying_under_a_cell_fails_it_as_fast_as_a_plain_call_and_says_gone_once(hello):
+    from de_magic import Client
+
+    window = 2 * 1.0 * 3  # what a client of default heartbeats waits for a worker to register again
+    # a broker up for longer than that would list the worker if it were coming back (not one just restarted)
+    wait_for(lambda: time.time() - hello.client.listing(api=False)["broker"]["since"] > window, timeout=10,
+             what="the broker to be up for a while")
+    with Client(hello.url) as client:
+        session = RemoteSession(client, "hello_world")
+        session.push(x=1)
+        running = session.execute("import time\ntime.sleep(30)", block=False)
+        wait_for(lambda: any(w["busy"] for w in hello.workers("hello_world")), what="the cell to run")
+        (pid,) = [w["pid"] for w in hello.workers("hello_world")]
+        os.kill(pid, signal.SIGKILL)
+        start = time.monotonic()
+        with pytest.raises(BackendLost) as lost:
+            running.result()
+        took = time.monotonic() - start
+        message = str(lost.value)
+        assert took < window - 2, took  # the broker's ~0.6 s to notice, a listing: not the whole window
+        assert message.count("gone") + message.count("stopped heartbeating") == 1, message
+        assert "went with its worker; the next request starts a fresh one" in message
+        # which it does, on the backend started again
+        hello.start_backend("de_magic.demo.hello", "hello_world", "--allow-code")
+        assert session.execute("y = 1", pull=["y"]).result() == {"y": 1}
+
+
+def test_a_remote_type_error_shows_its_line_once(kernel, code_cluster):
+    reply, outputs = kernel.run(f"from de_magic import Client\nhw = Client({code_cluster.url!r})['hello_world']\n"
+                                "hw.scale([1.0], 'x')")
+    (error,) = [msg["content"] for msg in outputs if msg["msg_type"] == "error"]
+    assert error["traceback"] == ["TypeError: scale() argument 'factor': expected float, got str ('x')"]
+
+
 def test_timeout_cancels_the_remote_execution(kernel):
     reply, outputs = kernel.run("%%remote hello_world --timeout 0.5\nimport time\ntime.sleep(30)", timeout=10)
     assert reply["content"]["status"] == "error" and reply["content"]["ename"] == "CallTimeout"

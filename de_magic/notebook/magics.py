@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import html
 import math
+import re
 import uuid
 
 from IPython.core.error import UsageError
@@ -45,11 +46,23 @@ def show_error(shell, etype, value, tb, tb_offset=None) -> list[str]:
     render = getattr(value, "_render_traceback_", None)  # a %%remote cell's error: the remote IPython traceback
     if render:
         lines = render()
-    elif isinstance(value, (RemoteError, Interrupted)):
+    elif isinstance(value, RemoteError):
+        lines = remote_lines(value)
+    elif isinstance(value, Interrupted):
         lines = [str(value)]
     else:
         lines = [f"{etype.__name__}: {value}"]
     shell._showtraceback(etype, value, lines)  # what IPython shows its own errors with: an error output in a kernel
+    return lines
+
+
+def remote_lines(error: RemoteError) -> list[str]:
+    """A remote error as Python shows a local one: its traceback, which ends with the error's line, once."""
+    message = str(error.args[0]).rstrip() if error.args else ""
+    trace = error.remote_traceback.rstrip()
+    lines = [re.sub(r"^Traceback \(", "Remote traceback (", trace, count=1)] if trace else []
+    if not trace.endswith(message or error.remote_type.rpartition(".")[2]):
+        lines.append(f"{error.remote_type}: {message}" if message else error.remote_type)
     return lines
 
 
