@@ -34,7 +34,7 @@ from .caller.generate import client_module
 from .caller.progress import TextProgress
 from .embedded import DEMO_BACKENDS, bind, start_local
 from .wire.defaults import (DEFAULT_HEARTBEAT, DEFAULT_JOB_BYTES, DEFAULT_JOB_TTL, DEFAULT_LISTING_TIMEOUT,
-                            DEFAULT_MAX_MESSAGE, DEFAULT_MAX_QUEUE,
+                            DEFAULT_MAX_JOBS, DEFAULT_MAX_MESSAGE, DEFAULT_MAX_QUEUE,
                             DEFAULT_MAX_QUEUED_BYTES, DEFAULT_REF_BYTES, DEFAULT_SESSION_LEASE, check_doors, check_url,
                             default_url)
 from .schema import describe, members_of
@@ -187,6 +187,8 @@ def _serve_args(parser: argparse.ArgumentParser) -> None:
                         help="keep a finished job's result this long (default: 7 days)")
     parser.add_argument("--job-bytes", type=int, default=DEFAULT_JOB_BYTES, metavar="BYTES",
                         help="bytes of kept job results, oldest evicted first (default: 1 GiB)")
+    parser.add_argument("--max-jobs", type=int, default=DEFAULT_MAX_JOBS, metavar="N",
+                        help="finished jobs kept, oldest evicted first (default: 10000)")
     parser.add_argument("--job-dir", default=None, metavar="DIR",
                         help="write job results here, so that finished ones survive a restart; large ones live only "
                              "here (default: $DE_MAGIC_JOB_DIR, then the config file's job_dir; else in memory)")
@@ -226,7 +228,7 @@ def _serve_backend(name: str, members: dict, args: argparse.Namespace, doc: str 
                           allow_clients=args.allow_clients.split(",") if args.allow_clients else None,
                           session_lease=args.session_lease, ref_bytes=args.ref_bytes,
                           direct=direct_address(args.direct), job_ttl=args.job_ttl, job_bytes=args.job_bytes,
-                          job_dir=job_directory(args.job_dir))
+                          max_jobs=args.max_jobs, job_dir=job_directory(args.job_dir))
     except ValueError as exc:  # contradictory options
         raise SystemExit(f"de-magic: {exc}") from None
     if attach is not None:  # e.g. DaskPool.attach: calls run elsewhere
