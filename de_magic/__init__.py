@@ -35,7 +35,8 @@ _EXPORTS = {
     "Job": "de_magic.caller.jobs",
     "Progress": "de_magic.caller.progress",
     **{name: "de_magic.wire.errors" for name in (
-        "BackendLost", "BackendOffline", "BadAddress", "Busy", "CallTimeout", "Cancelled", "DeMagicError", "JobUnavailable",
+        "BackendLost", "BackendOffline", "BadAddress", "Busy", "CallTimeout", "Cancelled", "DeMagicError", "Interrupted",
+        "JobUnavailable",
         "PayloadTooLarge",
         "ProtocolMismatch", "ReferenceGone", "Refused", "RemoteError", "UnknownBackend", "UnknownMethod")},
 }
@@ -81,11 +82,10 @@ def load_ipython_extension(ipython) -> None:
     de-magic's errors then show as one line (remote errors with the remote traceback), without
     the frames of de-magic's own code, as IPython shows its own errors.
     """
-    from .notebook.magics import RemoteMagics, show_error
-    from .wire.errors import DeMagicError
+    from .notebook.magics import RemoteMagics, show_errors_short
 
     ipython.register_magics(RemoteMagics)
-    ipython.set_custom_exc((DeMagicError,), show_error)
+    show_errors_short(ipython)
 
 
 def _jupyter_labextension_paths() -> list[dict[str, str]]:

@@ -20,4 +20,4 @@ def slow(seconds: float = 1.0, value: object = None) -> object:
 
 def calls_held() -> int:
     """Calls this backend process holds, not counting this one (zero when nothing leaked)."""
-    return len(current_call.get().backend._calls) - 1
+    return len(current_call.get().backend.running) - 1

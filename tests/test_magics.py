@@ -155,11 +155,33 @@ def test_interrupt_stops_the_remote_execution(kernel):
     kernel.manager.interrupt_kernel()
     reply, outputs = kernel.collect(msg_id, timeout=10)
     assert time.monotonic() - start < 3
-    assert reply["content"]["status"] == "error" and reply["content"]["ename"] == "KeyboardInterrupt"
-    assert "interrupted" in text(outputs, "stderr")
+    assert reply["content"]["status"] == "error" and reply["content"]["ename"] == "Interrupted"
+    assert shown_lines(outputs) == ["interrupted; the execution on 'hello_world' was stopped"]
     # the backend's main thread is free again
     reply, outputs = kernel.run("%%remote hello_world\nprint('alive')", timeout=10)
     assert text(outputs) == "alive\n"
+
+
+def test_interrupting_a_plain_call_says_so_in_one_line_and_stops_it(kernel, code_cluster):
+    msg_id = kernel.send(f"from de_magic import Client\nhw = Client({code_cluster.url!r})['hello_world']\n"
+                         "print('calling', flush=True)\nhw.slow_sum(n=400, delay=0.1)")
+    kernel.wait_for(lambda m: parent(m) == msg_id and m["msg_type"] == "stream", 20, "the cell's first output")
+    busy = lambda: any(w["busy"] for w in code_cluster.workers("hello_world"))  # noqa: E731
+    wait_for(busy, what="the call to run")
+    kernel.manager.interrupt_kernel()
+    reply, outputs = kernel.collect(msg_id, timeout=10)
+    assert reply["content"]["ename"] == "Interrupted"
+    assert shown_lines(outputs) == ["interrupted; the remote work was stopped (hello_world.slow_sum)"]
+    wait_for(lambda: not busy(), timeout=5, what="the backend to stop the call")  # it would run 40 s
+
+
+def shown_lines(outputs: list[dict]) -> list[str]:
+    """What an interrupted cell shows besides its own output: the error's lines and any traceback text."""
+    lines = [line for msg in outputs if msg["msg_type"] == "error" for line in msg["content"]["traceback"]]
+    lines += [line for line in text(outputs, "stderr").splitlines() if line]
+    assert not any("de_magic" in line or "File " in line for line in lines), lines  # none of our frames
+    assert len(lines) <= 3, lines
+    return lines
 
 
 def test_namespaces_are_isolated_between_kernels(kernel, code_cluster, tmp_path):
@@ -192,6 +214,40 @@ def test_session_is_pinned_to_the_worker_holding_its_namespace(hello):
     session.push(x=2)
     assert session.pull("x") == 2
     assert session.worker.hex() == next(w["id"] for w in hello.workers("hello_world") if w["pid"] == second.pid)
+
+
+def test_a_backend_dying_under_a_cell_fails_it_as_fast_as_a_plain_call_and_says_gone_once(hello):
+    from de_magic import Client
+
+    window = 2 * 1.0 * 3  # what a client of default heartbeats waits for a worker to register again
+    # a broker up for longer than that would list the worker if it were coming back (not one just restarted)
+    wait_for(lambda: time.time() - hello.client.listing(api=False)["broker"]["since"] > window, timeout=10,
+             what="the broker to be up for a while")
+    with Client(hello.url) as client:
+        session = RemoteSession(client, "hello_world")
+        session.push(x=1)
+        running = session.execute("import time\ntime.sleep(30)", block=False)
+        wait_for(lambda: any(w["busy"] for w in hello.workers("hello_world")), what="the cell to run")
+        (pid,) = [w["pid"] for w in hello.workers("hello_world")]
+        os.kill(pid, signal.SIGKILL)
+        start = time.monotonic()
+        with pytest.raises(BackendLost) as lost:
+            running.result()
+        took = time.monotonic() - start
+        message = str(lost.value)
+        assert took < window - 2, took  # the broker's ~0.6 s to notice, a listing: not the whole window
+        assert message.count("gone") + message.count("stopped heartbeating") == 1, message
+        assert "went with its worker; the next request starts a fresh one" in message
+        # which it does, on the backend started again
+        hello.start_backend("de_magic.demo.hello", "hello_world", "--allow-code")
+        assert session.execute("y = 1", pull=["y"]).result() == {"y": 1}
+
+
+def test_a_remote_type_error_shows_its_line_once(kernel, code_cluster):
+    reply, outputs = kernel.run(f"from de_magic import Client\nhw = Client({code_cluster.url!r})['hello_world']\n"
+                                "hw.scale([1.0], 'x')")
+    (error,) = [msg["content"] for msg in outputs if msg["msg_type"] == "error"]
+    assert error["traceback"] == ["TypeError: scale() argument 'factor': expected float, got str ('x')"]
 
 
 def test_timeout_cancels_the_remote_execution(kernel):

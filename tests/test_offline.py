@@ -4,18 +4,27 @@ restarts (also a ``kill -9``), lists it as offline, and says so at once when it 
 from __future__ import annotations
 
 import inspect
+import json
 import os
 import signal
 import stat
+import sys
+from collections import defaultdict
 
 import pytest
 
 from de_magic.broker.routing import Config, Router
+from de_magic.broker.launch import Launch
 from de_magic.broker.state import Remembered, StateStore
+from de_magic.broker.waiting import Bounds
+from de_magic.caller.jobs import start_cell
+from de_magic.caller.session import RemoteSession
 from de_magic.wire import protocol as P
+from de_magic.wire import serialize
 from de_magic.wire.errors import BackendOffline, UnknownBackend
 
-from conftest import Cluster, wait_for
+from conftest import ROOT, Cluster, wait_for
+from test_routing import Net
 
 
 def offline(cluster: Cluster, name: str) -> dict | None:
@@ -29,7 +38,7 @@ def test_api_is_remembered_across_a_kill_9_of_the_broker(processes, tmp_path):
     try:
         broker = cluster.start_broker("--state-dir", str(state))
         assert stat.S_IMODE(os.stat(state).st_mode) == 0o700  # it names every backend and its owner
-        backend = cluster.start_backend("de_magic.demo.hello", "hello_world")
+        backend = cluster.start_backend("de_magic.demo.hello", "hello_world", "--allow-code")
         assert cluster.client.call("hello_world", "echo", (5,)) == 5
         backend.send_signal(signal.SIGTERM)
         backend.wait(10)
@@ -49,8 +58,14 @@ def test_api_is_remembered_across_a_kill_9_of_the_broker(processes, tmp_path):
         with pytest.raises(BackendOffline, match=r"offline since .*`\.start\(\)` queues it as a job"):
             proxy.echo(1)
 
-        cluster.start_backend("de_magic.demo.hello", "hello_world")  # its owner again: it is live
+        # a %%remote NAME --noblock cell waits the same way, and runs in the session's namespace once it is back
+        cell = start_cell(RemoteSession(cluster.client, "hello_world"), "z = 5\nprint('done')", {}, ["z"])
+        assert cell.status == "waiting"
+
+        cluster.start_backend("de_magic.demo.hello", "hello_world", "--allow-code")  # its owner again: it is live
         assert cluster.client.call("hello_world", "echo", (7,)) == 7
+        reply = cell.result(timeout=30)
+        assert reply["pulled"] == {"z": 5} and [o["text"] for o in cell.outputs] == ["done\n"]
         assert not cluster.client.listing()["backends"]["hello_world"].get("offline")
     finally:
         cluster.client.close()
@@ -76,7 +91,7 @@ def test_a_remembered_name_stays_its_owners_and_is_listed_offline(tmp_path):
     store = StateStore(tmp_path / "state")  # what a restarted broker reads
     caller = {"key": "mallory-key"}
     router = Router(Config(url="tcp://broker"), now=0.0, key_of=lambda frame: caller["key"],
-                    remembered=store.backends(), remember=store.remember)
+                    state=store)
     listed = router.handle(b"C", P.list_query(b"r1", {}), 0.0)[0]
     assert b'"offline":1.0' in listed[-1] and b'"f"' in listed[-1]
 
@@ -92,3 +107,251 @@ def test_a_remembered_name_stays_its_owners_and_is_listed_offline(tmp_path):
     out = router.handle(b"W", P.bye(), 1.0)
     assert store.backends()["model"].last_seen > 1.0  # written when its last worker left
     store.close()
+
+
+# -- jobs held for an offline backend, in the routing core (socket-free) ------------------------------------------
+
+API_F = {"f": {"doc": "f"}}
+
+
+class Held(Net):
+    """The routing core of a broker with a state directory, behind a pretend socket (see test_routing.Net)."""
+
+    def __init__(self, directory, started: float = 100.0, **bounds):
+        self.store = StateStore(directory)
+        self.now = 100.0
+        self.router = Router(Config(url="tcp://test:1", waiting=Bounds(**bounds)), now=self.now - started,
+                             key_of=lambda f: getattr(f, "key", None), state=self.store)
+        self.inbox = defaultdict(list)
+
+    def start(self, rid: bytes, tag: str, key: str = "KEY-alice", client: bytes = b"cli", size: int = 0):
+        header = P.dump_header({"op": "job.start", "run": "call", "member": "f", "user": "u"})
+        self.call(client, rid, "model", body=(header, b"x" * size or tag.encode()), key=key)
+        return self.take(client)[-1]
+
+    def ask(self, op: str, job_id: str = "", key: str = "KEY-alice", client: bytes = b"cli", user: str = "u"):
+        header = P.dump_header({"op": op, "id": job_id, "user": user})
+        self.call(client, b"q-" + op.encode(), "model", worker=P.BROKER_HELD, body=(header,), key=key)
+        return self.take(client)[-1]
+
+    def handed(self, slot: bytes = b"slot") -> list:
+        """The job.start calls the worker's slot was sent: (alias, rid, header, payload)."""
+        return [(w.client, w.rid, w.header, [bytes(f) for f in w.payload]) for w in self.take(slot, P.AT_WORKER)]
+
+
+def held(tmp_path, **bounds) -> Held:
+    net = Held(tmp_path / "state", **bounds)
+    net.store.remember(Remembered("model", "KEY-alice", {"api": API_F}, last_seen=1.0))
+    net.router.remembered = net.store.backends()
+    return net
+
+
+def value(reply):
+    assert reply.__class__.__name__ == "Reply", reply
+    return serialize.loads(reply.payload)
+
+
+def test_held_jobs_go_to_the_registering_worker_in_fifo_order_one_at_a_time(tmp_path):
+    net = held(tmp_path)
+    ids = [value(net.start(f"r{i}".encode(), f"job{i}"))["id"] for i in range(3)]
+    assert all(job_id.startswith("model:00:") for job_id in ids)
+    assert [j["status"] for j in value(net.ask("job.list"))] == ["waiting"] * 3
+    assert b'"waiting":3' in net.router.handle(b"C", P.list_query(b"l", {}), net.now)[0][-1]
+
+    net.register("model", key="KEY-alice", api=API_F, slots=(b"slot", b"slot2"))
+    sent = net.handed() + net.handed(b"slot2")
+    assert len(sent) == 1  # the next goes once this one was taken: FIFO at the worker too
+    for i in range(3):
+        alias, rid, header, payload = sent[-1]
+        assert header["token"] == ids[i].rpartition(":")[2] and payload == [f"job{i}".encode()]  # as sent
+        net.send(b"slot", P.answer(P.REPLY, alias, rid, P.dump_header({"worker": "57" * 8}), serialize.dumps({})))
+        sent = net.handed() + net.handed(b"slot2")
+    assert sent == []
+    moved = value(net.ask("job.poll", ids[0]))
+    assert moved["worker"] == "57" * 8  # the caller asks the worker from now on
+    assert net.take(b"cli") == []  # the worker's answers to job.start are the broker's, not any caller's
+
+
+def test_each_caller_bound_is_enforced_with_a_clear_error(tmp_path):
+    net = held(tmp_path, jobs=2, bytes=1000, ttl=0.0)
+    value(net.start(b"r1", "a"))
+    value(net.start(b"r2", "b"))
+    refused = net.start(b"r3", "c")
+    assert refused.header["kind"] == "busy" and "2 jobs waiting at this broker already" in refused.header["message"]
+    value(net.start(b"r4", "d", key="KEY-bob"))  # a bound per caller: bob has room
+    too_big = net.start(b"r5", "e", key="KEY-bob", size=2000)
+    assert "would hold" in too_big.header["message"] and "--max-waiting-bytes" in too_big.header["message"]
+
+    job_id = value(net.ask("job.list"))[0]["id"]
+    net.advance(1.0)  # a heartbeat: the TTL (0 s) has passed
+    gone = net.ask("job.poll", job_id)
+    assert gone.header["kind"] == "job" and "which did not come back (--waiting-ttl)" in gone.header["message"]
+    value(net.start(b"r6", "f"))  # expired jobs no longer count
+
+
+def test_another_caller_cannot_see_cancel_or_fetch_a_held_job(tmp_path):
+    net = held(tmp_path)
+    job_id = value(net.start(b"r1", "a"))["id"]
+    for op in ("job.poll", "job.status", "job.cancel"):
+        answer = net.ask(op, job_id, key="KEY-mallory")
+        assert answer.header["kind"] == "job" and "no such job" in answer.header["message"]
+    assert value(net.ask("job.list", key="KEY-mallory")) == []
+    assert value(net.ask("job.status", job_id))["status"] == "waiting"
+    assert value(net.ask("job.cancel", job_id)) is True
+    assert value(net.ask("job.cancel", job_id)) is False
+    assert value(net.ask("job.poll", job_id))["status"] == "cancelled"
+    net.register("model", key="KEY-alice", api=API_F)
+    assert net.handed() == []  # a cancelled job never runs
+
+
+def test_a_job_handed_over_as_the_broker_dies_never_runs_twice_and_is_reported_lost(tmp_path):
+    net = held(tmp_path)
+    job_id = value(net.start(b"r1", "a"))["id"]
+    net.register("model", key="KEY-alice", api=API_F)
+    assert len(net.handed()) == 1  # ... and the broker is killed before the worker answers
+    net.store.close()
+
+    again = Held(tmp_path / "state")  # the broker restarted on the same state directory
+    again.register("model", key="KEY-alice", api=API_F, worker=b"N" * 8)
+    assert again.handed() == []  # never sent twice
+    again.advance(60.0)  # past the start-up grace: its first worker will not come back
+    lost = again.ask("job.poll", job_id)
+    assert lost.header["kind"] == "job" and "can no longer be known" in lost.header["message"]
+
+
+def test_a_backend_back_with_another_api_refuses_held_jobs_with_the_reason(tmp_path):
+    net = held(tmp_path)
+    job_id = value(net.start(b"r1", "a"))["id"]
+    net.register("model", key="KEY-alice", api={"g": {"doc": "g"}})
+    assert net.handed() == []
+    refused = net.ask("job.poll", job_id)
+    assert "came back with a different API" in refused.header["message"]
+
+
+# -- jobs held for an offline backend, end to end ---------------------------------------------------------------
+
+def test_jobs_started_while_the_backend_is_down_run_once_when_it_registers_across_a_kill_9(processes, tmp_path):
+    state, log = tmp_path / "state", tmp_path / "calls.log"
+    env = {"OFFLINE_LOG": str(log)}
+    cluster = Cluster(processes)
+    try:
+        broker = cluster.start_broker("--state-dir", str(state))
+        backend = cluster.start_backend("tests/offline_backend.py", "runs", env=env)
+        backend.send_signal(signal.SIGTERM)
+        backend.wait(10)
+        wait_for(lambda: offline(cluster, "runs"), what="the backend listed as offline")
+
+        proxy = cluster.client["runs"]
+        jobs = [proxy.record.start(tag) for tag in ("a", "b", "c")]
+        assert [job.status for job in jobs] == ["waiting"] * 3
+        assert offline(cluster, "runs")["waiting"] == 3
+        assert "3 jobs waiting" in repr(cluster.client.backends())
+
+        broker.kill()  # SIGKILL while they wait
+        broker.wait(10)
+        cluster.start_broker("--state-dir", str(state))
+        table = cluster.client.jobs()
+        assert sorted(job["id"] for job in table if job["status"] == "waiting") == sorted(j.id for j in jobs)
+
+        cluster.start_backend("tests/offline_backend.py", "runs", env=env)
+        assert jobs[2].result(timeout=30) == ["a", "b", "c"]  # FIFO, each once
+        assert [job.result(timeout=30) for job in jobs[:2]] == [["a"], ["a", "b"]]
+        assert cluster.client.job(jobs[0].id).result(timeout=30) == ["a"]  # its first id still finds it
+        assert log.read_text().split() == ["a", "b", "c"]
+    finally:
+        cluster.client.close()
+
+
+# -- backends on demand -------------------------------------------------------------------------------------------
+
+def test_a_launch_command_runs_once_per_interval_while_jobs_wait_and_is_pending_until_a_worker_registers(tmp_path):
+    launched = []
+    net = held(tmp_path)
+    net.router = Router(Config(url="tcp://test:1", launch={"model": Launch(("sbatch", "model.sh"), 30.0)}),
+                        now=0.0, key_of=lambda f: getattr(f, "key", None), state=net.store,
+                        launch=lambda name, launch: launched.append((name, launch.command)) or "")
+    net.start(b"r1", "a")
+    net.start(b"r2", "b")
+    assert launched == [("model", ("sbatch", "model.sh"))]  # once, not per job
+    listed = json.loads(net.router.handle(b"C", P.list_query(b"l", {}), net.now)[0][-1])
+    assert listed["backends"]["model"]["launch"]["pending"] is True
+    net.advance(29.0)
+    assert len(launched) == 1
+    net.advance(2.0)  # the interval passed and jobs still wait: once more
+    assert len(launched) == 2
+    net.register("model", key="KEY-alice", api=API_F)
+    listed = json.loads(net.router.handle(b"C", P.list_query(b"l", {}), net.now)[0][-1])
+    assert "launch" not in listed["backends"]["model"]
+    for _ in range(40):  # past the interval, the worker heartbeating and its jobs still waiting their turn
+        net.send(b"ctl", P.heartbeat())
+        net.advance(1.0)
+    assert len(launched) == 2  # a worker is up: nothing to launch
+
+
+def test_a_launch_command_starts_the_backend_and_it_exits_when_idle(processes, tmp_path):
+    log, launches = tmp_path / "calls.log", tmp_path / "launches.log"
+    serve = (f'echo launched >> {launches}; sleep 1; exec "$0" -m de_magic serve {ROOT}/tests/offline_backend.py '
+             f'--name runs --broker "$DE_MAGIC_BROKER" --heartbeat 0.2 --idle-exit 2')
+    config = tmp_path / "config.toml"
+    config.write_text(f'state_dir = "state"\n\n[launch.runs]\ncommand = ["sh", "-c", {json.dumps(serve)}, '
+                      f'{json.dumps(sys.executable)}]\nlaunch_interval = 60\n')
+    env = {"OFFLINE_LOG": str(log), "DE_MAGIC_CONFIG": str(config)}
+    cluster = Cluster(processes)
+    pids = []
+    try:
+        cluster.start_broker(env=env)
+        backend = cluster.start_backend(f"{ROOT}/tests/offline_backend.py", "runs", env=env)  # remembered
+        backend.send_signal(signal.SIGTERM)
+        backend.wait(10)
+        wait_for(lambda: offline(cluster, "runs"), what="the backend listed as offline")
+
+        first, second = (cluster.client["runs"].record.start(tag) for tag in ("a", "b"))
+        assert offline(cluster, "runs")["launch"]["pending"]
+        assert "launch pending" in repr(cluster.client.backends())
+        pids += wait_for(lambda: [w["pid"] for w in cluster.workers("runs")], what="the launched backend")
+        assert (first.result(timeout=30), second.result(timeout=30)) == (["a"], ["a", "b"])
+        assert launches.read_text() == "launched\n"  # once for both jobs
+
+        # --idle-exit 2: with no calls for 2 s the launched backend stops, and says goodbye
+        wait_for(lambda: offline(cluster, "runs"), timeout=30, what="the idle backend to exit")
+        wait_for(lambda: not _alive(pids[0]), what="its process to end")
+    finally:
+        cluster.client.close()
+        for pid in pids:  # the broker's child, in a session of its own
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return not open(f"/proc/{pid}/stat").read().split(") ")[1].startswith("Z")  # a zombie has ended
+
+
+def test_the_http_gateway_starts_a_job_for_an_offline_backend_and_follows_it_to_its_worker(processes, tmp_path):
+    from test_gateway import start_gateway
+
+    import requests
+
+    env = {"OFFLINE_LOG": str(tmp_path / "calls.log")}
+    cluster = Cluster(processes)
+    try:
+        cluster.start_broker("--state-dir", str(tmp_path / "state"))
+        backend = cluster.start_backend(f"{ROOT}/tests/offline_backend.py", "runs", env=env)
+        base = start_gateway(processes, cluster.url, tmp_path)
+        backend.send_signal(signal.SIGTERM)
+        backend.wait(10)
+        wait_for(lambda: offline(cluster, "runs"), what="the backend listed as offline")
+
+        started = requests.post(f"{base}/backends/runs/record/jobs", json={"tag": "http"}, timeout=30)
+        assert started.status_code == 202 and started.json()["status"] == "waiting", started.text
+        location = base + started.headers["Location"]
+        assert requests.get(location, timeout=30).json()["status"] == "waiting"
+
+        cluster.start_backend(f"{ROOT}/tests/offline_backend.py", "runs", env=env)
+        wait_for(lambda: requests.get(location, timeout=30).json()["status"] == "done", what="the job to run")
+        assert requests.get(location, timeout=30).json()["result"] == ["http"]
+    finally:
+        cluster.client.close()

@@ -1,8 +1,9 @@
 """Jobs: calls that run on the backend independently of their caller, their answers kept for a while.
 
 ``job.start`` answers at once with the job's id and runs the call (a member, or a ``%%remote``
-cell) in a thread of its own; its progress and output are recorded, and its answer is kept
-in the :class:`JobStore` whether or not anyone waits for it.  ``job.poll`` sends what is new
+cell) as soon as one of the worker's places for jobs is free, in the order jobs were started
+(:mod:`.jobbook` decides); its progress and output are recorded, and its answer is kept in the
+:class:`JobStore` whether or not anyone waits for it.  ``job.poll`` sends what is new
 since the caller's last poll (as events) and, once the job finished, its answer; ``job.status``,
 ``job.list`` and ``job.cancel`` do what they say.  Polls are short, so a followed job holds
 no slot of the worker: a caller that disappears (a killed kernel, a closed laptop) costs
@@ -12,7 +13,7 @@ A job belongs to the caller that started it: the public key the broker authentic
 CURVE, else the local user name the client claims (a plaintext broker proves nothing).  To
 anyone else a job does not exist, with the same words as an id that never did.
 
-Kept answers are bounded by a time (``ttl``) and a byte budget, oldest evicted first.  With a
+Kept answers are bounded by a time (``ttl``), a byte budget and a count, oldest evicted first.  With a
 directory, answers (and an index) are written there as pickle-5 frames, so finished jobs
 survive a restart; large ones live only there.
 """
@@ -26,76 +27,27 @@ import pickle
 import struct
 import threading
 import time
-from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..wire import serialize
-from ..wire.errors import NO_SUCH_JOB, Busy, JobUnavailable, Refused
-from .callcontext import Call, Operation, current_call
+from ..wire.errors import NO_SUCH_JOB, JobUnavailable, Refused
+from .callcontext import Call, Operation
 from .failure import error_header
+from .jobbook import (CANCELLED, DONE, FAILED, FINISHED, GONE, LOST, NEVER_STARTED, QUEUED, STOPPED, Job, JobBook,
+                      token_of)
 
 log = logging.getLogger("de_magic.backend.jobs")
 
-QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
-#: Statuses of jobs whose answer is gone; the record stays to say why.
-EXPIRED, EVICTED, LOST = "expired", "evicted", "lost"
-FINISHED = frozenset({DONE, FAILED, CANCELLED})
-GONE = frozenset({EXPIRED, EVICTED, LOST})
 #: The operations a job may run: a member call, or a ``%%remote`` cell.
 RUNNABLE = ("call", "exec")
 #: Answers at least this large live only on disk, when the store has a directory.
 SPILL_MIN = 1 << 20
-#: Records of gone jobs kept to say what became of them (oldest forgotten first).
-MAX_GONE = 10_000
 INDEX = "index.json"
-#: Why a job that was running when its backend stopped has no answer.
-STOPPED = "it was still running when the backend stopped, and its work was lost; start it again"
-#: Seconds a queued job waits for a free place between two looks at whether it was cancelled.
-QUEUE_TICK = 0.2
 #: Bytes of a running job's output budget kept for the note that says the rest was left out.
 OUTPUT_NOTE_ROOM = 200
 #: Finished inner loops whose last report is kept for pollers (a loop in a loop makes a new one each time).
 MAX_DONE_BARS = 100
-
-
-@dataclass
-class Job:
-    """One job: what it runs, whose it is, what it has reported, and once finished its answer."""
-
-    id: str  #: ``backend:worker:token``: where it was started, so a caller knows whom to ask
-    owner: str
-    what: str  #: ``member``, ``Class.method`` or ``%%remote``, for listings
-    created: float = field(default_factory=time.time)
-    status: str = QUEUED
-    finished: float | None = None
-    reason: str = ""  #: why a gone job's answer is gone
-    size: int = 0  #: bytes of the kept answer (while it runs: of its output so far)
-    progress: dict = field(default_factory=dict)  #: bar id -> its latest ``progress`` event, with its ``seq``
-    seq: int = 0  #: how many progress reports there were: a poller says how many it has seen
-    outputs: list = field(default_factory=list)  #: output events as (header, frames), in order
-    answer: dict | None = None  #: once finished: result frames or error, and outputs; None when gone or on disk
-    call: "JobCall | None" = None
-
-    @property
-    def token(self) -> str:
-        return token_of(self.id)
-
-    def summary(self) -> dict:
-        """What listings show (JSON): the latest report of the outermost loop is the job's progress."""
-        outer = [bar for bar in self.progress.values() if bar.get("parent") is None]
-        return {"id": self.id, "what": self.what, "status": self.status, "created": self.created,
-                "finished": self.finished, "size": self.size, "reason": self.reason,
-                "progress": max(outer, key=lambda bar: bar["seq"], default=None)}
-
-    def meta(self) -> dict:
-        """What the index on disk keeps of the job."""
-        return {**self.summary(), "owner": self.owner, "progress": list(self.progress.values()), "seq": self.seq}
-
-
-def token_of(job_id: str) -> str:
-    """The part of an id that names the job on whichever worker of its backend holds it."""
-    return str(job_id).rpartition(":")[2]
 
 
 @dataclass
@@ -110,17 +62,21 @@ class JobCall(Call):
 
 
 class JobStore:
-    """The jobs of one backend worker, their answers bounded by ``ttl`` seconds and ``max_bytes``."""
+    """The jobs of one backend worker: :class:`~.jobbook.JobBook` decides, this runs and keeps them.
 
-    def __init__(self, backend, ttl: float, max_bytes: int, directory: str | os.PathLike | None = None):
+    Jobs run beside the slots, as many at a time as the backend has slots, each in a thread that, when
+    its job ends, runs the next waiting one (a waiting job holds no thread). ``backend`` gives the
+    name, id, limits, ``operations``, ``running`` (where calls are executed) and ``stopping``.
+    """
+
+    def __init__(self, backend, ttl: float, max_bytes: int, directory: str | os.PathLike | None = None,
+                 max_jobs: int = 10_000):
         self.backend = backend
-        self.ttl, self.max_bytes = ttl, max_bytes
+        self.max_bytes = max_bytes
+        self.book = JobBook(backend.name, backend.max_workers, backend.max_queue, ttl, max_bytes, max_jobs)
         self.dir = Path(directory) if directory else None
-        self._jobs: OrderedDict[str, Job] = OrderedDict()  # by token, oldest first
         self._lock = threading.Lock()
         self._saving = threading.Lock()
-        # jobs run beside the slots, as many at a time as the backend has slots; the rest wait
-        self._running = threading.Semaphore(backend.max_workers)
         if self.dir is not None:
             self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # pickles: whoever can write there runs code
             self._load()
@@ -137,19 +93,16 @@ class JobStore:
         run = call.header.get("run", "call")
         if run not in RUNNABLE:
             raise ValueError(f"a job runs one of {', '.join(RUNNABLE)}, not {str(run)[:40]!r}")
-        with self._lock:
-            waiting = sum(job.status == QUEUED for job in self._jobs.values())
-            if waiting >= self.backend.max_queue:
-                raise Busy(f"backend {self.backend.name!r} has {waiting} jobs waiting already; try again later")
-            job = Job(f"{self.backend.name}:{self.backend.id.hex()}:{os.urandom(9).hex()}", call.owner,
-                      _what(call.header, run))
-            self._jobs[job.token] = job
-        job.call = JobCall(self.backend, -1, b"job", job.token.encode(), {**call.header, "op": run}, call.payload,
+        backend = self.backend
+        job = Job(f"{backend.name}:{backend.id.hex()}:{_token(call.header)}", call.owner, _what(call.header, run))
+        job.call = JobCall(backend, -1, b"job", job.token.encode(), {**call.header, "op": run}, call.payload,
                            call.caller, job=job, store=self)
-        self.backend._calls[job.call.key] = job.call  # so that a cancel, or the backend stopping, interrupts it
+        with self._lock:
+            self.book.admit(job)
+            summary = job.summary()
         self._save()
-        threading.Thread(target=self._run, args=(job,), name=f"de-magic-job-{job.token[:8]}", daemon=True).start()
-        return job.summary()
+        self._start_next()
+        return summary
 
     def poll(self, call: Call) -> dict:
         """Send the progress reports and output the caller has not seen (header ``progress``: how many
@@ -185,15 +138,20 @@ class JobStore:
         owner = call.owner
         with self._lock:
             self._expire()
-            return [job.summary() for job in self._jobs.values() if job.owner == owner]
+            return [job.summary() for job in self.book.jobs.values() if job.owner == owner]
 
     def cancel(self, call: Call) -> bool:
         """Stop the job; False if it had finished already."""
         job = self.find(call)
-        running = job.call  # None once finished
+        with self._lock:
+            withdrawn = self.book.withdraw(job)
+            running = job.call  # None once finished
+        if withdrawn:  # it was waiting: it ends here, never started
+            self._finish(job, _cancelled(job), was_running=False)
+            return True
         if running is None:
             return False
-        self.backend.cancel(running.key)
+        self.backend.running.cancel(running.key)
         return True
 
     def find(self, call: Call) -> Job:
@@ -201,47 +159,62 @@ class JobStore:
         job_id = str(call.header.get("id", ""))
         with self._lock:
             self._expire()
-            job = self._jobs.get(token_of(job_id))
+            job = self.book.jobs.get(token_of(job_id))
         if job is None or job.owner != call.owner:
             raise JobUnavailable(f"{NO_SUCH_JOB} {job_id[:80]!r} on backend {self.backend.name!r}")
         if job.status in GONE:
             raise JobUnavailable(f"job {job.id} on backend {self.backend.name!r}: {job.reason}")
         return job
 
+    def stop(self) -> None:
+        """The backend stops: waiting jobs are lost, and said never to have started."""
+        with self._lock:
+            lost = self.book.stop()
+        for job in lost:
+            job.outputs, job.call = [], None
+        if lost:
+            self._save()
+
     # -- running ---------------------------------------------------------------------------
+
+    def _start_next(self) -> None:
+        """Start a thread for the oldest waiting job if a place is free (see :meth:`_runner`)."""
+        with self._lock:
+            job = self._take()
+        if job is not None:
+            threading.Thread(target=self._runner, args=(job,), name=f"de-magic-job-{job.token[:8]}",
+                             daemon=True).start()
+
+    def _runner(self, job: Job | None) -> None:
+        """Run jobs one after the other, as long as some wait: a place's thread, not a job's."""
+        while job is not None:
+            self._save()  # a crash from here on reports it as started, and lost
+            self._run(job)
+            with self._lock:
+                job = self._take()
+
+    def _take(self) -> Job | None:
+        """The next job to run now, if any (under the lock); from here on a cancel interrupts it."""
+        job = None if self.backend.stopping else self.book.take()
+        if job is not None:
+            self.backend.running.accept(job.call)
+        return job
 
     def _run(self, job: Job) -> None:
         call = job.call
-        acquired = False
-        while not (acquired or call.done):  # a job cancelled while it waits for a free place ends at once
-            acquired = self._running.acquire(timeout=QUEUE_TICK)
-        with call.lock:
-            started = acquired and not call.done
-            if started:
-                call.thread_id = threading.get_ident()
-        if started:
-            with self._lock:
-                job.status = RUNNING
         try:
-            answer = self._execute(call) if started else _cancelled(job)
-        finally:
-            if acquired:
-                self._running.release()
-        self.backend._calls.pop(call.key, None)
-        if self.backend._stopped.is_set():  # interrupted by the backend stopping, not by its caller
+            answer = self._execute(call)
+        except BaseException as exc:  # noqa: BLE001 - e.g. an interrupt that came after the job's end
+            answer = {"status": FAILED, "error": json.loads(error_header(exc))}
+        if self.backend.stopping:  # interrupted by the backend stopping, not by its caller
             self._lose(job)
         else:
             self._finish(job, answer)
 
     def _execute(self, call: JobCall) -> dict:
-        """Run the job's operation here; its answer: result frames, or an error header."""
-        token = current_call.set(call)
+        """Run the job's operation here (as every call is run: see running.py); its answer."""
         try:
-            try:
-                result = self.backend.operations[call.header["op"]].run(call)
-            finally:
-                with call.lock:
-                    call.done = True
+            result = self.backend.running.execute(call, self.backend.operations[call.header["op"]])
             if call.header.get("codec") == serialize.JSON:  # started in JSON: its caller unpickles nothing
                 return {"status": DONE, "codec": serialize.JSON, "frames": serialize.dumps_json(result)}
             return {"status": DONE, "codec": serialize.PICKLE, "frames": serialize.dumps(result)}
@@ -249,8 +222,6 @@ class JobStore:
             if isinstance(exc, KeyboardInterrupt) and call.cancelled:
                 return _cancelled(call.job)
             return {"status": FAILED, "error": json.loads(error_header(exc))}
-        finally:
-            current_call.reset(token)
 
     def record(self, job: Job, header: dict, frames: list) -> None:
         """An event of a running job: progress replaces the loop's last report, output is kept."""
@@ -282,22 +253,22 @@ class JobStore:
             job.outputs.append(({"event": "stream", "name": "stderr", "text": note}, []))
             job.size = self.max_bytes + 1  # full: nothing more is kept
 
-    def _finish(self, job: Job, answer: dict) -> None:
+    def _finish(self, job: Job, answer: dict, was_running: bool = True) -> None:
         answer["outputs"] = job.outputs
         size = serialize.nbytes(answer.get("frames", ())) + sum(_event_size(h, f) for h, f in job.outputs)
         if self.dir is not None:  # on disk before anyone hears it finished: a crash right after loses nothing
             _write_frames(self.dir / f"{job.token}.frames", answer)
         with self._lock:
-            job.status, job.finished, job.size = answer["status"], time.time(), size
             # a large answer is kept only on disk
             job.answer = None if self.dir is not None and size >= SPILL_MIN else answer
             job.outputs, job.call = [], None
-            self._expire()
+            dropped = self.book.finish(job, answer["status"], size, time.time(), was_running)
+        self._forget(dropped)
         self._save()
 
     def _lose(self, job: Job) -> None:
         with self._lock:
-            self._drop(job, LOST, STOPPED)
+            self.book.lose(job, STOPPED, was_running=True)
             job.outputs, job.call = [], None
         self._save()
 
@@ -314,28 +285,14 @@ class JobStore:
     # -- bounds and disk ---------------------------------------------------------------------
 
     def _expire(self) -> None:
-        """Forget answers past their time, then the oldest while over the byte budget (under the lock)."""
-        now = time.time()
-        kept = [job for job in self._jobs.values() if job.status in FINISHED]
-        for job in kept:
-            if now - job.finished > self.ttl:
-                self._drop(job, EXPIRED, f"its result expired: results are kept for {_duration(self.ttl)}")
-        total = sum(job.size for job in kept if job.status in FINISHED)
-        for job in sorted((j for j in kept if j.status in FINISHED), key=lambda j: j.finished):
-            if total <= self.max_bytes:
-                break
-            total -= job.size
-            self._drop(job, EVICTED, f"its result was evicted to keep the backend's kept results within "
-                                     f"{self.max_bytes} bytes (--job-bytes)")
-        gone = [token for token, job in self._jobs.items() if job.status in GONE]
-        for token in gone[:max(0, len(gone) - MAX_GONE)]:
-            del self._jobs[token]
+        """Forget answers past their time (under the lock; the book looks at no job it keeps)."""
+        self._forget(self.book.expire(time.time()))
 
-    def _drop(self, job: Job, status: str, reason: str) -> None:
-        log.info("job %s: %s", job.id, reason)
-        job.status, job.reason, job.answer, job.size = status, reason, None, 0
-        if self.dir is not None:
-            (self.dir / f"{job.token}.frames").unlink(missing_ok=True)
+    def _forget(self, dropped: list[Job]) -> None:
+        for job in dropped:
+            log.info("job %s: %s", job.id, job.reason)
+            if self.dir is not None:
+                (self.dir / f"{job.token}.frames").unlink(missing_ok=True)
 
     def _save(self) -> None:
         """Write the index: what a restarted backend knows of its jobs (atomically: a crash leaves the old one)."""
@@ -343,27 +300,29 @@ class JobStore:
             return
         with self._saving:  # one writer at a time, so that an older index never replaces a newer one
             with self._lock:
-                index = [job.meta() for job in self._jobs.values()]
+                index = [job.meta() for job in self.book.jobs.values()]
             temporary = self.dir / f".{INDEX}.partial"
             temporary.write_text(json.dumps(index))
             os.replace(temporary, self.dir / INDEX)
 
     def _load(self) -> None:
-        """The jobs of an earlier process with this directory: finished ones keep their answers on disk,
-        and those that were still running are lost with that process."""
+        """The jobs of an earlier process with this directory: finished ones keep their answers on disk;
+        those that were running are lost with that process, and those that waited never started."""
         path = self.dir / INDEX
         if not path.exists():
             return
+        jobs = []
         for meta in json.loads(path.read_text()):
             job = Job(meta["id"], meta["owner"], meta["what"], created=meta["created"], status=meta["status"],
                       finished=meta["finished"], reason=meta["reason"], size=meta["size"],
                       progress={bar.get("id", 0): bar for bar in meta["progress"]}, seq=meta["seq"])
             if job.status not in FINISHED | GONE:
-                job.status, job.reason = LOST, STOPPED
+                job.status, job.reason = LOST, NEVER_STARTED if job.status == QUEUED else STOPPED
             elif job.status in FINISHED and not (self.dir / f"{job.token}.frames").exists():
                 job.status, job.reason = LOST, "its result file is missing from the backend's job directory"
-            self._jobs[job.token] = job
+            jobs.append(job)
         with self._lock:
+            self.book.restore(jobs)
             self._expire()
         self._save()
 
@@ -396,15 +355,19 @@ def _json_result(job: Job, frames: list, codec: str):
     return json.loads(bytes(memoryview(frames[0])))
 
 
+def _token(header: dict) -> str:
+    """A new job's token: the one a broker gave a job it held while this backend was offline (so that the
+    caller's id names it here too; the book refuses it if it is in use), else a new one."""
+    token = header.get("token")
+    if token is None:
+        return os.urandom(9).hex()
+    if not (isinstance(token, str) and len(token) == 18 and all(c in "0123456789abcdef" for c in token)):
+        raise ValueError("a job's token is 18 lowercase hex digits")
+    return token
+
+
 def _cancelled(job: Job) -> dict:
     return {"status": CANCELLED, "error": {"kind": "cancelled", "message": f"job {job.id} was cancelled"}}
-
-
-def _duration(seconds: float) -> str:
-    for unit, size in (("days", 86400), ("hours", 3600), ("minutes", 60)):
-        if seconds >= size:
-            return f"{seconds / size:g} {unit}"
-    return f"{seconds:g} s"
 
 
 def _write_frames(path: Path, answer: dict) -> None:

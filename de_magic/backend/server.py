@@ -24,7 +24,6 @@ next (never lost).
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import math
 import os
@@ -40,7 +39,7 @@ import zmq
 from ..wire import protocol as P
 from ..wire import serialize
 from ..wire.defaults import (DEFAULT_HEARTBEAT, DEFAULT_JOB_BYTES, DEFAULT_JOB_TTL, DEFAULT_LIVENESS, DEFAULT_MAX_MESSAGE,
-                             DEFAULT_MAX_QUEUE, DEFAULT_MAX_QUEUED_BYTES, DEFAULT_REF_BYTES, DEFAULT_SESSION_LEASE,
+                             DEFAULT_MAX_JOBS, DEFAULT_MAX_QUEUE, DEFAULT_MAX_QUEUED_BYTES, DEFAULT_REF_BYTES, DEFAULT_SESSION_LEASE,
                              check_doors, check_url, default_url)
 from ..wire.badinput import BadInput
 from ..wire.errors import Cancelled, PayloadTooLarge, ProtocolMismatch, Refused, UnknownMethod
@@ -50,11 +49,12 @@ from ..schema.arguments import check_arguments, validate_arguments
 from ..wire.security import Security, allowed_callers
 from ..wire.framing import PerThread, readable, recv_frames, send_frames
 from . import refs, shell
-from .callcontext import Call, Operation, current_call
+from .callcontext import Call, Operation
 from .direct import RELIEF_AFTER, DirectEndpoint
 from .failure import checking_arguments, error_header
 from .execute import code_operations
 from .jobs import JobStore
+from .running import Running
 from .usage import Reporter
 
 log = logging.getLogger("de_magic.backend")
@@ -99,8 +99,15 @@ class Backend:
         job_ttl: float = DEFAULT_JOB_TTL,
         job_bytes: int = DEFAULT_JOB_BYTES,
         job_dir: str | os.PathLike | None = None,
+        max_jobs: int = DEFAULT_MAX_JOBS,
+        idle_exit: float | None = None,
     ):
         _check_codec(codec, allow_code)
+        if idle_exit is not None and not idle_exit > 0:
+            raise ValueError(f"--idle-exit must be a positive number of seconds, not {idle_exit}")
+        #: Stop after this many seconds without calls (none running): scale to zero (docs/scale.md).
+        self.idle_exit = idle_exit
+        self._last_call = time.monotonic()
         self.name = name
         self.members = dict(members)
         #: The brokers this backend registers at (several: the same workers at each).
@@ -153,14 +160,15 @@ class Backend:
         self.operations.update(refs.operations(self.refs, self.operations["call"]))
         self._usage = Reporter(self.refs)
         #: Calls that outlive their caller, and their kept results (see docs/jobs.md).
-        self.jobs = JobStore(self, job_ttl, job_bytes, job_dir)
+        self.jobs = JobStore(self, job_ttl, job_bytes, job_dir, max_jobs)
         self.operations.update(self.jobs.operations())
         self._init_plumbing(context)
 
     def _init_plumbing(self, context: zmq.Context | None) -> None:
         """The calls being served, the main-thread queue, and the in-process sockets between threads."""
         self._ctx = context or zmq.Context.instance()
-        self._calls: dict[tuple[int, bytes, bytes], Call] = {}
+        #: The calls being served (slots', the main thread's, jobs'): where each is executed and interrupted.
+        self.running = Running()
         self._main_jobs: queue.SimpleQueue = queue.SimpleQueue()
         self._local = threading.local()
         base = f"inproc://de-magic-backend-{id(self)}"
@@ -204,6 +212,9 @@ class Backend:
                 name=f"de-magic-{self.name}-{index}", daemon=True))
         self._threads.append(threading.Thread(target=self._expire_leases, name=f"de-magic-leases-{self.name}",
                                               daemon=True))
+        if self.idle_exit is not None:
+            self._threads.append(threading.Thread(target=self._exit_when_idle, name=f"de-magic-idle-{self.name}",
+                                                  daemon=True))
         for thread in self._threads:
             thread.start()
         return self
@@ -219,14 +230,30 @@ class Backend:
                 log.info("released %d reference(s): their caller was silent for more than %g s", dropped,
                          self.session_lease)
 
+    def _exit_when_idle(self) -> None:
+        """Stop once no call came for ``idle_exit`` seconds and none runs (a job counts while it runs): a backend
+        in a batch allocation gives it back when nobody uses it."""
+        while not self._stopped.wait(min(1.0, self.idle_exit / 4)):
+            now = time.monotonic()
+            if len(self.running):
+                self._last_call = now
+            elif now - self._last_call >= self.idle_exit:
+                log.info("no calls for %g s: stopping (--idle-exit)", self.idle_exit)
+                if self._main_served.is_set():
+                    self._main_jobs.put(None)  # run() stops us, in the main thread, saying goodbye to the broker
+                else:
+                    threading.Thread(target=self.stop, name=f"de-magic-stop-{self.name}").start()
+                return
+
     def run(self) -> None:
-        """Serve until :meth:`stop`, SIGTERM or Ctrl-C; main-thread work runs here."""
+        """Serve until :meth:`stop`, SIGTERM or Ctrl-C (or ``idle_exit`` seconds without calls); main-thread work
+        runs here."""
         self._main_served.set()  # before start(): work arriving meanwhile waits in the queue
         if not self._threads:
             self.start()
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, lambda *_: self._main_jobs.put(None))
-            signal.signal(signal.SIGUSR1, self._on_interrupt_signal)
+            signal.signal(signal.SIGUSR1, self.running.interrupt_main)
         try:
             while True:
                 job = self._main_jobs.get()
@@ -252,8 +279,8 @@ class Backend:
             poke.connect(self._stop_url)
             poke.send(b"stop")
             poke.close()
-            for key in list(self._calls):  # the broker has told their callers: stop them, don't wait for them
-                self.cancel(key)
+            self.jobs.stop()  # waiting jobs never start
+            self.running.cancel_all()  # the broker has told their callers: stop them, don't wait for them
             deadline = time.monotonic() + timeout
             for thread in self._threads:
                 if thread is not threading.current_thread():
@@ -596,7 +623,8 @@ class Backend:
             self._send(P.ERROR, door, msg.client, msg.rid, P.error_header(kind, str(exc)))
             return
         call = Call(self, door, msg.client, msg.rid, msg.header, msg.payload, msg.caller)
-        self._calls[call.key] = call
+        self._last_call = time.monotonic()
+        self.running.accept(call)
         if op.main_thread:
             self._main_jobs.put(call)
         else:
@@ -617,26 +645,12 @@ class Backend:
         return op
 
     def cancel(self, key: tuple[int, bytes, bytes]) -> None:
-        call = self._calls.get(key)
-        if call is None:
-            return
-        with call.lock:
-            if call.done or call.thread_id is None:
-                # not started yet: _execute sees ``done`` and answers "cancelled"
-                call.done = True
-                return
-            call.cancelled = True
-            if call.thread_id == threading.main_thread().ident:
-                signal.pthread_kill(call.thread_id, signal.SIGUSR1)
-            else:
-                # best effort: lands at the next Python bytecode of that thread
-                ctypes.pythonapi.PyThreadState_SetAsyncExc(
-                    ctypes.c_ulong(call.thread_id), ctypes.py_object(KeyboardInterrupt))
+        """Interrupt the call ``key`` names (see :class:`.running.Running`)."""
+        self.running.cancel(key)
 
-    def _on_interrupt_signal(self, signum, frame) -> None:
-        for call in list(self._calls.values()):
-            if call.thread_id == threading.main_thread().ident and not call.done:
-                raise KeyboardInterrupt
+    @property
+    def stopping(self) -> bool:
+        return self._stopped.is_set()
 
     # -- running calls ---------------------------------------------------------------
 
@@ -678,21 +692,9 @@ class Backend:
         return sock
 
     def _execute(self, call: Call) -> None:
-        token = current_call.set(call)
+        """Run a call (where every call runs: :meth:`.running.Running.execute`) and answer it."""
         try:
-            try:
-                with call.lock:
-                    started = not call.done  # done already: cancelled while it waited
-                    if started:
-                        # from here on a cancel interrupts this thread: every way out below answers
-                        call.thread_id = threading.get_ident()
-                if not started:
-                    raise Cancelled("cancelled before it started")
-                result = self.operations[call.header.get("op", "call")].run(call)
-            finally:
-                with call.lock:
-                    call.done = True
-                self._calls.pop(call.key, None)
+            result = self.running.execute(call, self.operations[call.header.get("op", "call")])
             header, frames = self._encode_result(call, result)
             self._send(P.REPLY, call.door, call.client, call.rid, header, *frames)
         except KeyboardInterrupt as exc:
@@ -700,8 +702,6 @@ class Backend:
             self._send(P.ERROR, call.door, call.client, call.rid, header)
         except BaseException as exc:
             self._send(P.ERROR, call.door, call.client, call.rid, error_header(exc))
-        finally:
-            current_call.reset(token)
 
     def _encode_result(self, call: Call, result) -> tuple[bytes, list]:
         in_json = self.codec == serialize.JSON or call.header.get("codec") == serialize.JSON

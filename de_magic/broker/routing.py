@@ -38,10 +38,13 @@ from ..wire import protocol as P
 from ..wire.badinput import BadInput
 from ..wire.defaults import (DEFAULT_HEARTBEAT, DEFAULT_LIVENESS, DEFAULT_MAX_MESSAGE, DEFAULT_MAX_QUEUED_BYTES,
                        STARTUP_GRACE)
-from ..wire.errors import (BackendLost, BackendOffline, Busy, Cancelled, PayloadTooLarge, ProtocolMismatch, Refused,
-                           UnknownBackend)
+from ..wire import serialize
+from ..wire.errors import (NO_SUCH_JOB, BackendLost, BackendOffline, Busy, Cancelled, JobUnavailable, PayloadTooLarge,
+                           ProtocolMismatch, Refused, UnknownBackend, duration)
 from ..wire.serialize import nbytes
-from .state import Remembered, remembered_info
+from . import waiting as W
+from .launch import Launch, Launches
+from .state import Remembered, StateStore, remembered_info
 
 log = logging.getLogger("de_magic.broker")
 
@@ -69,6 +72,10 @@ class Config:
     #: backend name -> public keys (Z85) or key names that may register it (the config file's [owners])
     owners: dict[str, frozenset[str]] = field(default_factory=dict)
     curve: bool = False
+    #: what each caller may keep waiting for offline backends (with a state directory)
+    waiting: W.Bounds = field(default_factory=W.Bounds)
+    #: backend name -> how the broker brings a worker of it up while jobs wait for it (the config's [launch])
+    launch: dict[str, Launch] = field(default_factory=dict)
 
 
 def no_key(frame) -> str | None:
@@ -77,6 +84,10 @@ def no_key(frame) -> str | None:
 
 def not_known(address: bytes) -> bool:
     return False
+
+
+def no_launch(name: str, launch: Launch) -> str:
+    return "this broker runs no commands"
 
 
 class Request:
@@ -190,11 +201,13 @@ class Service:
                     best, load = worker, busy
         return best
 
-    def describe(self, with_api: bool, known_tag: str | None = None) -> bytes:
-        """This service as listing JSON; the API is left out when the caller has it already."""
+    def describe(self, with_api: bool, known_tag: str | None = None, jobs: int = 0) -> bytes:
+        """This service as listing JSON; the API is left out when the caller has it already. ``jobs``: how
+        many jobs wait at the broker for it (being handed over now)."""
         _, codec, allow_code, _ = self.contract or (None, "pickle", False, None)
         head = {"name": self.name, "allow_code": allow_code, "codec": codec, "since": self.since,
-                "api_tag": self.api_tag, "queued": self.waiting, "workers": [w.describe() for w in self.workers]}
+                "api_tag": self.api_tag, "queued": self.waiting, "waiting": jobs,
+                "workers": [w.describe() for w in self.workers]}
         text = json.dumps(head, separators=(",", ":")).encode()
         if not with_api or known_tag == self.api_tag:
             return text
@@ -210,18 +223,24 @@ class Router:
     the names of their key files (for ``allow_clients`` and logs).
     ``connected(address)`` tells whether a peer's connection is up (libzmq's ZMTP
     heartbeats keep that true of a process whose Python is busy); unknown: False.
-    ``remembered`` are the backends a broker with a state directory served before (by name), and
-    ``remember(entry)`` writes a changed one there: such a backend is listed while offline, its name stays
-    its owner's, and a call of it says since when it is offline.  Without ``remember`` (no state directory)
-    nothing is remembered: a name is free once its last worker left.
+    ``state`` is a broker's state directory (:class:`~de_magic.broker.state.StateStore`): the backends it served
+    before are listed while offline, their names stay their owners', a call of one says since when it is
+    offline, and a job started for one waits here until a worker of it registers (:mod:`.waiting`).  Every
+    change is written there before any message about it is sent.  Without it nothing is remembered: a name is
+    free once its last worker left.
+    ``launch(name, launch)`` runs a backend's launch command (:mod:`.launch`); it returns why it could not
+    ("" when it ran).
     """
 
     def __init__(self, config: Config, *, now: float, key_of: Callable = no_key,
                  key_names: Callable[[], dict[str, str]] = dict, connected: Callable[[bytes], bool] = not_known,
-                 remembered: dict[str, Remembered] | None = None, remember: Callable[[Remembered], None] | None = None):
+                 state: StateStore | None = None, launch: Callable[[str, Launch], str] = no_launch):
         self.config = config
-        self.remembered = remembered if remembered is not None else {}
-        self.remember = remember
+        self.launches, self._run_launch = Launches(config.launch), launch
+        self.state = state
+        self.remembered: dict[str, Remembered] = state.backends() if state else {}
+        self.held = W.WaitingJobs(config.waiting, state.jobs() if state else [])
+        self.handing: dict[str, Request] = {}  # backend name -> the held job on its way to a worker of it
         self.key_of, self.key_names, self.connected = key_of, key_names, connected
         self.id = uuid.uuid4().hex[:12]
         self.since = time.time()
@@ -289,6 +308,9 @@ class Router:
                 out.extend(self._welcome(w) for w in self.workers.values() if w.direct is not None)
             for service in [s for s in self.services.values() if not s.workers]:
                 self._expire_waiting(service)
+            if self.held.jobs:
+                self._expire_held()
+                self._launch([n for n in self.held.backends() if not self._live(n)])
             if now >= self.next_lease_sweep:  # forget callers gone for a lease: the table stays bounded
                 self.next_lease_sweep = now + self.caller_lease
                 self.heard = {c: t for c, t in self.heard.items() if now - t <= self.caller_lease}
@@ -337,6 +359,12 @@ class Router:
             return self._error(client, rid, PayloadTooLarge, too_large)
         service = self.services.get(name)
         key = self.key_of(frames[0])
+        if msg.worker == P.BROKER_HELD:
+            return self._on_held(client, msg, key)
+        if (service is None or not service.workers) and name in self.remembered and not msg.worker:
+            header = _header(msg)
+            if header.get("op") == "job.start":
+                return self._hold(client, msg, size, key, header)
         if service is None or not service.workers:
             return self._wait_for_backend(client, msg, size, key)
         if not self._allows(service, key):
@@ -417,8 +445,10 @@ class Router:
         self._out.append(P.work(request.slot, request.alias, request.rid, request.key, request.body))
 
     def _drain(self, worker: Worker) -> None:
-        """Fill the worker's free slots with the oldest calls that may run there."""
+        """Fill the worker's free slots with the oldest calls that may run there (held jobs first: they waited
+        longest)."""
         service = worker.service
+        self._hand_over(worker)
         while worker.idle and service.waiting:
             for queue in (worker.pinned, service.queue):
                 while queue and not queue[0].queued:
@@ -446,11 +476,11 @@ class Router:
 
     def _remember(self, entry: Remembered) -> None:
         """Keep ``entry`` here and in the state directory; a full disk must not stop the broker (it is logged)."""
-        if self.remember is None:
+        if self.state is None:
             return
         self.remembered[entry.name] = entry
         try:
-            self.remember(entry)
+            self.state.remember(entry)
         except Exception as exc:  # noqa: BLE001 - sqlite3/OSError: the broker serves on, from memory
             self.bad.failed(f"remembering backend {entry.name!r}", exc)
 
@@ -495,8 +525,11 @@ class Router:
         key = self.key_of(frames[0])
         services = [s for s in self.services.values()
                     if s.workers and (only is None or s.name == only) and self._allows(s, key)]
-        entries = [json.dumps(s.name).encode() + b":" + s.describe(with_api, known.get(s.name)) for s in services]
-        entries += [json.dumps(name).encode() + b":" + _describe_offline(entry, with_api, known.get(name))
+        entries = [json.dumps(s.name).encode() + b":" + s.describe(with_api, known.get(s.name), self.held.count(s.name))
+                   for s in services]
+        entries += [json.dumps(name).encode() + b":" + _describe_offline(entry, with_api, known.get(name),
+                                                                         self.held.count(name),
+                                                                         self.launches.describe(name))
                     for name, entry in self.remembered.items()
                     if (only is None or name == only) and entry.last_seen is not None
                     and self._admits(_allowed(entry), key)]
@@ -511,13 +544,178 @@ class Router:
                 "host": self.host, "pid": os.getpid(), "curve": c.curve,
                 "max_message_size": c.max_message_size, "max_queued_bytes": c.max_queued_bytes,
                 "requests": len(self.requests), "queued": sum(s.waiting for s in self.services.values()),
+                "waiting_jobs": sum(map(self.held.count, self.held.backends())),
                 "queued_bytes": self.queued_bytes, "routed_bytes": self.routed_bytes, "bad_messages": self.bad.count}
+
+    # -- jobs held for offline backends (see waiting.py) ---------------------------------------
+
+    def _hold(self, client: bytes, msg: P.Call, size: int, key: str | None, header: dict) -> None:
+        """A job started while its backend is offline: it waits here, on disk, until a worker of it registers."""
+        entry, rid = self.remembered[msg.backend], msg.rid
+        if not self._admits(_allowed(entry), key):
+            return self._unknown(client, rid, msg.backend, key)
+        owner = _owner(key, header)
+        refusal = self.held.refusal(owner, size)
+        if refusal:
+            return self._error(client, rid, Busy, f"job for offline backend {msg.backend!r} refused: {refusal}")
+        run, now = header.get("run", "call"), time.time()
+        what = "%%remote" if run == "exec" else str(header.get("member", "?"))[:200]
+        if run != "exec" and header.get("method"):
+            what += f".{str(header['method'])[:200]}"
+        job = W.WaitingJob(0, W.new_token(), msg.backend, owner, key, what, contract(entry.info)[0], now,
+                           now + self.held.bounds.ttl, size)
+        self.state.add_job(job, msg.body)  # on disk before the caller hears of it
+        self.held.add(job)
+        log.info("job %s of %s waits for backend %r", job.id, self._who(key), msg.backend)
+        self._reply(client, rid, header, job.summary(), worker=P.BROKER_HELD.hex())
+        self._launch([msg.backend])
+        if self.services.get(msg.backend) is not None:  # its workers registered meanwhile (a race): hand it over
+            for worker in self.services[msg.backend].workers:
+                self._drain(worker)
+
+    def _reply(self, client: bytes, rid: bytes, header: dict, value, **head) -> None:
+        """A REPLY from the broker itself, in the codec the request asked for."""
+        if header.get("codec") == serialize.JSON:
+            head["codec"], frames = serialize.JSON, serialize.dumps_json(value)
+        else:
+            frames = serialize.dumps(value)
+        self._out.append(P.to_client(client, P.REPLY, rid, (P.dump_header(head), *frames)))
+
+    def _on_held(self, client: bytes, msg: P.Call, key: str | None) -> None:
+        """A caller asks after its jobs held here (a CALL pinned to :data:`~de_magic.wire.protocol.BROKER_HELD`)."""
+        self.heard[client] = self.now
+        header, rid = _header(msg), msg.rid
+        op, owner = header.get("op"), _owner(key, header)
+        if op == "job.list":
+            return self._reply(client, rid, header, [job.summary() for job in self.held.of(owner, msg.backend)])
+        if op not in ("job.poll", "job.status", "job.cancel"):
+            return self._error(client, rid, ProtocolMismatch, f"the broker holds jobs only: {str(op)[:40]!r} is "
+                                                              "not one of its operations")
+        job_id = str(header.get("id", ""))
+        job = self.held.find(job_id.rpartition(":")[2], owner)
+        if job is None or job.backend != msg.backend:
+            return self._error(client, rid, JobUnavailable, f"{NO_SUCH_JOB} {job_id[:80]!r} at {self.config.url}")
+        if job.state == W.SENT and bytes.fromhex(job.worker) not in self.by_id and self.now >= self.grace_until \
+                and self.handing.get(job.backend) is None:
+            self._lose(job, f"it was handed to worker {job.worker} of backend {job.backend!r} as the broker "
+                            "stopped, and that worker is gone")
+        if job.state in (W.SENT, W.DELIVERED):  # the job is the worker's now: the caller asks there
+            return self._reply(client, rid, header, {**job.summary(), "progress": 0}, worker=job.worker)
+        if op == "job.cancel":  # False: it had ended already
+            cancelled = job.state == W.WAITING
+            if cancelled:
+                self._end(job, W.CANCELLED, "cancelled while it waited for its backend")
+            return self._reply(client, rid, header, cancelled)
+        if job.state in (W.EXPIRED, W.REFUSED, W.LOST):
+            return self._error(client, rid, JobUnavailable, f"job {job.id}: {job.reason}")
+        if op == "job.status":
+            return self._reply(client, rid, header, job.summary())
+        reply = {"status": job.summary()["status"], "progress": 0}
+        if job.state == W.CANCELLED:
+            reply["error"] = {"kind": Cancelled.kind, "message": f"job {job.id} was {job.reason}"}
+        self._reply(client, rid, header, reply)
+
+    def _live(self, name: str) -> bool:
+        service = self.services.get(name)
+        return service is not None and bool(service.workers)
+
+    def _launch(self, names: list[str]) -> None:
+        """Run the launch command of each backend in ``names`` (jobs wait, no worker up) that is due."""
+        for name, launch in self.launches.due(names, self.now, time.time()):
+            log.info("launching backend %r: %s", name, " ".join(launch.command))
+            why = self._run_launch(name, launch)
+            if why:
+                self.bad.report("could not launch backend %r: %s", name, why)
+                self.launches.failed(name, why)
+
+    def _end(self, job: W.WaitingJob, state: str, reason: str) -> None:
+        self.held.leave(job, state, time.time(), reason=reason)
+        self._store_job(job)
+        log.info("job %s for backend %r: %s", job.id, job.backend, reason)
+
+    def _lose(self, job: W.WaitingJob, why: str) -> None:
+        self._end(job, W.LOST, f"{why}: whether it ran, and its result, can no longer be known; start it again")
+
+    def _store_job(self, job: W.WaitingJob) -> None:
+        try:
+            self.state.update_job(job)
+        except Exception as exc:  # noqa: BLE001 - sqlite3/OSError: the broker serves on, from memory
+            self.bad.failed(f"storing job {job.id}", exc)
+
+    def _hand_over(self, worker: Worker) -> None:
+        """Hand the oldest job held for ``worker``'s backend to it, once the one before was taken (FIFO)."""
+        service = worker.service
+        if not worker.idle or service.name in self.handing:
+            return
+        while (job := self.held.first(service.name)) is not None:
+            if job.api_tag != service.api_tag:
+                self._end(job, W.REFUSED, f"backend {service.name!r} came back with a different API than the one it "
+                                          "was started for, so it was not run; start it again")
+                continue
+            if not self._allows(service, job.key):
+                self._end(job, W.REFUSED, f"backend {service.name!r} came back refusing calls from this caller's key")
+                continue
+            break
+        if job is None:
+            return
+        frames = self.state.job_frames(job)
+        self.held.leave(job, W.SENT, time.time(), worker=worker.id.hex())
+        self.state.update_job(job)  # written before it is sent: a broker killed now never sends it again
+        header = P.load_header(frames[0])
+        header["token"] = job.token
+        request = Request(HELD, job.token.encode(), [P.dump_header(header), *frames[1:]], job.size, service, None,
+                          key=job.key)
+        self.requests[(HELD, request.rid)] = self.handing[service.name] = request
+        self._forward(worker, request)
+
+    def _handed(self, worker: Worker, request: Request, msg: P.Answer) -> None:
+        """The worker answered a held job's ``job.start``: it runs there now, or it refused it."""
+        service = worker.service
+        self.handing.pop(service.name, None)
+        job = self.held.jobs.get(request.rid.decode())
+        if job is None:
+            return
+        if msg.type == P.REPLY:
+            self.held.leave(job, W.DELIVERED, time.time())
+            self._store_job(job)
+            log.info("job %s handed to %s", job.id, worker.where())
+        else:
+            try:
+                why = P.load_header(msg.body[0]).get("message", "")
+            except P.ProtocolError:
+                why = "an unreadable error"
+            self._end(job, W.REFUSED, f"backend {service.name!r} refused it: {str(why)[:500]}")
+
+    def _lose_handed(self, request: Request, why: str) -> None:
+        self.handing.pop(request.service.name, None)
+        job = self.held.jobs.get(request.rid.decode())
+        if job is not None:
+            self._lose(job, why)
+
+    def _expire_held(self) -> None:
+        """Jobs that waited too long end; records past their time, or beyond the bound, are forgotten."""
+        wall = time.time()
+        gone = []
+        for job in self.held.due(wall):
+            if job.state == W.WAITING:
+                self._end(job, W.EXPIRED, f"it waited {duration(self.held.bounds.ttl)} for backend "
+                                          f"{job.backend!r}, which did not come back (--waiting-ttl)")
+            elif job.state != W.SENT or self.handing.get(job.backend) is None:
+                gone.append(job)
+        gone += self.held.surplus()
+        if gone:
+            for job in gone:
+                self.held.forget(job)
+            try:
+                self.state.forget_jobs(gone)
+            except Exception as exc:  # noqa: BLE001 - sqlite3/OSError: forgotten again at the next restart
+                self.bad.failed("forgetting old job records", exc)
 
     # -- workers --------------------------------------------------------------------------------
 
     def _on_ready(self, address: bytes, msg: P.Ready, frames: list) -> None:
         info = P.check_ready_info(msg.info)
-        if not 1 <= len(msg.worker) <= 64 or len(msg.secret) < MIN_SECRET:
+        if not 1 <= len(msg.worker) <= 64 or len(msg.secret) < MIN_SECRET or msg.worker == P.BROKER_HELD:
             raise P.ProtocolError(f"READY: a worker id of 1 to 64 bytes and a secret of at least {MIN_SECRET} "
                                   "bytes are needed")
         key = self.key_of(frames[0])
@@ -567,6 +765,7 @@ class Router:
             service = self.services[msg.name] = Service(msg.name)
         if not service.workers:
             service.adopt(msg.info, key)
+            self.launches.registered(msg.name)
             self._refuse_waiting(service)
             self._remember(Remembered(msg.name, key, remembered_info(msg.info)))
         worker = Worker(msg, address, key, service, self.now)
@@ -702,13 +901,18 @@ class Router:
             return
         self.routed_bytes += nbytes(msg.body)
         if msg.type == P.EVENT:
+            if request.client == HELD:
+                return  # a job.start answers with no events
             self._out.append(P.to_client(request.client, P.EVENT, msg.rid, msg.body))
             return
         del worker.inflight[msg.client]
         del self.requests[(request.client, request.rid)]
         worker.idle.append(request.slot)
-        self._out.append(P.to_client(request.client, msg.type, msg.rid, msg.body))
-        if worker.service.waiting:
+        if request.client == HELD:
+            self._handed(worker, request, msg)
+        else:
+            self._out.append(P.to_client(request.client, msg.type, msg.rid, msg.body))
+        if worker.service.waiting or self.held.first(worker.service.name) is not None:
             self._drain(worker)
 
     # -- workers going away ------------------------------------------------------------------
@@ -737,6 +941,9 @@ class Router:
         service.workers.remove(worker)
         for request in worker.inflight.values():
             del self.requests[(request.client, request.rid)]
+            if request.client == HELD:
+                self._lose_handed(request, f"{worker.where()} {why} as it was handed the job")
+                continue
             self._error(request.client, request.rid, BackendLost, f"backend {service.name!r} {worker.where()} {why} during the call")
         worker.inflight.clear()
         lost = [r for r in worker.pinned if r.queued]
@@ -755,6 +962,11 @@ class Router:
                 del self.services[service.name]
 
 
+#: The "caller" of a held job's ``job.start`` on its way to a worker: the broker itself (no peer has an empty
+#: routing id), so that the answer stays here.
+HELD = b""
+
+
 def _older(a: Request, b: Request) -> bool:
     """Whether ``a`` was queued before ``b``; queue entries are compared by arrival order."""
     return a.seq < b.seq
@@ -765,15 +977,32 @@ def _allowed(entry: Remembered) -> frozenset[str] | None:
     return None if allowed is None else frozenset(allowed)
 
 
+def _header(msg: P.Call) -> dict:
+    """The JSON header of a call the broker itself reads (a job's: only those for offline backends)."""
+    try:
+        return P.load_header(msg.body[0])
+    except P.ProtocolError as exc:
+        raise P.ProtocolError(str(exc), msg.rid) from None
+
+
+def _owner(key: str | None, header: dict) -> str:
+    """Whose a job is, as the backend's jobs go by it: the caller's key, else the user it claims (plaintext)."""
+    return key or f"user:{header.get('user', '')}"
+
+
 def _when(seen: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seen))
 
 
-def _describe_offline(entry: Remembered, with_api: bool, known_tag: str | None) -> bytes:
-    """A remembered backend with no worker up, as listing JSON: its last API, and since when it is offline."""
+def _describe_offline(entry: Remembered, with_api: bool, known_tag: str | None, jobs: int,
+                      launch: dict | None) -> bytes:
+    """A remembered backend with no worker up, as listing JSON: its last API, since when it is offline, how
+    many jobs wait for it, and whether a launch is pending."""
     tag, codec, allow_code, _ = contract(entry.info)
     head = {"name": entry.name, "allow_code": allow_code, "codec": codec, "since": entry.last_seen,
-            "offline": entry.last_seen, "api_tag": tag, "queued": 0, "workers": []}
+            "offline": entry.last_seen, "api_tag": tag, "queued": 0, "waiting": jobs, "workers": []}
+    if launch is not None:
+        head["launch"] = launch
     if with_api and known_tag != tag:
         head["api"] = entry.info.get("api", {})
     return json.dumps(head, separators=(",", ":")).encode()

@@ -42,7 +42,8 @@ import zmq
 from ..wire import serialize
 from ..wire.defaults import (DEFAULT_HEARTBEAT, DEFAULT_LISTING_TIMEOUT, DEFAULT_LIVENESS, DEFAULT_MAX_MESSAGE,
                              check_doors, default_url)
-from ..wire.errors import BackendLost, CallTimeout, DeMagicError, PayloadTooLarge, Refused, UnknownBackend
+from ..wire.errors import (BackendLost, CallTimeout, DeMagicError, Interrupted, PayloadTooLarge, Refused,
+                           UnknownBackend)
 from ..wire import routingids
 from ..wire.handshake import WatchedSocket
 from ..wire.security import Security
@@ -316,7 +317,7 @@ class Client:
                     raise
         except KeyboardInterrupt:  # the kernel's stop button: stop the remote work too
             mux.cancel(request)
-            raise
+            raise Interrupted(f"interrupted; the remote work was stopped ({request.what})") from None
         return answer.result()
 
     def _future_of(self, request: Request, decode: Callable | None = None) -> CallFuture:

@@ -13,6 +13,10 @@ so one client follows thousands.  Progress shows live (a bar in the cell that ma
 poll after the job's end brings the answer.  Every request names the local user: on a plaintext
 broker that is whose jobs they are (claimed, not proven); under CURVE the backend goes by the
 caller's key.
+
+A job started while its backend is offline waits at a broker with a state directory (status ``waiting``;
+:mod:`de_magic.broker.waiting`): its id names :data:`~de_magic.wire.protocol.BROKER_HELD` for its worker, so
+its requests go to the broker, until the broker answers with the worker it handed the job to.
 """
 
 from __future__ import annotations
@@ -24,7 +28,9 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from typing import TYPE_CHECKING, Callable
 
 from ..wire import serialize
-from ..wire.errors import NO_SUCH_JOB, BackendLost, CallTimeout, DeMagicError, JobUnavailable, from_header
+from ..wire.protocol import BROKER_HELD
+from ..wire.errors import (NO_SUCH_JOB, BackendLost, CallTimeout, DeMagicError, Interrupted, JobUnavailable,
+                           from_header)
 from ..wire.security import local_user
 from ..wire.defaults import DEFAULT_LISTING_TIMEOUT
 from .calls import decode_result, encode_call
@@ -54,7 +60,8 @@ def identity() -> dict:
 class Job:
     """A call running on a backend independently of this process (see :mod:`de_magic.caller.jobs`).
 
-    ``status`` is queued, running, done, failed or cancelled; ``progress`` the latest report
+    ``status`` is waiting (for its backend, at the broker), queued, running, done, failed or cancelled;
+    ``progress`` the latest report
     of its outermost loop; ``result()`` waits for the value; ``cancel()`` stops it.
     """
 
@@ -82,12 +89,15 @@ class Job:
             return self._future.result(timeout)
         except FutureTimeout:
             raise CallTimeout(f"job {self.id} is still {self.status} after {timeout:g} s") from None
+        except KeyboardInterrupt:  # only the waiting here stops: the job is the backend's to run
+            raise Interrupted(f"interrupted; job {self.id} goes on on {self.backend!r} "
+                              f"(client.job({self.id!r}) comes back to it, .cancel() stops it)") from None
 
     def done(self) -> bool:
         return self._future.done()
 
     def cancel(self) -> bool:
-        """Stop the job on the backend; False if it had finished already."""
+        """Stop the job on the backend (or where it waits for it); False if it had finished already."""
         return bool(self._request("job.cancel"))
 
     # -- following the job -----------------------------------------------------------
@@ -95,7 +105,17 @@ class Job:
     def _request(self, op: str, on_event=None, **fields):
         head, frames = self.client.request(self.backend, {"op": op, "id": self.id, **fields, **identity()}, [],
                                            on_event=on_event, worker=self.worker)
-        return serialize.loads(frames)
+        reply = serialize.loads(frames)
+        if self._moved(reply):  # the broker handed it to a worker meanwhile: ask there
+            return self._request(op, on_event, **fields)
+        return reply
+
+    def _moved(self, reply) -> bool:
+        """Whether ``reply`` is the broker's word that the job it held runs on a worker now (followed there)."""
+        if self.worker != BROKER_HELD or not isinstance(reply, dict) or "worker" not in reply:
+            return False
+        self.worker = bytes.fromhex(reply["worker"])
+        return True
 
     def _poll(self, learn: bool = False) -> None:
         """Ask for what is new; the answer comes to :meth:`_polled` in the client's I/O thread."""
@@ -109,6 +129,9 @@ class Job:
 
     def _polled(self, sent: Future) -> None:
         exc = sent.exception()
+        if isinstance(exc, BackendLost) and self.worker == BROKER_HELD:  # the broker restarted; it still holds it
+            failed = self._later(self._poll)
+            return None if failed is None else self._fail(failed)
         if isinstance(exc, BackendLost):  # a restart: look for the job again, off the I/O thread
             try:
                 return self.client.in_background(self._relocate)
@@ -120,14 +143,14 @@ class Job:
             reply = serialize.loads(sent.result()[1])
         except BaseException as error:  # noqa: BLE001
             return self._fail(error)
+        if self._moved(reply):
+            return self._poll(learn=True)
         if (self.status, self._seen) != (reply["status"], reply["progress"]):
             self.status, self._seen = reply["status"], reply["progress"]
             self._update_displays()
         if self.status not in FINAL:
-            try:
-                return self.client.later(POLL_INTERVAL, self._poll)
-            except RuntimeError as closed:
-                return self._fail(DeMagicError(f"{closed}: job {self.id} is no longer followed here"))
+            failed = self._later(self._poll)
+            return None if failed is None else self._fail(failed)
         if "error" in reply:
             self._future.set_exception(from_header(reply["error"]))
             return
@@ -135,6 +158,14 @@ class Job:
             self._future.set_result(decode_result({"codec": reply["codec"]}, reply["frames"]))
         except BaseException as error:  # noqa: BLE001 - e.g. a class this process cannot unpickle
             self._future.set_exception(error)
+
+    def _later(self, then: Callable[[], None]) -> BaseException | None:
+        """Call ``then`` in a poll interval; the error that ends following the job if the client closed."""
+        try:
+            self.client.later(POLL_INTERVAL, then)
+        except RuntimeError as closed:
+            return DeMagicError(f"{closed}: job {self.id} is no longer followed here")
+        return None
 
     def _relocate(self) -> None:
         try:
@@ -235,15 +266,21 @@ def start(client: Client, backend: str, member: str, args: tuple = (), kwargs: d
 
 
 def start_cell(session: RemoteSession, code: str, push: dict, pull) -> Job:
-    """Run a ``%%remote`` cell as a job in ``session``'s namespace (on its worker)."""
+    """Run a ``%%remote`` cell as a job in ``session``'s namespace (on its worker; held by the broker while the
+    backend is offline)."""
     header = {"op": "job.start", "run": "exec", "code": code, "pull": list(pull), "colors": colors(), **identity()}
     head, frames = session.request(header, serialize.dumps(dict(push)))
-    return Job(session.client, session.backend, session.worker, serialize.loads(frames))
+    return Job(session.client, session.backend, bytes.fromhex(head["worker"]), serialize.loads(frames))
 
 
 def attach(client: Client, job_id: str, on_progress: Callable[[Progress], None] | None = None) -> Job:
     """The job ``job_id`` of this caller, followed from here on (progress live, ``result()``, ``cancel()``)."""
     backend, worker = parse_id(job_id)
+    if worker == BROKER_HELD:  # started while its backend was offline: the broker knows where it is
+        summary = _status(client, backend, worker, job_id)
+        if "worker" not in summary:
+            return Job(client, backend, worker, summary, on_progress)
+        worker = bytes.fromhex(summary["worker"])
     worker, summary = locate(client, backend, job_id, worker)
     return Job(client, backend, worker, summary, on_progress)
 
@@ -285,12 +322,13 @@ def _status(client: Client, backend: str, worker: bytes, job_id: str) -> dict:
 
 
 def list_jobs(client: Client) -> JobTable:
-    """This caller's jobs on every live backend that keeps jobs, as a table."""
+    """This caller's jobs on every live backend that keeps jobs, and those waiting for an offline one, as a table."""
     jobs, silent = [], []
     for name, entry in sorted(client.listing(api=False)["backends"].items()):
         if entry.get("codec", serialize.PICKLE) != serialize.PICKLE:
             continue  # a no-pickle backend serves plain calls only
-        for worker in entry["workers"]:
+        held = [{"id": BROKER_HELD.hex()}] if entry.get("offline") or entry.get("waiting") else []
+        for worker in held + entry["workers"]:
             try:
                 head, frames = client.request(name, {"op": "job.list", **identity()}, [],
                                               worker=bytes.fromhex(worker["id"]), timeout=DEFAULT_LISTING_TIMEOUT)

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Callable
 
 from ..wire import serialize
 from ..wire.errors import BackendLost, DeMagicError, Refused, RemoteError
+from ..wire.protocol import BROKER_HELD
 from . import progress, ui
 from .leases import LEASES
 
@@ -193,7 +194,8 @@ class RemoteSession:
             if self.worker:
                 raise BackendLost(f"{exc}; {self._fate()}") from None
             raise
-        if not self.worker and head.get("worker"):
+        if not self.worker and head.get("worker") not in (None, BROKER_HELD.hex()):
+            # (a job held for the offline backend names the broker: the namespace has no worker yet)
             self.worker = bytes.fromhex(head["worker"])
         return head, frames
 
@@ -201,21 +203,29 @@ class RemoteSession:
         """After a lost request: whether the namespace survived, which it did if its worker is registered again.
 
         A restarted broker loses the requests in flight, not the backends: they register again
-        within a few heartbeats, and keep their namespaces.  A worker that died does not come back.
+        within a few heartbeats, and keep their namespaces.  A worker that died does not come back,
+        and a broker up for longer than those heartbeats would list it if it were there: no wait then.
         """
-        deadline = time.monotonic() + 2 * self.client.heartbeat * self.client.liveness
-        while time.monotonic() < deadline:
+        window = 2 * self.client.heartbeat * self.client.liveness
+        deadline = time.monotonic() + window
+        while True:
             try:
-                entry = self.client.listing(self.backend, api=False, timeout=1.0)["backends"].get(self.backend)
+                listing = self.client.listing(self.backend, api=False, timeout=1.0)
             except DeMagicError:
-                entry = None
-            if entry and any(w["id"] == self.worker.hex() for w in entry["workers"]):
-                return (f"its worker is registered again, and the namespace of session {self.key[:8]} "
-                        f"on {self.backend!r} survived: run the code again")
+                listing = None
+            if listing is not None:
+                entry = listing["backends"].get(self.backend)
+                if entry and any(w["id"] == self.worker.hex() for w in entry["workers"]):
+                    return (f"its worker is registered again, and the namespace of session {self.key[:8]} "
+                            f"on {self.backend!r} survived: run the code again")
+                if time.time() - listing.get("broker", {}).get("since", time.time()) > window:
+                    break
+            if time.monotonic() >= deadline:
+                break
             time.sleep(0.2)
         self.worker = b""
-        return (f"the worker holding the namespace of session {self.key[:8]} on {self.backend!r} is gone, "
-                "and the namespace is lost; the next request starts a fresh one")
+        return (f"the namespace of session {self.key[:8]} on {self.backend!r} went with its worker; "
+                "the next request starts a fresh one")
 
     def execute(self, code: str, push: dict | None = None, pull=(), *, timeout: float | None = None,
                 block: bool = True, on_output: Callable[[dict], None] | None = None) -> Execution:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import atexit
 import html
 import math
-import sys
+import re
 import uuid
 
 from IPython.core.error import UsageError
@@ -25,7 +25,7 @@ from ..caller.jobs import Job, is_job_id, start_cell
 from ..caller.session import CellError, RemoteSession, render
 from ..embedded import LocalCluster, answers, is_local, start_local
 from ..wire.defaults import default_url
-from ..wire.errors import DeMagicError, RemoteError
+from ..wire.errors import DeMagicError, Interrupted, RemoteError
 
 
 def _names(text: str | None) -> list[str]:
@@ -38,14 +38,37 @@ def _argument(line: str) -> str:
 
 
 def show_error(shell, etype, value, tb, tb_offset=None) -> list[str]:
-    """IPython's handler of :class:`DeMagicError`: one line, as IPython shows its own UsageError.
+    """IPython's handler of :class:`DeMagicError` and :class:`Interrupted`: one line, as IPython shows its
+    own UsageError.
 
     The frames of de-magic's client say nothing to a user; a remote error shows the remote traceback.
     """
     render = getattr(value, "_render_traceback_", None)  # a %%remote cell's error: the remote IPython traceback
-    lines = render() if render else [str(value) if isinstance(value, RemoteError) else f"{etype.__name__}: {value}"]
+    if render:
+        lines = render()
+    elif isinstance(value, RemoteError):
+        lines = remote_lines(value)
+    elif isinstance(value, Interrupted):
+        lines = [str(value)]
+    else:
+        lines = [f"{etype.__name__}: {value}"]
     shell._showtraceback(etype, value, lines)  # what IPython shows its own errors with: an error output in a kernel
     return lines
+
+
+def remote_lines(error: RemoteError) -> list[str]:
+    """A remote error as Python shows a local one: its traceback, which ends with the error's line, once."""
+    message = str(error.args[0]).rstrip() if error.args else ""
+    trace = error.remote_traceback.rstrip()
+    lines = [re.sub(r"^Traceback \(", "Remote traceback (", trace, count=1)] if trace else []
+    if not trace.endswith(message or error.remote_type.rpartition(".")[2]):
+        lines.append(f"{error.remote_type}: {message}" if message else error.remote_type)
+    return lines
+
+
+def show_errors_short(shell) -> None:
+    """Make ``shell`` show de-magic's errors and interrupts with :func:`show_error`."""
+    shell.set_custom_exc((DeMagicError, Interrupted), show_error)
 
 
 class BackendListing(BackendTable):
@@ -162,15 +185,15 @@ class RemoteMagics(Magics):
         push = {name: self.shell.user_ns[name] for name in _names(args.push)}
         if args.noblock:
             self.last = start_cell(session, cell, push, _names(args.pull))
-            print(f"de-magic: still running on {args.name!r} as job {self.last.id}; `%remote_result` (or "
+            where = ("waits for offline backend" if self.last.status == "waiting" else "still running on")
+            print(f"de-magic: {where} {args.name!r} as job {self.last.id}; `%remote_result` (or "
                   f"`%remote_result {self.last.id}`, also after a kernel restart) fetches it")
             return self.last
         timeout = math.inf if args.timeout is None else args.timeout
         try:
             execution = session.execute(cell, push, _names(args.pull), timeout=timeout)
         except KeyboardInterrupt:
-            print(f"de-magic: interrupted; the execution on {args.name!r} was stopped", file=sys.stderr)
-            raise
+            raise Interrupted(f"interrupted; the execution on {args.name!r} was stopped") from None
         self.shell.user_ns.update(execution.result())
         return None
 

@@ -34,6 +34,8 @@ DEFAULT_REF_BYTES = 4 << 30
 #: How long a backend keeps a finished job's result, and how many bytes of results at most (oldest go first).
 DEFAULT_JOB_TTL = 7 * 86400.0
 DEFAULT_JOB_BYTES = 1 << 30
+#: Finished jobs a backend keeps at most (their answers and records; the oldest finished go first).
+DEFAULT_MAX_JOBS = 10_000
 #: Seconds after a broker binds during which calls to unknown backends wait for them to register.
 STARTUP_GRACE = 2.0
 

@@ -83,6 +83,12 @@ class Cancelled(DeMagicError):
     kind = "cancelled"
 
 
+class Interrupted(KeyboardInterrupt):
+    """The caller stopped waiting (Ctrl-C, a notebook's stop button); the message says what became of the
+    remote work.  A ``KeyboardInterrupt`` still, so code that stops on one stops here too; a notebook shows
+    it as its one line, not as the frames of de-magic's client that were waiting."""
+
+
 class ReferenceGone(DeMagicError, LookupError):
     """A remote reference that was released, whose lease ran out, or whose worker is gone."""
 
@@ -98,6 +104,14 @@ class JobUnavailable(DeMagicError, LookupError):
 #: How a backend's answer about a job starts when it has no such job for the caller (it may be
 #: someone else's: that is not said); a caller then asks the backend's other workers.
 NO_SUCH_JOB = "no such job"
+
+
+def duration(seconds: float) -> str:
+    """A span of time as an error message says it: ``7 days``, ``1.5 hours``, ``30 s``."""
+    for unit, size in (("days", 86400), ("hours", 3600), ("minutes", 60)):
+        if seconds >= size:
+            return f"{seconds / size:g} {unit}"
+    return f"{seconds:g} s"
 
 
 class RemoteError(DeMagicError):

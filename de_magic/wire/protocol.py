@@ -44,6 +44,10 @@ REJECT = b"REJECT"
 DISCONNECT = b"DISCONNECT"
 USAGE = b"USAGE"
 
+#: The worker id in the id of a job started while its backend was offline: the broker holds it. A CALL pinned to
+#: this id (no worker may register with it) asks the broker about the jobs it holds (docs/protocol.md).
+BROKER_HELD = b"\x00"
+
 # Request status answers to QUERY.
 PENDING = b"pending"
 UNKNOWN = b"unknown"
