@@ -28,6 +28,7 @@ from .backend.direct import direct_address
 from .backend.lifeline import exit_with_parent
 from .backend.server import Backend
 from .broker.server import Broker
+from .broker.launch import DEFAULT_LAUNCH_INTERVAL, Launch
 from .broker.waiting import Bounds
 from .caller.client import Client, no_broker_hint
 from .caller.generate import client_module
@@ -39,7 +40,8 @@ from .wire.defaults import (DEFAULT_HEARTBEAT, DEFAULT_JOB_BYTES, DEFAULT_JOB_TT
                             default_url)
 from .schema import describe, members_of
 from .wire.errors import DeMagicError
-from .wire.security import Security, config_file, create_keys, job_directory, owners, state_directory
+from .wire.security import (Security, config_file, create_keys, job_directory, launch_commands, owners,
+                            state_directory)
 from .wire.serialize import JSON, PICKLE
 
 # -- loading backend modules -------------------------------------------------
@@ -200,6 +202,9 @@ def _serve_args(parser: argparse.ArgumentParser) -> None:
                              "any free port; beyond loopback CURVE keys are needed); default: $DE_MAGIC_DIRECT, then "
                              "the config file's direct, else connect out only (see docs/deploy.md)")
     parser.add_argument("--heartbeat", type=float, default=DEFAULT_HEARTBEAT, help="heartbeat interval in seconds")
+    parser.add_argument("--idle-exit", type=float, default=None, metavar="SECONDS",
+                        help="stop after this many seconds without calls (none running): a backend started on demand "
+                             "(a batch job) gives its allocation back (default: serve until stopped)")
     parser.add_argument("--parent-pid", type=int, default=None,
                         help="stop when this process (the one that started us) is gone")
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
@@ -228,7 +233,7 @@ def _serve_backend(name: str, members: dict, args: argparse.Namespace, doc: str 
                           allow_clients=args.allow_clients.split(",") if args.allow_clients else None,
                           session_lease=args.session_lease, ref_bytes=args.ref_bytes,
                           direct=direct_address(args.direct), job_ttl=args.job_ttl, job_bytes=args.job_bytes,
-                          max_jobs=args.max_jobs, job_dir=job_directory(args.job_dir))
+                          max_jobs=args.max_jobs, job_dir=job_directory(args.job_dir), idle_exit=args.idle_exit)
     except ValueError as exc:  # contradictory options
         raise SystemExit(f"de-magic: {exc}") from None
     if attach is not None:  # e.g. DaskPool.attach: calls run elsewhere
@@ -311,10 +316,14 @@ def _test_connect(url: str | None, security: Security | None) -> None:
 
 def cmd_broker(args) -> None:
     _logging(args.verbose)
+    commands, folder = launch_commands()
+    launches = {name: Launch(tuple(words), DEFAULT_LAUNCH_INTERVAL if interval is None else interval)
+                for name, (words, interval) in commands.items()}
     broker = Broker(check_url(args.bind or default_url(), "--bind"), heartbeat=args.heartbeat, max_message_size=args.max_message_size,
                     max_queued_bytes=args.max_queued_bytes, owners=owners(), security=_security(args),
                     state_dir=state_directory(args.state_dir),
-                    waiting=Bounds(args.max_waiting_jobs, args.max_waiting_bytes, args.waiting_ttl))
+                    waiting=Bounds(args.max_waiting_jobs, args.max_waiting_bytes, args.waiting_ttl),
+                    launch=launches, launch_dir=str(folder))
     url = bind(broker)
     print(f"de-magic: broker listening on {url}", flush=True)
     signal.signal(signal.SIGTERM, lambda *_: broker.stop())

@@ -69,8 +69,8 @@ class Cluster:
         self.broker: subprocess.Popen | None = None
         self.client = Client(self.url, timeout=20, heartbeat=HEARTBEAT)
 
-    def start_broker(self, *extra: str) -> subprocess.Popen:
-        self.broker = self.procs.start("broker", "--bind", self.url, "--heartbeat", str(HEARTBEAT), *extra)
+    def start_broker(self, *extra: str, env: dict | None = None) -> subprocess.Popen:
+        self.broker = self.procs.start("broker", "--bind", self.url, "--heartbeat", str(HEARTBEAT), *extra, env=env)
         wait_for(self._answers, what=f"broker at {self.url}")
         return self.broker
 

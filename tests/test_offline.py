@@ -4,14 +4,17 @@ restarts (also a ``kill -9``), lists it as offline, and says so at once when it 
 from __future__ import annotations
 
 import inspect
+import json
 import os
 import signal
 import stat
+import sys
 from collections import defaultdict
 
 import pytest
 
 from de_magic.broker.routing import Config, Router
+from de_magic.broker.launch import Launch
 from de_magic.broker.state import Remembered, StateStore
 from de_magic.broker.waiting import Bounds
 from de_magic.caller.jobs import start_cell
@@ -20,7 +23,7 @@ from de_magic.wire import protocol as P
 from de_magic.wire import serialize
 from de_magic.wire.errors import BackendOffline, UnknownBackend
 
-from conftest import Cluster, wait_for
+from conftest import ROOT, Cluster, wait_for
 from test_routing import Net
 
 
@@ -257,3 +260,71 @@ def test_jobs_started_while_the_backend_is_down_run_once_when_it_registers_acros
         assert log.read_text().split() == ["a", "b", "c"]
     finally:
         cluster.client.close()
+
+
+# -- backends on demand -------------------------------------------------------------------------------------------
+
+def test_a_launch_command_runs_once_per_interval_while_jobs_wait_and_is_pending_until_a_worker_registers(tmp_path):
+    launched = []
+    net = held(tmp_path)
+    net.router = Router(Config(url="tcp://test:1", launch={"model": Launch(("sbatch", "model.sh"), 30.0)}),
+                        now=0.0, key_of=lambda f: getattr(f, "key", None), state=net.store,
+                        launch=lambda name, launch: launched.append((name, launch.command)) or "")
+    net.start(b"r1", "a")
+    net.start(b"r2", "b")
+    assert launched == [("model", ("sbatch", "model.sh"))]  # once, not per job
+    listed = json.loads(net.router.handle(b"C", P.list_query(b"l", {}), net.now)[0][-1])
+    assert listed["backends"]["model"]["launch"]["pending"] is True
+    net.advance(29.0)
+    assert len(launched) == 1
+    net.advance(2.0)  # the interval passed and jobs still wait: once more
+    assert len(launched) == 2
+    net.register("model", key="KEY-alice", api=API_F)
+    listed = json.loads(net.router.handle(b"C", P.list_query(b"l", {}), net.now)[0][-1])
+    assert "launch" not in listed["backends"]["model"]
+    for _ in range(40):  # past the interval, the worker heartbeating and its jobs still waiting their turn
+        net.send(b"ctl", P.heartbeat())
+        net.advance(1.0)
+    assert len(launched) == 2  # a worker is up: nothing to launch
+
+
+def test_a_launch_command_starts_the_backend_and_it_exits_when_idle(processes, tmp_path):
+    log, launches = tmp_path / "calls.log", tmp_path / "launches.log"
+    serve = (f'echo launched >> {launches}; sleep 1; exec "$0" -m de_magic serve {ROOT}/tests/offline_backend.py '
+             f'--name runs --broker "$DE_MAGIC_BROKER" --heartbeat 0.2 --idle-exit 2')
+    config = tmp_path / "config.toml"
+    config.write_text(f'state_dir = "state"\n\n[launch.runs]\ncommand = ["sh", "-c", {json.dumps(serve)}, '
+                      f'{json.dumps(sys.executable)}]\nlaunch_interval = 60\n')
+    env = {"OFFLINE_LOG": str(log), "DE_MAGIC_CONFIG": str(config)}
+    cluster = Cluster(processes)
+    pids = []
+    try:
+        cluster.start_broker(env=env)
+        backend = cluster.start_backend(f"{ROOT}/tests/offline_backend.py", "runs", env=env)  # remembered
+        backend.send_signal(signal.SIGTERM)
+        backend.wait(10)
+        wait_for(lambda: offline(cluster, "runs"), what="the backend listed as offline")
+
+        first, second = (cluster.client["runs"].record.start(tag) for tag in ("a", "b"))
+        assert offline(cluster, "runs")["launch"]["pending"]
+        assert "launch pending" in repr(cluster.client.backends())
+        pids += wait_for(lambda: [w["pid"] for w in cluster.workers("runs")], what="the launched backend")
+        assert (first.result(timeout=30), second.result(timeout=30)) == (["a"], ["a", "b"])
+        assert launches.read_text() == "launched\n"  # once for both jobs
+
+        # --idle-exit 2: with no calls for 2 s the launched backend stops, and says goodbye
+        wait_for(lambda: offline(cluster, "runs"), timeout=30, what="the idle backend to exit")
+        wait_for(lambda: not _alive(pids[0]), what="its process to end")
+    finally:
+        cluster.client.close()
+        for pid in pids:  # the broker's child, in a session of its own
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return not open(f"/proc/{pid}/stat").read().split(") ")[1].startswith("Z")  # a zombie has ended

@@ -100,8 +100,14 @@ class Backend:
         job_bytes: int = DEFAULT_JOB_BYTES,
         job_dir: str | os.PathLike | None = None,
         max_jobs: int = DEFAULT_MAX_JOBS,
+        idle_exit: float | None = None,
     ):
         _check_codec(codec, allow_code)
+        if idle_exit is not None and not idle_exit > 0:
+            raise ValueError(f"--idle-exit must be a positive number of seconds, not {idle_exit}")
+        #: Stop after this many seconds without calls (none running): scale to zero (docs/scale.md).
+        self.idle_exit = idle_exit
+        self._last_call = time.monotonic()
         self.name = name
         self.members = dict(members)
         #: The brokers this backend registers at (several: the same workers at each).
@@ -206,6 +212,9 @@ class Backend:
                 name=f"de-magic-{self.name}-{index}", daemon=True))
         self._threads.append(threading.Thread(target=self._expire_leases, name=f"de-magic-leases-{self.name}",
                                               daemon=True))
+        if self.idle_exit is not None:
+            self._threads.append(threading.Thread(target=self._exit_when_idle, name=f"de-magic-idle-{self.name}",
+                                                  daemon=True))
         for thread in self._threads:
             thread.start()
         return self
@@ -221,8 +230,24 @@ class Backend:
                 log.info("released %d reference(s): their caller was silent for more than %g s", dropped,
                          self.session_lease)
 
+    def _exit_when_idle(self) -> None:
+        """Stop once no call came for ``idle_exit`` seconds and none runs (a job counts while it runs): a backend
+        in a batch allocation gives it back when nobody uses it."""
+        while not self._stopped.wait(min(1.0, self.idle_exit / 4)):
+            now = time.monotonic()
+            if len(self.running):
+                self._last_call = now
+            elif now - self._last_call >= self.idle_exit:
+                log.info("no calls for %g s: stopping (--idle-exit)", self.idle_exit)
+                if self._main_served.is_set():
+                    self._main_jobs.put(None)  # run() stops us, in the main thread, saying goodbye to the broker
+                else:
+                    threading.Thread(target=self.stop, name=f"de-magic-stop-{self.name}").start()
+                return
+
     def run(self) -> None:
-        """Serve until :meth:`stop`, SIGTERM or Ctrl-C; main-thread work runs here."""
+        """Serve until :meth:`stop`, SIGTERM or Ctrl-C (or ``idle_exit`` seconds without calls); main-thread work
+        runs here."""
         self._main_served.set()  # before start(): work arriving meanwhile waits in the queue
         if not self._threads:
             self.start()
@@ -593,6 +618,7 @@ class Backend:
             self._send(P.ERROR, door, msg.client, msg.rid, P.error_header(kind, str(exc)))
             return
         call = Call(self, door, msg.client, msg.rid, msg.header, msg.payload, msg.caller)
+        self._last_call = time.monotonic()
         self.running.accept(call)
         if op.main_thread:
             self._main_jobs.put(call)

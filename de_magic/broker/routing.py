@@ -43,6 +43,7 @@ from ..wire.errors import (NO_SUCH_JOB, BackendLost, BackendOffline, Busy, Cance
                            ProtocolMismatch, Refused, UnknownBackend, duration)
 from ..wire.serialize import nbytes
 from . import waiting as W
+from .launch import Launch, Launches
 from .state import Remembered, StateStore, remembered_info
 
 log = logging.getLogger("de_magic.broker")
@@ -73,6 +74,8 @@ class Config:
     curve: bool = False
     #: what each caller may keep waiting for offline backends (with a state directory)
     waiting: W.Bounds = field(default_factory=W.Bounds)
+    #: backend name -> how the broker brings a worker of it up while jobs wait for it (the config's [launch])
+    launch: dict[str, Launch] = field(default_factory=dict)
 
 
 def no_key(frame) -> str | None:
@@ -81,6 +84,10 @@ def no_key(frame) -> str | None:
 
 def not_known(address: bytes) -> bool:
     return False
+
+
+def no_launch(name: str, launch: Launch) -> str:
+    return "this broker runs no commands"
 
 
 class Request:
@@ -221,12 +228,15 @@ class Router:
     offline, and a job started for one waits here until a worker of it registers (:mod:`.waiting`).  Every
     change is written there before any message about it is sent.  Without it nothing is remembered: a name is
     free once its last worker left.
+    ``launch(name, launch)`` runs a backend's launch command (:mod:`.launch`); it returns why it could not
+    ("" when it ran).
     """
 
     def __init__(self, config: Config, *, now: float, key_of: Callable = no_key,
                  key_names: Callable[[], dict[str, str]] = dict, connected: Callable[[bytes], bool] = not_known,
-                 state: StateStore | None = None):
+                 state: StateStore | None = None, launch: Callable[[str, Launch], str] = no_launch):
         self.config = config
+        self.launches, self._run_launch = Launches(config.launch), launch
         self.state = state
         self.remembered: dict[str, Remembered] = state.backends() if state else {}
         self.held = W.WaitingJobs(config.waiting, state.jobs() if state else [])
@@ -300,6 +310,7 @@ class Router:
                 self._expire_waiting(service)
             if self.held.jobs:
                 self._expire_held()
+                self._launch([n for n in self.held.backends() if not self._live(n)])
             if now >= self.next_lease_sweep:  # forget callers gone for a lease: the table stays bounded
                 self.next_lease_sweep = now + self.caller_lease
                 self.heard = {c: t for c, t in self.heard.items() if now - t <= self.caller_lease}
@@ -517,7 +528,8 @@ class Router:
         entries = [json.dumps(s.name).encode() + b":" + s.describe(with_api, known.get(s.name), self.held.count(s.name))
                    for s in services]
         entries += [json.dumps(name).encode() + b":" + _describe_offline(entry, with_api, known.get(name),
-                                                                         self.held.count(name))
+                                                                         self.held.count(name),
+                                                                         self.launches.describe(name))
                     for name, entry in self.remembered.items()
                     if (only is None or name == only) and entry.last_seen is not None
                     and self._admits(_allowed(entry), key)]
@@ -556,6 +568,7 @@ class Router:
         self.held.add(job)
         log.info("job %s of %s waits for backend %r", job.id, self._who(key), msg.backend)
         self._reply(client, rid, header, job.summary(), worker=P.BROKER_HELD.hex())
+        self._launch([msg.backend])
         if self.services.get(msg.backend) is not None:  # its workers registered meanwhile (a race): hand it over
             for worker in self.services[msg.backend].workers:
                 self._drain(worker)
@@ -601,6 +614,19 @@ class Router:
         if job.state == W.CANCELLED:
             reply["error"] = {"kind": Cancelled.kind, "message": f"job {job.id} was {job.reason}"}
         self._reply(client, rid, header, reply)
+
+    def _live(self, name: str) -> bool:
+        service = self.services.get(name)
+        return service is not None and bool(service.workers)
+
+    def _launch(self, names: list[str]) -> None:
+        """Run the launch command of each backend in ``names`` (jobs wait, no worker up) that is due."""
+        for name, launch in self.launches.due(names, self.now, time.time()):
+            log.info("launching backend %r: %s", name, " ".join(launch.command))
+            why = self._run_launch(name, launch)
+            if why:
+                self.bad.report("could not launch backend %r: %s", name, why)
+                self.launches.failed(name, why)
 
     def _end(self, job: W.WaitingJob, state: str, reason: str) -> None:
         self.held.leave(job, state, time.time(), reason=reason)
@@ -739,6 +765,7 @@ class Router:
             service = self.services[msg.name] = Service(msg.name)
         if not service.workers:
             service.adopt(msg.info, key)
+            self.launches.registered(msg.name)
             self._refuse_waiting(service)
             self._remember(Remembered(msg.name, key, remembered_info(msg.info)))
         worker = Worker(msg, address, key, service, self.now)
@@ -967,12 +994,15 @@ def _when(seen: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seen))
 
 
-def _describe_offline(entry: Remembered, with_api: bool, known_tag: str | None, jobs: int) -> bytes:
-    """A remembered backend with no worker up, as listing JSON: its last API, since when it is offline, and how
-    many jobs wait for it."""
+def _describe_offline(entry: Remembered, with_api: bool, known_tag: str | None, jobs: int,
+                      launch: dict | None) -> bytes:
+    """A remembered backend with no worker up, as listing JSON: its last API, since when it is offline, how
+    many jobs wait for it, and whether a launch is pending."""
     tag, codec, allow_code, _ = contract(entry.info)
     head = {"name": entry.name, "allow_code": allow_code, "codec": codec, "since": entry.last_seen,
             "offline": entry.last_seen, "api_tag": tag, "queued": 0, "waiting": jobs, "workers": []}
+    if launch is not None:
+        head["launch"] = launch
     if with_api and known_tag != tag:
         head["api"] = entry.info.get("api", {})
     return json.dumps(head, separators=(",", ":")).encode()

@@ -15,7 +15,9 @@ Headers and payloads are forwarded as the zmq frames they arrived in.
 from __future__ import annotations
 
 import logging
+import os
 import socket
+import subprocess
 import threading
 import time
 from urllib.parse import urlsplit
@@ -26,6 +28,7 @@ from ..wire.defaults import (DEFAULT_HEARTBEAT, DEFAULT_LIVENESS, DEFAULT_MAX_ME
                        check_url, default_url)
 from .routing import Config, Router, no_key
 from .state import StateStore
+from .launch import Launch
 from .waiting import Bounds
 from ..wire import protocol as P
 from ..wire import routingids
@@ -46,7 +49,9 @@ class Broker:
     notebook's embedded default).  ``owners`` maps backend names to the keys
     that may register them (the config file's ``[owners]``).  With ``state_dir`` the
     broker remembers the backends it served across restarts (:mod:`.state`), and jobs started for one that is
-    offline wait there for it, each caller's within ``waiting`` (:mod:`.waiting`).
+    offline wait there for it, each caller's within ``waiting`` (:mod:`.waiting`).  ``launch`` maps backend
+    names to the commands that bring a worker of them up while jobs wait (:mod:`.launch`), run in
+    ``launch_dir`` (the config file's folder).
     """
 
     def __init__(
@@ -62,6 +67,8 @@ class Broker:
         security: Security | None = None,
         state_dir: str | None = None,
         waiting: Bounds | None = None,
+        launch: dict[str, Launch] | None = None,
+        launch_dir: str | None = None,
     ):
         self.url = check_url(url, "the broker's address") if url else default_url()
         self.security = security or Security.resolve()
@@ -69,7 +76,8 @@ class Broker:
         self.config = Config(heartbeat=heartbeat, liveness=liveness, max_message_size=max_message_size,
                              max_queued_bytes=max_queued_bytes,
                              owners={name: frozenset(keys) for name, keys in (owners or {}).items()},
-                             waiting=waiting or Bounds())
+                             waiting=waiting or Bounds(), launch=dict(launch or {}))
+        self._launch_dir = launch_dir
         self.router: Router | None = None
         self._ctx = context or zmq.Context.instance()
         self._socket: zmq.Socket | None = None
@@ -113,7 +121,8 @@ class Broker:
         self.config.url, self.config.curve = self.url, self._auth is not None
         # without CURVE no frame carries a key: asking each one would cost an exception per message
         self.router = Router(self.config, now=time.monotonic(), key_of=peer_key if self._auth is not None else no_key,
-                             key_names=self._key_names, connected=self._connected, state=self._store)
+                             key_names=self._key_names, connected=self._connected, state=self._store,
+                             launch=self._launch)
         return self.url
 
     def _key_names(self) -> dict[str, str]:
@@ -171,6 +180,23 @@ class Broker:
             except zmq.ZMQError as exc:
                 if exc.errno not in (zmq.EHOSTUNREACH, zmq.EAGAIN):
                     raise
+
+    def _launch(self, name: str, launch: Launch) -> str:
+        """Run ``name``'s launch command (it tells its backend where we are: $DE_MAGIC_BROKER); why it could not
+        run, or "". A thread of its own waits for it, so it leaves no zombie, and logs how it ended."""
+        env = {**os.environ, "DE_MAGIC_BROKER": self.url, "DE_MAGIC_BACKEND": name}
+        try:
+            proc = subprocess.Popen(launch.command, cwd=self._launch_dir, env=env, stdin=subprocess.DEVNULL,
+                                    start_new_session=True)  # a Ctrl-C of the broker is not the backend's
+        except OSError as exc:
+            return f"{' '.join(launch.command)}: {exc.strerror or exc}"
+
+        def wait() -> None:
+            status = proc.wait()
+            (log.warning if status else log.info)("launch command of backend %r ended with status %s", name, status)
+
+        threading.Thread(target=wait, name=f"de-magic-launch-{name}", daemon=True).start()
+        return ""
 
     def _connected(self, address: bytes) -> bool:
         """Whether the peer at ``address`` still has a connection: libzmq keeps it while the peer answers

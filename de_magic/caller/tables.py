@@ -52,6 +52,9 @@ class BackendTable(dict):
                 count = f"offline since {offline_since(entry['offline'])}"
             if entry.get("waiting"):  # jobs the broker holds until a worker registers
                 count += f", {entry['waiting']} job{'s' * (entry['waiting'] != 1)} waiting"
+            launch = entry.get("launch")
+            if launch:  # the broker ran the backend's launch command; no worker of it registered yet
+                count += f", launch failed: {launch['error']}" if launch.get("error") else ", launch pending"
             row = (name, count, f"{busy}/{slots}", "yes" if entry.get("allow_code") else "no",
                    _held(workers, "sessions"), _held(workers, "refs"), members)
             out.append(row + (", ".join(entry["brokers"]),) if "brokers" in entry else row)

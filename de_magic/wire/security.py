@@ -39,6 +39,7 @@ import ipaddress
 import json
 import logging
 import os
+import shlex
 import tomllib
 from dataclasses import dataclass
 from functools import cached_property
@@ -333,7 +334,8 @@ def _read_config(url: str | None = None) -> dict[str, str]:
     data = _read_toml()
     path = config_file()
     # a typo here would silently turn encryption off
-    _check_names(data, {*SETTINGS, BROKER, OWNERS, BROKERS, DASK, DIRECT, JOB_DIR, STATE_DIR, GATEWAY}, path, "")
+    _check_names(data, {*SETTINGS, BROKER, OWNERS, BROKERS, DASK, DIRECT, JOB_DIR, STATE_DIR, GATEWAY, LAUNCH}, path,
+                 "")
     tables = data.get(BROKERS, {})
     for name, table in tables.items():
         if not isinstance(table, dict):
@@ -390,6 +392,7 @@ DASK = "dask"  #: the Dask cluster backends run their calls on (see daskpool.py)
 DIRECT = "direct"  #: where backends listen for direct calls (see backend/direct.py)
 JOB_DIR = "job_dir"  #: where backends keep job results (see backend/jobs.py)
 STATE_DIR = "state_dir"  #: where a broker remembers the backends it served (see broker/state.py)
+LAUNCH = "launch"  #: per backend name, the command a broker runs to bring it up (see broker/launch.py)
 GATEWAY = "gateway"  #: the HTTP gateway's table: bind, tokens... (see gateway/config.py)
 
 
@@ -432,6 +435,26 @@ def configured_broker() -> str | None:
     if isinstance(value, list) and all(isinstance(url, str) for url in value):
         return ",".join(value)
     raise Refused(f"{BROKER} in {config_file()} must be an address or a list of addresses")
+
+
+def launch_commands() -> tuple[dict[str, tuple[list[str], float | None]], Path]:
+    """The config file's ``[launch."NAME"]`` tables: backend name -> (the command's words, its ``launch_interval``
+    or None), and the folder the commands run in (the file's)."""
+    path = config_file()
+    launches = {}
+    for name, table in _read_toml().get(LAUNCH, {}).items():
+        where = f'[{LAUNCH}."{name}"] in {path}'
+        if not isinstance(table, dict):
+            raise Refused(f'{where} must be a table, e.g. command = "sbatch serve.sh"')
+        _check_names(table, {"command", "launch_interval"}, path, f'[{LAUNCH}."{name}"]')
+        command, interval = table.get("command"), table.get("launch_interval")
+        words = shlex.split(command) if isinstance(command, str) else command
+        if not (isinstance(words, list) and words and all(isinstance(w, str) for w in words)):
+            raise Refused(f"{where}: command must be a command line or a list of its words")
+        if interval is not None and not (isinstance(interval, (int, float)) and interval > 0):
+            raise Refused(f"{where}: launch_interval must be a number of seconds")
+        launches[name] = (words, None if interval is None else float(interval))
+    return launches, path.parent
 
 
 def owners() -> dict[str, list[str]]:

@@ -70,11 +70,25 @@ export interface IWorker {
   direct?: { url: string; key: string | null };
 }
 
+/** A launch command the broker ran for a backend whose jobs wait (docs/scale.md), until a worker registers. */
+export interface ILaunch {
+  pending: boolean;
+  since: number;
+  command: string;
+  /** Why the command could not be run. */
+  error?: string;
+}
+
 export interface IBackend {
   name: string;
   allow_code: boolean;
   since?: number;
   workers: IWorker[];
+  /** Since when no worker of it is up: a broker with a state directory lists the backends it served. */
+  offline?: number | null;
+  /** Jobs waiting at the broker for a worker of it (docs/jobs.md). */
+  waiting?: number;
+  launch?: ILaunch;
   api?: {
     name: string;
     doc?: string | null;

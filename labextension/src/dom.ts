@@ -3,6 +3,8 @@
  * Text always goes through textContent, never innerHTML: docstrings come from remote code.
  */
 
+import { IBackend } from './api';
+
 type Child = Node | string | null | undefined | false;
 
 export function h<K extends keyof HTMLElementTagNameMap>(
@@ -88,6 +90,47 @@ export function held(what?: { count: number; bytes: number }): string {
 
 export function plural(count: number, word: string): string {
   return `${count} ${word}${count === 1 ? '' : 's'}`;
+}
+
+/**
+ * What the tree says of a backend's workers: how many are up, or since when it is offline (a broker with a
+ * state directory remembers the backends it served), with the jobs waiting for it and a launch under way.
+ */
+export function availability(
+  backend: IBackend,
+  now = Date.now()
+): { text: string; title: string; offline: boolean } {
+  const workers = backend.workers?.length ?? 0;
+  const offline =
+    !workers && backend.offline !== undefined && backend.offline !== null;
+  const text = [
+    workers
+      ? plural(workers, 'worker')
+      : offline
+        ? `offline ${age(backend.offline, now)}`
+        : 'no workers'
+  ];
+  const title = workers
+    ? backend.workers.map(w => `${w.host ?? '?'} pid ${w.pid ?? '?'}`)
+    : offline
+      ? [
+          `Offline since ${dateOf(backend.offline)}: .start() queues a job for it`
+        ]
+      : [];
+  if (backend.waiting) {
+    text.push(`${backend.waiting} waiting`);
+    title.push(`${plural(backend.waiting, 'job')} wait for it at the broker`);
+  }
+  const launch = backend.launch;
+  if (launch) {
+    text.push(launch.error ? 'launch failed' : 'launch pending');
+    title.push(
+      launch.error
+        ? `The broker could not launch it: ${launch.error}`
+        : `Launched ${dateOf(launch.since)} (${launch.command}); no worker yet`
+    );
+  }
+  return { text: text.join(', '), title: title.join('\n'), offline };
 }
 
 /** The one-letter kind badge of a function, class or method, as in Lab's completer. */

@@ -15,7 +15,15 @@ import { ISignal, Signal } from '@lumino/signaling';
 import { Widget } from '@lumino/widgets';
 
 import { IBackend, IMember } from './api';
-import { age, badge, dateOf, h, highlighted, plural } from './dom';
+import {
+  age,
+  availability,
+  badge,
+  dateOf,
+  h,
+  highlighted,
+  plural
+} from './dom';
 import { brokerIcon } from './icons';
 import { BrokerEntry, BrokersModel, ISelection } from './model';
 import { ITarget } from './snippets';
@@ -448,16 +456,15 @@ export class BackendsTree extends Widget {
     }
     const expanded = query !== '' || this._isExpanded(key, false);
     const workers = backend.workers?.length ?? 0;
+    const available = availability(backend);
     const meta: Node[] = [
       h(
         'span',
         {
           class: `jp-DeMagic-meta${workers ? '' : ' jp-mod-warn'}`,
-          title: backend.workers
-            .map(w => `${w.host ?? '?'} pid ${w.pid ?? '?'}`)
-            .join('\n')
+          title: available.title
         },
-        workers ? plural(workers, 'worker') : 'no workers'
+        available.text
       )
     ];
     if (backend.allow_code) {
@@ -500,7 +507,11 @@ export class BackendsTree extends Widget {
         )
       );
     }
-    return this._item(element, expanded, children);
+    const item = this._item(element, expanded, children);
+    if (available.offline) {
+      item.classList.add('jp-mod-offline'); // greyed: its members are known, no worker is up
+    }
+    return item;
   }
 
   private _renderMember(

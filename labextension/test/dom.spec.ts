@@ -1,4 +1,13 @@
-import { age, badge, bytes, h, held, highlighted, plural } from '../src/dom';
+import {
+  age,
+  availability,
+  badge,
+  bytes,
+  h,
+  held,
+  highlighted,
+  plural
+} from '../src/dom';
 
 describe('h', () => {
   it('sets attributes and appends children, skipping empty ones', () => {
@@ -71,5 +80,50 @@ describe('bytes and held', () => {
     expect(held({ count: 2, bytes: 211_800_000 })).toBe('2 (212 MB)');
     expect(held({ count: 0, bytes: 0 })).toBe('0');
     expect(held(undefined)).toBe('0');
+  });
+});
+
+describe('availability', () => {
+  const now = 1_000_000_000;
+  it('counts the workers of a live backend', () => {
+    const backend = {
+      name: 'b',
+      allow_code: false,
+      workers: [{ id: '1', host: 'h', pid: 7 }]
+    };
+    expect(availability(backend, now * 1000)).toEqual({
+      text: '1 worker',
+      title: 'h pid 7',
+      offline: false
+    });
+  });
+
+  it('says since when an offline backend is down, its waiting jobs and a pending launch', () => {
+    const backend = {
+      name: 'b',
+      allow_code: false,
+      workers: [],
+      offline: now - 120,
+      waiting: 3,
+      launch: { pending: true, since: now - 5, command: 'sbatch b.sh' }
+    };
+    const shown = availability(backend, now * 1000);
+    expect(shown.text).toBe('offline 2 min, 3 waiting, launch pending');
+    expect(shown.offline).toBe(true);
+    expect(shown.title).toContain('3 jobs wait for it at the broker');
+    expect(shown.title).toContain('sbatch b.sh');
+  });
+
+  it('says why a launch failed', () => {
+    const backend = {
+      name: 'b',
+      allow_code: false,
+      workers: [],
+      offline: now,
+      launch: { pending: true, since: now, command: 'x', error: 'x: not found' }
+    };
+    expect(availability(backend, now * 1000).text).toBe(
+      'offline 0 s, launch failed'
+    );
   });
 });
