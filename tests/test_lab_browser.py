@@ -28,6 +28,9 @@ pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's ch
                                 "(apt-get install -y chromium)")
 
 
+NOT_REACHABLE = "The broker did not answer (its entry above says why)."
+
+
 def screenshot(page, tmp_path: Path, name: str) -> None:
     """A picture of the page, for the docs when $DE_MAGIC_SCREENSHOT is set (else kept with the test's files)."""
     shot = (DOCS_SCREENSHOT.parent if os.environ.get("DE_MAGIC_SCREENSHOT") else tmp_path) / name
@@ -415,7 +418,10 @@ def test_sidebar_adds_a_curve_broker_by_pasting_its_key(curve_lab):
         panel = page.locator("#de-magic-backends")
         # A broker whose key is unknown says so, and how to add it; not "no answer".
         error = panel.locator(".jp-DeMagic-message.jp-mod-error")
-        expect(error).to_contain_text(f"the broker at {lab.broker} requires CURVE and its public key is not known here")
+        expect(error).to_contain_text(f"The broker at {lab.broker} requires CURVE and its public key is not known here.")
+        # said once: the Jobs section only points at it
+        expect(panel.locator(".jp-DeMagic-jobsNote")).to_have_text(NOT_REACHABLE)
+        expect(panel.get_by_text("requires CURVE")).to_have_count(1)
 
         # which the panel offers to do: the dialog of "+", with the address filled in
         error.get_by_role("button", name="Add its public key…").click()

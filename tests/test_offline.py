@@ -328,3 +328,30 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return not open(f"/proc/{pid}/stat").read().split(") ")[1].startswith("Z")  # a zombie has ended
+
+
+def test_the_http_gateway_starts_a_job_for_an_offline_backend_and_follows_it_to_its_worker(processes, tmp_path):
+    from test_gateway import start_gateway
+
+    import requests
+
+    env = {"OFFLINE_LOG": str(tmp_path / "calls.log")}
+    cluster = Cluster(processes)
+    try:
+        cluster.start_broker("--state-dir", str(tmp_path / "state"))
+        backend = cluster.start_backend(f"{ROOT}/tests/offline_backend.py", "runs", env=env)
+        base = start_gateway(processes, cluster.url, tmp_path)
+        backend.send_signal(signal.SIGTERM)
+        backend.wait(10)
+        wait_for(lambda: offline(cluster, "runs"), what="the backend listed as offline")
+
+        started = requests.post(f"{base}/backends/runs/record/jobs", json={"tag": "http"}, timeout=30)
+        assert started.status_code == 202 and started.json()["status"] == "waiting", started.text
+        location = base + started.headers["Location"]
+        assert requests.get(location, timeout=30).json()["status"] == "waiting"
+
+        cluster.start_backend(f"{ROOT}/tests/offline_backend.py", "runs", env=env)
+        wait_for(lambda: requests.get(location, timeout=30).json()["status"] == "done", what="the job to run")
+        assert requests.get(location, timeout=30).json()["result"] == ["http"]
+    finally:
+        cluster.client.close()

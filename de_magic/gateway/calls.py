@@ -13,11 +13,13 @@ them in a thread pool.
 from __future__ import annotations
 
 import json
+from collections import deque
 
 from ..caller.client import Client
 from ..caller.jobs import parse_id
 from ..wire.defaults import DEFAULT_MAX_MESSAGE, check_doors, default_url
 from ..wire.errors import NO_SUCH_JOB, BackendLost, DeMagicError, JobUnavailable, UnknownBackend
+from ..wire.protocol import BROKER_HELD
 from ..wire.security import Security, local_user
 from ..wire.serialize import JSON
 from .catalog import Catalog, Target, check
@@ -121,21 +123,27 @@ class Calls:
 
     def job(self, grant: Grant | None, job_id: str, op: str, on_event=None, **fields) -> dict:
         """A job request (``job.status``, ``job.poll``, ``job.cancel``) to the worker holding the job: the one
-        its id names, else (the backend restarted) any other worker of its backend that knows it."""
+        its id names, else (the backend restarted) any other worker of its backend that knows it. A job started
+        while its backend was offline names the broker, which holds it or says which worker it handed it to."""
         try:
             backend, named = parse_id(job_id)
         except JobUnavailable as exc:
             raise from_error(exc) from None
         header = {"op": op, "id": job_id, "codec": JSON, "user": self.user(grant), **fields}
         entry = self.catalog.listing(fresh=True)["backends"].get(backend) or {"workers": []}
-        workers = [named] + [bytes.fromhex(w["id"]) for w in entry["workers"] if bytes.fromhex(w["id"]) != named]
+        workers = deque([named] + [bytes.fromhex(w["id"]) for w in entry["workers"] if bytes.fromhex(w["id"]) != named])
         gone = Problem("job", f"{NO_SUCH_JOB} {job_id!r}: no live worker of backend {backend!r} has it (a job that "
                               "was running when its backend stopped is lost; finished ones outlive a restart only "
                               "with --job-dir)")
-        for worker in workers:
+        while workers:
+            worker = workers.popleft()
             try:
                 head, frames = self._request(grant, backend, header, [], JOB_REQUEST_TIMEOUT, worker, on_event)
-                return json.loads(bytes(frames[0]))
+                reply = json.loads(bytes(frames[0]))
+                if worker != BROKER_HELD or not isinstance(reply, dict) or "worker" not in reply:
+                    return reply
+                workers.appendleft(bytes.fromhex(reply["worker"]))  # the broker handed it over: ask that worker
+                named = workers[0]
             except Problem as problem:
                 if problem.kind in (BackendLost.kind, UnknownBackend.kind) or (
                         problem.kind == JobUnavailable.kind and problem.detail.startswith(NO_SUCH_JOB)

@@ -105,11 +105,12 @@ class _BaseHandler(APIHandler):
             from ..wire.handshake import UNKNOWN_KEY
 
             self.log.debug("de-magic: broker %s unreachable: %r", url, exc)
+            error = await asyncio.to_thread(_describe, exc, url, self.demagic.timeout)
             return {
                 "broker": {"url": url},
                 "reachable": False,
-                "error": _describe(exc, url, self.demagic.timeout),
-                "needs_key": UNKNOWN_KEY in str(exc),
+                "error": error,
+                "needs_key": UNKNOWN_KEY in error,
                 "checked": time.time(),
             }
         listing = dict(listing)
@@ -121,10 +122,27 @@ class _BaseHandler(APIHandler):
 
 
 def _describe(exc: Exception, url: str, timeout: float) -> str:
-    name = type(exc).__name__
-    if name in ("CallTimeout", "BackendLost", "TimeoutError"):
-        return f"No answer from the broker at {url} within {timeout:g} s: is it running?"
-    return f"Could not query the broker at {url}: {name}: {exc}"
+    """Why the broker at ``url`` gave no listing, in one line; silence is told apart by a probe of the address
+    (nothing listening, a host that does not resolve, a program that is no broker, a CURVE broker)."""
+    from ..wire import probe
+    from ..wire.handshake import UNKNOWN_KEY
+    from ..wire.security import Security
+
+    name, door = type(exc).__name__, url.split(",")[0]
+    unknown_key = f"The broker at {door} {UNKNOWN_KEY}."  # the panel offers to add it: no config file how-to
+    if UNKNOWN_KEY in str(exc):
+        return unknown_key
+    if name not in ("CallTimeout", "BackendLost", "TimeoutError"):
+        return f"Could not query the broker at {url}: {name}: {exc}"
+    silent = f"No answer from the broker at {url} within {timeout:g} s"
+    found = probe.probe(door, timeout)
+    if found is None or found.kind == probe.PLAIN:
+        return f"{silent}: is it running?"
+    if found.kind != probe.CURVE:
+        return f"{silent}: {found.message}"
+    if Security.resolve(url=door).broker_key is None:
+        return unknown_key
+    return f"{silent}: it uses CURVE; is the public key configured for it here its key?"
 
 
 class BrokersHandler(_BaseHandler):

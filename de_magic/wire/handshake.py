@@ -32,6 +32,8 @@ from __future__ import annotations
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from . import probe
+from .probe import Probe
 from .security import Security, broker_table_hint
 
 #: How a refusal by a CURVE broker whose key this side lacks begins (after the address), for who offers a way to add it.
@@ -53,6 +55,7 @@ class WatchedSocket(zmq.Socket):
     _handshake_url: str
     _handshake_who: str
     _handshake_security: Security
+    _probed: Probe | None = None  # what a probe found at the address, while handshakes keep failing
 
     def watch(self, url: str, who: str, security: Security, drops: bool = False) -> None:
         """Report handshake failures with ``url`` as ``who`` ("client", "backend"); call before connecting.
@@ -77,7 +80,7 @@ class WatchedSocket(zmq.Socket):
                 continue
             self._dropped = self._dropped and event["event"] != zmq.EVENT_HANDSHAKE_SUCCEEDED
             if event["event"] in _FINE:
-                self._handshake_failure, self._handshake_failures = None, 0
+                self._handshake_failure, self._handshake_failures, self._probed = None, 0, None
             else:
                 self._handshake_failures += 1
                 described = self._describe(event["event"], event["value"])
@@ -112,21 +115,35 @@ class WatchedSocket(zmq.Socket):
             key = security.key_pair[0].decode()[:8] if security.curve else "?"
             return (f"the broker at {url} refused this {who}'s key {key}... (not in its allowed keys): "
                     f"ask its operator to add {security.key.with_suffix('.key')}")
-        # one such failure may be a broker going down mid-handshake; with a wrong key every attempt fails
-        if event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL and security.curve and self._handshake_failures > 1:
-            return (f"the broker's public key configured here ({security.broker_key}) does not match the "
-                    f"broker at {url}, or that broker does not use CURVE: check {broker_table_hint(url)}, "
-                    "or --broker-key / DE_MAGIC_BROKER_KEY")
         mismatch = event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL and value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH
-        # without a key, a handshake failing again and again has one likely cause: the broker wants CURVE
-        if mismatch or (event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL and self._handshake_failures > 2):
-            if security.curve:
-                return (f"the broker at {url} does not use CURVE, but this {who} has a key: "
-                        "drop --key / DE_MAGIC_KEY for this broker")
+        # one failure without detail may be a broker going down mid-handshake; every attempt failing is a wrong
+        # key, a CURVE broker met without one, or a program that is no broker: a probe of the address tells which
+        repeated = event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL and self._handshake_failures > 1 + (not security.curve)
+        if not (mismatch or repeated):
+            return None  # nothing a person could act on: treated like a broker that does not answer
+        found = None if mismatch else self._probe()
+        if found is not None and found.kind not in (probe.CURVE, probe.PLAIN):
+            return found.message  # no key would help
+        uses_curve = not security.curve if mismatch else found is None or found.kind == probe.CURVE
+        if security.curve and uses_curve:
+            maybe = "" if found else ", or that broker does not use CURVE"  # unless the probe could tell
+            return (f"the broker's public key configured here ({security.broker_key}) does not match the "
+                    f"broker at {url}{maybe}: check {broker_table_hint(url)}, or --broker-key / DE_MAGIC_BROKER_KEY")
+        if security.curve:
+            return (f"the broker at {url} does not use CURVE, but this {who} has a key: "
+                    "drop --key / DE_MAGIC_KEY for this broker")
+        if uses_curve:
             return (f"the broker at {url} {UNKNOWN_KEY}: add it as "
                     f'broker_key = "FILE or Z85 text" to {broker_table_hint(url)} (with key = your .key_secret '
                     "if the file has none), or set --broker-key / DE_MAGIC_BROKER_KEY and --key / DE_MAGIC_KEY")
-        return None  # nothing a person could act on: treated like a broker that does not answer
+        return (f"{found.message}, but drops this {who}'s connections: is it a de-magic broker (not a backend's "
+                "direct endpoint, nor another ZeroMQ program)?")
+
+    def _probe(self) -> Probe | None:
+        """What is at the address (once while its handshakes keep failing: a probe may take a second)."""
+        if self._probed is None:
+            self._probed = probe.probe(self._handshake_url.split(",")[0], timeout=1.0)
+        return self._probed
 
     def close(self, linger: int | None = None) -> None:
         monitor, self._handshake_monitor = self._handshake_monitor, None

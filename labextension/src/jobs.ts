@@ -63,7 +63,12 @@ export class JobsView extends Widget {
     const jobs = answer.jobs ?? [];
     let body: HTMLElement;
     if (!answer.reachable) {
-      body = h('div', { class: 'jp-DeMagic-jobsNote' }, answer.error ?? '');
+      // the tree says why, at length (a CURVE broker's how-to): once is enough
+      body = h(
+        'div',
+        { class: 'jp-DeMagic-jobsNote', title: answer.error ?? '' },
+        'The broker did not answer (its entry above says why).'
+      );
     } else if (!jobs.length) {
       body = h('div', { class: 'jp-DeMagic-jobsNote' }, 'No jobs of yours.');
     } else {
