@@ -103,6 +103,10 @@ class System:
 
     def start(self) -> None: ...
 
+    def servers(self) -> list[subprocess.Popen]:
+        """The processes answering a call: the server's side, for CPU per call."""
+        return [self.proc]
+
     def echo(self, obj): ...
 
     def stop(self) -> None: ...
@@ -135,6 +139,9 @@ class RawRelay(RawReqRep):
         self.client = RawClient(front)
         self.client.echo(0)
 
+    def servers(self):
+        return [self.proc, self.relay]
+
     def stop(self):
         super().stop()
         self.relay.kill()
@@ -151,6 +158,9 @@ class DeMagic(System):
 
     def echo(self, obj):
         return self.echo_fn(obj)
+
+    def servers(self):
+        return [self.backend] if self.direct else [self.backend, self.broker]
 
     def stop(self):
         self.client.close()
@@ -197,6 +207,9 @@ class IPyParallel(System):
         self.rc.close()
         self.cluster.stop_cluster_sync()
 
+    def servers(self):
+        return []
+
 
 def _identity(x):
     return x
@@ -205,18 +218,32 @@ def _identity(x):
 # -- measurements ----------------------------------------------------------------------
 
 
-def tiny(system: System, calls: int) -> tuple[float, float, float]:
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) of a process so far, all its threads (libzmq's I/O threads too)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def tiny(system: System, calls: int) -> tuple[float, float, float, float, float]:
+    """p50 and p99 latency (µs), calls/s, and CPU per call (µs) of the client and of the server's side."""
     for _ in range(min(200, calls)):
         system.echo(1)
     times = []
+    servers = [p.pid for p in system.servers()]
+    server_cpu = sum(map(cpu_seconds, servers))
+    client_cpu = time.process_time()
     start = time.perf_counter()
     for _ in range(calls):
         t = time.perf_counter()
         system.echo(1)
         times.append(time.perf_counter() - t)
     total = time.perf_counter() - start
+    client_cpu = (time.process_time() - client_cpu) / calls * 1e6
+    server_cpu = (sum(map(cpu_seconds, servers)) - server_cpu) / calls * 1e6
     times.sort()
-    return times[len(times) // 2] * 1e6, times[int(len(times) * 0.99)] * 1e6, calls / total
+    return (times[len(times) // 2] * 1e6, times[int(len(times) * 0.99)] * 1e6, calls / total, client_cpu,
+            server_cpu)
 
 
 def throughput(system: System, arr: np.ndarray, repeat: int) -> float:
@@ -340,6 +367,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--no-ipyparallel", action="store_true")
+    parser.add_argument("--tiny", action="store_true", help="tiny calls only: latency, calls/s, CPU per call")
     parser.add_argument("--serve-rep", help=argparse.SUPPRESS)
     parser.add_argument("--connect", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--relay", nargs=2, help=argparse.SUPPRESS)
@@ -357,7 +385,7 @@ def main() -> None:
         return many_backends(args.many_backends)
 
     systems: list[System] = [RawReqRep(), RawRelay(), DeMagic(), DeMagicDirect()]
-    if args.no_ipyparallel:
+    if args.no_ipyparallel or args.tiny:
         pass
     elif importlib.util.find_spec("ipyparallel"):
         systems.append(IPyParallel())
@@ -370,9 +398,10 @@ def main() -> None:
             system.start()
             try:
                 calls = args.calls if not isinstance(system, IPyParallel) else max(300, args.calls // 10)
-                p50, p99, rate = tiny(system, calls)
-                row = {"p50": p50, "p99": p99, "calls/s": rate,
-                       "8MB": throughput(system, small, 5), "80MB": throughput(system, large, 3)}
+                p50, p99, rate, client_cpu, server_cpu = tiny(system, calls)
+                row = {"p50": p50, "p99": p99, "calls/s": rate, "client CPU": client_cpu, "server CPU": server_cpu}
+                if not args.tiny:
+                    row.update({"8MB": throughput(system, small, 5), "80MB": throughput(system, large, 3)})
             finally:
                 system.stop()
             for key, value in row.items():
@@ -380,19 +409,41 @@ def main() -> None:
             print(f"rep {rep + 1}: {system.name}: " + ", ".join(f"{k} {v:,.2f}" for k, v in row.items()),
                   file=sys.stderr, flush=True)
     med = {name: {k: statistics.median(v) for k, v in row.items()} for name, row in results.items()}
+
+    def ratio(a: str, b: str, key: str) -> float:
+        """Median over reps of a/b measured in the same rep (neighbours in time, so drift cancels)."""
+        return statistics.median(x / y for x, y in zip(results[a][key], results[b][key]))
+
+    print(f"\nMedians of {args.reps} interleaved reps on {os.cpu_count()} CPUs, loopback, {args.calls} tiny calls "
+          "each; CPU: µs per tiny call, the client's process and the server's side (broker and backend, or relay "
+          "and server).\n")
+    print("| system | tiny p50 µs | p99 µs | calls/s | client CPU µs | server CPU µs |")
+    print("|---|---|---|---|---|---|")
+    for name, row in med.items():
+        print(f"| {name} | {row['p50']:,.0f} | {row['p99']:,.0f} | {row['calls/s']:,.0f} | "
+              f"{row['client CPU']:,.0f} | {row['server CPU']:,.0f} |")
+    direct, raw, broker, hop = DeMagicDirect.name, RawReqRep.name, DeMagic.name, RawRelay.name
+    print("\n| ratio | measured | goal |\n|---|---|---|")
+    for label, value, goal, met in (
+            ("direct tiny p50 / raw REQ/REP", ratio(direct, raw, "p50"), "≤ 1.15x", lambda v: v <= 1.15),
+            ("tiny p50 via the broker / one-hop relay", ratio(broker, hop, "p50"), "≤ 1.5x", lambda v: v <= 1.5),
+            ("direct calls/s / raw", ratio(direct, raw, "calls/s"), "≥ 0.9x", lambda v: v >= 0.9),
+            ("client CPU per direct tiny call / raw", ratio(direct, raw, "client CPU"), "≤ 1.3x", lambda v: v <= 1.3),
+            ("backend CPU per direct tiny call / raw server", ratio(direct, raw, "server CPU"), "≤ 1.3x",
+             lambda v: v <= 1.3)):
+        print(f"| {label} | {value:.2f}x | {goal}: {'met' if met(value) else '**missed**'} |")
+    if args.tiny:
+        return
     cold_ms, warm_ms = listing_benchmark(args.reps)
     fans = {direct: fan_out(direct) for direct in (False, True)}
     pulled = {direct: aggregate(direct) for direct in (False, True)}
 
-    print(f"\nMedians of {args.reps} interleaved reps on {os.cpu_count()} CPUs, loopback; GB/s = 2 x bytes / echo time.\n")
+    print("\nGB/s = 2 x bytes / echo time.\n")
     print("| system | tiny p50 µs | p99 µs | calls/s | 8 MB GB/s | 80 MB GB/s |")
     print("|---|---|---|---|---|---|")
     for name, row in med.items():
         print(f"| {name} | {row['p50']:,.0f} | {row['p99']:,.0f} | {row['calls/s']:,.0f} | "
               f"{row['8MB']:.2f} | {row['80MB']:.2f} |")
-    def ratio(a: str, b: str, key: str) -> float:
-        """Median over reps of a/b measured in the same rep (neighbours in time, so drift cancels)."""
-        return statistics.median(x / y for x, y in zip(results[a][key], results[b][key]))
 
     print("\nRatios, medians of per-rep ratios (targets in brackets):")
     print(f"- tiny p50, de-magic via the broker / one-hop relay: {ratio(DeMagic.name, RawRelay.name, 'p50'):.2f}x"

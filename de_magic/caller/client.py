@@ -77,6 +77,31 @@ class CallFuture(Future):
         return asyncio.wrap_future(self).__await__()
 
 
+class _Answer:
+    """What a blocking call's thread waits for: the call's events, then its end, in order, from the I/O thread.
+
+    It stands where a future would (the core settles it), without a future's lock, condition and callbacks,
+    which cost a tiny call a fifth of its time."""
+
+    __slots__ = ("_queue",)
+
+    def __init__(self):
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+
+    def event(self, header: dict, frames: list) -> None:
+        self._queue.put((False, header, frames))
+
+    def set_result(self, result) -> None:
+        self._queue.put((True, result, None))
+
+    def set_exception(self, exc: BaseException) -> None:
+        self._queue.put((True, None, exc))
+
+    def next(self) -> tuple[bool, object, object]:
+        """(False, header, frames) of an event, or (True, result, exception) at the end."""
+        return self._queue.get()
+
+
 class Client:
     """A connection to a broker, or to the first answering of several equivalent ones.
 
@@ -300,25 +325,26 @@ class Client:
 
     def _carry(self, request: Request, on_event: EventHandler | None = None) -> tuple[dict, list]:
         """Hand ``request`` to the I/O thread and wait for its answer in this thread, which handles its events."""
-        events: queue.SimpleQueue = queue.SimpleQueue()
-        answer: Future = Future()
-        request.token = answer
+        answer = request.token = _Answer()
         if on_event is not None:
-            request.on_event = lambda header, frames: events.put((header, frames))
-        answer.add_done_callback(lambda _: events.put(None))
+            request.on_event = answer.event
         mux = self._calls()
         mux.start(request)
         try:
-            while (event := events.get()) is not None:
+            while True:
+                done, value, exc = answer.next()
+                if done:
+                    if exc is not None:
+                        raise exc
+                    return value
                 try:
-                    on_event(*event)
+                    on_event(value, exc)
                 except Exception:  # the caller gives up on the call: stop the remote work too
                     mux.cancel(request)
                     raise
         except KeyboardInterrupt:  # the kernel's stop button: stop the remote work too
             mux.cancel(request)
             raise Interrupted(f"interrupted; the remote work was stopped ({request.what})") from None
-        return answer.result()
 
     def _future_of(self, request: Request, decode: Callable | None = None) -> CallFuture:
         """Hand ``request`` to the I/O thread; the future ends with its answer (``decode``d, if given)."""
