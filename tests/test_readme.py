@@ -43,6 +43,11 @@ def blocks() -> list[Block]:
     return [Block(m["lang"], m["code"], m["skip"]) for m in _BLOCK.finditer((ROOT / "README.md").read_text())]
 
 
+def shell_env() -> dict[str, str]:
+    """The environment, with this interpreter's ``de-magic`` command first on PATH (a venv not activated)."""
+    return {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}"}
+
+
 def test_blocks_are_known_kinds_and_few_are_skipped():
     found = blocks()
     assert {b.lang for b in found} <= {"python", "bash"}, "a block the tests would not know how to run"
@@ -73,7 +78,7 @@ def test_every_block_runs(demo, tmp_path, monkeypatch):
     assert "de-magic: connected to " + demo.url in text
     assert "<Progress 'adding' 10/10 " in text
     for block in (b for b in runnable if b.lang == "bash"):
-        result = subprocess.run(["bash", "-euo", "pipefail", "-c", block.code], cwd=tmp_path, env=os.environ,
+        result = subprocess.run(["bash", "-euo", "pipefail", "-c", block.code], cwd=tmp_path, env=shell_env(),
                                 capture_output=True, text=True, timeout=120)
         assert result.returncode == 0 and TRACEBACK not in result.stderr, f"{block.code}\n{result.stderr}"
     assert "def compute_sum(da: xarray.DataArray)" in (tmp_path / "api.py").read_text()
@@ -88,9 +93,8 @@ def test_security_block_runs_as_written(tmp_path, processes):
     (tmp_path / "backend.py").write_text(backend.code)
     port = free_port()
     code = block.code.replace(":5555", f":{port}").replace("broker.example.org", "127.0.0.1")
-    path = f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DE_MAGIC_", "XDG_CONFIG"))}
-    env.update(HOME=str(tmp_path), PATH=path, PYTHONPATH=str(ROOT))
+    env = {k: v for k, v in shell_env().items() if not k.startswith(("DE_MAGIC_", "XDG_CONFIG"))}
+    env.update(HOME=str(tmp_path), PYTHONPATH=str(ROOT))
 
     def bash(line: str) -> subprocess.CompletedProcess:
         return subprocess.run(["bash", "-euo", "pipefail", "-c", line], cwd=tmp_path, env=env, capture_output=True,
