@@ -11,15 +11,18 @@ from __future__ import annotations
 import argparse
 import ast
 import contextlib
+import difflib
 import importlib
 import importlib.util
 import inspect
 import json
 import logging
+import os
 import signal
 import sys
 import threading
 import time
+import traceback
 from pathlib import Path
 from types import ModuleType
 
@@ -60,15 +63,41 @@ def load_module(target: str) -> ModuleType:
         module = importlib.util.module_from_spec(spec)
         sys.modules[path.stem] = module
         sys.path.insert(0, str(path.resolve().parent))
-        spec.loader.exec_module(module)
+        with _own_errors():
+            spec.loader.exec_module(module)
         return module
+    if str(Path.cwd()) not in sys.path and "" not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))  # as `python -m` does: a module beside the user is found
     try:
-        return importlib.import_module(target)
-    except ModuleNotFoundError as exc:
-        if exc.name is None or not f"{target}.".startswith(f"{exc.name}."):
-            raise  # the module was found, and its own imports failed: its traceback says where
+        with _own_errors(missing=target):
+            return importlib.import_module(target)
+    except ModuleNotFoundError:
         raise SystemExit(f"de-magic: no module named {target!r}: give the path of a backend module (.py), "
                          f"or the name of a module importable from {Path.cwd()} (or on PYTHONPATH)") from None
+
+
+@contextlib.contextmanager
+def _own_errors(missing: str | None = None):
+    """A backend module that raises while imported (a syntax error, a bad import, its own bug) ends the command
+    with its traceback alone, without the frames of de-magic and importlib above it.
+
+    ``missing``: the module being imported by name, whose absence is re-raised for the caller to explain.
+    """
+    try:
+        yield
+    except Exception as exc:
+        if missing and isinstance(exc, ModuleNotFoundError) and exc.name and f"{missing}.".startswith(f"{exc.name}."):
+            raise
+        tb = exc.__traceback__
+        while tb is not None and _is_machinery(tb.tb_frame.f_code.co_filename):
+            tb = tb.tb_next
+        sys.stderr.write("".join(traceback.format_exception(type(exc), exc, tb)))
+        raise SystemExit(1) from None
+
+
+def _is_machinery(filename: str) -> bool:
+    """Whether a frame is de-magic's or the import system's, not the user's."""
+    return filename.startswith(("<frozen ", str(Path(__file__).parent), str(Path(importlib.__file__).parent)))
 
 
 def declared_main(module: ModuleType) -> dict:
@@ -126,10 +155,27 @@ def _url(text: str | None, flag: str) -> str:
 
 def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
     """Arguments, with repeated ``--broker`` flags joined as one comma-separated list."""
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        command = _subcommand(parser, args.command)
+        flags = [flag for action in command._actions for flag in action.option_strings]
+        command.exit(2, f"{command.prog}: error: unrecognized arguments: "
+                        f"{' '.join(_with_suggestion(arg, flags) for arg in unknown)}; see `{command.prog} --help`\n")
     if isinstance(getattr(args, "broker", None), list):
         args.broker = ",".join(args.broker)
     return args
+
+
+def _subcommand(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    """The parser of the subcommand ``name``, whose flags a typo is compared with."""
+    (subparsers,) = (a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return subparsers.choices[name]
+
+
+def _with_suggestion(arg: str, flags: list[str]) -> str:
+    """``arg``, with the flag it was probably meant to be (``--brokr`` -> ``--broker``)."""
+    close = difflib.get_close_matches(arg.partition("=")[0], flags, n=1) if arg.startswith("-") else []
+    return f"{arg} (did you mean {close[0]}?)" if close else arg
 
 
 # -- argument groups shared by several commands --------------------------------
@@ -254,11 +300,25 @@ def _announce(backend: Backend, patience: float = 2.0) -> None:
 
     ``patience`` is shorter than the silence after which the backend logs its warnings, so this comes first.
     """
-    if not backend.registered.wait(patience):
+    if not _registered(backend, patience):
+        if backend.failure is not None:
+            return  # the broker answered, with a refusal: run() ends the command with it
         print(f"de-magic: waiting for a broker at {backend.broker}, none answers yet. "
               f"{no_broker_hint(backend.broker)}.", file=sys.stderr, flush=True)
-        backend.registered.wait()
+        if not _registered(backend, float("inf")):
+            return
     print(f"de-magic: registered at {backend.broker}; serving calls (Ctrl-C stops)", flush=True)
+
+
+def _registered(backend: Backend, timeout: float) -> bool:
+    """Wait until ``backend`` registers (True), is refused, or ``timeout`` passes (False)."""
+    deadline = time.monotonic() + timeout
+    while backend.failure is None:
+        if backend.registered.wait(min(0.1, max(0.0, deadline - time.monotonic()))):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+    return False
 
 
 def _logging(verbose: bool) -> None:
@@ -540,8 +600,16 @@ def _one_line_errors():
     """Our errors end the command with one line on stderr and exit code 1, not with a traceback."""
     try:
         yield
+        sys.stdout.flush()  # here, so that a reader gone away (`| head`) is caught below
     except DeMagicError as exc:
         raise SystemExit(f"de-magic: {exc}") from None
+    except KeyboardInterrupt:  # Ctrl-C: a call in progress was cancelled at the backend (Client.call)
+        print("de-magic: interrupted; a call in progress was cancelled at the backend", file=sys.stderr, flush=True)
+        raise SystemExit(130) from None
+    except BrokenPipeError:  # the reader of our output left (`de-magic schema x.py | head`): nothing more to say
+        # Python's own flush at exit would fail again and print a warning: point stdout at nothing instead
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(1) from None
 
 
 def main(argv: list[str] | None = None) -> None:

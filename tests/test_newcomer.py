@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -95,11 +96,55 @@ def test_a_taken_port_names_its_holder(demo, home):
         says_in_one_line(run("de-magic", "broker", "--bind", url, cwd=home), "another program")
 
 
-def test_user_code_that_raises_keeps_its_traceback(home):
+def test_user_code_that_raises_keeps_its_traceback_and_only_that(home):
     (home / "broken.py").write_text("def f(x: int) -> int:\n    return x\n\nraise RuntimeError('my own bug')\n")
+    (home / "typo.py").write_text("import os\ndef f(:\n    pass\n")
+    (home / "needs.py").write_text("import os\nimport no_such_package_here\n")
     result = run("de-magic", "schema", "broken.py", cwd=home)
     assert result.returncode == 1 and TRACEBACK in result.stderr and "my own bug" in result.stderr
     assert 'broken.py", line 4' in result.stderr
+    for name, error in (("typo.py", "SyntaxError"), ("needs.py", "No module named 'no_such_package_here'")):
+        for command in (["de-magic", "serve", name], ["de-magic", "schema", name.removesuffix(".py")]):
+            result = run(*command, cwd=home)
+            assert result.returncode == 1 and error in result.stderr, result.stderr
+            # the user's file, and not de-magic's or importlib's frames above it
+            assert f'{name}", line 2' in result.stderr and "cli.py" not in result.stderr, result.stderr
+            assert "importlib" not in result.stderr and len(result.stderr.splitlines()) <= 5, result.stderr
+
+
+def test_a_flag_typo_gets_a_suggestion(home):
+    result = run("de-magic", "list", "--brokr", "tcp://127.0.0.1:1", cwd=home)
+    assert result.returncode == 2 and len(result.stderr.splitlines()) == 1, result.stderr
+    assert "--brokr (did you mean --broker?)" in result.stderr and "de-magic list --help" in result.stderr
+    result = run("python", "backend.py", "listen", "--max-wokers", "2", cwd=home)
+    assert "--max-wokers (did you mean --max-workers?)" in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+def test_output_cut_short_and_ctrl_c_end_quietly(demo, home):
+    # the reader leaves before reading (`| head` that has seen enough): no BrokenPipeError traceback
+    with subprocess.Popen(["de-magic", "schema", "de_magic.demo.hello"], cwd=home, env=environment(),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as cut:
+        cut.stdout.close()
+        assert cut.stderr.read() == "" and cut.wait(30) == 1
+    call = subprocess.Popen(["de-magic", "call", "hello_world", "slow_sum", "--args", '{"n": 1000}', "--broker",
+                             demo.url], cwd=home, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        assert call.stderr.readline().startswith("adding")  # the call runs
+        wait_for(lambda: any(w["busy"] for w in demo.workers("hello_world")), what="the call to run")
+        call.send_signal(signal.SIGINT)
+        stderr = call.communicate(timeout=30)[1]
+    finally:
+        call.kill()
+    assert call.returncode == 130 and TRACEBACK not in stderr, stderr
+    assert stderr.splitlines()[-1] == "de-magic: interrupted; a call in progress was cancelled at the backend"
+    wait_for(lambda: not any(w["busy"] for w in demo.workers("hello_world")), what="the remote call to stop")
+
+
+def test_a_refused_backend_says_so_once(demo, home):
+    result = run("de-magic", "serve", "backend.py", "--name", "hello_world", "--broker", demo.url, cwd=home)
+    says_in_one_line(result, "refused to register 'hello_world'", "choose another name")
+    assert "none answers yet" not in result.stderr
 
 
 def test_backend_file_is_served_under_the_name_it_declares(demo, home, processes):

@@ -4,14 +4,21 @@ restarts (also a ``kill -9``), lists it as offline, and says so at once when it 
 from __future__ import annotations
 
 import inspect
+import itertools
 import json
 import os
+import shutil
 import signal
 import stat
 import sys
+import tempfile
 from collections import defaultdict
+from pathlib import Path
 
 import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from de_magic.broker.routing import Config, Router
 from de_magic.broker.launch import Launch
@@ -355,3 +362,97 @@ def test_the_http_gateway_starts_a_job_for_an_offline_backend_and_follows_it_to_
         assert requests.get(location, timeout=30).json()["result"] == ["http"]
     finally:
         cluster.client.close()
+
+
+# -- held jobs, property-tested: random interleavings of starts, cancels, workers and kill -9s of the broker -------
+
+class HeldJobs(RuleBasedStateMachine):
+    """Whatever happens, a held job is sent to a worker at most once (also across restarts of the broker from
+    its state directory), in the order the jobs were started, and each caller's waiting jobs stay in bounds."""
+
+    def __init__(self):
+        super().__init__()
+        self.directory = tempfile.mkdtemp()
+        self.net = Held(Path(self.directory) / "state", jobs=3)
+        self.net.store.remember(Remembered("model", "KEY-alice", {"api": API_F}, last_seen=1.0))
+        self.net.router.remembered = self.net.store.backends()
+        self.started: list[str] = []  # tokens, in the order they were started
+        self.cancelled: set[str] = set()
+        self.handed: list[str] = []  # tokens, in the order they were sent to a worker
+        self.pending: list[tuple[bytes, bytes]] = []  # (alias, rid) of job.starts the worker has not answered
+        self.worker = False
+        self.rids = itertools.count()
+
+    def teardown(self):
+        self.net.store.close()
+        shutil.rmtree(self.directory)
+
+    def _collect(self) -> None:
+        for alias, rid, header, _ in self.net.handed():
+            self.handed.append(header["token"])
+            self.pending.append((alias, rid))
+
+    @precondition(lambda self: not self.worker)  # (with one up, a job.start goes to it as any call does)
+    @rule(owner=st.sampled_from(["KEY-alice", "KEY-bob"]))
+    def start(self, owner):
+        answer = self.net.start(f"r{next(self.rids)}".encode(), "x", key=owner)
+        if answer.__class__.__name__ == "Reply":
+            self.started.append(serialize.loads(answer.payload)["id"].rpartition(":")[2])
+        else:
+            assert answer.header["kind"] == "busy" and "at most 3" in answer.header["message"]
+        self._collect()
+
+    @precondition(lambda self: self.started)
+    @rule(data=st.data())
+    def cancel(self, data):
+        token = data.draw(st.sampled_from(self.started))
+        owner = "KEY-alice" if token not in self.handed else "KEY-nobody"
+        answer = self.net.ask("job.cancel", f"model:00:{token}", key=owner)
+        if answer.__class__.__name__ == "Reply" and serialize.loads(answer.payload) is True:
+            self.cancelled.add(token)
+
+    @precondition(lambda self: not self.worker)
+    @rule()
+    def register(self):
+        self.net.register("model", key="KEY-alice", api=API_F, worker=os.urandom(8))
+        self.worker = True
+        self._collect()
+
+    @precondition(lambda self: self.pending)
+    @rule(refuse=st.booleans())
+    def answer(self, refuse):
+        alias, rid = self.pending.pop(0)
+        kind = P.ERROR if refuse else P.REPLY
+        self.net.send(b"slot", P.answer(kind, alias, rid, P.dump_header({"kind": "busy", "message": "no"})))
+        self._collect()
+
+    @precondition(lambda self: self.worker)
+    @rule()
+    def leave(self):
+        self.net.send(b"ctl", P.bye())
+        self.worker, self.pending = False, []
+        self._collect()
+
+    @rule()
+    def kill_9(self):
+        self.net.store.close()
+        self.net = Held(Path(self.directory) / "state", jobs=3)  # from what is on disk, nothing else
+        self.worker, self.pending = False, []
+
+    @invariant()
+    def each_job_is_sent_at_most_once_in_order_and_never_after_a_cancel(self):
+        assert len(self.handed) == len(set(self.handed))
+        order = [self.started.index(token) for token in self.handed]
+        assert order == sorted(order)
+        assert not self.cancelled & set(self.handed)
+        assert set(self.handed) <= set(self.started)
+
+    @invariant()
+    def each_callers_waiting_jobs_stay_in_bounds(self):
+        for owner in ("KEY-alice", "KEY-bob"):
+            waiting = [j for j in self.net.router.held.jobs.values() if j.owner == owner and j.state == "waiting"]
+            assert len(waiting) <= 3
+
+
+test_held_jobs_property = HeldJobs.TestCase
+test_held_jobs_property.settings = settings(max_examples=40, stateful_step_count=25, deadline=None)

@@ -325,12 +325,18 @@ class Backend:
 
     def _refused(self, door: _Door) -> bool:
         """Whether the broker refused the control connection; if so, log why and have run() stop."""
-        self.failure = door.dealer.handshake_failure()
-        if self.failure is None:
+        failure = door.dealer.handshake_failure()
+        if failure is None:
             return False
-        log.error("%s", self.failure)
+        self._fail(failure)
         self._main_jobs.put(None)
         return True
+
+    def _fail(self, reason: str) -> None:
+        """Stop serving for ``reason``: run() raises it, so it is logged only for a backend served without run()."""
+        self.failure = reason
+        if not self._main_served.is_set():
+            log.error("%s", reason)
 
     def _ready_frames(self, door: _Door) -> list:
         info = {"api": self.api, "capacity": self.max_workers, "queue": self.max_queue,
@@ -531,8 +537,7 @@ class Backend:
             self._welcome(door, True)
             slots.send(_HELLO)
         elif isinstance(msg, P.Reject):
-            self.failure = f"the broker at {door.url} refused to register {self.name!r}: {msg.reason}"
-            log.error("%s", self.failure)
+            self._fail(f"the broker at {door.url} refused to register {self.name!r}: {msg.reason}")
         elif isinstance(msg, P.Disconnect):
             log.info("broker %s asks to register again: %s", door.url, msg.reason)
             self._welcome(door, False)

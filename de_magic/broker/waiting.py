@@ -28,6 +28,9 @@ CANCELLED, EXPIRED, REFUSED, LOST = "cancelled", "expired", "refused", "lost"
 ENDED = frozenset({CANCELLED, EXPIRED, REFUSED, LOST})
 #: Records of jobs that left the broker (delivered or ended) kept at most, oldest forgotten first.
 MAX_RECORDS = 10_000
+#: Over all callers, a broker holds at most this many callers' bounds of waiting jobs: on a plaintext broker
+#: a caller names itself, and a hundred made-up names must not fill the disk.
+MAX_FULL_CALLERS = 64
 
 
 @dataclass
@@ -84,12 +87,17 @@ class WaitingJobs:
         self.jobs: dict[str, WaitingJob] = {}  # by token, oldest first
         self._queues: dict[str, deque[WaitingJob]] = {}  # backend -> its waiting jobs, oldest first
         self._held: dict[str, list[int]] = {}  # owner -> [jobs, bytes] waiting
+        self._bytes = 0  # of all waiting jobs
         for job in jobs:
             self.add(job)
 
     def refusal(self, owner: str, size: int) -> str:
         """Why a new job of ``size`` bytes of ``owner`` may not wait (empty when it may)."""
         count, held = self._held.get(owner, (0, 0))
+        total = self._bytes
+        if total + size > MAX_FULL_CALLERS * self.bounds.bytes or len(self._held) >= MAX_FULL_CALLERS * self.bounds.jobs:
+            return (f"the broker holds {total} bytes of waiting jobs from {len(self._held)} callers already, its "
+                    "limit; try again once backends came back for them")
         if count >= self.bounds.jobs:
             return (f"you have {count} jobs waiting at this broker already (at most {self.bounds.jobs}, "
                     "--max-waiting-jobs); wait until their backends come back, or cancel some")
@@ -105,6 +113,7 @@ class WaitingJobs:
             books = self._held.setdefault(job.owner, [0, 0])
             books[0] += 1
             books[1] += job.size
+            self._bytes += job.size
 
     def first(self, backend: str) -> WaitingJob | None:
         """The oldest job still waiting for ``backend``."""
@@ -132,6 +141,7 @@ class WaitingJobs:
             books = self._held[job.owner]
             books[0] -= 1
             books[1] -= job.size
+            self._bytes -= job.size
             if not books[0]:
                 del self._held[job.owner]
         job.state, job.reason = state, reason
