@@ -54,3 +54,37 @@ def test_one_client_follows_a_thousand_jobs_with_a_bounded_number_of_threads_and
         assert added <= 6, f"{added} threads for 1,000 jobs"  # the I/O thread, and at most the helpers
         assert sockets <= 4, f"{sockets} sockets for 1,000 jobs"
         assert client.call("hello_world", "echo", ("still calling",)) == "still calling"
+
+
+def test_blocking_calls_of_many_threads_share_the_one_io_thread_and_handle_their_events_themselves(cluster):
+    cluster.start_backend("de_magic.demo.hello", "hello_world")
+    with Client(cluster.url, timeout=30, heartbeat=HEARTBEAT) as client:
+        client.call("hello_world", "echo", (0,))  # the I/O thread and its connection exist from here on
+        threads_before = threading.active_count()
+        reports, wrong_thread, failed = [], [], []
+
+        def calls(i: int) -> None:
+            me = threading.current_thread()
+
+            def progress(report) -> None:
+                reports.append(report)
+                if threading.current_thread() is not me:  # a notebook shows it in the cell that made the call
+                    wrong_thread.append(report)
+
+            try:
+                for j in range(20):
+                    assert client.call("hello_world", "echo", ((i, j),)) == (i, j)
+                assert client.call("hello_world", "slow_sum", kwargs={"n": 3, "delay": 0.01},
+                                   on_progress=progress) == 3
+            except BaseException as exc:  # noqa: BLE001 - the test fails with it below
+                failed.append(exc)
+
+        workers = [threading.Thread(target=calls, args=(i,)) for i in range(50)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(60)
+        assert not any(worker.is_alive() for worker in workers) and not failed, failed[:1]
+        assert len(reports) >= 50 and not wrong_thread
+        # 50 calling threads: no socket and no thread of the client's own for each (it had one socket per thread)
+        assert client._calls().sockets == 1 and threading.active_count() == threads_before

@@ -144,6 +144,7 @@ def test_sidebar_browse_filter_insert_and_run(page, lab, hello, processes, tmp_p
     from playwright.sync_api import expect
 
     from de_magic import RemoteSession
+    from de_magic.caller.jobs import start_cell
 
     # A %%remote session and a remote reference on hello_world: the details show what each worker holds.
     session = RemoteSession(hello.client, "hello_world")
@@ -289,6 +290,19 @@ def test_sidebar_browse_filter_insert_and_run(page, lab, hello, processes, tmp_p
     fetched = page.locator(".jp-NotebookPanel .jp-CodeCell").filter(has_text="client.job(")
     fetched = fetched.locator(".jp-OutputArea-executeResult .jp-OutputArea-output")
     expect(fetched).to_have_text(re.compile(r"^\s*3\s*$"), timeout=20_000)
+    # A running %%remote job: "Insert fetch" inserts %remote_result, which shows its output as it comes.
+    steps = start_cell(session, "import time\nfor i in range(16):\n    print('step', i, flush=True)\n"
+                                "    time.sleep(0.5)", {}, [])
+    steps_row = panel.locator(f'.jp-DeMagic-job[title="{steps.id}"]')
+    expect(steps_row).to_have_attribute("data-status", "running", timeout=15_000)
+    steps_row.get_by_role("button", name="Insert fetch").click()
+    expect(active.locator(".cm-content")).to_have_text(f"%remote_result {steps.id}")
+    run_active_cell(page)
+    shown = page.locator(".jp-NotebookPanel .jp-CodeCell").filter(has_text="%remote_result")
+    shown = shown.locator(".jp-OutputArea-output")
+    expect(shown).to_contain_text("step 1\n", timeout=10_000)
+    assert not steps.done(), "the output came only once the job had ended"
+    expect(shown).to_contain_text("step 15\n", timeout=20_000)
 
     screenshot(page, tmp_path, "sidebar-jobs.png")  # the Jobs section
     # ocean_model takes direct calls: its worker's path says so, with the endpoint in the tooltip.

@@ -161,6 +161,22 @@ def test_progress_of_a_plain_call_is_a_live_widget_bar(kernel, hello):
                     what="the bars of the submitted call in the submitting cell")
 
 
+def test_a_method_jobs_display_shows_one_progress_bar(kernel, hello):
+    msgs = kernel.execute(f"from de_magic import Client\n"
+                          f"job = Client({hello.url!r})['hello_world'].slow_sum.start(n=6, delay=0.2)\n"
+                          f"job")
+    cell = parent(msgs[0])
+    kernel.execute("assert job.result() == 15")
+    # the job's display follows it to its end: done, and the bar that ran is the widget's
+    kernel.wait_for(lambda m: m["msg_type"] == "update_display_data" and "done" in m["content"]["data"]["text/plain"],
+                    what="the job's display saying done")
+    shown = [m["content"]["data"] for m in kernel.log if parent(m) == cell and "data" in m["content"]]
+    shown += [m["content"]["data"] for m in kernel.log if m["msg_type"] == "update_display_data"]
+    widget_bars = [m for m in opened(kernel.log, "IntProgressModel") if parent(m) == cell]
+    html_bars = [data for data in shown if "<progress" in data.get("text/html", "")]
+    assert (len(widget_bars), html_bars) == (1, []), html_bars
+
+
 def test_call_form_runs_in_the_background_and_shows_result_progress_and_errors(kernel, hello):
     kernel.execute(f"from de_magic import Client\n"
                    f"from de_magic.notebook.forms import call_form\n"

@@ -27,14 +27,15 @@ MiB = 1 << 20
 def core(capacity=1, *, max_queue=10, max_message_size=64 * MiB, max_queued_bytes=100 * MiB, allow_clients=None,
          curve=False) -> DirectCore:
     made = DirectCore("svc", WORKER, capacity, max_queue=max_queue, max_message_size=max_message_size,
-                      max_queued_bytes=max_queued_bytes, allow_clients=allow_clients, curve=curve)
+                      max_queued_bytes=max_queued_bytes, allow_clients=allow_clients, curve=curve,
+                      lease=10.0)
     for i in range(capacity):
         made.slot_free(b"slot%d" % i)
     return made
 
 
 def call(c: DirectCore, rid: bytes, size: int = 0, *, caller=b"cli", key=None, name="svc", worker=b"") -> list:
-    return c.on_caller(caller, P.parse(P.call(rid, name, worker, HEADER, [b"x" * size]), P.AT_BROKER), key)
+    return c.on_caller(caller, P.parse(P.call(rid, name, worker, HEADER, [b"x" * size]), P.AT_BROKER), key, 0.0)
 
 
 def kinds(out: list) -> list[str]:
@@ -66,7 +67,7 @@ def test_waiting_calls_are_bounded_by_bytes_as_at_a_broker():
     answers = [kinds(call(c, b"w%d" % i, 20 * MiB)) for i in range(60)]
     assert answers.count([]) == 4 and answers[4:] == [[Busy.kind]] * 56
     assert c.queued_bytes <= 100 * MiB
-    c.on_caller(b"cli", P.parse(P.cancel(b"w0"), P.AT_BROKER), None)
+    c.on_caller(b"cli", P.parse(P.cancel(b"w0"), P.AT_BROKER), None, 0.0)
     assert kinds(call(c, b"again", 20 * MiB)) == []  # a cancelled call's bytes are free again
 
 
@@ -112,13 +113,13 @@ def test_pinned_cancelled_unknown_duplicate_and_queried_calls():
     call(c, b"b")
     with pytest.raises(P.ProtocolError, match="already in use"):
         call(c, b"b")
-    status = c.on_caller(b"cli", P.parse(P.query(b"a", b"b", b"c"), P.AT_BROKER), None)
+    status = c.on_caller(b"cli", P.parse(P.query(b"a", b"b", b"c"), P.AT_BROKER), None, 0.0)
     assert P.parse(status[0][1:], P.AT_CLIENT).pairs() == [(b"a", P.PENDING), (b"b", P.PENDING), (b"c", P.UNKNOWN)]
     assert c.started(b"cli", b"a") and not c.started(b"cli", b"b")
-    assert kinds(c.on_caller(b"cli", P.parse(P.cancel(b"b"), P.AT_BROKER), None)) == [Cancelled.kind]
-    assert c.on_caller(b"cli", P.parse(P.cancel(b"a"), P.AT_BROKER), None) == []  # running: the endpoint interrupts
+    assert kinds(c.on_caller(b"cli", P.parse(P.cancel(b"b"), P.AT_BROKER), None, 0.0)) == [Cancelled.kind]
+    assert c.on_caller(b"cli", P.parse(P.cancel(b"a"), P.AT_BROKER), None, 0.0) == []  # running: the endpoint interrupts
     with pytest.raises(P.ProtocolError, match="QUERY of more than"):
-        c.on_caller(b"cli", P.parse(P.query(*[b"q%d" % i for i in range(MAX_QUERY + 1)]), P.AT_BROKER), None)
+        c.on_caller(b"cli", P.parse(P.query(*[b"q%d" % i for i in range(MAX_QUERY + 1)]), P.AT_BROKER), None, 0.0)
 
 
 def test_cancelled_waiting_calls_are_compacted_away():
@@ -127,13 +128,27 @@ def test_cancelled_waiting_calls_are_compacted_away():
     started(c)
     for i in range(10_000):
         call(c, b"c%d" % i)
-        c.on_caller(b"cli", P.parse(P.cancel(b"c%d" % i), P.AT_BROKER), None)
+        c.on_caller(b"cli", P.parse(P.cancel(b"c%d" % i), P.AT_BROKER), None, 0.0)
     assert len(c.queue) < 100 and c.waiting == 0 and c.queued_bytes == 0
+
+
+def test_the_waiting_calls_of_a_caller_gone_silent_are_dropped_when_their_turn_comes():
+    """As at a broker: a client that queued calls and went away does not make live callers wait for them."""
+    c = core()
+    call(c, b"running")
+    assert started(c) == [b"running"]
+    for i in range(3):
+        call(c, b"gone%d" % i, caller=b"gone")
+    c.on_caller(b"live", P.parse(P.call(b"mine", "svc", b"", HEADER, []), P.AT_BROKER), None, 5.0)
+    c.on_caller(b"live", P.parse(P.query(b"mine"), P.AT_BROKER), None, 14.0)  # live asks after its call
+    c.on_answer(b"cli", b"running", final=True)
+    assert [e.rid for e in iter(lambda: c.next(14.0), None)] == [b"mine"]
+    assert kinds(c.drain()) == [Cancelled.kind] * 3 and c.waiting == 0 and not c.calls.keys() - {(b"live", b"mine")}
 
 
 def test_a_call_to_run_inline_starts_without_a_slot():
     c = DirectCore("svc", WORKER, 1, max_queue=10, max_message_size=MiB, max_queued_bytes=MiB, allow_clients=None,
-                   curve=False, inline=lambda entry: entry.rid.startswith(b"quick"))
+                   curve=False, lease=10.0, inline=lambda entry: entry.rid.startswith(b"quick"))
     call(c, b"slow")
     call(c, b"quick")
     assert [(e.rid, e.slot) for e in iter(c.next, None)] == []  # no slot: nothing starts
@@ -144,6 +159,7 @@ def test_a_call_to_run_inline_starts_without_a_slot():
 # -- the direct path decides as the broker path does ------------------------------------------------
 
 KEYS = ("KEY-alice", "KEY-bob", "KEY-eve", None)
+CALLERS = (b"cli", b"two")
 SECRET = b"s" * 16
 
 
@@ -157,6 +173,17 @@ def keyed(frames: list, key: str | None) -> list:
     return [first, *frames[1:]]
 
 
+def _said(caller: bytes, frames: list) -> list[tuple]:
+    """What a caller was told by the path itself: an error's kind, or a STATUS's states (answers and events
+    of the worker are passed on, by the broker here, by the endpoint's loop there)."""
+    msg = P.parse(frames, P.AT_CLIENT)
+    if type(msg) is P.Error:
+        return [(caller, msg.rid, msg.header["kind"])]
+    if type(msg) is P.Status:
+        return [(caller, tuple(bytes(f) for f in frames))]
+    return []
+
+
 class BothPaths(RuleBasedStateMachine):
     """A broker with one worker, and that worker's direct endpoint: the same events, the same decisions."""
 
@@ -166,8 +193,9 @@ class BothPaths(RuleBasedStateMachine):
     def setup(self, capacity, max_queue, max_bytes, limit, curve, allow):
         self.names = {"KEY-alice": "alice", "KEY-bob": "bob"}
         self.curve = curve
-        self.router = Router(Config(url="tcp://test:1", curve=curve, max_queued_bytes=max_bytes,
-                                    max_message_size=limit), now=-100.0, key_of=lambda f: getattr(f, "key", None),
+        self.now = 0.0
+        config = Config(url="tcp://test:1", curve=curve, max_queued_bytes=max_bytes, max_message_size=limit)
+        self.router = Router(config, now=-100.0, key_of=lambda f: getattr(f, "key", None),
                              key_names=lambda: self.names)
         info = {"api": {"members": {"f": {"kind": "function"}}}, "capacity": capacity, "queue": max_queue}
         if allow is not None:
@@ -178,78 +206,99 @@ class BothPaths(RuleBasedStateMachine):
         for slot in self.slots:
             self._to_router(slot, P.slot(WORKER, SECRET), worker_key)
         self.core = DirectCore("svc", WORKER, capacity, max_queue=max_queue, max_message_size=limit,
-                               max_queued_bytes=max_bytes, allow_clients=allow, curve=curve)
+                               max_queued_bytes=max_bytes, allow_clients=allow, curve=curve,
+                               lease=self.router.caller_lease)
         self.core.vouch(0, dict(self.names))
         for slot in self.slots:
             self.core.slot_free(slot)
         self.worker_key = worker_key
         self.other = set()  # slots busy with another broker's call (told BUSY, both sides)
-        self.routed: dict[bytes, tuple[bytes, bytes]] = {}  # running call (rid) -> its slot at the broker, and
-        # the alias the worker knows its caller by there (never the caller's routing id)
-        self.direct: dict[bytes, bytes] = {}  # running call (rid) -> its slot at the endpoint
+        # running calls, by (caller, rid): at the broker their slot and the alias the worker knows the caller
+        # by there (never the caller's routing id); at the endpoint their slot
+        self.routed: dict[tuple[bytes, bytes], tuple[bytes, bytes]] = {}
+        self.direct: dict[tuple[bytes, bytes], bytes] = {}
         self.rids = 0
 
     def _to_router(self, sender: bytes, frames: list, key: str | None) -> list[list]:
-        return self.router.handle(sender, keyed(frames, key), 0.0)
+        return self.router.handle(sender, keyed(frames, key), self.now)
 
     def _router_outcome(self, out: list[list]) -> tuple[list, list]:
-        """What the broker did: errors to callers, calls started (on which slot)."""
+        """What the broker did: errors and statuses to callers, calls started (by whom, on which slot)."""
         errors, starts = [], []
+        aliases = {}
         for frames in out:
             address, rest = frames[0], frames[1:]
             if address in self.slots:
                 work = P.parse(rest, P.AT_WORKER)
+                aliases[work.rid] = address, work.client
                 starts.append(work.rid)
-                self.routed[work.rid] = address, work.client
-            elif address == b"cli":  # not an interrupt for the worker's control connection
-                msg = P.parse(rest, P.AT_CLIENT)
-                if type(msg) is P.Error:
-                    errors.append((msg.rid, msg.header["kind"]))
-        return errors, starts
+            elif address in CALLERS:  # not an interrupt for the worker's control connection
+                errors += _said(address, rest)
+        for rid, (slot, alias) in aliases.items():  # whose call it is: the broker's books say
+            request = self.router.slots[slot].inflight[alias]
+            self.routed[(request.client, rid)] = slot, alias
+        return sorted(errors), sorted(starts)
 
     def _core_outcome(self, out: list[list]) -> tuple[list, list]:
-        errors = [(P.parse(f[1:], P.AT_CLIENT).rid, P.parse(f[1:], P.AT_CLIENT).header["kind"]) for f in out]
         starts = []
-        while (entry := self.core.next()) is not None:
+        while (entry := self.core.next(self.now)) is not None:
             starts.append(entry.rid)
-            self.direct[entry.rid] = entry.slot
-        return errors, starts
+            self.direct[(entry.caller, entry.rid)] = entry.slot
+        errors = []
+        for frames in out + self.core.drain():
+            errors += _said(frames[0], frames[1:])
+        return sorted(errors), sorted(starts)
 
-    def _core(self, frames: list, key: str | None) -> tuple[list, list]:
+    def _core(self, caller: bytes, frames: list, key: str | None) -> tuple[list, list]:
         try:
-            out = self.core.on_caller(b"cli", P.parse(frames, P.AT_BROKER), key)
+            out = self.core.on_caller(caller, P.parse(frames, P.AT_BROKER), key, self.now)
         except P.ProtocolError as exc:
-            out = [] if exc.rid is None else [P.error_to(b"cli", exc.rid, "protocol", str(exc))]
+            out = [] if exc.rid is None else [P.error_to(caller, exc.rid, "protocol", str(exc))]
         return self._core_outcome(out)
 
     @rule(size=st.integers(0, 350), key=st.sampled_from(KEYS), name=st.sampled_from(["svc", "svc", "svc", "other"]),
-          pin=st.sampled_from([b"", b"", WORKER, b"Z" * 8]), again=st.booleans())
-    def call(self, size, key, name, pin, again):
+          pin=st.sampled_from([b"", b"", WORKER, b"Z" * 8]), again=st.booleans(), caller=st.sampled_from(CALLERS))
+    def call(self, size, key, name, pin, again, caller):
         if not (again and self.rids):
             self.rids += 1
         rid = b"r%d" % self.rids  # ``again``: reuses the last id, which may still be in use
         key = key if self.curve else None
         frames = P.call(rid, name, pin, HEADER, [b"x" * size])
-        assert self._core(frames, key) == self._router_outcome(self._to_router(b"cli", frames, key))
+        assert self._core(caller, frames, key) == self._router_outcome(self._to_router(caller, frames, key))
 
-    @rule(data=st.data())
-    def cancel(self, data):
+    @rule(data=st.data(), caller=st.sampled_from(CALLERS))
+    def cancel(self, data, caller):
         rid = b"r%d" % data.draw(st.integers(0, self.rids + 1))
-        routed = self._router_outcome(self._to_router(b"cli", P.cancel(rid), None))
-        assert self._core(P.cancel(rid), None) == routed
-        assert self.core.started(b"cli", rid) == (rid in self.routed)  # running: both interrupt it
+        routed = self._router_outcome(self._to_router(caller, P.cancel(rid), None))
+        assert self._core(caller, P.cancel(rid), None) == routed
+        assert self.core.started(caller, rid) == ((caller, rid) in self.routed)  # running: both interrupt it
+
+    @rule(caller=st.sampled_from(CALLERS))
+    def query(self, caller):
+        """A caller asks after its calls (a client does every heartbeat): it holds them on its lease."""
+        frames = P.query(*[b"r%d" % i for i in range(self.rids + 1)])
+        assert self._core(caller, frames, None) == self._router_outcome(self._to_router(caller, frames, None))
+
+    @rule(seconds=st.sampled_from([0.5, 3.0, 6.0, 11.0]))
+    def time_passes(self, seconds):
+        """Time passes; a caller that says nothing meanwhile is gone, as a disconnected client is."""
+        self.now += seconds
+        self._to_router(b"ctl", P.heartbeat(), self.worker_key)  # the worker lives on
 
     @precondition(lambda self: self.routed)
     @rule(data=st.data(), final=st.booleans())
     def answer(self, data, final):
-        rid = data.draw(st.sampled_from(sorted(self.routed)))
+        self.answer_with(*data.draw(st.sampled_from(sorted(self.routed))), final)
+
+    def answer_with(self, caller: bytes, rid: bytes, final: bool) -> tuple[list, list]:
         kind = P.REPLY if final else P.EVENT
-        slot, alias = self.routed.pop(rid) if final else self.routed[rid]
+        slot, alias = self.routed.pop((caller, rid)) if final else self.routed[(caller, rid)]
         routed = self._router_outcome(self._to_router(slot, P.answer(kind, alias, rid, b"{}", ()), self.worker_key))
-        assert self.core.on_answer(b"cli", rid, final) is not None
+        assert self.core.on_answer(caller, rid, final) is not None
         if final:
-            del self.direct[rid]
+            del self.direct[(caller, rid)]
         assert self._core_outcome([]) == routed
+        return routed
 
     @rule(key=st.sampled_from(KEYS[:3]))
     def revoke_or_restore(self, key):
@@ -289,6 +338,20 @@ class BothPaths(RuleBasedStateMachine):
             service = self.router.services["svc"]
             assert (self.core.waiting, self.core.queued_bytes) == (service.waiting, self.router.queued_bytes)
             assert sorted(self.routed) == sorted(self.direct)
+
+
+def test_both_paths_drop_the_waiting_calls_of_a_caller_gone_silent_alike():
+    """The case the random walk reaches rarely, spelled out: one caller keeps asking, one went away."""
+    paths = BothPaths()
+    paths.setup(capacity=1, max_queue=3, max_bytes=400, limit=300, curve=False, allow=None)
+    for caller in (b"cli", b"two", b"cli"):
+        paths.call(size=0, key=None, name="svc", pin=b"", again=False, caller=caller)
+    paths.time_passes(6.0)
+    paths.query(b"cli")
+    paths.time_passes(6.0)  # b"two" said nothing for 12 s, over its 10 s lease
+    errors, starts = paths.answer_with(b"cli", b"r1", final=True)
+    assert (errors, starts) == ([(b"two", b"r2", Cancelled.kind)], [b"r3"])
+    paths.same_books()
 
 
 BothPaths.TestCase.settings = settings(max_examples=150, stateful_step_count=60, deadline=None)

@@ -15,7 +15,10 @@ What it guarantees:
   handshake: a revoked key stops working on open connections as soon as a broker says so; without CURVE a
   backend with ``allow_clients`` admits nobody here, as a plaintext broker admits nobody to it;
 - waiting calls are bounded by count (``max_queue``) and by bytes (``max_queued_bytes``), and start in
-  arrival order; cancelled ones are skipped, and compacted away before they can pile up.
+  arrival order; cancelled ones are skipped, and compacted away before they can pile up;
+- a waiting call whose caller has been silent for its lease (no CALL, CANCEL or QUERY: a client asks
+  after its calls every heartbeat) is dropped when its turn comes, as at a broker: a gone client's
+  calls do not run while live callers wait.
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ class DirectCore:
     """
 
     def __init__(self, name: str, worker: bytes, capacity: int, *, max_queue: int, max_message_size: int,
-                 max_queued_bytes: int, allow_clients: list[str] | None, curve: bool,
+                 max_queued_bytes: int, allow_clients: list[str] | None, curve: bool, lease: float,
                  inline: Callable[[Entry], bool] = lambda entry: False):
         self.name, self.worker, self.capacity = name, worker, capacity
         self.max_queue, self.limit, self.max_queued_bytes = max_queue, max_message_size, max_queued_bytes
@@ -68,6 +71,11 @@ class DirectCore:
         self.waiting = 0  # live entries of ``queue``
         self.dead = 0  # cancelled entries still in ``queue``
         self.queued_bytes = 0
+        self.lease = lease
+        self.heard: dict[bytes, float] = {}  # caller -> when it last sent a CALL, CANCEL or QUERY
+        self._sweep_at = lease  # when callers silent for a lease are forgotten (the table stays bounded)
+        self.now = 0.0
+        self.out: list[list] = []  # answers decided while starting calls (see :meth:`drain`)
 
     # -- who may call ------------------------------------------------------------------------------
 
@@ -86,8 +94,11 @@ class DirectCore:
 
     # -- from callers ----------------------------------------------------------------------------
 
-    def on_caller(self, caller: bytes, msg, key: str | None) -> list[list]:
+    def on_caller(self, caller: bytes, msg, key: str | None, now: float) -> list[list]:
         """A parsed message from a caller (CALL, CANCEL, QUERY; anything else is a ProtocolError)."""
+        self.now = now
+        if type(msg) in (P.Call, P.Cancel, P.Query):
+            self._heard(caller, now)
         if type(msg) is P.Call:
             return self._on_call(caller, msg, key)
         if type(msg) is P.Cancel:
@@ -138,6 +149,12 @@ class DirectCore:
             self.dead = 0
         return [P.error_to(caller, rid, Cancelled.kind, "cancelled before it started")]
 
+    def _heard(self, caller: bytes, now: float) -> None:
+        self.heard[caller] = now
+        if now >= self._sweep_at:
+            self._sweep_at = now + self.lease
+            self.heard = {c: t for c, t in self.heard.items() if now - t <= self.lease}
+
     def started(self, caller: bytes, rid: bytes) -> bool:
         """Whether that call is running (on a slot or inline): a cancel of it interrupts it."""
         entry = self.calls.get((caller, rid))
@@ -150,15 +167,25 @@ class DirectCore:
 
     # -- starting calls ------------------------------------------------------------------------------
 
-    def next(self) -> Entry | None:
-        """The oldest waiting call, if it may start now (its ``slot`` says where), else None."""
+    def next(self, now: float | None = None) -> Entry | None:
+        """The oldest waiting call, if it may start now (its ``slot`` says where), else None. Calls of
+        silent callers met on the way are dropped, their answers left for :meth:`drain`."""
+        if now is not None:
+            self.now = now
         queue = self.queue
-        while queue and not queue[0].queued:
+        while True:
+            while queue and not queue[0].queued:
+                queue.popleft()
+                self.dead -= 1
+            if not queue:
+                return None
+            entry = queue[0]
+            if not admission.silent(self.heard, entry.caller, self.now, self.lease) or not self._startable(entry):
+                break
             queue.popleft()
-            self.dead -= 1
-        if not queue:
-            return None
-        entry = queue[0]
+            self._settle(entry)
+            del self.calls[(entry.caller, entry.rid)]
+            self.out.append(P.error_to(entry.caller, entry.rid, Cancelled.kind, admission.abandoned(self.lease)))
         if self.inline(entry):
             entry.slot = b""
         elif self.idle:
@@ -169,6 +196,15 @@ class DirectCore:
         queue.popleft()
         self._settle(entry)
         return entry
+
+    def _startable(self, entry: Entry) -> bool:
+        """Whether the head of the queue could start now (a broker looks at its queue only then, too)."""
+        return bool(self.idle) or self.inline(entry)
+
+    def drain(self) -> list[list]:
+        """Answers decided by :meth:`next` (calls of silent callers, dropped)."""
+        out, self.out = self.out, []
+        return out
 
     # -- from slots ---------------------------------------------------------------------------------
 

@@ -44,6 +44,7 @@ from urllib.parse import urlsplit
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
+from ..wire import admission
 from ..wire import protocol as P
 from ..wire import routingids
 from ..wire.errors import Refused
@@ -98,7 +99,8 @@ class DirectEndpoint:
         self.curve = security.curve
         self.core = DirectCore(backend.name, backend.id, backend.max_workers, max_queue=backend.max_queue,
                                max_message_size=backend.max_message_size, max_queued_bytes=backend.max_queued_bytes,
-                               allow_clients=backend.allow_clients, curve=self.curve, inline=self._runs_inline)
+                               allow_clients=backend.allow_clients, curve=self.curve, inline=self._runs_inline,
+                               lease=admission.caller_lease(backend.heartbeat, backend.liveness))
         self._ctx = zmq.Context()  # see _GateKeeper
         self._auth: _GateKeeper | None = None
         #: the public key callers check this endpoint by, where the broker does not vouch for it (no CURVE)
@@ -168,7 +170,8 @@ class DirectEndpoint:
             msg = P.parse(frames, P.AT_BROKER)
             if type(msg) is P.Cancel and self.core.started(caller, msg.rid):
                 self.backend.cancel((self.index, caller, msg.rid))
-            for answer in self.core.on_caller(caller, msg, peer_key(frames[0]) if self.curve else None):
+            key = peer_key(frames[0]) if self.curve else None
+            for answer in self.core.on_caller(caller, msg, key, time.monotonic()):
                 self._to_caller(answer)
         except P.ProtocolError as exc:
             self.backend.bad.report("bad direct message from %s: %s", caller.hex(), exc)
@@ -178,7 +181,7 @@ class DirectEndpoint:
 
     def _dispatch(self) -> None:
         """Start what the core says may start: on a free slot, or inline (see QUICK)."""
-        while (entry := self.core.next()) is not None:
+        while (entry := self.core.next(time.monotonic())) is not None:
             if not entry.slot:
                 self._inline(entry)
                 continue
@@ -186,6 +189,8 @@ class DirectEndpoint:
             if entry.member is not None:
                 self.timing[(entry.caller, entry.rid)] = (entry.member, now)
             send_frames(self.link, P.work(entry.slot, entry.caller, entry.rid, entry.key, entry.body))
+        for answer in self.core.drain():  # calls of callers gone silent, dropped before they started
+            self._to_caller(answer)
 
     # -- quick calls, inline ---------------------------------------------------------------------
 

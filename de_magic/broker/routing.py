@@ -57,9 +57,6 @@ MAX_WAITING = 10_000
 MAX_HEARTBEAT = 20.0
 #: Shortest secret a worker may choose (bytes): its slots prove with it that they are the worker's.
 MIN_SECRET = 16
-#: Shortest caller lease (seconds): a caller asks after its waiting calls every heartbeat of its own (QUERY), and a
-#: queued call whose caller was silent for longer than its lease is dropped, not run (the caller is gone).
-MIN_CALLER_LEASE = 10.0
 #: Longest a worker whose connection is up may be silent (seconds): a call may hold its Python GIL that long
 #: (its heartbeats wait for the GIL; libzmq's own, in libzmq's I/O thread, do not). Longer: it counts as hung.
 CONNECTED_SILENCE = 60.0
@@ -266,7 +263,7 @@ class Router:
         self._arrivals = itertools.count()
         self._aliases = itertools.count(int.from_bytes(os.urandom(7), "big"))
         self.heard: dict[bytes, float] = {}  # caller address -> when it last sent anything (its lease)
-        self.caller_lease = max(MIN_CALLER_LEASE, config.heartbeat * config.liveness)
+        self.caller_lease = admission.caller_lease(config.heartbeat, config.liveness)
         self.next_lease_sweep = now + self.caller_lease
         self._callers: dict | None = None  # the allowed keys last told to direct workers
         self._handlers = {
@@ -464,11 +461,10 @@ class Router:
             else:
                 return
             self._settle(service, request)
-            if self.now - self.heard.get(request.client, -self.caller_lease) > self.caller_lease:
+            if admission.silent(self.heard, request.client, self.now, self.caller_lease):
                 # its caller has gone (or stopped asking after it): were it run, live callers would wait behind it
                 del self.requests[(request.client, request.rid)]
-                self._error(request.client, request.rid, Cancelled, "dropped before it started: its caller "
-                            f"did not ask after it for {self.caller_lease:g} s")
+                self._error(request.client, request.rid, Cancelled, admission.abandoned(self.caller_lease))
                 continue
             self._forward(worker, request)
 

@@ -25,6 +25,7 @@ import html
 import time
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures import wait as futures_wait
 from typing import TYPE_CHECKING, Callable
 
 from ..wire import serialize
@@ -98,6 +99,11 @@ class Job:
 
     def done(self) -> bool:
         return self._future.done()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until the job ends, or ``timeout`` seconds; whether it ended."""
+        done, _ = futures_wait([self._future], timeout)
+        return bool(done)
 
     def cancel(self) -> bool:
         """Stop the job on the backend (or where it waits for it); False if it had finished already."""
@@ -215,8 +221,9 @@ class Job:
         else:
             print(repr(self))
 
-    def _repr_mimebundle_(self, include=None, exclude=None) -> dict:
-        return {"text/plain": repr(self), "text/html": self._repr_html_()}
+    def _repr_mimebundle_(self, include=None, exclude=None, bar: bool = True) -> dict:
+        """``bar=False``: the HTML without the progress, for a display next to the job's own live bars."""
+        return {"text/plain": repr(self), "text/html": self._repr_html_(bar)}
 
     def add_display(self, update: Callable[[dict], None]) -> None:
         """Call ``update(bundle)`` with the job's new MIME bundle whenever its status or progress changes."""
@@ -226,13 +233,13 @@ class Job:
         for update in self._displays:
             update(self._repr_mimebundle_())
 
-    def _repr_html_(self) -> str:
-        bar = ""
-        if self.progress is not None and self.progress.total:
-            bar = (f" <progress value='{self.progress.n}' max='{self.progress.total}'></progress> "
-                   f"{html.escape(text_line(self.progress))}")
-        elif self.progress is not None:
-            bar = f" {html.escape(text_line(self.progress))}"
+    def _repr_html_(self, with_bar: bool = True) -> str:
+        bar, progress = "", self.progress if with_bar else None
+        if progress is not None and progress.total:
+            bar = (f" <progress value='{progress.n}' max='{progress.total}'></progress> "
+                   f"{html.escape(text_line(progress))}")
+        elif progress is not None:
+            bar = f" {html.escape(text_line(progress))}"
         return (f"<div><b>job</b> <code>{html.escape(self.id)}</code>: {html.escape(self.what)} on "
                 f"<b>{html.escape(self.backend)}</b>, <i>{html.escape(self.status)}</i>{bar}, "
                 f"started {age(self.created)} ago</div>")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from ..caller import ui
 from .forms import CallForm
+from .progress import WidgetProgress
 
 
 def register() -> None:
@@ -39,6 +40,7 @@ def _show_job(job) -> None:
     from IPython.display import display
 
     in_kernel = getattr(get_ipython(), "kernel", None) is not None
-    handle = display(job._repr_mimebundle_(), raw=True, display_id=in_kernel or None)
+    bar = not isinstance(job._render, WidgetProgress)  # the job's own widget bars show its progress already
+    handle = display(job._repr_mimebundle_(bar=bar), raw=True, display_id=in_kernel or None)
     if in_kernel:
-        job.add_display(lambda bundle: handle.update(bundle, raw=True))
+        job.add_display(lambda bundle: handle.update(job._repr_mimebundle_(bar=bar), raw=True))

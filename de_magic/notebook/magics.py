@@ -20,12 +20,18 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 from IPython.display import display
 
 from ..caller.client import Client, no_broker_hint
-from ..caller.tables import BackendTable
+from ..caller.tables import BackendTable, age
 from ..caller.jobs import Job, is_job_id, start_cell
 from ..caller.session import CellError, RemoteSession, render
 from ..embedded import LocalCluster, answers, is_local, start_local
 from ..wire.defaults import default_url
 from ..wire.errors import DeMagicError, Interrupted, RemoteError
+
+
+#: Seconds between looks at a followed job's new output (its polls bring it every half second).
+FOLLOW_INTERVAL = 0.1
+#: Jobs offered by ``%remote_result`` without an id in a kernel that started none.
+LATEST_JOBS = 5
 
 
 def _names(text: str | None) -> list[str]:
@@ -207,14 +213,26 @@ class RemoteMagics(Magics):
 
     @line_magic
     def remote_result(self, line: str) -> None:
-        """Wait for a ``%%remote --noblock`` job, show its output, pull: ``%remote_result [ID or handle]``.
+        """Show a ``%%remote --noblock`` job's output as it comes, then pull: ``%remote_result [ID or handle]``.
 
-        Without an argument the last job of this kernel; an id works from any later kernel of the same caller.
+        Without an argument the last job of this kernel; an id works from any later kernel of the same
+        caller, and what the job printed before is shown first.  Stopping the wait leaves the job running.
         """
         job = self._job(_argument(line))
+        shown = 0
+        try:
+            while True:
+                done = job.done()  # before the outputs: the last poll's outputs are in before its answer
+                for output in job.outputs[shown:]:
+                    render(output)
+                    shown += 1
+                if done:
+                    break
+                job.wait(FOLLOW_INTERVAL)
+        except KeyboardInterrupt:
+            raise Interrupted(f"stopped showing job {job.id}; it goes on on {job.backend!r} "
+                              f"(%remote_result {job.id} comes back to it)") from None
         reply = job.result()
-        for output in job.outputs:
-            render(output)
         if reply["status"] == "error":
             raise CellError(reply["error"], job.backend)
         self.shell.user_ns.update(reply.get("pulled", {}))
@@ -227,9 +245,21 @@ class RemoteMagics(Magics):
             job = self.client.job(argument)
         else:
             job = self.shell.ev(argument)
-        if not isinstance(job, Job):
-            raise UsageError("no %%remote --noblock job to fetch: give its id (%remote_result ID)")
+        if argument and not isinstance(job, Job):
+            raise UsageError(f"{argument!r} is no job: give a job's id (%remote_result ID) or a variable holding one")
+        if job is None:
+            raise UsageError(self._no_last_job())
         return job
+
+    def _no_last_job(self) -> str:
+        """What to say when this kernel started no job: this caller's latest ``%%remote`` jobs, to pick from."""
+        latest = [job for job in self.client.jobs() if job["what"] == "%%remote"][-LATEST_JOBS:]
+        if not latest:
+            return f"no %%remote --noblock job of yours at {self.client.url}"
+        lines = [f"%remote_result {job['id']}   # {job['status']}, started {age(job['created'])} ago"
+                 for job in reversed(latest)]
+        return ("this kernel started no %%remote --noblock job; your latest there, newest first:\n"
+                + "\n".join(lines))
 
     @line_magic
     def remote_ui(self, line: str):

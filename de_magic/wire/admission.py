@@ -14,6 +14,25 @@ from . import protocol as P
 
 #: Request ids one QUERY may ask after.
 MAX_QUERY = 10_000
+#: Seconds (at least) a caller holds its waiting calls without asking after them (see :func:`caller_lease`).
+MIN_CALLER_LEASE = 10.0
+
+
+def caller_lease(heartbeat: float, liveness: int) -> float:
+    """How long a waiting call's caller may be silent (no CALL, CANCEL or QUERY) before the call is dropped
+    when its turn comes, instead of running while live callers wait: a gone client's calls do not run."""
+    return max(MIN_CALLER_LEASE, heartbeat * liveness)
+
+
+def silent(heard: Mapping[bytes, float], caller: bytes, now: float, lease: float) -> bool:
+    """Whether ``caller`` (``heard``: when each caller last sent a CALL, CANCEL or QUERY) has been silent for
+    longer than its lease; one forgotten by the last sweep of ``heard`` counts as heard a lease before time 0."""
+    return now - heard.get(caller, -lease) > lease
+
+
+def abandoned(lease: float) -> str:
+    """Why a waiting call whose caller went silent was dropped (Cancelled)."""
+    return f"dropped before it started: its caller did not ask after it for {lease:g} s"
 
 
 def admits(allowed: frozenset[str] | None, key: str | None, names: Mapping[str, str], curve: bool) -> bool:

@@ -19,6 +19,7 @@ import {
   ITarget,
   callSnippet,
   fetchSnippet,
+  remoteResultSnippet,
   formSnippet,
   magicsSetup,
   remoteCellSnippet
@@ -80,8 +81,10 @@ function panelActions(
       void cells.insert(remoteCellSnippet(backend), setup(broker)),
     openForm: (target: ITarget) =>
       void cells.insert(formSnippet(target), setup(target.broker)),
-    insertFetch: (broker: string, id: string) =>
-      void cells.insert(sources => fetchSnippet(broker, id, sources)),
+    insertFetch: (broker: string, id: string, what: string) =>
+      void (what === '%%remote'
+        ? cells.insert(remoteResultSnippet(id), setup(broker))
+        : cells.insert(sources => fetchSnippet(broker, id, sources))),
     removeBroker: (url: string) => void brokers().remove(url),
     addBrokerKey: (url: string) =>
       void app.commands.execute(CommandIDs.addBroker, { url })

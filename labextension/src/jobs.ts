@@ -11,7 +11,8 @@ import { age, progressText } from './jobtext';
 import { BrokersModel } from './model';
 
 export interface IJobsActions {
-  insertFetch(broker: string, id: string): void;
+  /** `what`: the job's call (`member`, `Class.method`) or `%%remote` for a cell run as a job. */
+  insertFetch(broker: string, id: string, what: string): void;
 }
 
 /** Seconds between polls of the jobs; a job's progress changes more often than the listing. */
@@ -95,14 +96,18 @@ export class JobsView extends Widget {
 
   private _row(url: string, job: IJob): HTMLElement {
     let action: HTMLElement | null = null;
-    if (job.status === 'done') {
+    // a %%remote job's output shows as it comes (%remote_result): worth fetching while it runs too
+    const live =
+      job.what === '%%remote' &&
+      (job.status === 'running' || job.status === 'queued');
+    if (job.status === 'done' || live) {
       action = h(
         'button',
         { class: 'jp-Button jp-mod-minimal', title: 'Insert fetch' },
         'Insert fetch'
       );
       action.addEventListener('click', () =>
-        this._actions.insertFetch(url, job.id)
+        this._actions.insertFetch(url, job.id, job.what)
       );
     }
     return h(

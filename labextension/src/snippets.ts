@@ -206,6 +206,14 @@ export function remoteCellSnippet(backend: string): string {
   ].join('\n');
 }
 
+/**
+ * A cell that shows a `%%remote --noblock` job's output (live while it runs, what it printed before
+ * first) and pulls its `--pull` variables into the notebook: the `%remote_result` magic.
+ */
+export function remoteResultSnippet(id: string): string {
+  return `%remote_result ${id}`;
+}
+
 /** A form to call the target, built from its signature by the `%remote_ui` magic. */
 export function formSnippet(target: ITarget): string {
   return `%remote_ui ${dottedName(target)}`;

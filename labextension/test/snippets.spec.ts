@@ -3,6 +3,7 @@ import {
   callSnippet,
   clientFor,
   fetchSnippet,
+  remoteResultSnippet,
   formatCall,
   magicsSetup,
   missingSetup
@@ -166,6 +167,14 @@ describe('magics setup', () => {
       `%remote_connect ${URL}`
     ]);
     expect(missingSetup(setup, [])).toEqual(setup);
+  });
+});
+
+describe('remoteResultSnippet', () => {
+  it("shows a %%remote job's output and pulls its variables", () => {
+    expect(remoteResultSnippet('hello_world:ab12:cd34')).toBe(
+      '%remote_result hello_world:ab12:cd34'
+    );
   });
 });
 
