@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import stat
+import subprocess
 import sys
 import tempfile
 from collections import defaultdict
@@ -259,6 +260,7 @@ def test_jobs_started_while_the_backend_is_down_run_once_when_it_registers_acros
         cluster.start_broker("--state-dir", str(state))
         table = cluster.client.jobs()
         assert sorted(job["id"] for job in table if job["status"] == "waiting") == sorted(j.id for j in jobs)
+        assert other_caller(cluster.url, jobs[0].id) == "[] no such job"  # another user sees none of them
 
         cluster.start_backend("tests/offline_backend.py", "runs", env=env)
         assert jobs[2].result(timeout=30) == ["a", "b", "c"]  # FIFO, each once
@@ -267,6 +269,18 @@ def test_jobs_started_while_the_backend_is_down_run_once_when_it_registers_acros
         assert log.read_text().split() == ["a", "b", "c"]
     finally:
         cluster.client.close()
+
+
+def other_caller(url: str, job_id: str) -> str:
+    """What another user's process sees of the jobs at ``url``: its job list, and the answer for ``job_id``."""
+    code = ("import sys\nfrom de_magic import Client\nclient = Client(sys.argv[1], timeout=20)\n"
+            "try:\n    client.job(sys.argv[2])\n    seen = 'the job'\nexcept Exception as exc:\n    seen = str(exc)\n"
+            "print([j['id'] for j in client.jobs()], seen[:11])\nclient.close()\n")
+    env = {**os.environ, "LOGNAME": "mallory", "USER": "mallory"}  # the user a plaintext caller claims
+    done = subprocess.run([sys.executable, "-c", code, url, job_id], env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
 
 
 # -- backends on demand -------------------------------------------------------------------------------------------
