@@ -503,7 +503,9 @@ def cmd_demo(args) -> None:
                   "Press Ctrl-C to stop.", flush=True)
             stop = []
             signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
-            while not stop and all(proc.poll() is None for proc in cluster.processes.values()):
+            while not stop:  # a backend that dies is restarted (or, dying again and again, reported), alone
+                for line in cluster.tend():
+                    print(f"de-magic demo: {line}", file=sys.stderr, flush=True)
                 time.sleep(0.2)
         except KeyboardInterrupt:
             pass

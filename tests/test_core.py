@@ -23,6 +23,7 @@ from de_magic.wire.errors import (
     BackendLost,
     Busy,
     CallTimeout,
+    DeMagicError,
     PayloadTooLarge,
     RemoteError,
     UnknownBackend,
@@ -402,7 +403,7 @@ def test_a_local_start_that_fails_stops_what_it_started(monkeypatch):
 
     monkeypatch.setitem(local.DEMO_BACKENDS, "broken", ("de_magic.no_such_module", ()))
     with Client(f"tcp://127.0.0.1:{free_port()}", timeout=5, heartbeat=HEARTBEAT) as client:
-        with pytest.raises(RuntimeError, match="broken"):
+        with pytest.raises(DeMagicError, match=r"broken \(exit code 1: .*no module named 'de_magic.no_such_module'"):
             local.start_local(client)
         # nothing of it is left: the address is free again for the next attempt
         local.LocalCluster(client.url).stop()

@@ -207,9 +207,12 @@ def test_sidebar_browse_filter_insert_and_run(page, lab, hello, processes, tmp_p
     search.fill("")
     expect(rows(page, "backend")).to_have_count(2)
 
-    # Selecting a function shows its rendered docstring and parameters.
-    rows(page, "function").filter(has_text="slow_sum").click()
+    # Selecting a function shows its rendered docstring and parameters, from their top.
     details = panel.locator(".jp-DeMagic-details")
+    assert details.evaluate("node => (node.scrollTop = node.scrollHeight, node.scrollTop)") > 0
+    rows(page, "function").filter(has_text="slow_sum").click()
+    expect(details.locator(".jp-DeMagic-titleName")).to_have_text("slow_sum")
+    assert details.evaluate("node => node.scrollTop") == 0
     expect(details.locator(".jp-DeMagic-signatureBlock")).to_have_text("slow_sum(n: int = 20, delay: float = 0.05) -> int")
     expect(details.locator(".jp-DeMagic-doc")).to_contain_text("Add up 0..n-1 slowly, reporting progress.")
     expect(details.locator("tr[data-param=delay]")).to_contain_text("seconds to wait per number")
@@ -303,6 +306,9 @@ def test_sidebar_browse_filter_insert_and_run(page, lab, hello, processes, tmp_p
     expect(shown).to_contain_text("step 1\n", timeout=10_000)
     assert not steps.done(), "the output came only once the job had ended"
     expect(shown).to_contain_text("step 15\n", timeout=20_000)
+    # newest first: a job just started is at the top of its broker's jobs, not below the fold
+    expect(panel.locator(f'.jp-DeMagic-jobsBroker[data-broker="{hello.url}"] .jp-DeMagic-job').first
+           ).to_have_attribute("title", steps.id)
 
     screenshot(page, tmp_path, "sidebar-jobs.png")  # the Jobs section
     # ocean_model takes direct calls: its worker's path says so, with the endpoint in the tooltip.
@@ -358,6 +364,7 @@ def test_sidebar_browse_filter_insert_and_run(page, lab, hello, processes, tmp_p
     # Brokers added in the panel are kept in the extension's settings, and can be removed again.
     # The dialog says what is wrong with an address that is not one, and takes only valid ones.
     extra = f"tcp://127.0.0.1:{free_port()}"
+    broker_row.scroll_into_view_if_needed()  # the top of a tree longer than its section
     panel.locator(".jp-SidePanel-toolbar").get_by_title("Add a broker").click()
     dialog = page.locator(".jp-Dialog")
     message, accept = dialog.get_by_role("alert"), dialog.locator(".jp-mod-accept")
@@ -376,6 +383,7 @@ def test_sidebar_browse_filter_insert_and_run(page, lab, hello, processes, tmp_p
     expect(dialog).to_have_count(0)
     extra_row = broker(page, extra)
     expect(extra_row).to_have_count(1)
+    expect(extra_row).to_be_in_viewport()  # scrolled to, at the end of the list
     wait_for(lambda: extra in lab.get("/lab/api/settings/de-magic:plugin").json()["raw"], timeout=5,
              what="the new broker in the saved settings")
     extra_row.hover()
@@ -385,6 +393,16 @@ def test_sidebar_browse_filter_insert_and_run(page, lab, hello, processes, tmp_p
     broker_row.hover()
     expect(broker_row.get_by_title("Remove this broker from the list")).to_have_count(0)
     assert "localhost:5555" not in lab.get("/lab/api/settings/de-magic:plugin").json()["raw"]
+
+    # At Lab's default sidebar width the workers and the jobs fit: rows stack, nothing scrolls sideways.
+    _widen_sidebar(page, 250)
+    hello_row.click()
+    expect(details.locator(".jp-DeMagic-titleName")).to_have_text("hello_world")
+    expect(details.locator(".jp-DeMagic-stacked thead")).to_be_hidden()
+    expect(details.locator(".jp-DeMagic-path")).to_have_text("broker")
+    for section in (details, panel.locator(".jp-DeMagic-jobs")):
+        width = section.evaluate("node => [node.scrollWidth, node.clientWidth]")
+        assert width[0] <= width[1] <= 250, width
 
     ours = [e for e in page.console_errors if "de-magic" in e.lower() or "demagic" in e.lower()]
     assert ours == [], ours

@@ -20,6 +20,7 @@ from nbclient import NotebookClient
 
 from conftest import ROOT, free_port, wait_for
 
+from de_magic import Client
 from de_magic.wire.errors import BackendLost
 from de_magic.caller.session import RemoteSession
 
@@ -226,3 +227,39 @@ def test_broker_restart_during_a_cell_says_the_namespace_survived(hello):
     with pytest.raises(BackendLost, match="namespace of session .* survived: run the code again"):
         running.result()
     assert session.eval("x + 1") == 42
+
+
+def test_demo_restarts_a_backend_that_dies_and_the_rest_keeps_running(home, processes):
+    url = f"tcp://127.0.0.1:{free_port()}"
+    errors = home / "demo.stderr"
+    with errors.open("w") as err:
+        demo = subprocess.Popen(["de-magic", "demo", "--broker", url], cwd=home, env=environment(),
+                                stdout=subprocess.PIPE, stderr=err, text=True, start_new_session=True)
+    processes.procs.append(demo)
+    assert any("Press Ctrl-C" in line for line in demo.stdout)
+    with Client(url, timeout=10) as client:
+        def pids(name: str) -> set[int]:
+            entry = client.listing(api=False)["backends"].get(name)
+            return {worker["pid"] for worker in entry["workers"]} if entry else set()
+
+        (victim,), ocean = pids("hello_world"), pids("ocean_model")
+        os.kill(victim, signal.SIGKILL)
+        wait_for(lambda: "backend hello_world exited (killed by SIGKILL); restarting it in 1 s" in errors.read_text(),
+                 what="the demo to say so")
+        wait_for(lambda: pids("hello_world") - {victim}, timeout=30, what="hello_world to be back")
+        assert client.call("hello_world", "scale", ([1.0],)) == [2.0]
+        assert pids("ocean_model") == ocean and demo.poll() is None  # the rest ran on, untouched
+    demo.send_signal(signal.SIGINT)
+    assert demo.wait(15) == 0 and "de-magic demo: stopped" in demo.stdout.read()
+
+
+def test_demo_without_its_extra_names_what_to_install(monkeypatch):
+    from de_magic import cli, embedded
+
+    real = embedded.metadata.requires
+    monkeypatch.setattr(embedded.metadata, "requires",
+                        lambda dist: [*real(dist), "no-such-package-here; extra == 'demo'"])
+    with pytest.raises(SystemExit) as ended:
+        cli.main(["demo", "--broker", f"tcp://127.0.0.1:{free_port()}"])
+    assert str(ended.value) == ("de-magic: the demo backends need no-such-package-here, not installed here: "
+                                "pip install 'de-magic[demo]'")

@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import stat
+import subprocess
 import sys
 import tempfile
 from collections import defaultdict
@@ -259,6 +260,7 @@ def test_jobs_started_while_the_backend_is_down_run_once_when_it_registers_acros
         cluster.start_broker("--state-dir", str(state))
         table = cluster.client.jobs()
         assert sorted(job["id"] for job in table if job["status"] == "waiting") == sorted(j.id for j in jobs)
+        assert other_caller(cluster.url, jobs[0].id) == "[] no such job"  # another user sees none of them
 
         cluster.start_backend("tests/offline_backend.py", "runs", env=env)
         assert jobs[2].result(timeout=30) == ["a", "b", "c"]  # FIFO, each once
@@ -267,6 +269,18 @@ def test_jobs_started_while_the_backend_is_down_run_once_when_it_registers_acros
         assert log.read_text().split() == ["a", "b", "c"]
     finally:
         cluster.client.close()
+
+
+def other_caller(url: str, job_id: str) -> str:
+    """What another user's process sees of the jobs at ``url``: its job list, and the answer for ``job_id``."""
+    code = ("import sys\nfrom de_magic import Client\nclient = Client(sys.argv[1], timeout=20)\n"
+            "try:\n    client.job(sys.argv[2])\n    seen = 'the job'\nexcept Exception as exc:\n    seen = str(exc)\n"
+            "print([j['id'] for j in client.jobs()], seen[:11])\nclient.close()\n")
+    env = {**os.environ, "LOGNAME": "mallory", "USER": "mallory"}  # the user a plaintext caller claims
+    done = subprocess.run([sys.executable, "-c", code, url, job_id], env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
 
 
 # -- backends on demand -------------------------------------------------------------------------------------------
@@ -456,3 +470,30 @@ class HeldJobs(RuleBasedStateMachine):
 
 test_held_jobs_property = HeldJobs.TestCase
 test_held_jobs_property.settings = settings(max_examples=40, stateful_step_count=25, deadline=None)
+
+
+def test_a_noblock_cell_for_an_offline_backend_waits_and_remote_result_fetches_it(processes, tmp_path):
+    from test_magics import magics_kernel, text
+
+    cluster = Cluster(processes)
+    kernel = None
+    try:
+        cluster.start_broker("--state-dir", str(tmp_path / "state"))
+        backend = cluster.start_backend("de_magic.demo.hello", "hello_world", "--allow-code")
+        backend.send_signal(signal.SIGTERM)
+        backend.wait(10)
+        wait_for(lambda: offline(cluster, "hello_world"), what="the backend listed as offline")
+
+        kernel = magics_kernel(cluster.url, tmp_path)
+        reply, outputs = kernel.run("%%remote hello_world --noblock --pull z\nz = 5\nprint('done')")
+        assert reply["content"]["status"] == "ok", outputs
+        assert "waits for offline backend 'hello_world' as job hello_world:00:" in text(outputs)
+
+        cluster.start_backend("de_magic.demo.hello", "hello_world", "--allow-code")
+        reply, outputs = kernel.run("%remote_result\nz")
+        assert reply["content"]["status"] == "ok", outputs
+        assert text(outputs) == "done\n5"
+    finally:
+        if kernel is not None:
+            kernel.close()
+        cluster.client.close()

@@ -82,6 +82,13 @@ def test_form_fields_follow_the_schema():
     form.fields["values"].value = "1, x"
     with pytest.raises(ValueError, match="values"):
         form.arguments()
+    # a required field left blank is refused, by name, not sent as []
+    form.fields["values"].value = " "
+    with pytest.raises(ValueError, match=r"^values: a value is required \(write \[\] for an empty list\)$"):
+        form.arguments()
+    assert form.run() is None and form.status.value == "invalid input"
+    form.fields["values"].value = "[]"
+    assert form.arguments()[1]["values"] == []
 
     std = CallForm(None, "hello_world", api["Stats"]["methods"]["std"], member="Stats", init_entry=api["Stats"])
     # the summary's ``values`` is code, as in the sidebar, not raw RST

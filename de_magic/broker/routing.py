@@ -15,7 +15,10 @@ What it guarantees, against careless and hostile peers alike:
 - every table is bounded (queued calls by count and by bytes, slots by the
   worker's capacity, calls waiting for a restarted broker's backends by count),
   and every lookup is O(1): requests are indexed, queues are deques with lazy
-  deletion.
+  deletion;
+- with a state directory, a job started for an offline backend waits on disk
+  (:mod:`.waiting`, bounded per caller) and is sent to a worker of it at most
+  once, in the order jobs were started: what was sent is written before it goes.
 """
 
 from __future__ import annotations

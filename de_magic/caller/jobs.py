@@ -49,6 +49,9 @@ OUTPUT_EVENTS = frozenset({"stream", "display", "clear_output"})
 RELOCATE_PATIENCE = 10.0
 #: Seconds between polls of a running job: progress is this fresh.
 POLL_INTERVAL = 0.5
+#: Seconds between polls of a job waiting at the broker for its backend: it may wait for hours, and the broker
+#: answers every waiting job's polls (the job itself starts as soon as its backend registers).
+WAITING_POLL_INTERVAL = 2.0
 #: Statuses after which a job changes no more: its poll brought the answer.
 FINAL = frozenset({"done", "failed", "cancelled"})
 
@@ -168,7 +171,7 @@ class Job:
     def _later(self, then: Callable[[], None]) -> BaseException | None:
         """Call ``then`` in a poll interval; the error that ends following the job if the client closed."""
         try:
-            self.client.later(POLL_INTERVAL, then)
+            self.client.later(WAITING_POLL_INTERVAL if self.worker == BROKER_HELD else POLL_INTERVAL, then)
         except RuntimeError as closed:
             return DeMagicError(f"{closed}: job {self.id} is no longer followed here")
         return None

@@ -280,7 +280,9 @@ def _list_parser(item: Parse, required: bool) -> Parse:
     def parse(text: str):
         text = text.strip()
         if not text:
-            return [] if required else OMIT
+            if required:  # not a silent []: a forgotten field would run the call on nothing
+                raise ValueError("a value is required (write [] for an empty list)")
+            return OMIT
         try:
             values = ast.literal_eval(text if text.startswith("[") else f"[{text}]")
         except (ValueError, SyntaxError):

@@ -300,8 +300,7 @@ def allowed_callers(entries) -> list[str] | None:
 def _load(path: Path | None, secret: bool) -> tuple[bytes, bytes]:
     if path is None:
         raise Refused("no key file given")
-    if not path.exists() and secret and path.with_name(path.name + ".key_secret").exists():
-        path = path.with_name(path.name + ".key_secret")  # "--key alice" for alice.key_secret
+    path = _key_file(path, secret)
     try:
         public, private = zmq.auth.load_certificate(path)
     except (OSError, ValueError) as exc:
@@ -309,6 +308,20 @@ def _load(path: Path | None, secret: bool) -> tuple[bytes, bytes]:
     if secret and private is None:
         raise Refused(f"{path} holds only a public key; give the .key_secret file of the pair")
     return public, private
+
+
+def _key_file(path: Path, secret: bool) -> Path:
+    """The key file ``path`` names: as given, else (a bare name, as ``de-magic keys`` prints) in the keys
+    directory; "alice" stands for alice.key_secret where a secret key is wanted."""
+    places = [path]
+    if path.parent == Path("."):  # a bare name: where `de-magic keys NAME` wrote it
+        places.append(config_dir() / "keys" / path)
+    for place in places:
+        for candidate in (place, place.with_name(place.name + ".key_secret")) if secret else (place,):
+            if candidate.exists():
+                return candidate
+    where = f" (nor in {config_dir() / 'keys'})" if len(places) > 1 else ""
+    raise Refused(f"no key file {path}{where}: create a key pair with `de-magic keys NAME`, or give its path")
 
 
 def _read_toml() -> dict:

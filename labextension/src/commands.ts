@@ -57,6 +57,7 @@ export function addCommands(
       if (broker && (await trust(broker))) {
         await brokers.add(broker.url);
         await panel.model.refresh(); // a broker listed already is asked again, now with its key
+        panel.tree.reveal(broker.url);
       }
     }
   });

@@ -6,7 +6,7 @@ import { Widget } from '@lumino/widgets';
 
 import { IBackend, IDask, IGateway, IMember, IParameter, IWorker } from './api';
 import { inline, renderDocstring } from './docstring';
-import { age, badge, bytes, dateOf, h, held, plural } from './dom';
+import { age, badge, bytes, dateOf, h, held, labelled, plural } from './dom';
 import { curlLine, httpRoute } from './http';
 import { BrokersModel, ISelection } from './model';
 import { ITarget } from './snippets';
@@ -211,6 +211,7 @@ export class MemberDetails extends Widget {
   set selection(selection: ISelection | null) {
     this._selection = selection;
     this.render();
+    this.node.scrollTop = 0; // another item's details start at their top, not where the last ones were
   }
 
   handleEvent(event: Event): void {
@@ -285,20 +286,31 @@ export class MemberDetails extends Widget {
   private _backend(backend: IBackend, broker: string): Node[] {
     const workers = backend.workers ?? [];
     const clusters = workers.flatMap(w => (w.dask ? [daskFacts(w.dask)] : []));
-    const workerTable = table(
-      ['Host', 'PID', 'Busy', 'Calls', 'Sessions', 'References', 'Path', 'Up'],
-      workers.map(w =>
-        h(
-          'tr',
-          {},
-          h('td', {}, w.host ?? ''),
-          h('td', {}, String(w.pid ?? '')),
-          h('td', {}, `${w.busy ?? 0}/${w.capacity ?? 1}`),
-          h('td', {}, String(w.calls ?? 0)),
-          h('td', { class: 'jp-DeMagic-sessions' }, held(w.sessions)),
-          h('td', { class: 'jp-DeMagic-refs' }, held(w.refs)),
-          pathCell(w),
-          h('td', { title: dateOf(w.since) }, age(w.since))
+    const workerTable = labelled(
+      table(
+        [
+          'Host',
+          'PID',
+          'Busy',
+          'Calls',
+          'Sessions',
+          'References',
+          'Path',
+          'Up'
+        ],
+        workers.map(w =>
+          h(
+            'tr',
+            {},
+            h('td', {}, w.host ?? ''),
+            h('td', {}, String(w.pid ?? '')),
+            h('td', {}, `${w.busy ?? 0}/${w.capacity ?? 1}`),
+            h('td', {}, String(w.calls ?? 0)),
+            h('td', { class: 'jp-DeMagic-sessions' }, held(w.sessions)),
+            h('td', { class: 'jp-DeMagic-refs' }, held(w.refs)),
+            pathCell(w),
+            h('td', { title: dateOf(w.since) }, age(w.since))
+          )
         )
       )
     );

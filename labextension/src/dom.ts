@@ -142,3 +142,22 @@ export function badge(kind: string): HTMLElement {
     letter
   );
 }
+
+/**
+ * `element` (a table) with each cell labelled by its column's heading (`data-label`, unless it has one): a narrow
+ * panel stacks the rows as cards of `label value` pairs (see `.jp-DeMagic-stacked` in the CSS).
+ */
+export function labelled(element: HTMLElement): HTMLElement {
+  const headings = Array.from(element.querySelectorAll('thead th')).map(
+    th => th.textContent ?? ''
+  );
+  for (const row of element.querySelectorAll('tbody tr')) {
+    Array.from(row.children).forEach((cell, i) => {
+      if (!cell.hasAttribute('data-label')) {
+        cell.setAttribute('data-label', headings[i] ?? '');
+      }
+    });
+  }
+  element.classList.add('jp-DeMagic-stacked');
+  return element;
+}

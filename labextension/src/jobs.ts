@@ -6,7 +6,7 @@ import { Poll } from '@lumino/polling';
 import { Widget } from '@lumino/widgets';
 
 import { IJob, IJobs, fetchJobs } from './api';
-import { h } from './dom';
+import { h, labelled } from './dom';
 import { age, progressText } from './jobtext';
 import { BrokersModel } from './model';
 
@@ -73,17 +73,25 @@ export class JobsView extends Widget {
     } else if (!jobs.length) {
       body = h('div', { class: 'jp-DeMagic-jobsNote' }, 'No jobs of yours.');
     } else {
-      body = h(
-        'table',
-        { class: 'jp-DeMagic-jobsTable' },
+      // newest first: a job just started is seen without scrolling
+      const newest = [...jobs].sort((a, b) => b.created - a.created);
+      body = labelled(
         h(
-          'tr',
-          {},
-          ...['status', 'what', 'progress', 'age', ''].map(head =>
-            h('th', {}, head)
-          )
-        ),
-        ...jobs.map(job => this._row(url, job))
+          'table',
+          { class: 'jp-DeMagic-jobsTable' },
+          h(
+            'thead',
+            {},
+            h(
+              'tr',
+              {},
+              ...['status', 'what', 'progress', 'age', ''].map(head =>
+                h('th', {}, head)
+              )
+            )
+          ),
+          h('tbody', {}, ...newest.map(job => this._row(url, job)))
+        )
       );
     }
     return h(
@@ -117,11 +125,12 @@ export class JobsView extends Widget {
         'data-status': job.status,
         title: job.reason || job.id
       },
-      h('td', {}, job.status),
-      h('td', {}, `${job.what} on ${job.backend}`),
-      h('td', {}, progressText(job.progress)),
+      // stacked in a narrow panel, status, call and progress speak for themselves
+      h('td', { 'data-label': '' }, job.status),
+      h('td', { 'data-label': '' }, `${job.what} on ${job.backend}`),
+      h('td', { 'data-label': '' }, progressText(job.progress)),
       h('td', {}, age(job.created)),
-      h('td', {}, action)
+      h('td', { 'data-label': '' }, action)
     );
   }
 

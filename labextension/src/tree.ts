@@ -186,6 +186,16 @@ export class BackendsTree extends Widget {
     this.render();
   }
 
+  /** Scroll the row of the broker at `url` into view (a broker just added lands at the end). */
+  reveal(url: string): void {
+    this.render();
+    this._list
+      .querySelector(
+        `.jp-DeMagic-row[data-kind=broker][data-broker="${CSS.escape(url)}"]`
+      )
+      ?.scrollIntoView({ block: 'nearest' });
+  }
+
   /** Rebuild the list; cheap enough for a few brokers with tens of methods each. */
   render(): void {
     if (!this.isVisible && this.isAttached) {
