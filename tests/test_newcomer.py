@@ -227,6 +227,9 @@ def test_broker_restart_during_a_cell_says_the_namespace_survived(hello):
     with pytest.raises(BackendLost, match="namespace of session .* survived: run the code again"):
         running.result()
     assert session.eval("x + 1") == 42
+    assert session.pull(["x"]) == 41 and session.pull(["x", "x"]) == (41, 41)  # names as one list, too
+    with pytest.raises(TypeError, match="names of remote variables"):
+        session.pull(1)
 
 
 def test_demo_restarts_a_backend_that_dies_and_the_rest_keeps_running(home, processes):
@@ -263,3 +266,25 @@ def test_demo_without_its_extra_names_what_to_install(monkeypatch):
         cli.main(["demo", "--broker", f"tcp://127.0.0.1:{free_port()}"])
     assert str(ended.value) == ("de-magic: the demo backends need no-such-package-here, not installed here: "
                                 "pip install 'de-magic[demo]'")
+
+
+SCRIPT = """from de_magic import Client
+hw = Client()["hello_world"]
+
+
+def analyse():
+    return hw.scale("not a list")
+
+
+analyse()
+"""
+
+
+def test_a_plain_script_shows_its_own_frames_and_the_error(demo, home):
+    (home / "script.py").write_text(SCRIPT)
+    result = run("python", "script.py", cwd=home, DE_MAGIC_BROKER=demo.url)
+    assert result.returncode == 1 and "de_magic" + os.sep not in result.stderr, result.stderr
+    assert 'script.py", line 9, in <module>' in result.stderr and 'script.py", line 6, in analyse' in result.stderr
+    assert "scale() argument 'values': expected list[float], got str" in result.stderr.splitlines()[-1]
+    full = run("python", "script.py", cwd=home, DE_MAGIC_BROKER=demo.url, DE_MAGIC_FULL_TRACEBACKS="1")
+    assert "de_magic" + os.sep in full.stderr  # for work on de-magic itself

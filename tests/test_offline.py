@@ -470,3 +470,30 @@ class HeldJobs(RuleBasedStateMachine):
 
 test_held_jobs_property = HeldJobs.TestCase
 test_held_jobs_property.settings = settings(max_examples=40, stateful_step_count=25, deadline=None)
+
+
+def test_a_noblock_cell_for_an_offline_backend_waits_and_remote_result_fetches_it(processes, tmp_path):
+    from test_magics import magics_kernel, text
+
+    cluster = Cluster(processes)
+    kernel = None
+    try:
+        cluster.start_broker("--state-dir", str(tmp_path / "state"))
+        backend = cluster.start_backend("de_magic.demo.hello", "hello_world", "--allow-code")
+        backend.send_signal(signal.SIGTERM)
+        backend.wait(10)
+        wait_for(lambda: offline(cluster, "hello_world"), what="the backend listed as offline")
+
+        kernel = magics_kernel(cluster.url, tmp_path)
+        reply, outputs = kernel.run("%%remote hello_world --noblock --pull z\nz = 5\nprint('done')")
+        assert reply["content"]["status"] == "ok", outputs
+        assert "waits for offline backend 'hello_world' as job hello_world:00:" in text(outputs)
+
+        cluster.start_backend("de_magic.demo.hello", "hello_world", "--allow-code")
+        reply, outputs = kernel.run("%remote_result\nz")
+        assert reply["content"]["status"] == "ok", outputs
+        assert text(outputs) == "done\n5"
+    finally:
+        if kernel is not None:
+            kernel.close()
+        cluster.client.close()

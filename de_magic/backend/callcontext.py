@@ -22,7 +22,7 @@ current_call: contextvars.ContextVar["Call | None"] = contextvars.ContextVar("de
 class Call:
     """One request being served; ``emit`` sends an EVENT to its caller."""
 
-    backend: object  #: the serving Backend: its ``_send(type, door, client, rid, header, *payload)`` sends
+    backend: object  #: the serving Backend: its ``answer(type, door, client, rid, header, *payload)`` sends
     door: int  #: index of the broker the call came through (a backend may be registered at several)
     client: bytes
     rid: bytes
@@ -39,7 +39,7 @@ class Call:
     def emit(self, event: str, data: dict | None = None, payload: list | None = None) -> None:
         """Send an intermediate event (progress, stream text, display data) to the caller."""
         header = {"event": event, **(data or {})}
-        self.backend._send(P.EVENT, self.door, self.client, self.rid, P.dump_header(header), *(payload or ()))
+        self.backend.answer(P.EVENT, self.door, self.client, self.rid, P.dump_header(header), *(payload or ()))
 
     @property
     def owner(self) -> str:

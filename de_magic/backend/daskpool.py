@@ -135,7 +135,7 @@ class DaskPool:
         self.topic = f"de-magic-{backend.id.hex()}"
         self.scheduler = self.client.scheduler.address  # the client forgets it once it gives up on it
         pickle_by_value(backend.members)
-        backend.invoke = self.invoke
+        backend.calls.invoke = self.invoke
         cell = backend.operations["exec"]
         backend.operations["exec"] = replace(cell, run=lambda call: _computed(cell.run(call)))
         backend.extra_info["dask"] = cluster_info(self.client)

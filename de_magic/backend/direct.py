@@ -28,7 +28,7 @@ much as the broker's hop it saves.  So a member whose last calls each took
 under :data:`QUICK` runs *inline*, on the endpoint's own thread, like a plain
 REQ/REP server.  In case such a call runs long after all, the endpoint's
 socket is left free while it runs: after :data:`RELIEF_AFTER` another thread
-(:meth:`Backend._relieve`) serves it meanwhile (queries, cancels, other calls
+(:meth:`.directloop.DirectThreads.relieve`) serves it meanwhile (queries, cancels, other calls
 for the slots), so a mispredicted call delays nothing for more than that.
 """
 
@@ -90,8 +90,8 @@ class DirectEndpoint:
     """The listening socket, the in-process link to the slots, and the calls that came this way.
 
     ``index`` is the door number slots know this endpoint by (after the brokers'). Driven by a thread
-    of the backend's own (:meth:`Backend._direct_loop`, or while it runs a call inline for long,
-    :meth:`Backend._relieve`), whichever holds :attr:`lock`: :meth:`on_caller`, :meth:`on_slot`, :meth:`news`.
+    of the backend's own (:meth:`.directloop.DirectThreads.loop`, or while it runs a call inline for
+    long, :meth:`.directloop.DirectThreads.relieve`), whichever holds :attr:`lock`: :meth:`on_caller`, :meth:`on_slot`, :meth:`news`.
     """
 
     def __init__(self, backend, url: str, index: int, security: Security, context: zmq.Context):
@@ -111,6 +111,7 @@ class DirectEndpoint:
         self.sock = self._bind(url, security)
         self.url = advertised(self.sock.last_endpoint.decode())
         self.slots_url = f"inproc://de-magic-direct-{id(self)}"
+        self.context = context  # the backend's: the slots connect to ``link`` in it (see connect_slot)
         self.link = context.socket(zmq.ROUTER)
         self.link.bind(self.slots_url)
         self.running: dict[bytes, float] = {}  # slot -> when its direct call started, until the brokers hear
@@ -147,6 +148,14 @@ class DirectEndpoint:
             self.close(sock)
             raise Refused(f"cannot listen for direct calls at {url}: {exc.strerror}") from None
         return sock
+
+    def connect_slot(self, routing_id: bytes) -> zmq.Socket:
+        """A slot's connection to this endpoint: one more door to it, like a broker's."""
+        link = self.context.socket(zmq.DEALER)
+        link.linger = 0
+        link.routing_id = routing_id  # the slot's name at the brokers too: the I/O thread speaks for it
+        link.connect(self.slots_url)
+        return link
 
     def close(self, sock: zmq.Socket | None = None) -> None:
         for s in (sock or getattr(self, "sock", None), getattr(self, "link", None)):

@@ -15,7 +15,7 @@ from ..wire.errors import DeMagicError, RemoteError
 #: Modules whose frames are the backend's own (and a Dask backend's: its pool and Dask's client), left out of
 #: the traceback a caller sees: it starts at the member.
 _MACHINERY = {"de_magic.backend.server", "de_magic.backend.running", "de_magic.backend.jobs", "de_magic.backend.refs",
-              "de_magic.backend.daskpool",
+              "de_magic.backend.members", "de_magic.backend.daskpool",
               "distributed.client", "de_magic.schema.arguments", "de_magic.wire.serialize", "de_magic.wire.jsoncodec"}
 
 

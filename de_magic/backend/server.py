@@ -25,14 +25,12 @@ next (never lost).
 from __future__ import annotations
 
 import logging
-import math
 import os
 import queue
 import signal
 import socket
 import threading
 import time
-from typing import Callable
 
 import zmq
 
@@ -42,19 +40,21 @@ from ..wire.defaults import (DEFAULT_HEARTBEAT, DEFAULT_JOB_BYTES, DEFAULT_JOB_T
                              DEFAULT_MAX_JOBS, DEFAULT_MAX_QUEUE, DEFAULT_MAX_QUEUED_BYTES, DEFAULT_REF_BYTES, DEFAULT_SESSION_LEASE,
                              check_doors, check_url, default_url)
 from ..wire.badinput import BadInput
-from ..wire.errors import Cancelled, PayloadTooLarge, ProtocolMismatch, Refused, UnknownMethod
+from ..wire.errors import Cancelled, PayloadTooLarge, ProtocolMismatch, Refused
 from ..wire.handshake import WatchedSocket
 from ..schema import describe
-from ..schema.arguments import check_arguments, validate_arguments
 from ..wire.security import Security, allowed_callers
-from ..wire.framing import PerThread, readable, recv_frames, send_frames
+from ..wire.framing import PerThread, recv_frames, send_frames
 from . import refs, shell
 from .callcontext import Call, Operation
-from .direct import RELIEF_AFTER, DirectEndpoint
-from .failure import checking_arguments, error_header
+from .direct import DirectEndpoint
+from .directloop import DirectThreads
+from .failure import error_header
 from .execute import code_operations
 from .jobs import JobStore
+from .members import MemberCalls
 from .running import Running
+from .slots import Slot
 from .usage import Reporter
 
 log = logging.getLogger("de_magic.backend")
@@ -63,11 +63,12 @@ log = logging.getLogger("de_magic.backend")
 _HELLO, _STOP = b"hello", b"stop"
 
 
-class _Door:
-    """One broker this backend registers at: its address, keys, control connection and state."""
+class Door:
+    """One broker this backend registers at (or its direct endpoint, to a slot): its address, keys, control
+    connection and state."""
 
-    def __init__(self, index: int, url: str, security: Security):
-        self.index, self.url, self.security = index, url, security
+    def __init__(self, index: int, url: str, security: Security, direct: bool = False):
+        self.index, self.url, self.security, self.direct = index, url, security, direct
         self.dealer: WatchedSocket | None = None
         self.expires = 0.0  # when the broker counts as silent
         self.welcomed = False  # registered: slots may say SLOT there
@@ -121,10 +122,10 @@ class Backend:
         #: Bytes of direct calls that may wait for a slot (a broker bounds its queues the same way).
         self.max_queued_bytes = max_queued_bytes
         self.allow_code = allow_code
-        self._doors = [_Door(i, url, (security or Security.resolve(url=url)).check_peer())
+        self._doors = [Door(i, url, (security or Security.resolve(url=url)).check_peer())
                        for i, url in enumerate(self.brokers)]
         #: Where slots take calls from: each broker, then the direct endpoint if there is one (see start).
-        self._slot_doors = list(self._doors)
+        self.doors = list(self._doors)
         #: JSON: nothing from the wire is unpickled, arguments are validated against the schema.
         self.codec = codec
         #: Callers the broker lets use us (Z85 public keys, key names or .key files), None for all.
@@ -140,14 +141,16 @@ class Backend:
         #: The broker's limit, learnt at registration: a larger answer would be cut off in transit.
         self._limit = max_message_size
         self.api = describe(name, self.members, doc)
-        #: Runs a member once its arguments are checked: here by default; a Dask pool runs it on a cluster.
-        self.invoke: Callable[[Callable, tuple, dict], object] = _invoke_here
         #: More to say on registering (e.g. ``"dask"``: the cluster's size); see :meth:`announce`.
         self.extra_info: dict = {}
         self._reply_header = P.dump_header({"codec": codec, "worker": self.id.hex()})
         # a caller that sent JSON unpickles nothing (the HTTP gateway, other languages): it is answered in JSON
         self._json_reply_header = P.dump_header({"codec": serialize.JSON, "worker": self.id.hex()})
-        self.operations: dict[str, Operation] = {"call": Operation(self._call_member)}
+        #: Results kept for their callers (``options(keep=True)``), within ``ref_bytes``.
+        self.refs = refs.RefStore(name, ref_bytes, session_lease)
+        #: The ``call`` operation (its ``invoke`` runs a member: a Dask pool replaces it).
+        self.calls = MemberCalls(name, self.members, self.api, codec, self.refs)
+        self.operations: dict[str, Operation] = {"call": Operation(self.calls.call)}
         #: Seconds a ``%%remote`` namespace, or a remote reference, outlives its caller's last request or renewal.
         self.session_lease = session_lease
         self.operations.update(code_operations(name, allow_code, session_lease))
@@ -155,8 +158,6 @@ class Backend:
         self.direct_at = check_url(direct, "--direct", "direct endpoint") if direct else None
         #: The direct endpoint, once started: its ``url`` is what listings show.
         self.direct: DirectEndpoint | None = None
-        #: Results kept for their callers (``options(keep=True)``), within ``ref_bytes``.
-        self.refs = refs.RefStore(name, ref_bytes, session_lease)
         self.operations.update(refs.operations(self.refs, self.operations["call"]))
         self._usage = Reporter(self.refs)
         #: Calls that outlive their caller, and their kept results (see docs/jobs.md).
@@ -170,12 +171,14 @@ class Backend:
         #: The calls being served (slots', the main thread's, jobs'): where each is executed and interrupted.
         self.running = Running()
         self._main_jobs: queue.SimpleQueue = queue.SimpleQueue()
-        self._local = threading.local()
+        #: A slot thread's sockets (``slots``: one per door), that its calls' answers go out on.
+        self.thread_sockets = threading.local()
         base = f"inproc://de-magic-backend-{id(self)}"
         self._out_url, self._stop_url, self._slots_url = base + "-out", base + "-stop", base + "-slots"
         self._out = PerThread(self._new_out_socket)
         self._threads: list[threading.Thread] = []
-        self._stopped = threading.Event()
+        #: Set once the backend stops.
+        self.stopped = threading.Event()
         #: Set while registered at one broker at least.
         self.registered = threading.Event()
         #: Why the broker refused our connection (then the backend stops), else None.
@@ -190,14 +193,15 @@ class Backend:
         if self.direct_at is not None:  # first: a taken port or a refused address must stop us here
             self.direct = DirectEndpoint(self, self.direct_at, len(self._doors), self._doors[0].security, self._ctx)
             log.info("listening for direct calls at %s", self.direct.url)
-            door = _Door(self.direct.index, self.direct.url, self._doors[0].security)
+            door = Door(self.direct.index, self.direct.url, self._doors[0].security, direct=True)
             door.welcomed = True  # always: slots tell it SLOT and BUSY like a broker
-            self._slot_doors.append(door)
+            self.doors.append(door)
             self._direct_out = PerThread(self._new_direct_socket)
-            self._threads.append(threading.Thread(target=self._direct_loop, args=(self.direct,),
-                                                  name=f"de-magic-direct-{self.name}", daemon=True))
-            self._threads.append(threading.Thread(target=self._relieve, args=(self.direct,),
-                                                  name=f"de-magic-relief-{self.name}", daemon=True))
+            threads = DirectThreads(self, self.direct, _STOP)
+            self._threads.append(threading.Thread(target=threads.loop, name=f"de-magic-direct-{self.name}",
+                                                  daemon=True))
+            self._threads.append(threading.Thread(target=threads.relieve, name=f"de-magic-relief-{self.name}",
+                                                  daemon=True))
         pull = self._ctx.socket(zmq.PULL)
         pull.bind(self._out_url)
         stop = self._ctx.socket(zmq.PAIR)
@@ -207,9 +211,8 @@ class Backend:
         self._threads.append(threading.Thread(
             target=self._io_loop, args=(pull, stop, slots), name=f"de-magic-io-{self.name}", daemon=True))
         for index in range(self.max_workers):
-            self._threads.append(threading.Thread(
-                target=self._slot_loop, args=(os.urandom(16),),
-                name=f"de-magic-{self.name}-{index}", daemon=True))
+            self._threads.append(threading.Thread(target=Slot(self, os.urandom(16), _STOP).run,
+                                                  name=f"de-magic-{self.name}-{index}", daemon=True))
         self._threads.append(threading.Thread(target=self._expire_leases, name=f"de-magic-leases-{self.name}",
                                               daemon=True))
         if self.idle_exit is not None:
@@ -222,7 +225,7 @@ class Backend:
     def _expire_leases(self) -> None:
         """End ``%%remote`` namespaces and references whose caller is gone, now and then (a lease's tenth, at
         most a minute)."""
-        while not self._stopped.wait(min(self.session_lease / 10, 60.0)):
+        while not self.stopped.wait(min(self.session_lease / 10, 60.0)):
             for key in shell.expire(self.session_lease):
                 log.info("ended session %s: its caller was silent for more than %g s", key[:8], self.session_lease)
             dropped = self.refs.expire()
@@ -233,7 +236,7 @@ class Backend:
     def _exit_when_idle(self) -> None:
         """Stop once no call came for ``idle_exit`` seconds and none runs (a job counts while it runs): a backend
         in a batch allocation gives it back when nobody uses it."""
-        while not self._stopped.wait(min(1.0, self.idle_exit / 4)):
+        while not self.stopped.wait(min(1.0, self.idle_exit / 4)):
             now = time.monotonic()
             if len(self.running):
                 self._last_call = now
@@ -269,9 +272,9 @@ class Backend:
 
     def stop(self, timeout: float = 5.0) -> None:
         """Say goodbye to the broker and stop all threads (thread-safe, idempotent)."""
-        if self._stopped.is_set():
+        if self.stopped.is_set():
             return
-        self._stopped.set()
+        self.stopped.set()
         self._main_jobs.put(None)
         if self._threads:
             poke = self._ctx.socket(zmq.PAIR)
@@ -297,7 +300,7 @@ class Backend:
 
     # -- the control connection (I/O thread) -------------------------------------
 
-    def _connect(self, routing_id: bytes, door: _Door, control: bool = False) -> WatchedSocket:
+    def _connect(self, routing_id: bytes, door: Door, control: bool = False) -> WatchedSocket:
         sock = self._ctx.socket(zmq.DEALER, socket_class=WatchedSocket)
         sock.linger = 0
         sock.routing_id = routing_id
@@ -309,21 +312,21 @@ class Backend:
         sock.connect(door.url)
         return sock
 
-    def _send_control(self, door: _Door, frames: list, flags: int = 0) -> None:
+    def _send_control(self, door: Door, frames: list, flags: int = 0) -> None:
         """Send on the control connection; a broker that takes nothing for a while costs the message."""
         try:
             send_frames(door.dealer, frames, flags)
         except zmq.Again:
             log.warning("broker %s takes no messages; dropped one", door.url)
 
-    def _welcome(self, door: _Door, welcomed: bool) -> None:
+    def _welcome(self, door: Door, welcomed: bool) -> None:
         door.welcomed = welcomed
         if any(d.welcomed for d in self._doors):
             self.registered.set()
         else:
             self.registered.clear()
 
-    def _refused(self, door: _Door) -> bool:
+    def _refused(self, door: Door) -> bool:
         """Whether the broker refused the control connection; if so, log why and have run() stop."""
         failure = door.dealer.handshake_failure()
         if failure is None:
@@ -338,7 +341,7 @@ class Backend:
         if not self._main_served.is_set():
             log.error("%s", reason)
 
-    def _ready_frames(self, door: _Door) -> list:
+    def _ready_frames(self, door: Door) -> list:
         info = {"api": self.api, "capacity": self.max_workers, "queue": self.max_queue,
                 "allow_code": self.allow_code, "pid": os.getpid(), "host": socket.gethostname(), "codec": self.codec,
                 "heartbeat": self.heartbeat}
@@ -406,49 +409,7 @@ class Backend:
             if self.failure is not None:
                 self._main_jobs.put(None)  # run() returns, and raises Refused with the reason
 
-    # -- the direct endpoint (a thread of its own) ------------------------------------------------
-
-    def _direct_loop(self, direct: DirectEndpoint) -> None:
-        """Calls from direct callers and what the slots say of them; news of the load for the brokers."""
-        control = self._ctx.socket(zmq.SUB)
-        control.subscribe(b"")
-        control.connect(self._slots_url)
-        poller = zmq.Poller()
-        for sock in (direct.sock, direct.link, control):
-            poller.register(sock, zmq.POLLIN)
-        direct.lock.acquire()  # let go of only while a quick call runs inline (see direct.py)
-        direct.thread_id = threading.get_ident()
-        try:
-            while True:
-                wait = direct.report_at - time.monotonic()
-                events = dict(poller.poll(None if wait == float("inf") else max(0, math.ceil(wait * 1000))))
-                if control in events and control.recv() == _STOP:
-                    break
-                self._serve_direct(direct)
-                self._tell_load(direct)
-        finally:
-            control.close()
-            direct.close()
-            direct.lock.release()
-
-    def _relieve(self, direct: DirectEndpoint) -> None:
-        """Serve the direct endpoint while a call that was expected to be quick runs inline for long."""
-        poller = zmq.Poller()
-        for sock in (direct.sock, direct.link):
-            poller.register(sock, zmq.POLLIN)
-        while not self._stopped.wait(RELIEF_AFTER):
-            since = direct.inline_since
-            if not since or time.monotonic() - since < RELIEF_AFTER or not direct.lock.acquire(blocking=False):
-                continue
-            direct.relieving = True
-            try:
-                while direct.inline_since == since and not self._stopped.is_set():
-                    if poller.poll(10):
-                        self._serve_direct(direct)
-                    self._tell_load(direct)
-            finally:
-                direct.relieving = False
-                direct.lock.release()
+    # -- the direct endpoint (threads of its own: see directloop.py) ----------------------------------
 
     def run_inline(self, door: int, msg: P.Work) -> None:
         """Serve a call in this thread (the direct endpoint's: see direct.py), as a slot would."""
@@ -457,30 +418,22 @@ class Backend:
         except Exception as exc:  # noqa: BLE001 - whatever arrives, the endpoint's thread must live on
             self.bad.failed("serving a direct call", exc)
 
-    @staticmethod
-    def _serve_direct(direct: DirectEndpoint) -> None:
-        """A burst of messages, like the broker's (see :func:`~de_magic.wire.framing.readable`)."""
-        for _ in range(1000):
-            busy = False
-            if readable(direct.link):
-                direct.on_slot(recv_frames(direct.link, zmq.NOBLOCK))
-                busy = True
-            if readable(direct.sock):
-                direct.on_caller(recv_frames(direct.sock, zmq.NOBLOCK))
-                busy = True
-            if not busy:
-                break
+    def stop_signal(self) -> zmq.Socket:
+        """A socket of the calling thread's own that reads ``_STOP`` when the backend stops (and ``_HELLO``)."""
+        control = self._ctx.socket(zmq.SUB)
+        control.subscribe(b"")
+        control.connect(self._slots_url)
+        return control
 
-    def _tell_load(self, direct: DirectEndpoint) -> None:
+    def tell_load(self, busy: list[bytes], free: list[bytes]) -> None:
         """Tell the brokers which slots direct calls hold for a while, and which they freed (see direct.py);
         the I/O thread sends it on the control connections."""
-        busy, free = direct.news(time.monotonic())
         for slots, message in ((busy, P.slot_busy), (free, P.slot)):
             if slots:
                 for door in self._doors:
                     send_frames(self._out.get(), [bytes([door.index]), *message(self.id, self._secret, *slots)])
 
-    def _register(self, door: _Door, poller: zmq.Poller) -> None:
+    def _register(self, door: Door, poller: zmq.Poller) -> None:
         """A fresh control connection to ``door``'s broker (closing the old one) that says READY."""
         self._welcome(door, False)
         if door.dealer is not None:
@@ -512,7 +465,7 @@ class Backend:
         for dealer, frames in answers:
             send_frames(dealer, frames)
 
-    def _on_control(self, door: _Door, slots: zmq.Socket, frames: list) -> None:
+    def _on_control(self, door: Door, slots: zmq.Socket, frames: list) -> None:
         try:
             self._handle_control(door, slots, P.parse(frames, P.AT_WORKER))
         except P.ProtocolError as exc:
@@ -520,7 +473,7 @@ class Backend:
         except Exception as exc:  # noqa: BLE001 - whatever a broker sends, the I/O thread must live on
             self.bad.failed("a message from the broker", exc)
 
-    def _handle_control(self, door: _Door, slots: zmq.Socket, msg) -> None:
+    def _handle_control(self, door: Door, slots: zmq.Socket, msg) -> None:
         if isinstance(msg, P.Interrupt):
             self.cancel((door.index, msg.client, msg.rid))
         elif isinstance(msg, P.Welcome):
@@ -543,76 +496,15 @@ class Backend:
             self._welcome(door, False)
             self._send_control(door, self._ready_frames(door), zmq.NOBLOCK)
 
-    # -- slots: one thread and one connection per concurrent call ----------------
+    # -- slots (threads of their own: see slots.py) ---------------------------------------------------
 
-    def _slot_loop(self, routing_id: bytes) -> None:
-        """Receive calls on connections of our own (one per broker) and answer on them, with no hand-off."""
-        doors = self._slot_doors
-        socks = self._local.slots = [self._connect(routing_id, door) for door in self._doors]
-        if self.direct is not None:  # the direct endpoint is one more door to a slot (see direct.py)
-            link = self._ctx.socket(zmq.DEALER)
-            link.linger = 0
-            link.routing_id = routing_id  # the slot's name at the brokers too: the I/O thread speaks for it
-            link.connect(self.direct.slots_url)
-            socks.append(link)
-        control = self._ctx.socket(zmq.SUB)
-        control.subscribe(b"")
-        control.connect(self._slots_url)
-        poller = zmq.Poller()
-        for sock in socks:
-            poller.register(sock, zmq.POLLIN)
-        poller.register(control, zmq.POLLIN)
-        try:
-            while True:
-                events = dict(poller.poll(self.heartbeat * 1000))
-                if control in events and control.recv() == _STOP:
-                    break
-                calls = [door for door, sock in zip(doors, socks) if sock in events]
-                for door in calls:  # one at a time: the others wait in their sockets
-                    self._take_call(door, socks, recv_frames(socks[door.index]))
-                if not calls:
-                    # welcomed (HELLO), or idle for a heartbeat: make sure the brokers know this slot
-                    self._tell(doors, socks, P.slot(self.id, self._secret))
-        finally:
-            for sock in socks:
-                sock.close(linger=100)
-            control.close()
+    def connect(self, routing_id: bytes, door: "Door") -> WatchedSocket:
+        """A connection to ``door``'s broker, with ``routing_id`` (a slot's)."""
+        return self._connect(routing_id, door)
 
-    def _take_call(self, door: _Door, socks: list, frames: list) -> None:
-        """Serve what ``door``'s broker sent this slot; other brokers hear that the slot is busy meanwhile."""
-        # a direct call's slot is reported to the brokers by the I/O thread, if the call runs a while
-        direct = self.direct is not None and door.index == self.direct.index
-        others = [] if direct else [d for d in self._slot_doors if d is not door]
-        self._tell(others, socks, P.slot_busy(self.id, self._secret))
-        self._on_slot_message(door, frames)
-        self._tell(others, socks, P.slot(self.id, self._secret))
-
-    @staticmethod
-    def _tell(doors: list[_Door], socks: list, frames: list) -> None:
-        """Send ``frames`` on this slot's connection to each broker that welcomed us; never wait for a peer."""
-        for door in doors:
-            if door.welcomed:
-                try:
-                    send_frames(socks[door.index], frames, zmq.NOBLOCK)
-                except zmq.Again:
-                    pass  # not connected (yet, or refused): the next idle beat tries again
-
-    def _on_slot_message(self, door: _Door, frames: list) -> None:
-        try:
-            self._handle_slot_message(door.index, frames)
-        except Exception as exc:  # noqa: BLE001 - whatever arrives, the slot thread must live on
-            self.bad.failed("a call from the broker", exc)
-
-    def _handle_slot_message(self, door: int, frames: list) -> None:
-        try:
-            msg = P.parse(frames, P.AT_WORKER)
-        except P.ProtocolError as exc:
-            self.bad.report("bad call: %s", exc)
-            if exc.rid is not None and exc.client is not None:
-                self._send(P.ERROR, door, exc.client, exc.rid, P.error_header(ProtocolMismatch.kind, str(exc)))
-            return
-        if isinstance(msg, P.Work):  # not e.g. DISCONNECT after a broker restart: the control connection
-            self.serve(door, msg)      # registers again
+    def slot_message(self, busy: bool) -> list:
+        """What a slot tells the brokers: BUSY, or SLOT (free), with our secret."""
+        return (P.slot_busy if busy else P.slot)(self.id, self._secret)
 
     def serve(self, door: int, msg: P.Work) -> None:
         """Serve a call that came through ``door`` (a broker, or the direct endpoint), in this thread."""
@@ -620,7 +512,7 @@ class Backend:
             op = self._operation(msg.header)
         except (P.ProtocolError, Refused) as exc:
             kind = Refused.kind if isinstance(exc, Refused) else ProtocolMismatch.kind
-            self._send(P.ERROR, door, msg.client, msg.rid, P.error_header(kind, str(exc)))
+            self.answer(P.ERROR, door, msg.client, msg.rid, P.error_header(kind, str(exc)))
             return
         call = Call(self, door, msg.client, msg.rid, msg.header, msg.payload, msg.caller)
         self._last_call = time.monotonic()
@@ -650,18 +542,18 @@ class Backend:
 
     @property
     def stopping(self) -> bool:
-        return self._stopped.is_set()
+        return self.stopped.is_set()
 
     # -- running calls ---------------------------------------------------------------
 
-    def _send(self, mtype: bytes, door: int, client: bytes, rid: bytes, header: bytes, *payload) -> None:
+    def answer(self, mtype: bytes, door: int, client: bytes, rid: bytes, header: bytes, *payload) -> None:
         """Send a message for a call that came through broker ``door``: on this thread's slot connection
         to it, else via the I/O thread."""
         size = len(header) + serialize.nbytes(payload)
         if size > self._limit:  # it would be cut off in transit, and the caller would wait for ever
             mtype, header, payload = self._too_large(mtype, size)
         frames = P.answer(mtype, client, rid, header, payload)
-        slots = getattr(self._local, "slots", None)
+        slots = getattr(self.thread_sockets, "slots", None)
         if slots is not None:
             send_frames(slots[door], frames)
         elif self.direct is not None and door == self.direct.index:
@@ -696,12 +588,12 @@ class Backend:
         try:
             result = self.running.execute(call, self.operations[call.header.get("op", "call")])
             header, frames = self._encode_result(call, result)
-            self._send(P.REPLY, call.door, call.client, call.rid, header, *frames)
+            self.answer(P.REPLY, call.door, call.client, call.rid, header, *frames)
         except KeyboardInterrupt as exc:
             header = P.error_header(Cancelled.kind, "interrupted on the backend") if call.cancelled else error_header(exc)
-            self._send(P.ERROR, call.door, call.client, call.rid, header)
+            self.answer(P.ERROR, call.door, call.client, call.rid, header)
         except BaseException as exc:
-            self._send(P.ERROR, call.door, call.client, call.rid, error_header(exc))
+            self.answer(P.ERROR, call.door, call.client, call.rid, error_header(exc))
 
     def _encode_result(self, call: Call, result) -> tuple[bytes, list]:
         in_json = self.codec == serialize.JSON or call.header.get("codec") == serialize.JSON
@@ -712,58 +604,6 @@ class Backend:
                                   "(the broker's or this backend's)")
         return (self._json_reply_header if in_json else self._reply_header), frames
 
-    # -- the "call" operation ------------------------------------------------
-
-    def resolve(self, header: dict) -> Callable:
-        """The callable a call header names: a function, or a class's method."""
-        name = header.get("member", "")
-        member = self.members.get(name)
-        if member is None:
-            raise UnknownMethod(
-                f"backend {self.name!r} has no member {name!r}; it has: {', '.join(sorted(self.members)) or 'nothing'}")
-        method = header.get("method")
-        if method is None:
-            if isinstance(member, type):
-                raise UnknownMethod(f"{name} is a class; call one of its methods: "
-                                    + ", ".join(self.api["members"][name].get("methods", {})))
-            return member
-        if method not in self.api["members"][name].get("methods", {}):
-            raise UnknownMethod(f"class {name!r} of backend {self.name!r} has no public method {method!r}; "
-                                f"it has: {', '.join(self.api['members'][name].get('methods', {}))}")
-        return getattr(member, method)
-
-    def _call_member(self, call: Call):
-        target = self.resolve(call.header)
-        if call.header.get("codec") == serialize.JSON:
-            return self._call_json(target, call)
-        if self.codec == serialize.JSON:
-            # refused before anything is unpickled: unpickling alone can run code
-            raise Refused(f"backend {self.name!r} takes no pickles (no-pickle mode): send JSON arguments")
-        args, kwargs, *init = serialize.loads(call.payload, self.refs.loader(call))
-        if init:
-            cls = self.members[call.header["member"]]
-            check_arguments(cls, *init)
-            target = getattr(cls(*init[0], **init[1]), call.header["method"])
-        check_arguments(target, args, kwargs)
-        return self.invoke(target, args, kwargs)
-
-    def _call_json(self, target: Callable, call: Call):
-        """A call whose arguments came as JSON: ``[args, kwargs]`` or ``[args, kwargs, init_args, init_kwargs]``."""
-        with checking_arguments():
-            body = serialize.loads_json(call.payload)
-            if not (isinstance(body, list) and len(body) in (2, 4) and all(
-                    isinstance(part, list if i % 2 == 0 else dict) for i, part in enumerate(body))):
-                raise TypeError("JSON arguments must be [args, kwargs] or [args, kwargs, init_args, init_kwargs]")
-            args, kwargs, *init = body
-            if init:
-                cls = self.members[call.header["member"]]
-                init_args, init_kwargs = validate_arguments(cls, tuple(init[0]), init[1])
-        if init:  # the constructor is the member's own code: its errors are its own
-            target = getattr(cls(*init_args, **init_kwargs), call.header["method"])
-        with checking_arguments():
-            args, kwargs = validate_arguments(target, tuple(args), kwargs)
-        return self.invoke(target, args, kwargs)
-
 
 def _check_codec(codec: str, allow_code: bool) -> None:
     if codec not in (serialize.PICKLE, serialize.JSON):
@@ -771,7 +611,3 @@ def _check_codec(codec: str, allow_code: bool) -> None:
     if codec == serialize.JSON and allow_code:
         raise ValueError("a no-pickle (codec='json') backend cannot allow code execution: "
                          "the point of that mode is that callers cannot run code on it")
-
-
-def _invoke_here(target: Callable, args: tuple, kwargs: dict):
-    return target(*args, **kwargs)

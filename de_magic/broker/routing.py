@@ -568,9 +568,6 @@ class Router:
         log.info("job %s of %s waits for backend %r", job.id, self._who(key), msg.backend)
         self._reply(client, rid, header, job.summary(), worker=P.BROKER_HELD.hex())
         self._launch([msg.backend])
-        if self.services.get(msg.backend) is not None:  # its workers registered meanwhile (a race): hand it over
-            for worker in self.services[msg.backend].workers:
-                self._drain(worker)
 
     def _reply(self, client: bytes, rid: bytes, header: dict, value, **head) -> None:
         """A REPLY from the broker itself, in the codec the request asked for."""
@@ -594,8 +591,9 @@ class Router:
         job = self.held.find(job_id.rpartition(":")[2], owner)
         if job is None or job.backend != msg.backend:
             return self._error(client, rid, JobUnavailable, f"{NO_SUCH_JOB} {job_id[:80]!r} at {self.config.url}")
+        handing = self.handing.get(job.backend)
         if job.state == W.SENT and bytes.fromhex(job.worker) not in self.by_id and self.now >= self.grace_until \
-                and self.handing.get(job.backend) is None:
+                and (handing is None or handing.rid != job.token.encode()):  # sent by a broker before this one
             self._lose(job, f"it was handed to worker {job.worker} of backend {job.backend!r} as the broker "
                             "stopped, and that worker is gone")
         if job.state in (W.SENT, W.DELIVERED):  # the job is the worker's now: the caller asks there

@@ -47,7 +47,7 @@ from ..wire.errors import (BackendLost, CallTimeout, DeMagicError, Interrupted, 
 from ..wire import routingids
 from ..wire.handshake import WatchedSocket
 from ..wire.security import Security
-from . import refs
+from . import refs, tracebacks
 from .calls import decode_result, encode_call
 from .core import Core, Request
 from .jobs import Job, attach, list_jobs, start
@@ -132,6 +132,7 @@ class Client:
         codec: str | None = None,
         direct: bool = True,
     ):
+        tracebacks.install()  # a plain script's errors without our frames (a kernel has its own display)
         #: The equivalent brokers this client may use, in the order it tries them.
         self.urls = check_doors(url or default_url())
         self._securities = {door: (security or Security.resolve(url=door)).check_peer() for door in self.urls}

@@ -268,7 +268,12 @@ class RemoteSession:
         self.execute("", push=variables).result()
 
     def pull(self, *names: str):
-        """Values of remote variables: one value for one name, else a tuple."""
+        """Values of remote variables: one value for one name, else a tuple (names may come as one list)."""
+        if len(names) == 1 and isinstance(names[0], (list, tuple)):
+            names = tuple(names[0])
+        wrong = [name for name in names if not isinstance(name, str)]
+        if wrong or not names:
+            raise TypeError(f"pull() takes the names of remote variables, e.g. pull('x', 'y'), not {wrong or 'none'}")
         pulled = self.execute("", pull=names).result()
         values = tuple(pulled[name] for name in names)
         return values[0] if len(values) == 1 else values

@@ -1,0 +1,86 @@
+"""The threads that serve a backend's direct endpoint (:mod:`.direct`): its own, and a relief.
+
+The endpoint's thread reads callers' messages and what the slots say of their calls, and tells the
+brokers which slots direct calls hold for a while.  While it runs a quick call inline and that call
+runs long after all, the relief thread serves the sockets in its place (see :data:`.direct.RELIEF_AFTER`).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+
+import zmq
+
+from ..wire.framing import readable, recv_frames
+from .direct import RELIEF_AFTER, DirectEndpoint
+
+
+class DirectThreads:
+    """``backend`` gives ``stop_signal()`` (a socket that reads ``STOP`` when it stops), ``stopping``, and
+    ``tell_load(busy, free)`` (slots to report busy and free to the brokers)."""
+
+    def __init__(self, backend, direct: DirectEndpoint, stop: bytes):
+        self.backend, self.direct, self.stop = backend, direct, stop
+
+    def loop(self) -> None:
+        """Calls from direct callers and what the slots say of them; news of the load for the brokers."""
+        direct = self.direct
+        control = self.backend.stop_signal()
+        poller = zmq.Poller()
+        for sock in (direct.sock, direct.link, control):
+            poller.register(sock, zmq.POLLIN)
+        direct.lock.acquire()  # let go of only while a quick call runs inline (see direct.py)
+        direct.thread_id = threading.get_ident()
+        try:
+            while True:
+                wait = direct.report_at - time.monotonic()
+                events = dict(poller.poll(None if wait == float("inf") else max(0, math.ceil(wait * 1000))))
+                if control in events and control.recv() == self.stop:
+                    break
+                self._serve()
+                self._tell_load()
+        finally:
+            control.close()
+            direct.close()
+            direct.lock.release()
+
+    def relieve(self) -> None:
+        """Serve the direct endpoint while a call that was expected to be quick runs inline for long."""
+        direct, backend = self.direct, self.backend
+        poller = zmq.Poller()
+        for sock in (direct.sock, direct.link):
+            poller.register(sock, zmq.POLLIN)
+        while not backend.stopped.wait(RELIEF_AFTER):
+            since = direct.inline_since
+            if not since or time.monotonic() - since < RELIEF_AFTER or not direct.lock.acquire(blocking=False):
+                continue
+            direct.relieving = True
+            try:
+                while direct.inline_since == since and not backend.stopping:
+                    if poller.poll(10):
+                        self._serve()
+                    self._tell_load()
+            finally:
+                direct.relieving = False
+                direct.lock.release()
+
+    def _serve(self) -> None:
+        """A burst of messages, like the broker's (see :func:`~de_magic.wire.framing.readable`)."""
+        direct = self.direct
+        for _ in range(1000):
+            busy = False
+            if readable(direct.link):
+                direct.on_slot(recv_frames(direct.link, zmq.NOBLOCK))
+                busy = True
+            if readable(direct.sock):
+                direct.on_caller(recv_frames(direct.sock, zmq.NOBLOCK))
+                busy = True
+            if not busy:
+                break
+
+    def _tell_load(self) -> None:
+        busy, free = self.direct.news(time.monotonic())
+        if busy or free:
+            self.backend.tell_load(busy, free)
