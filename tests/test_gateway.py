@@ -63,7 +63,7 @@ def gw(tmp_path_factory):
         for name, (module, extra) in DEMO_BACKENDS.items():
             cluster.start_backend(module, name, *extra)
         cluster.start_backend("tests/raising_backend.py", "raising")
-        cluster.start_backend("de_magic.demo.hello", "full", "--max-queue", "0")
+        cluster.start_backend("de_magic.demo.hello", "full", "--max-queue", "0", "--max-workers", "1")
         cluster.start_backend("de_magic.demo.hello", "strict", "--no-pickle")
         cluster.base = start_gateway(procs, cluster.url, tmp, "[gateway]\nmax_body = 1000000\ntimeout = 30\n")
         yield cluster
@@ -137,7 +137,11 @@ def test_error_statuses_are_problem_documents(gw):
                                           "invalid")["detail"]
     raised = problem(post(gw, "/backends/raising/fail_with_code", {"code": 7}), 502, "remote")
     assert raised["remote_type"].endswith("NeedsKeywords") and "fail_with_code" in raised["traceback"]
+    # one place and no queue: while a job runs there, the next has nowhere to wait
+    running = post(gw, "/backends/full/slow_sum/jobs", {"n": 200, "delay": 0.05})
+    assert running.status_code == 202, running.text
     problem(post(gw, "/backends/full/slow_sum/jobs", {"n": 1}), 503, "busy")
+    requests.delete(gw.base + running.headers["Location"], timeout=30)
     problem(post(gw, "/backends/hello_world/slow_sum?timeout=0.3", {"n": 40, "delay": 0.05}), 504, "timeout")
     big = requests.post(gw.base + "/backends/hello_world/echo", data=b'{"value": "' + b"x" * 1_100_000 + b'"}',
                         timeout=30)
