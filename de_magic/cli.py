@@ -27,7 +27,7 @@ from pathlib import Path
 from types import ModuleType
 
 from .backend.daskpool import DaskPool, cluster_address, cluster_info
-from .backend.direct import direct_address
+from .backend.direct import advertised_host, direct_address
 from .backend.lifeline import exit_with_parent
 from .backend.server import Backend
 from .broker.server import Broker
@@ -247,6 +247,10 @@ def _serve_args(parser: argparse.ArgumentParser) -> None:
                         help="also listen here for direct calls from callers that can reach this machine (port 0: "
                              "any free port; beyond loopback CURVE keys are needed); default: $DE_MAGIC_DIRECT, then "
                              "the config file's direct, else connect out only (see docs/deploy.md)")
+    parser.add_argument("--advertise", default=None, metavar="HOST",
+                        help="the host name or address callers are told to reach the direct endpoint at (default: "
+                             "$DE_MAGIC_ADVERTISE, then the config file's advertise, else the --direct host; for "
+                             "0.0.0.0, this machine's fully qualified name)")
     parser.add_argument("--heartbeat", type=float, default=DEFAULT_HEARTBEAT, help="heartbeat interval in seconds")
     parser.add_argument("--idle-exit", type=float, default=None, metavar="SECONDS",
                         help="stop after this many seconds without calls (none running): a backend started on demand "
@@ -278,7 +282,8 @@ def _serve_backend(name: str, members: dict, args: argparse.Namespace, doc: str 
                           codec=JSON if args.no_pickle else PICKLE,
                           allow_clients=args.allow_clients.split(",") if args.allow_clients else None,
                           session_lease=args.session_lease, ref_bytes=args.ref_bytes,
-                          direct=direct_address(args.direct), job_ttl=args.job_ttl, job_bytes=args.job_bytes,
+                          direct=direct_address(args.direct), advertise=advertised_host(args.advertise),
+                          job_ttl=args.job_ttl, job_bytes=args.job_bytes,
                           max_jobs=args.max_jobs, job_dir=job_directory(args.job_dir), idle_exit=args.idle_exit)
     except ValueError as exc:  # contradictory options
         raise SystemExit(f"de-magic: {exc}") from None
