@@ -427,7 +427,7 @@ def job_directory(value: str | None) -> str | None:
     configured = _read_toml().get(JOB_DIR)
     if configured is not None and not isinstance(configured, str):
         raise Refused(f"{JOB_DIR} in {config_file()} must be a directory's path")
-    return str(config_file().parent / configured) if configured else None
+    return str(config_file().parent / Path(configured).expanduser()) if configured else None
 
 
 def state_directory(value: str | None) -> str | None:
