@@ -243,6 +243,9 @@ def _serve_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dask", default=None, metavar="ADDRESS",
                         help="run calls on a Dask cluster: a scheduler's tcp://HOST:PORT, or local[:N] for N worker "
                              "processes here (default: $DE_MAGIC_DASK, then the config file's dask; see docs/scale.md)")
+    parser.add_argument("--dask-port", type=int, default=None, metavar="PORT",
+                        help="with --dask local:N, the scheduler listens on 127.0.0.1:PORT and its dashboard on PORT+1 "
+                             "(default: free ports)")
     parser.add_argument("--direct", default=None, metavar="tcp://HOST:PORT",
                         help="also listen here for direct calls from callers that can reach this machine (port 0: "
                              "any free port; beyond loopback CURVE keys are needed); default: $DE_MAGIC_DIRECT, then "
@@ -266,7 +269,7 @@ def _serve(name: str, members: dict, args: argparse.Namespace, doc: str = "") ->
         _serve_backend(name, members, args, doc)
         return
     try:
-        pool = DaskPool.connect(address)
+        pool = DaskPool.connect(address, args.dask_port)
     except ValueError as exc:
         raise SystemExit(f"de-magic: {exc}") from None
     with pool:  # the front door's slots: one per thread of the cluster, unless --max-workers says otherwise
@@ -497,9 +500,12 @@ def cmd_keys(args) -> None:
 def cmd_demo(args) -> None:
     """A local broker and the demo backends in one command; Ctrl-C stops all."""
     _logging(args.verbose)
+    if args.direct_ports is not None and not 0 < args.direct_ports <= 65536 - len(DEMO_BACKENDS):
+        raise SystemExit(f"de-magic: --direct-ports must be a port number that {len(DEMO_BACKENDS)} ports fit from, "
+                         f"not {args.direct_ports}")
     # local by construction: plain TCP on loopback, whatever keys the environment or config file name
     with Client(args.broker, timeout=5, security=Security()) as client:
-        cluster = start_local(client)
+        cluster = start_local(client, args.direct_ports)
         try:
             print(repr(client.backends()))
             print(f"\nde-magic demo: broker on {cluster.url} with backends {', '.join(DEMO_BACKENDS)}.\n"
@@ -597,6 +603,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="start a local broker and the demo backends")
     p.add_argument("--broker", default=None, help="address to bind (default: $DE_MAGIC_BROKER or tcp://127.0.0.1:5555)")
+    p.add_argument("--direct-ports", type=int, default=None, metavar="START",
+                   help=f"take the demo backends' direct calls on 127.0.0.1, ports START, START+1...: "
+                        f"{', '.join(DEMO_BACKENDS)}, in that order (default: free ports)")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=cmd_demo)
     return parser

@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -136,6 +137,30 @@ def test_a_members_error_and_a_stop_leave_no_dask_noise_in_the_log(dask_setup, t
     assert "Scheduler closing" in text  # the cluster's log was captured, to its end
     for noise in ("Compute Failed", "CommClosedError", "CRITICAL"):
         assert noise not in text, text
+
+
+def test_a_local_clusters_ports_may_be_pinned(dask_setup):
+    port = free_port()
+    proc = dask_setup["broker"].start_backend(BACKEND, "dask_pinned", "--dask", "local:1", "--dask-port", str(port))
+    info = _dask_info(dask_setup, "dask_pinned")
+    assert info["scheduler"] == f"tcp://127.0.0.1:{port}" and info["dashboard"].startswith(f"http://127.0.0.1:{port + 1}/")
+    assert dask_setup["client"]["dask_pinned"].add(1, 2) == 3
+    proc.send_signal(signal.SIGTERM)  # its cluster would only load the machine for the next tests
+    proc.wait(30)
+
+
+def test_a_dask_port_that_cannot_be_had_is_one_line(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for address, said in (("local:1", f"cannot start a Dask cluster here with --dask-port {port}: "),
+                              ("tcp://127.0.0.1:1", "--dask-port is the port of a cluster started here")):
+            done = subprocess.run([sys.executable, "-m", "de_magic", "serve", BACKEND, "--broker", "tcp://127.0.0.1:1",
+                                   "--dask", address, "--dask-port", str(port)], cwd=ROOT, capture_output=True,
+                                  text=True, timeout=60)
+            assert done.returncode == 1 and done.stderr.splitlines()[-1].startswith(f"de-magic: {said}"), done.stderr
+            assert "Traceback" not in done.stderr
 
 
 def test_progress_from_a_dask_worker_reaches_the_caller(dask_setup):

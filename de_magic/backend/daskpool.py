@@ -113,19 +113,31 @@ class DaskPool:
         self._watcher = threading.Thread(target=self._watch, name="de-magic-dask-watch", daemon=True)
 
     @classmethod
-    def connect(cls, address: str) -> "DaskPool":
+    def connect(cls, address: str, port: int | None = None) -> "DaskPool":
         """A pool on ``address``: ``tcp://host:port`` of a running scheduler, or ``local[:N]`` for a
-        LocalCluster of N one-thread worker processes (one per CPU without N)."""
+        LocalCluster of N one-thread worker processes (one per CPU without N), whose scheduler listens on
+        ``port`` and its dashboard on the next (as Dask's 8786 and 8787), or on free ports without it."""
         from distributed import Client, LocalCluster
 
         kind, _, count = address.partition(":")
         if kind == "local":
             if count and not count.isdigit():
                 raise ValueError(f"the Dask address local:N needs a number of workers, not {count!r}")
-            # processes of one thread each: pure-Python calls must not share a GIL
-            cluster = LocalCluster(n_workers=int(count or os.cpu_count() or 1), threads_per_worker=1,
-                                   host="127.0.0.1", dashboard_address="127.0.0.1:0")
+            if port is not None and not 0 <= port < 65535:
+                raise ValueError(f"--dask-port must be a port number below 65535, not {port}")
+            try:  # processes of one thread each: pure-Python calls must not share a GIL
+                cluster = LocalCluster(n_workers=int(count or os.cpu_count() or 1), threads_per_worker=1,
+                                       host="127.0.0.1", scheduler_port=port or 0,
+                                       dashboard_address=f"127.0.0.1:{port + 1 if port else 0}")
+            except RuntimeError as exc:  # e.g. --dask-port taken: the reason is the last of its causes
+                while exc.__cause__ is not None:
+                    exc = exc.__cause__
+                pinned = f" with --dask-port {port}" if port else ""
+                raise ValueError(f"cannot start a Dask cluster here{pinned}: {exc}") from None
             return cls(Client(cluster))
+        if port is not None:
+            raise ValueError(f"--dask-port is the port of a cluster started here (--dask local:N); the scheduler "
+                             f"at {address} has its own")
         try:
             return cls(Client(address, timeout="10s"))
         except OSError as exc:
