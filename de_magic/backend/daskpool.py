@@ -326,7 +326,7 @@ def run_task(key: str, topic: str, info: dict, target: bytes, args: tuple, kwarg
     computing Dask results."""
     import cloudpickle
 
-    logging.getLogger("distributed.worker").addFilter(reported_elsewhere)  # once: a filter is added only once
+    logging.getLogger("distributed.worker").addFilter(reported_elsewhere)  # a no-op after this worker's first call
     context = current_call.set(TaskCall(key, topic, **info))
     try:
         with _running_lock:
