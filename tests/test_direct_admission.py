@@ -18,7 +18,7 @@ from de_magic.wire import protocol as P
 from de_magic.wire import serialize
 from de_magic.wire.errors import Refused
 from de_magic.wire.security import Security
-from test_direct import _workers, curve, the_worker  # noqa: F401 - curve is a fixture
+from test_direct import _workers, curve, curve_broker, the_worker  # noqa: F401 - curve and curve_broker are fixtures
 
 MiB = 1 << 20
 
