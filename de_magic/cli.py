@@ -27,7 +27,7 @@ from pathlib import Path
 from types import ModuleType
 
 from .backend.daskpool import DaskPool, cluster_address, cluster_info
-from .backend.direct import direct_address
+from .backend.direct import advertised_host, direct_address
 from .backend.lifeline import exit_with_parent
 from .backend.server import Backend
 from .broker.server import Broker
@@ -243,10 +243,17 @@ def _serve_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dask", default=None, metavar="ADDRESS",
                         help="run calls on a Dask cluster: a scheduler's tcp://HOST:PORT, or local[:N] for N worker "
                              "processes here (default: $DE_MAGIC_DASK, then the config file's dask; see docs/scale.md)")
+    parser.add_argument("--dask-port", type=int, default=None, metavar="PORT",
+                        help="with --dask local:N, the scheduler listens on 127.0.0.1:PORT and its dashboard on PORT+1 "
+                             "(default: free ports)")
     parser.add_argument("--direct", default=None, metavar="tcp://HOST:PORT",
                         help="also listen here for direct calls from callers that can reach this machine (port 0: "
                              "any free port; beyond loopback CURVE keys are needed); default: $DE_MAGIC_DIRECT, then "
                              "the config file's direct, else connect out only (see docs/deploy.md)")
+    parser.add_argument("--advertise", default=None, metavar="HOST",
+                        help="the host name or address callers are told to reach the direct endpoint at (default: "
+                             "$DE_MAGIC_ADVERTISE, then the config file's advertise, else the --direct host; for "
+                             "0.0.0.0, this machine's fully qualified name)")
     parser.add_argument("--heartbeat", type=float, default=DEFAULT_HEARTBEAT, help="heartbeat interval in seconds")
     parser.add_argument("--idle-exit", type=float, default=None, metavar="SECONDS",
                         help="stop after this many seconds without calls (none running): a backend started on demand "
@@ -262,7 +269,7 @@ def _serve(name: str, members: dict, args: argparse.Namespace, doc: str = "") ->
         _serve_backend(name, members, args, doc)
         return
     try:
-        pool = DaskPool.connect(address)
+        pool = DaskPool.connect(address, args.dask_port)
     except ValueError as exc:
         raise SystemExit(f"de-magic: {exc}") from None
     with pool:  # the front door's slots: one per thread of the cluster, unless --max-workers says otherwise
@@ -278,7 +285,8 @@ def _serve_backend(name: str, members: dict, args: argparse.Namespace, doc: str 
                           codec=JSON if args.no_pickle else PICKLE,
                           allow_clients=args.allow_clients.split(",") if args.allow_clients else None,
                           session_lease=args.session_lease, ref_bytes=args.ref_bytes,
-                          direct=direct_address(args.direct), job_ttl=args.job_ttl, job_bytes=args.job_bytes,
+                          direct=direct_address(args.direct), advertise=advertised_host(args.advertise),
+                          job_ttl=args.job_ttl, job_bytes=args.job_bytes,
                           max_jobs=args.max_jobs, job_dir=job_directory(args.job_dir), idle_exit=args.idle_exit)
     except ValueError as exc:  # contradictory options
         raise SystemExit(f"de-magic: {exc}") from None
@@ -492,9 +500,12 @@ def cmd_keys(args) -> None:
 def cmd_demo(args) -> None:
     """A local broker and the demo backends in one command; Ctrl-C stops all."""
     _logging(args.verbose)
+    if args.direct_ports is not None and not 0 < args.direct_ports <= 65536 - len(DEMO_BACKENDS):
+        raise SystemExit(f"de-magic: --direct-ports must be a port number that {len(DEMO_BACKENDS)} ports fit from, "
+                         f"not {args.direct_ports}")
     # local by construction: plain TCP on loopback, whatever keys the environment or config file name
     with Client(args.broker, timeout=5, security=Security()) as client:
-        cluster = start_local(client)
+        cluster = start_local(client, args.direct_ports)
         try:
             print(repr(client.backends()))
             print(f"\nde-magic demo: broker on {cluster.url} with backends {', '.join(DEMO_BACKENDS)}.\n"
@@ -592,6 +603,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="start a local broker and the demo backends")
     p.add_argument("--broker", default=None, help="address to bind (default: $DE_MAGIC_BROKER or tcp://127.0.0.1:5555)")
+    p.add_argument("--direct-ports", type=int, default=None, metavar="START",
+                   help=f"take the demo backends' direct calls on 127.0.0.1, ports START, START+1...: "
+                        f"{', '.join(DEMO_BACKENDS)}, in that order (default: free ports)")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=cmd_demo)
     return parser

@@ -203,16 +203,25 @@ class LocalCluster:
         self.broker = None
 
 
-def start_local(client: Client) -> LocalCluster:
-    """Start a broker at ``client.url`` with the demo backends, and wait until they are ready."""
+def pinned(extra: tuple[str, ...], port: int) -> tuple[str, ...]:
+    """A demo backend's ``extra`` arguments with its direct endpoint on ``port`` instead of a free one."""
+    return tuple(f"tcp://127.0.0.1:{port}" if arg == _DIRECT[1] else arg for arg in extra)
+
+
+def start_local(client: Client, direct_ports: int | None = None) -> LocalCluster:
+    """Start a broker at ``client.url`` with the demo backends, and wait until they are ready.
+
+    ``direct_ports``: the first backend's direct endpoint listens on this port, the next on the one after...
+    (else on free ports), so that a firewall rule or a tunnel can name them.
+    """
     missing = missing_demo_packages()
     if missing:  # else they would die while starting, with a reason only their own stderr knows
         raise DeMagicError(f"the demo backends need {', '.join(missing)}, not installed here: "
                            "pip install 'de-magic[demo]'")
     cluster = LocalCluster(client.url)
     try:
-        for name, (module, extra) in DEMO_BACKENDS.items():
-            cluster.serve(name, module, *extra)
+        for index, (name, (module, extra)) in enumerate(DEMO_BACKENDS.items()):
+            cluster.serve(name, module, *(extra if direct_ports is None else pinned(extra, direct_ports + index)))
         cluster.wait_registered(client)
     except BaseException:
         # else the broker would keep the address, and the next attempt would find a broker without backends

@@ -373,12 +373,12 @@ def test_cli_call_arguments_of_the_wrong_kind_are_usage_errors():
         done = _run("-m", "de_magic", "call", "hello_world", "Stats.std", *flags)
         assert done.returncode != 0 and needle in done.stderr and "Traceback" not in done.stderr, done.stderr
 
-def test_demo_command_starts_and_stops_cleanly(tmp_path):
+def test_demo_command_starts_on_the_direct_ports_asked_and_stops_cleanly(tmp_path):
     from conftest import free_port
 
-    url = f"tcp://127.0.0.1:{free_port()}"
-    proc = subprocess.Popen([sys.executable, "-m", "de_magic", "demo", "--broker", url], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    url, first = f"tcp://127.0.0.1:{free_port()}", free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "de_magic", "demo", "--broker", url, "--direct-ports", str(first)],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         lines = []
         for line in proc.stdout:
@@ -389,6 +389,9 @@ def test_demo_command_starts_and_stops_cleanly(tmp_path):
         assert "hello_world" in text and "ocean_model" in text and url in text
         with Client(url, timeout=10) as client:
             assert client.call("hello_world", "scale", ([1.0],)) == [2.0]
+            backends = client.listing(api=False)["backends"]
+        assert [backends[name]["workers"][0]["direct"]["url"] for name in ("hello_world", "ocean_model")] == [
+            f"tcp://127.0.0.1:{first}", f"tcp://127.0.0.1:{first + 1}"]
         proc.send_signal(signal.SIGINT)
         assert proc.wait(15) == 0
         assert "stopped" in proc.stdout.read()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -16,7 +17,7 @@ distributed = pytest.importorskip("distributed")
 from de_magic.wire.errors import BackendLost, CallTimeout, RemoteError  # noqa: E402
 from de_magic.caller.session import EVENT_HANDLERS, RemoteSession  # noqa: E402
 
-from conftest import ROOT, Cluster, Processes, free_port, wait_for  # noqa: E402
+from conftest import ROOT, Cluster, Processes, free_port, start_logged, wait_for  # noqa: E402
 
 BACKEND = str(ROOT / "tests" / "dask_backend.py")
 
@@ -119,6 +120,47 @@ def test_errors_arrive_with_the_members_traceback(dask_setup):
     frames = [line for line in caught.value.remote_traceback.splitlines() if line.lstrip().startswith("File ")]
     # the member's frame first (its file shows as <dynamic-code>: a script's code travels by value)
     assert frames and frames[0].endswith("in boom"), caught.value.remote_traceback
+
+
+def test_a_members_error_and_a_stop_leave_no_dask_noise_in_the_log(dask_setup, tmp_path):
+    # the error reaches its caller: Dask's worker must not log it again ("Compute Failed"), and a clean stop
+    # must not log the scheduler writing to the closed client (a CRITICAL CommClosedError)
+    broker, log = dask_setup["broker"], tmp_path / "backend.log"
+    proc = start_logged(dask_setup["procs"], "serve", BACKEND, "--name", "dask_quiet", "--broker", broker.url,
+                        "--heartbeat", "0.2", "--dask", "local:1", log=log)
+    wait_for(lambda: broker.workers("dask_quiet"), timeout=60, what="the backend to register")
+    with pytest.raises(ValueError, match="no good: 3"):
+        dask_setup["client"]["dask_quiet"].boom(3)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0
+    text = log.read_text()
+    assert "Scheduler closing" in text  # the cluster's log was captured, to its end
+    for noise in ("Compute Failed", "CommClosedError", "CRITICAL"):
+        assert noise not in text, text
+
+
+def test_a_local_clusters_ports_may_be_pinned(dask_setup):
+    port = free_port()
+    proc = dask_setup["broker"].start_backend(BACKEND, "dask_pinned", "--dask", "local:1", "--dask-port", str(port))
+    info = _dask_info(dask_setup, "dask_pinned")
+    assert info["scheduler"] == f"tcp://127.0.0.1:{port}" and info["dashboard"].startswith(f"http://127.0.0.1:{port + 1}/")
+    assert dask_setup["client"]["dask_pinned"].add(1, 2) == 3
+    proc.send_signal(signal.SIGTERM)  # its cluster would only load the machine for the next tests
+    proc.wait(30)
+
+
+def test_a_dask_port_that_cannot_be_had_is_one_line(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for address, said in (("local:1", f"cannot start a Dask cluster here with --dask-port {port}: "),
+                              ("tcp://127.0.0.1:1", "--dask-port is the port of a cluster started here")):
+            done = subprocess.run([sys.executable, "-m", "de_magic", "serve", BACKEND, "--broker", "tcp://127.0.0.1:1",
+                                   "--dask", address, "--dask-port", str(port)], cwd=ROOT, capture_output=True,
+                                  text=True, timeout=60)
+            assert done.returncode == 1 and done.stderr.splitlines()[-1].startswith(f"de-magic: {said}"), done.stderr
+            assert "Traceback" not in done.stderr
 
 
 def test_progress_from_a_dask_worker_reaches_the_caller(dask_setup):

@@ -18,6 +18,7 @@ import zmq
 
 from conftest import HEARTBEAT, Cluster, Processes, curve_keys, direct_peer, free_port, wait_for
 from de_magic import Client
+from de_magic.backend.direct import advertised, advertised_host
 from de_magic.backend.server import Backend
 from de_magic.wire import protocol as P
 from de_magic.wire import serialize
@@ -153,23 +154,38 @@ def test_ten_thousand_calls_in_flight_on_one_client_thread(cluster):
 # -- CURVE ------------------------------------------------------------------------------------------
 
 @pytest.fixture
-def curve(tmp_path):
+def curve_broker(tmp_path):
+    """A CURVE broker; its keys, address, a client of alice's, and the processes of the test."""
     keys = curve_keys(tmp_path)
     procs = Processes()
     url = f"tcp://127.0.0.1:{free_port()}"
     try:
         procs.start("broker", "--bind", url, "--heartbeat", str(HEARTBEAT), "--key", str(keys["broker"]),
                     "--allowed-keys", str(keys["allowed"]))
-        backend = procs.start("serve", "de_magic.demo.hello", "--broker", url, "--heartbeat", str(HEARTBEAT),
-                              "--key", str(keys["backend"]), "--broker-key", str(keys["broker.public"]),
-                              "--allow-clients", "alice", *DIRECT)
-        alice = Client(url, heartbeat=HEARTBEAT, security=Security(key=keys["alice"], broker_key=keys["broker.public"]))
-        wait_for(lambda: _workers(alice) and _workers(alice)[0]["slots"] > 0, what="the backend to register")
-        assert backend.poll() is None
-        yield keys, url, alice
-        alice.close()
+        with Client(url, heartbeat=HEARTBEAT,
+                    security=Security(key=keys["alice"], broker_key=keys["broker.public"])) as alice:
+            yield keys, url, alice, procs
     finally:
         procs.stop_all()
+
+
+def _backend_args(keys: dict, url: str, *extra: str) -> list[str]:
+    """`de-magic serve` of hello_world with the backend's keys, at the CURVE broker ``url``."""
+    return ["serve", "de_magic.demo.hello", "--broker", url, "--heartbeat", str(HEARTBEAT), "--key",
+            str(keys["backend"]), "--broker-key", str(keys["broker.public"]), *extra]
+
+
+def _registered(alice: Client, backend: subprocess.Popen) -> dict:
+    wait_for(lambda: _workers(alice) and _workers(alice)[0]["slots"] > 0, what="the backend to register")
+    assert backend.poll() is None
+    return _workers(alice)[0]
+
+
+@pytest.fixture
+def curve(curve_broker):
+    keys, url, alice, procs = curve_broker
+    _registered(alice, procs.start(*_backend_args(keys, url, "--allow-clients", "alice", *DIRECT)))
+    return keys, url, alice
 
 
 def _workers(client: Client) -> list[dict]:
@@ -199,6 +215,51 @@ def test_a_caller_the_broker_or_the_backend_refuses_is_refused_direct_too(curve)
     for name in ("bob", "mallory"):  # mallory: unknown to the broker too
         assert not _direct_handshake(keys[name], endpoint), f"{name} got through to the direct endpoint"
     assert _direct_handshake(keys["alice"], endpoint)
+
+
+def test_a_wildcard_endpoint_is_advertised_as_told_and_called_there(curve_broker):
+    keys, url, alice, procs = curve_broker
+    port = free_port()
+    backend = procs.start(*_backend_args(keys, url, "--direct", f"tcp://0.0.0.0:{port}", "--advertise", "127.0.0.1"))
+    assert _registered(alice, backend)["direct"]["url"] == f"tcp://127.0.0.1:{port}"
+    assert alice.call("hello_world", "echo", (3,)) == 3
+    assert _workers(alice)[0]["calls"] == 0  # it went direct
+
+
+def test_a_wildcard_endpoint_advertised_as_a_loopback_name_is_warned_about_once(curve_broker, tmp_path):
+    keys, url, alice, procs = curve_broker
+    port, log = free_port(), tmp_path / "backend.log"
+    # a machine whose fully qualified name is localhost (as in many containers), without --advertise
+    script = ("import socket, sys; socket.getfqdn = lambda name='': 'localhost'; "
+              "from de_magic.cli import main; main(sys.argv[1:])")
+    with log.open("wb") as out:
+        backend = subprocess.Popen([sys.executable, "-c", script, *_backend_args(keys, url, "--direct", f"tcp://0.0.0.0:{port}")],
+                                   stderr=out, start_new_session=True)
+    procs.procs.append(backend)
+    assert _registered(alice, backend)["direct"]["url"] == f"tcp://localhost:{port}"
+    assert alice.call("hello_world", "echo", (3,)) == 3
+    warnings = [line for line in log.read_text().splitlines() if "cannot reach: give --advertise HOST" in line]
+    assert len(warnings) == 1, log.read_text()
+    assert f"listens at tcp://0.0.0.0:{port} but is advertised as tcp://localhost:{port}" in warnings[0]
+
+
+def test_advertise_takes_a_host_not_an_address():
+    done = subprocess.run([sys.executable, "-m", "de_magic", "serve", "de_magic.demo.hello", "--broker",
+                           "tcp://127.0.0.1:1", "--direct", "tcp://127.0.0.1:0", "--advertise", "tcp://host:5601"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert done.stderr.strip() == ("de-magic: --advertise takes a host name or address, not 'tcp://host:5601': "
+                                   "callers are told tcp://HOST:PORT with the port the endpoint is bound to")
+
+
+def test_the_advertised_host_may_come_from_the_config_file(tmp_path, monkeypatch):
+    config = tmp_path / "config.toml"
+    config.write_text('advertise = "backend.example.org"\n')
+    monkeypatch.setenv("DE_MAGIC_CONFIG", str(config))
+    monkeypatch.delenv("DE_MAGIC_ADVERTISE", raising=False)
+    assert advertised("tcp://0.0.0.0:5601", advertised_host(None)) == "tcp://backend.example.org:5601"
+    assert advertised_host("10.0.0.5") == "10.0.0.5"  # the flag wins
+    assert advertised("tcp://0.0.0.0:5601", "::1") == "tcp://[::1]:5601"
 
 
 def _direct_handshake(key_file, endpoint: dict) -> bool:

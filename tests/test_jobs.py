@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+from pathlib import Path
 
 import pytest
 
@@ -178,6 +179,8 @@ def test_the_job_directory_comes_from_the_flag_then_the_environment_then_the_con
     monkeypatch.setenv("DE_MAGIC_CONFIG", str(config))
     monkeypatch.delenv("DE_MAGIC_JOB_DIR", raising=False)
     assert job_directory(None) == str(tmp_path / "kept" / "jobs")  # relative to the file
+    config.write_text('job_dir = "~/kept"\n')
+    assert job_directory(None) == str(Path.home() / "kept")  # as for state_dir and keys: "~" is the home directory
     monkeypatch.setenv("DE_MAGIC_JOB_DIR", "/srv/jobs")
     assert job_directory(None) == "/srv/jobs"
     assert job_directory("/flag/jobs") == "/flag/jobs"

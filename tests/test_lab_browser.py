@@ -543,3 +543,113 @@ def test_a_remote_slider_shows_the_last_of_fast_changes(hello, tmp_path):
             expect(output).to_have_text(f"x = {value}", timeout=10_000)
             shown.append(value)
         assert len(set(shown)) > 4, shown  # the slider did move
+
+
+def notebook_of(*sources: str) -> dict:
+    """A notebook of code cells, as Lab saves one."""
+    return {
+        "cells": [{"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None, "source": source}
+                  for source in sources],
+        "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
+        "nbformat": 4, "nbformat_minor": 5,
+    }
+
+
+def open_notebook(page, jupyter: Jupyter, name: str, notebook: dict):
+    """``notebook`` written to the Jupyter root as ``name`` and opened in Lab, its kernel idle: its code cells."""
+    import json
+
+    from playwright.sync_api import expect
+
+    (jupyter.root / name).write_text(json.dumps(notebook))
+    page.goto(jupyter.lab_url(f"lab/tree/{name}"))
+    panel = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden)")
+    cells = panel.locator(".jp-CodeCell")
+    expect(cells).to_have_count(len(notebook["cells"]))
+    expect(panel.locator(".jp-Notebook-ExecutionIndicator[data-status=idle]")).to_have_count(1, timeout=30_000)
+    return panel, cells
+
+
+def run_cell(page, cells, index: int) -> None:
+    """Select cell ``index`` by a click and run it with Shift+Enter."""
+    cells.nth(index).locator(".cm-content").click()
+    run_active_cell(page)
+
+
+DONE = re.compile(r"\[\d+\]")  # a prompt once its cell has run
+
+
+def test_the_stop_button_stops_a_remote_cell_in_a_line_or_three(hello, tmp_path):
+    from playwright.sync_api import expect
+
+    ticks = tmp_path / "ticks"
+    loop = ("%%remote hello_world\nimport pathlib, time\n"
+            f"ticks = pathlib.Path({str(ticks)!r})\n"
+            "print('looping', flush=True)\n"
+            "n = 0\nwhile True:\n    n += 1\n    ticks.write_text(str(n))\n    time.sleep(0.05)")
+    jupyter = Jupyter(tmp_path, lab=True, env={"DE_MAGIC_BROKER": hello.url})
+    with jupyter, open_page() as page:
+        panel, cells = open_notebook(page, jupyter, "stop.ipynb", notebook_of("%load_ext de_magic", loop))
+        run_cell(page, cells, 0)
+        expect(cells.nth(0).locator(".jp-InputArea-prompt")).to_have_text(DONE, timeout=30_000)
+        run_cell(page, cells, 1)
+        cell = cells.nth(1)
+        expect(cell.locator(".jp-OutputArea-output")).to_contain_text("looping", timeout=30_000)
+        wait_for(lambda: ticks.exists() and ticks.read_text(), what="the remote loop to tick")
+        assert any(w["busy"] for w in hello.workers("hello_world"))
+        expect(cell.locator(".jp-InputArea-prompt")).to_have_text("[*]:")
+
+        # The stop button of the notebook's toolbar, as a user stops a cell.
+        panel.locator(".jp-NotebookPanel-toolbar [data-command='notebook:interrupt-kernel']").click()
+        expect(cell.locator(".jp-InputArea-prompt")).to_have_text(DONE, timeout=20_000)
+        expect(panel.locator(".jp-Notebook-ExecutionIndicator[data-status=idle]")).to_have_count(1, timeout=20_000)
+        error = cell.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
+        expect(error).to_contain_text("interrupted; the execution on 'hello_world' was stopped")
+        text = "\n".join(error.all_inner_texts())
+        ours = [line for line in text.splitlines() if line.strip()]  # the cell printed nothing to stderr
+        assert len(ours) <= 3, text
+        internals = [line for line in ours if re.search(r"de_magic/|zmq|Traceback \(most recent call last\)", line)]
+        assert internals == [], text
+        assert cell.locator(".jp-OutputArea-output").all_inner_texts()[0].strip() == "looping"
+
+        # The remote loop stopped too: its worker is free, and the ticks stay where they are.
+        wait_for(lambda: not any(w["busy"] for w in hello.workers("hello_world")), timeout=20,
+                 what="the worker to be free")
+        stopped_at = ticks.read_text()
+        page.wait_for_timeout(1_000)  # 20 ticks of the loop, had it gone on
+        assert ticks.read_text() == stopped_at
+
+
+def test_remote_result_streams_a_running_jobs_output(hello, tmp_path):
+    from playwright.sync_api import expect
+
+    steps = 40  # 0.3 s apart: 12 s of job
+    job = (f"%%remote hello_world --noblock\nimport time\nfor i in range({steps}):\n"
+           "    print(f'step {i}', flush=True)\n    time.sleep(0.3)")
+    jupyter = Jupyter(tmp_path, lab=True, env={"DE_MAGIC_BROKER": hello.url})
+    with jupyter, open_page() as page:
+        panel, cells = open_notebook(page, jupyter, "job.ipynb",
+                                     notebook_of("%load_ext de_magic", job, "%remote_result"))
+        for index in range(2):
+            run_cell(page, cells, index)
+            expect(cells.nth(index).locator(".jp-InputArea-prompt")).to_have_text(DONE, timeout=30_000)
+        expect(cells.nth(1).locator(".jp-OutputArea-output").first).to_contain_text("as job", timeout=10_000)
+
+        run_cell(page, cells, 2)
+        follow = cells.nth(2)
+        output = follow.locator(".jp-OutputArea")
+        expect(output).to_contain_text("step 1\n", timeout=20_000)
+        early = output.inner_text()
+        # shown while the job runs: the last step is still to come, and the cell still waits for it
+        assert f"step {steps - 1}" not in early, early
+        expect(follow.locator(".jp-InputArea-prompt")).to_have_text("[*]:")
+        # more steps come while the cell runs, each once, in order
+        later = len(re.findall(r"step \d+", early)) + 1
+        if later < steps - 1:
+            expect(output).to_contain_text(f"step {later}\n", timeout=20_000)
+            assert f"step {steps - 1}" not in output.inner_text()
+        expect(output).to_contain_text(f"step {steps - 1}", timeout=30_000)
+        expect(follow.locator(".jp-InputArea-prompt")).to_have_text(DONE, timeout=20_000)
+        printed = re.findall(r"step (\d+)", output.inner_text())
+        assert printed == [str(i) for i in range(steps)], printed
+        expect(follow.locator("[data-mime-type='application/vnd.jupyter.stderr']")).to_have_count(0)

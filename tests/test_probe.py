@@ -121,3 +121,48 @@ def test_the_sidebar_says_what_answers_and_offers_a_key_only_to_a_curve_broker(p
             body = jupyter.get("/de-magic/listing", broker=url).json()
             assert body["reachable"] is False and words in body["error"], (url, body)
             assert body["needs_key"] is (url == curve), (url, body)
+
+
+# Two contexts in one process, each with a socket that a dead port refuses a thousand times a second and a monitor
+# nobody reads: pyzmq's own (get_monitor_socket) and ours (WatchedSocket.watch). Sockets of a frozen context can
+# never be closed, so this runs in a process of its own.
+MONITOR_FLOOD = """
+import os, sys, time, zmq
+from de_magic.wire.handshake import WatchedSocket
+from de_magic.wire.security import Security
+
+def refused(ctx, ours):
+    sock = ctx.socket(zmq.DEALER, socket_class=WatchedSocket)
+    sock.reconnect_ivl = 1  # a refused reconnect, each an EVENT_CLOSED, every millisecond
+    if ours:
+        sock.watch(sys.argv[1], "client", Security())
+    else:
+        sock.get_monitor_socket(zmq.EVENT_CLOSED)
+    sock.connect(sys.argv[1])
+    return sock
+
+def works(ctx):
+    a, b = ctx.socket(zmq.PAIR), ctx.socket(zmq.PAIR)
+    b.connect(f"tcp://127.0.0.1:{a.bind_to_random_port('tcp://127.0.0.1')}")
+    b.send(b"ping")
+    return bool(a.poll(5000))
+
+pyzmqs, ours = zmq.Context(), zmq.Context()
+kept = refused(pyzmqs, False), refused(ours, True)  # referenced: a collected socket is closed
+deadline = time.monotonic() + 120
+while works(pyzmqs) and time.monotonic() < deadline:
+    time.sleep(0.1)
+print("pyzmq's monitor:", "works" if works(pyzmqs) else "frozen", "- ours:", "works" if works(ours) else "frozen",
+      flush=True)
+os._exit(0)
+"""
+
+
+def test_a_monitor_nobody_reads_never_freezes_the_process():
+    """A client idle while its broker is gone must not stop every socket of its process (a kernel's too):
+    libzmq hands monitor events over with a blocking send, and a full monitor froze its context for good."""
+    import subprocess
+    import sys
+    done = subprocess.run([sys.executable, "-c", MONITOR_FLOOD, f"tcp://127.0.0.1:{free_port()}"],
+                          capture_output=True, text=True, timeout=200)
+    assert done.stdout.strip() == "pyzmq's monitor: frozen - ours: works", (done.stdout, done.stderr[-2000:])

@@ -37,6 +37,8 @@ log = logging.getLogger("de_magic.daskpool")
 
 #: How often the front door looks at the cluster's size, to keep its listing current.
 WATCH_INTERVAL = 2.0
+#: How the keys of our tasks begin (the rest: the member's name, a unique id).
+TASK_PREFIX = "de-magic-"
 #: How often a waiting slot thread wakes, so that a cancel (an async interrupt) lands.
 _WAKE = 0.05
 
@@ -104,25 +106,38 @@ class DaskPool:
         self.topic = ""  # where our tasks' events go: named after the backend's id, on attach()
         self.scheduler = ""
         self._waiting: dict[str, _Waiting] = {}
+        self._topics: list[str] = []  # Dask event topics this front door listens to
         self._stop = threading.Event()
         # stopping a task takes round trips to the scheduler and a worker: the caller's answer must not wait for them
         self._stopper = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="de-magic-dask-cancel")
         self._watcher = threading.Thread(target=self._watch, name="de-magic-dask-watch", daemon=True)
 
     @classmethod
-    def connect(cls, address: str) -> "DaskPool":
+    def connect(cls, address: str, port: int | None = None) -> "DaskPool":
         """A pool on ``address``: ``tcp://host:port`` of a running scheduler, or ``local[:N]`` for a
-        LocalCluster of N one-thread worker processes (one per CPU without N)."""
+        LocalCluster of N one-thread worker processes (one per CPU without N), whose scheduler listens on
+        ``port`` and its dashboard on the next (as Dask's 8786 and 8787), or on free ports without it."""
         from distributed import Client, LocalCluster
 
         kind, _, count = address.partition(":")
         if kind == "local":
             if count and not count.isdigit():
                 raise ValueError(f"the Dask address local:N needs a number of workers, not {count!r}")
-            # processes of one thread each: pure-Python calls must not share a GIL
-            cluster = LocalCluster(n_workers=int(count or os.cpu_count() or 1), threads_per_worker=1,
-                                   host="127.0.0.1", dashboard_address="127.0.0.1:0")
+            if port is not None and not 0 <= port < 65535:
+                raise ValueError(f"--dask-port must be a port number below 65535, not {port}")
+            try:  # processes of one thread each: pure-Python calls must not share a GIL
+                cluster = LocalCluster(n_workers=int(count or os.cpu_count() or 1), threads_per_worker=1,
+                                       host="127.0.0.1", scheduler_port=port or 0,
+                                       dashboard_address=f"127.0.0.1:{port + 1 if port else 0}")
+            except RuntimeError as exc:  # e.g. --dask-port taken: the reason is the last of its causes
+                while exc.__cause__ is not None:
+                    exc = exc.__cause__
+                pinned = f" with --dask-port {port}" if port else ""
+                raise ValueError(f"cannot start a Dask cluster here{pinned}: {exc}") from None
             return cls(Client(cluster))
+        if port is not None:
+            raise ValueError(f"--dask-port is the port of a cluster started here (--dask local:N); the scheduler "
+                             f"at {address} has its own")
         try:
             return cls(Client(address, timeout="10s"))
         except OSError as exc:
@@ -139,8 +154,8 @@ class DaskPool:
         cell = backend.operations["exec"]
         backend.operations["exec"] = replace(cell, run=lambda call: _computed(cell.run(call)))
         backend.extra_info["dask"] = cluster_info(self.client)
-        self.client.subscribe_topic(self.topic, self._on_event)
-        self.client.subscribe_topic("all", self._on_cluster_event)
+        self._subscribe(self.topic, self._on_event)
+        self._subscribe("all", self._on_cluster_event)
         # %%remote cells run in the backend process, with the cluster at hand
         shell.SESSION_NAMES["dask_client"] = self.client
         self._watcher.start()
@@ -157,17 +172,32 @@ class DaskPool:
         if self._watcher.is_alive():
             self._watcher.join()
         self._stopper.shutdown(cancel_futures=True)
+        self._unsubscribe()
         cluster = self.client.cluster
         self.client.close()
         if cluster is not None:
             cluster.close()
+
+    def _subscribe(self, topic: str, handler) -> None:
+        self.client.subscribe_topic(topic, handler)
+        self._topics.append(topic)
+
+    def _unsubscribe(self) -> None:
+        """Leave our topics before the client closes: the scheduler announces a leaving client on the topic
+        "all", to its subscribers, this one too, whose connection is gone by then (a CRITICAL CommClosedError
+        in the scheduler's log)."""
+        if self.client.status != "running":  # the scheduler is gone: nobody to tell
+            return
+        for topic in self._topics:
+            self.client.unsubscribe_topic(topic)
+        self._topics.clear()
 
     def invoke(self, target, args: tuple, kwargs: dict):
         """Run ``target(*args, **kwargs)`` as a task; relay its events; answer with its result."""
         import cloudpickle
 
         call = current_call.get()
-        key = f"de-magic-{call.header.get('member', 'call')}-{uuid.uuid4().hex}"
+        key = f"{TASK_PREFIX}{call.header.get('member', 'call')}-{uuid.uuid4().hex}"
         waiting = self._waiting[key] = _Waiting()
         info = {"header": call.header, "client": call.client, "rid": call.rid}
         try:
@@ -296,6 +326,7 @@ def run_task(key: str, topic: str, info: dict, target: bytes, args: tuple, kwarg
     computing Dask results."""
     import cloudpickle
 
+    logging.getLogger("distributed.worker").addFilter(reported_elsewhere)  # a no-op after this worker's first call
     context = current_call.set(TaskCall(key, topic, **info))
     try:
         with _running_lock:
@@ -311,6 +342,13 @@ def run_task(key: str, topic: str, info: dict, target: bytes, args: tuple, kwarg
         raise Cancelled("interrupted on the Dask worker") from None
     finally:
         current_call.reset(context)
+
+
+def reported_elsewhere(record: logging.LogRecord) -> bool:
+    """False for the worker's "Compute Failed" record of a call of ours: the member's exception goes to its
+    caller, with its traceback; the worker's log would only repeat it, as an error of Dask's."""
+    failed = isinstance(record.msg, str) and record.msg.startswith("Compute Failed") and record.args
+    return not (failed and str(record.args[0]).startswith(TASK_PREFIX))  # its first argument: the task's key
 
 
 def interrupt_task(key: str) -> bool:

@@ -34,6 +34,7 @@ for the slots), so a mispredicted call delays nothing for more than that.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import socket
@@ -56,6 +57,7 @@ log = logging.getLogger("de_magic.backend.direct")
 
 ZAP_DOMAIN = "de-magic-direct"
 DIRECT_ENV = "DE_MAGIC_DIRECT"
+ADVERTISE_ENV = "DE_MAGIC_ADVERTISE"
 BUSY_AFTER = 0.02  #: seconds a direct call runs before the brokers hear that its slot is busy
 QUICK = 0.001  #: seconds under which a call counts as quick
 QUICK_STREAK = 3  #: quick calls in a row after which a member's calls run inline
@@ -68,6 +70,18 @@ def direct_address(value: str | None) -> str | None:
     from ..wire.security import DIRECT, _read_toml
 
     return value or os.environ.get(DIRECT_ENV) or _read_toml().get(DIRECT) or None
+
+
+def advertised_host(value: str | None) -> str | None:
+    """The host callers are told to reach the direct endpoint at: ``value`` (a flag or main() option), else
+    $DE_MAGIC_ADVERTISE, else the config file's ``advertise``; None: the bound one (see :func:`advertised`)."""
+    from ..wire.security import ADVERTISE, _read_toml
+
+    host = value or os.environ.get(ADVERTISE_ENV) or _read_toml().get(ADVERTISE) or None
+    if host is not None and ("/" in host or host.count(":") == 1):
+        raise ValueError(f"--advertise takes a host name or address, not {host!r}: callers are told "
+                         "tcp://HOST:PORT with the port the endpoint is bound to")
+    return host
 
 
 class _GateKeeper(ThreadAuthenticator):
@@ -94,7 +108,8 @@ class DirectEndpoint:
     long, :meth:`.directloop.DirectThreads.relieve`), whichever holds :attr:`lock`: :meth:`on_caller`, :meth:`on_slot`, :meth:`news`.
     """
 
-    def __init__(self, backend, url: str, index: int, security: Security, context: zmq.Context):
+    def __init__(self, backend, url: str, index: int, security: Security, context: zmq.Context,
+                 host: str | None = None):
         self.backend, self.index = backend, index
         self.curve = security.curve
         self.core = DirectCore(backend.name, backend.id, backend.max_workers, max_queue=backend.max_queue,
@@ -109,7 +124,12 @@ class DirectEndpoint:
             raise Refused(f"refusing to listen for direct calls at {url} without encryption: give the backend a "
                           "key pair (--key and --broker-key, as for a CURVE broker), or listen on 127.0.0.1")
         self.sock = self._bind(url, security)
-        self.url = advertised(self.sock.last_endpoint.decode())
+        bound = self.sock.last_endpoint.decode()
+        self.url = advertised(bound, host)
+        if not is_loopback(bound) and names_loopback(urlsplit(self.url).hostname or ""):
+            log.warning("the direct endpoint listens at %s but is advertised as %s, which callers on other "
+                        "machines cannot reach: give --advertise HOST, a name or address they reach this machine at",
+                        bound, self.url)
         self.slots_url = f"inproc://de-magic-direct-{id(self)}"
         self.context = context  # the backend's: the slots connect to ``link`` in it (see connect_slot)
         self.link = context.socket(zmq.ROUTER)
@@ -312,10 +332,22 @@ class DirectEndpoint:
             log.debug("dropped an answer for a direct caller that takes none")
 
 
-def advertised(endpoint: str) -> str:
-    """The address callers elsewhere reach a bound ``endpoint`` at (a wildcard becomes this host's name)."""
+def advertised(endpoint: str, host: str | None = None) -> str:
+    """The address callers elsewhere reach a bound ``endpoint`` at: on ``host`` if given, else on its own host,
+    a wildcard one being this machine's fully qualified name."""
     parts = urlsplit(endpoint)
-    host, _, port = parts.netloc.rpartition(":")
-    if host in ("0.0.0.0", "*", "[::]", "::"):
-        host = socket.getfqdn()
+    bound, _, port = parts.netloc.rpartition(":")
+    if host is None:
+        host = socket.getfqdn() if bound in ("0.0.0.0", "*", "[::]", "::") else bound
+    elif ":" in host and not host.startswith("["):  # an IPv6 address, as a URL holds it
+        host = f"[{host}]"
     return f"{parts.scheme}://{host}:{port}"
+
+
+def names_loopback(host: str) -> bool:
+    """Whether ``host`` stands for this machine alone: a loopback address, or a name resolving only to such."""
+    try:
+        found = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    except (OSError, UnicodeError):  # unknown here: callers elsewhere may know it
+        return False
+    return bool(found) and all(ipaddress.ip_address(address.partition("%")[0]).is_loopback for address in found)

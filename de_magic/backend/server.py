@@ -85,6 +85,7 @@ class Backend:
         allow_clients: list[str] | None = None,
         session_lease: float = DEFAULT_SESSION_LEASE,
         direct: str | None = None,
+        advertise: str | None = None,
         ref_bytes: int = DEFAULT_REF_BYTES,
         job_ttl: float = DEFAULT_JOB_TTL,
         job_bytes: int = DEFAULT_JOB_BYTES,
@@ -135,6 +136,8 @@ class Backend:
         self.operations.update(code_operations(name, allow_code, session_lease))
         #: Where to listen for direct calls (``tcp://HOST:PORT``, port 0 for any), None to connect out only.
         self.direct_at = check_url(direct, "--direct", "direct endpoint") if direct else None
+        #: The host callers are told to reach it at; None: the bound one, a wildcard's being this machine's name.
+        self.advertise = advertise
         #: The direct endpoint, once started: its ``url`` is what listings show.
         self.direct: DirectEndpoint | None = None
         self.operations.update(refs.operations(self.refs, self.operations["call"]))
@@ -171,7 +174,8 @@ class Backend:
         """Connect and serve calls in background threads; main-thread work needs :meth:`run`."""
         security = self.link.doors[0].security
         if self.direct_at is not None:  # first: a taken port or a refused address must stop us here
-            self.direct = DirectEndpoint(self, self.direct_at, len(self.link.doors), security, self._ctx)
+            self.direct = DirectEndpoint(self, self.direct_at, len(self.link.doors), security, self._ctx,
+                                         self.advertise)
             log.info("listening for direct calls at %s", self.direct.url)
             door = Door(self.direct.index, self.direct.url, security, direct=True)
             door.welcomed = True  # always: slots tell it SLOT and BUSY like a broker

@@ -149,11 +149,12 @@ class Multiplexer:
 
     def _check_brokers(self, now: float) -> None:
         """A refused handshake ends its broker's requests at once; a dropped connection, with another broker to go
-        to, is not waited out."""
+        to, is not waited out. Every socket's events are read, waited for or not: a connection retried for hours
+        (a broker gone) would otherwise pile them up in its monitor."""
         for url, sock in list(self._brokers.items()):
+            reason = sock.handshake_failure()
             if not self.core.links.get(url) or not self.core.links[url].requests:
                 continue
-            reason = sock.handshake_failure()
             if reason is not None:
                 self._do(self.core.refused(url, reason))
             elif sock.dropped and len(self.core.doors) > 1:

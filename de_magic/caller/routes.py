@@ -23,7 +23,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from ..wire import routingids
 from ..wire.framing import Sockets, send_frames
-from ..wire.handshake import WatchedSocket
+from ..wire.handshake import WatchedSocket, open_monitor
 from ..wire.security import Security, is_loopback
 
 _loopback = lru_cache(maxsize=1024)(is_loopback)  # asked at every call's pick: parsing the address cost 20 µs
@@ -123,7 +123,7 @@ class Routes(Sockets):
 
     def _probe(self, sock: zmq.Socket, endpoint: Endpoint) -> bool:
         """Connect ``sock`` and wait, briefly, for the handshake: whether it succeeded."""
-        monitor = sock.get_monitor_socket(_PROBE_EVENTS)
+        monitor = open_monitor(sock, _PROBE_EVENTS)
         try:
             sock.connect(endpoint.url)
             deadline = time.monotonic() + PROBE_TIMEOUT

@@ -63,8 +63,7 @@ class WatchedSocket(zmq.Socket):
         ``drops``: also follow whether the connection broke (:attr:`dropped`). Only where it is acted on: with
         disconnections watched, libzmq reports a refused mechanism less directly (more failures without detail).
         """
-        self._handshake_monitor = self.get_monitor_socket(_EVENTS | (zmq.EVENT_DISCONNECTED if drops else 0))
-        self._handshake_monitor.linger = 0
+        self._handshake_monitor = open_monitor(self, _EVENTS | (zmq.EVENT_DISCONNECTED if drops else 0))
         self._handshake_url, self._handshake_who, self._handshake_security = url, who, security
 
     def handshake_failure(self) -> str | None:
@@ -149,18 +148,26 @@ class WatchedSocket(zmq.Socket):
         monitor, self._handshake_monitor = self._handshake_monitor, None
         if monitor is not None:
             if not self.closed:
-                # libzmq's I/O thread hands events to the monitor with a blocking send, holding the lock that
-                # disable_monitor takes: with the monitor full (events nobody read), both wait for ever
-                _drain(monitor)
                 self.disable_monitor()
             monitor.close()
         super().close(linger)
 
 
-def _drain(monitor: zmq.Socket) -> None:
-    """Read and drop every event waiting on ``monitor``, without blocking."""
-    while True:
-        try:
-            monitor.recv(zmq.NOBLOCK)
-        except zmq.Again:
-            return
+def open_monitor(sock: zmq.Socket, events: int) -> zmq.Socket:
+    """A PAIR socket that receives ``sock``'s ``events``: ``get_monitor_socket``, on a pipe without a limit.
+
+    libzmq's I/O thread hands monitor events over with a blocking send. With pyzmq's default limit of 1,000
+    events, a monitor nobody reads for a while stops that thread, and with it every socket of the context,
+    for good: a port where nothing listens refuses 10 reconnects a second, each one an ``EVENT_CLOSED``, so a
+    client idle for two minutes after its broker went away froze every connection in its process. With the
+    receiving side's limit 0, libzmq makes the inproc pipe unbounded (``socket_base_t::connect_internal``);
+    its readers drain it (a client's I/O thread four times a second, a backend every heartbeat).
+    """
+    address = f"inproc://monitor.s-{sock.FD}"
+    sock.monitor(address, events)
+    monitor = sock.context.socket(zmq.PAIR)
+    monitor.rcvhwm = 0
+    monitor.linger = 0
+    monitor.connect(address)
+    return monitor
+

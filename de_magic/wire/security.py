@@ -347,8 +347,8 @@ def _read_config(url: str | None = None) -> dict[str, str]:
     data = _read_toml()
     path = config_file()
     # a typo here would silently turn encryption off
-    _check_names(data, {*SETTINGS, BROKER, OWNERS, BROKERS, DASK, DIRECT, JOB_DIR, STATE_DIR, GATEWAY, LAUNCH}, path,
-                 "")
+    _check_names(data, {*SETTINGS, BROKER, OWNERS, BROKERS, DASK, DIRECT, ADVERTISE, JOB_DIR, STATE_DIR, GATEWAY,
+                        LAUNCH}, path, "")
     tables = data.get(BROKERS, {})
     for name, table in tables.items():
         if not isinstance(table, dict):
@@ -403,6 +403,7 @@ def public_key(value: Path | str | None) -> bytes:
 OWNERS = "owners"
 DASK = "dask"  #: the Dask cluster backends run their calls on (see daskpool.py)
 DIRECT = "direct"  #: where backends listen for direct calls (see backend/direct.py)
+ADVERTISE = "advertise"  #: the host backends tell callers to reach their direct endpoint at (backend/direct.py)
 JOB_DIR = "job_dir"  #: where backends keep job results (see backend/jobs.py)
 STATE_DIR = "state_dir"  #: where a broker remembers the backends it served (see broker/state.py)
 LAUNCH = "launch"  #: per backend name, the command a broker runs to bring it up (see broker/launch.py)
@@ -426,7 +427,7 @@ def job_directory(value: str | None) -> str | None:
     configured = _read_toml().get(JOB_DIR)
     if configured is not None and not isinstance(configured, str):
         raise Refused(f"{JOB_DIR} in {config_file()} must be a directory's path")
-    return str(config_file().parent / configured) if configured else None
+    return str(config_file().parent / Path(configured).expanduser()) if configured else None
 
 
 def state_directory(value: str | None) -> str | None:
