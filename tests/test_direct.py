@@ -110,11 +110,8 @@ def test_a_direct_worker_that_dies_mid_call_ends_the_call_and_the_next_goes_via_
 class Unreachable(Backend):
     """A backend that advertises a direct endpoint nobody listens at (a firewall, a NAT, a wrong host name)."""
 
-    def _ready_frames(self, door):
-        frames = super()._ready_frames(door)
-        info = P.load_header(frames[-1])
-        info["direct"] = f"tcp://127.0.0.1:{free_port()}"
-        return [*frames[:-1], P.dump_header(info)]
+    def info(self, door):
+        return {**super().info(door), "direct": f"tcp://127.0.0.1:{free_port()}"}
 
 
 def test_an_unreachable_endpoint_costs_one_short_attempt_then_calls_go_via_the_broker(cluster):
