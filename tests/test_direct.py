@@ -252,6 +252,16 @@ def test_advertise_takes_a_host_not_an_address():
                                    "callers are told tcp://HOST:PORT with the port the endpoint is bound to")
 
 
+def test_a_config_setting_that_is_no_text_is_one_line(tmp_path):
+    config = tmp_path / "config.toml"
+    config.write_text("advertise = 5\n")
+    done = subprocess.run([sys.executable, "-m", "de_magic", "serve", "de_magic.demo.hello", "--broker",
+                           "tcp://127.0.0.1:1", "--direct", "tcp://127.0.0.1:0"], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "DE_MAGIC_CONFIG": str(config)})
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip() == f'de-magic: advertise in {config} must be text, e.g. advertise = "..."'
+
+
 def test_the_advertised_host_may_come_from_the_config_file(tmp_path, monkeypatch):
     config = tmp_path / "config.toml"
     config.write_text('advertise = "backend.example.org"\n')

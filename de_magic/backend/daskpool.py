@@ -45,9 +45,9 @@ _WAKE = 0.05
 
 def cluster_address(value: str | None) -> str | None:
     """The cluster to use: ``value`` (a flag or main() option), else $DE_MAGIC_DASK, else the config file's ``dask``."""
-    from ..wire.security import DASK, _read_toml
+    from ..wire.security import DASK, setting
 
-    return value or os.environ.get("DE_MAGIC_DASK") or _read_toml().get(DASK)
+    return setting(value, "DE_MAGIC_DASK", DASK)
 
 
 def cluster_info(client) -> dict:

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import os
 import socket
 import threading
 import time
@@ -67,17 +66,17 @@ RELIEF_AFTER = 0.05  #: seconds an inline call may hold the endpoint before anot
 def direct_address(value: str | None) -> str | None:
     """Where to listen for direct calls: ``value`` (a flag or main() option), else $DE_MAGIC_DIRECT, else the
     config file's ``direct``; None: connect out only."""
-    from ..wire.security import DIRECT, _read_toml
+    from ..wire.security import DIRECT, setting
 
-    return value or os.environ.get(DIRECT_ENV) or _read_toml().get(DIRECT) or None
+    return setting(value, DIRECT_ENV, DIRECT)
 
 
 def advertised_host(value: str | None) -> str | None:
     """The host callers are told to reach the direct endpoint at: ``value`` (a flag or main() option), else
     $DE_MAGIC_ADVERTISE, else the config file's ``advertise``; None: the bound one (see :func:`advertised`)."""
-    from ..wire.security import ADVERTISE, _read_toml
+    from ..wire.security import ADVERTISE, setting
 
-    host = value or os.environ.get(ADVERTISE_ENV) or _read_toml().get(ADVERTISE) or None
+    host = setting(value, ADVERTISE_ENV, ADVERTISE)
     if host is not None and ("/" in host or host.count(":") == 1):
         raise ValueError(f"--advertise takes a host name or address, not {host!r}: callers are told "
                          "tcp://HOST:PORT with the port the endpoint is bound to")

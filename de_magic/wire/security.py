@@ -419,25 +419,34 @@ def config_table(name: str) -> tuple[dict, Path]:
     return table, config_file()
 
 
+def setting(value: str | None, env: str, name: str) -> str | None:
+    """A setting: ``value`` (a flag or main() option), else the environment variable ``env``, else the config
+    file's ``name``; None where none gives it."""
+    if value or os.environ.get(env):
+        return value or os.environ[env]
+    configured = _read_toml().get(name)
+    if configured is not None and not isinstance(configured, str):
+        raise Refused(f'{name} in {config_file()} must be text, e.g. {name} = "..."')
+    return configured or None
+
+
 def job_directory(value: str | None) -> str | None:
     """Where a backend keeps job results: ``value`` (a flag or main() option), else $DE_MAGIC_JOB_DIR, else
     the config file's ``job_dir`` (relative to the file); None keeps them in memory only."""
-    if value or os.environ.get("DE_MAGIC_JOB_DIR"):
-        return value or os.environ["DE_MAGIC_JOB_DIR"]
-    configured = _read_toml().get(JOB_DIR)
-    if configured is not None and not isinstance(configured, str):
-        raise Refused(f"{JOB_DIR} in {config_file()} must be a directory's path")
-    return str(config_file().parent / Path(configured).expanduser()) if configured else None
+    return value or os.environ.get("DE_MAGIC_JOB_DIR") or _configured_directory(JOB_DIR)
 
 
 def state_directory(value: str | None) -> str | None:
     """Where a broker keeps its state: ``value`` (--state-dir), else the config file's ``state_dir`` (relative to
     the file); None: it remembers nothing across restarts."""
-    if value:
-        return value
-    configured = _read_toml().get(STATE_DIR)
+    return value or _configured_directory(STATE_DIR)
+
+
+def _configured_directory(name: str) -> str | None:
+    """The config file's directory ``name``: relative to the file, ``~`` being the home directory."""
+    configured = _read_toml().get(name)
     if configured is not None and not isinstance(configured, str):
-        raise Refused(f"{STATE_DIR} in {config_file()} must be a directory's path")
+        raise Refused(f"{name} in {config_file()} must be a directory's path")
     return str(config_file().parent / Path(configured).expanduser()) if configured else None
 
 
