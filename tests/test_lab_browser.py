@@ -491,60 +491,6 @@ def test_sidebar_adds_a_curve_broker_by_pasting_its_key(curve_lab):
         assert ours == [], ours
 
 
-SLIDER_NOTEBOOK = {
-    "cells": [{"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None,
-               "source": "%load_ext de_magic"},
-              {"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None,
-               "source": "%%remote hello_world\nimport time\nimport ipywidgets as w\n"
-                         "w.interact(lambda x: time.sleep(0.05) or print('x =', x), x=(0, 40))"}],
-    "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
-    "nbformat": 4, "nbformat_minor": 5,
-}
-
-
-def test_a_remote_slider_shows_the_last_of_fast_changes(hello, tmp_path):
-    import json
-
-    from playwright.sync_api import expect
-
-    jupyter = Jupyter(tmp_path, lab=True, env={"DE_MAGIC_BROKER": hello.url})
-    with jupyter, open_page() as page:
-        (jupyter.root / "slider.ipynb").write_text(json.dumps(SLIDER_NOTEBOOK))
-        page.goto(jupyter.lab_url("lab/tree/slider.ipynb"))
-        notebook = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden)")
-        cells = notebook.locator(".jp-CodeCell")
-        expect(cells).to_have_count(2)
-        expect(notebook.locator(".jp-Notebook-ExecutionIndicator[data-status=idle]")).to_have_count(1, timeout=30_000)
-        for index in range(2):
-            cells.nth(index).locator(".cm-content").click()
-            run_active_cell(page)
-            expect(cells.nth(index).locator(".jp-InputArea-prompt")).to_have_text(re.compile(r"\[\d+\]"),
-                                                                                 timeout=30_000)
-        handle = cells.nth(1).locator(".widget-slider .noUi-handle")
-        output = cells.nth(1).locator(".widget-output")
-        expect(output).to_have_text("x = 20")
-        shown = [20]
-        # bursts of key presses and drags, each faster than a round trip to the backend
-        readout = cells.nth(1).locator(".widget-readout")
-        track = cells.nth(1).locator(".widget-slider .noUi-target").bounding_box()
-        for burst in range(8):
-            if burst % 2 == 0:
-                handle.click()
-                for _ in range(5 + burst):
-                    page.keyboard.press("ArrowRight" if burst % 4 == 0 else "ArrowLeft")
-            else:
-                page.mouse.move(track["x"] + track["width"] * 0.5, track["y"] + track["height"] / 2)
-                page.mouse.down()
-                for step in range(12):
-                    page.mouse.move(track["x"] + track["width"] * (0.5 - 0.3 * (-1) ** burst * step / 12),
-                                    track["y"] + track["height"] / 2)
-                page.mouse.up()
-            value = int(readout.inner_text())
-            expect(output).to_have_text(f"x = {value}", timeout=10_000)
-            shown.append(value)
-        assert len(set(shown)) > 4, shown  # the slider did move
-
-
 def notebook_of(*sources: str) -> dict:
     """A notebook of code cells, as Lab saves one."""
     return {
@@ -577,6 +523,46 @@ def run_cell(page, cells, index: int) -> None:
 
 
 DONE = re.compile(r"\[\d+\]")  # a prompt once its cell has run
+
+
+SLIDER_NOTEBOOK = notebook_of(
+    "%load_ext de_magic",
+    "%%remote hello_world\nimport time\nimport ipywidgets as w\n"
+    "w.interact(lambda x: time.sleep(0.05) or print('x =', x), x=(0, 40))")
+
+
+def test_a_remote_slider_shows_the_last_of_fast_changes(hello, tmp_path):
+    from playwright.sync_api import expect
+
+    jupyter = Jupyter(tmp_path, lab=True, env={"DE_MAGIC_BROKER": hello.url})
+    with jupyter, open_page() as page:
+        _, cells = open_notebook(page, jupyter, "slider.ipynb", SLIDER_NOTEBOOK)
+        for index in range(2):
+            run_cell(page, cells, index)
+            expect(cells.nth(index).locator(".jp-InputArea-prompt")).to_have_text(DONE, timeout=30_000)
+        handle = cells.nth(1).locator(".widget-slider .noUi-handle")
+        output = cells.nth(1).locator(".widget-output")
+        expect(output).to_have_text("x = 20")
+        shown = [20]
+        # bursts of key presses and drags, each faster than a round trip to the backend
+        readout = cells.nth(1).locator(".widget-readout")
+        track = cells.nth(1).locator(".widget-slider .noUi-target").bounding_box()
+        for burst in range(8):
+            if burst % 2 == 0:
+                handle.click()
+                for _ in range(5 + burst):
+                    page.keyboard.press("ArrowRight" if burst % 4 == 0 else "ArrowLeft")
+            else:
+                page.mouse.move(track["x"] + track["width"] * 0.5, track["y"] + track["height"] / 2)
+                page.mouse.down()
+                for step in range(12):
+                    page.mouse.move(track["x"] + track["width"] * (0.5 - 0.3 * (-1) ** burst * step / 12),
+                                    track["y"] + track["height"] / 2)
+                page.mouse.up()
+            value = int(readout.inner_text())
+            expect(output).to_have_text(f"x = {value}", timeout=10_000)
+            shown.append(value)
+        assert len(set(shown)) > 4, shown  # the slider did move
 
 
 def test_the_stop_button_stops_a_remote_cell_in_a_line_or_three(hello, tmp_path):

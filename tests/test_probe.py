@@ -4,6 +4,8 @@ broker. The probe itself, a client's refusal and the sidebar's listing, against 
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 import threading
 import time
 
@@ -161,8 +163,6 @@ os._exit(0)
 def test_a_monitor_nobody_reads_never_freezes_the_process():
     """A client idle while its broker is gone must not stop every socket of its process (a kernel's too):
     libzmq hands monitor events over with a blocking send, and a full monitor froze its context for good."""
-    import subprocess
-    import sys
     done = subprocess.run([sys.executable, "-c", MONITOR_FLOOD, f"tcp://127.0.0.1:{free_port()}"],
                           capture_output=True, text=True, timeout=200)
     assert done.stdout.strip() == "pyzmq's monitor: frozen - ours: works", (done.stdout, done.stderr[-2000:])
