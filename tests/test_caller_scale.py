@@ -29,12 +29,15 @@ def test_finished_calls_release_their_memory_whatever_their_timeout(cluster):
     cluster.start_backend("de_magic.demo.hello", "hello_world")
     # timeout=30 outlives the test: a finished call kept until its deadline (about 250 B each) would add up
     with Client(cluster.url, timeout=30, heartbeat=HEARTBEAT) as client:
-        _echo_batches(client, 10)  # warm up: sockets, buffers, the allocator's arenas
+        _echo_batches(client, 20)  # warm up: sockets, buffers, the allocator's arenas
         before = _live_rss_kib()
-        _echo_batches(client, 100)
-        grown = (_live_rss_kib() - before) / 1024
-        print(f"\nRSS grew {grown:.1f} MB over 100,000 submitted calls with timeout=30")
-        assert grown < 8, f"RSS grew {grown:.1f} MB over 100,000 finished calls"
+        grown = []  # MB after each 20,000 calls: a leak grows with every stage, the allocator's noise comes and goes
+        for _ in range(5):
+            _echo_batches(client, 20)
+            grown.append((_live_rss_kib() - before) / 1024)
+        print("\nRSS grew " + ", ".join(f"{mb:.1f}" for mb in grown) + " MB after each 20,000 calls with timeout=30")
+        # the least of the last two: one busy moment of the arenas (CI saw 9 MB once) is not a leak of 80 B a call
+        assert min(grown[-2:]) < 8, f"RSS grew {grown} MB over 100,000 finished calls"
         assert len(client._core._deadlines) <= 64  # ended calls leave the deadline heap, not only their memory
 
 

@@ -405,15 +405,17 @@ def test_a_direct_endpoint_survives_a_fuzz_storm(processes, tmp_path):
     socks = [direct_peer(worker["direct"]) for _ in range(4)]
     storm = Storm(Fuzzer(seed=11, backend="hello_world", workers=[bytes.fromhex(worker["id"])]), socks)
     try:
-        storm.run(MESSAGES)
-        rss_before = rss_kib(backend.pid)
         with LegitimateCaller(cluster.url) as legit:
-            storm.run(5 * MESSAGES)
+            storm.run(MESSAGES)  # warm up, with the legitimate caller's connection too
+            rss_before, rss_after = rss_kib(backend.pid), []
+            for _ in range(3):  # a leak grows with every round; the allocator's noise (CI saw +20 %) comes and goes
+                storm.run(2 * MESSAGES)
+                rss_after.append(rss_kib(backend.pid))
         assert legit.calls >= 20 and not legit.failures, (legit.calls, legit.failures[:3])
         assert cluster.workers("hello_world")[0]["calls"] == 0  # the legitimate caller went direct throughout
         storm.check_answers()
         assert cluster.client.call("hello_world", "echo", ("after the storm",)) == "after the storm"
-        assert backend.poll() is None and rss_kib(backend.pid) < rss_before * 1.2
+        assert backend.poll() is None and min(rss_after[-2:]) < rss_before * 1.2, (rss_before, rss_after)
         assert wait_for(lambda: bad_input_logged(log.read_text(), "backend"), timeout=5, what="bad input logged")
     finally:
         for sock in socks:
