@@ -97,6 +97,9 @@ class _Answer:
     def set_exception(self, exc: BaseException) -> None:
         self._queue.put((True, None, exc))
 
+    def ready(self) -> bool:
+        return not self._queue.empty()
+
     def next(self) -> tuple[bool, object, object]:
         """(False, header, frames) of an event, or (True, result, exception) at the end."""
         return self._queue.get()
@@ -325,15 +328,16 @@ class Client:
                        retries=retries, reencode=reencode, codec=codec)
 
     def _carry(self, request: Request, on_event: EventHandler | None = None) -> tuple[dict, list]:
-        """Hand ``request`` to the I/O thread and wait for its answer in this thread, which handles its events."""
+        """Send ``request`` through the client's I/O loop (driven by this thread itself if it can: mux.wait) and
+        wait for its answer in this thread, which handles its events."""
         answer = request.token = _Answer()
         if on_event is not None:
             request.on_event = answer.event
-        mux = self._calls()
-        mux.start(request)
+        mux, start = self._calls(), request
         try:
             while True:
-                done, value, exc = answer.next()
+                done, value, exc = mux.wait(answer, start)
+                start = None
                 if done:
                     if exc is not None:
                         raise exc

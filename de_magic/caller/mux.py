@@ -1,14 +1,23 @@
-"""The client's one I/O thread: every request of a client, whatever waits for it, goes through here.
+"""The client's one I/O loop: every request of a client, whatever waits for it, goes through here.
 
-Blocking calls (whose thread waits on its future and handles the call's events itself), submitted
-calls' futures, Jobs' polls, ``%%remote`` sessions and listings alike are handed to this thread,
-which drives the client's socket-free :class:`~de_magic.caller.core.Core`: it sends what the core
-says on the connection the core names (the broker's, made on first use and kept, or a worker's
-direct endpoint), feeds it what comes back and the time, and settles futures as it says.  Any number
-of requests may be in flight: each costs an entry in a dict, and the core asks after all those
-waiting on one connection in one ``QUERY`` per heartbeat, so 10,000 waiting calls cost the broker
-about what one does.  The thread also runs short work for later (:meth:`Multiplexer.later`: a Job's
-next poll), so a Job holds no thread and no socket.
+Blocking calls (whose thread waits for the call's events and end), submitted calls' futures, Jobs'
+polls, ``%%remote`` sessions and listings alike are handed to this loop, which drives the client's
+socket-free :class:`~de_magic.caller.core.Core`: it sends what the core says on the connection the
+core names (the broker's, made on first use and kept, or a worker's direct endpoint), feeds it what
+comes back and the time, and settles futures as it says.  Any number of requests may be in flight:
+each costs an entry in a dict, and the core asks after all those waiting on one connection in one
+``QUERY`` per heartbeat, so 10,000 waiting calls cost the broker about what one does.  The loop also
+runs short work for later (:meth:`Multiplexer.later`: a Job's next poll), so a Job holds no thread
+and no socket.
+
+One thread at a time drives the loop (holds its *role*): the client's I/O thread, or, while no
+thread does, the main thread waiting for a blocking call of its own (:meth:`Multiplexer.wait`).
+That is the lean path: a notebook's or a script's tiny call is sent and its answer read in the
+thread that made it, where handing it to the I/O thread and back cost two thread wake-ups, about
+40 % of the call.  Rules and sockets stay one: the same loop runs the same core in either thread,
+and the role (a lock) hands the sockets over with the memory barrier libzmq asks for.  Only the
+main thread takes the lean path: Ctrl-C, the one exception that can arrive at any moment, is held
+back there while it handles a message (see :class:`_HeldInterrupt`).
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import _signal  # signal's own functions: its enum conversions cost a tiny call 10 µs a time
 import os
 import threading
 import time
@@ -34,6 +44,8 @@ log = logging.getLogger("de_magic.client")
 
 CANCEL_LINGER = 500  #: ms a closed client's socket has to send the cancels of its calls in flight
 HANDSHAKE_CHECK = 0.25  #: seconds between looks for a refused handshake or a dropped connection
+SIGINT = int(_signal.SIGINT)
+_MAIN = threading.main_thread().ident  # the thread that takes the lean path (see the module's doc)
 READS_PER_TURN = 1000  #: messages taken from one connection before the others get a turn
 
 
@@ -44,8 +56,12 @@ class Multiplexer:
         self.client, self.core = client, core
         # wakes the thread when there is something in its inbox: a write to an eventfd costs a system call, where
         # a message on an inproc socket cost 50 µs of a tiny call's 150 (and a socket per posting thread)
-        self._wake: int | None = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        self._wake_lock = threading.Lock()  # no write to the eventfd once it is closed (its number may be reused)
+        self._wake: int | None = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)  # the driving thread: see the inbox
+        self._kick = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)  # the I/O thread: drive, no thread does
+        self._wake_lock = threading.Lock()  # no write to the eventfds once closed (their numbers may be reused)
+        self._role = threading.Lock()  # held by the thread that drives the loop (see the module's doc)
+        self._driver: int | None = None  # that thread's ident
+        self._next_check = time.monotonic() + HANDSHAKE_CHECK
         self._inbox: deque = deque()  # (what, *args) to do in the thread; None: stop
         self._brokers: dict[str, zmq.Socket] = {}  # url -> this thread's socket to that broker
         self._ways: dict[zmq.Socket, object] = {}  # socket -> the way (url or Endpoint) it carries
@@ -53,6 +69,7 @@ class Multiplexer:
         self._timers: list[tuple[float, int, Callable[[], None]]] = []  # work for later in this thread (later())
         self._order = itertools.count()
         self._stopped = False
+        self._polling = False  # the driving thread waits in poll (see _HeldInterrupt)
         self._thread = threading.Thread(target=self._run, name="de-magic-calls", daemon=True)
         self._thread.start()
 
@@ -64,6 +81,28 @@ class Multiplexer:
 
     def cancel(self, request: Request) -> None:
         self._post(("cancel", request))
+
+    def wait(self, answer, start: Request | None = None) -> tuple:
+        """``answer.next()`` (see :class:`~de_magic.caller.client._Answer`): the next event of its call, or its
+        end, once ``answer.ready()``; ``start``: send this request first (its token is ``answer``).
+
+        The main thread drives the loop itself meanwhile if no thread does (the lean path); otherwise the
+        thread driving it sends the request, and this one waits."""
+        if threading.get_ident() == _MAIN and self._role.acquire(blocking=False):
+            try:
+                self._driver = threading.get_ident()
+                with _HeldInterrupt(self) as held:
+                    if start is not None and not self._stopped:
+                        start, request = None, start
+                        self._do(self.core.start(request, time.monotonic()))
+                    while not answer.ready() and not self._stopped and not held.signal:
+                        self._turn()
+            finally:
+                self._hand_back()
+            held.deliver()  # Ctrl-C, now that nothing is half done: the caller cancels the call
+        if start is not None:
+            self.start(start)
+        return answer.next()
 
     def run(self, work: Callable[[float], list]) -> Future:
         """Run ``work(now)`` in the I/O thread and carry out the core's actions it returns; the future ends then."""
@@ -79,8 +118,8 @@ class Multiplexer:
         """End the I/O thread (calls in flight end with an error); it closes its sockets before this returns."""
         self._stopped = True
         self._post(None)
-        if threading.current_thread() is not self._thread:
-            self._thread.join(timeout)
+        if threading.current_thread() is not self._thread and self._driver != threading.get_ident():
+            self._thread.join(timeout)  # (the thread driving the loop lets the I/O thread close once it is done)
 
     @property
     def sockets(self) -> int:
@@ -92,6 +131,8 @@ class Multiplexer:
             if self._wake is not None:
                 self._inbox.append(item)
                 os.eventfd_write(self._wake, 1)
+                if not self._role.locked():  # (a driver that lets go just now sees the inbox: see _hand_back)
+                    os.eventfd_write(self._kick, 1)
                 return
         if item is not None and item[0] in ("start", "run"):  # the thread has ended: this gets no answer
             settle(item[1].token if item[0] == "start" else item[2],
@@ -100,29 +141,74 @@ class Multiplexer:
     # -- the I/O thread --------------------------------------------------------------------------
 
     def _run(self) -> None:
+        """The I/O thread: it drives the loop while there is work and no other thread drives it, and parks
+        in between until it is kicked or something is due (a deadline, a heartbeat, a timer, a check)."""
+        parked = zmq.Poller()
+        parked.register(self._kick, zmq.POLLIN)
         self._poller.register(self._wake, zmq.POLLIN)
-        next_check = time.monotonic() + HANDSHAKE_CHECK
         try:
             while not self._stopped:
-                wake = min(self.core.wake_at(), next_check)
-                if self._timers:
-                    wake = min(wake, self._timers[0][0])
-                for sock, _ in self._poller.poll(max(0.0, wake - time.monotonic()) * 1000):
-                    if sock == self._wake:
-                        os.eventfd_read(self._wake)
-                        self._take_inbox()
-                    elif sock in self._ways:
-                        self._read(sock)
-                now = time.monotonic()
-                if now >= self.core.wake_at():
-                    self._do(self.core.tick(now))
-                if self._timers and now >= self._timers[0][0]:
-                    self._run_timers(now)
-                if now >= next_check:
-                    next_check = now + HANDSHAKE_CHECK
-                    self._check_brokers(now)
+                wait = HANDSHAKE_CHECK if self._role.locked() else max(0.0, self._wake_at() - time.monotonic())
+                if parked.poll(wait * 1000):
+                    os.eventfd_read(self._kick)
+                if not self._role.acquire(blocking=False):
+                    continue  # the main thread drives for now, and kicks this one if it leaves work
+                try:
+                    self._driver = threading.get_ident()
+                    self._turn(0.0)  # what came in and what is due, without holding the role to wait
+                    while not self._stopped and self._busy():
+                        self._turn()
+                finally:
+                    self._hand_back()
         finally:
-            self._close()
+            with self._role:
+                self._close()
+
+    def _busy(self) -> bool:
+        """Whether the loop has work in hand: requests in flight, or some waiting in the inbox."""
+        return bool(self._inbox) or self.core.in_flight > 0
+
+    def _hand_back(self) -> None:
+        """Let go of the role; the I/O thread takes it up if the loop has work (the inbox is seen after letting
+        go: a post made meanwhile either saw the role held and is here, or saw it free and kicked)."""
+        self._driver = None
+        self._role.release()
+        if threading.current_thread() is not self._thread and (self._busy() or self._timers or self._stopped):
+            with self._wake_lock:
+                if self._wake is not None:
+                    os.eventfd_write(self._kick, 1)
+
+    def _wake_at(self) -> float:
+        """When the loop has something due at the latest (while nothing comes in)."""
+        wake = min(self.core.wake_at(), self._next_check)
+        return min(wake, self._timers[0][0]) if self._timers else wake
+
+    def _turn(self, wait: float | None = None) -> None:
+        """One turn of the loop, in the thread holding the role: what comes in within ``wait`` seconds (by
+        default until something is due), then what is due."""
+        if self._inbox:
+            self._take_inbox()
+        if wait is None:
+            wait = max(0.0, self._wake_at() - time.monotonic())
+        self._polling = True  # Ctrl-C may interrupt the poll itself (see _HeldInterrupt)
+        try:
+            events = self._poller.poll(wait * 1000)
+        finally:
+            self._polling = False
+        for sock, _ in events:
+            if sock == self._wake:
+                os.eventfd_read(self._wake)
+                self._take_inbox()
+            elif sock in self._ways:
+                self._read(sock)
+        now = time.monotonic()
+        if now >= self.core.wake_at():
+            self._do(self.core.tick(now))
+        if self._timers and now >= self._timers[0][0]:
+            self._run_timers(now)
+        if now >= self._next_check:
+            self._next_check = now + HANDSHAKE_CHECK
+            self._check_brokers(now)
 
     def _take_inbox(self) -> None:
         while self._inbox:
@@ -141,11 +227,16 @@ class Multiplexer:
                 heapq.heappush(self._timers, (item[1], next(self._order), item[2]))
 
     def _read(self, sock: zmq.Socket) -> None:
+        """The messages waiting on ``sock``, which the poll found readable."""
         way = self._ways[sock]
         for _ in range(READS_PER_TURN):
+            try:
+                frames = recv_frames(sock, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self._do(self.core.received(way, frames, time.monotonic()))
             if not readable(sock):
                 return
-            self._do(self.core.received(way, recv_frames(sock), time.monotonic()))
 
     def _check_brokers(self, now: float) -> None:
         """A refused handshake ends its broker's requests at once; a dropped connection, with another broker to go
@@ -232,6 +323,7 @@ class Multiplexer:
         error = DeMagicError(f"{self.client!r} was closed during the call")
         with self._wake_lock:  # from here on, posts are answered by _post
             os.close(self._wake)
+            os.close(self._kick)
             self._wake = None
         shutdown = self.core.shutdown(error)  # the remote sides are told (CANCEL): no one waits for them now
         cancelling = {action.way for action in shutdown if type(action) is Send}
@@ -260,3 +352,36 @@ def settle(future: Future, result=None, exc: BaseException | None = None) -> Non
     except InvalidStateError:
         pass
 
+
+
+class _HeldInterrupt:
+    """Ctrl-C (SIGINT) in the main thread while it drives the loop: raised at once while it waits in a poll,
+    where nothing is half done, and otherwise held until it has let go of the loop (:meth:`deliver`); the
+    core's state is never left between two steps.  The handler in place (the default's KeyboardInterrupt,
+    or IPython's) is the one that is run, and it is back in place afterwards."""
+
+    def __init__(self, mux: Multiplexer):
+        self.mux = mux
+        self.signal: tuple | None = None  # (signum, frame) of a held Ctrl-C
+        self.handler = None
+
+    def __enter__(self) -> "_HeldInterrupt":
+        handler = _signal.getsignal(SIGINT)
+        if callable(handler):  # SIG_IGN ignores it, SIG_DFL ends the process: nothing to hold back then
+            self.handler = handler
+            _signal.signal(SIGINT, self._on_signal)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.handler is not None:
+            _signal.signal(SIGINT, self.handler)
+
+    def _on_signal(self, signum, frame) -> None:
+        if self.mux._polling:
+            self.handler(signum, frame)  # raises out of the poll
+        else:
+            self.signal = (signum, frame)
+
+    def deliver(self) -> None:
+        if self.signal is not None:
+            self.handler(*self.signal)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
+from typing import NamedTuple
 from functools import lru_cache
 
 import zmq
@@ -35,9 +35,9 @@ _PROBE_EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
                  | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
 
 
-@dataclass(frozen=True)
-class Endpoint:
-    """A worker's direct endpoint as a listing vouched for it."""
+class Endpoint(NamedTuple):
+    """A worker's direct endpoint as a listing vouched for it (a named tuple: it keys the core's books on every
+    call, and a tuple's hash is C's where a frozen dataclass's is Python's)."""
 
     worker: bytes
     url: str
