@@ -13,7 +13,6 @@ of waiting for a connection; once sent, it ends like any call, with
 
 from __future__ import annotations
 
-import threading
 import time
 from typing import NamedTuple
 from functools import lru_cache
@@ -58,7 +57,7 @@ def endpoints(entry: dict) -> list[Endpoint]:
 
 
 class Routes(Sockets):
-    """What a client knows of direct endpoints, and its sockets to them (one per thread and endpoint)."""
+    """What a client knows of direct endpoints, and its sockets to them (one per endpoint, the I/O loop's)."""
 
     def __init__(self, context: zmq.Context):
         super().__init__()
@@ -66,7 +65,7 @@ class Routes(Sockets):
         self._known: dict[str, tuple[float, list[Endpoint]]] = {}  # backend -> (learnt at, endpoints)
         self._reached: set[bytes] = set()  # workers a direct connection worked with
         self._unreachable: dict[bytes, float] = {}  # worker id -> until when its calls go via the broker
-        self._local = threading.local()
+        self._socks: dict[str, WatchedSocket] = {}  # endpoint url -> the client's I/O loop's socket there
         self._own_pair: tuple[bytes, bytes] | None = None  # a key pair for endpoints of plaintext brokers
 
     def learn(self, backend: str, entry: dict | None) -> None:
@@ -88,9 +87,10 @@ class Routes(Sockets):
         return min(candidates, key=lambda e: inflight.get(e.worker, 0))
 
     def socket(self, endpoint: Endpoint, security: Security) -> WatchedSocket | None:
-        """This thread's socket to ``endpoint``, or None if it cannot be reached (then never tried again)."""
-        socks = self._local.__dict__.setdefault("socks", {})
-        sock = socks.get(endpoint.url)
+        """The socket to ``endpoint``, or None if it cannot be reached (then never tried again). One per endpoint,
+        used by the thread driving the client's I/O loop (mux.py): a call and its QUERY and CANCEL go on one
+        connection, whichever thread sends them."""
+        sock = self._socks.get(endpoint.url)
         if sock is not None and not sock.closed:
             return sock
         if self.closed:
@@ -118,7 +118,7 @@ class Routes(Sockets):
             sock.close(linger=0)
             self.lost(endpoint)
             return None
-        socks[endpoint.url] = self.add(sock)
+        self._socks[endpoint.url] = self.add(sock)
         return sock
 
     def _probe(self, sock: zmq.Socket, endpoint: Endpoint) -> bool:
