@@ -1,0 +1,89 @@
+"""The lean path (caller/mux.py): the main thread carries its blocking calls itself while no thread drives the
+client's I/O loop, and a Ctrl-C at any moment of a call never leaves the loop half done."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+from de_magic import Client
+
+from conftest import HEARTBEAT
+
+INTERRUPTS = 25
+
+#: calls tiny echoes in a loop until interrupted; after each Ctrl-C, checks that the client is whole
+INTERRUPTED_CALLER = """
+import sys
+from de_magic import Client
+
+with Client(sys.argv[1], timeout=20) as client:
+    print("calling", flush=True)
+    for n in range(1, int(sys.argv[2]) + 1):
+        try:
+            i = 0
+            while True:
+                assert client.call("hello_world", "echo", (i,)) == i
+                i += 1
+        except KeyboardInterrupt as exc:  # Interrupted (in a call) or the bare one (between two)
+            kind = type(exc).__name__
+        # whole again: every call answered, none left in flight once the cancel went out
+        assert [client.call("hello_world", "echo", (j,)) for j in range(20)] == list(range(20))
+        print("interrupted", n, kind, client._core.in_flight, flush=True)
+print("closed", flush=True)
+"""
+
+
+def _cpu_ticks(native_id: int) -> int:
+    with open(f"/proc/self/task/{native_id}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def test_a_blocking_call_of_the_main_thread_is_carried_by_that_thread(cluster):
+    cluster.start_backend("de_magic.demo.hello", "hello_world")
+    with Client(cluster.url, heartbeat=HEARTBEAT) as client:
+        assert client.call("hello_world", "echo", (0,)) == 0
+        io_thread = client._calls()._thread.native_id
+        main = threading.get_native_id()
+        before = {tid: _cpu_ticks(tid) for tid in (io_thread, main)}
+        for i in range(3000):
+            assert client.call("hello_world", "echo", (i,)) == i
+        used = {tid: _cpu_ticks(tid) - before[tid] for tid in before}
+        print(f"\nCPU over 3,000 tiny calls, in clock ticks: main thread {used[main]}, I/O thread {used[io_thread]}")
+        # handed to the I/O thread and back, each call cost it as much CPU as the main thread; now it only wakes
+        # for its heartbeats and checks
+        assert used[main] >= 10 and used[io_thread] * 10 <= used[main], used
+
+
+def test_ctrl_c_at_any_moment_of_a_call_leaves_the_client_whole(cluster, tmp_path):
+    cluster.start_backend("de_magic.demo.hello", "hello_world")
+    script = tmp_path / "caller.py"
+    script.write_text(INTERRUPTED_CALLER)
+    proc = subprocess.Popen([sys.executable, str(script), cluster.url, str(INTERRUPTS)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "calling\n"
+        lines, rng = [], random.Random(7)
+        for _ in range(INTERRUPTS):
+            time.sleep(rng.uniform(0.005, 0.05))  # somewhere in a call, or between two: wherever it lands
+            proc.send_signal(signal.SIGINT)
+            line = proc.stdout.readline()
+            assert line.startswith("interrupted"), (line, proc.stderr.read() if proc.poll() is not None else "")
+            lines.append(line.split())
+        assert proc.stdout.readline() == "closed\n"
+        assert proc.wait(20) == 0, proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+    print(f"\n{INTERRUPTS} Ctrl-C: " + ", ".join(f"{kind} {inflight}" for _, _, kind, inflight in lines))
+    assert all(inflight == "0" for *_, inflight in lines), lines
+    assert any(kind == "Interrupted" for _, _, kind, _ in lines), lines  # most land in a call
