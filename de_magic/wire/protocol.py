@@ -124,8 +124,11 @@ def _depth(value) -> int:
     return deepest
 
 
+_HEADER_ENCODER = json.JSONEncoder(separators=(",", ":"), default=str)  # made once: json.dumps makes one a call
+
+
 def dump_header(header: dict) -> bytes:
-    return json.dumps(header, separators=(",", ":"), default=str).encode()
+    return _HEADER_ENCODER.encode(header).encode()
 
 
 def error_header(kind: str, message: str, **extra) -> bytes:
