@@ -13,7 +13,7 @@ import time
 
 from de_magic import Client
 
-from conftest import HEARTBEAT
+from conftest import HEARTBEAT, wait_for
 
 INTERRUPTS = 25
 
@@ -87,3 +87,29 @@ def test_ctrl_c_at_any_moment_of_a_call_leaves_the_client_whole(cluster, tmp_pat
     print(f"\n{INTERRUPTS} Ctrl-C: " + ", ".join(f"{kind} {inflight}" for _, _, kind, inflight in lines))
     assert all(inflight == "0" for *_, inflight in lines), lines
     assert any(kind == "Interrupted" for _, _, kind, _ in lines), lines  # most land in a call
+
+
+def test_the_main_thread_and_the_io_thread_take_turns_at_the_loop_without_losing_a_call(cluster):
+    """Calls of the main thread (which drives the loop while nobody does), of another thread (whose calls the
+    I/O thread carries) and submitted futures, all at once: the role changes hands thousands of times."""
+    cluster.start_backend("de_magic.demo.hello", "hello_world")
+    with Client(cluster.url, heartbeat=HEARTBEAT) as client:
+        results, failures = [], []
+
+        def other_thread() -> None:
+            try:
+                results.extend(client.call("hello_world", "echo", (("t", i),)) for i in range(300))
+            except BaseException as exc:  # noqa: BLE001 - the test fails with it below
+                failures.append(exc)
+
+        worker = threading.Thread(target=other_thread)
+        worker.start()
+        for round_ in range(10):
+            futures = [client.submit("hello_world", "echo", ((round_, i),)) for i in range(200)]
+            mine = [client.call("hello_world", "echo", (("m", round_, i),)) for i in range(50)]
+            assert mine == [("m", round_, i) for i in range(50)]
+            assert [future.result(30) for future in futures] == [(round_, i) for i in range(200)]
+        worker.join(60)
+        assert not worker.is_alive() and not failures, failures[:1]
+        assert results == [("t", i) for i in range(300)]
+        wait_for(lambda: client._core.in_flight == 0, what="nothing left in flight")

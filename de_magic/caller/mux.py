@@ -14,10 +14,11 @@ One thread at a time drives the loop (holds its *role*): the client's I/O thread
 thread does, the main thread waiting for a blocking call of its own (:meth:`Multiplexer.wait`).
 That is the lean path: a notebook's or a script's tiny call is sent and its answer read in the
 thread that made it, where handing it to the I/O thread and back cost two thread wake-ups, about
-40 % of the call.  Rules and sockets stay one: the same loop runs the same core in either thread,
-and the role (a lock) hands the sockets over with the memory barrier libzmq asks for.  Only the
-main thread takes the lean path: Ctrl-C, the one exception that can arrive at any moment, is held
-back there while it handles a message (see :class:`_HeldInterrupt`).
+a third of the call (benchmarks/README.md).  Rules and sockets stay one: the same loop runs the
+same core in either thread, and the role (a lock) hands the sockets over with the memory barrier
+libzmq asks for.  Only the main thread takes the lean path: Ctrl-C, the one exception that can
+arrive at any moment, is held back there while it handles a message (see :class:`_HeldInterrupt`);
+another thread may be stopped by an exception raised in it from outside (the call form's Cancel).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ READS_PER_TURN = 1000  #: messages taken from one connection before the others g
 
 
 class Multiplexer:
-    """The I/O thread of a :class:`~de_magic.caller.client.Client`, around its :class:`Core`."""
+    """The I/O loop of a :class:`~de_magic.caller.client.Client`, around its :class:`Core`, and its I/O thread."""
 
     def __init__(self, client, core: Core):
         self.client, self.core = client, core
@@ -63,7 +64,7 @@ class Multiplexer:
         self._driver: int | None = None  # that thread's ident
         self._next_check = time.monotonic() + HANDSHAKE_CHECK
         self._inbox: deque = deque()  # (what, *args) to do in the thread; None: stop
-        self._brokers: dict[str, zmq.Socket] = {}  # url -> this thread's socket to that broker
+        self._brokers: dict[str, zmq.Socket] = {}  # url -> the loop's socket to that broker
         self._ways: dict[zmq.Socket, object] = {}  # socket -> the way (url or Endpoint) it carries
         self._poller = zmq.Poller()
         self._timers: list[tuple[float, int, Callable[[], None]]] = []  # work for later in this thread (later())
@@ -105,13 +106,13 @@ class Multiplexer:
         return answer.next()
 
     def run(self, work: Callable[[float], list]) -> Future:
-        """Run ``work(now)`` in the I/O thread and carry out the core's actions it returns; the future ends then."""
+        """Run ``work(now)`` in the loop (the thread driving it) and carry out the core's actions it returns; the future ends then."""
         done = Future()
         self._post(("run", work, done))
         return done
 
     def later(self, delay: float, work: Callable[[], None]) -> None:
-        """Run ``work()`` in the I/O thread after ``delay`` seconds (e.g. a job's next poll); it must not block."""
+        """Run ``work()`` in the loop after ``delay`` seconds (e.g. a job's next poll); it must not block."""
         self._post(("later", time.monotonic() + delay, work))
 
     def stop(self, timeout: float = 5.0) -> None:
