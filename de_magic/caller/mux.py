@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 import logging
 import _signal  # signal's own functions: its enum conversions cost a tiny call 10 µs a time
 import os
@@ -150,7 +151,7 @@ class Multiplexer:
         try:
             while not self._stopped:
                 wait = HANDSHAKE_CHECK if self._role.locked() else max(0.0, self._wake_at() - time.monotonic())
-                if parked.poll(wait * 1000):
+                if parked.poll(math.ceil(wait * 1000)):
                     os.eventfd_read(self._kick)
                 if not self._role.acquire(blocking=False):
                     continue  # the main thread drives for now, and kicks this one if it leaves work
@@ -193,7 +194,7 @@ class Multiplexer:
             wait = max(0.0, self._wake_at() - time.monotonic())
         self._polling = True  # Ctrl-C may interrupt the poll itself (see _HeldInterrupt)
         try:
-            events = self._poller.poll(wait * 1000)
+            events = self._poller.poll(math.ceil(wait * 1000))  # (pyzmq rounds down: 0.4 ms would spin)
         finally:
             self._polling = False
         for sock, _ in events:
