@@ -89,25 +89,44 @@ class Multiplexer:
         end, once ``answer.ready()``; ``start``: send this request first (its token is ``answer``).
 
         The main thread drives the loop itself meanwhile if no thread does (the lean path); otherwise the
-        thread driving it sends the request, and this one waits."""
-        if threading.get_ident() == _MAIN and self._role.acquire(blocking=False):
-            try:
-                self._driver = threading.get_ident()
-                with _HeldInterrupt(self) as held:
-                    if start is not None and not self._stopped:
-                        start, request = None, start
-                        self._do(self.core.start(request, time.monotonic()))
-                    while not answer.ready() and not self._stopped and not held.signal:
-                        self._turn()
-            finally:
-                self._hand_back()
+        thread driving it sends the request, and this one waits.  A thread that drives the loop already (a
+        future's callback or a job's poll making a blocking call) drives on until its answer comes: waiting
+        for itself, it would wait for good."""
+        me = threading.get_ident()
+        if self._driver == me:
+            return self._nested(answer, start)
+        if me == _MAIN:
+            # Ctrl-C is held from before the role is taken until after it is let go: between the two, a
+            # KeyboardInterrupt would leave the role taken and the loop without a driver, for good
+            with _HeldInterrupt(self) as held:
+                if self._role.acquire(blocking=False):
+                    try:
+                        self._driver = me
+                        if start is not None and not self._stopped:
+                            start, request = None, start
+                            self._do(self.core.start(request, time.monotonic()))
+                        while not answer.ready() and not self._stopped and not held.signal:
+                            self._turn()
+                    finally:
+                        self._hand_back()
             held.deliver()  # Ctrl-C, now that nothing is half done: the caller cancels the call
         if start is not None:
             self.start(start)
         return answer.next()
 
+    def _nested(self, answer, start: Request | None) -> tuple:
+        """:meth:`wait` in the thread that drives the loop, from inside one of its turns."""
+        if start is not None and not self._stopped:
+            self._do(self.core.start(start, time.monotonic()))
+        while not answer.ready() and not self._stopped:
+            self._turn()
+        if not answer.ready():  # the client closes, and this thread is the one that would say so
+            answer.set_exception(DeMagicError(f"{self.client!r} was closed during the call"))
+        return answer.next()
+
     def run(self, work: Callable[[float], list]) -> Future:
-        """Run ``work(now)`` in the loop (the thread driving it) and carry out the core's actions it returns; the future ends then."""
+        """Run ``work(now)`` in the loop (the thread driving it) and carry out the core's actions it returns;
+        the future ends then."""
         done = Future()
         self._post(("run", work, done))
         return done
@@ -150,9 +169,10 @@ class Multiplexer:
         self._poller.register(self._wake, zmq.POLLIN)
         try:
             while not self._stopped:
-                wait = HANDSHAKE_CHECK if self._role.locked() else max(0.0, self._wake_at() - time.monotonic())
-                if parked.poll(math.ceil(wait * 1000)):
-                    os.eventfd_read(self._kick)
+                if self._role.locked() or not self._busy():  # (work posted as it let go: no need to be kicked)
+                    wait = HANDSHAKE_CHECK if self._role.locked() else max(0.0, self._wake_at() - time.monotonic())
+                    if parked.poll(math.ceil(wait * 1000)):
+                        os.eventfd_read(self._kick)
                 if not self._role.acquire(blocking=False):
                     continue  # the main thread drives for now, and kicks this one if it leaves work
                 try:
@@ -379,8 +399,8 @@ class _HeldInterrupt:
             _signal.signal(SIGINT, self.handler)
 
     def _on_signal(self, signum, frame) -> None:
-        if self.mux._polling:
-            self.handler(signum, frame)  # raises out of the poll
+        if self.mux._polling and self.mux._driver == _MAIN:  # (not the I/O thread's poll: that one goes on)
+            self.handler(signum, frame)  # raises out of the main thread's poll
         else:
             self.signal = (signum, frame)
 
