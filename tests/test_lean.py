@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import queue
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -18,6 +19,9 @@ from de_magic import Client
 from conftest import HEARTBEAT, wait_for
 
 INTERRUPTS = 60
+#: what pyzmq prints when a Ctrl-C is run in its frame deallocator, which checks for signals and can only drop the
+#: KeyboardInterrupt (about one press in 600 here, wherever the program frees a received frame; not ours to hold)
+PYZMQ_DROPPED = r"Traceback|  File \"zmq/backend/cython/_zmq\.py\"|KeyboardInterrupt|Exception ignored in: 'zmq\."
 
 #: calls tiny echoes in a loop until interrupted; after each Ctrl-C, checks that the client is whole
 INTERRUPTED_CALLER = """
@@ -51,6 +55,8 @@ def test_a_blocking_call_of_the_main_thread_is_carried_by_that_thread(cluster):
     cluster.start_backend("de_magic.demo.hello", "hello_world")
     with Client(cluster.url, heartbeat=HEARTBEAT) as client:
         assert client.call("hello_world", "echo", (0,)) == 0
+        # a Job followed meanwhile: its polls are work for later, which must not wake the I/O thread at every call
+        job = client["hello_world"].slow_sum.options(on_progress=lambda progress: None).start(n=1000, delay=0.01)
         io_thread = client._calls()._thread.native_id
         main = threading.get_native_id()
         before = {tid: _cpu_ticks(tid) for tid in (io_thread, main)}
@@ -61,6 +67,7 @@ def test_a_blocking_call_of_the_main_thread_is_carried_by_that_thread(cluster):
         # handed to the I/O thread and back, each call cost it as much CPU as the main thread; now it only wakes
         # for its heartbeats and checks
         assert used[main] >= 10 and used[io_thread] * 10 <= used[main], used
+        assert not job.done() and job.cancel()
 
 
 def test_ctrl_c_at_any_moment_of_a_call_leaves_the_client_whole(cluster, tmp_path):
@@ -73,19 +80,25 @@ def test_ctrl_c_at_any_moment_of_a_call_leaves_the_client_whole(cluster, tmp_pat
     reader = threading.Thread(target=lambda: [said.put(line) for line in proc.stdout], daemon=True)
     reader.start()
 
-    def next_line() -> str:
+    def next_line(timeout: float = 30) -> str:
         try:
-            return said.get(timeout=30)
+            return said.get(timeout=timeout)
         except queue.Empty:  # a client left without a driver would hang here
             raise AssertionError("the caller stopped answering after a Ctrl-C") from None
 
+    lost = 0
     try:
         assert next_line() == "calling\n"
         lines, rng = [], random.Random(7)
         for _ in range(INTERRUPTS):
             time.sleep(rng.uniform(0.002, 0.03))  # somewhere in a call, or between two: wherever it lands
             proc.send_signal(signal.SIGINT)
-            line = next_line()
+            try:
+                line = said.get(timeout=5)
+            except queue.Empty:  # pyzmq dropped it (see PYZMQ_DROPPED): a user presses again
+                lost += 1
+                proc.send_signal(signal.SIGINT)
+                line = next_line()
             assert line.startswith("interrupted"), line
             lines.append(line.split())
         assert next_line() == "closed\n"
@@ -98,7 +111,8 @@ def test_ctrl_c_at_any_moment_of_a_call_leaves_the_client_whole(cluster, tmp_pat
         proc.stdout.close()
         errors = proc.stderr.read()
         proc.stderr.close()
-    assert not errors.strip(), errors[-2000:]
+    unexpected = [line for line in errors.splitlines() if not re.match(PYZMQ_DROPPED, line)]
+    assert not unexpected and errors.count("Exception ignored") == lost <= 3, errors[-2000:]
     print(f"\n{INTERRUPTS} Ctrl-C: " + ", ".join(f"{kind} {inflight}" for _, _, kind, inflight in lines))
     assert all(inflight == "0" for *_, inflight in lines), lines
     assert any(kind == "Interrupted" for _, _, kind, _ in lines), lines  # most land in a call

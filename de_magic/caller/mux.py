@@ -23,11 +23,11 @@ another thread may be stopped by an exception raised in it from outside (the cal
 
 from __future__ import annotations
 
+import _signal  # signal's own functions: its enum conversions cost a tiny call 10 µs a time
 import heapq
 import itertools
-import math
 import logging
-import _signal  # signal's own functions: its enum conversions cost a tiny call 10 µs a time
+import math
 import os
 import threading
 import time
@@ -46,9 +46,8 @@ log = logging.getLogger("de_magic.client")
 
 CANCEL_LINGER = 500  #: ms a closed client's socket has to send the cancels of its calls in flight
 HANDSHAKE_CHECK = 0.25  #: seconds between looks for a refused handshake or a dropped connection
-SIGINT = int(_signal.SIGINT)
-_MAIN = threading.main_thread().ident  # the thread that takes the lean path (see the module's doc)
 READS_PER_TURN = 1000  #: messages taken from one connection before the others get a turn
+_MAIN = threading.main_thread().ident  # the thread that takes the lean path (see the module's doc)
 
 
 class Multiplexer:
@@ -64,6 +63,7 @@ class Multiplexer:
         self._role = threading.Lock()  # held by the thread that drives the loop (see the module's doc)
         self._driver: int | None = None  # that thread's ident
         self._next_check = time.monotonic() + HANDSHAKE_CHECK
+        self._parked_until = 0.0  # when the parked I/O thread looks again of its own accord (see _hand_back)
         self._inbox: deque = deque()  # (what, *args) to do in the thread; None: stop
         self._brokers: dict[str, zmq.Socket] = {}  # url -> the loop's socket to that broker
         self._ways: dict[zmq.Socket, object] = {}  # socket -> the way (url or Endpoint) it carries
@@ -71,7 +71,6 @@ class Multiplexer:
         self._timers: list[tuple[float, int, Callable[[], None]]] = []  # work for later in this thread (later())
         self._order = itertools.count()
         self._stopped = False
-        self._polling = False  # the driving thread waits in poll (see _HeldInterrupt)
         self._thread = threading.Thread(target=self._run, name="de-magic-calls", daemon=True)
         self._thread.start()
 
@@ -94,7 +93,10 @@ class Multiplexer:
         for itself, it would wait for good."""
         me = threading.get_ident()
         if self._driver == me:
-            return self._nested(answer, start)
+            self._drive(answer, start)
+            if not answer.ready():  # the client closes, and this thread is the one that would say so
+                answer.set_exception(self._closed_error())
+            return answer.next()
         if me == _MAIN:
             # Ctrl-C is held from before the role is taken until after it is let go: between the two, a
             # KeyboardInterrupt would leave the role taken and the loop without a driver, for good
@@ -102,11 +104,8 @@ class Multiplexer:
                 if self._role.acquire(blocking=False):
                     try:
                         self._driver = me
-                        if start is not None and not self._stopped:
-                            start, request = None, start
-                            self._do(self.core.start(request, time.monotonic()))
-                        while not answer.ready() and not self._stopped and not held.signal:
-                            self._turn()
+                        if self._drive(answer, start, held):
+                            start = None
                     finally:
                         self._hand_back()
             held.deliver()  # Ctrl-C, now that nothing is half done: the caller cancels the call
@@ -114,15 +113,15 @@ class Multiplexer:
             self.start(start)
         return answer.next()
 
-    def _nested(self, answer, start: Request | None) -> tuple:
-        """:meth:`wait` in the thread that drives the loop, from inside one of its turns."""
-        if start is not None and not self._stopped:
+    def _drive(self, answer, start: Request | None, held: "_HeldInterrupt | None" = None) -> bool:
+        """In the thread holding the role: send ``start`` (if given), then turn the loop until ``answer`` has
+        news, the client closes, or a Ctrl-C is ``held``; whether ``start`` was sent."""
+        sent = start is not None and not self._stopped
+        if sent:
             self._do(self.core.start(start, time.monotonic()))
-        while not answer.ready() and not self._stopped:
+        while not answer.ready() and not self._stopped and not (held and held.signal):
             self._turn()
-        if not answer.ready():  # the client closes, and this thread is the one that would say so
-            answer.set_exception(DeMagicError(f"{self.client!r} was closed during the call"))
-        return answer.next()
+        return sent
 
     def run(self, work: Callable[[float], list]) -> Future:
         """Run ``work(now)`` in the loop (the thread driving it) and carry out the core's actions it returns;
@@ -171,6 +170,7 @@ class Multiplexer:
             while not self._stopped:
                 if self._role.locked() or not self._busy():  # (work posted as it let go: no need to be kicked)
                     wait = HANDSHAKE_CHECK if self._role.locked() else max(0.0, self._wake_at() - time.monotonic())
+                    self._parked_until = time.monotonic() + wait
                     if parked.poll(math.ceil(wait * 1000)):
                         os.eventfd_read(self._kick)
                 if not self._role.acquire(blocking=False):
@@ -192,10 +192,12 @@ class Multiplexer:
 
     def _hand_back(self) -> None:
         """Let go of the role; the I/O thread takes it up if the loop has work (the inbox is seen after letting
-        go: a post made meanwhile either saw the role held and is here, or saw it free and kicked)."""
+        go: a post made meanwhile either saw the role held and is here, or saw it free and kicked), or work for
+        later due before the parked I/O thread would look by itself (not at every call while a Job is followed)."""
         self._driver = None
         self._role.release()
-        if threading.current_thread() is not self._thread and (self._busy() or self._timers or self._stopped):
+        if threading.current_thread() is not self._thread and (
+                self._busy() or self._stopped or (self._timers and self._timers[0][0] < self._parked_until)):
             with self._wake_lock:
                 if self._wake is not None:
                     os.eventfd_write(self._kick, 1)
@@ -212,11 +214,7 @@ class Multiplexer:
             self._take_inbox()
         if wait is None:
             wait = max(0.0, self._wake_at() - time.monotonic())
-        self._polling = True  # Ctrl-C may interrupt the poll itself (see _HeldInterrupt)
-        try:
-            events = self._poller.poll(math.ceil(wait * 1000))  # (pyzmq rounds down: 0.4 ms would spin)
-        finally:
-            self._polling = False
+        events = self._poller.poll(math.ceil(wait * 1000))  # (pyzmq rounds down: 0.4 ms would spin)
         for sock, _ in events:
             if sock == self._wake:
                 os.eventfd_read(self._wake)
@@ -341,8 +339,11 @@ class Multiplexer:
             except Exception:  # noqa: BLE001 - one piece of work failing must not stop every call's thread
                 log.exception("work in the I/O thread of %r failed", self.client)
 
+    def _closed_error(self) -> DeMagicError:
+        return DeMagicError(f"{self.client!r} was closed during the call")
+
     def _close(self) -> None:
-        error = DeMagicError(f"{self.client!r} was closed during the call")
+        error = self._closed_error()
         with self._wake_lock:  # from here on, posts are answered by _post
             os.close(self._wake)
             os.close(self._kick)
@@ -375,12 +376,13 @@ def settle(future: Future, result=None, exc: BaseException | None = None) -> Non
         pass
 
 
-
 class _HeldInterrupt:
-    """Ctrl-C (SIGINT) in the main thread while it drives the loop: raised at once while it waits in a poll,
-    where nothing is half done, and otherwise held until it has let go of the loop (:meth:`deliver`); the
-    core's state is never left between two steps.  The handler in place (the default's KeyboardInterrupt,
-    or IPython's) is the one that is run, and it is back in place afterwards."""
+    """Ctrl-C (SIGINT) in the main thread while it drives the loop: held until it has let go of the loop
+    (:meth:`deliver`), so the core's state is never left between two steps; a poll the main thread waits in
+    is woken at once.  Never raised from the handler itself: Python runs handlers wherever it checks for
+    signals, pyzmq's frame deallocator included, where an exception is printed and dropped (a Ctrl-C lost).
+    The handler in place (the default's KeyboardInterrupt, or IPython's) is the one run at the end, and it is
+    back in place afterwards."""
 
     def __init__(self, mux: Multiplexer):
         self.mux = mux
@@ -388,21 +390,20 @@ class _HeldInterrupt:
         self.handler = None
 
     def __enter__(self) -> "_HeldInterrupt":
-        handler = _signal.getsignal(SIGINT)
+        handler = _signal.getsignal(_signal.SIGINT)
         if callable(handler):  # SIG_IGN ignores it, SIG_DFL ends the process: nothing to hold back then
             self.handler = handler
-            _signal.signal(SIGINT, self._on_signal)
+            _signal.signal(_signal.SIGINT, self._on_signal)
         return self
 
     def __exit__(self, *exc) -> None:
         if self.handler is not None:
-            _signal.signal(SIGINT, self.handler)
+            _signal.signal(_signal.SIGINT, self.handler)
 
     def _on_signal(self, signum, frame) -> None:
-        if self.mux._polling and self.mux._driver == _MAIN:  # (not the I/O thread's poll: that one goes on)
-            self.handler(signum, frame)  # raises out of the main thread's poll
-        else:
-            self.signal = (signum, frame)
+        self.signal = (signum, frame)
+        if self.mux._driver == _MAIN:  # its poll wakes (the eventfd stays open while the main thread drives)
+            os.eventfd_write(self.mux._wake, 1)
 
     def deliver(self) -> None:
         if self.signal is not None:
