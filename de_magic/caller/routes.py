@@ -14,8 +14,8 @@ of waiting for a connection; once sent, it ends like any call, with
 from __future__ import annotations
 
 import time
-from typing import NamedTuple
 from functools import lru_cache
+from typing import NamedTuple
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
