@@ -410,8 +410,15 @@ def test_sidebar_browse_filter_insert_and_run(page, lab, hello, processes, tmp_p
 
 def fits(section) -> None:
     """``section`` of the narrowed sidebar needs no sideways scrolling (once the layout followed the drag)."""
+    from playwright.sync_api import Error as PlaywrightError
+
     def width():
-        scroll, client = section.evaluate("node => [node.scrollWidth, node.clientWidth]")
+        try:
+            scroll, client = section.evaluate("node => [node.scrollWidth, node.clientWidth]")
+        except PlaywrightError as exc:  # the panel re-rendered (a listing came) between finding and measuring it
+            if "not attached" not in str(exc):
+                raise
+            return False
         return client <= 250 and (scroll, client)
 
     scroll, client = wait_for(width, timeout=5, what="the sidebar to narrow")
