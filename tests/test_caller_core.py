@@ -28,6 +28,13 @@ DIRECT = Endpoint(b"W" * 8, "tcp://w:9", None)
 HEARTBEAT, LIVENESS = 1.0, 3
 
 
+def _message(frames: list, rid: bytes) -> list:
+    """An answer for ``rid``: a STATUS holds its states in the envelope, the others their header and payload."""
+    if frames[0] == P.STATUS:
+        return P.message(P.STATUS, [rid, *frames[1:]])
+    return P.message(frames[0], [rid], *frames[1:])
+
+
 class Wire:
     """The core behind pretend connections: what was sent on each, and how each request ended."""
 
@@ -61,7 +68,7 @@ class Wire:
 
     def answer(self, request: Request, frames: list, way=None) -> None:
         self.do(self.core.received(way if way is not None else request.way,
-                                   [P.VERSION, frames[0], request.rid, *frames[1:]], self.now))
+                                   _message(frames, request.rid), self.now))
 
     def reply(self, request: Request, value=b"result", way=None) -> None:
         self.answer(request, [P.REPLY, b"{}", value], way)
@@ -108,7 +115,7 @@ def test_a_reply_ends_the_call_once_and_a_late_one_for_an_earlier_attempt_is_ign
     first = call.rid
     wire.answer(call, [P.STATUS, P.UNKNOWN])  # the broker forgot it: it goes again, with a new id
     assert "t1" not in wire.ended and call.rid != first
-    wire.do(wire.core.received(A, [P.VERSION, P.REPLY, first, b"{}", b"late"], wire.now))
+    wire.do(wire.core.received(A, P.message(P.REPLY, [first], b"{}", b"late"), wire.now))
     assert "t1" not in wire.ended  # an abandoned attempt's answer is never taken for another's
     wire.reply(call)
     assert wire.outcome("t1") == ({}, [b"result"]) and wire.core.in_flight == 0
@@ -265,7 +272,7 @@ class CallerMachine(RuleBasedStateMachine):
         way, rid = data.draw(st.sampled_from(self.old_rids))
         ended = dict(self.wire.ended)
         live_rids = {r.rid for r in self.requests.values() if r.way is not None}
-        self.wire.do(self.wire.core.received(way, [P.VERSION, P.REPLY, rid, b"{}", b"late"], self.wire.now))
+        self.wire.do(self.wire.core.received(way, P.message(P.REPLY, [rid], b"{}", b"late"), self.wire.now))
         if rid not in live_rids:
             assert self.wire.ended == ended  # nothing ends by an abandoned attempt's answer
 

@@ -423,9 +423,9 @@ def test_repeated_listing_sends_only_changed_apis(hello):
     sock.connect(hello.url)
     try:
         for known, has_api in (({"hello_world": tag}, False), ({"hello_world": "stale"}, True)):
-            sock.send_multipart([P.VERSION, P.LIST, b"r", P.dump_header({"api": True, "known": known})])
+            sock.send_multipart(P.message(P.LIST, [b"r"], P.dump_header({"api": True, "known": known})))
             assert sock.poll(5000)
-            entry = json.loads(sock.recv_multipart()[4])["backends"]["hello_world"]
+            entry = json.loads(P.parse(sock.recv_multipart(), P.AT_CLIENT).payload[0])["backends"]["hello_world"]
             assert ("api" in entry) is has_api and entry["api_tag"] == tag
     finally:
         sock.close()

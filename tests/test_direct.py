@@ -295,7 +295,7 @@ def _direct_handshake(key_file, endpoint: dict) -> bool:
 def test_a_direct_endpoint_answers_bad_messages_and_unknown_requests(direct):
     sock = direct_peer(the_worker(direct)["direct"])
     try:
-        sock.send_multipart([P.VERSION, P.LIST, b"r1", b"{}"])  # only the broker lists
+        sock.send_multipart(P.message(P.LIST, [b"r1"], b"{}"))  # only the broker lists
         assert P.parse(sock.recv_multipart(), P.AT_CLIENT).header["kind"] == "protocol"
         sock.send_multipart(P.call(b"r2", "other", b"", b"{}", [b""]))
         assert P.parse(sock.recv_multipart(), P.AT_CLIENT).header["kind"] == "unknown_backend"

@@ -59,32 +59,35 @@ class Fuzzer:
         if family == 0:  # pure noise
             return [self.junk(1) for _ in range(r.randint(1, 6))]
         if family == 1:  # wrong protocol version
-            return [r.choice([b"de-magic/1", b"de-magic/2", b"", self.junk(1, 12)]), r.choice(list(ANSWERED_TYPES)), rid]
+            mtype = r.choice(list(ANSWERED_TYPES))
+            return r.choice([[r.choice([b"de-magic/1", b"de-magic/3", b"", self.junk(1, 12)]), mtype, rid],
+                             [b"de-magic/5 " + mtype + b" " + P.envelope(b"", rid).split(b" ", 2)[2], self.junk()]])
         if family == 2:  # unknown type
-            return [P.VERSION, r.choice([b"", b"call", b"NOPE", self.junk(1, 8)]), rid, self.junk()]
-        if family == 3:  # missing frames
-            return [P.VERSION, r.choice([P.CALL, P.LIST]), rid][: r.randint(1, 3)]
+            return [P.VERSION + b" " + r.choice([b"", b"call", b"NOPE", self.junk(1, 8)]) + b" ", rid, self.junk()]
+        if family == 3:  # missing fields and frames, an envelope cut short
+            whole = P.envelope(r.choice([P.CALL, P.LIST]), rid, self.backend)
+            return r.choice([[P.envelope(r.choice([P.CALL, P.LIST]), rid)], [whole[:r.randrange(len(whole))]]])
         if family == 4:  # a listing query that is not JSON
-            return raw(P.LIST, rid, r.choice([self.junk(), b"[1,2]", b"{bad json"]))
+            return raw(P.LIST, [rid], r.choice([self.junk(), b"[1,2]", b"{bad json"]))
         if family == 5:  # garbage pickles for the real backend
-            return raw(P.CALL, rid, self.backend, b"", P.dump_header({"member": "echo"}), *[
+            return raw(P.CALL, [rid, self.backend, b""], P.dump_header({"member": "echo"}), *[
                 self.junk(0, 200) for _ in range(r.randint(0, 3))])
         if family == 6:  # headers of the wrong shape
             header = r.choice([b"[]", b"null", b'{"member": ["x"]}', b'{"op": {"a": 1}}', b'{"member": "nope"}',
                                b'{"member": "echo", "method": 7}', self.junk()])
-            return raw(P.CALL, rid, self.backend, b"", header, *serialize.dumps(((1,), {})))
+            return raw(P.CALL, [rid, self.backend, b""], header, *serialize.dumps(((1,), {})))
         if family == 7:  # unknown backends and pinned workers that never existed
-            return raw(P.CALL, rid, r.choice([self.junk(1, 20), b"", self.backend]), self.junk(0, 10), b"{}", b"")
+            return raw(P.CALL, [rid, r.choice([self.junk(1, 20), b"", self.backend]), self.junk(0, 10)], b"{}", b"")
         if family == 8:  # over the broker's size limit (but under the socket's hard limit)
-            return raw(P.CALL, rid, self.backend, b"", b"{}", bytes(MAX_MESSAGE + r.randint(1, 50_000)))
+            return raw(P.CALL, [rid, self.backend, b""], b"{}", bytes(MAX_MESSAGE + r.randint(1, 50_000)))
         if family == 9:  # a worker's messages from a stranger
-            return [P.VERSION, r.choice([P.READY, P.SLOT, P.REPLY, P.EVENT, P.ERROR, P.HEARTBEAT, P.BYE]),
-                    *[self.junk() for _ in range(r.randint(0, 4))]]
+            return raw(r.choice([P.READY, P.SLOT, P.REPLY, P.EVENT, P.ERROR, P.HEARTBEAT, P.BYE]),
+                       [self.junk() for _ in range(r.randint(0, 4))], *[self.junk() for _ in range(r.randint(0, 2))])
         if family == 10:  # queries and cancels of requests that do not exist
-            return raw(r.choice([P.QUERY, P.CANCEL]), rid)
+            return raw(r.choice([P.QUERY, P.CANCEL]), [rid])
         if family == 11:  # headers and queries nested deep enough to blow a parser's stack
             nested = r.choice([b"[", b'{"a":']) * r.randint(1_000, 100_000)
-            return r.choice([raw(P.CALL, rid, self.backend, b"", nested, b""), raw(P.LIST, rid, nested)])
+            return r.choice([raw(P.CALL, [rid, self.backend, b""], nested, b""), raw(P.LIST, [rid], nested)])
         if family == 12:  # squatting: a live worker's public id with a guessed secret, then its answers
             worker = r.choice(self.workers)
             return r.choice([P.slot(worker, self.junk(16, 32)), P.answer(P.REPLY, self.junk(5, 5), rid, b"{}"),
@@ -92,35 +95,47 @@ class Fuzzer:
         if family == 13:  # registering a live name with another API, or claiming every caller's attention
             return P.ready(self.backend.decode(), self.junk(8, 8), self.junk(16, 32),
                            {"api": {"members": {}}, "capacity": r.randint(0, 1000), "allow_clients": []})
-        frames = self.valid_call(rid)  # a valid call, mutated
+        frames = self.valid_call(rid)  # a valid call, mutated (its request id is left whole: it is unique)
+        keep = len(P.envelope(P.CALL, rid))
         for _ in range(r.randint(1, 3)):
             i = r.randrange(len(frames))
             kind = r.randrange(3)
-            if kind == 0 and i > 2:
+            if kind == 0 and len(frames[i]) > keep * (i == 0):
                 frame = bytearray(frames[i])
-                if frame:
-                    frame[r.randrange(len(frame))] ^= 1 << r.randrange(8)
+                frame[r.randrange(keep * (i == 0), len(frame))] ^= 1 << r.randrange(8)
                 frames[i] = bytes(frame)
-            elif kind == 1 and i > 2:
+            elif kind == 1 and i > 0:
                 del frames[i]
             else:
-                frames.insert(i, self.rid() + self.junk())  # unique: it may end up as the request id
+                frames.insert(max(i, 1), self.junk())
         return frames
 
 
-def raw(mtype: bytes, *frames: bytes) -> list[bytes]:
+def raw(mtype: bytes, head: list[bytes], *frames: bytes) -> list[bytes]:
     """A message built by hand, as a careless or hostile peer would: no constructor checks it."""
-    return [P.VERSION, mtype, *frames]
+    return P.message(mtype, head, *frames)
 
 
 def expects_answer(frames: list[bytes]) -> bytes | None:
-    """The request id the broker must answer, by the protocol's rule: client types with a request id,
-    except a well-formed CANCEL (which has no answer)."""
-    if len(frames) < 3 or frames[1] not in ANSWERED_TYPES:
+    """The request id the broker must answer, by the protocol's rule: client types whose request id can be
+    read (from version 4's envelope, or from frame 2 of versions 1-3), except a well-formed CANCEL."""
+    if len(frames) >= 3 and re.fullmatch(rb"de-magic/[1-3]", frames[0]):
+        return frames[2] if frames[1] in ANSWERED_TYPES else None
+    version, mtype, fields, cut = P.peek(frames[0])
+    if not (version.startswith(b"de-magic/") and mtype in ANSWERED_TYPES and fields):
         return None
-    if frames[1] == P.CANCEL and frames[0] == P.VERSION:
+    if mtype == P.CANCEL and version == P.VERSION and len(fields) == 1 and not cut and len(frames) == 1:
         return None
-    return frames[2]
+    return fields[0]
+
+
+def answer_of(frames: list[bytes]) -> tuple[bytes, bytes] | None:
+    """(type, request id) of a REPLY, ERROR or STATUS for a client, in version 4's layout or the old one."""
+    if len(frames) >= 3 and frames[0] == P.VERSION:  # answering an older version's request, in its layout
+        mtype, fields = frames[1], frames[2:3]
+    else:
+        _, mtype, fields, _ = P.peek(frames[0])
+    return (mtype, fields[0]) if mtype in (P.REPLY, P.ERROR, P.STATUS) and fields else None
 
 
 def bad_input_logged(log_text: str, who: str) -> int:
@@ -145,9 +160,9 @@ def collect(socks: list[zmq.Socket], answers: dict[bytes, list], until: float, w
             return
         for sock, _ in ready:
             while sock.poll(0):
-                frames = sock.recv_multipart()
-                if len(frames) >= 3 and frames[1] in (P.REPLY, P.ERROR, P.STATUS):  # not DISCONNECTs
-                    answers.setdefault(frames[2], []).append((sock, frames[1]))
+                answer = answer_of(sock.recv_multipart())
+                if answer is not None:  # not DISCONNECTs
+                    answers.setdefault(answer[1], []).append((sock, answer[0]))
 
 
 def test_broker_survives_a_fuzz_storm(processes, tmp_path):
@@ -180,7 +195,7 @@ def test_broker_survives_a_fuzz_storm(processes, tmp_path):
         huge = ctx.socket(zmq.DEALER)
         huge.linger = 0
         huge.connect(cluster.url)
-        huge.send_multipart(raw(P.CALL, b"huge", b"hello_world", b"", b"{}", bytes(MAX_MESSAGE + (2 << 20))))
+        huge.send_multipart(raw(P.CALL, [b"huge", b"hello_world", b""], b"{}", bytes(MAX_MESSAGE + (2 << 20))))
         huge.close()
         # still serving, and every bad message is in the log
         assert cluster.client.call("hello_world", "echo", ("after the storm",)) == "after the storm"
@@ -288,12 +303,12 @@ def test_backend_survives_a_fuzz_storm(tmp_path):
         deadline = time.monotonic() + 30
         while (control is None or len(slots) < 2) and time.monotonic() < deadline:
             if router.poll(200):
-                frames = router.recv_multipart()
-                if frames[2] == P.READY:
-                    control = frames[0]
+                address, first, *_ = router.recv_multipart()
+                if P.peek(first)[1] == P.READY:
+                    control = address
                     router.send_multipart(P.welcome(control, {"max_message_size": MAX_MESSAGE}))
-                elif frames[2] == P.SLOT:
-                    slots.add(frames[0])
+                elif P.peek(first)[1] == P.SLOT:
+                    slots.add(address)
         assert control is not None and len(slots) == 2, "backend did not register"
         peers = [control, *sorted(slots)]
         fuzzer = Fuzzer(seed=7, backend="hello_world")
@@ -302,14 +317,15 @@ def test_backend_survives_a_fuzz_storm(tmp_path):
         def drain(until: float, want: set) -> None:
             while time.monotonic() < until and not want <= answers.keys():
                 if router.poll(50):
-                    frames = router.recv_multipart()
-                    if len(frames) >= 5 and frames[2] in (P.REPLY, P.ERROR):
-                        answers.setdefault(frames[4], []).append(frames[2])
+                    _, mtype, fields, _ = P.peek(router.recv_multipart()[1])
+                    if mtype in (P.REPLY, P.ERROR) and len(fields) >= 2:
+                        answers.setdefault(fields[1], []).append(mtype)
 
         def to_worker(frames: list[bytes]) -> list[bytes]:
             """A fuzz message in the broker -> worker shape: CALL gains the client's address and key."""
-            if len(frames) > 2 and frames[0] == P.VERSION and frames[1] == P.CALL:
-                return [P.VERSION, P.CALL, b"client", frames[2], b"", *frames[5:]]
+            version, mtype, fields, _ = P.peek(frames[0])
+            if version == P.VERSION and mtype == P.CALL and fields:
+                return [P.envelope(P.CALL, b"client", fields[0], b""), *frames[1:]]
             return frames
 
         certainly_bad = 0
@@ -321,9 +337,10 @@ def test_backend_survives_a_fuzz_storm(tmp_path):
                 frames = to_worker(fuzzer.message())
                 peer = fuzzer.rng.choice(peers)
                 router.send_multipart([peer, *frames])
-                certainly_bad += len(frames) < 2 or frames[0] != P.VERSION or frames[1] not in P.AT_WORKER
-                if peer != control and len(frames) >= 5 and frames[:2] == [P.VERSION, P.CALL]:
-                    expected.add(frames[3])
+                version, mtype, fields, _ = P.peek(frames[0])
+                certainly_bad += version != P.VERSION or mtype not in P.AT_WORKER
+                if peer != control and version == P.VERSION and mtype == P.CALL and len(fields) >= 2:
+                    expected.add(fields[1])
                 if i % 50 == 0:
                     router.send_multipart(P.heartbeat_to(control))
                     drain(time.monotonic() + 0.005, set())
@@ -340,8 +357,8 @@ def test_backend_survives_a_fuzz_storm(tmp_path):
         # still serving a correct call on every slot
         for slot in slots:
             rid = fuzzer.rid()
-            router.send_multipart([slot, P.VERSION, P.CALL, b"client", rid, b"", P.dump_header({"member": "echo"}),
-                                   *serialize.dumps((("fine",), {}))])
+            router.send_multipart(P.work(slot, b"client", rid, None, [P.dump_header({"member": "echo"}),
+                                                                     *serialize.dumps((("fine",), {}))]))
             drain(time.monotonic() + 10, {rid})
             assert answers[rid] == [P.REPLY]
         rss_after = rss_kib(backend.pid)
@@ -370,10 +387,10 @@ def test_listing_queries_of_the_wrong_shape_are_answered(hello):
     try:
         for n, query in enumerate([b'{"known": [1]}', b'{"known": "x"}', b'{"name": ["x"]}']):
             rid = b"query%d" % n
-            sock.send_multipart(raw(P.LIST, rid, query))
+            sock.send_multipart(raw(P.LIST, [rid], query))
             assert sock.poll(5000), f"no answer to the LIST query {query!r}"
-            frames = sock.recv_multipart()
-            assert frames[1:3] == [P.ERROR, rid] and P.load_header(frames[3])["kind"] == "protocol", frames
+            error = P.parse(sock.recv_multipart(), P.AT_CLIENT)
+            assert type(error) is P.Error and error.rid == rid and error.header["kind"] == "protocol", error
     finally:
         sock.close()
 
@@ -465,11 +482,12 @@ class HostileBroker:
         if kind == 0:
             return [target, *fuzzer.message()]
         if kind == 1:
-            return [target, P.VERSION, P.CALL, fuzzer.junk(0, 8), fuzzer.rid(), fuzzer.junk(0, 44),
+            return [target, P.envelope(P.CALL, fuzzer.junk(0, 8), fuzzer.rid(), fuzzer.junk(0, 44)),
                     rng.choice([b"{}", b"[", b'{"op":"job.status","job":7}', b'{"member":"echo"}', fuzzer.junk()]),
                     *[fuzzer.junk(0, 100) for _ in range(rng.randint(0, 3))]]
         if kind == 2:
-            return [target, P.VERSION, rng.choice([P.WELCOME, P.CANCEL, P.DISCONNECT, P.HEARTBEAT]),
+            return [target, P.envelope(rng.choice([P.WELCOME, P.CANCEL, P.DISCONNECT, P.HEARTBEAT]),
+                                       *[fuzzer.junk(0, 12) for _ in range(rng.randint(0, 2))]),
                     *[rng.choice([fuzzer.junk(), b'{"callers":[1]}', b'{"max_message_size":-1}', b"[" * 5000])
                       for _ in range(rng.randint(0, 3))]]
         return [target, *fuzzer.junk(1, 30).split(b"\x00")]
@@ -522,3 +540,22 @@ def test_a_backend_survives_fuzz_on_its_control_and_slot_connections_plain_and_c
         figures = _storm_a_backend_from_its_broker(processes, tmp_path / ("curve" if curve else "plain"), curve)
         print(f"hostile broker ({'CURVE' if curve else 'plaintext'}): {figures}")
         assert figures["sent"] == 3000 and figures["lost"] == 0 and not figures["died"], figures
+
+
+def test_requests_of_other_protocol_versions_are_answered_in_a_layout_their_sender_reads(hello):
+    sock = _raw_peer(hello.url)
+    try:
+        # version 3's layout: the version alone in frame 0, each field a frame, the request id in frame 2
+        sock.send_multipart([b"de-magic/3", P.CALL, b"old-call", b"hello_world", b"", b"{}", b"p"])
+        assert sock.poll(5000), "a version-3 request got no answer"
+        version, mtype, rid, header = sock.recv_multipart()
+        assert (version, mtype, rid) == (P.VERSION, P.ERROR, b"old-call")
+        assert "peer speaks 'de-magic/3', this side speaks 'de-magic/4'" in P.load_header(header)["message"]
+        # a later version keeps version 4's envelope: its request id is read, and answered in version 4
+        sock.send_multipart([b"de-magic/5 CALL " + P.envelope(b"", b"new-call")[len(P.VERSION) + 2:], b"{}"])
+        assert sock.poll(5000), "a version-5 request got no answer"
+        error = P.parse(sock.recv_multipart(), P.AT_CLIENT)
+        assert error.rid == b"new-call" and "peer speaks 'de-magic/5'" in error.header["message"]
+    finally:
+        sock.close()
+    assert hello.client.call("hello_world", "echo", ("still here",)) == "still here"

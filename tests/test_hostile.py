@@ -62,7 +62,7 @@ def test_headers_nested_too_deep_are_answered_and_every_slot_survives(cluster):
     try:
         for i in range(5):  # more than the backend has slots
             sock.send_multipart(P.call(b"deep%d" % i, "hello_world", b"", b"[" * 100_000, []))
-        sock.send_multipart([P.VERSION, P.LIST, b"deep-list", b'{"a":' * 100_000])
+        sock.send_multipart(P.message(P.LIST, [b"deep-list"], b'{"a":' * 100_000))
         got = answers(sock, 6)
         assert sorted(m.rid for m in got) == [b"deep-list"] + [b"deep%d" % i for i in range(5)]
         assert all(isinstance(m, P.Error) and m.header["kind"] == "protocol" for m in got)

@@ -105,11 +105,11 @@ def test_a_remembered_name_stays_its_owners_and_is_listed_offline(tmp_path):
 
     info = {"api": {"f": {"doc": "f"}}}
     out = router.handle(b"W", P.ready("model", b"W1", b"s" * 16, info), 0.0)
-    assert out[0][2] == P.REJECT and b"belongs at tcp://broker to another key" in out[0][-1]
+    assert P.peek(out[0][1])[1] == P.REJECT and b"belongs at tcp://broker to another key" in out[0][-1]
 
     caller["key"] = "alice-key"
     out = router.handle(b"W", P.ready("model", b"W1", b"s" * 16, info), 0.0)
-    assert out[0][2] == P.WELCOME
+    assert P.peek(out[0][1])[1] == P.WELCOME
     assert StateStore(tmp_path / "state").backends()["model"].owner == "alice-key"
 
     out = router.handle(b"W", P.bye(), 1.0)

@@ -2,6 +2,8 @@
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from de_magic.wire import protocol as P
 from de_magic.wire import serialize
@@ -27,17 +29,26 @@ def test_every_message_parses_back_to_what_its_constructor_built():
     assert P.parse(P.reject(b"a", "no")[1:], P.AT_WORKER) == P.Reject("no")
 
 
+E = P.envelope
+
+
 @pytest.mark.parametrize("frames, needle", [
-    ([], "at least 2"),
+    ([], "at least 1"),
     ([b"de-magic/0", P.CALL], "version mismatch"),
     ([b"\xff\xfe", P.CALL], "version mismatch"),
-    ([P.VERSION, b"NOPE"], "unknown message type"),
-    ([P.VERSION, P.CALL, b"rid"], "needs at least 4 frames"),
-    ([P.VERSION, P.CANCEL, b"rid", b"extra"], "needs 1 frames"),
-    ([P.VERSION, P.CALL, b"rid", b"\xff", b"", b"{}"], "not UTF-8"),
-    ([P.VERSION, P.CALL, b"rid", b"", b"", b"{}"], "backend name"),
-    ([P.VERSION, P.LIST, b"rid", b"[" * 100_000], "not JSON"),  # nesting that would blow the stack
-    ([P.VERSION, P.READY, b"x", b"w", b"s", b"{bad"], "not JSON"),
+    ([b"de-magic/5 CALL \x00\x01r"], "peer speaks 'de-magic/5'"),
+    ([P.VERSION, P.CALL, b"rid"], "holds only the version"),  # version 4's name in the old layout
+    ([E(b"NOPE")], "unknown message type"),
+    ([E(P.CALL, b"rid")], "needs 3 envelope fields, got 1"),
+    ([E(P.CALL, b"rid", b"svc", b"")], "needs at least 1 frames after the envelope, got 0"),
+    ([E(P.CANCEL, b"rid"), b"extra"], "needs 0 frames"),
+    ([E(P.CANCEL, b"rid", b"more")], "needs 1 envelope fields, got 2"),
+    ([E(P.CANCEL) + b"\x00\x09short"], "field 1 is cut off"),
+    ([E(P.CANCEL) + b"\x00"], "field 1 is cut off"),
+    ([E(P.CALL, b"rid", b"\xff", b""), b"{}"], "not UTF-8"),
+    ([E(P.CALL, b"rid", b"", b""), b"{}"], "backend name"),
+    ([E(P.LIST, b"rid"), b"[" * 100_000], "not JSON"),  # nesting that would blow the stack
+    ([E(P.READY, b"x", b"w", b"s"), b"{bad"], "not JSON"),
 ])
 def test_parse_rejects_with_a_clear_message(frames, needle):
     with pytest.raises(P.ProtocolError, match=needle):
@@ -46,12 +57,43 @@ def test_parse_rejects_with_a_clear_message(frames, needle):
 
 def test_a_malformed_request_names_the_request_to_answer():
     with pytest.raises(P.ProtocolError) as caught:
-        P.parse([P.VERSION, P.LIST, b"rid-1", b"{"], P.AT_BROKER)
+        P.parse([E(P.LIST, b"rid-1"), b"{"], P.AT_BROKER)
     assert caught.value.rid == b"rid-1"
     # a call to a worker whose header nests too deep: the worker can still answer its caller
     with pytest.raises(P.ProtocolError) as caught:
-        P.parse([P.VERSION, P.CALL, b"client", b"rid-2", b"[" * 100_000], P.AT_WORKER)
+        P.parse([E(P.CALL, b"client", b"rid-2", b""), b"[" * 100_000], P.AT_WORKER)
     assert (caught.value.client, caught.value.rid) == (b"client", b"rid-2")
+
+
+def test_peers_of_other_versions_get_an_answer_they_can_read():
+    # versions 1-3 put the version alone in frame 0 and each field in a frame: answered in that layout,
+    # which their parser reads as a version mismatch for that request (what version 3 did for version 2)
+    with pytest.raises(P.ProtocolError) as caught:
+        P.parse([b"de-magic/3", P.CALL, b"rid-3", b"svc", b"", b"{}", b"p"], P.AT_BROKER)
+    assert caught.value.rid == b"rid-3" and caught.value.legacy
+    answer = P.protocol_error_to(b"addr", caught.value)
+    assert answer[:4] == [b"addr", P.VERSION, P.ERROR, b"rid-3"]
+    assert "'de-magic/3', this side speaks 'de-magic/4'" in P.load_header(answer[4])["message"]
+    # from version 4 on the envelope's layout stays, so a later version's request id is found
+    with pytest.raises(P.ProtocolError) as caught:
+        P.parse([b"de-magic/5 CANCEL \x00\x05rid-5"], P.AT_BROKER)
+    assert caught.value.rid == b"rid-5" and not caught.value.legacy
+    assert P.parse(P.protocol_error_to(b"a", caught.value)[1:], P.AT_CLIENT).rid == b"rid-5"
+
+
+@given(st.lists(st.binary(max_size=300), max_size=6), st.sampled_from([P.CALL, P.QUERY, P.SLOT, P.READY]))
+def test_any_envelope_fields_travel_as_they_were(fields, mtype):
+    assert P.peek(P.envelope(mtype, *fields)) == (P.VERSION, mtype, fields, None)
+
+
+@given(st.binary(max_size=64), st.lists(st.binary(max_size=16), max_size=3))
+def test_any_first_frame_is_a_message_or_a_protocol_error(first, more):
+    for rules in (P.AT_BROKER, P.AT_CLIENT, P.AT_WORKER):
+        for head in (first, P.VERSION + b" " + first, P.envelope(P.CALL) + first, P.envelope(P.QUERY) + first):
+            try:
+                P.parse([head, *more], rules)
+            except P.ProtocolError:
+                pass
 
 
 def test_load_header_rejects_garbage():

@@ -324,7 +324,7 @@ def test_one_query_asks_after_many_requests():
 
 def test_a_deeply_nested_list_query_is_answered():
     net = Net()
-    net.send(b"cli", [P.VERSION, P.LIST, b"r", b"[" * 100_000])
+    net.send(b"cli", P.message(P.LIST, [b"r"], b"[" * 100_000))
     (error,) = net.take(b"cli")
     assert error.rid == b"r" and error.header["kind"] == "protocol"
 
@@ -370,9 +370,9 @@ def test_many_cancelled_calls_do_not_pile_up_in_the_queue():
 
 
 @pytest.mark.parametrize("frames", [
-    [P.VERSION, P.READY, b"svc", b"W", b"short", b"{}"],  # a secret too short to protect anything
-    [P.VERSION, P.READY, b"svc", b"", b"s" * 16, b"{}"],
-    [P.VERSION, P.READY, b"svc", b"W", b"s" * 16, b'{"capacity": -4}'],
+    P.message(P.READY, [b"svc", b"W", b"short"], b"{}"),  # a secret too short to protect anything
+    P.message(P.READY, [b"svc", b"", b"s" * 16], b"{}"),
+    P.message(P.READY, [b"svc", b"W", b"s" * 16], b'{"capacity": -4}'),
 ])
 def test_malformed_registrations_change_nothing(frames):
     net = Net()
@@ -473,13 +473,15 @@ class RouterMachine(RuleBasedStateMachine):
             self.net.advance(0.5)
         self._deliver()
 
-    @rule(junk=st.lists(st.binary(max_size=20), max_size=6), squat=st.booleans())
-    def garbage(self, junk, squat):
+    @rule(junk=st.lists(st.binary(max_size=20), max_size=6), squat=st.booleans(),
+          mtype=st.sampled_from(sorted(P.AT_BROKER)))
+    def garbage(self, junk, squat, mtype):
         if squat and self.workers:  # a known worker id, a guessed secret
             worker = next(iter(self.workers.values()))
             self.net.send(b"squat", P.slot(worker["id"], b"x" * 16))
             self.net.send(b"squat", P.answer(P.REPLY, b"cli", next(iter(self.calls), b"r"), b"{}"))
-        self.net.send(b"junk", [P.VERSION, *junk])
+        self.net.send(b"junk", [P.VERSION + b" " + b" ".join(junk[:2]), *junk[2:]])  # junk type and fields
+        self.net.send(b"junk", [P.envelope(mtype, *junk[:3]), *junk[3:]])  # a known type, junk fields
         if junk:  # a ROUTER hands over at least one frame after the address
             self.net.send(b"junk", junk)
         self._deliver()

@@ -79,7 +79,7 @@ class RawClient(threading.Thread):
                 value = serialize.loads(msg.payload) if isinstance(msg, P.Reply) else msg.header.get("kind")
                 if msg.rid not in self.answers:
                     pending -= 1
-                self.answers.setdefault(msg.rid, []).append((frames[1], value))
+                self.answers.setdefault(msg.rid, []).append((P.REPLY if isinstance(msg, P.Reply) else P.ERROR, value))
         finally:
             sock.close()
 

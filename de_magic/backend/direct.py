@@ -204,7 +204,7 @@ class DirectEndpoint:
         except P.ProtocolError as exc:
             self.backend.bad.report("bad direct message from %s: %s", caller.hex(), exc)
             if exc.rid is not None:
-                self._to_caller(P.error_to(caller, exc.rid, "protocol", str(exc)))
+                self._to_caller(P.protocol_error_to(caller, exc))
         self._dispatch()
 
     def _dispatch(self) -> None:

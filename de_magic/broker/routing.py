@@ -285,7 +285,7 @@ class Router:
         except P.ProtocolError as exc:
             self.bad.report("bad message from %s: %s", sender.hex(), exc)
             if exc.rid is not None:
-                out.append(P.error_to(sender, exc.rid, ProtocolMismatch.kind, str(exc)))
+                out.append(P.protocol_error_to(sender, exc))
         except Exception as exc:  # noqa: BLE001 - no message may stop the broker: it is bad input, and we live on
             self.bad.failed(f"a message from {sender.hex()}", exc)
         return out
@@ -814,7 +814,7 @@ class Router:
         if worker is None:
             return None  # e.g. this broker restarted: the worker's control connection registers again first
         if not compare_digest(worker.secret, msg.secret) or worker.key != self.key_of(frames[0]):
-            self.bad.report("%s for worker %s from %s without its secret", bytes(frames[1]).decode(),
+            self.bad.report("%s for worker %s from %s without its secret", "SLOT" if isinstance(msg, P.Slot) else "BUSY",
                             msg.worker.hex(), address.hex())
             return None
         return worker
@@ -860,7 +860,7 @@ class Router:
         """The slots a SLOT or BUSY names, if it came from their worker's control connection."""
         if address != worker.address or len(msg.slots) > worker.capacity:
             raise P.ProtocolError("SLOT or BUSY naming slots must come from their worker's control connection")
-        return [s for s in map(P.frame_bytes, msg.slots) if self.slots.get(s) is worker]
+        return [s for s in msg.slots if self.slots.get(s) is worker]
 
     def _peer(self, address: bytes) -> Worker | None:
         worker = self.workers.get(address) or self.slots.get(address)

@@ -19,9 +19,12 @@ Constructors of messages the broker sends take the routing address first.
 from __future__ import annotations
 
 import json
+import re
 from typing import Callable, NamedTuple, Sequence
 
-VERSION = b"de-magic/3"
+from .errors import ProtocolMismatch
+
+VERSION = b"de-magic/4"
 
 # client -> broker
 CALL = b"CALL"
@@ -70,6 +73,8 @@ class ProtocolError(ValueError):
     message got far enough to tell: the receiver answers that request with an ERROR.
     """
 
+    legacy = False  #: the message came in the layout of versions 1-3 (answer it in that layout)
+
     def __init__(self, message: str, rid: bytes | None = None, client: bytes | None = None):
         super().__init__(message)
         self.rid, self.client = rid, client
@@ -79,15 +84,12 @@ def _bytes(frame) -> bytes:
     return frame if isinstance(frame, bytes) else frame.bytes
 
 
-frame_bytes = _bytes  #: a frame's bytes, for fields of a message's variable tail
-
-
 def _text(frame) -> str:
     raw = _bytes(frame)
     try:
         return raw.decode()
     except UnicodeDecodeError:
-        raise ProtocolError("a text frame is not UTF-8") from None
+        raise ProtocolError("a text field is not UTF-8") from None
 
 
 def _name(frame) -> str:
@@ -162,7 +164,7 @@ class Query(NamedTuple):  # client -> broker
 
     def ids(self) -> list[bytes]:
         """Every request id asked after."""
-        return [self.rid, *map(_bytes, self.more)]
+        return [self.rid, *self.more]
 
 
 class Ready(NamedTuple):  # worker control -> broker
@@ -227,8 +229,8 @@ class Status(NamedTuple):  # broker -> client
 
     def pairs(self) -> list[tuple[bytes, bytes]]:
         """Every (request id, state) answered."""
-        frames = [self.rid, self.state, *map(_bytes, self.more)]
-        return list(zip(frames[::2], frames[1::2]))
+        states = [self.rid, self.state, *self.more]
+        return list(zip(states[::2], states[1::2]))
 
 
 class Welcome(NamedTuple):  # broker -> worker control
@@ -256,53 +258,115 @@ class Interrupt(NamedTuple):  # broker -> worker control: a CANCEL
     rid: bytes
 
 
-_REST = object()  # converter marker: all remaining frames
+_REST = object()  # converter marker: all remaining fields (of the envelope, or frames)
 
 
 class Rule(NamedTuple):
     make: Callable
-    fields: tuple  # converters, _REST last if the message has a variable tail
-    min_rest: int = 0
-    rid_at: int | None = None  # where the request id is, to answer a malformed message
-    client_at: int | None = None  # where the client's address is, in messages to workers
+    head: tuple  # converters of the envelope's fields (None: the bytes as they are)
+    frames: tuple  # converters of the frames after the envelope
+    head_rest: bool  # the envelope's further fields are a list at the end
+    rest: bool  # the further frames (at least min_rest) are a list at the end
+    min_rest: int
+    rid_at: int | None  # the envelope field that holds the request id, to answer a malformed message
+    client_at: int | None  # the envelope field that holds the client's address, in messages to workers
+
+
+def _rule(make: Callable, head: tuple = (), frames: tuple = (), min_rest: int = 0, *,
+          rid_at: int | None = None, client_at: int | None = None) -> Rule:
+    """A parse rule; :data:`_REST` last in ``head`` or ``frames`` takes what remains of them, as a list."""
+    head_rest, rest = head[-1:] == (_REST,), frames[-1:] == (_REST,)
+    return Rule(make, head[:len(head) - head_rest], frames[:len(frames) - rest], head_rest, rest, min_rest,
+                rid_at, client_at)
 
 
 def _rules(**spec) -> dict[bytes, Rule]:
     return {name.encode(): rule for name, rule in spec.items()}
 
 
+def _usage(frame) -> dict:
+    return check_usage(load_header(frame, MAX_USAGE))
+
+
 #: What the broker accepts, from clients and workers alike on one socket: the type tells them apart.
 AT_BROKER = _rules(
-    CALL=Rule(Call, (_bytes, _name, _bytes, _REST), 1, rid_at=0),
-    CANCEL=Rule(Cancel, (_bytes,), rid_at=0),
-    LIST=Rule(List, (_bytes, load_header), rid_at=0),
-    QUERY=Rule(Query, (_bytes, _REST), rid_at=0),
-    READY=Rule(Ready, (_name, _bytes, _bytes, load_header)),
-    USAGE=Rule(Usage, (lambda frame: check_usage(load_header(frame, MAX_USAGE)),)),
-    SLOT=Rule(Slot, (_bytes, _bytes, _REST)),
-    BUSY=Rule(SlotBusy, (_bytes, _bytes, _REST)),
-    HEARTBEAT=Rule(Heartbeat, ()),
-    BYE=Rule(Bye, ()),
-    REPLY=Rule(lambda *f: Answer(REPLY, *f), (_bytes, _bytes, _REST), 1),
-    EVENT=Rule(lambda *f: Answer(EVENT, *f), (_bytes, _bytes, _REST), 1),
-    ERROR=Rule(lambda *f: Answer(ERROR, *f), (_bytes, _bytes, _REST), 1),
+    CALL=_rule(Call, (None, _name, None), (_REST,), 1, rid_at=0),
+    CANCEL=_rule(Cancel, (None,), rid_at=0),
+    LIST=_rule(List, (None,), (load_header,), rid_at=0),
+    QUERY=_rule(Query, (None, _REST), rid_at=0),
+    READY=_rule(Ready, (_name, None, None), (load_header,)),
+    USAGE=_rule(Usage, (), (_usage,)),
+    SLOT=_rule(Slot, (None, None, _REST)),
+    BUSY=_rule(SlotBusy, (None, None, _REST)),
+    HEARTBEAT=_rule(Heartbeat),
+    BYE=_rule(Bye),
+    REPLY=_rule(lambda *f: Answer(REPLY, *f), (None, None), (_REST,), 1),
+    EVENT=_rule(lambda *f: Answer(EVENT, *f), (None, None), (_REST,), 1),
+    ERROR=_rule(lambda *f: Answer(ERROR, *f), (None, None), (_REST,), 1),
 )
 #: What a client accepts from the broker.
 AT_CLIENT = _rules(
-    REPLY=Rule(Reply, (_bytes, load_header, _REST), rid_at=0),
-    EVENT=Rule(Event, (_bytes, load_header, _REST), rid_at=0),
-    ERROR=Rule(Error, (_bytes, load_header), rid_at=0),
-    STATUS=Rule(Status, (_bytes, _bytes, _REST), rid_at=0),
+    REPLY=_rule(Reply, (None,), (load_header, _REST), rid_at=0),
+    EVENT=_rule(Event, (None,), (load_header, _REST), rid_at=0),
+    ERROR=_rule(Error, (None,), (load_header,), rid_at=0),
+    STATUS=_rule(Status, (None, None, _REST), rid_at=0),
 )
 #: What a worker accepts from the broker, on its control connection and its slots.
 AT_WORKER = _rules(
-    WELCOME=Rule(Welcome, (load_header,)),
-    REJECT=Rule(Reject, (_text,)),
-    DISCONNECT=Rule(Disconnect, (_text,)),
-    HEARTBEAT=Rule(Heartbeat, ()),
-    CALL=Rule(Work, (_bytes, _bytes, _text, load_header, _REST), rid_at=1, client_at=0),
-    CANCEL=Rule(Interrupt, (_bytes, _bytes)),
+    WELCOME=_rule(Welcome, (), (load_header,)),
+    REJECT=_rule(Reject, (), (_text,)),
+    DISCONNECT=_rule(Disconnect, (), (_text,)),
+    HEARTBEAT=_rule(Heartbeat),
+    CALL=_rule(Work, (None, None, _text), (load_header, _REST), rid_at=1, client_at=0),
+    CANCEL=_rule(Interrupt, (None, None)),
 )
+
+# -- the envelope ---------------------------------------------------------------------------------
+# Frame 0 of every message: the version, a space, the type, a space, then the type's short fields,
+# each as a 2-byte big-endian length and its bytes (docs/protocol.md). One frame for what took up to
+# six, because every frame costs a few microseconds on each side of every hop.
+
+_PREFIX = VERSION + b" "
+_LEGACY = re.compile(rb"de-magic/[1-3]")  # versions 1 to 3: the version alone in frame 0, the type in frame 1
+_MAX_FIELD = 0xFFFF
+
+
+def envelope(mtype: bytes, *fields: bytes) -> bytes:
+    """Frame 0 of a message of type ``mtype`` with these envelope fields."""
+    parts = [_PREFIX, mtype, b" "]
+    for field in fields:
+        if len(field) > _MAX_FIELD:
+            raise ValueError(f"an envelope field is {len(field)} bytes; at most {_MAX_FIELD} fit")
+        parts += (len(field).to_bytes(2, "big"), field)
+    return b"".join(parts)
+
+
+def message(mtype: bytes, head: Sequence[bytes] = (), *frames) -> list:
+    """A whole message: the envelope of ``mtype`` with the fields ``head``, then ``frames``."""
+    return [envelope(mtype, *head), *frames]
+
+
+def _fields(data: bytes) -> tuple[list[bytes], str | None]:
+    """The length-prefixed fields of an envelope, as many as are whole, and what is wrong with the rest (if anything)."""
+    fields, at, size = [], 0, len(data)
+    while at < size:
+        end = at + 2 + (data[at] << 8 | data[at + 1] if at + 1 < size else size)
+        if end > size:
+            return fields, f"envelope field {len(fields) + 1} is cut off"
+        fields.append(data[at + 2:end])
+        at = end
+    return fields, None
+
+
+def peek(first: bytes) -> tuple[bytes, bytes, list[bytes], str | None]:
+    """Frame 0 read as an envelope of any version from 4 on: version, type, the whole fields, what is wrong."""
+    version, _, rest = first.partition(b" ")
+    mtype, _, data = rest.partition(b" ")
+    return (version, mtype, *_fields(data))
+
+
+def _field_at(fields: list, index: int | None) -> bytes | None:
+    return fields[index] if index is not None and index < len(fields) else None
 
 
 def parse(frames: Sequence, rules: dict[bytes, Rule]):
@@ -311,129 +375,161 @@ def parse(frames: Sequence, rules: dict[bytes, Rule]):
     Frames may be ``bytes`` or :class:`zmq.Frame`; payload frames keep their
     original objects, so they can be forwarded without copies.
     """
-    if len(frames) < 2:
-        raise ProtocolError(f"message has {len(frames)} frame(s); at least 2 (version, type) are needed")
-    version, mtype = _bytes(frames[0]), _bytes(frames[1])
+    if not frames:
+        raise ProtocolError("message has no frames; at least 1 (the envelope) is needed")
+    first = _bytes(frames[0])
+    if not first.startswith(_PREFIX):
+        raise _mismatch(first, frames, rules)
+    _, mtype, fields, cut = peek(first)
     rule = rules.get(mtype)
-    if version != VERSION:  # answered where the layouts agree on the request id: that is the version frame's point
-        shown = version[:40].decode("ascii", "replace")
-        raise ProtocolError(
-            f"protocol version mismatch: peer speaks {shown!r}, this side speaks {VERSION.decode()!r}",
-            _frame_at(frames, rule.rid_at) if rule else None, _frame_at(frames, rule.client_at) if rule else None)
     if rule is None:
         shown = mtype[:40].decode("ascii", "replace")
         raise ProtocolError(f"unknown message type {shown!r}; expected one of {sorted(t.decode() for t in rules)}")
-    fields = rule.fields
-    rest = bool(fields) and fields[-1] is _REST
-    fixed = len(fields) - rest
-    if len(frames) - 2 < fixed + rule.min_rest or (not rest and len(frames) - 2 > fixed):
-        need = f"at least {fixed + rule.min_rest}" if rest else str(fixed)
-        raise ProtocolError(f"{mtype.decode()} message needs {need} frames after the type, got {len(frames) - 2}",
-                            _frame_at(frames, rule.rid_at), _frame_at(frames, rule.client_at))
+    head, tail = rule.head, rule.frames
     try:
-        values = [convert(frame) for convert, frame in zip(fields[:fixed], frames[2:2 + fixed])]
+        if cut:
+            raise ProtocolError(cut)
+        if len(fields) != len(head) and not (rule.head_rest and len(fields) > len(head)):
+            raise ProtocolError(f"needs {'at least ' if rule.head_rest else ''}{len(head)} envelope fields, "
+                                f"got {len(fields)}")
+        more = len(frames) - 1 - len(tail)
+        if more < rule.min_rest or (more and not rule.rest):
+            need = f"at least {len(tail) + rule.min_rest}" if rule.rest else str(len(tail))
+            raise ProtocolError(f"needs {need} frames after the envelope, got {len(frames) - 1}")
+        values = [field if convert is None else convert(field) for convert, field in zip(head, fields)]
+        if rule.head_rest:
+            values.append(fields[len(head):])
+        values += [convert(frame) for convert, frame in zip(tail, frames[1:])]
     except ProtocolError as exc:
-        raise ProtocolError(f"{mtype.decode()}: {exc}", _frame_at(frames, rule.rid_at),
-                            _frame_at(frames, rule.client_at)) from None
-    if rest:
-        values.append(list(frames[2 + fixed:]))
+        raise ProtocolError(f"{mtype.decode()} message: {exc}", _field_at(fields, rule.rid_at),
+                            _field_at(fields, rule.client_at)) from None
+    if rule.rest:
+        values.append(list(frames[1 + len(tail):]))
     return rule.make(*values)
 
 
-def _frame_at(frames: Sequence, index: int | None) -> bytes | None:
-    """Field ``index`` of a malformed message, where it has one (the request it belongs to, to answer it)."""
-    return _bytes(frames[2 + index]) if index is not None and len(frames) > 2 + index else None
+def _mismatch(first: bytes, frames: Sequence, rules: dict[bytes, Rule]) -> ProtocolError:
+    """A message of another protocol version: its request id, where its layout tells, so that it can be answered."""
+    if first == VERSION:
+        return ProtocolError(f"frame 0 holds only the version; in {VERSION.decode()} it holds the type and the "
+                             "envelope's fields too")
+    version = first.partition(b" ")[0]
+    shown = version[:40].decode("ascii", "replace")
+    error = ProtocolError(f"protocol version mismatch: peer speaks {shown!r}, this side speaks {VERSION.decode()!r}")
+    if _LEGACY.fullmatch(first) and len(frames) > 1:  # versions 1-3 put each field in a frame of its own
+        rule = rules.get(_bytes(frames[1]))
+        if rule is not None:
+            fields = [_bytes(frame) for frame in frames[2:2 + len(rule.head)]]
+            error.rid, error.client = _field_at(fields, rule.rid_at), _field_at(fields, rule.client_at)
+            error.legacy = True
+    elif first.startswith(b"de-magic/"):  # version 4 on: the envelope's layout stays, whatever it holds
+        _, mtype, fields, _ = peek(first)
+        rule = rules.get(mtype)
+        if rule is not None:
+            error.rid, error.client = _field_at(fields, rule.rid_at), _field_at(fields, rule.client_at)
+    return error
 
 
 # -- constructors: client -> broker -------------------------------------------------------
 
 def call(rid: bytes, backend: str, worker: bytes, header: bytes, payload: Sequence) -> list:
-    return [VERSION, CALL, rid, backend.encode(), worker, header, *payload]
+    return [envelope(CALL, rid, backend.encode(), worker), header, *payload]
 
 
 def cancel(rid: bytes) -> list:
-    return [VERSION, CANCEL, rid]
+    return [envelope(CANCEL, rid)]
 
 
 def list_query(rid: bytes, query: dict) -> list:
-    return [VERSION, LIST, rid, dump_header(query)]
+    return [envelope(LIST, rid), dump_header(query)]
 
 
 def query(rid: bytes, *more: bytes) -> list:
-    return [VERSION, QUERY, rid, *more]
+    return [envelope(QUERY, rid, *more)]
 
 
 # -- constructors: worker -> broker -------------------------------------------------------
 
 def ready(name: str, worker: bytes, secret: bytes, info: dict) -> list:
-    return [VERSION, READY, name.encode(), worker, secret, dump_header(info)]
+    return [envelope(READY, name.encode(), worker, secret), dump_header(info)]
 
 
 def usage(info: dict) -> list:
-    return [VERSION, USAGE, dump_header(info)]
+    return [envelope(USAGE), dump_header(info)]
 
 
 def slot(worker: bytes, secret: bytes, *slots: bytes) -> list:
     """SLOT from a slot's own connection; with ``slots``, from the control connection for those slots."""
-    return [VERSION, SLOT, worker, secret, *slots]
+    return [envelope(SLOT, worker, secret, *slots)]
 
 
 def slot_busy(worker: bytes, secret: bytes, *slots: bytes) -> list:
-    return [VERSION, BUSY, worker, secret, *slots]
+    return [envelope(BUSY, worker, secret, *slots)]
+
+
+_HEARTBEAT = envelope(HEARTBEAT)
 
 
 def heartbeat() -> list:
-    return [VERSION, HEARTBEAT]
+    return [_HEARTBEAT]
 
 
 def bye() -> list:
-    return [VERSION, BYE]
+    return [envelope(BYE)]
 
 
 def answer(mtype: bytes, client: bytes, rid: bytes, header: bytes, payload: Sequence = ()) -> list:
     """A worker's REPLY, EVENT or ERROR for the request ``rid`` of ``client``."""
-    return [VERSION, mtype, client, rid, header, *payload]
+    return [envelope(mtype, client, rid), header, *payload]
 
 
 # -- constructors: broker -> peers (routing address first) --------------------------------
 
 def to_client(address: bytes, mtype: bytes, rid: bytes, body: Sequence) -> list:
     """REPLY, EVENT or ERROR for a client: ``body`` is the header frame and any payload frames."""
-    return [address, VERSION, mtype, rid, *body]
+    return [address, envelope(mtype, rid), *body]
 
 
 def error_to(address: bytes, rid: bytes, kind: str, message: str, **extra) -> list:
-    return [address, VERSION, ERROR, rid, error_header(kind, message, **extra)]
+    return [address, envelope(ERROR, rid), error_header(kind, message, **extra)]
+
+
+def protocol_error_to(address: bytes, error: ProtocolError) -> list:
+    """The ERROR that answers a malformed request, in a layout its sender reads (that of versions 1-3 for them)."""
+    header = error_header(ProtocolMismatch.kind, str(error))
+    if error.legacy:  # their parser takes the version from frame 0 and the request id from frame 2
+        return [address, VERSION, ERROR, error.rid, header]
+    return [address, envelope(ERROR, error.rid), header]
 
 
 def status(address: bytes, states: list) -> list:
     """STATUS: ``states`` alternates request ids and their states, as QUERY named them."""
-    return [address, VERSION, STATUS, *states]
+    return [address, envelope(STATUS, *states)]
 
 
 def welcome(address: bytes, info: dict) -> list:
-    return [address, VERSION, WELCOME, dump_header(info)]
+    return [address, envelope(WELCOME), dump_header(info)]
 
 
 def reject(address: bytes, reason: str) -> list:
-    return [address, VERSION, REJECT, reason.encode()]
+    return [address, envelope(REJECT), reason.encode()]
 
 
 def disconnect(address: bytes, reason: str) -> list:
-    return [address, VERSION, DISCONNECT, reason.encode()]
+    return [address, envelope(DISCONNECT), reason.encode()]
 
 
 def heartbeat_to(address: bytes) -> list:
-    return [address, VERSION, HEARTBEAT]
+    return [address, _HEARTBEAT]
 
 
 def work(slot_address: bytes, client: bytes, rid: bytes, caller: str | None, body: Sequence) -> list:
     """A CALL for a worker's slot; ``caller`` is the key the broker authenticated (None: no CURVE)."""
-    return [slot_address, VERSION, CALL, client, rid, (caller or "").encode(), *body]
+    return [slot_address, envelope(CALL, client, rid, (caller or "").encode()), *body]
 
 
 def interrupt(address: bytes, client: bytes, rid: bytes) -> list:
-    return [address, VERSION, CANCEL, client, rid]
+    return [address, envelope(CANCEL, client, rid)]
 
 
 # -- the READY info frame -------------------------------------------------------------------
