@@ -74,6 +74,13 @@ def test_peers_of_other_versions_get_an_answer_they_can_read():
     answer = P.protocol_error_to(b"addr", caught.value)
     assert answer[:4] == [b"addr", P.VERSION, P.ERROR, b"rid-3"]
     assert "'de-magic/3', this side speaks 'de-magic/4'" in P.load_header(answer[4])["message"]
+    # an older worker's READY: a REJECT it reads as a version mismatch, so that its log says why
+    with pytest.raises(P.ProtocolError) as caught:
+        P.parse([b"de-magic/3", P.READY, b"svc", b"w" * 8, b"s" * 32, b"{}"], P.AT_BROKER)
+    assert caught.value.rid is None and P.protocol_error_to(b"addr", caught.value)[:3] == [b"addr", P.VERSION, P.REJECT]
+    with pytest.raises(P.ProtocolError) as caught:  # its heartbeats are not answered
+        P.parse([b"de-magic/3", P.HEARTBEAT], P.AT_BROKER)
+    assert P.protocol_error_to(b"addr", caught.value) is None
     # from version 4 on the envelope's layout stays, so a later version's request id is found
     with pytest.raises(P.ProtocolError) as caught:
         P.parse([b"de-magic/5 CANCEL \x00\x05rid-5"], P.AT_BROKER)

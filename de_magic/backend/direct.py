@@ -203,7 +203,7 @@ class DirectEndpoint:
                 self._to_caller(answer)
         except P.ProtocolError as exc:
             self.backend.bad.report("bad direct message from %s: %s", caller.hex(), exc)
-            if exc.rid is not None:
+            if exc.rid is not None:  # (a worker's message here, READY included, gets no answer)
                 self._to_caller(P.protocol_error_to(caller, exc))
         self._dispatch()
 

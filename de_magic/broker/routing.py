@@ -284,8 +284,9 @@ class Router:
             self._handlers[type(msg)](sender, msg, frames)
         except P.ProtocolError as exc:
             self.bad.report("bad message from %s: %s", sender.hex(), exc)
-            if exc.rid is not None:
-                out.append(P.protocol_error_to(sender, exc))
+            answer = P.protocol_error_to(sender, exc)
+            if answer is not None:
+                out.append(answer)
         except Exception as exc:  # noqa: BLE001 - no message may stop the broker: it is bad input, and we live on
             self.bad.failed(f"a message from {sender.hex()}", exc)
         return out

@@ -73,7 +73,7 @@ class ProtocolError(ValueError):
     message got far enough to tell: the receiver answers that request with an ERROR.
     """
 
-    legacy = False  #: the message came in the layout of versions 1-3 (answer it in that layout)
+    legacy: bytes = b""  #: the type of a message in the layout of versions 1-3 (answered in that layout)
 
     def __init__(self, message: str, rid: bytes | None = None, client: bytes | None = None):
         super().__init__(message)
@@ -421,7 +421,7 @@ def _mismatch(first: bytes, frames: Sequence, rules: dict[bytes, Rule]) -> Proto
         if rule is not None:
             fields = [_bytes(frame) for frame in frames[2:2 + len(rule.head)]]
             error.rid, error.client = _field_at(fields, rule.rid_at), _field_at(fields, rule.client_at)
-            error.legacy = True
+            error.legacy = _bytes(frames[1])
     elif first.startswith(b"de-magic/"):  # version 4 on: the envelope's layout stays, whatever it holds
         _, mtype, fields, _ = peek(first)
         rule = rules.get(mtype)
@@ -494,9 +494,15 @@ def error_to(address: bytes, rid: bytes, kind: str, message: str, **extra) -> li
     return [address, envelope(ERROR, rid), error_header(kind, message, **extra)]
 
 
-def protocol_error_to(address: bytes, error: ProtocolError) -> list:
-    """The ERROR that answers a malformed request, in a layout its sender reads (that of versions 1-3 for them)."""
+def protocol_error_to(address: bytes, error: ProtocolError) -> list | None:
+    """What answers a malformed message, in a layout its sender reads (that of versions 1-3 for them), if anything.
+
+    A request with a readable id gets an ERROR; an older worker's READY a REJECT, which its parser reads
+    as a version mismatch, so that its log says why it is not registered.
+    """
     header = error_header(ProtocolMismatch.kind, str(error))
+    if error.rid is None:
+        return [address, VERSION, REJECT, str(error).encode()] if error.legacy == READY else None
     if error.legacy:  # their parser takes the version from frame 0 and the request id from frame 2
         return [address, VERSION, ERROR, error.rid, header]
     return [address, envelope(ERROR, error.rid), header]
