@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -429,3 +430,67 @@ def test_a_timeout_names_what_was_called_and_the_direct_endpoint_only_as_a_detai
         submitted.result(10)
     assert str(later.value) == str(blocking.value)  # one core decides for both, and says it alike
     wait_for(lambda: the_worker(direct)["busy"] == 0, what="the timed-out calls to be cancelled")
+
+
+# -- callers of the same machine and user: the Unix socket (wire/localsocket.py) ----------------------------------
+
+def _connected_to(client: Client) -> list[str]:
+    """Where the client's direct sockets are connected."""
+    return [sock.last_endpoint.decode() for sock in client.routes._socks.values()]
+
+
+def test_a_caller_of_the_same_machine_and_user_takes_the_unix_socket(cluster, tmp_path):
+    import numpy as np
+    import stat
+
+    runtime = tmp_path / "run"
+    runtime.mkdir(mode=0o700)
+    cluster.start_backend("de_magic.demo.hello", "hello_world", *DIRECT, env={"XDG_RUNTIME_DIR": str(runtime)})
+    local = the_worker(cluster)["direct"]["local"]
+    path = local.removeprefix("ipc://")
+    assert os.path.dirname(path) == str(runtime / "de-magic") and stat.S_ISSOCK(os.stat(path).st_mode)
+    folder = os.stat(runtime / "de-magic")
+    assert folder.st_uid == os.getuid() and stat.S_IMODE(folder.st_mode) == 0o700  # nobody else may put one there
+    with Client(cluster.url, heartbeat=HEARTBEAT) as client:
+        array = np.arange(2_000_000, dtype="float64")  # 16 MB: unencrypted, at loopback's speed
+        np.testing.assert_array_equal(client.call("hello_world", "echo", (array,)), array)
+        assert _connected_to(client) == [local] and the_worker(cluster)["calls"] == 0
+    cluster.procs.stop_all()
+    assert not os.path.exists(path)  # a backend that stops removes its socket
+
+
+def test_a_unix_socket_where_another_user_could_have_put_it_is_not_used(cluster, tmp_path):
+    from de_magic.wire import localsocket
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "de-magic").mkdir()
+    os.chmod(shared / "de-magic", 0o777)  # writable by all: a socket there proves nothing
+    cluster.start_backend("de_magic.demo.hello", "hello_world", *DIRECT, env={"XDG_RUNTIME_DIR": str(shared)})
+    worker = the_worker(cluster)
+    assert "local" not in worker["direct"]  # the backend listens on its CURVE endpoint only
+    with Client(cluster.url, heartbeat=HEARTBEAT) as client:
+        assert client.call("hello_world", "echo", ("tcp",)) == "tcp"
+        assert _connected_to(client) == [worker["direct"]["url"]]
+    # and a caller checks for itself: a socket in a directory others may write to is not this user's proof
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        listener.bind(str(shared / "de-magic" / "x.sock"))
+        assert not localsocket.trusted(f"ipc://{shared}/de-magic/x.sock")
+        os.chmod(shared / "de-magic", 0o700)
+        assert localsocket.trusted(f"ipc://{shared}/de-magic/x.sock")
+    finally:
+        listener.close()
+
+
+def test_the_socket_of_a_backend_that_died_is_swept_by_the_next(cluster, tmp_path):
+    runtime = tmp_path / "run"
+    runtime.mkdir(mode=0o700)
+    env = {"XDG_RUNTIME_DIR": str(runtime)}
+    proc = cluster.start_backend("de_magic.demo.hello", "hello_world", *DIRECT, env=env)
+    dead = the_worker(cluster)["direct"]["local"].removeprefix("ipc://")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert os.path.exists(dead)  # killed: it could not remove it
+    cluster.start_backend("de_magic.demo.hello", "hello_world", *DIRECT, env=env)
+    assert not os.path.exists(dead) and cluster.client.call("hello_world", "echo", (1,)) == 1

@@ -233,11 +233,16 @@ def _rogue(url: str, stop, seen: list) -> None:
         sock.close()
 
 
-def test_a_rogue_on_a_dead_workers_direct_port_never_answers_a_call(cluster):
+def test_a_rogue_on_a_dead_workers_direct_port_never_answers_a_call(cluster, tmp_path):
     import threading
 
     port = free_port()
-    proc = cluster.start_backend("de_magic.demo.hello", "hello_world", "--direct", f"tcp://127.0.0.1:{port}")
+    # no Unix socket for this user's calls (its directory is open to all): the calls take the CURVE port
+    (tmp_path / "de-magic").mkdir(mode=0o777)
+    os.chmod(tmp_path / "de-magic", 0o777)
+    proc = cluster.start_backend("de_magic.demo.hello", "hello_world", "--direct", f"tcp://127.0.0.1:{port}",
+                                 env={"XDG_RUNTIME_DIR": str(tmp_path)})
+    assert "local" not in cluster.workers("hello_world")[0]["direct"]
     hw = cluster.client["hello_world"]
     assert [hw.echo(i) for i in range(5)] == list(range(5))
     assert cluster.workers("hello_world")[0]["calls"] == 0  # direct: the client knows the endpoint

@@ -39,14 +39,14 @@ import logging
 import socket
 import threading
 import time
+from typing import Callable
 from urllib.parse import urlsplit
 
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
-from ..wire import admission
+from ..wire import admission, localsocket, routingids
 from ..wire import protocol as P
-from ..wire import routingids
 from ..wire.errors import Refused
 from ..wire.framing import send_frames
 from ..wire.security import Security, is_loopback, peer_key
@@ -61,6 +61,9 @@ BUSY_AFTER = 0.02  #: seconds a direct call runs before the brokers hear that it
 QUICK = 0.001  #: seconds under which a call counts as quick
 QUICK_STREAK = 3  #: quick calls in a row after which a member's calls run inline
 RELIEF_AFTER = 0.05  #: seconds an inline call may hold the endpoint before another thread serves it
+#: The first byte of a caller's name in the core's books: which socket it came on (routing ids are the peers' own
+#: choice, so the two sockets' may be alike)
+REMOTE, LOCAL = b"r", b"l"
 
 
 def direct_address(value: str | None) -> str | None:
@@ -123,6 +126,8 @@ class DirectEndpoint:
             raise Refused(f"refusing to listen for direct calls at {url} without encryption: give the backend a "
                           "key pair (--key and --broker-key, as for a CURVE broker), or listen on 127.0.0.1")
         self.sock = self._bind(url, security)
+        #: without CURVE, this user's callers on this machine may come through a Unix socket (wire/localsocket.py)
+        self.local, self.local_url = (None, None) if self.curve else self._bind_local()
         bound = self.sock.last_endpoint.decode()
         self.url = advertised(bound, host)
         if not is_loopback(bound) and names_loopback(urlsplit(self.url).hostname or ""):
@@ -168,6 +173,26 @@ class DirectEndpoint:
             raise Refused(f"cannot listen for direct calls at {url}: {exc.strerror}") from None
         return sock
 
+    def _bind_local(self) -> tuple[zmq.Socket | None, str | None]:
+        url = localsocket.address(self.backend.id.hex())
+        if url is None:
+            return None, None
+        sock = routingids.router(self._ctx)
+        sock.linger = 0
+        sock.maxmsgsize = self.backend.max_message_size + (1 << 20)
+        try:
+            sock.bind(url)
+        except zmq.ZMQError as exc:
+            sock.close(linger=0)
+            log.warning("no local direct endpoint: cannot listen at %s (%s)", url, exc.strerror)
+            return None, None
+        return sock, url
+
+    def sources(self) -> list[tuple[zmq.Socket, Callable[[list], None]]]:
+        """The sockets the endpoint's thread reads, each with what takes its messages."""
+        found = [(self.link, self.on_slot), (self.sock, self.on_caller)]
+        return found + [(self.local, self.on_local)] if self.local is not None else found
+
     def connect_slot(self, routing_id: bytes) -> zmq.Socket:
         """A slot's connection to this endpoint: one more door to it, like a broker's."""
         link = self.context.socket(zmq.DEALER)
@@ -177,23 +202,28 @@ class DirectEndpoint:
         return link
 
     def close(self, sock: zmq.Socket | None = None) -> None:
-        for s in (sock or getattr(self, "sock", None), getattr(self, "link", None)):
+        for s in (sock or getattr(self, "sock", None), getattr(self, "local", None), getattr(self, "link", None)):
             if s is not None:
                 s.close(linger=0)
+        if getattr(self, "local_url", None) is not None:
+            localsocket.remove(self.local_url)
         if self._auth is not None:
             self._auth.stop()
         self._ctx.term()
 
     # -- from callers ---------------------------------------------------------------------------
 
-    def on_caller(self, frames: list) -> None:
+    def on_caller(self, frames: list, side: bytes = REMOTE) -> None:
         try:
-            self._on_caller(frames)
+            self._on_caller(frames, side)
         except Exception as exc:  # noqa: BLE001 - whatever arrives, the endpoint must live on
             self.backend.bad.failed("a direct message", exc)
 
-    def _on_caller(self, frames: list) -> None:
-        caller, frames = frames[0].bytes, frames[1:]
+    def on_local(self, frames: list) -> None:
+        self.on_caller(frames, LOCAL)
+
+    def _on_caller(self, frames: list, side: bytes) -> None:
+        caller, frames = side + frames[0].bytes, frames[1:]
         try:
             msg = P.parse(frames, P.AT_BROKER)
             if type(msg) is P.Cancel and self.core.started(caller, msg.rid):
@@ -325,8 +355,10 @@ class DirectEndpoint:
         return busy, freed
 
     def _to_caller(self, frames: list) -> None:
+        """Send to the caller named first in ``frames``, on the socket it came on."""
+        name = frames[0]
         try:
-            send_frames(self.sock, frames, zmq.NOBLOCK)
+            send_frames(self.local if name[:1] == LOCAL else self.sock, [name[1:], *frames[1:]], zmq.NOBLOCK)
         except zmq.Again:  # the caller is gone or not reading: as through a broker, the answer is lost
             log.debug("dropped an answer for a direct caller that takes none")
 

@@ -29,7 +29,7 @@ class DirectThreads:
         direct = self.direct
         control = self.backend.stop_signal()
         poller = zmq.Poller()
-        for sock in (direct.sock, direct.link, control):
+        for sock in [control, *(sock for sock, _ in direct.sources())]:
             poller.register(sock, zmq.POLLIN)
         direct.lock.acquire()  # let go of only while a quick call runs inline (see direct.py)
         direct.thread_id = threading.get_ident()
@@ -50,7 +50,7 @@ class DirectThreads:
         """Serve the direct endpoint while a call that was expected to be quick runs inline for long."""
         direct, backend = self.direct, self.backend
         poller = zmq.Poller()
-        for sock in (direct.sock, direct.link):
+        for sock, _ in direct.sources():
             poller.register(sock, zmq.POLLIN)
         while not backend.stopped.wait(RELIEF_AFTER):
             since = direct.inline_since
@@ -68,15 +68,13 @@ class DirectThreads:
 
     def _serve(self) -> None:
         """A burst of messages, like the broker's (see :func:`~de_magic.wire.framing.readable`)."""
-        direct = self.direct
+        sources = self.direct.sources()
         for _ in range(1000):
             busy = False
-            if readable(direct.link):
-                direct.on_slot(recv_frames(direct.link, zmq.NOBLOCK))
-                busy = True
-            if readable(direct.sock):
-                direct.on_caller(recv_frames(direct.sock, zmq.NOBLOCK))
-                busy = True
+            for sock, handle in sources:
+                if readable(sock):
+                    handle(recv_frames(sock, zmq.NOBLOCK))
+                    busy = True
             if not busy:
                 break
 

@@ -176,7 +176,8 @@ class Backend:
         if self.direct_at is not None:  # first: a taken port or a refused address must stop us here
             self.direct = DirectEndpoint(self, self.direct_at, len(self.link.doors), security, self._ctx,
                                          self.advertise)
-            log.info("listening for direct calls at %s", self.direct.url)
+            log.info("listening for direct calls at %s%s", self.direct.url, "" if self.direct.local_url is None
+                     else f", and for this user's on this machine at {self.direct.local_url}")
             door = Door(self.direct.index, self.direct.url, security, direct=True)
             door.welcomed = True  # always: slots tell it SLOT and BUSY like a broker
             self.doors.append(door)
@@ -265,6 +266,8 @@ class Backend:
             info["direct"] = self.direct.url  # the broker vouches for it with the key we connect with
             if self.direct.key is not None:  # or without CURVE, with the endpoint's own key, which it passes on
                 info["direct_key"] = self.direct.key
+            if self.direct.local_url is not None:
+                info["direct_local"] = self.direct.local_url  # for callers of this machine and user
         return info
 
     def welcome(self, door: int, info: dict) -> None:

@@ -114,7 +114,7 @@ class Worker:
 
     __slots__ = ("id", "address", "secret", "key", "service", "capacity", "max_queue", "heartbeat", "idle", "slots",
                  "inflight", "pinned", "expires", "heard", "since", "pid", "host", "calls", "dask", "direct", "direct_key",
-                 "usage")
+                 "direct_local", "usage")
 
     def __init__(self, msg: P.Ready, address: bytes, key: str | None, service: "Service", expires: float):
         info = msg.info
@@ -134,6 +134,7 @@ class Worker:
         self.dask = info.get("dask")  # the Dask cluster its calls run on (daskpool.cluster_info), if any
         self.direct = info.get("direct")  # where it takes direct calls, if it does (backend/direct.py)
         self.direct_key = info.get("direct_key")  # the direct endpoint's own key, without CURVE
+        self.direct_local = info.get("direct_local")  # its Unix socket, for callers of its machine and user
         self.usage: dict = {}  # what its sessions and references hold, as its last USAGE said
 
     def describe(self) -> dict:
@@ -145,6 +146,8 @@ class Worker:
         if self.direct is not None:
             # what a caller needs to call it directly, and to know it is this worker: the key we authenticated
             described["direct"] = {"url": self.direct, "key": self.key or self.direct_key}
+            if self.direct_local is not None:
+                described["direct"]["local"] = self.direct_local
         described.update(self.usage)
         return described
 
@@ -736,6 +739,7 @@ class Router:
             self._rebind(worker, address)
             worker.dask = info.get("dask")  # a Dask backend registers again when its cluster scales
             worker.direct, worker.direct_key = info.get("direct"), info.get("direct_key")
+            worker.direct_local = info.get("direct_local")
         else:
             worker = self._register(address, msg, key)
             if worker is None:

@@ -20,7 +20,7 @@ from typing import NamedTuple
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from ..wire import routingids
+from ..wire import localsocket, routingids
 from ..wire.framing import Sockets, send_frames
 from ..wire.handshake import WatchedSocket, open_monitor
 from ..wire.security import Security, is_loopback
@@ -43,6 +43,8 @@ class Endpoint(NamedTuple):
     #: the endpoint's public key (Z85): the worker's as a CURVE broker authenticated it, else the key the worker
     #: told the broker its endpoint has (None from a worker that tells none)
     key: str | None
+    #: its Unix socket for callers of its machine and user (without CURVE), used where it is this user's own
+    local: str | None = None
 
 
 def endpoints(entry: dict) -> list[Endpoint]:
@@ -52,7 +54,9 @@ def endpoints(entry: dict) -> list[Endpoint]:
         direct = worker.get("direct")
         if isinstance(direct, dict) and isinstance(direct.get("url"), str):
             if direct.get("key") or is_loopback(direct["url"]):
-                found.append(Endpoint(bytes.fromhex(worker["id"]), direct["url"], direct.get("key")))
+                local = direct.get("local")
+                found.append(Endpoint(bytes.fromhex(worker["id"]), direct["url"], direct.get("key"),
+                                      local if isinstance(local, str) else None))
     return found
 
 
@@ -101,7 +105,9 @@ class Routes(Sockets):
         sock.immediate = True  # nothing is queued for an endpoint that is not connected: it goes via the broker
         sock.sndhwm = sock.rcvhwm = 0  # a client's thousands of calls in flight (mux.py)
         sock.reconnect_ivl_max = 10_000  # a worker that went away is tried again ever more rarely, not 10 times a second
-        if endpoint.key is not None:
+        # this user's own Unix socket proves the endpoint as CURVE would, without encrypting (wire/localsocket.py)
+        url = endpoint.local if endpoint.local is not None and localsocket.trusted(endpoint.local) else endpoint.url
+        if url == endpoint.url and endpoint.key is not None:
             # the handshake proves the endpoint is the worker the listing named: a process that took its port
             # after it went cannot answer in its place
             if security.curve:
@@ -111,8 +117,8 @@ class Routes(Sockets):
                 sock.curve_publickey, sock.curve_secretkey = self._own_pair
             sock.curve_serverkey = endpoint.key.encode()
         if endpoint.worker in self._reached:
-            sock.connect(endpoint.url)
-        elif self._probe(sock, endpoint):
+            sock.connect(url)
+        elif self._probe(sock, url):
             self._reached.add(endpoint.worker)
         else:
             sock.close(linger=0)
@@ -121,11 +127,11 @@ class Routes(Sockets):
         self._socks[endpoint.url] = self.add(sock)
         return sock
 
-    def _probe(self, sock: zmq.Socket, endpoint: Endpoint) -> bool:
-        """Connect ``sock`` and wait, briefly, for the handshake: whether it succeeded."""
+    def _probe(self, sock: zmq.Socket, url: str) -> bool:
+        """Connect ``sock`` to ``url`` and wait, briefly, for the handshake: whether it succeeded."""
         monitor = open_monitor(sock, _PROBE_EVENTS)
         try:
-            sock.connect(endpoint.url)
+            sock.connect(url)
             deadline = time.monotonic() + PROBE_TIMEOUT
             while (left := deadline - time.monotonic()) > 0 and monitor.poll(left * 1000):
                 # a failed handshake is a refusal (its caller keys are the broker's: the broker will say why)

@@ -560,6 +560,9 @@ def check_ready_info(info: dict) -> dict:
     direct = info.get("direct")
     if direct is not None and not (isinstance(direct, str) and direct.startswith("tcp://") and len(direct) < 300):
         raise ProtocolError("READY info: 'direct' must be a tcp:// address")
+    local = info.get("direct_local")
+    if local is not None and not (isinstance(local, str) and local.startswith("ipc://") and len(local) < 300):
+        raise ProtocolError("READY info: 'direct_local' must be an ipc:// address")
     key = info.get("direct_key")
     if key is not None and not (isinstance(key, str) and len(key) == 40 and key.isascii() and key.isprintable()):
         raise ProtocolError("READY info: 'direct_key' must be a Z85 public key (40 characters)")
