@@ -101,18 +101,33 @@ def _name(frame) -> str:
 
 def load_header(frame, limit: int | None = None) -> dict:
     """Decode a JSON object frame (of at most ``limit`` bytes), raising :class:`ProtocolError` on anything else."""
-    if limit is not None and len(_bytes(frame)) > limit:
+    raw = _bytes(frame)
+    if limit is not None and len(raw) > limit:
         raise ProtocolError(f"header frame over {limit} bytes")
+    known = _seen_headers.get(raw)
+    if known is not None:
+        return known.copy()
     try:
-        value = json.loads(_bytes(frame))
+        value = json.loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         # RecursionError: a header of 100,000 "[" must cost one error, not the thread that reads it
         raise ProtocolError(f"header frame is not JSON: {type(exc).__name__}") from None
     if not isinstance(value, dict):
         raise ProtocolError("header frame must be a JSON object")
-    if _bytes(frame).count(b"[") + _bytes(frame).count(b"{") > MAX_DEPTH and _depth(value) > MAX_DEPTH:
+    if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and _depth(value) > MAX_DEPTH:
         raise ProtocolError(f"header frame nests lists and objects more than {MAX_DEPTH} deep")
+    if len(raw) <= _SEEN_SIZE and all(type(item) in _FLAT for item in value.values()):
+        if len(_seen_headers) >= _SEEN_COUNT:  # a peer sending ever new headers costs decoding, never memory
+            _seen_headers.clear()
+        _seen_headers[raw] = value.copy()
     return value
+
+
+#: Small flat headers decoded lately, by their bytes: a tiny call's come again and again, and decoding one
+#: costs several µs on each side; each caller gets a copy of its own.
+_seen_headers: dict[bytes, dict] = {}
+_SEEN_SIZE, _SEEN_COUNT = 256, 512
+_FLAT = frozenset({str, int, float, bool, type(None)})
 
 
 def _depth(value) -> int:
@@ -130,7 +145,24 @@ _HEADER_ENCODER = json.JSONEncoder(separators=(",", ":"), default=str)  # made o
 
 
 def dump_header(header: dict) -> bytes:
-    return _HEADER_ENCODER.encode(header).encode()
+    """A header as JSON; one whose values are all short strings (a call's ``member`` and ``method``) is encoded once."""
+    try:
+        key = tuple(header.items())
+        known = _dumped_headers.get(key)
+    except TypeError:  # a value that cannot be hashed
+        key = known = None
+    if known is not None:
+        return known
+    encoded = _HEADER_ENCODER.encode(header).encode()
+    if key is not None and len(encoded) <= _SEEN_SIZE and all(type(value) is str for _, value in key):
+        # (strings alone: a key of True would also find a header of 1, and 1 one of 1.0)
+        if len(_dumped_headers) >= _SEEN_COUNT:
+            _dumped_headers.clear()
+        _dumped_headers[key] = encoded
+    return encoded
+
+
+_dumped_headers: dict[tuple, bytes] = {}
 
 
 def error_header(kind: str, message: str, **extra) -> bytes:
