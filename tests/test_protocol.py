@@ -1,5 +1,8 @@
 """The wire protocol and payload encoding, without sockets."""
 
+import json
+
+import cloudpickle
 import numpy as np
 import pytest
 from hypothesis import given
@@ -184,3 +187,54 @@ def test_persistent_ids_stand_for_objects_that_are_already_there():
     assert serialize.nbytes(frames) < 200  # the array itself did not go
     loaded = serialize.loads(frames, lambda pid: held[pid[1]])
     assert loaded["a"][0] is held["r1"] and loaded["a"][1] == 2
+
+
+_PLAIN = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30) | st.binary(max_size=30),
+    lambda kids: st.lists(kids, max_size=5) | st.lists(kids, max_size=5).map(tuple)
+    | st.dictionaries(st.text(max_size=5), kids, max_size=5),
+    max_leaves=16)
+
+
+@given(_PLAIN)
+def test_plain_data_pickles_to_the_bytes_cloudpickle_writes_and_comes_back(value):
+    # the C pickler's fast path for small plain data must not change what goes on the wire
+    frames = serialize.dumps(value)
+    assert frames == [cloudpickle.dumps(value, protocol=5)]
+    assert serialize.loads(frames) == value
+    assert serialize.loads(frames, lambda pid: pytest.fail(f"no persistent id was pickled, got {pid}")) == value
+
+
+def test_data_that_is_not_plain_still_goes_through_cloudpickle():
+    local = lambda x: x + 1  # noqa: E731 - pickled by value: only cloudpickle can
+    assert serialize.loads(serialize.dumps(((local,), {})))[0][0](1) == 2
+    arr = np.arange(10_000.0)
+    assert len(serialize.dumps((arr,))) == 2  # still out of band
+    held = {"r": object()}
+    frames = serialize.dumps(("P", "Q", held["r"]), lambda o: ("ref", "r") if o is held["r"] else None)
+    assert serialize.loads(frames, lambda pid: held[pid[1]])[2] is held["r"]
+
+
+@given(st.dictionaries(st.text(max_size=10), st.none() | st.booleans() | st.integers(-2**53, 2**53) | st.text(max_size=10)
+                       | st.floats(allow_nan=False, allow_infinity=False), max_size=6))
+def test_headers_decode_to_what_was_encoded_and_each_reader_gets_its_own(header):
+    raw = P.dump_header(header)
+    assert raw == P.dump_header(dict(header))  # encoded once or again: the same bytes
+    first = P.load_header(raw)
+    first["changed by its reader"] = True
+    again = P.load_header(raw)
+    assert again == header == json.loads(raw) and "changed by its reader" not in again
+    assert [type(v) for v in again.values()] == [type(v) for v in json.loads(raw).values()]
+
+
+def test_headers_alike_in_value_but_not_in_type_are_not_confused():
+    for value in (True, 1, 1.0, "1"):
+        assert json.loads(P.dump_header({"k": value}))["k"].__class__ is value.__class__
+        assert P.load_header(P.dump_header({"k": value}))["k"].__class__ is value.__class__
+
+
+def test_a_peer_sending_ever_new_headers_costs_no_memory():
+    for i in range(5_000):
+        P.load_header(b'{"member":"m%d"}' % i)
+        P.dump_header({"member": f"m{i}"})
+    assert len(P._seen_headers) <= P._SEEN_COUNT and len(P._dumped_headers) <= P._SEEN_COUNT

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Annotated, Literal, Optional
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pydantic import BaseModel, Field
 
 from de_magic.schema import annotation_text, describe, members_of, parse_docstring
@@ -304,3 +306,24 @@ def test_docstring_sections_travel_parsed_so_no_client_parses_again(doc, expecte
     params, returns = parse_docstring(doc)
     kinds = {s["kind"] for s in doc_sections(doc)}
     assert ("parameters" in kinds) == bool(params) and ("returns" in kinds) == bool(returns)
+
+
+def _positional(a: int, b: str, c: float = 1.0, d: list | None = None):
+    pass
+
+
+@given(st.lists(st.sampled_from([1, "s", 2.5, None, [1]]), max_size=6))
+def test_positional_arguments_are_bound_as_signature_bind_binds_them(args):
+    # check_arguments zips positional arguments to parameters instead of calling Signature.bind: same verdicts
+    try:
+        inspect.signature(_positional).bind(*args)
+    except TypeError:
+        with pytest.raises(TypeError, match="missing|too many"):
+            check_arguments(_positional, tuple(args), {})
+        return
+    expected = [isinstance(v, t) for v, t in zip(args, (int, str, (int, float), (list, type(None))))]
+    if all(expected):
+        check_arguments(_positional, tuple(args), {})
+    else:
+        with pytest.raises(TypeError, match="expected"):
+            check_arguments(_positional, tuple(args), {})
