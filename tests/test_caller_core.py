@@ -302,6 +302,7 @@ class CallerMachine(RuleBasedStateMachine):
     def the_books_hold_only_what_is_in_flight(self):
         core = self.wire.core
         assert self.carried() == len(self.live())
+        assert core.in_flight == sum(len(link.requests) for link in core.links.values())
         assert sum(core.inflight.values()) == sum(isinstance(r.way, Endpoint) for r in self.requests.values())
         live_deadlines = sum(r.in_heap for r in self.requests.values())
         assert len(core._deadlines) <= 2 * live_deadlines + COMPACT_AFTER + 1

@@ -23,13 +23,14 @@ class DirectThreads:
 
     def __init__(self, backend, direct: DirectEndpoint, stop: bytes):
         self.backend, self.direct, self.stop = backend, direct, stop
+        self.sources = direct.sources()  # (made once: _serve runs at every message)
 
     def loop(self) -> None:
         """Calls from direct callers and what the slots say of them; news of the load for the brokers."""
         direct = self.direct
         control = self.backend.stop_signal()
         poller = zmq.Poller()
-        for sock in [control, *(sock for sock, _ in direct.sources())]:
+        for sock in [control, *(sock for sock, _ in self.sources)]:
             poller.register(sock, zmq.POLLIN)
         direct.lock.acquire()  # let go of only while a quick call runs inline (see direct.py)
         direct.thread_id = threading.get_ident()
@@ -50,7 +51,7 @@ class DirectThreads:
         """Serve the direct endpoint while a call that was expected to be quick runs inline for long."""
         direct, backend = self.direct, self.backend
         poller = zmq.Poller()
-        for sock, _ in direct.sources():
+        for sock, _ in self.sources:
             poller.register(sock, zmq.POLLIN)
         while not backend.stopped.wait(RELIEF_AFTER):
             since = direct.inline_since
@@ -70,7 +71,7 @@ class DirectThreads:
     def _serve(self, ready: dict) -> None:
         """The messages of the sockets the poll found ``ready``, each drained in a burst, like the broker's
         (see :func:`~de_magic.wire.framing.readable`); what comes meanwhile elsewhere, the next poll finds."""
-        for sock, handle in self.direct.sources():
+        for sock, handle in self.sources:
             if sock in ready:
                 for _ in range(1000):
                     try:

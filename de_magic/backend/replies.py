@@ -47,16 +47,15 @@ class Replies:
         size = len(header) + serialize.nbytes(payload)
         if size > self.limit:  # it would be cut off in transit, and the caller would wait for ever
             mtype, header, payload = self._too_large(mtype, size)
-        frames = P.answer(mtype, client, rid, header, payload)
         slots = getattr(self.thread_sockets, "slots", None)
         if slots is not None:
-            send_frames(slots[door], frames)
+            send_frames(slots[door], P.answer(mtype, client, rid, header, payload))
         elif self.direct is not None and door == self.direct.index:
             # a call run inline goes straight out; other threads' go through the direct thread, in order
             if not self.direct.deliver(P.Answer(mtype, client, rid, [header, *payload])):
-                send_frames(self._direct_out.get(), frames)
+                send_frames(self._direct_out.get(), P.answer(mtype, client, rid, header, payload))
         else:
-            self.link.send(door, frames)
+            self.link.send(door, P.answer(mtype, client, rid, header, payload))
 
     def encode(self, call: Call, result) -> tuple[bytes, list]:
         """The header and frames that answer ``call`` with ``result``; PayloadTooLarge if over the limit."""

@@ -152,6 +152,7 @@ class Core:
         self._next_failback: float | None = None  # when to probe the preferred brokers again
         self._probing = False  # a round of failback probes is out
         self._out: list = []
+        self._in_flight = 0
 
     @property
     def url(self) -> str:
@@ -160,7 +161,8 @@ class Core:
 
     @property
     def in_flight(self) -> int:
-        return sum(len(link.requests) for link in self.links.values())
+        """Requests whose attempt is on a connection (counted as they come and go: the loop asks at every call)."""
+        return self._in_flight
 
     # -- inputs -------------------------------------------------------------------------------------------
 
@@ -336,6 +338,7 @@ class Core:
         if link is None:
             link = self.links[way] = Link()
         link.requests[request.rid] = request
+        self._in_flight += 1
         if request.deadline is not None and not request.in_heap:
             request.in_heap = True
             heapq.heappush(self._deadlines, (request.deadline, next(self._order), request))
@@ -354,7 +357,8 @@ class Core:
 
     def _end(self, link: Link, request: Request, again: bool = False) -> None:
         """Take the attempt in flight off its connection; unless it goes ``again``, the request is over."""
-        link.requests.pop(request.rid, None)
+        if link.requests.pop(request.rid, None) is not None:
+            self._in_flight -= 1
         if isinstance(request.way, Endpoint):
             worker = request.way.worker
             self.inflight[worker] -= 1

@@ -255,8 +255,8 @@ class Multiplexer:
             except zmq.Again:
                 return
             self._do(self.core.received(way, frames, time.monotonic()))
-            if not readable(sock):
-                return
+            if not self.core.in_flight or not readable(sock):
+                return  # (nothing waits: what else came, a late answer or a STATUS, the next poll finds)
 
     def _check_brokers(self, now: float) -> None:
         """A refused handshake ends its broker's requests at once; a dropped connection, with another broker to go

@@ -117,10 +117,10 @@ def loads(frames, persistent_load: Callable | None = None):
     if not frames:
         raise ValueError("empty payload: no pickle frame")
     head, *buffers = frames
-    views = [_view(b) for b in buffers]
+    head, views = _view(head), [_view(b) for b in buffers]
     if persistent_load is None or _names_nothing(head):
-        return pickle.loads(_view(head), buffers=views)
-    unpickler = _NamedUnpickler(io.BytesIO(_view(head)), buffers=views)
+        return pickle.loads(head, buffers=views)
+    unpickler = _NamedUnpickler(io.BytesIO(head), buffers=views)
     unpickler.load_named = persistent_load
     return unpickler.load()
 
@@ -142,11 +142,13 @@ class _NamedUnpickler(pickle.Unpickler):
         return self.load_named(pid)
 
 
-def _names_nothing(head) -> bool:
-    """Whether a small pickle stream surely holds no persistent id (no byte of either opcode that names an
+def _names_nothing(stream) -> bool:
+    """Whether a small pickle ``stream`` surely holds no persistent id (no byte of either opcode that names an
     object instead of holding it): it is then read by the C unpickler alone, without a subclass (2 µs)."""
-    raw = head if type(head) is bytes else bytes(_view(head)) if len(head) <= _PLAIN_LEN else b""
-    return 0 < len(raw) <= _PLAIN_LEN and _BINPERSID not in raw and _PERSID not in raw
+    if len(stream) > _PLAIN_LEN:
+        return False
+    raw = stream if type(stream) is bytes else bytes(stream)
+    return _BINPERSID not in raw and _PERSID not in raw
 
 
 _BINPERSID, _PERSID = pickle.BINPERSID, pickle.PERSID
