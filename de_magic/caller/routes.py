@@ -83,11 +83,12 @@ class Routes(Sockets):
     def pick(self, backend: str, worker: bytes, security: Security, inflight: dict[bytes, int]) -> Endpoint | None:
         """The endpoint to call ``backend`` (pinned to ``worker`` if given) at directly, if there is one: the one
         with the fewest of this client's calls in flight (``inflight``: worker id -> calls)."""
+        now = time.monotonic()
         candidates = [e for e in self._known.get(backend, (0, []))[1]
-                      if (not worker or e.worker == worker) and self._unreachable.get(e.worker, 0) < time.monotonic()
+                      if (not worker or e.worker == worker) and self._unreachable.get(e.worker, 0) < now
                       and (e.key is None or security.curve or _loopback(e.url))]
-        if not candidates:
-            return None
+        if len(candidates) < 2:
+            return candidates[0] if candidates else None
         return min(candidates, key=lambda e: inflight.get(e.worker, 0))
 
     def socket(self, endpoint: Endpoint, security: Security) -> WatchedSocket | None:
