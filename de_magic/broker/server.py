@@ -166,7 +166,7 @@ class Broker:
                     ready = False
                     try:
                         frames = recv_frames(sock, zmq.NOBLOCK)
-                    except zmq.Again:  # (a poll may say so of a message a peer's disconnect took back)
+                    except zmq.Again:  # (the loop never blocks on the poll's word alone)
                         break
                     self._send_all(router.handle(frames[0].bytes, frames[1:], time.monotonic()))
                 now = time.monotonic()

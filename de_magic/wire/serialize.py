@@ -38,7 +38,7 @@ def dumps(obj, persistent_id: Callable | None = None) -> list:
     ``persistent_id(o)`` may name an object instead of pickling it (a remote reference: the object is
     already where the frames go); :func:`loads` gets it back with ``persistent_load``.
     """
-    if plain(obj):  # what cloudpickle would write too, without building a pickler (3 µs of a tiny call's 4)
+    if _plain(obj):  # what cloudpickle would write too, without building a pickler (3 µs of a tiny call's 4)
         return [pickle.dumps(obj, protocol=5)]
     buffers: list = []
 
@@ -61,14 +61,16 @@ def dumps(obj, persistent_id: Callable | None = None) -> list:
 _SCALARS = frozenset({int, float, bool, type(None)})
 _TEXTS = frozenset({str, bytes})
 _CONTAINERS = frozenset({tuple, list, dict})
-_PLAIN_ITEMS = 8  #: containers larger than this are not looked through (cloudpickle pickles them as fast)
-_PLAIN_LEN = 1024  #: nor strings and bytes longer than this (pickle's in-band copy; cloudpickle's is the same)
+#: Containers longer than this are not looked through, nor strings and bytes longer than that: the shortcut
+#: is for small calls, and looking must cost less than the pickler it saves (3 µs); a pickle stream longer
+#: than that is not searched for persistent ids either (see :func:`_names_nothing`).
+_PLAIN_ITEMS, _PLAIN_LEN = 8, 1024
 
 
-def plain(obj, depth: int = 3) -> bool:
+def _plain(obj, depth: int = 3) -> bool:
     """Whether ``obj`` is small plain data (builtin scalars, and short tuples, lists and dicts of them, nested
     at most ``depth`` deep): pickled by value alike by pickle and cloudpickle, with no buffers to take out.
-    (Loops, not generators: this runs for every call and every answer, and must cost less than it saves.)"""
+    (Loops, not generators: it runs for every call and every answer.)"""
     kind = type(obj)
     if kind in _SCALARS:
         return True
@@ -82,7 +84,7 @@ def plain(obj, depth: int = 3) -> bool:
                 return False
         obj = obj.values()
     for item in obj:
-        if type(item) not in _SCALARS and not plain(item, depth - 1):
+        if type(item) not in _SCALARS and not _plain(item, depth - 1):
             return False
     return True
 
@@ -142,16 +144,16 @@ class _NamedUnpickler(pickle.Unpickler):
         return self.load_named(pid)
 
 
+_BINPERSID, _PERSID = pickle.BINPERSID, pickle.PERSID  # the opcodes that name an object instead of holding it
+
+
 def _names_nothing(stream) -> bool:
-    """Whether a small pickle ``stream`` surely holds no persistent id (no byte of either opcode that names an
-    object instead of holding it): it is then read by the C unpickler alone, without a subclass (2 µs)."""
+    """Whether a small pickle ``stream`` surely holds no persistent id (no byte of either opcode occurs in it):
+    it is then read by the C unpickler alone, without the Python-level subclass (2 µs)."""
     if len(stream) > _PLAIN_LEN:
         return False
     raw = stream if type(stream) is bytes else bytes(stream)
     return _BINPERSID not in raw and _PERSID not in raw
-
-
-_BINPERSID, _PERSID = pickle.BINPERSID, pickle.PERSID
 
 
 def _view(frame):
